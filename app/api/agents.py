@@ -1,0 +1,196 @@
+"""Agents: create, list, read, update, delete."""
+
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Query
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
+
+from app.deps import CallerDep, DbDep, StateDep
+from app.errors import ERROR_RESPONSES, APIError, not_found
+from app.state import AppState
+from app.storage import agents as agent_store
+from app.storage import sessions as session_store
+from app.storage.ids import new_id, utcnow
+from app.storage.models import Agent
+from pipelines.config import UnknownPipelineError
+
+router = APIRouter(prefix="/v1/agents", tags=["agents"], responses=ERROR_RESPONSES)
+
+Name = Annotated[str, Field(min_length=1, max_length=200)]
+Prompt = Annotated[str, Field(min_length=1, max_length=20_000)]
+
+
+class ToolDefinition(BaseModel):
+    """A function the agent's LLM may call."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")
+    description: str = Field(min_length=1, max_length=2000)
+    parameters: dict[str, Any] = Field(
+        default_factory=lambda: {"type": "object", "properties": {}},
+        description="JSON Schema (type object) of the arguments",
+    )
+
+    @field_validator("parameters")
+    @classmethod
+    def _object_schema(cls, value: dict[str, Any]) -> dict[str, Any]:
+        if value.get("type", "object") != "object":
+            raise ValueError("parameters must be a JSON Schema of type 'object'")
+        if not isinstance(value.get("properties", {}), dict):
+            raise ValueError("parameters.properties must be an object")
+        required = value.get("required", [])
+        if not isinstance(required, list) or not all(isinstance(r, str) for r in required):
+            raise ValueError("parameters.required must be a list of property names")
+        return value
+
+
+def _unique_tool_names(tools: list[ToolDefinition]) -> list[ToolDefinition]:
+    names = [t.name for t in tools]
+    if len(names) != len(set(names)):
+        raise ValueError("tool names must be unique")
+    return tools
+
+
+Tools = Annotated[list[ToolDefinition], Field(max_length=64), AfterValidator(_unique_tool_names)]
+
+
+class AgentCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: Name
+    voice_id: Name
+    system_prompt: Prompt
+    language: str = Field(default="en", pattern=r"^[a-z]{2}(-[A-Z]{2})?$")
+    tools: Tools = Field(default_factory=list)
+    max_turns: int = Field(default=50, ge=1, le=500)
+    greeting: str | None = Field(default=None, max_length=2000)
+    pipeline: str | None = Field(default=None, description="Pipeline config name; the server default if omitted")
+
+
+class AgentUpdate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: Name | None = None
+    voice_id: Name | None = None
+    system_prompt: Prompt | None = None
+    language: str | None = Field(default=None, pattern=r"^[a-z]{2}(-[A-Z]{2})?$")
+    tools: Tools | None = None
+    max_turns: int | None = Field(default=None, ge=1, le=500)
+    greeting: str | None = Field(default=None, max_length=2000)
+    pipeline: str | None = None
+    status: Literal["active", "paused"] | None = None
+
+
+class AgentOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: str
+    name: str
+    voice_id: str
+    system_prompt: str
+    language: str
+    tools: list[ToolDefinition]
+    max_turns: int
+    greeting: str | None
+    pipeline: str
+    status: Literal["active", "paused", "deleted"]
+    created_at: datetime
+    updated_at: datetime
+
+
+class AgentList(BaseModel):
+    items: list[AgentOut]
+    total: int
+    limit: int
+    offset: int
+
+
+def check_pipeline_and_voice(state: AppState, pipeline: str, voice_id: str) -> None:
+    """422 unless the pipeline exists and offers the voice (names are case-sensitive)."""
+    try:
+        config = state.catalog.get(pipeline)
+    except UnknownPipelineError as exc:
+        raise APIError(
+            422, "unknown_pipeline", f"unknown pipeline '{pipeline}'; known pipelines: {', '.join(exc.known)}",
+            {"pipelines": exc.known},
+        ) from None
+    voices = sorted(config.tts.voices)
+    if voice_id not in voices:
+        raise APIError(
+            422, "unknown_voice",
+            f"voice '{voice_id}' is not offered by pipeline '{pipeline}'; valid voices: {', '.join(voices)}",
+            {"voices": voices},
+        )
+
+
+async def load_agent(db, caller, agent_id: str) -> Agent:
+    agent = await agent_store.get_agent(db, caller.account_id, agent_id)
+    if agent is None:
+        raise not_found("agent", agent_id)
+    return agent
+
+
+@router.post("", status_code=201, response_model=AgentOut, summary="Create an agent")
+@router.post("/create", status_code=201, response_model=AgentOut, summary="Create an agent (alias)")
+async def create_agent(body: AgentCreate, state: StateDep, db: DbDep, caller: CallerDep) -> Agent:
+    pipeline = body.pipeline or state.settings.default_pipeline
+    check_pipeline_and_voice(state, pipeline, body.voice_id)
+    agent = Agent(
+        id=new_id("agt"),
+        account_id=caller.account_id,
+        **body.model_dump(exclude={"pipeline", "tools"}),
+        tools=[t.model_dump() for t in body.tools],
+        pipeline=pipeline,
+        status="active",
+    )
+    db.add(agent)
+    await db.commit()
+    return agent
+
+
+@router.get("", response_model=AgentList, summary="List agents")
+async def list_agents(
+    db: DbDep,
+    caller: CallerDep,
+    limit: Annotated[int, Query(ge=1, le=100)] = 20,
+    offset: Annotated[int, Query(ge=0, le=1_000_000)] = 0,
+    status: Literal["active", "paused", "deleted"] | None = None,
+) -> dict:
+    items, total = await agent_store.list_agents(db, caller.account_id, status=status, limit=limit, offset=offset)
+    return {"items": items, "total": total, "limit": limit, "offset": offset}
+
+
+@router.get("/{agent_id}", response_model=AgentOut, summary="Get an agent")
+async def get_agent(agent_id: str, db: DbDep, caller: CallerDep) -> Agent:
+    return await load_agent(db, caller, agent_id)
+
+
+@router.patch("/{agent_id}", response_model=AgentOut, summary="Update an agent")
+async def update_agent(agent_id: str, body: AgentUpdate, state: StateDep, db: DbDep, caller: CallerDep) -> Agent:
+    agent = await load_agent(db, caller, agent_id)
+    if agent.status == "deleted":
+        raise APIError(409, "agent_deleted", f"agent '{agent_id}' is deleted and cannot be changed")
+    changes = body.model_dump(exclude_unset=True)
+    for field in ("name", "voice_id", "system_prompt", "language", "tools", "max_turns", "pipeline", "status"):
+        if field in changes and changes[field] is None:
+            raise APIError(422, "validation_error", f"{field}: may not be null")
+    check_pipeline_and_voice(state, changes.get("pipeline", agent.pipeline), changes.get("voice_id", agent.voice_id))
+    for field, value in changes.items():
+        setattr(agent, field, value)
+    agent.updated_at = utcnow()
+    await db.commit()
+    return agent
+
+
+@router.delete("/{agent_id}", response_model=AgentOut, summary="Delete an agent and end its live sessions")
+async def delete_agent(agent_id: str, state: StateDep, db: DbDep, caller: CallerDep) -> Agent:
+    agent = await load_agent(db, caller, agent_id)
+    if agent.status != "deleted":
+        agent.status = "deleted"
+        agent.updated_at = utcnow()
+        await db.commit()
+    await session_store.end_unconnected(db, agent.id, "agent_deleted")
+    await state.calls.end_agent_calls(agent.id, "agent_deleted")
+    return agent

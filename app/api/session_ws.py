@@ -1,0 +1,144 @@
+"""The direct WebSocket session: `WS /v1/agents/{id}/session` and a session's `websocket_url`.
+
+Refusals close the socket with a code and a reason, after a `session.error` event:
+4400 bad request, 4401 unauthorized, 4404 not found, 4409 the agent or session
+can't take a call now.
+"""
+
+from fastapi import APIRouter, WebSocket
+from loguru import logger
+from pipecat.transports.websocket.fastapi import FastAPIWebsocketParams, FastAPIWebsocketTransport
+from starlette.websockets import WebSocketState
+
+from app.api.sessions import check_can_start, new_session
+from app.calls.protocol import SAMPLE_RATES, SessionProtocolSerializer
+from app.calls.session import CallSession
+from app.calls.tokens import TokenError
+from app.deps import authenticate
+from app.errors import APIError
+from app.state import AppState
+from app.storage import agents as agent_store
+from app.storage import sessions as session_store
+from app.storage.models import Agent, Session
+
+router = APIRouter()
+
+_CLOSE_CODES = {400: 4400, 401: 4401, 404: 4404, 409: 4409, 422: 4422}
+
+
+class Refusal(Exception):
+    def __init__(self, close_code: int, code: str, message: str):
+        super().__init__(message)
+        self.close_code = close_code
+        self.code = code
+        self.message = message
+
+
+def _sample_rate(websocket: WebSocket) -> int:
+    raw = websocket.query_params.get("sample_rate", "16000")
+    if not raw.isdigit() or int(raw) not in SAMPLE_RATES:
+        raise Refusal(4400, "invalid_sample_rate", f"sample_rate must be one of {', '.join(map(str, SAMPLE_RATES))}")
+    return int(raw)
+
+
+def _api_key(websocket: WebSocket) -> str | None:
+    return websocket.headers.get("x-api-key") or websocket.query_params.get("api_key")
+
+
+async def _agent_session(state: AppState, websocket: WebSocket, agent_id: str) -> tuple[Session, Agent]:
+    """A fresh session for `WS /v1/agents/{id}/session` (API key required)."""
+    async with state.db.sessions() as db:
+        caller = await authenticate(db, _api_key(websocket))
+        if caller is None:
+            raise Refusal(4401, "unauthorized", "missing or invalid API key (X-API-Key header or api_key query)")
+        agent = await agent_store.get_agent(db, caller.account_id, agent_id)
+        if agent is None:
+            raise Refusal(4404, "agent_not_found", f"agent '{agent_id}' not found")
+        try:
+            check_can_start(state, agent)
+        except APIError as exc:
+            raise Refusal(_CLOSE_CODES[exc.status], exc.body.code, exc.body.message) from None
+        session = new_session(state, agent, connection_type="websocket", metadata={}, initial_message=None)
+        db.add(session)
+        await db.commit()
+        await session_store.claim(db, session)
+        return session, agent
+
+
+async def _existing_session(state: AppState, websocket: WebSocket, session_id: str) -> tuple[Session, Agent]:
+    """The session a `websocket_url` names (its token, or an API key)."""
+    async with state.db.sessions() as db:
+        token = websocket.query_params.get("token")
+        if token:
+            try:
+                claims = state.tokens.verify(token, "session")
+            except TokenError as exc:
+                raise Refusal(4401, "invalid_token", str(exc)) from None
+            if claims.get("sid") != session_id:
+                raise Refusal(4401, "invalid_token", "token is for another session")
+            account_id = claims["acc"]
+        else:
+            caller = await authenticate(db, _api_key(websocket))
+            if caller is None:
+                raise Refusal(4401, "unauthorized", "missing or invalid session token or API key")
+            account_id = caller.account_id
+        session = await session_store.get_session(db, account_id, session_id)
+        if session is None:
+            raise Refusal(4404, "session_not_found", f"session '{session_id}' not found")
+        if session.status != "created":
+            raise Refusal(4409, f"session_{session.status}", f"session '{session_id}' is {session.status} and cannot be joined")
+        agent = await agent_store.get_agent(db, account_id, session.agent_id)
+        if agent is None or agent.status != "active":
+            status = agent.status if agent else "deleted"
+            raise Refusal(4409, f"agent_{status}", f"agent '{session.agent_id}' is {status}")
+        if not await session_store.claim(db, session):
+            raise Refusal(4409, "session_active", f"session '{session_id}' already has a client")
+        return session, agent
+
+
+async def _serve(websocket: WebSocket, open_session) -> None:
+    state: AppState = websocket.app.state.switchboard
+    await websocket.accept()
+    try:
+        sample_rate = _sample_rate(websocket)
+        session, agent = await open_session(state)
+    except Refusal as refusal:
+        logger.info(f"WebSocket session refused ({refusal.code}): {refusal.message}")
+        await websocket.send_json({"type": "session.error", "code": refusal.code, "message": refusal.message})
+        await websocket.close(refusal.close_code, refusal.message[:120])
+        return
+
+    transport = FastAPIWebsocketTransport(
+        websocket,
+        FastAPIWebsocketParams(
+            audio_in_enabled=True,
+            audio_out_enabled=True,
+            audio_out_sample_rate=sample_rate,
+            serializer=SessionProtocolSerializer(sample_rate),
+        ),
+    )
+    call = CallSession(
+        state,
+        session=session,
+        agent=agent,
+        config=state.catalog.get(agent.pipeline),
+        transport=transport,
+        session_protocol=True,
+        audio_out_sample_rate=sample_rate,
+    )
+    await websocket.send_json({"type": "session.ready", "session_id": session.id, "sample_rate": sample_rate})
+    await call.run()
+    if websocket.application_state == WebSocketState.CONNECTED:
+        # The pipeline closes the socket when it ends; still open means it never ran.
+        await websocket.send_json({"type": "session.error", "code": "internal_error", "message": "the call could not start"})
+        await websocket.close(1011, "the call could not start")
+
+
+@router.websocket("/v1/agents/{agent_id}/session")
+async def agent_session(websocket: WebSocket, agent_id: str):
+    await _serve(websocket, lambda state: _agent_session(state, websocket, agent_id))
+
+
+@router.websocket("/v1/sessions/{session_id}/ws")
+async def session_socket(websocket: WebSocket, session_id: str):
+    await _serve(websocket, lambda state: _existing_session(state, websocket, session_id))

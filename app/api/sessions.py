@@ -1,0 +1,185 @@
+"""Sessions: start one for an agent, list and read them, read their transcripts."""
+
+from datetime import datetime, timedelta
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Body, Query, Request
+from pydantic import BaseModel, ConfigDict, Field
+
+from app.api.agents import load_agent
+from app.deps import CallerDep, DbDep, StateDep
+from app.errors import ERROR_RESPONSES, APIError, not_found
+from app.state import AppState
+from app.storage import sessions as session_store
+from app.storage.ids import new_id, utcnow
+from app.storage.models import Agent, Session
+
+router = APIRouter(tags=["sessions"], responses=ERROR_RESPONSES)
+
+SessionStatus = Literal["created", "active", "completed", "failed", "expired"]
+
+
+class SessionCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    initial_message: str | None = Field(
+        default=None, max_length=2000, description="What the agent says first; overrides its greeting"
+    )
+
+
+class SessionOut(BaseModel):
+    session_id: str
+    agent_id: str
+    status: SessionStatus
+    connection_type: str
+    websocket_url: str | None = Field(description="Where a client joins; null once the session can't be joined")
+    metadata: dict[str, Any]
+    initial_message: str | None
+    created_at: datetime
+    expires_at: datetime
+    started_at: datetime | None
+    ended_at: datetime | None
+    duration_secs: float | None
+    end_reason: str | None
+    error: str | None
+
+
+class SessionList(BaseModel):
+    items: list[SessionOut]
+    total: int
+    limit: int
+    offset: int
+
+
+class TranscriptEntryOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    speaker: Literal["USER", "AGENT"]
+    content: str
+    timestamp: datetime
+    interrupted: bool
+
+
+class Transcript(BaseModel):
+    session_id: str
+    items: list[TranscriptEntryOut]
+
+
+def websocket_base(state: AppState, request: Request) -> str:
+    """`ws(s)://host` of this server as clients reach it."""
+    base = (state.settings.public_base_url or str(request.base_url)).rstrip("/")
+    return "ws" + base.removeprefix("http") if base.startswith("http") else base
+
+
+def session_token(state: AppState, session: Session) -> str:
+    return state.tokens.issue(
+        "session", {"sid": session.id, "acc": session.account_id}, session.expires_at.timestamp()
+    )
+
+
+def session_out(state: AppState, request: Request, session: Session) -> SessionOut:
+    url = None
+    if session.status == "created":
+        url = f"{websocket_base(state, request)}/v1/sessions/{session.id}/ws?token={session_token(state, session)}"
+    return SessionOut(
+        session_id=session.id,
+        agent_id=session.agent_id,
+        status=session.status,
+        connection_type=session.connection_type,
+        websocket_url=url,
+        metadata=session.session_metadata,
+        initial_message=session.initial_message,
+        created_at=session.created_at,
+        expires_at=session.expires_at,
+        started_at=session.started_at,
+        ended_at=session.ended_at,
+        duration_secs=session.duration_secs,
+        end_reason=session.end_reason,
+        error=session.error,
+    )
+
+
+def check_can_start(state: AppState, agent: Agent) -> None:
+    """409 for a paused or deleted agent; 422 when its pipeline lacks credentials."""
+    if agent.status != "active":
+        raise APIError(409, f"agent_{agent.status}", f"agent '{agent.id}' is {agent.status} and cannot start a session")
+    missing = state.catalog.get(agent.pipeline).missing_env()
+    if missing:
+        raise APIError(
+            422, "missing_credentials",
+            f"pipeline '{agent.pipeline}' needs {', '.join(missing)} set in the server's environment",
+            {"missing": missing},
+        )
+
+
+def new_session(state: AppState, agent: Agent, *, connection_type: str, metadata: dict, initial_message: str | None) -> Session:
+    now = utcnow()
+    return Session(
+        id=new_id("ses"),
+        account_id=agent.account_id,
+        agent_id=agent.id,
+        status="created",
+        connection_type=connection_type,
+        session_metadata=metadata,
+        initial_message=initial_message,
+        created_at=now,
+        expires_at=now + timedelta(seconds=state.settings.session_connect_ttl_secs),
+    )
+
+
+@router.post(
+    "/v1/agents/{agent_id}/sessions", status_code=201, response_model=SessionOut, summary="Start a session"
+)
+async def create_session(
+    agent_id: str,
+    request: Request,
+    state: StateDep,
+    db: DbDep,
+    caller: CallerDep,
+    body: Annotated[SessionCreate | None, Body()] = None,
+) -> SessionOut:
+    body = body or SessionCreate()
+    agent = await load_agent(db, caller, agent_id)
+    check_can_start(state, agent)
+    session = new_session(
+        state, agent, connection_type="websocket", metadata=body.metadata, initial_message=body.initial_message
+    )
+    db.add(session)
+    await db.commit()
+    return session_out(state, request, session)
+
+
+@router.get("/v1/sessions", response_model=SessionList, summary="List sessions")
+async def list_sessions(
+    request: Request,
+    state: StateDep,
+    db: DbDep,
+    caller: CallerDep,
+    agent_id: str | None = None,
+    status: SessionStatus | None = None,
+    limit: Annotated[int, Query(ge=1, le=100)] = 20,
+    offset: Annotated[int, Query(ge=0, le=1_000_000)] = 0,
+) -> dict:
+    items, total = await session_store.list_sessions(
+        db, caller.account_id, agent_id=agent_id, status=status, limit=limit, offset=offset
+    )
+    return {"items": [session_out(state, request, s) for s in items], "total": total, "limit": limit, "offset": offset}
+
+
+async def load_session(db, caller, session_id: str) -> Session:
+    session = await session_store.get_session(db, caller.account_id, session_id)
+    if session is None:
+        raise not_found("session", session_id)
+    return session
+
+
+@router.get("/v1/sessions/{session_id}", response_model=SessionOut, summary="Get a session")
+async def get_session(session_id: str, request: Request, state: StateDep, db: DbDep, caller: CallerDep) -> SessionOut:
+    return session_out(state, request, await load_session(db, caller, session_id))
+
+
+@router.get("/v1/sessions/{session_id}/transcript", response_model=Transcript, summary="Get a session's transcript")
+async def get_transcript(session_id: str, db: DbDep, caller: CallerDep) -> dict:
+    session = await load_session(db, caller, session_id)
+    return {"session_id": session.id, "items": await session_store.transcript(db, session.id)}

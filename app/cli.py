@@ -1,0 +1,123 @@
+"""`switchboard serve` runs the server; `switchboard talk` is the reference session client."""
+
+import argparse
+import asyncio
+import os
+import sys
+from pathlib import Path
+from urllib.parse import urlencode
+
+from app.settings import get_settings
+
+
+def serve(args: argparse.Namespace) -> None:
+    import uvicorn
+
+    from pipelines import local_llm
+    from pipelines.config import PipelineCatalog
+
+    settings = get_settings()
+    catalog = PipelineCatalog(settings.pipelines_path)
+    llm_servers = []
+    try:
+        for name in settings.preload_pipelines:
+            config = catalog.get(name)
+            if config.llm.local_server:
+                alias = config.llm.options.get("model", "local")
+                llm_servers.append(local_llm.start(config.llm.local_server, alias))
+        uvicorn.run(
+            "app.main:create_app",
+            factory=True,
+            host=args.host or settings.host,
+            port=args.port or settings.port,
+            workers=args.workers,
+            ws_max_size=1 << 20,
+            h11_max_incomplete_event_size=1 << 16,
+            log_level="info",
+        )
+    finally:
+        for process in llm_servers:
+            local_llm.stop(process)
+
+
+async def talk(args: argparse.Namespace) -> int:
+    from app.client import SessionClient, read_wav, write_wav
+
+    api_key = args.api_key or os.environ.get("SWITCHBOARD_API_KEY")
+    if not api_key:
+        print("talk needs an API key: --api-key or SWITCHBOARD_API_KEY", file=sys.stderr)
+        return 2
+    base = args.url.rstrip("/").replace("http", "ws", 1)
+    url = f"{base}/v1/agents/{args.agent_id}/session?{urlencode({'sample_rate': args.sample_rate})}"
+    caller = read_wav(Path(args.wav), args.sample_rate)
+
+    def show(event: dict) -> None:
+        fields = {k: v for k, v in event.items() if k not in ("type", "_at")}
+        print(f"<- {event['type']} {fields if fields else ''}", flush=True)
+
+    client = SessionClient(url, args.sample_rate, headers={"X-API-Key": api_key})
+    client.on_event = show
+    try:
+        await converse(client, caller, args)
+    except (ConnectionError, OSError) as exc:
+        print(f"session ended early: {exc}", file=sys.stderr)
+        return 1
+    write_wav(Path(args.out), bytes(client.agent_audio), args.sample_rate)
+    print(f"agent audio: {len(client.agent_audio) / 2 / args.sample_rate:.1f}s saved to {args.out}")
+    return 0
+
+
+async def converse(client, caller: bytes, args: argparse.Namespace) -> None:
+    """Greeting, then the caller's WAV, then the agent's reply, then hang up."""
+    async with client:
+        await client.wait_for("session.ready", timeout=30)
+        if args.wait_greeting:
+            try:
+                await client.wait_for("agent.speech.stopped", timeout=30)
+            except TimeoutError:
+                pass
+        await client.stream(caller)
+        replies = len(client.of_type("transcript.agent"))
+        await client.stream_silence(0.5)
+        try:
+            await client.wait_for("transcript.agent", timeout=args.reply_timeout, count=replies + 1)
+            await client.wait_for("agent.speech.stopped", timeout=args.reply_timeout,
+                                  count=len(client.of_type("agent.speech.started")))
+        except TimeoutError:
+            print("no reply from the agent in time", file=sys.stderr)
+        if not client.closed:
+            await client.send_event({"type": "session.end"})
+            try:
+                await client.wait_for("session.ended", timeout=5)
+            except (TimeoutError, ConnectionError):
+                pass
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="switchboard", description="Switchboard voice-agent server")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve_cmd = commands.add_parser("serve", help="run the server")
+    serve_cmd.add_argument("--host")
+    serve_cmd.add_argument("--port", type=int)
+    serve_cmd.add_argument("--workers", type=int, default=1)
+
+    talk_cmd = commands.add_parser("talk", help="talk to an agent over the session WebSocket")
+    talk_cmd.add_argument("agent_id")
+    talk_cmd.add_argument("--wav", required=True, help="caller speech (16-bit PCM WAV)")
+    talk_cmd.add_argument("--out", default="agent.wav", help="where to save the agent's audio")
+    talk_cmd.add_argument("--url", default="http://127.0.0.1:8000")
+    talk_cmd.add_argument("--api-key")
+    talk_cmd.add_argument("--sample-rate", type=int, default=16000, choices=[8000, 16000, 24000, 48000])
+    talk_cmd.add_argument("--reply-timeout", type=float, default=30)
+    talk_cmd.add_argument("--wait-greeting", action=argparse.BooleanOptionalAction, default=True)
+
+    args = parser.parse_args(argv)
+    if args.command == "serve":
+        serve(args)
+    else:
+        sys.exit(asyncio.run(talk(args)))
+
+
+if __name__ == "__main__":
+    main()

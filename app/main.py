@@ -1,0 +1,61 @@
+"""The FastAPI application: routes, error handling and start-up."""
+
+import asyncio
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from loguru import logger
+
+from app.api import agents, health, session_ws, sessions
+from app.calls.tokens import TokenSigner
+from app.errors import install_error_handlers
+from app.settings import Settings, get_settings
+from app.state import AppState
+from app.storage import accounts
+from app.storage.db import Database
+from pipelines import services
+from pipelines.config import PipelineCatalog, UnknownPipelineError
+
+
+def preload_models(catalog: PipelineCatalog, names: list[str]) -> None:
+    """Load the local models of the named pipelines once, before the first call."""
+    for name in names:
+        try:
+            services.preload(catalog.get(name))
+        except UnknownPipelineError:
+            logger.warning(f"not preloading unknown pipeline '{name}'")
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        db = Database(settings.resolved_database_url())
+        await db.migrate()
+        async with db.sessions() as session:
+            generated = await accounts.ensure_bootstrap_key(session, settings.api_key)
+            secret = settings.secret_key or await accounts.server_secret(session, "token_signing")
+        if generated:
+            print(f"\n  Generated admin API key (shown once, store it now): {generated}\n", flush=True)
+        catalog = PipelineCatalog(settings.pipelines_path)
+        await asyncio.to_thread(preload_models, catalog, settings.preload_pipelines)
+        app.state.switchboard = AppState(settings=settings, db=db, catalog=catalog, tokens=TokenSigner(secret))
+        logger.info(f"Switchboard ready (pipelines: {', '.join(catalog.names())})")
+        try:
+            yield
+        finally:
+            await db.dispose()
+
+    app = FastAPI(
+        title="Switchboard",
+        version="0.1.0",
+        description="Open-source voice-agent server built on Pipecat.",
+        lifespan=lifespan,
+    )
+    install_error_handlers(app)
+    app.include_router(health.router)
+    app.include_router(agents.router)
+    app.include_router(sessions.router)
+    app.include_router(session_ws.router)
+    return app

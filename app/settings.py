@@ -1,0 +1,44 @@
+"""Typed settings, read once from the environment and `.env`."""
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Everything the server can be configured with. Env names are `SWITCHBOARD_<FIELD>`
+    unless an alias says otherwise."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="SWITCHBOARD_", env_file=".env", extra="ignore", populate_by_name=True
+    )
+
+    host: str = "127.0.0.1"
+    port: int = 8000
+    data_dir: Path = Path("data")
+    database_url: str | None = Field(default=None, alias="DATABASE_URL")
+    api_key: str | None = None
+    secret_key: str | None = None
+    public_base_url: str | None = None
+
+    default_pipeline: str = "local"
+    pipelines_path: list[Path] = Field(default_factory=list)
+    preload_pipelines: list[str] = Field(default_factory=lambda: ["local"])
+
+    session_connect_ttl_secs: int = 15 * 60
+    local_llm_port: int = 8765
+
+    def resolved_database_url(self) -> str:
+        """The SQLAlchemy async URL: `DATABASE_URL` if set, else a SQLite file in the data dir."""
+        url = self.database_url or f"sqlite+aiosqlite:///{self.data_dir / 'switchboard.db'}"
+        if url.startswith("postgresql://") or url.startswith("postgres://"):
+            url = "postgresql+asyncpg://" + url.split("://", 1)[1]
+        return url
+
+
+@lru_cache
+def get_settings() -> Settings:
+    """The process-wide settings object."""
+    return Settings()

@@ -1,0 +1,18 @@
+"""The objects one server process shares between requests and calls."""
+
+from dataclasses import dataclass, field
+
+from app.calls.registry import CallRegistry
+from app.calls.tokens import TokenSigner
+from app.settings import Settings
+from app.storage.db import Database
+from pipelines.config import PipelineCatalog
+
+
+@dataclass
+class AppState:
+    settings: Settings
+    db: Database
+    catalog: PipelineCatalog
+    tokens: TokenSigner
+    calls: CallRegistry = field(default_factory=CallRegistry)

@@ -1,0 +1,100 @@
+"""Session and transcript queries. Every query is scoped to an account."""
+
+from datetime import datetime
+
+from sqlalchemy import func, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.storage.ids import utcnow
+from app.storage.models import Session, TranscriptEntry
+
+ACTIVE_STATUSES = ("created", "active")
+
+
+async def expire_stale(db: AsyncSession) -> None:
+    """Sessions nobody connected to before `expires_at` become `expired`."""
+    await db.execute(
+        update(Session)
+        .where(Session.status == "created", Session.expires_at < utcnow())
+        .values(status="expired", end_reason="expired")
+    )
+    await db.commit()
+
+
+async def get_session(db: AsyncSession, account_id: str, session_id: str) -> Session | None:
+    await expire_stale(db)
+    return await db.scalar(select(Session).where(Session.id == session_id, Session.account_id == account_id))
+
+
+async def list_sessions(
+    db: AsyncSession, account_id: str, *, agent_id: str | None, status: str | None, limit: int, offset: int
+) -> tuple[list[Session], int]:
+    await expire_stale(db)
+    query = select(Session).where(Session.account_id == account_id)
+    if agent_id:
+        query = query.where(Session.agent_id == agent_id)
+    if status:
+        query = query.where(Session.status == status)
+    total = await db.scalar(select(func.count()).select_from(query.subquery()))
+    rows = await db.scalars(query.order_by(Session.created_at.desc(), Session.id).limit(limit).offset(offset))
+    return list(rows), total or 0
+
+
+async def claim(db: AsyncSession, session: Session) -> bool:
+    """Move a `created` session to `active`; False if another connection got there first."""
+    started = utcnow()
+    result = await db.execute(
+        update(Session)
+        .where(Session.id == session.id, Session.status == "created")
+        .values(status="active", started_at=started)
+    )
+    await db.commit()
+    session.status, session.started_at = "active", started
+    return result.rowcount == 1
+
+
+async def finish(db: AsyncSession, session_id: str, *, status: str, end_reason: str, error: str | None) -> None:
+    session = await db.get(Session, session_id)
+    ended = utcnow()
+    session.status = status
+    session.end_reason = end_reason
+    session.error = error
+    session.ended_at = ended
+    if session.started_at:
+        session.duration_secs = round((ended - session.started_at).total_seconds(), 3)
+    await db.commit()
+
+
+async def add_transcript_entry(
+    db: AsyncSession, session_id: str, *, speaker: str, content: str, timestamp: datetime, interrupted: bool = False
+) -> None:
+    db.add(
+        TranscriptEntry(
+            session_id=session_id, speaker=speaker, content=content, timestamp=timestamp, interrupted=interrupted
+        )
+    )
+    await db.commit()
+
+
+async def transcript(db: AsyncSession, session_id: str) -> list[TranscriptEntry]:
+    rows = await db.scalars(
+        select(TranscriptEntry).where(TranscriptEntry.session_id == session_id).order_by(TranscriptEntry.id)
+    )
+    return list(rows)
+
+
+async def active_session_ids(db: AsyncSession, agent_id: str) -> list[str]:
+    rows = await db.scalars(
+        select(Session.id).where(Session.agent_id == agent_id, Session.status.in_(ACTIVE_STATUSES))
+    )
+    return list(rows)
+
+
+async def end_unconnected(db: AsyncSession, agent_id: str, reason: str) -> None:
+    """Sessions of an agent that nobody has joined yet can no longer be joined."""
+    await db.execute(
+        update(Session)
+        .where(Session.agent_id == agent_id, Session.status == "created")
+        .values(status="failed", end_reason=reason, ended_at=utcnow())
+    )
+    await db.commit()

@@ -1,0 +1,143 @@
+"""Turns a pipeline config + an agent + a transport into one call's Pipecat pipeline."""
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from pipecat.adapters.llm.schemas.function_schema import FunctionSchema
+from pipecat.adapters.llm.schemas.tools_schema import ToolsSchema
+from pipecat.utils.types import NOT_GIVEN, NotGiven
+from pipecat.pipeline.pipeline import Pipeline
+from pipecat.processors.aggregators.llm_context import LLMContext
+from pipecat.processors.aggregators.llm_response_universal import (
+    LLMAssistantAggregator,
+    LLMContextAggregatorPair,
+    LLMUserAggregator,
+    LLMUserAggregatorParams,
+)
+from pipecat.processors.frame_processor import FrameProcessor
+from pipecat.services.llm_service import FunctionCallParams, LLMService
+from pipecat.transports.base_transport import BaseTransport
+from pipecat.turns.user_stop import TurnAnalyzerUserTurnStopStrategy
+from pipecat.turns.user_turn_strategies import UserTurnStrategies
+
+from pipelines import services
+from pipelines.config import PipelineConfig
+from processors.client_events import ClientEventReceiver
+from processors.session_events import SessionEventEmitter
+from processors.turn_limit import MaxTurnsLimiter
+
+ToolHandler = Callable[[FunctionCallParams], Awaitable[None]]
+
+GOODBYE = "Thank you for calling. Goodbye!"
+
+
+@dataclass
+class ToolDefinition:
+    name: str
+    description: str
+    parameters: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class AgentSpec:
+    """What the builder needs to know about the agent on this call."""
+
+    system_prompt: str
+    voice: str
+    language: str = "en"
+    tools: list[ToolDefinition] = field(default_factory=list)
+    max_turns: int = 50
+    history: list[dict[str, Any]] = field(default_factory=list)
+    """Earlier messages to restore into the LLM context."""
+
+
+@dataclass
+class CallPipeline:
+    """One call's pipeline and the processors the call wires events to."""
+
+    pipeline: Pipeline
+    llm: LLMService
+    user_aggregator: LLMUserAggregator
+    assistant_aggregator: LLMAssistantAggregator
+    events: SessionEventEmitter | None
+    client_events: ClientEventReceiver | None
+
+
+def build_pipeline(
+    config: PipelineConfig,
+    agent: AgentSpec,
+    transport: BaseTransport,
+    *,
+    tool_handler: ToolHandler | None = None,
+    session_protocol: bool = False,
+    extra_output: list[FrameProcessor] | None = None,
+) -> CallPipeline:
+    """Build: transport in → STT → user aggregator (VAD + turn detection) → turn limit →
+    LLM (with the agent's tools) → TTS → [session events] → transport out → assistant aggregator.
+
+    ``session_protocol`` adds the processors that speak the direct WebSocket event
+    protocol; telephony transports leave it off.
+    """
+    ctx = services.ServiceContext(
+        system_prompt=agent.system_prompt,
+        voice_id=config.tts.voices[agent.voice],
+        language=agent.language,
+    )
+    stt = services.create(config.stt, ctx)
+    llm = services.create(config.llm, ctx)
+    tts = services.create(config.tts, ctx)
+
+    stop_strategies = None
+    if config.turn:
+        stop_strategies = [TurnAnalyzerUserTurnStopStrategy(turn_analyzer=services.create(config.turn, ctx))]
+
+    context = LLMContext(messages=list(agent.history), tools=_tools_schema(agent.tools, tool_handler))
+    aggregators = LLMContextAggregatorPair(
+        context,
+        user_params=LLMUserAggregatorParams(
+            vad_analyzer=services.create(config.vad, ctx),
+            user_turn_strategies=UserTurnStrategies(stop=stop_strategies),
+        ),
+    )
+
+    events = SessionEventEmitter() if session_protocol else None
+    client_events = ClientEventReceiver() if session_protocol else None
+    processors: list[FrameProcessor | None] = [
+        transport.input(),
+        client_events,
+        stt,
+        aggregators.user(),
+        MaxTurnsLimiter(agent.max_turns, GOODBYE),
+        llm,
+        tts,
+        events,
+        *(extra_output or []),
+        transport.output(),
+        aggregators.assistant(),
+    ]
+    return CallPipeline(
+        pipeline=Pipeline([p for p in processors if p is not None]),
+        llm=llm,
+        user_aggregator=aggregators.user(),
+        assistant_aggregator=aggregators.assistant(),
+        events=events,
+        client_events=client_events,
+    )
+
+
+def _tools_schema(tools: list[ToolDefinition], handler: ToolHandler | None) -> ToolsSchema | NotGiven:
+    if not tools:
+        return NOT_GIVEN
+    return ToolsSchema(
+        standard_tools=[
+            FunctionSchema(
+                name=tool.name,
+                description=tool.description,
+                properties=tool.parameters.get("properties", {}),
+                required=tool.parameters.get("required", []),
+                handler=handler,
+            )
+            for tool in tools
+        ]
+    )

@@ -1,0 +1,108 @@
+"""Pipeline config files: what service runs each stage, with which settings.
+
+A config is a YAML file in `pipelines/` (or a directory listed in
+`SWITCHBOARD_PIPELINES_PATH`). String values may use `${VAR}` or `${VAR:-default}`
+to read the environment, and `pkg://package/path` to name a file shipped inside an
+installed Python package (how the local models arrive: nothing is downloaded).
+"""
+
+import importlib.resources
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, Field
+
+BUILTIN_DIR = Path(__file__).parent
+_ENV_PATTERN = re.compile(r"\$\{([A-Z0-9_]+)(?::-([^}]*))?\}")
+
+
+class StageConfig(BaseModel):
+    """One stage: a service name from `pipelines/services.py` and its options."""
+
+    service: str
+    options: dict[str, Any] = Field(default_factory=dict)
+    api_key_env: str | None = None
+
+
+class LocalLLMServerConfig(BaseModel):
+    """A llama.cpp OpenAI-compatible server that `switchboard serve` starts for this config."""
+
+    model: str
+    port: int = 8765
+    n_ctx: int = 2048
+    n_threads: int | None = None
+
+
+class LLMStageConfig(StageConfig):
+    local_server: LocalLLMServerConfig | None = None
+
+
+class TTSStageConfig(StageConfig):
+    voices: dict[str, str]
+    """Voice name (what an agent's `voice_id` says) → the provider's voice id."""
+
+
+class PipelineConfig(BaseModel):
+    name: str
+    description: str = ""
+    vad: StageConfig
+    turn: StageConfig | None = None
+    stt: StageConfig
+    llm: LLMStageConfig
+    tts: TTSStageConfig
+    audio_in_sample_rate: int = 16000
+    audio_out_sample_rate: int = 24000
+
+    def stages(self) -> list[StageConfig]:
+        return [s for s in (self.vad, self.turn, self.stt, self.llm, self.tts) if s]
+
+    def missing_env(self) -> list[str]:
+        """Environment variables this config needs that are not set."""
+        return [s.api_key_env for s in self.stages() if s.api_key_env and not os.environ.get(s.api_key_env)]
+
+
+class UnknownPipelineError(LookupError):
+    def __init__(self, name: str, known: list[str]):
+        super().__init__(f"unknown pipeline '{name}'")
+        self.name = name
+        self.known = known
+
+
+def expand_env(text: str) -> str:
+    """Replace `${VAR}` / `${VAR:-default}` with the environment's values."""
+    return _ENV_PATTERN.sub(lambda m: os.environ.get(m.group(1), m.group(2) or ""), text)
+
+
+def resolve_path(value: str) -> Path:
+    """A filesystem path for `pkg://package/relative/path` or a plain path."""
+    if value.startswith("pkg://"):
+        package, _, rest = value.removeprefix("pkg://").partition("/")
+        return Path(str(importlib.resources.files(package).joinpath(rest)))
+    return Path(value)
+
+
+class PipelineCatalog:
+    """The pipeline configs known to this server, by name."""
+
+    def __init__(self, extra_dirs: list[Path] | None = None):
+        self.dirs = [BUILTIN_DIR, *(extra_dirs or [])]
+
+    def _files(self) -> dict[str, Path]:
+        files: dict[str, Path] = {}
+        for directory in self.dirs:
+            for path in sorted(Path(directory).glob("*.yaml")):
+                files[path.stem] = path
+        return files
+
+    def names(self) -> list[str]:
+        return sorted(self._files())
+
+    def get(self, name: str) -> PipelineConfig:
+        files = self._files()
+        if name not in files:
+            raise UnknownPipelineError(name, sorted(files))
+        data = yaml.safe_load(expand_env(files[name].read_text()))
+        return PipelineConfig(name=name, **{k: v for k, v in data.items() if k != "name"})

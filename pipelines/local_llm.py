@@ -1,0 +1,63 @@
+"""The llama.cpp OpenAI-compatible server a `local_server` LLM stage asks for.
+
+`switchboard serve` starts one per machine before the web workers, so every worker
+shares the one loaded model and the `local` config's `OpenAILLMService` reaches it by
+`base_url` — the same code path that serves Ollama or vLLM.
+"""
+
+import subprocess
+import sys
+import time
+import urllib.request
+
+from loguru import logger
+
+from pipelines.config import LocalLLMServerConfig, resolve_path
+
+
+def is_serving(port: int) -> bool:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/models", timeout=1) as response:
+            return response.status == 200
+    except OSError:
+        return False
+
+
+def start(config: LocalLLMServerConfig, alias: str, timeout_secs: float = 120) -> subprocess.Popen | None:
+    """Start the server unless one already answers on its port; wait until it is ready."""
+    if is_serving(config.port):
+        logger.info(f"Local LLM server already running on port {config.port}")
+        return None
+    model = resolve_path(config.model)
+    if not model.exists():
+        raise FileNotFoundError(f"local LLM model not found: {model}")
+    command = [
+        sys.executable, "-m", "llama_cpp.server",
+        "--model", str(model),
+        "--model_alias", alias,
+        "--host", "127.0.0.1",
+        "--port", str(config.port),
+        "--n_ctx", str(config.n_ctx),
+    ]
+    if config.n_threads:
+        command += ["--n_threads", str(config.n_threads)]
+    logger.info(f"Starting local LLM server ({model.name}) on port {config.port}")
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + timeout_secs
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"local LLM server exited with code {process.returncode}")
+        if is_serving(config.port):
+            return process
+        time.sleep(0.2)
+    process.terminate()
+    raise TimeoutError(f"local LLM server did not answer within {timeout_secs:.0f}s")
+
+
+def stop(process: subprocess.Popen | None) -> None:
+    if process and process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()

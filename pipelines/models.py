@@ -1,0 +1,88 @@
+"""Process-wide model loading: each model is loaded once and shared by every call.
+
+Per-call state (VAD recurrent state, turn-analyzer buffers, LLM context) stays per
+call; only the read-only weights and inference sessions are shared. ONNX Runtime and
+CTranslate2 sessions are safe to run from several threads at once.
+"""
+
+import importlib.resources
+import threading
+from pathlib import Path
+
+import onnxruntime
+from loguru import logger
+
+_lock = threading.Lock()
+_cache: dict[tuple, object] = {}
+
+
+def _load_once(key: tuple, loader):
+    with _lock:
+        if key not in _cache:
+            logger.info(f"Loading {key[0]} model {key[1:]}")
+            _cache[key] = loader()
+        return _cache[key]
+
+
+def whisper_model(model_dir: Path, device: str = "cpu", compute_type: str = "int8"):
+    """A faster-whisper model from a local CTranslate2 directory (never the hub)."""
+    if not (Path(model_dir) / "tokenizer.json").exists():
+        raise FileNotFoundError(f"no Whisper model (tokenizer.json) in {model_dir}")
+
+    def load():
+        from faster_whisper import WhisperModel
+
+        return WhisperModel(str(model_dir), device=device, compute_type=compute_type, local_files_only=True)
+
+    return _load_once(("whisper", str(model_dir), device, compute_type), load)
+
+
+def piper_voice(model_dir: Path, voice: str):
+    """A Piper voice from `<model_dir>/<voice>.onnx` and its `.onnx.json`."""
+    model_path = Path(model_dir) / f"{voice}.onnx"
+    if not model_path.exists() or not model_path.with_suffix(".onnx.json").exists():
+        raise FileNotFoundError(f"no Piper voice {voice} in {model_dir}")
+
+    def load():
+        from piper import PiperVoice
+
+        return PiperVoice.load(model_path)
+
+    return _load_once(("piper", str(model_path)), load)
+
+
+def _bundled(package: str, name: str) -> str:
+    return str(importlib.resources.files(package).joinpath(name))
+
+
+def silero_session() -> onnxruntime.InferenceSession:
+    """The Silero VAD ONNX session bundled with pipecat-ai."""
+
+    def load():
+        opts = onnxruntime.SessionOptions()
+        opts.inter_op_num_threads = 1
+        opts.intra_op_num_threads = 1
+        return onnxruntime.InferenceSession(
+            _bundled("pipecat.audio.vad.data", "silero_vad.onnx"),
+            providers=["CPUExecutionProvider"],
+            sess_options=opts,
+        )
+
+    return _load_once(("silero",), load)
+
+
+def smart_turn_session() -> onnxruntime.InferenceSession:
+    """The Smart Turn v3 ONNX session bundled with pipecat-ai."""
+
+    def load():
+        opts = onnxruntime.SessionOptions()
+        opts.execution_mode = onnxruntime.ExecutionMode.ORT_SEQUENTIAL
+        opts.inter_op_num_threads = 1
+        opts.intra_op_num_threads = 1
+        opts.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
+        return onnxruntime.InferenceSession(
+            _bundled("pipecat.audio.turn.smart_turn.data", "smart-turn-v3.2-cpu.onnx"),
+            sess_options=opts,
+        )
+
+    return _load_once(("smart_turn_v3",), load)

@@ -1,0 +1,196 @@
+"""Service factories: a stage's `service:` name in a config → a Pipecat service.
+
+Local services reuse the process-wide models from `pipelines/models.py`; the
+subclasses below exist only to hand Pipecat's services a shared model instead of
+letting each call load its own.
+"""
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from pipecat.audio.turn.smart_turn.base_smart_turn import BaseSmartTurn
+from pipecat.audio.turn.smart_turn.local_smart_turn_v3 import LocalSmartTurnAnalyzerV3
+from pipecat.audio.vad.silero import SileroOnnxModel, SileroVADAnalyzer
+from pipecat.audio.vad.vad_analyzer import VADAnalyzer, VADParams
+from pipecat.services.piper.tts import PiperTTSService
+from pipecat.services.tts_service import TTSService
+from pipecat.services.whisper.stt import WhisperSTTService
+from pipecat.transcriptions.language import Language
+
+from pipelines import models
+from pipelines.config import PipelineConfig, StageConfig, resolve_path
+
+
+@dataclass
+class ServiceContext:
+    """What a factory may need to know about the call it builds for."""
+
+    system_prompt: str
+    voice_id: str
+    """The provider's voice id (already mapped from the agent's voice name)."""
+    language: str = "en"
+
+
+class SharedSileroOnnxModel(SileroOnnxModel):
+    """Silero's per-stream state around a process-wide ONNX session."""
+
+    def __init__(self, session):
+        self.session = session
+        self.reset_states()
+        self.sample_rates = [8000, 16000]
+
+
+class SharedSileroVADAnalyzer(SileroVADAnalyzer):
+    """`SileroVADAnalyzer` that reuses the shared session instead of loading one per call."""
+
+    def __init__(self, *, params: VADParams | None = None):
+        VADAnalyzer.__init__(self, params=params)
+        self._model = SharedSileroOnnxModel(models.silero_session())
+        self._windows_since_reset = 0
+        self._low_confidence_windows = 0
+
+
+class SharedSmartTurnAnalyzerV3(LocalSmartTurnAnalyzerV3):
+    """`LocalSmartTurnAnalyzerV3` over the shared ONNX session."""
+
+    def __init__(self, **kwargs):
+        BaseSmartTurn.__init__(self, **kwargs)
+        self._log_data = False
+        self._session = models.smart_turn_session()
+
+
+class SharedWhisperSTTService(WhisperSTTService):
+    """`WhisperSTTService` whose model comes from the process-wide cache."""
+
+    def _load(self):
+        self._model = models.whisper_model(
+            resolve_path(str(self._settings.model)), self._device, self._compute_type
+        )
+
+
+class SharedPiperTTSService(PiperTTSService):
+    """`PiperTTSService` speaking with a process-wide `PiperVoice`."""
+
+    def __init__(self, *, voice, settings: PiperTTSService.Settings, **kwargs):
+        TTSService.__init__(
+            self, push_start_frame=True, push_stop_frames=True, settings=settings, **kwargs
+        )
+        self._voice = voice
+
+
+def _silero(stage: StageConfig, ctx: ServiceContext) -> VADAnalyzer:
+    return SharedSileroVADAnalyzer(params=VADParams(**stage.options))
+
+
+def _smart_turn_v3(stage: StageConfig, ctx: ServiceContext) -> BaseSmartTurn:
+    return SharedSmartTurnAnalyzerV3()
+
+
+def _whisper(stage: StageConfig, ctx: ServiceContext):
+    options = dict(stage.options)
+    device = options.pop("device", "cpu")
+    compute_type = options.pop("compute_type", "int8")
+    # Segmented Whisper has no streaming first-token figure; this is its p99 on a CPU.
+    ttfs_p99_latency = options.pop("ttfs_p99_latency", 0.6)
+    return SharedWhisperSTTService(
+        device=device,
+        compute_type=compute_type,
+        settings=WhisperSTTService.Settings(language=Language(ctx.language), **options),
+        ttfs_p99_latency=ttfs_p99_latency,
+    )
+
+
+def _piper(stage: StageConfig, ctx: ServiceContext):
+    model_dir = resolve_path(stage.options["model_dir"])
+    return SharedPiperTTSService(
+        voice=models.piper_voice(model_dir, ctx.voice_id),
+        settings=PiperTTSService.Settings(voice=ctx.voice_id),
+    )
+
+
+def _openai(stage: StageConfig, ctx: ServiceContext):
+    from pipecat.services.openai.llm import OpenAILLMService
+
+    options = dict(stage.options)
+    return OpenAILLMService(
+        base_url=options.pop("base_url"),
+        api_key=options.pop("api_key", None) or _env_key(stage),
+        settings=OpenAILLMService.Settings(system_instruction=ctx.system_prompt, **options),
+    )
+
+
+def _anthropic(stage: StageConfig, ctx: ServiceContext):
+    from anthropic import AsyncAnthropic
+    from pipecat.services.anthropic.llm import AnthropicLLMService
+
+    options = dict(stage.options)
+    api_key = _env_key(stage)
+    base_url = options.pop("base_url", None) or None
+    return AnthropicLLMService(
+        api_key=api_key,
+        client=AsyncAnthropic(api_key=api_key, base_url=base_url),
+        settings=AnthropicLLMService.Settings(system_instruction=ctx.system_prompt, **options),
+    )
+
+
+def _deepgram(stage: StageConfig, ctx: ServiceContext):
+    from pipecat.services.deepgram.stt import DeepgramSTTService
+
+    options = dict(stage.options)
+    base_url = options.pop("base_url", None) or None
+    kwargs: dict[str, Any] = {"base_url": base_url} if base_url else {}
+    return DeepgramSTTService(
+        api_key=_env_key(stage),
+        settings=DeepgramSTTService.Settings(language=Language(ctx.language), **options),
+        **kwargs,
+    )
+
+
+def _cartesia(stage: StageConfig, ctx: ServiceContext):
+    from pipecat.services.cartesia.tts import CartesiaTTSService
+
+    options = dict(stage.options)
+    url = options.pop("url")
+    return CartesiaTTSService(
+        api_key=_env_key(stage),
+        url=url,
+        settings=CartesiaTTSService.Settings(voice=ctx.voice_id, language=Language(ctx.language), **options),
+    )
+
+
+def _env_key(stage: StageConfig) -> str | None:
+    return os.environ.get(stage.api_key_env) if stage.api_key_env else None
+
+
+FACTORIES: dict[str, Callable[[StageConfig, ServiceContext], Any]] = {
+    "silero": _silero,
+    "smart_turn_v3": _smart_turn_v3,
+    "whisper": _whisper,
+    "piper": _piper,
+    "openai": _openai,
+    "anthropic": _anthropic,
+    "deepgram": _deepgram,
+    "cartesia": _cartesia,
+}
+
+
+def create(stage: StageConfig, ctx: ServiceContext):
+    """Build the service a stage names."""
+    try:
+        factory = FACTORIES[stage.service]
+    except KeyError:
+        raise ValueError(f"unknown service '{stage.service}' (known: {sorted(FACTORIES)})") from None
+    return factory(stage, ctx)
+
+
+def preload(config: PipelineConfig) -> None:
+    """Load a config's local models now, so the first call does not pay for them."""
+    ctx = ServiceContext(system_prompt="", voice_id="", language="en")
+    for stage in (config.vad, config.turn, config.stt):
+        if stage and stage.service in ("silero", "smart_turn_v3", "whisper"):
+            create(stage, ctx)
+    if config.tts.service == "piper":
+        for voice_id in config.tts.voices.values():
+            models.piper_voice(resolve_path(config.tts.options["model_dir"]), voice_id)
