@@ -4,11 +4,12 @@ from pipecat.frames.frames import (
     CancelWorkerFrame,
     Frame,
     InputTransportMessageFrame,
-    InterruptionWorkerFrame,
+    LLMContextUserTurnFrame,
     LLMMessagesAppendFrame,
     OutputTransportMessageUrgentFrame,
 )
 from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
+from pipecat.utils.time import time_now_iso8601
 
 from processors.frames import ClientProtocolErrorFrame
 
@@ -46,11 +47,12 @@ class ClientEventReceiver(FrameProcessor):
     async def _handle_event(self, event: dict):
         kind = event["type"]
         if kind == "input.text":
-            await self.push_frame(InterruptionWorkerFrame(), FrameDirection.UPSTREAM)
-            await self.push_frame(
-                LLMMessagesAppendFrame(messages=[{"role": "user", "content": event["text"]}], run_llm=True)
-            )
-            await self._call_event_handler("on_user_text", event["text"])
+            text = event["text"]
+            await self.broadcast_interruption()
+            # Announced like a spoken turn, so per-turn processors (the turn limit) count it.
+            await self.push_frame(LLMContextUserTurnFrame(text=text, timestamp=time_now_iso8601()))
+            await self.push_frame(LLMMessagesAppendFrame(messages=[{"role": "user", "content": text}], run_llm=True))
+            await self._call_event_handler("on_user_text", text)
         elif kind == "tool.result":
             await self._call_event_handler("on_tool_result", event["call_id"], event["result"])
         elif kind == "session.end":

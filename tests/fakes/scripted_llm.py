@@ -1,0 +1,139 @@
+"""An OpenAI-compatible chat-completions server whose answers each test scripts.
+
+The real local model is too small to say the same thing twice; tests that depend on
+what the agent says, or on a tool call, point a pipeline at this server instead.
+"""
+
+import asyncio
+import json
+import threading
+import time
+import uuid
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+
+
+@dataclass
+class ToolCall:
+    name: str
+    arguments: dict[str, Any] = field(default_factory=dict)
+
+
+Reply = str | ToolCall | list[ToolCall]
+
+
+class ScriptedLLM:
+    """Answers each chat completion with the next scripted reply (or `default_reply`)."""
+
+    def __init__(self, default_reply: str = "Sure, I can help with that."):
+        self.default_reply = default_reply
+        self.replies: deque[Reply] = deque()
+        self.requests: list[dict] = []
+        self.port = 0
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._runner: web.AppRunner | None = None
+        self._ready = threading.Event()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    def script(self, *replies: Reply) -> None:
+        self.replies.extend(replies)
+
+    def reset(self) -> None:
+        self.replies.clear()
+        self.requests.clear()
+
+    # The server runs on its own loop in a thread so tests can drive it synchronously.
+    def start(self) -> "ScriptedLLM":
+        threading.Thread(target=self._serve, daemon=True).start()
+        self._ready.wait(10)
+        return self
+
+    def stop(self) -> None:
+        if self._loop and self._runner:
+            asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop).result(5)
+            self._loop.call_soon_threadsafe(self._loop.stop)
+
+    def _serve(self) -> None:
+        self._loop = asyncio.new_event_loop()
+        app = web.Application()
+        app.router.add_post("/v1/chat/completions", self._completions)
+        app.router.add_get("/v1/models", self._models)
+        self._runner = web.AppRunner(app)
+        self._loop.run_until_complete(self._runner.setup())
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        self._loop.run_until_complete(site.start())
+        self.port = site._server.sockets[0].getsockname()[1]
+        self._ready.set()
+        self._loop.run_forever()
+
+    async def _models(self, request: web.Request) -> web.Response:
+        return web.json_response({"object": "list", "data": [{"id": "scripted", "object": "model"}]})
+
+    async def _completions(self, request: web.Request) -> web.StreamResponse:
+        body = await request.json()
+        self.requests.append(body)
+        reply = self.replies.popleft() if self.replies else self.default_reply
+        chunks = list(_chunks(reply))
+        if not body.get("stream"):
+            return web.json_response(_whole(reply))
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        for chunk in chunks:
+            await response.write(f"data: {json.dumps(chunk)}\n\n".encode())
+        await response.write(b"data: [DONE]\n\n")
+        return response
+
+
+def _envelope(delta: dict, finish: str | None = None) -> dict:
+    return {
+        "id": "chatcmpl-scripted",
+        "object": "chat.completion.chunk",
+        "created": int(time.time()),
+        "model": "scripted",
+        "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+    }
+
+
+def _tool_calls(reply: Reply) -> list[ToolCall]:
+    if isinstance(reply, ToolCall):
+        return [reply]
+    return reply if isinstance(reply, list) else []
+
+
+def _chunks(reply: Reply):
+    yield _envelope({"role": "assistant", "content": ""})
+    calls = _tool_calls(reply)
+    if calls:
+        for index, call in enumerate(calls):
+            yield _envelope({"tool_calls": [{
+                "index": index, "id": f"call_{uuid.uuid4().hex[:12]}", "type": "function",
+                "function": {"name": call.name, "arguments": json.dumps(call.arguments)},
+            }]})
+        yield _envelope({}, "tool_calls")
+        return
+    words = str(reply).split(" ")
+    for index, word in enumerate(words):
+        yield _envelope({"content": word if index == 0 else " " + word})
+    yield _envelope({}, "stop")
+
+
+def _whole(reply: Reply) -> dict:
+    calls = _tool_calls(reply)
+    message: dict[str, Any] = {"role": "assistant", "content": None if calls else str(reply)}
+    if calls:
+        message["tool_calls"] = [
+            {"id": f"call_{uuid.uuid4().hex[:12]}", "type": "function",
+             "function": {"name": c.name, "arguments": json.dumps(c.arguments)}}
+            for c in calls
+        ]
+    return {
+        "id": "chatcmpl-scripted", "object": "chat.completion", "created": int(time.time()), "model": "scripted",
+        "choices": [{"index": 0, "message": message, "finish_reason": "tool_calls" if calls else "stop"}],
+        "usage": {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15},
+    }

@@ -1,0 +1,172 @@
+"""The agents API over real HTTP, including every validation error."""
+
+import httpx
+import pytest
+
+from tests.conftest import make_agent
+
+
+def test_every_v1_route_needs_the_api_key(server):
+    routes = [
+        ("POST", "/v1/agents"), ("POST", "/v1/agents/create"), ("GET", "/v1/agents"),
+        ("GET", "/v1/agents/agt_x"), ("PATCH", "/v1/agents/agt_x"), ("DELETE", "/v1/agents/agt_x"),
+        ("POST", "/v1/agents/agt_x/sessions"), ("GET", "/v1/sessions"), ("GET", "/v1/sessions/ses_x"),
+        ("GET", "/v1/sessions/ses_x/transcript"), ("GET", "/v1/pipelines"),
+    ]
+    for method, path in routes:
+        for headers in ({}, {"X-API-Key": "sk_wrong"}):
+            response = httpx.request(method, server.url + path, headers=headers, json={})
+            assert response.status_code == 401, (method, path, response.text)
+            assert response.json()["code"] == "unauthorized"
+
+
+def test_create_returns_the_agent_with_defaults(api):
+    agent = make_agent(api, greeting="Hi there")
+    assert agent["id"].startswith("agt_")
+    assert agent["status"] == "active"
+    assert agent["language"] == "en"
+    assert agent["max_turns"] == 50
+    assert agent["pipeline"] == "local"
+    assert agent["tools"] == []
+    assert agent["greeting"] == "Hi there"
+    assert agent["created_at"].endswith("Z") or "+00:00" in agent["created_at"]
+    assert api.get(f"/v1/agents/{agent['id']}").json() == agent
+
+
+def test_create_alias_and_tools(api):
+    tool = {
+        "name": "lookup_order",
+        "description": "Find an order",
+        "parameters": {"type": "object", "properties": {"order_id": {"type": "string"}}, "required": ["order_id"]},
+    }
+    response = api.post("/v1/agents/create", json={
+        "name": "Orders", "voice_id": "joe", "system_prompt": "Help with orders.", "tools": [tool], "max_turns": 3,
+    })
+    assert response.status_code == 201, response.text
+    assert response.json()["tools"] == [tool]
+    assert response.json()["max_turns"] == 3
+
+
+@pytest.mark.parametrize(
+    "body, field",
+    [
+        ({"voice_id": "joe", "system_prompt": "x"}, "name"),
+        ({"name": "a", "system_prompt": "x"}, "voice_id"),
+        ({"name": "a", "voice_id": "joe"}, "system_prompt"),
+        ({"name": "a", "voice_id": "joe", "system_prompt": "x", "max_turns": 0}, "max_turns"),
+        ({"name": "a", "voice_id": "joe", "system_prompt": "x", "max_turns": 501}, "max_turns"),
+        ({"name": "", "voice_id": "joe", "system_prompt": "x"}, "name"),
+        ({"name": "a", "voice_id": "joe", "system_prompt": "x", "tools": [{"name": "bad name!", "description": "d"}]}, "tools"),
+        ({"name": "a", "voice_id": "joe", "system_prompt": "x", "tools": [{"name": "t", "description": "d", "parameters": {"type": "string"}}]}, "tools"),
+        ({"name": "a", "voice_id": "joe", "system_prompt": "x", "tools": [{"name": "t", "description": "d"}, {"name": "t", "description": "e"}]}, "tools"),
+        ({"name": "a", "voice_id": "joe", "system_prompt": "x", "unexpected": 1}, "unexpected"),
+    ],
+)
+def test_invalid_bodies_are_422_naming_the_field(api, body, field):
+    response = api.post("/v1/agents", json=body)
+    assert response.status_code == 422
+    error = response.json()
+    assert error["code"] == "validation_error"
+    assert field in error["message"]
+
+
+def test_unknown_voice_lists_the_valid_voices_case_sensitively(api):
+    response = api.post("/v1/agents", json={"name": "a", "voice_id": "Joe", "system_prompt": "x"})
+    assert response.status_code == 422
+    error = response.json()
+    assert error["code"] == "unknown_voice"
+    assert error["details"]["voices"] == ["joe"]
+    assert "joe" in error["message"]
+
+
+def test_unknown_pipeline_lists_the_known_ones(api):
+    response = api.post("/v1/agents", json={"name": "a", "voice_id": "joe", "system_prompt": "x", "pipeline": "nope"})
+    assert response.status_code == 422
+    error = response.json()
+    assert error["code"] == "unknown_pipeline"
+    assert {"local", "cloud"} <= set(error["details"]["pipelines"])
+
+
+def test_malformed_json_is_a_clear_422(api):
+    response = api.post("/v1/agents", content=b"{not json", headers={"Content-Type": "application/json"})
+    assert response.status_code == 422
+    assert response.json()["code"] == "validation_error"
+
+
+def test_list_paginates_and_counts(api):
+    ids = [make_agent(api, name=f"Paged {i}")["id"] for i in range(3)]
+    page = api.get("/v1/agents", params={"limit": 2, "offset": 0}).json()
+    assert page["limit"] == 2 and len(page["items"]) == 2
+    assert page["total"] >= 3
+    everything = []
+    offset = 0
+    while offset < page["total"]:
+        chunk = api.get("/v1/agents", params={"limit": 100, "offset": offset}).json()
+        everything += [a["id"] for a in chunk["items"]]
+        offset += 100
+    assert set(ids) <= set(everything)
+    for bad in ({"limit": 0}, {"limit": 101}, {"offset": -1}, {"limit": "x"}):
+        assert api.get("/v1/agents", params=bad).status_code == 422
+
+
+def test_patch_updates_fields_and_status(api):
+    agent = make_agent(api)
+    response = api.patch(f"/v1/agents/{agent['id']}", json={"name": "Renamed", "status": "paused", "max_turns": 7})
+    assert response.status_code == 200, response.text
+    updated = response.json()
+    assert (updated["name"], updated["status"], updated["max_turns"]) == ("Renamed", "paused", 7)
+    assert api.get(f"/v1/agents/{agent['id']}").json()["status"] == "paused"
+    assert api.patch(f"/v1/agents/{agent['id']}", json={"status": "active"}).json()["status"] == "active"
+
+
+@pytest.mark.parametrize(
+    "body, code",
+    [
+        ({"status": "deleted"}, "validation_error"),
+        ({"voice_id": "nobody"}, "unknown_voice"),
+        ({"pipeline": "nope"}, "unknown_pipeline"),
+        ({"max_turns": 1000}, "validation_error"),
+        ({"name": None}, "validation_error"),
+    ],
+)
+def test_patch_validation(api, body, code):
+    agent = make_agent(api)
+    response = api.patch(f"/v1/agents/{agent['id']}", json=body)
+    assert response.status_code == 422
+    assert response.json()["code"] == code
+
+
+def test_missing_agent_is_404_on_every_route(api):
+    for method, path in [("GET", "/v1/agents/agt_missing"), ("PATCH", "/v1/agents/agt_missing"),
+                         ("DELETE", "/v1/agents/agt_missing"), ("POST", "/v1/agents/agt_missing/sessions")]:
+        response = api.request(method, path, json={})
+        assert response.status_code == 404, (method, path)
+        assert response.json()["code"] == "agent_not_found"
+
+
+def test_delete_marks_deleted_and_blocks_changes_and_sessions(api):
+    agent = make_agent(api)
+    response = api.delete(f"/v1/agents/{agent['id']}")
+    assert response.status_code == 200
+    assert response.json()["status"] == "deleted"
+    assert api.get(f"/v1/agents/{agent['id']}").json()["status"] == "deleted"
+    assert agent["id"] not in [a["id"] for a in api.get("/v1/agents", params={"limit": 100}).json()["items"]]
+    assert agent["id"] in [a["id"] for a in api.get("/v1/agents", params={"status": "deleted", "limit": 100}).json()["items"]]
+    assert api.patch(f"/v1/agents/{agent['id']}", json={"name": "x"}).status_code == 409
+    response = api.post(f"/v1/agents/{agent['id']}/sessions")
+    assert response.status_code == 409
+    assert response.json()["code"] == "agent_deleted"
+
+
+def test_pipelines_lists_voices(api):
+    pipelines = {p["name"]: p for p in api.get("/v1/pipelines").json()}
+    assert pipelines["local"]["voices"] == ["joe"]
+    assert pipelines["local"]["missing_env"] == []
+    assert "cloud" in pipelines
+
+
+def test_openapi_describes_the_error_shape(server):
+    spec = httpx.get(server.url + "/openapi.json").json()
+    create = spec["paths"]["/v1/agents"]["post"]
+    assert create["responses"]["422"]["content"]["application/json"]["schema"]["$ref"].endswith("/ErrorBody")
+    assert "X-API-Key" in str(spec["components"]["securitySchemes"])
