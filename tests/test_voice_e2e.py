@@ -1,0 +1,98 @@
+"""End to end over a real WebSocket with real audio: speech in, speech out, barge-in, deletion."""
+
+import asyncio
+import time
+
+from app.client import SessionClient
+from tests.audio import rms, speech
+from tests.conftest import make_agent
+from tests.test_session_websocket import agent_ws, wait_for_status
+
+
+async def test_local_pipeline_hears_the_caller_and_answers(server, api):
+    agent = make_agent(
+        api,
+        system_prompt="You are the receptionist of a dental clinic. Answer in one short sentence.",
+        greeting="Hello, thanks for calling the clinic.",
+    )
+    async with SessionClient(agent_ws(server, agent["id"])) as client:
+        ready = await client.wait_for("session.ready", timeout=30)
+        greeting = await client.wait_for("transcript.agent", timeout=30)
+        assert greeting["text"] == "Hello, thanks for calling the clinic."
+        await client.wait_for("agent.speech.stopped", timeout=30)
+        greeting_audio = len(client.agent_audio)
+        assert greeting_audio > 16000 * 2 * 1.0  # over a second of speech
+
+        await client.stream(speech("What time do you open tomorrow morning?"))
+        await client.stream_silence(1.0)
+        heard = await client.wait_for("transcript.user", timeout=30)
+        reply = await client.wait_for("transcript.agent", timeout=60, count=2)
+        await client.wait_for("agent.speech.stopped", timeout=60, count=2)
+        assert reply["text"].strip()
+        reply_audio = bytes(client.agent_audio[greeting_audio:])
+        assert len(reply_audio) > 16000 * 2 * 0.3 and rms(reply_audio) > 300
+
+        await client.send_event({"type": "session.end"})
+        await client.wait_for("session.ended", timeout=10)
+
+    words = heard["text"].lower()
+    assert "open" in words and "tomorrow" in words, heard
+    session = wait_for_status(api, ready["session_id"], "completed")
+    assert session["end_reason"] == "caller_hangup"
+    transcript = api.get(f"/v1/sessions/{ready['session_id']}/transcript").json()["items"]
+    speakers = [t["speaker"] for t in transcript]
+    assert speakers[0] == "AGENT" and "USER" in speakers and speakers[-1] == "AGENT"
+    user_text = " ".join(t["content"] for t in transcript if t["speaker"] == "USER").lower()
+    assert "open" in user_text and "tomorrow" in user_text
+    assert transcript[-1]["content"] == reply["text"]
+
+
+async def test_barge_in_stops_the_agent_and_tells_the_client(server, api, llm):
+    long_answer = (
+        "Let me tell you everything about our opening hours. On Monday we open at eight in the morning "
+        "and close at six in the evening. On Tuesday we open at nine and close at seven. On Wednesday "
+        "we open at eight and close at five. On Thursday we open late, at ten, and close at eight."
+    )
+    llm.script(long_answer, "Sure, go ahead.")
+    agent = make_agent(api, pipeline="scripted")
+    async with SessionClient(agent_ws(server, agent["id"])) as client:
+        ready = await client.wait_for("session.ready", timeout=30)
+        await client.send_event({"type": "input.text", "text": "What are your hours?"})
+        await client.wait_for("agent.speech.started", timeout=30)
+        await asyncio.sleep(1.5)  # the agent is mid-sentence
+        assert not client.of_type("agent.speech.stopped")
+        speaking_since = time.monotonic()
+        barge = asyncio.create_task(client.stream(speech("Wait, stop, I have a question.", tail_secs=1.0)))
+        started = await client.wait_for("input.speech.started", timeout=10)
+        stop_latency = started["_at"] - speaking_since
+        await client.wait_for("agent.speech.stopped", timeout=10)
+        await barge
+        interrupted = await client.wait_for("transcript.agent", timeout=10)
+        assert interrupted["interrupted"] is True
+        assert interrupted["text"] != long_answer  # cut short
+        # No audio of the long answer arrives once the caller has barged in. The next reply's
+        # first frame may land just before its `agent.speech.started`, hence the margin.
+        next_reply = [e["_at"] for e in client.of_type("agent.speech.started")[1:]]
+        window_end = next_reply[0] - 0.1 if next_reply else started["_at"] + 2.0
+        late_audio = sum(size for at, size in client.audio_log if started["_at"] + 0.5 < at < window_end)
+        assert late_audio == 0, late_audio
+        assert stop_latency < 3.0
+        await client.send_event({"type": "session.end"})
+    transcript = api.get(f"/v1/sessions/{ready['session_id']}/transcript").json()["items"]
+    assert any(t["speaker"] == "AGENT" and t["interrupted"] for t in transcript)
+
+
+async def test_deleting_the_agent_ends_its_live_session(server, api, llm):
+    agent = make_agent(api, pipeline="scripted", greeting="Hi, how can I help?")
+    async with SessionClient(agent_ws(server, agent["id"])) as client:
+        ready = await client.wait_for("session.ready", timeout=30)
+        await client.wait_for("agent.speech.started", timeout=30)
+        assert api.delete(f"/v1/agents/{agent['id']}").status_code == 200
+        ended = await client.wait_for("session.ended", timeout=10)
+        assert ended["reason"] == "agent_deleted"
+        deadline = time.monotonic() + 5
+        while not client.closed and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        assert client.closed
+    session = wait_for_status(api, ready["session_id"], "completed")
+    assert session["end_reason"] == "agent_deleted"
