@@ -30,7 +30,7 @@ class ServerProcess:
     """A `switchboard serve` process started by a test, on its own port and data dir."""
 
     url: str
-    api_key: str
+    api_key: str | None
     data_dir: Path
     process: subprocess.Popen
     log_path: Path
@@ -64,7 +64,7 @@ def start_server(
     *,
     preload: list[str] | None = None,
     env: dict[str, str] | None = None,
-    api_key: str = ADMIN_KEY,
+    api_key: str | None = ADMIN_KEY,
     port: int | None = None,
     workers: int = 1,
     timeout: float = 180,
@@ -74,9 +74,9 @@ def start_server(
     port = port or free_port()
     log_path = data_dir / "server.log"
     server_env = {
-        **os.environ,
+        **{k: v for k, v in os.environ.items() if k != "SWITCHBOARD_API_KEY"},
+        **({"SWITCHBOARD_API_KEY": api_key} if api_key else {}),
         "SWITCHBOARD_DATA_DIR": str(data_dir),
-        "SWITCHBOARD_API_KEY": api_key,
         "SWITCHBOARD_PORT": str(port),
         "SWITCHBOARD_PIPELINES_PATH": f'["{TEST_PIPELINES}"]',
         "SWITCHBOARD_PRELOAD_PIPELINES": str(preload or []).replace("'", '"'),
