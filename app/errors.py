@@ -36,10 +36,14 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     409: {"model": ErrorBody, "description": "Conflicts with the resource's state"},
     413: {"model": ErrorBody, "description": "Request body too large"},
     422: {"model": ErrorBody, "description": "Invalid input"},
+    429: {"model": ErrorBody, "description": "Rate or concurrent-call limit reached (see Retry-After)"},
 }
+ADMIN_RESPONSES = {403: {"model": ErrorBody, "description": "Needs the admin key"}}
+DRAINING_RESPONSES = {503: {"model": ErrorBody, "description": "The server is shutting down (see Retry-After)"}}
 
 _STATUS_CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
-                 405: "method_not_allowed", 413: "payload_too_large", 415: "unsupported_media_type"}
+                 405: "method_not_allowed", 413: "payload_too_large", 415: "unsupported_media_type",
+                 503: "unavailable"}
 
 
 def _describe(error: dict) -> str:

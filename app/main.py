@@ -6,9 +6,11 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from loguru import logger
 
+from app.api import accounts as accounts_api
 from app.api import agents, health, session_ws, sessions
 from app.calls.tokens import TokenSigner
 from app.errors import install_error_handlers
+from app.limits import BodySizeLimitMiddleware, RateLimiter
 from app.settings import Settings, get_settings
 from app.state import AppState
 from app.storage import accounts
@@ -40,11 +42,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             print(f"\n  Generated admin API key (shown once, store it now): {generated}\n", flush=True)
         catalog = PipelineCatalog(settings.pipelines_path)
         await asyncio.to_thread(preload_models, catalog, settings.preload_pipelines)
-        app.state.switchboard = AppState(settings=settings, db=db, catalog=catalog, tokens=TokenSigner(secret))
+        rate_limiter = RateLimiter(settings.rate_limit_per_minute, settings.redis_url)
+        app.state.switchboard = AppState(
+            settings=settings, db=db, catalog=catalog, tokens=TokenSigner(secret), rate_limiter=rate_limiter
+        )
         logger.info(f"Switchboard ready (pipelines: {', '.join(catalog.names())})")
         try:
             yield
         finally:
+            await rate_limiter.close()
             await db.dispose()
 
     app = FastAPI(
@@ -54,7 +60,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     install_error_handlers(app)
+    app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.include_router(health.router)
+    app.include_router(accounts_api.router)
     app.include_router(agents.router)
     app.include_router(sessions.router)
     app.include_router(session_ws.router)

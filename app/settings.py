@@ -1,5 +1,6 @@
 """Typed settings, read once from the environment and `.env`."""
 
+import socket
 from functools import lru_cache
 from pathlib import Path
 
@@ -28,7 +29,18 @@ class Settings(BaseSettings):
     preload_pipelines: list[str] = Field(default_factory=lambda: ["local"])
 
     session_connect_ttl_secs: int = 15 * 60
-    local_llm_port: int = 8765
+
+    max_body_bytes: int = 1 << 20
+    rate_limit_per_minute: int = 600
+    """Requests per API key per minute on the REST API (0 turns the limit off)."""
+    max_concurrent_calls: int = 20
+    """Live calls per account unless the account sets its own cap."""
+    redis_url: str | None = None
+    """Shares rate-limit windows between server processes when set."""
+    drain_grace_secs: float = 30
+    """On SIGTERM, how long live calls may go on before they get a goodbye."""
+    host_id: str = Field(default_factory=socket.gethostname)
+    """Names this host on the sessions it runs, so a restart finds the calls it lost."""
 
     def resolved_database_url(self) -> str:
         """The SQLAlchemy async URL: `DATABASE_URL` if set, else a SQLite file in the data dir."""

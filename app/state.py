@@ -4,6 +4,7 @@ from dataclasses import dataclass, field
 
 from app.calls.registry import CallRegistry
 from app.calls.tokens import TokenSigner
+from app.limits import RateLimiter
 from app.settings import Settings
 from app.storage.db import Database
 from pipelines.config import PipelineCatalog
@@ -15,4 +16,7 @@ class AppState:
     db: Database
     catalog: PipelineCatalog
     tokens: TokenSigner
+    rate_limiter: RateLimiter
     calls: CallRegistry = field(default_factory=CallRegistry)
+    draining: bool = False
+    """Set on SIGTERM: live calls go on, new ones are refused with 503."""

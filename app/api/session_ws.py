@@ -2,7 +2,8 @@
 
 Refusals close the socket with a code and a reason, after a `session.error` event:
 4400 bad request, 4401 unauthorized, 4404 not found, 4409 the agent or session
-can't take a call now.
+can't take a call now, 4429 the account is at its concurrent-call cap, 1013 the
+server is shutting down (try again later).
 """
 
 from fastapi import APIRouter, WebSocket
@@ -16,6 +17,7 @@ from app.calls.session import CallSession
 from app.calls.tokens import TokenError
 from app.deps import authenticate
 from app.errors import APIError
+from app.limits import admit_call
 from app.state import AppState
 from app.storage import agents as agent_store
 from app.storage import sessions as session_store
@@ -23,7 +25,7 @@ from app.storage.models import Agent, Session
 
 router = APIRouter()
 
-_CLOSE_CODES = {400: 4400, 401: 4401, 404: 4404, 409: 4409, 422: 4422}
+_CLOSE_CODES = {400: 4400, 401: 4401, 404: 4404, 409: 4409, 422: 4422, 429: 4429, 503: 1013}
 
 
 class Refusal(Exception):
@@ -56,12 +58,13 @@ async def _agent_session(state: AppState, websocket: WebSocket, agent_id: str) -
             raise Refusal(4404, "agent_not_found", f"agent '{agent_id}' not found")
         try:
             check_can_start(state, agent)
+            await admit_call(state, db, agent.account_id)
         except APIError as exc:
-            raise Refusal(_CLOSE_CODES[exc.status], exc.body.code, exc.body.message) from None
+            raise _refusal(exc) from None
         session = new_session(state, agent, connection_type="websocket", metadata={}, initial_message=None)
         db.add(session)
         await db.commit()
-        await session_store.claim(db, session)
+        await _claim(state, db, session)
         return session, agent
 
 
@@ -91,9 +94,22 @@ async def _existing_session(state: AppState, websocket: WebSocket, session_id: s
         if agent is None or agent.status != "active":
             status = agent.status if agent else "deleted"
             raise Refusal(4409, f"agent_{status}", f"agent '{session.agent_id}' is {status}")
-        if not await session_store.claim(db, session):
-            raise Refusal(4409, "session_active", f"session '{session_id}' already has a client")
+        try:
+            await admit_call(state, db, account_id)
+        except APIError as exc:
+            raise _refusal(exc) from None
+        await _claim(state, db, session)
         return session, agent
+
+
+def _refusal(exc: APIError) -> Refusal:
+    return Refusal(_CLOSE_CODES[exc.status], exc.body.code, exc.body.message)
+
+
+async def _claim(state: AppState, db, session: Session) -> None:
+    """Take the session for this connection."""
+    if not await session_store.claim(db, session, state.settings.host_id):
+        raise Refusal(4409, "session_active", f"session '{session.id}' already has a client")
 
 
 async def _serve(websocket: WebSocket, open_session) -> None:

@@ -8,7 +8,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from app.api.agents import load_agent
 from app.deps import CallerDep, DbDep, StateDep
-from app.errors import ERROR_RESPONSES, APIError, not_found
+from app.errors import DRAINING_RESPONSES, ERROR_RESPONSES, APIError, not_found
+from app.limits import admit_call
 from app.state import AppState
 from app.storage import sessions as session_store
 from app.storage.ids import new_id, utcnow
@@ -129,7 +130,8 @@ def new_session(state: AppState, agent: Agent, *, connection_type: str, metadata
 
 
 @router.post(
-    "/v1/agents/{agent_id}/sessions", status_code=201, response_model=SessionOut, summary="Start a session"
+    "/v1/agents/{agent_id}/sessions", status_code=201, response_model=SessionOut, summary="Start a session",
+    responses=DRAINING_RESPONSES,
 )
 async def create_session(
     agent_id: str,
@@ -142,6 +144,7 @@ async def create_session(
     body = body or SessionCreate()
     agent = await load_agent(db, caller, agent_id)
     check_can_start(state, agent)
+    await admit_call(state, db, caller.account_id)
     session = new_session(
         state, agent, connection_type="websocket", metadata=body.metadata, initial_message=body.initial_message
     )

@@ -4,7 +4,7 @@ import hashlib
 import hmac
 import secrets
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.storage.ids import new_id, utcnow
@@ -39,11 +39,13 @@ async def add_key(db: AsyncSession, account_id: str, name: str, secret: str, *, 
     return key
 
 
-async def find_key(db: AsyncSession, secret: str) -> ApiKey | None:
+async def find_key(db: AsyncSession, secret: str, *, include_revoked: bool = False) -> ApiKey | None:
     """The live key whose hash matches `secret`, compared in constant time."""
     digest = hash_key(secret)
-    key = await db.scalar(select(ApiKey).where(ApiKey.key_hash == digest, ApiKey.revoked_at.is_(None)))
+    key = await db.scalar(select(ApiKey).where(ApiKey.key_hash == digest))
     if key is None or not hmac.compare_digest(key.key_hash, digest):
+        return None
+    if key.revoked_at is not None and not include_revoked:
         return None
     return key
 
@@ -56,7 +58,7 @@ async def ensure_bootstrap_key(db: AsyncSession, configured: str | None) -> str 
     """Make the admin key usable. Returns a newly generated secret (to print once), or None."""
     await ensure_default_account(db)
     if configured:
-        if await find_key(db, configured) is None:
+        if await find_key(db, configured, include_revoked=True) is None:
             await add_key(db, DEFAULT_ACCOUNT_ID, "bootstrap (SWITCHBOARD_API_KEY)", configured, is_admin=True)
         return None
     if await has_admin_key(db):
@@ -81,5 +83,36 @@ async def server_secret(db: AsyncSession, name: str) -> str:
 
 
 async def touch_key(db: AsyncSession, key: ApiKey) -> None:
-    key.last_used_at = utcnow()
+    """Note the key's use, at most once a minute so requests don't each write."""
+    now = utcnow()
+    if key.last_used_at is None or (now - key.last_used_at).total_seconds() > 60:
+        key.last_used_at = now
+        await db.commit()
+
+
+async def create_account(db: AsyncSession, name: str, max_concurrent_calls: int | None) -> Account:
+    account = Account(id=new_id("acc"), name=name, max_concurrent_calls=max_concurrent_calls)
+    db.add(account)
     await db.commit()
+    return account
+
+
+async def list_accounts(db: AsyncSession, *, limit: int, offset: int) -> tuple[list[Account], int]:
+    total = await db.scalar(select(func.count()).select_from(Account))
+    rows = await db.scalars(select(Account).order_by(Account.created_at, Account.id).limit(limit).offset(offset))
+    return list(rows), total or 0
+
+
+async def list_keys(db: AsyncSession, account_id: str | None, *, limit: int, offset: int) -> tuple[list[ApiKey], int]:
+    query = select(ApiKey)
+    if account_id:
+        query = query.where(ApiKey.account_id == account_id)
+    total = await db.scalar(select(func.count()).select_from(query.subquery()))
+    rows = await db.scalars(query.order_by(ApiKey.created_at, ApiKey.id).limit(limit).offset(offset))
+    return list(rows), total or 0
+
+
+async def revoke_key(db: AsyncSession, key: ApiKey) -> None:
+    if key.revoked_at is None:
+        key.revoked_at = utcnow()
+        await db.commit()

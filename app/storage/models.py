@@ -39,6 +39,8 @@ class Account(Base):
     id: Mapped[str] = mapped_column(String(40), primary_key=True)
     name: Mapped[str] = mapped_column(String(200))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    max_concurrent_calls: Mapped[int | None] = mapped_column(Integer)
+    """Overrides the server's default cap on this account's live calls."""
 
 
 class ApiKey(Base):
@@ -103,6 +105,8 @@ class Session(Base):
     duration_secs: Mapped[float | None] = mapped_column(Float)
     end_reason: Mapped[str | None] = mapped_column(String(40))
     error: Mapped[str | None] = mapped_column(Text)
+    host: Mapped[str | None] = mapped_column(String(200), index=True)
+    """The server host running the call, so a restart there can tell which calls it lost."""
 
 
 class TranscriptEntry(Base):

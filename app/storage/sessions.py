@@ -40,17 +40,28 @@ async def list_sessions(
     return list(rows), total or 0
 
 
-async def claim(db: AsyncSession, session: Session) -> bool:
-    """Move a `created` session to `active`; False if another connection got there first."""
+async def claim(db: AsyncSession, session: Session, host: str | None = None) -> bool:
+    """Move a `created` session to `active` on `host`; False if another connection got there first."""
     started = utcnow()
     result = await db.execute(
         update(Session)
         .where(Session.id == session.id, Session.status == "created")
-        .values(status="active", started_at=started)
+        .values(status="active", started_at=started, host=host)
     )
     await db.commit()
-    session.status, session.started_at = "active", started
+    session.status, session.started_at, session.host = "active", started, host
     return result.rowcount == 1
+
+
+async def fail_interrupted(db: AsyncSession, host: str) -> int:
+    """Calls a dead server process on `host` left `active` become `failed` / `server_restart`."""
+    result = await db.execute(
+        update(Session)
+        .where(Session.status == "active", (Session.host == host) | Session.host.is_(None))
+        .values(status="failed", end_reason="server_restart", ended_at=utcnow())
+    )
+    await db.commit()
+    return result.rowcount
 
 
 async def finish(db: AsyncSession, session_id: str, *, status: str, end_reason: str, error: str | None) -> None:

@@ -1,0 +1,133 @@
+"""Limits: request body size, per-key request rate, per-account concurrent calls."""
+
+import asyncio
+import json
+import math
+import time
+from collections import defaultdict, deque
+
+from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.errors import APIError
+from app.storage.models import Account, Session
+
+
+class BodySizeLimitMiddleware:
+    """Refuses HTTP request bodies over `max_bytes` with 413, without buffering them."""
+
+    def __init__(self, app, max_bytes: int):
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        declared = dict(scope.get("headers") or []).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
+            return await self._refuse(send)
+
+        received = 0
+        response_started = False
+
+        async def counting_receive():
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_bytes:
+                    raise _BodyTooLarge
+            return message
+
+        async def tracking_send(message):
+            nonlocal response_started
+            response_started = response_started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, counting_receive, tracking_send)
+        except _BodyTooLarge:
+            if not response_started:
+                await self._refuse(send)
+
+    async def _refuse(self, send):
+        body = json.dumps(
+            {"code": "payload_too_large", "message": f"request bodies are limited to {self.max_bytes} bytes", "details": None}
+        ).encode()
+        await send({"type": "http.response.start", "status": 413,
+                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+        await send({"type": "http.response.body", "body": body})
+
+
+class _BodyTooLarge(Exception):
+    pass
+
+
+class RateLimiter:
+    """At most `per_minute` requests per API key in any 60 s window (sliding log).
+
+    In-process; with several server processes each enforces the limit on its own,
+    so set `SWITCHBOARD_REDIS_URL` to share one window between them.
+    """
+
+    def __init__(self, per_minute: int, redis_url: str | None = None):
+        self.per_minute = per_minute
+        self._hits: dict[str, deque[float]] = defaultdict(deque)
+        self._lock = asyncio.Lock()
+        self._redis = None
+        if redis_url:
+            import redis.asyncio as redis
+
+            self._redis = redis.from_url(redis_url)
+
+    async def retry_after(self, key: str) -> int | None:
+        """Record one request; None if allowed, else the seconds to wait."""
+        if self.per_minute <= 0:
+            return None
+        if self._redis is not None:
+            return await self._redis_retry_after(key)
+        now = time.monotonic()
+        async with self._lock:
+            hits = self._hits[key]
+            while hits and hits[0] <= now - 60:
+                hits.popleft()
+            if len(hits) >= self.per_minute:
+                return max(1, math.ceil(hits[0] + 60 - now))
+            hits.append(now)
+        return None
+
+    async def _redis_retry_after(self, key: str) -> int | None:
+        window = int(time.time() // 60)
+        name = f"switchboard:rate:{key}:{window}"
+        count = await self._redis.incr(name)
+        if count == 1:
+            await self._redis.expire(name, 120)
+        if count > self.per_minute:
+            return max(1, 60 - int(time.time()) % 60)
+        return None
+
+    async def close(self) -> None:
+        if self._redis is not None:
+            await self._redis.aclose()
+
+
+async def admit_call(state, db: AsyncSession, account_id: str) -> None:
+    """Refuse a new call while the server drains (503) or when the account is at its cap (429)."""
+    if state.draining:
+        raise APIError(503, "server_draining", "the server is shutting down; try again shortly", headers={"Retry-After": "10"})
+    await check_call_capacity(db, account_id, state.settings.max_concurrent_calls)
+
+
+async def check_call_capacity(db: AsyncSession, account_id: str, default_cap: int) -> None:
+    """429 when the account already has as many live calls as it may."""
+    account = await db.get(Account, account_id)
+    cap = account.max_concurrent_calls if account and account.max_concurrent_calls else default_cap
+    active = await db.scalar(
+        select(func.count()).select_from(Session).where(Session.account_id == account_id, Session.status == "active")
+    )
+    if active >= cap:
+        raise APIError(
+            429, "concurrent_call_limit",
+            f"this account already has {active} live calls, its limit is {cap}; try again when one ends",
+            {"limit": cap, "active": active}, headers={"Retry-After": "30"},
+        )
