@@ -10,6 +10,24 @@ from urllib.parse import urlencode
 from app.settings import get_settings
 
 
+async def recover_interrupted_calls(settings) -> None:
+    """Calls left `active` by a server on this host that died are marked `failed` / `server_restart`."""
+    from loguru import logger
+
+    from app.storage import sessions
+    from app.storage.db import Database
+
+    db = Database(settings.resolved_database_url())
+    try:
+        await db.migrate()
+        async with db.sessions() as session:
+            count = await sessions.fail_interrupted(session, settings.host_id)
+        if count:
+            logger.warning(f"{count} call(s) were cut off by the last shutdown: marked failed (server_restart)")
+    finally:
+        await db.dispose()
+
+
 def serve(args: argparse.Namespace) -> None:
     import uvicorn
 
@@ -17,6 +35,7 @@ def serve(args: argparse.Namespace) -> None:
     from pipelines.config import PipelineCatalog
 
     settings = get_settings()
+    asyncio.run(recover_interrupted_calls(settings))
     catalog = PipelineCatalog(settings.pipelines_path)
     llm_servers = []
     try:

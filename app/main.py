@@ -12,6 +12,7 @@ from app.calls.tokens import TokenSigner
 from app.errors import install_error_handlers
 from app.limits import BodySizeLimitMiddleware, RateLimiter
 from app.settings import Settings, get_settings
+from app.shutdown import install_drain_on_signals
 from app.state import AppState
 from app.storage import accounts
 from app.storage.db import Database
@@ -46,6 +47,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.switchboard = AppState(
             settings=settings, db=db, catalog=catalog, tokens=TokenSigner(secret), rate_limiter=rate_limiter
         )
+        install_drain_on_signals(app.state.switchboard)
         logger.info(f"Switchboard ready (pipelines: {', '.join(catalog.names())})")
         try:
             yield

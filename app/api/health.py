@@ -1,5 +1,7 @@
 """Liveness and the pipeline catalog."""
 
+from typing import Literal
+
 from fastapi import APIRouter
 from pydantic import BaseModel
 
@@ -10,7 +12,7 @@ router = APIRouter()
 
 
 class Health(BaseModel):
-    status: str
+    status: Literal["ok", "draining"]
     active_calls: int
 
 
@@ -23,7 +25,7 @@ class PipelineOut(BaseModel):
 
 @router.get("/health", response_model=Health, tags=["health"], summary="Liveness")
 async def health(state: StateDep) -> Health:
-    return Health(status="ok", active_calls=len(state.calls))
+    return Health(status="draining" if state.draining else "ok", active_calls=len(state.calls))
 
 
 @router.get(

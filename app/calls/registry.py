@@ -1,6 +1,9 @@
-"""The calls running in this process, so an API request can end one."""
+"""The calls running in this process, so an API request or a shutdown can end them."""
 
+import asyncio
 from typing import TYPE_CHECKING
+
+from loguru import logger
 
 if TYPE_CHECKING:
     from app.calls.session import CallSession
@@ -28,3 +31,22 @@ class CallRegistry:
         for call in calls:
             await call.end(reason)
         return len(calls)
+
+    async def drain(self, grace_secs: float, goodbye_secs: float = 20) -> None:
+        """Let live calls finish for `grace_secs`; then each gets a goodbye and ends
+        `server_shutdown`; any still running `goodbye_secs` later is cancelled."""
+        await self._wait_until_empty(grace_secs)
+        if self._calls:
+            logger.info(f"Ending {len(self._calls)} live call(s) for shutdown")
+            for call in list(self._calls.values()):
+                await call.end_with_goodbye("server_shutdown")
+            await self._wait_until_empty(goodbye_secs)
+        for call in list(self._calls.values()):
+            await call.end("server_shutdown")
+        await self._wait_until_empty(5)
+
+    async def _wait_until_empty(self, timeout: float) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while self._calls and loop.time() < deadline:
+            await asyncio.sleep(0.1)

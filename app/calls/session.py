@@ -6,6 +6,7 @@ from datetime import datetime
 from loguru import logger
 from pipecat.frames.frames import CancelFrame, EndFrame, Frame, TTSSpeakFrame
 from pipecat.pipeline.worker import PipelineParams, PipelineWorker
+from pipecat.processors.frame_processor import FrameProcessor
 from pipecat.services.llm_service import FunctionCallParams
 from pipecat.transports.base_transport import BaseTransport
 from pipecat.workers.runner import WorkerRunner
@@ -19,6 +20,7 @@ from pipelines.config import PipelineConfig
 from processors.session_events import end_reason
 
 TOOL_TIMEOUT_SECS = 10.0
+SHUTDOWN_GOODBYE = "I'm sorry, I have to end the call now. Please call back in a moment. Goodbye."
 IDLE_TIMEOUT_SECS = 300.0
 
 
@@ -46,6 +48,8 @@ class CallSession:
         transport: BaseTransport,
         session_protocol: bool,
         audio_out_sample_rate: int,
+        extra_input: list[FrameProcessor] | None = None,
+        extra_output: list[FrameProcessor] | None = None,
     ):
         self.state = state
         self.session_id = session.id
@@ -56,6 +60,8 @@ class CallSession:
         self._transport = transport
         self._session_protocol = session_protocol
         self._audio_out_sample_rate = audio_out_sample_rate
+        self._extra_input = extra_input
+        self._extra_output = extra_output
         self._worker: PipelineWorker | None = None
         self._final_frame: Frame | None = None
         self._error: str | None = None
@@ -68,6 +74,8 @@ class CallSession:
             self._transport,
             tool_handler=self._run_client_tool if self._session_protocol else self._no_tool_runner,
             session_protocol=self._session_protocol,
+            extra_input=self._extra_input,
+            extra_output=self._extra_output,
         )
         self._worker = PipelineWorker(
             self._call.pipeline,
@@ -120,6 +128,12 @@ class CallSession:
                         {"type": "session.error", "code": "unknown_call_id", "message": f"no pending tool call '{call_id}'"}
                     )
 
+        if call.provider_errors:
+
+            @call.provider_errors.event_handler("on_provider_error")
+            async def on_provider_error(_monitor, service, error):
+                logger.warning(f"session {self.session_id}: provider failure in {service}: {error}")
+
         @self._worker.event_handler("on_pipeline_finished")
         async def on_finished(_worker, frame):
             self._final_frame = frame
@@ -169,6 +183,11 @@ class CallSession:
         """End the call now (for example, its agent was deleted)."""
         if self._worker:
             await self._worker.cancel(reason=reason)
+
+    async def end_with_goodbye(self, reason: str, goodbye: str = SHUTDOWN_GOODBYE) -> None:
+        """End the call once a short goodbye has played."""
+        if self._worker:
+            await self._worker.queue_frames([TTSSpeakFrame(goodbye), EndFrame(reason=reason)])
 
     async def run(self) -> None:
         """Run the call to its end and record how it ended. The session must be claimed."""
