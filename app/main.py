@@ -7,7 +7,7 @@ from fastapi import FastAPI
 from loguru import logger
 
 from app.api import accounts as accounts_api
-from app.api import agents, health, session_ws, sessions
+from app.api import agents, health, metrics, session_ws, sessions
 from app.calls.tokens import TokenSigner
 from app.errors import install_error_handlers
 from app.limits import BodySizeLimitMiddleware, RateLimiter
@@ -64,6 +64,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_error_handlers(app)
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.include_router(health.router)
+    app.include_router(metrics.router)
     app.include_router(accounts_api.router)
     app.include_router(agents.router)
     app.include_router(sessions.router)

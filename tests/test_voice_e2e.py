@@ -3,6 +3,8 @@
 import asyncio
 import time
 
+import httpx
+
 from app.client import SessionClient
 from tests.audio import rms, speech
 from tests.conftest import make_agent
@@ -80,6 +82,8 @@ async def test_barge_in_stops_the_agent_and_tells_the_client(server, api, llm):
         await client.send_event({"type": "session.end"})
     transcript = api.get(f"/v1/sessions/{ready['session_id']}/transcript").json()["items"]
     assert any(t["speaker"] == "AGENT" and t["interrupted"] for t in transcript)
+    stops = wait_for_status(api, ready["session_id"], "completed")["latency"]["interruptions"]
+    assert stops and 0 < stops[0]["stop_secs"] < 3
 
 
 async def test_deleting_the_agent_ends_its_live_session(server, api, llm):
@@ -96,3 +100,27 @@ async def test_deleting_the_agent_ends_its_live_session(server, api, llm):
         assert client.closed
     session = wait_for_status(api, ready["session_id"], "completed")
     assert session["end_reason"] == "agent_deleted"
+
+
+async def test_latency_is_measured_per_call_and_exported(server, api, llm):
+    llm.script("It is a sunny day.", "Sure.")
+    agent = make_agent(api, pipeline="scripted", greeting="Hello there.")
+    async with SessionClient(agent_ws(server, agent["id"])) as client:
+        ready = await client.wait_for("session.ready", timeout=30)
+        await client.wait_for("agent.speech.stopped", timeout=30)
+        await client.stream(speech("How is the weather today?"))
+        await client.stream_silence(1.0)
+        await client.wait_for("agent.speech.stopped", timeout=60, count=2)
+        await client.send_event({"type": "session.end"})
+        await client.wait_for("session.ended", timeout=10)
+    session = wait_for_status(api, ready["session_id"], "completed")
+    latency = session["latency"]
+    assert 0 < latency["greeting_secs"] < 5
+    turn = latency["turns"][0]
+    assert 0 < turn["voice_to_voice_secs"] < 10
+    assert latency["voice_to_voice_p50_secs"] == turn["voice_to_voice_secs"]
+    assert {"transcription", "llm_inference", "speech_synthesis"} & set(turn["parts"])
+    metrics = httpx.get(server.url + "/metrics").text
+    assert "switchboard_voice_to_voice_seconds_count" in metrics
+    assert 'switchboard_sessions_ended_total{end_reason="caller_hangup"}' in metrics
+    assert "switchboard_active_sessions" in metrics

@@ -11,6 +11,8 @@ from app.deps import CallerDep, DbDep, StateDep
 from app.errors import DRAINING_RESPONSES, ERROR_RESPONSES, APIError, not_found
 from app.limits import admit_call
 from app.state import AppState
+from app.calls.latency import summarize
+from app.storage import latency as latency_store
 from app.storage import sessions as session_store
 from app.storage.ids import new_id, utcnow
 from app.storage.models import Agent, Session
@@ -44,6 +46,9 @@ class SessionOut(BaseModel):
     duration_secs: float | None
     end_reason: str | None
     error: str | None
+    latency: dict[str, Any] | None = Field(
+        default=None, description="Greeting latency, per-turn voice-to-voice and its parts, p50/p90, barge-in stops"
+    )
 
 
 class SessionList(BaseModel):
@@ -79,7 +84,7 @@ def session_token(state: AppState, session: Session) -> str:
     )
 
 
-def session_out(state: AppState, request: Request, session: Session) -> SessionOut:
+def session_out(state: AppState, request: Request, session: Session, latency: dict | None = None) -> SessionOut:
     url = None
     if session.status == "created":
         url = f"{websocket_base(state, request)}/v1/sessions/{session.id}/ws?token={session_token(state, session)}"
@@ -98,6 +103,7 @@ def session_out(state: AppState, request: Request, session: Session) -> SessionO
         duration_secs=session.duration_secs,
         end_reason=session.end_reason,
         error=session.error,
+        latency=summarize(latency) if latency else None,
     )
 
 
@@ -167,7 +173,11 @@ async def list_sessions(
     items, total = await session_store.list_sessions(
         db, caller.account_id, agent_id=agent_id, status=status, limit=limit, offset=offset
     )
-    return {"items": [session_out(state, request, s) for s in items], "total": total, "limit": limit, "offset": offset}
+    latencies = await latency_store.load(db, [s.id for s in items])
+    return {
+        "items": [session_out(state, request, s, latencies.get(s.id)) for s in items],
+        "total": total, "limit": limit, "offset": offset,
+    }
 
 
 async def load_session(db, caller, session_id: str) -> Session:
@@ -179,7 +189,9 @@ async def load_session(db, caller, session_id: str) -> Session:
 
 @router.get("/v1/sessions/{session_id}", response_model=SessionOut, summary="Get a session")
 async def get_session(session_id: str, request: Request, state: StateDep, db: DbDep, caller: CallerDep) -> SessionOut:
-    return session_out(state, request, await load_session(db, caller, session_id))
+    session = await load_session(db, caller, session_id)
+    latencies = await latency_store.load(db, [session.id])
+    return session_out(state, request, session, latencies.get(session.id))
 
 
 @router.get("/v1/sessions/{session_id}/transcript", response_model=Transcript, summary="Get a session's transcript")

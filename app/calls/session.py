@@ -11,7 +11,9 @@ from pipecat.services.llm_service import FunctionCallParams
 from pipecat.transports.base_transport import BaseTransport
 from pipecat.workers.runner import WorkerRunner
 
+from app.calls.latency import ACTIVE_SESSIONS, SESSIONS_ENDED, CallLatencyTracker
 from app.state import AppState
+from app.storage import latency as latency_store
 from app.storage import sessions as session_store
 from app.storage.ids import utcnow
 from app.storage.models import Agent, Session
@@ -68,6 +70,7 @@ class CallSession:
         self._pending_tools: dict[str, asyncio.Future] = {}
 
     def _build(self) -> None:
+        self._latency = CallLatencyTracker(self._save_latency)
         self._call = build_pipeline(
             self._config,
             agent_spec(self._agent),
@@ -87,6 +90,7 @@ class CallSession:
             ),
             enable_rtvi=False,
             idle_timeout_secs=IDLE_TIMEOUT_SECS,
+            observers=self._latency.observers,
         )
         self._wire_events(self._transport)
 
@@ -147,6 +151,10 @@ class CallSession:
         async def on_idle(_worker):
             logger.info(f"session {self.session_id}: idle for {IDLE_TIMEOUT_SECS}s, ending")
 
+    async def _save_latency(self, record: dict) -> None:
+        async with self.state.db.sessions() as db:
+            await latency_store.save(db, self.session_id, record)
+
     async def _record(self, speaker: str, content: str, timestamp: str, interrupted: bool = False) -> None:
         """Store a finished turn at once, and tell a session client about it."""
         async with self.state.db.sessions() as db:
@@ -192,6 +200,7 @@ class CallSession:
     async def run(self) -> None:
         """Run the call to its end and record how it ended. The session must be claimed."""
         self.state.calls.add(self)
+        ACTIVE_SESSIONS.inc()
         try:
             self._build()
             runner = WorkerRunner(handle_sigint=False)
@@ -201,6 +210,7 @@ class CallSession:
             logger.exception(f"session {self.session_id}: call failed")
             self._error = self._error or str(exc)
         finally:
+            ACTIVE_SESSIONS.dec()
             self.state.calls.remove(self)
             for future in self._pending_tools.values():
                 future.cancel()
@@ -213,6 +223,7 @@ class CallSession:
             self._error = self._error or str(frame.reason)
         status = "failed" if reason == "error" else "completed"
         logger.info(f"session {self.session_id}: ended {status} ({reason})")
+        SESSIONS_ENDED.labels(end_reason=reason).inc()
         async with self.state.db.sessions() as db:
             await session_store.finish(db, self.session_id, status=status, end_reason=reason, error=self._error)
 
