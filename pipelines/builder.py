@@ -24,6 +24,7 @@ from pipecat.turns.user_turn_strategies import UserTurnStrategies
 from pipelines import services
 from pipelines.config import PipelineConfig
 from processors.client_events import ClientEventReceiver
+from processors.provider_errors import ProviderErrorMonitor
 from processors.session_events import SessionEventEmitter
 from processors.turn_limit import MaxTurnsLimiter
 
@@ -62,6 +63,7 @@ class CallPipeline:
     assistant_aggregator: LLMAssistantAggregator
     events: SessionEventEmitter | None
     client_events: ClientEventReceiver | None
+    provider_errors: ProviderErrorMonitor | None = None
 
 
 def build_pipeline(
@@ -101,6 +103,12 @@ def build_pipeline(
         ),
     )
 
+    provider_errors = ProviderErrorMonitor()
+
+    @llm.event_handler("on_completion_timeout")
+    async def on_llm_timeout(service):
+        await provider_errors.llm_failed(service.name, "completion timed out")
+
     events = SessionEventEmitter() if session_protocol else None
     client_events = ClientEventReceiver() if session_protocol else None
     processors: list[FrameProcessor | None] = [
@@ -109,6 +117,7 @@ def build_pipeline(
         stt,
         aggregators.user(),
         MaxTurnsLimiter(agent.max_turns, GOODBYE),
+        provider_errors,
         llm,
         tts,
         events,
@@ -123,6 +132,7 @@ def build_pipeline(
         assistant_aggregator=aggregators.assistant(),
         events=events,
         client_events=client_events,
+        provider_errors=provider_errors,
     )
 
 

@@ -55,6 +55,11 @@ class PipelineConfig(BaseModel):
     tts: TTSStageConfig
     audio_in_sample_rate: int = 16000
     audio_out_sample_rate: int = 24000
+    analysis: LLMStageConfig | None = None
+    """The LLM that analyses finished calls; the call's own `llm` when unset."""
+    pricing: dict[str, dict[str, dict[str, float]]] = Field(default_factory=dict)
+    """USD per unit, as provider → model → unit (`audio_minute`, `input_mtok`,
+    `output_mtok`, `cache_read_mtok`, `cache_write_mtok`, `kchar`, `minute`)."""
 
     def stages(self) -> list[StageConfig]:
         return [s for s in (self.vad, self.turn, self.stt, self.llm, self.tts) if s]

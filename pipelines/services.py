@@ -127,10 +127,15 @@ def _anthropic(stage: StageConfig, ctx: ServiceContext):
 
     options = dict(stage.options)
     api_key = _env_key(stage)
-    base_url = options.pop("base_url", None) or None
+    client = AsyncAnthropic(
+        api_key=api_key,
+        base_url=options.pop("base_url", None) or None,
+        timeout=float(options.pop("timeout_secs", 20)),
+        max_retries=int(options.pop("max_retries", 1)),
+    )
     return AnthropicLLMService(
         api_key=api_key,
-        client=AsyncAnthropic(api_key=api_key, base_url=base_url),
+        client=client,
         settings=AnthropicLLMService.Settings(system_instruction=ctx.system_prompt, **options),
     )
 
@@ -139,12 +144,11 @@ def _deepgram(stage: StageConfig, ctx: ServiceContext):
     from pipecat.services.deepgram.stt import DeepgramSTTService
 
     options = dict(stage.options)
-    base_url = options.pop("base_url", None) or None
-    kwargs: dict[str, Any] = {"base_url": base_url} if base_url else {}
+    base_url = options.pop("base_url", None) or ""
     return DeepgramSTTService(
         api_key=_env_key(stage),
+        base_url=base_url,
         settings=DeepgramSTTService.Settings(language=Language(ctx.language), **options),
-        **kwargs,
     )
 
 
@@ -152,10 +156,9 @@ def _cartesia(stage: StageConfig, ctx: ServiceContext):
     from pipecat.services.cartesia.tts import CartesiaTTSService
 
     options = dict(stage.options)
-    url = options.pop("url")
     return CartesiaTTSService(
         api_key=_env_key(stage),
-        url=url,
+        url=options.pop("url"),
         settings=CartesiaTTSService.Settings(voice=ctx.voice_id, language=Language(ctx.language), **options),
     )
 

@@ -63,6 +63,7 @@ KNOWN_END_REASONS = {
     "agent_deleted",
     "disconnected",
     "server_shutdown",
+    "provider_error",
     "error",
 }
 

@@ -138,6 +138,12 @@ class CallSession:
             async def on_provider_error(_monitor, service, error):
                 logger.warning(f"session {self.session_id}: provider failure in {service}: {error}")
 
+        if call.provider_errors:
+
+            @call.provider_errors.event_handler("on_provider_error")
+            async def on_provider_error(_monitor, service, error):
+                logger.warning(f"session {self.session_id}: provider failure in {service}: {error}")
+
         @self._worker.event_handler("on_pipeline_finished")
         async def on_finished(_worker, frame):
             self._final_frame = frame

@@ -1,0 +1,197 @@
+"""The `cloud` config end to end: the real Pipecat Deepgram, Anthropic and Cartesia services
+against local servers that speak each provider's wire protocol, over the direct WebSocket."""
+
+import asyncio
+import time
+
+import pytest
+
+from app.client import SessionClient
+from tests.audio import rms, speech
+from tests.conftest import start_server
+from tests.fakes.anthropic import Failure, FakeAnthropic, Stall
+from tests.fakes.cartesia import FakeCartesia
+from tests.fakes.deepgram import FakeDeepgram
+from tests.fakes.scripted_llm import ToolCall
+from tests.test_session_websocket import agent_ws, wait_for_status
+
+KATIE = "f786b574-daa5-4673-aa0c-cbe3e8534c02"
+
+
+@pytest.fixture(scope="module")
+def providers():
+    fakes = FakeDeepgram().start(), FakeAnthropic().start(), FakeCartesia().start()
+    yield fakes
+    for fake in fakes:
+        fake.stop()
+
+
+def provider_env(deepgram: FakeDeepgram, anthropic: FakeAnthropic, cartesia: FakeCartesia) -> dict[str, str]:
+    return {
+        "DEEPGRAM_API_KEY": deepgram.api_key, "DEEPGRAM_BASE_URL": deepgram.url,
+        "ANTHROPIC_API_KEY": anthropic.api_key, "ANTHROPIC_BASE_URL": anthropic.url,
+        "ANTHROPIC_TIMEOUT_SECS": "3",
+        "CARTESIA_API_KEY": cartesia.api_key, "CARTESIA_URL": cartesia.url,
+    }
+
+
+@pytest.fixture(scope="module")
+def cloud_server(tmp_path_factory, providers):
+    server = start_server(tmp_path_factory.mktemp("cloud"), preload=["cloud"], env=provider_env(*providers))
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def cloud_api(cloud_server, providers):
+    providers[1].reset()
+    with cloud_server.client() as client:
+        yield client
+
+
+def cloud_agent(api, **fields) -> dict:
+    body = {
+        "name": "Cloud agent", "pipeline": "cloud", "voice_id": "katie",
+        "system_prompt": "You are the receptionist of a dental clinic. Answer in one short sentence.",
+        **fields,
+    }
+    response = api.post("/v1/agents", json=body)
+    assert response.status_code == 201, response.text
+    return response.json()
+
+
+HOURS_TOOL = {
+    "name": "get_opening_hours", "description": "Opening hours for a day of the week",
+    "parameters": {"type": "object", "properties": {"day": {"type": "string"}}, "required": ["day"]},
+}
+
+
+async def test_conversation_with_a_tool_call(cloud_server, cloud_api, providers):
+    deepgram, anthropic, cartesia = providers
+    anthropic.script(ToolCall("get_opening_hours", {"day": "monday"}), "On Monday we open at nine in the morning.")
+    agent = cloud_agent(cloud_api, greeting="Hello, thanks for calling the clinic.", tools=[HOURS_TOOL])
+    async with SessionClient(agent_ws(cloud_server, agent["id"])) as client:
+        ready = await client.wait_for("session.ready", timeout=30)
+        greeting = await client.wait_for("transcript.agent", timeout=30)
+        assert greeting["text"] == "Hello, thanks for calling the clinic."
+        await client.wait_for("agent.speech.stopped", timeout=30)
+        greeting_audio = len(client.agent_audio)
+        assert greeting_audio > 16000 * 2 * 1.0 and rms(bytes(client.agent_audio)) > 300
+
+        await client.stream(speech("What time do you open on Monday?"))
+        await client.stream_silence(1.5)
+        heard = await client.wait_for("transcript.user", timeout=30)
+        call = await client.wait_for("tool.call", timeout=30)
+        assert (call["name"], call["arguments"]) == ("get_opening_hours", {"day": "monday"})
+        await client.send_event({"type": "tool.result", "call_id": call["call_id"], "result": {"opens": "9:00"}})
+        reply = await client.wait_for("transcript.agent", timeout=30, count=2)
+        await client.wait_for("agent.speech.stopped", timeout=30, count=2)
+        assert reply["text"] == "On Monday we open at nine in the morning."
+        assert rms(bytes(client.agent_audio[greeting_audio:])) > 300
+        await client.send_event({"type": "session.end"})
+        await client.wait_for("session.ended", timeout=10)
+
+    assert "monday" in heard["text"].lower() and "open" in heard["text"].lower(), heard
+    # Deepgram: the configured model, streaming with interim results, at the pipeline's input rate.
+    connection = deepgram.connections[-1]
+    assert connection["model"] == "nova-3" and connection["interim_results"] == "true"
+    assert connection["sample_rate"] == "16000" and connection["encoding"] == "linear16"
+    # Anthropic: the system prompt (cached), the tool, then the tool's result sent back.
+    first, second = anthropic.requests[-2:]
+    assert first["stream"] is True and first["tools"][0]["name"] == "get_opening_hours"
+    assert "dental clinic" in str(first["system"]) and "cache_control" in str(first["system"])
+    tool_results = [b for m in second["messages"] for b in (m["content"] if isinstance(m["content"], list) else [])
+                    if b.get("type") == "tool_result"]
+    assert tool_results and "9:00" in str(tool_results[0]["content"])
+    # Cartesia: the agent's voice, speaking what the agent said.
+    assert {r["voice"]["id"] for r in cartesia.requests[-3:]} == {KATIE}
+    assert "On Monday we open at nine in the morning." in " ".join(cartesia.transcripts())
+
+    session = wait_for_status(cloud_api, ready["session_id"], "completed")
+    assert session["end_reason"] == "caller_hangup"
+    transcript = cloud_api.get(f"/v1/sessions/{ready['session_id']}/transcript").json()["items"]
+    assert [t["speaker"] for t in transcript] == ["AGENT", "USER", "AGENT"]
+    assert transcript[-1]["content"] == "On Monday we open at nine in the morning."
+
+
+async def test_barge_in_cuts_the_cloud_agent_off(cloud_server, cloud_api, providers):
+    _deepgram, anthropic, _cartesia = providers
+    long_answer = (
+        "Let me tell you everything about our opening hours. On Monday we open at eight in the morning "
+        "and close at six in the evening. On Tuesday we open at nine and close at seven. On Wednesday "
+        "we open at eight and close at five. On Thursday we open late, at ten, and close at eight."
+    )
+    anthropic.script(long_answer, "Sure, go ahead.")
+    agent = cloud_agent(cloud_api)
+    async with SessionClient(agent_ws(cloud_server, agent["id"])) as client:
+        await client.wait_for("session.ready", timeout=30)
+        await client.send_event({"type": "input.text", "text": "What are your hours?"})
+        await client.wait_for("agent.speech.started", timeout=30)
+        await asyncio.sleep(1.5)
+        assert not client.of_type("agent.speech.stopped")
+        barge = asyncio.create_task(client.stream(speech("Wait, stop, I have a question.", tail_secs=1.5)))
+        started = await client.wait_for("input.speech.started", timeout=10)
+        await client.wait_for("agent.speech.stopped", timeout=10)
+        await barge
+        interrupted = await client.wait_for("transcript.agent", timeout=10)
+        assert interrupted["interrupted"] is True and interrupted["text"] != long_answer, client.events
+        heard = await client.wait_for("transcript.user", timeout=30, count=2)
+        assert "stop" in heard["text"].lower(), heard
+        next_reply = [e["_at"] for e in client.of_type("agent.speech.started")[1:]]
+        window_end = next_reply[0] - 0.1 if next_reply else started["_at"] + 2.0
+        late_audio = sum(size for at, size in client.audio_log if started["_at"] + 0.5 < at < window_end)
+        assert late_audio == 0, late_audio
+        await client.send_event({"type": "session.end"})
+
+
+async def test_dropped_stt_and_tts_connections_reconnect_within_the_call(cloud_server, cloud_api, providers):
+    deepgram, anthropic, cartesia = providers
+    anthropic.script("We are open until six tonight.")
+    agent = cloud_agent(cloud_api, greeting="Hello, clinic here.")
+    async with SessionClient(agent_ws(cloud_server, agent["id"])) as client:
+        ready = await client.wait_for("session.ready", timeout=30)
+        await client.wait_for("agent.speech.stopped", timeout=30)
+        stt_before, tts_before = len(deepgram.connections), cartesia.connections
+        assert deepgram.drop_connections() >= 1 and cartesia.drop_connections() >= 1
+        deadline = time.monotonic() + 20
+        while (len(deepgram.connections) == stt_before or cartesia.connections == tts_before) and time.monotonic() < deadline:
+            await asyncio.sleep(0.2)
+        assert len(deepgram.connections) > stt_before and cartesia.connections > tts_before
+
+        await client.stream(speech("How late are you open tonight?"))
+        await client.stream_silence(1.5)
+        heard = await client.wait_for("transcript.user", timeout=30)
+        reply = await client.wait_for("transcript.agent", timeout=30, count=2)
+        await client.wait_for("agent.speech.stopped", timeout=30, count=2)
+        assert "tonight" in heard["text"].lower(), heard
+        assert reply["text"] == "We are open until six tonight."
+        await client.send_event({"type": "session.end"})
+    assert "connection" in cloud_server.log().lower()
+    wait_for_status(cloud_api, ready["session_id"], "completed")
+
+
+async def test_llm_failures_get_an_apology_then_end_the_call(cloud_server, cloud_api, providers):
+    _deepgram, anthropic, _cartesia = providers
+    # Each failed turn costs two requests: the client retries once.
+    anthropic.script(Failure(529, "overloaded_error", "Overloaded"), Failure(529, "overloaded_error", "Overloaded"),
+                     "Yes, we take new patients.",
+                     Stall(10), Stall(10), Failure(500), Failure(500))
+    agent = cloud_agent(cloud_api)
+    async with SessionClient(agent_ws(cloud_server, agent["id"])) as client:
+        ready = await client.wait_for("session.ready", timeout=30)
+        await client.send_event({"type": "input.text", "text": "Do you take new patients?"})
+        apology = await client.wait_for("transcript.agent", timeout=30)
+        assert apology["text"].startswith("Sorry, I'm having trouble")
+        await client.send_event({"type": "input.text", "text": "Do you take new patients?"})
+        answer = await client.wait_for("transcript.agent", timeout=30, count=2)
+        assert answer["text"] == "Yes, we take new patients."
+        await client.send_event({"type": "input.text", "text": "And on Sundays?"})  # times out
+        timed_out = await client.wait_for("transcript.agent", timeout=30, count=3)
+        assert timed_out["text"].startswith("Sorry, I'm having trouble")
+        await client.send_event({"type": "input.text", "text": "Hello?"})  # fails a third time
+        ended = await client.wait_for("session.ended", timeout=60)
+        assert ended["reason"] == "provider_error"
+    session = wait_for_status(cloud_api, ready["session_id"], "completed")
+    assert session["end_reason"] == "provider_error"
+    log = cloud_server.log()
+    assert f"session {ready['session_id']}: provider failure" in log
