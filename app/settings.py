@@ -42,6 +42,19 @@ class Settings(BaseSettings):
     host_id: str = Field(default_factory=socket.gethostname)
     """Names this host on the sessions it runs, so a restart finds the calls it lost."""
 
+    twilio_account_sid: str | None = Field(default=None, alias="TWILIO_ACCOUNT_SID")
+    twilio_auth_token: str | None = Field(default=None, alias="TWILIO_AUTH_TOKEN")
+    """Also turns on `X-Twilio-Signature` checks on Twilio's webhooks."""
+    twilio_api_key_sid: str | None = Field(default=None, alias="TWILIO_API_KEY_SID")
+    twilio_api_key_secret: str | None = Field(default=None, alias="TWILIO_API_KEY_SECRET")
+    twilio_api_base_url: str = Field(default="https://api.twilio.com", alias="TWILIO_API_BASE_URL")
+    """Twilio's REST API root (outbound calls, hang-up); tests point it at a local stand-in."""
+    twilio_from_number: str | None = Field(default=None, alias="TWILIO_FROM_NUMBER")
+    """Caller ID for outbound calls when neither the request nor the agent names one."""
+    telnyx_api_key: str | None = Field(default=None, alias="TELNYX_API_KEY")
+    plivo_auth_id: str | None = Field(default=None, alias="PLIVO_AUTH_ID")
+    plivo_auth_token: str | None = Field(default=None, alias="PLIVO_AUTH_TOKEN")
+
     def resolved_database_url(self) -> str:
         """The SQLAlchemy async URL: `DATABASE_URL` if set, else a SQLite file in the data dir."""
         url = self.database_url or f"sqlite+aiosqlite:///{self.data_dir / 'switchboard.db'}"

@@ -73,13 +73,15 @@ def build_pipeline(
     *,
     tool_handler: ToolHandler | None = None,
     session_protocol: bool = False,
+    extra_input: list[FrameProcessor] | None = None,
     extra_output: list[FrameProcessor] | None = None,
 ) -> CallPipeline:
     """Build: transport in → STT → user aggregator (VAD + turn detection) → turn limit →
     LLM (with the agent's tools) → TTS → [session events] → transport out → assistant aggregator.
 
     ``session_protocol`` adds the processors that speak the direct WebSocket event
-    protocol; telephony transports leave it off.
+    protocol; telephony transports leave it off. ``extra_input`` processors run right
+    after the input transport, ``extra_output`` ones right before the output transport.
     """
     ctx = services.ServiceContext(
         system_prompt=agent.system_prompt,
@@ -113,6 +115,7 @@ def build_pipeline(
     client_events = ClientEventReceiver() if session_protocol else None
     processors: list[FrameProcessor | None] = [
         transport.input(),
+        *(extra_input or []),
         client_events,
         stt,
         aggregators.user(),

@@ -54,6 +54,10 @@ def _unique_tool_names(tools: list[ToolDefinition]) -> list[ToolDefinition]:
 
 
 Tools = Annotated[list[ToolDefinition], Field(max_length=64), AfterValidator(_unique_tool_names)]
+PhoneNumbers = Annotated[
+    list[Annotated[str, Field(pattern=r"^\+[1-9][0-9]{1,14}$")]],
+    Field(max_length=20, description="E.164 numbers whose inbound calls reach this agent (Twilio voice webhook)"),
+]
 
 
 class AgentCreate(BaseModel):
@@ -67,6 +71,7 @@ class AgentCreate(BaseModel):
     max_turns: int = Field(default=50, ge=1, le=500)
     greeting: str | None = Field(default=None, max_length=2000)
     pipeline: str | None = Field(default=None, description="Pipeline config name; the server default if omitted")
+    phone_numbers: PhoneNumbers = Field(default_factory=list)
 
 
 class AgentUpdate(BaseModel):
@@ -81,6 +86,7 @@ class AgentUpdate(BaseModel):
     greeting: str | None = Field(default=None, max_length=2000)
     pipeline: str | None = None
     status: Literal["active", "paused"] | None = None
+    phone_numbers: PhoneNumbers | None = None
 
 
 class AgentOut(BaseModel):
@@ -95,6 +101,7 @@ class AgentOut(BaseModel):
     max_turns: int
     greeting: str | None
     pipeline: str
+    phone_numbers: list[str]
     status: Literal["active", "paused", "deleted"]
     created_at: datetime
     updated_at: datetime
@@ -173,7 +180,8 @@ async def update_agent(agent_id: str, body: AgentUpdate, state: StateDep, db: Db
     if agent.status == "deleted":
         raise APIError(409, "agent_deleted", f"agent '{agent_id}' is deleted and cannot be changed")
     changes = body.model_dump(exclude_unset=True)
-    for field in ("name", "voice_id", "system_prompt", "language", "tools", "max_turns", "pipeline", "status"):
+    for field in ("name", "voice_id", "system_prompt", "language", "tools", "max_turns", "pipeline", "status",
+                  "phone_numbers"):
         if field in changes and changes[field] is None:
             raise APIError(422, "validation_error", f"{field}: may not be null")
     check_pipeline_and_voice(state, changes.get("pipeline", agent.pipeline), changes.get("voice_id", agent.voice_id))

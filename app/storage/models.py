@@ -81,6 +81,8 @@ class Agent(Base):
     max_turns: Mapped[int] = mapped_column(Integer, default=50)
     greeting: Mapped[str | None] = mapped_column(Text)
     pipeline: Mapped[str] = mapped_column(String(100), default="local")
+    phone_numbers: Mapped[list] = mapped_column(default=list)
+    """E.164 numbers whose inbound calls reach this agent."""
     status: Mapped[str] = mapped_column(String(16), default="active", index=True)
     created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
@@ -120,3 +122,47 @@ class TranscriptEntry(Base):
     content: Mapped[str] = mapped_column(Text)
     timestamp: Mapped[datetime]
     interrupted: Mapped[bool] = mapped_column(Boolean, default=False)
+
+
+class AgentInstance(Base):
+    """Per-caller variables that fill an agent's `{{name}}` placeholders."""
+
+    __tablename__ = "agent_instances"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    account_id: Mapped[str] = mapped_column(ForeignKey("accounts.id"), index=True)
+    agent_id: Mapped[str] = mapped_column(ForeignKey("agents.id"), index=True)
+    variables: Mapped[dict] = mapped_column(default=dict)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class PhoneCall(Base):
+    """One carrier call (inbound or outbound) and the session it runs; an outbound call
+    is the "call task" Twilio's callbacks name."""
+
+    __tablename__ = "phone_calls"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    account_id: Mapped[str] = mapped_column(ForeignKey("accounts.id"), index=True)
+    agent_id: Mapped[str] = mapped_column(ForeignKey("agents.id"), index=True)
+    session_id: Mapped[str] = mapped_column(ForeignKey("sessions.id"), index=True)
+    instance_id: Mapped[str | None] = mapped_column(String(40))
+    carrier: Mapped[str] = mapped_column(String(16), default="twilio")
+    direction: Mapped[str] = mapped_column(String(16))
+    from_number: Mapped[str] = mapped_column(String(64))
+    to_number: Mapped[str] = mapped_column(String(64))
+    call_sid: Mapped[str | None] = mapped_column(String(64), index=True)
+    status: Mapped[str] = mapped_column(String(16), default="queued")
+    error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+
+class UsedRelayToken(Base):
+    """A relay token that opened a media stream; it can't open another."""
+
+    __tablename__ = "used_relay_tokens"
+
+    jti: Mapped[str] = mapped_column(String(64), primary_key=True)
+    session_id: Mapped[str] = mapped_column(String(40))
+    used_at: Mapped[datetime] = mapped_column(default=utcnow)

@@ -1,0 +1,217 @@
+"""Twilio routes: session TwiML, the number webhook, status callbacks, outbound calls, Media Streams.
+
+See :mod:`app.telephony` for the whole call flow. Routes Twilio calls (the voice
+webhook, status and task callbacks) carry no API key: when `TWILIO_AUTH_TOKEN` is
+set they must carry a valid `X-Twilio-Signature` (403 otherwise).
+"""
+
+from datetime import datetime
+from urllib.parse import parse_qsl
+
+from fastapi import APIRouter, Request, WebSocket
+from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel, ConfigDict, Field
+
+from app.api.agents import load_agent
+from app.api.sessions import SessionOut, session_out, websocket_base
+from app.deps import CallerDep, DbDep, StateDep
+from app.errors import DRAINING_RESPONSES, ERROR_RESPONSES, APIError, ErrorBody, not_found
+from app.state import AppState
+from app.storage import sessions as session_store
+from app.storage import telephony as store
+from app.storage.models import PhoneCall, Session
+from app.telephony import twilio
+from app.telephony.phone_calls import apply_status, start_phone_session
+from app.telephony.relay import issue_relay_token
+from app.telephony.stream import CARRIERS, serve_stream
+
+router = APIRouter(tags=["telephony"], responses=ERROR_RESPONSES)
+
+SIGNED_RESPONSES = {403: {"model": ErrorBody, "description": "Missing or invalid X-Twilio-Signature"}}
+TWIML_RESPONSES = {200: {"content": {"text/xml": {}}, "description": "TwiML that connects the call to the agent"}}
+
+
+class TwilioSessionCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    agent_id: str = Field(alias="agentId")
+    from_number: str = Field(alias="from", min_length=1, max_length=64)
+    to_number: str = Field(alias="to", min_length=1, max_length=64)
+    instance_id: str | None = Field(default=None, alias="instanceId")
+
+
+class TwilioSessionOut(BaseModel):
+    twiml: str
+    session: SessionOut
+
+
+class OutboundCallCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    agent_id: str = Field(alias="agentId")
+    to_number: str = Field(alias="to", min_length=1, max_length=64)
+    from_number: str | None = Field(
+        default=None, alias="from", min_length=1, max_length=64,
+        description="Caller ID; defaults to the agent's first phone number, then TWILIO_FROM_NUMBER",
+    )
+    instance_id: str | None = Field(default=None, alias="instanceId")
+
+
+class CallTaskOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: str
+    agent_id: str
+    session_id: str
+    instance_id: str | None
+    direction: str
+    from_number: str
+    to_number: str
+    call_sid: str | None
+    status: str
+    created_at: datetime
+
+
+def stream_twiml(state: AppState, request: Request, session: Session, instance_id: str | None) -> str:
+    url = f"{websocket_base(state, request)}{twilio.STREAM_PATH}"
+    return twilio.connect_twiml(url, issue_relay_token(state, session, instance_id))
+
+
+def twiml_response(twiml: str) -> Response:
+    return Response(twiml, media_type="text/xml")
+
+
+async def signed_form(state: AppState, request: Request) -> dict[str, str]:
+    """Twilio's form fields, after checking the request's signature."""
+    form = dict(parse_qsl((await request.body()).decode("utf-8", errors="replace"), keep_blank_values=True))
+    twilio.check_signature(state.settings, request, form)
+    return form
+
+
+@router.post(
+    "/v1/sessions/twilio", response_model=TwilioSessionOut, summary="Create a Twilio session (TwiML)",
+    responses={**TWIML_RESPONSES, **DRAINING_RESPONSES},
+)
+async def create_twilio_session(
+    body: TwilioSessionCreate, request: Request, state: StateDep, db: DbDep, caller: CallerDep
+) -> Response:
+    """A session for a call and the TwiML that connects it: `text/xml`, or `{twiml, session}`
+    with `Accept: application/json`."""
+    agent = await load_agent(db, caller, body.agent_id)
+    session, _call = await start_phone_session(
+        state, db, agent, carrier="twilio", direction="inbound",
+        from_number=body.from_number, to_number=body.to_number, instance_id=body.instance_id,
+    )
+    twiml = stream_twiml(state, request, session, body.instance_id)
+    if "application/json" in request.headers.get("accept", ""):
+        out = TwilioSessionOut(twiml=twiml, session=session_out(state, request, session))
+        return JSONResponse(out.model_dump(mode="json"))
+    return twiml_response(twiml)
+
+
+@router.post(
+    "/v1/twilio/voice", summary="Twilio number webhook: a call comes in",
+    responses={**TWIML_RESPONSES, **SIGNED_RESPONSES, **DRAINING_RESPONSES},
+    response_class=Response,
+)
+async def twilio_voice(request: Request, state: StateDep, db: DbDep, agentId: str | None = None) -> Response:
+    """Set this as the number's "A call comes in" webhook. The agent is the one the
+    dialled number (`To`) is assigned to, or `?agentId=`."""
+    form = await signed_form(state, request)
+    to_number, from_number = form.get("To", ""), form.get("From", "")
+    agent = await (store.agent_by_id(db, agentId) if agentId else store.agent_for_number(db, to_number))
+    if agent is None:
+        raise not_found("agent", agentId) if agentId else APIError(
+            404, "number_not_assigned", f"no active agent has the phone number '{to_number}'"
+        )
+    session, _call = await start_phone_session(
+        state, db, agent, carrier="twilio", direction="inbound",
+        from_number=from_number, to_number=to_number, call_sid=form.get("CallSid"),
+    )
+    return twiml_response(stream_twiml(state, request, session, None))
+
+
+@router.post(
+    "/v1/twilio/status", status_code=204, summary="Twilio call-status callback",
+    responses=SIGNED_RESPONSES, response_class=Response,
+)
+async def twilio_status(request: Request, state: StateDep, db: DbDep) -> Response:
+    form = await signed_form(state, request)
+    call = await store.call_by_sid(db, form.get("CallSid", ""))
+    if call is None:
+        raise APIError(404, "call_not_found", f"no call with CallSid '{form.get('CallSid', '')}'")
+    await apply_status(state, db, call, form.get("CallStatus", ""))
+    return Response(status_code=204)
+
+
+@router.post(
+    "/v1/calls/outbound", status_code=201, response_model=CallTaskOut, summary="Place an outbound call",
+    responses={502: {"model": ErrorBody, "description": "Twilio refused the call"}, **DRAINING_RESPONSES},
+)
+async def create_outbound_call(
+    body: OutboundCallCreate, request: Request, state: StateDep, db: DbDep, caller: CallerDep
+) -> PhoneCall:
+    """Creates a call task and its session, then asks Twilio to call `to`. Twilio fetches
+    the task's `connect` callback when the callee answers; the agent speaks first."""
+    twilio.require_credentials(state.settings)
+    agent = await load_agent(db, caller, body.agent_id)
+    from_number = body.from_number or next(iter(agent.phone_numbers), None) or state.settings.twilio_from_number
+    if not from_number:
+        raise APIError(422, "missing_from", "no caller ID: pass `from`, give the agent a phone number, or set TWILIO_FROM_NUMBER")
+    session, call = await start_phone_session(
+        state, db, agent, carrier="twilio", direction="outbound",
+        from_number=from_number, to_number=body.to_number, instance_id=body.instance_id,
+    )
+    base = twilio.http_base(state.settings, request)
+    try:
+        call.call_sid = await twilio.place_call(
+            state.settings, to=body.to_number, from_=from_number,
+            url=f"{base}/v1/sessions/twilio/task/{call.id}/connect",
+            status_callback=f"{base}/v1/sessions/twilio/task/{call.id}/status",
+        )
+    except APIError as exc:
+        call.status, call.error = "failed", exc.body.message
+        await db.commit()
+        await session_store.finish(db, session.id, status="failed", end_reason="call_failed", error=exc.body.message)
+        raise
+    await db.commit()
+    return call
+
+
+async def _task(db, task_id: str) -> PhoneCall:
+    call = await store.get_call(db, task_id)
+    if call is None or call.direction != "outbound":
+        raise not_found("call_task", task_id)
+    return call
+
+
+@router.post(
+    "/v1/sessions/twilio/task/{task_id}/connect", summary="Twilio callback: the outbound call was answered",
+    responses={**TWIML_RESPONSES, **SIGNED_RESPONSES}, response_class=Response,
+)
+async def task_connect(task_id: str, request: Request, state: StateDep, db: DbDep) -> Response:
+    form = await signed_form(state, request)
+    call = await _task(db, task_id)
+    session = await session_store.get_session(db, call.account_id, call.session_id)
+    if session.status not in session_store.ACTIVE_STATUSES:
+        raise APIError(409, f"session_{session.status}", f"session '{session.id}' is {session.status}")
+    call.call_sid = call.call_sid or form.get("CallSid")
+    await db.commit()
+    return twiml_response(stream_twiml(state, request, session, call.instance_id))
+
+
+@router.post(
+    "/v1/sessions/twilio/task/{task_id}/status", status_code=204, summary="Twilio callback: outbound call status",
+    responses=SIGNED_RESPONSES, response_class=Response,
+)
+async def task_status(task_id: str, request: Request, state: StateDep, db: DbDep) -> Response:
+    form = await signed_form(state, request)
+    call = await _task(db, task_id)
+    await apply_status(state, db, call, form.get("CallStatus", ""))
+    return Response(status_code=204)
+
+
+@router.websocket(twilio.STREAM_PATH)
+async def twilio_stream(websocket: WebSocket):
+    await serve_stream(websocket, CARRIERS["twilio"])
+

@@ -1,0 +1,52 @@
+"""A call over a carrier's media stream: the common call, plus keypad input and Twilio marks."""
+
+from loguru import logger
+
+from app.calls.session import CallSession
+from app.storage.ids import utcnow
+from processors.keypad import KeypadToText
+from processors.twilio_marks import TwilioMarks
+
+MARK_ECHO_TIMEOUT_SECS = 10.0
+
+
+class PhoneCallSession(CallSession):
+    """:class:`CallSession` for telephony transports.
+
+    Keypad presses reach the LLM as text and the transcript. With ``marks`` (Twilio),
+    an agent turn enters the transcript once the caller has heard it, stamped with
+    the time Twilio echoed the turn's mark; a ``stop`` message ends the call.
+    """
+
+    def __init__(self, state, *, marks: TwilioMarks | None = None, **kwargs):
+        self._keypad = KeypadToText()
+        self._marks = marks
+        super().__init__(
+            state, session_protocol=False, extra_input=[self._keypad], extra_output=[marks] if marks else None, **kwargs
+        )
+
+    def _wire_events(self, transport) -> None:
+        super()._wire_events(transport)
+
+        @self._keypad.event_handler("on_keypad")
+        async def on_keypad(_processor, text):
+            await self._record("USER", text, utcnow().isoformat())
+
+        if self._marks is None:
+            return
+
+        @self._marks.event_handler("on_agent_heard")
+        async def on_agent_heard(_processor, name, heard_at):
+            logger.debug(f"session {self.session_id}: agent finished speaking ({name} heard at {heard_at:%H:%M:%S.%f})")
+
+        @self._marks.event_handler("on_stream_stopped")
+        async def on_stream_stopped(_processor):
+            logger.info(f"session {self.session_id}: the carrier stopped the stream")
+            await self._worker.cancel(reason="caller_hangup")
+
+    async def _record(self, speaker: str, content: str, timestamp: str, interrupted: bool = False) -> None:
+        if speaker == "AGENT" and self._marks is not None:
+            heard_at = await self._marks.wait_heard(MARK_ECHO_TIMEOUT_SECS)
+            if heard_at is not None:
+                timestamp = heard_at.isoformat()
+        await super()._record(speaker, content, timestamp, interrupted)

@@ -1,0 +1,85 @@
+"""Starting a phone session, and following the carrier's call-status callbacks."""
+
+from loguru import logger
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.api.sessions import check_can_start, new_session
+from app.errors import not_found
+from app.limits import admit_call
+from app.state import AppState
+from app.storage import sessions as session_store
+from app.storage import telephony as store
+from app.storage.ids import new_id
+from app.storage.models import Agent, PhoneCall, Session
+from app.telephony.variables import check_variables
+
+FAILED_STATUSES = {"busy": "busy", "no-answer": "no_answer", "failed": "call_failed", "canceled": "canceled"}
+"""Twilio call statuses that end a session as `failed`, and the end reason each gives."""
+
+
+async def start_phone_session(
+    state: AppState,
+    db: AsyncSession,
+    agent: Agent,
+    *,
+    carrier: str,
+    direction: str,
+    from_number: str,
+    to_number: str,
+    instance_id: str | None = None,
+    call_sid: str | None = None,
+) -> tuple[Session, PhoneCall]:
+    """A `created` session and its phone call row; 404/409/422/429/503 as for any session,
+    and 422 if the agent's placeholders lack a variable."""
+    check_can_start(state, agent)
+    variables = {}
+    if instance_id:
+        instance = await store.get_instance(db, agent.account_id, agent.id, instance_id)
+        if instance is None:
+            raise not_found("instance", instance_id)
+        variables = instance.variables
+    check_variables(agent, variables)
+    await admit_call(state, db, agent.account_id)
+    metadata = {"carrier": carrier, "direction": direction, "from": from_number, "to": to_number}
+    if instance_id:
+        metadata["instance_id"] = instance_id
+    session = new_session(state, agent, connection_type=carrier, metadata=metadata, initial_message=None)
+    call = PhoneCall(
+        id=new_id("call"),
+        account_id=agent.account_id,
+        agent_id=agent.id,
+        session_id=session.id,
+        instance_id=instance_id,
+        carrier=carrier,
+        direction=direction,
+        from_number=from_number,
+        to_number=to_number,
+        call_sid=call_sid,
+        status="queued",
+    )
+    db.add(session)
+    db.add(call)
+    await db.commit()
+    return session, call
+
+
+async def apply_status(state: AppState, db: AsyncSession, call: PhoneCall, status: str) -> None:
+    """Follow a call-status callback: ringing; in-progress → session active; completed;
+    busy / no-answer / failed / canceled → session failed with that reason.
+
+    A call running in this process records its own end, so it is left alone here.
+    """
+    call.status = status[:16]
+    await db.commit()
+    session = await db.get(Session, call.session_id)
+    running = state.calls.get(session.id) is not None
+    if status == "in-progress" and session.status == "created":
+        await session_store.claim(db, session, state.settings.host_id)
+    elif session.status in session_store.ACTIVE_STATUSES and not running:
+        if status == "completed":
+            await session_store.finish(db, session.id, status="completed", end_reason="completed", error=None)
+        elif status in FAILED_STATUSES:
+            await session_store.finish(
+                db, session.id, status="failed", end_reason=FAILED_STATUSES[status], error=f"the call ended {status}"
+            )
+    logger.info(f"call {call.id} ({call.call_sid}): {status}; session {session.id} is {session.status}")

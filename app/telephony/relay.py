@@ -1,0 +1,73 @@
+"""Relay tokens: the signed, single-use context a carrier's media stream presents.
+
+A relay token names the agent, the session, the agent instance and the account,
+expires with the session's connect window, and carries a random `jti`. Opening a
+stream records the `jti` in the database, so a replayed token is refused even
+after a restart.
+"""
+
+import secrets
+
+from app.api.session_ws import Refusal
+from app.api.session_ws import _refusal as refusal_for
+from app.calls.tokens import TokenError
+from app.errors import APIError
+from app.limits import admit_call
+from app.state import AppState
+from app.storage import agents as agent_store
+from app.storage import sessions as session_store
+from app.storage import telephony as store
+from app.storage.models import Agent, Session
+from app.telephony.variables import personalized
+
+KIND = "relay"
+
+
+def issue_relay_token(state: AppState, session: Session, instance_id: str | None) -> str:
+    claims = {
+        "agt": session.agent_id,
+        "sid": session.id,
+        "inst": instance_id,
+        "acc": session.account_id,
+        "jti": secrets.token_urlsafe(16),
+    }
+    return state.tokens.issue(KIND, claims, session.expires_at.timestamp())
+
+
+async def open_relay(state: AppState, token: str | None) -> tuple[Session, Agent]:
+    """The claimed session and personalized agent a stream's token opens, or a `Refusal`."""
+    if not token:
+        raise Refusal(4401, "missing_token", "the stream's start message carries no relay token")
+    try:
+        claims = state.tokens.verify(token, KIND)
+    except TokenError as exc:
+        raise Refusal(4401, "invalid_token", f"relay token refused: {exc}") from None
+    async with state.db.sessions() as db:
+        if not await store.use_relay_token(db, str(claims.get("jti")), str(claims.get("sid"))):
+            raise Refusal(4401, "token_used", "relay token refused: it was already used")
+        session = await session_store.get_session(db, claims["acc"], claims["sid"])
+        if session is None:
+            raise Refusal(4404, "session_not_found", f"session '{claims['sid']}' not found")
+        # `active` is fine if Twilio's in-progress callback got there first: the token is single-use.
+        if session.status not in session_store.ACTIVE_STATUSES or state.calls.get(session.id):
+            raise Refusal(4409, f"session_{session.status}", f"session '{session.id}' is {session.status} and cannot be joined")
+        agent = await agent_store.get_agent(db, session.account_id, session.agent_id)
+        if agent is None or agent.status != "active":
+            status = agent.status if agent else "deleted"
+            raise Refusal(4409, f"agent_{status}", f"agent '{session.agent_id}' is {status}")
+        variables = {}
+        if claims.get("inst"):
+            instance = await store.get_instance(db, session.account_id, agent.id, claims["inst"])
+            if instance is None:
+                raise Refusal(4404, "instance_not_found", f"agent instance '{claims['inst']}' not found")
+            variables = instance.variables
+        try:
+            agent = personalized(agent, variables)
+            if session.status == "created":
+                await admit_call(state, db, session.account_id)
+        except APIError as exc:
+            await session_store.finish(db, session.id, status="failed", end_reason=exc.body.code, error=exc.body.message)
+            raise refusal_for(exc) from None
+        if session.status == "created" and not await session_store.claim(db, session, state.settings.host_id):
+            raise Refusal(4409, "session_active", f"session '{session.id}' already has a stream")
+        return session, agent

@@ -1,0 +1,111 @@
+"""Twilio: TwiML answers, webhook signatures, the REST API (outbound calls), the stream serializer.
+
+TwiML and signature checks go through Twilio's own SDK. The REST API root is
+`TWILIO_API_BASE_URL`, so tests (or a Twilio-compatible backend) can stand in.
+"""
+
+from fastapi import Request
+from loguru import logger
+from twilio.base.exceptions import TwilioRestException
+from twilio.http.async_http_client import AsyncTwilioHttpClient
+from twilio.request_validator import RequestValidator
+from twilio.rest import Client
+from twilio.twiml.voice_response import Connect, VoiceResponse
+
+from app.errors import APIError
+from app.settings import Settings
+from processors.twilio_marks import TwilioStreamSerializer
+
+STREAM_PATH = "/v1/sessions/twilio/stream"
+TOKEN_PARAMETER = "token"
+STATUS_EVENTS = ["initiated", "ringing", "answered", "completed"]
+
+
+def public_url(settings: Settings, request: Request) -> str:
+    """The URL Twilio requested, as Twilio saw it (behind a tunnel or proxy: the public base URL)."""
+    if not settings.public_base_url:
+        return str(request.url)
+    query = f"?{request.url.query}" if request.url.query else ""
+    return f"{settings.public_base_url.rstrip('/')}{request.url.path}{query}"
+
+
+def http_base(settings: Settings, request: Request) -> str:
+    return (settings.public_base_url or str(request.base_url)).rstrip("/")
+
+
+def connect_twiml(stream_url: str, token: str) -> str:
+    """`<Response><Connect><Stream url=...><Parameter name="token" .../></Stream></Connect></Response>`."""
+    response = VoiceResponse()
+    connect = Connect()
+    stream = connect.stream(url=stream_url)
+    stream.parameter(name=TOKEN_PARAMETER, value=token)
+    response.append(connect)
+    return str(response)
+
+
+def check_signature(settings: Settings, request: Request, params: dict[str, str]) -> None:
+    """403 unless `X-Twilio-Signature` signs this request (only when `TWILIO_AUTH_TOKEN` is set)."""
+    if not settings.twilio_auth_token:
+        return
+    signature = request.headers.get("x-twilio-signature")
+    url = public_url(settings, request)
+    if not signature or not RequestValidator(settings.twilio_auth_token).validate(url, params, signature):
+        reason = "missing" if not signature else "invalid"
+        logger.warning(f"refused Twilio webhook {request.url.path}: {reason} X-Twilio-Signature (signed URL {url})")
+        raise APIError(403, "invalid_signature", f"{reason} X-Twilio-Signature")
+
+
+def _credentials(settings: Settings) -> dict[str, str] | None:
+    """Serializer-style credentials: the account SID with an auth token or an API key pair."""
+    if not settings.twilio_account_sid:
+        return None
+    if settings.twilio_api_key_sid and settings.twilio_api_key_secret:
+        return {"api_key_sid": settings.twilio_api_key_sid, "api_key_secret": settings.twilio_api_key_secret}
+    if settings.twilio_auth_token:
+        return {"auth_token": settings.twilio_auth_token}
+    return None
+
+
+def require_credentials(settings: Settings) -> None:
+    if _credentials(settings) is None:
+        missing = ["TWILIO_ACCOUNT_SID", "TWILIO_AUTH_TOKEN (or TWILIO_API_KEY_SID + TWILIO_API_KEY_SECRET)"]
+        raise APIError(
+            422, "missing_credentials", "outbound calls need Twilio credentials in the server's environment",
+            {"missing": missing},
+        )
+
+
+async def place_call(settings: Settings, *, to: str, from_: str, url: str, status_callback: str) -> str:
+    """Ask Twilio's REST API to place a call; its Call SID. 502 if Twilio refuses."""
+    require_credentials(settings)
+    credentials = _credentials(settings)
+    username, password = (
+        (credentials["api_key_sid"], credentials["api_key_secret"])
+        if "api_key_sid" in credentials
+        else (settings.twilio_account_sid, credentials["auth_token"])
+    )
+    http_client = AsyncTwilioHttpClient()
+    client = Client(username, password, settings.twilio_account_sid, http_client=http_client)
+    client.api.base_url = settings.twilio_api_base_url
+    try:
+        call = await client.calls.create_async(
+            to=to, from_=from_, url=url, method="POST",
+            status_callback=status_callback, status_callback_method="POST", status_callback_event=STATUS_EVENTS,
+        )
+    except TwilioRestException as exc:
+        logger.warning(f"Twilio refused the outbound call to {to}: {exc.status} {exc.msg}")
+        raise APIError(502, "twilio_error", f"Twilio refused the call: {exc.msg}", {"twilio_status": exc.status}) from None
+    finally:
+        await http_client.close()
+    return call.sid
+
+
+def stream_serializer(settings: Settings, stream_sid: str, call_sid: str | None) -> TwilioStreamSerializer:
+    """Pipecat's Twilio serializer (with marks); it hangs up through the REST API when it can."""
+    credentials = _credentials(settings)
+    if credentials is None or not call_sid:
+        logger.warning("no Twilio credentials or call SID: the server can't hang up this call itself")
+        return TwilioStreamSerializer(stream_sid, params=TwilioStreamSerializer.InputParams(auto_hang_up=False))
+    return TwilioStreamSerializer(
+        stream_sid, call_sid, settings.twilio_account_sid, base_url=settings.twilio_api_base_url, **credentials
+    )

@@ -1,0 +1,107 @@
+"""Twilio `mark`s: know when the caller has actually heard the agent.
+
+Twilio plays the audio we send from a buffer, so "the audio left the server" is not
+"the caller heard it". After each agent utterance :class:`TwilioMarks` sends a
+``mark`` message right behind the utterance's last audio; Twilio echoes the mark
+once everything before it has played (or at once when a ``clear`` drops it).
+:class:`TwilioStreamSerializer` turns those echoes, and Twilio's ``stop``, into
+``InputTransportMessageFrame``s, which Pipecat's own serializer would ignore.
+"""
+
+import asyncio
+import json
+from datetime import datetime
+
+from loguru import logger
+from pipecat.frames.frames import (
+    CancelFrame,
+    EndFrame,
+    Frame,
+    InputTransportMessageFrame,
+    OutputTransportMessageFrame,
+    TTSStoppedFrame,
+)
+from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
+from pipecat.serializers.twilio import TwilioFrameSerializer
+
+from app.storage.ids import utcnow
+
+
+class TwilioStreamSerializer(TwilioFrameSerializer):
+    """Pipecat's Twilio serializer, plus inbound ``mark`` and ``stop`` events as messages.
+
+    After ``stop`` the call is already over on Twilio's side, so the auto hang-up
+    (a REST request) is skipped.
+    """
+
+    async def deserialize(self, data: str | bytes) -> Frame | None:
+        try:
+            message = json.loads(data)
+        except (TypeError, ValueError):
+            return await super().deserialize(data)
+        event = message.get("event") if isinstance(message, dict) else None
+        if event == "stop":
+            self._hangup_attempted = True
+        if event in ("mark", "stop"):
+            return InputTransportMessageFrame(message=message)
+        return await super().deserialize(data)
+
+
+class TwilioMarks(FrameProcessor):
+    """Sends a ``mark`` after each agent utterance and reads Twilio's echoes.
+
+    Sits right before the output transport. Events:
+
+    - ``on_agent_heard(processor, name, heard_at)``: the caller has heard an utterance
+      to its end (or it was cut off by a ``clear``): the agent finished speaking.
+    - ``on_stream_stopped(processor)``: Twilio sent ``stop``; the call is over.
+    """
+
+    def __init__(self, stream_sid: str, **kwargs):
+        super().__init__(**kwargs)
+        self._stream_sid = stream_sid
+        self._sent = 0
+        self._heard: set[str] = set()
+        self._last_heard_at: datetime | None = None
+        self._all_heard = asyncio.Event()
+        self._all_heard.set()
+        self._register_event_handler("on_agent_heard")
+        self._register_event_handler("on_stream_stopped")
+
+    async def wait_heard(self, timeout: float) -> datetime | None:
+        """Wait until every mark sent so far has come back: the time of the last echo,
+        or None if one never came back (the call ended first, or Twilio is slow)."""
+        try:
+            await asyncio.wait_for(self._all_heard.wait(), timeout)
+        except TimeoutError:
+            logger.warning(f"{self}: Twilio did not echo mark utterance-{self._sent} within {timeout}s")
+        return self._last_heard_at if len(self._heard) >= self._sent else None
+
+    async def process_frame(self, frame: Frame, direction: FrameDirection):
+        await super().process_frame(frame, direction)
+        await self.push_frame(frame, direction)
+
+        if isinstance(frame, TTSStoppedFrame) and direction == FrameDirection.DOWNSTREAM:
+            self._sent += 1
+            self._all_heard.clear()
+            mark = {"event": "mark", "streamSid": self._stream_sid, "mark": {"name": f"utterance-{self._sent}"}}
+            # Queued behind the utterance's audio, so it reaches Twilio right after it.
+            await self.push_frame(OutputTransportMessageFrame(message=mark))
+        elif isinstance(frame, InputTransportMessageFrame) and direction == FrameDirection.DOWNSTREAM:
+            await self._on_message(frame.message)
+        elif isinstance(frame, (EndFrame, CancelFrame)):
+            self._all_heard.set()  # no more echoes will come; release waiters
+
+    async def _on_message(self, message: dict) -> None:
+        event = message.get("event")
+        if event == "stop":
+            await self._call_event_handler("on_stream_stopped")
+        elif event == "mark":
+            name = str((message.get("mark") or {}).get("name", ""))
+            if not name.startswith("utterance-") or name in self._heard:
+                return
+            self._heard.add(name)
+            self._last_heard_at = utcnow()
+            if len(self._heard) >= self._sent:
+                self._all_heard.set()
+            await self._call_event_handler("on_agent_heard", name, self._last_heard_at)

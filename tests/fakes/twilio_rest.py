@@ -1,0 +1,101 @@
+"""A local stand-in for Twilio's REST API: records what the server asks Twilio to do.
+
+Serves the two requests Switchboard makes: creating a call (`POST .../Calls.json`)
+and updating one (`POST .../Calls/{CallSid}.json`, e.g. the hang-up `Status=completed`).
+Point the server at it with `TWILIO_API_BASE_URL`.
+"""
+
+import base64
+import json
+import re
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import parse_qs
+
+
+@dataclass
+class RestRequest:
+    path: str
+    form: dict[str, list[str]]
+    username: str | None
+    password: str | None
+    at: float
+
+    def value(self, name: str) -> str | None:
+        values = self.form.get(name)
+        return values[0] if values else None
+
+
+class FakeTwilioRest:
+    def __init__(self, account_sid: str, auth_token: str):
+        self.account_sid = account_sid
+        self.auth_token = auth_token
+        self.requests: list[RestRequest] = []
+        self._server: ThreadingHTTPServer | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self._server.server_port}"
+
+    def start(self) -> "FakeTwilioRest":
+        fake = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):
+                body = self.rfile.read(int(self.headers.get("content-length") or 0)).decode()
+                username = password = None
+                auth = self.headers.get("authorization", "")
+                if auth.startswith("Basic "):
+                    username, _, password = base64.b64decode(auth[6:]).decode().partition(":")
+                request = RestRequest(self.path, parse_qs(body, keep_blank_values=True), username, password, time.time())
+                fake.requests.append(request)
+                status, answer = fake._answer(request)
+                data = json.dumps(answer).encode()
+                self.send_response(status)
+                self.send_header("content-type", "application/json")
+                self.send_header("content-length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, *args):
+                pass
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+        return self
+
+    def stop(self) -> None:
+        if self._server:
+            self._server.shutdown()
+            self._server.server_close()
+
+    def _answer(self, request: RestRequest) -> tuple[int, dict]:
+        if (request.username, request.password) != (self.account_sid, self.auth_token):
+            return 401, {"code": 20003, "message": "Authenticate", "status": 401}
+        prefix = f"/2010-04-01/Accounts/{self.account_sid}/Calls"
+        if request.path == f"{prefix}.json":
+            sid = "CA" + uuid.uuid4().hex
+            return 201, {"sid": sid, "account_sid": self.account_sid, "status": "queued",
+                         "to": request.value("To"), "from": request.value("From")}
+        match = re.fullmatch(re.escape(prefix) + r"/(CA[0-9a-f]+)\.json", request.path)
+        if match:
+            return 200, {"sid": match.group(1), "account_sid": self.account_sid, "status": request.value("Status")}
+        return 404, {"code": 20404, "message": "The requested resource was not found", "status": 404}
+
+    def created_calls(self) -> list[RestRequest]:
+        return [r for r in self.requests if r.path.endswith("/Calls.json")]
+
+    def hang_ups(self, call_sid: str) -> list[RestRequest]:
+        return [r for r in self.requests if r.path.endswith(f"/Calls/{call_sid}.json") and r.value("Status") == "completed"]
+
+    def wait_for_hang_up(self, call_sid: str, timeout: float = 30) -> RestRequest:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            found = self.hang_ups(call_sid)
+            if found:
+                return found[0]
+            time.sleep(0.05)
+        raise TimeoutError(f"no hang-up for {call_sid} within {timeout}s; requests: {[r.path for r in self.requests]}")
