@@ -18,6 +18,7 @@ from pipecat.frames.frames import (
     EndFrame,
     Frame,
     InputTransportMessageFrame,
+    InterruptionFrame,
     OutputTransportMessageFrame,
     TTSStoppedFrame,
 )
@@ -53,7 +54,8 @@ class TwilioMarks(FrameProcessor):
     Sits right before the output transport. Events:
 
     - ``on_agent_heard(processor, name, heard_at)``: the caller has heard an utterance
-      to its end (or it was cut off by a ``clear``): the agent finished speaking.
+      to its end (``name`` is its mark), or was cut off by barge-in (``name`` is None):
+      the agent finished speaking.
     - ``on_stream_stopped(processor)``: Twilio sent ``stop``; the call is over.
     """
 
@@ -61,7 +63,7 @@ class TwilioMarks(FrameProcessor):
         super().__init__(**kwargs)
         self._stream_sid = stream_sid
         self._sent = 0
-        self._heard: set[str] = set()
+        self._pending: set[str] = set()
         self._last_heard_at: datetime | None = None
         self._all_heard = asyncio.Event()
         self._all_heard.set()
@@ -74,8 +76,8 @@ class TwilioMarks(FrameProcessor):
         try:
             await asyncio.wait_for(self._all_heard.wait(), timeout)
         except TimeoutError:
-            logger.warning(f"{self}: Twilio did not echo mark utterance-{self._sent} within {timeout}s")
-        return self._last_heard_at if len(self._heard) >= self._sent else None
+            logger.warning(f"{self}: Twilio did not echo marks {sorted(self._pending)} within {timeout}s")
+        return None if self._pending else self._last_heard_at
 
     async def process_frame(self, frame: Frame, direction: FrameDirection):
         await super().process_frame(frame, direction)
@@ -83,12 +85,19 @@ class TwilioMarks(FrameProcessor):
 
         if isinstance(frame, TTSStoppedFrame) and direction == FrameDirection.DOWNSTREAM:
             self._sent += 1
+            name = f"utterance-{self._sent}"
+            self._pending.add(name)
             self._all_heard.clear()
-            mark = {"event": "mark", "streamSid": self._stream_sid, "mark": {"name": f"utterance-{self._sent}"}}
+            mark = {"event": "mark", "streamSid": self._stream_sid, "mark": {"name": name}}
             # Queued behind the utterance's audio, so it reaches Twilio right after it.
             await self.push_frame(OutputTransportMessageFrame(message=mark))
         elif isinstance(frame, InputTransportMessageFrame) and direction == FrameDirection.DOWNSTREAM:
             await self._on_message(frame.message)
+        elif isinstance(frame, InterruptionFrame) and self._pending:
+            # The output transport drops queued marks along with the audio, and Twilio's
+            # `clear` cuts off what it was playing: the caller has heard all they will.
+            self._pending.clear()
+            await self._heard(utcnow())
         elif isinstance(frame, (EndFrame, CancelFrame)):
             self._all_heard.set()  # no more echoes will come; release waiters
 
@@ -98,10 +107,12 @@ class TwilioMarks(FrameProcessor):
             await self._call_event_handler("on_stream_stopped")
         elif event == "mark":
             name = str((message.get("mark") or {}).get("name", ""))
-            if not name.startswith("utterance-") or name in self._heard:
-                return
-            self._heard.add(name)
-            self._last_heard_at = utcnow()
-            if len(self._heard) >= self._sent:
-                self._all_heard.set()
-            await self._call_event_handler("on_agent_heard", name, self._last_heard_at)
+            if name in self._pending:
+                self._pending.discard(name)
+                await self._heard(utcnow(), name)
+
+    async def _heard(self, at: datetime, name: str | None = None) -> None:
+        self._last_heard_at = at
+        if not self._pending:
+            self._all_heard.set()
+        await self._call_event_handler("on_agent_heard", name, at)

@@ -133,3 +133,75 @@ async def test_inbound_call_hears_the_caller_answers_and_completes(twilio_server
 
 def twilio_rest_hang_ups(server, call_sid: str) -> bool:
     return f"Successfully terminated Twilio call {call_sid}" in server.log()
+
+
+async def test_barge_in_sends_clear_and_cuts_the_agent_off(twilio_server, tw, llm):
+    llm.script("Of course, go ahead.")
+    agent = scripted_agent(
+        tw, greeting="Welcome to the clinic. Our opening hours are nine to five on weekdays, "
+                     "and ten to two on Saturdays. We are closed on Sundays and public holidays.",
+    )
+    twiml, session = twilio_session(tw, agent["id"])
+    async with TwilioMediaStreamsClient.from_twiml(twiml) as client:
+        await client.wait_until(lambda: len(client.agent_audio) > 8000 * 0.5, 30, "greeting audio")
+        await client.send_audio(speech("Sorry to interrupt, I have a question.", sample_rate=8000))
+        await client.wait_until(lambda: client.events("clear"), 10, "clear")
+        cleared_at = next(t for t, m in client.received if m.get("event") == "clear")
+        await client.send_silence(1.0)
+        await client.wait_marks(1, timeout=60)  # the greeting's mark went with the clear: this is the answer
+        await client.stop()
+        await client.wait_closed(timeout=5)
+    # Twilio played well under the greeting's length before the clear.
+    assert len(client.agent_audio) < 8000 * 12
+    assert cleared_at - client._started < 10
+    wait_for_status(tw, session["session_id"], "completed")
+    items = tw.get(f"/v1/sessions/{session['session_id']}/transcript").json()["items"]
+    # The greeting was cut off early: it is in the transcript as interrupted, if at all.
+    assert all(i["interrupted"] for i in items if i["speaker"] == "AGENT" and i["content"].startswith("Welcome"))
+    assert any(i["speaker"] == "USER" and "question" in i["content"].lower() for i in items), items
+
+
+async def test_keypad_press_reaches_the_agent_as_text(twilio_server, tw, llm):
+    llm.script("You chose billing.")
+    agent = scripted_agent(tw, greeting="Press 3 for billing.")
+    twiml, session = twilio_session(tw, agent["id"])
+    async with TwilioMediaStreamsClient.from_twiml(twiml) as client:
+        await client.wait_marks(1, timeout=30)
+        await client.send_dtmf("3")
+        await client.wait_marks(2, timeout=30)
+        await client.stop()
+        await client.wait_closed(timeout=5)
+    messages = llm.requests[-1]["messages"]
+    assert {"role": "user", "content": "The caller pressed 3."} in messages
+    wait_for_status(tw, session["session_id"], "completed")
+    items = tw.get(f"/v1/sessions/{session['session_id']}/transcript").json()["items"]
+    assert [(i["speaker"], i["content"]) for i in items] == [
+        ("AGENT", "Press 3 for billing."), ("USER", "The caller pressed 3."), ("AGENT", "You chose billing."),
+    ]
+
+
+async def test_agent_ends_the_call_and_hangs_up_after_the_goodbye(twilio_server, tw, twilio_rest, llm):
+    llm.script("We open at nine.")
+    agent = scripted_agent(tw, greeting="Hello.", max_turns=1)
+    twiml, session = twilio_session(tw, agent["id"])
+    async with TwilioMediaStreamsClient.from_twiml(twiml) as client:
+        await client.wait_marks(1, timeout=30)
+        await client.send_audio(speech("When do you open?", sample_rate=8000))
+        await client.send_silence(1.0)
+        await client.wait_marks(2, timeout=60)
+        await client.send_audio(speech("And when do you close?", sample_rate=8000))
+        await client.send_silence(1.0)
+        hang_up = await asyncio.to_thread(twilio_rest.wait_for_hang_up, client.call_sid, 60)
+        await client.wait_closed(timeout=10)
+    assert (hang_up.username, hang_up.password) == (ACCOUNT_SID, AUTH_TOKEN)
+    assert hang_up.path == f"/2010-04-01/Accounts/{ACCOUNT_SID}/Calls/{client.call_sid}.json"
+    # The goodbye was sent in full before the hang-up.
+    goodbye_mark = client.events("mark")[-1]
+    assert goodbye_mark["mark"]["name"] == "utterance-3"
+    last_media_bytes = len(client.agent_audio)
+    assert last_media_bytes > 8000 * 2
+    done = wait_for_status(tw, session["session_id"], "completed")
+    assert done["end_reason"] == "max_turns"
+    items = tw.get(f"/v1/sessions/{session['session_id']}/transcript").json()["items"]
+    assert items[-1]["speaker"] == "AGENT" and "goodbye" in items[-1]["content"].lower()
+    wait_no_calls(twilio_server)

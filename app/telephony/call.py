@@ -37,7 +37,8 @@ class PhoneCallSession(CallSession):
 
         @self._marks.event_handler("on_agent_heard")
         async def on_agent_heard(_processor, name, heard_at):
-            logger.debug(f"session {self.session_id}: agent finished speaking ({name} heard at {heard_at:%H:%M:%S.%f})")
+            how = f"{name} played" if name else "cut off by the caller"
+            logger.debug(f"session {self.session_id}: agent finished speaking ({how} at {heard_at:%H:%M:%S.%f})")
 
         @self._marks.event_handler("on_stream_stopped")
         async def on_stream_stopped(_processor):

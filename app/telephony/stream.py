@@ -166,5 +166,6 @@ async def serve_stream(websocket: WebSocket, carrier: Carrier) -> None:
         marks=marks,
     )
     await call.run()
-    if websocket.application_state == WebSocketState.CONNECTED:
+    if WebSocketState.CONNECTED == websocket.application_state == websocket.client_state:
+        # The pipeline closes the socket when it ends; still open means it never ran.
         await websocket.close(1011, "the call could not start")
