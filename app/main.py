@@ -9,6 +9,7 @@ from loguru import logger
 from app.api import accounts as accounts_api
 from app.api import agents, health, metrics, session_ws, sessions
 from app.api import carriers, instances, twilio
+from app.api import dashboard, webrtc
 from app.calls.tokens import TokenSigner
 from app.errors import install_error_handlers
 from app.limits import BodySizeLimitMiddleware, RateLimiter
@@ -73,4 +74,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(instances.router)
     app.include_router(twilio.router)
     app.include_router(carriers.router)
+    app.include_router(webrtc.router)
+    app.include_router(dashboard.router)
+    app.mount("/static", dashboard.static_files, name="static")
     return app

@@ -4,8 +4,16 @@ import socket
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import BaseModel, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class IceServer(BaseModel):
+    """One STUN or TURN server, in the browser's `RTCIceServer` shape."""
+
+    urls: str | list[str]
+    username: str | None = None
+    credential: str | None = None
 
 
 class Settings(BaseSettings):
@@ -41,6 +49,9 @@ class Settings(BaseSettings):
     """On SIGTERM, how long live calls may go on before they get a goodbye."""
     host_id: str = Field(default_factory=socket.gethostname)
     """Names this host on the sessions it runs, so a restart finds the calls it lost."""
+    webrtc_ice_servers: list[IceServer] = Field(default_factory=list)
+    """STUN/TURN servers for browser calls, as JSON (`[{"urls": "stun:host:3478"}]`);
+    none are needed on localhost or a LAN."""
 
     twilio_account_sid: str | None = Field(default=None, alias="TWILIO_ACCOUNT_SID")
     twilio_auth_token: str | None = Field(default=None, alias="TWILIO_AUTH_TOKEN")

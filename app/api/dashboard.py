@@ -1,0 +1,322 @@
+"""The dashboard: server-rendered pages at `/` for agents, browser calls and call logs.
+
+Log-in takes an API key and keeps it in an HttpOnly, SameSite=Strict cookie; every page
+and action refuses without it (pages redirect to `/login`, actions answer 401). Forms
+from another origin are refused as well. Templates autoescape everything they render.
+"""
+
+import json
+from datetime import datetime
+from math import ceil
+from pathlib import Path
+from typing import Annotated, get_args
+from urllib.parse import parse_qs, quote, urlencode, urlsplit
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import RedirectResponse, Response
+from fastapi.staticfiles import StaticFiles
+from fastapi.templating import Jinja2Templates
+from pydantic import BaseModel, ValidationError
+
+from app.api import agents as agents_api
+from app.api.sessions import SessionStatus
+from app.deps import Caller, DbDep, StateDep, api_key_header, authenticate, require_caller
+from app.errors import APIError, not_found
+from app.storage import agents as agent_store
+from app.storage import dashboard as dashboard_store
+from app.storage import sessions as session_store
+
+WEB_DIR = Path(__file__).resolve().parent.parent / "web"
+COOKIE = "switchboard_key"
+PAGE_SIZE = 20
+SECURITY_HEADERS = {
+    "Content-Security-Policy": (
+        "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; media-src 'self' blob:; "
+        "connect-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
+    ),
+    "Referrer-Policy": "same-origin",
+    "X-Content-Type-Options": "nosniff",
+    "Cache-Control": "no-store",
+}
+
+router = APIRouter(include_in_schema=False)
+templates = Jinja2Templates(directory=WEB_DIR / "templates")
+static_files = StaticFiles(directory=WEB_DIR / "static")
+
+
+def _format_time(value: datetime | None) -> str:
+    return value.strftime("%Y-%m-%d %H:%M:%S UTC") if value else "—"
+
+
+def _format_duration(secs: float | None) -> str:
+    if secs is None:
+        return "—"
+    minutes, seconds = divmod(round(secs), 60)
+    return f"{minutes}m {seconds:02d}s" if minutes else f"{seconds}s"
+
+
+templates.env.filters["time"] = _format_time
+templates.env.filters["duration"] = _format_duration
+
+
+# --- log-in ------------------------------------------------------------------------------
+
+
+def _same_origin(request: Request) -> bool:
+    """False for a browser request sent from another site's page."""
+    origin = request.headers.get("origin")
+    return origin is None or urlsplit(origin).netloc == request.headers.get("host")
+
+
+async def _cookie_caller(request: Request, state, db) -> Caller:
+    """The caller the log-in cookie names (with the API's rate limit); 401 or 403 otherwise."""
+    if request.method not in ("GET", "HEAD") and not _same_origin(request):
+        raise APIError(403, "cross_origin", "requests from another origin may not use the dashboard log-in")
+    try:
+        return await require_caller(state, db, request.cookies.get(COOKIE))
+    except APIError as exc:
+        if exc.status == 401:
+            raise APIError(401, "unauthorized", "log in to the dashboard with an API key first") from None
+        raise
+
+
+async def page_caller(request: Request, state: StateDep, db: DbDep) -> Caller:
+    """Dashboard pages and actions: a page without a valid log-in redirects to `/login`."""
+    try:
+        return await _cookie_caller(request, state, db)
+    except APIError as exc:
+        if exc.status == 401 and request.method == "GET":
+            target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+            raise APIError(303, "login_required", exc.body.message, headers={"Location": f"/login?next={quote(target)}"}) from None
+        raise
+
+
+async def key_or_cookie_caller(
+    request: Request, state: StateDep, db: DbDep, api_key: Annotated[str | None, Depends(api_key_header)]
+) -> Caller:
+    """For API routes the dashboard's pages call: an `X-API-Key` header, else the log-in cookie."""
+    if api_key or COOKIE not in request.cookies:
+        return await require_caller(state, db, api_key)
+    return await _cookie_caller(request, state, db)
+
+
+PageCallerDep = Annotated[Caller, Depends(page_caller)]
+KeyOrCookieCallerDep = Annotated[Caller, Depends(key_or_cookie_caller)]
+
+
+def _render(request: Request, template: str, status_code: int = 200, **context) -> Response:
+    response = templates.TemplateResponse(request, template, context, status_code=status_code)
+    response.headers.update(SECURITY_HEADERS)
+    return response
+
+
+def _redirect(url: str) -> RedirectResponse:
+    return RedirectResponse(url, status_code=303, headers=SECURITY_HEADERS)
+
+
+def _local_path(target: str | None) -> str:
+    """Where to go after log-in: a path on this server, never another site."""
+    if target and target.startswith("/") and not target.startswith("//") and "\\" not in target:
+        return target
+    return "/"
+
+
+async def _form(request: Request) -> dict[str, str]:
+    """A URL-encoded form body as a dict of its first values."""
+    if request.headers.get("content-type", "").split(";")[0].strip() != "application/x-www-form-urlencoded":
+        raise APIError(415, "unsupported_media_type", "dashboard forms are sent as application/x-www-form-urlencoded")
+    fields = parse_qs((await request.body()).decode("utf-8", errors="replace"), keep_blank_values=True)
+    return {name: values[0] for name, values in fields.items()}
+
+
+@router.get("/login")
+async def login_page(request: Request, next: str | None = None) -> Response:
+    return _render(request, "login.html", next=_local_path(next))
+
+
+@router.post("/login")
+async def login(request: Request, state: StateDep, db: DbDep) -> Response:
+    form = await _form(request)
+    target = _local_path(form.get("next"))
+    key = form.get("api_key", "").strip()
+    if not _same_origin(request):
+        raise APIError(403, "cross_origin", "log in from this server's own page")
+    if await authenticate(db, key) is None:
+        return _render(request, "login.html", 401, next=target, error="That API key is not valid.")
+    response = _redirect(target)
+    response.set_cookie(
+        COOKIE, key, httponly=True, samesite="strict", secure=request.url.scheme == "https", path="/"
+    )
+    return response
+
+
+@router.post("/logout")
+async def logout() -> Response:
+    response = _redirect("/login")
+    response.delete_cookie(COOKIE, path="/", httponly=True, samesite="strict")
+    return response
+
+
+# --- agents ------------------------------------------------------------------------------
+
+
+@router.get("/")
+async def agents_page(request: Request, state: StateDep, db: DbDep, caller: PageCallerDep) -> Response:
+    agents, _ = await agent_store.list_agents(db, caller.account_id, status=None, limit=100, offset=0)
+    return _render(request, "agents.html", agents=agents)
+
+
+def _agent_form_context(state, values: dict, errors: list[str] | None = None) -> dict:
+    pipelines = state.catalog.names()
+    voices = sorted({voice for name in pipelines for voice in state.catalog.get(name).tts.voices})
+    return {"values": values, "errors": errors or [], "pipelines": pipelines, "voices": voices}
+
+
+def _agent_fields(form: dict[str, str]) -> dict:
+    """The agent fields a dashboard form sent, in the API's shape (validated by its models)."""
+    fields = {
+        name: form.get(name, "").strip() for name in ("name", "voice_id", "system_prompt", "language", "pipeline")
+    }
+    fields["greeting"] = form.get("greeting", "").strip() or None
+    fields["max_turns"] = form.get("max_turns", "").strip() or "50"
+    tools = form.get("tools", "").strip()
+    try:
+        fields["tools"] = json.loads(tools) if tools else []
+    except ValueError as exc:
+        raise _FormError([f"tools: not valid JSON ({exc})"]) from None
+    return fields
+
+
+class _FormError(Exception):
+    def __init__(self, errors: list[str]):
+        super().__init__("; ".join(errors))
+        self.errors = errors
+
+
+def _validate(model: type[BaseModel], fields: dict) -> BaseModel:
+    try:
+        return model.model_validate(fields)
+    except ValidationError as exc:
+        raise _FormError(
+            [f"{'.'.join(str(p) for p in e['loc']) or 'form'}: {e['msg']}" for e in exc.errors()]
+        ) from None
+
+
+def _form_values(agent=None, form: dict[str, str] | None = None) -> dict:
+    if form is not None:
+        return form
+    if agent is None:
+        return {"language": "en", "max_turns": "50", "tools": ""}
+    return {
+        "name": agent.name, "voice_id": agent.voice_id, "system_prompt": agent.system_prompt,
+        "language": agent.language, "pipeline": agent.pipeline, "greeting": agent.greeting or "",
+        "max_turns": str(agent.max_turns), "tools": json.dumps(agent.tools, indent=2) if agent.tools else "",
+    }
+
+
+@router.get("/agents/new")
+async def new_agent_page(request: Request, state: StateDep, caller: PageCallerDep) -> Response:
+    values = _form_values() | {"pipeline": state.settings.default_pipeline}
+    return _render(request, "agent_form.html", agent=None, **_agent_form_context(state, values))
+
+
+@router.post("/agents/new")
+async def create_agent(request: Request, state: StateDep, db: DbDep, caller: PageCallerDep) -> Response:
+    form = await _form(request)
+    try:
+        body = _validate(agents_api.AgentCreate, _agent_fields(form))
+        agent = await agents_api.create_agent(body, state, db, caller)
+    except _FormError as exc:
+        return _render(request, "agent_form.html", 422, agent=None, **_agent_form_context(state, form, exc.errors))
+    except APIError as exc:
+        errors = [exc.body.message]
+        return _render(request, "agent_form.html", exc.status, agent=None, **_agent_form_context(state, form, errors))
+    return _redirect(f"/agents/{agent.id}")
+
+
+@router.get("/agents/{agent_id}")
+async def agent_page(agent_id: str, request: Request, state: StateDep, db: DbDep, caller: PageCallerDep) -> Response:
+    agent = await agents_api.load_agent(db, caller, agent_id)
+    return _render(request, "agent_form.html", agent=agent, **_agent_form_context(state, _form_values(agent)))
+
+
+@router.post("/agents/{agent_id}")
+async def update_agent(agent_id: str, request: Request, state: StateDep, db: DbDep, caller: PageCallerDep) -> Response:
+    agent = await agents_api.load_agent(db, caller, agent_id)
+    form = await _form(request)
+    try:
+        body = _validate(agents_api.AgentUpdate, _agent_fields(form))
+        await agents_api.update_agent(agent_id, body, state, db, caller)
+    except _FormError as exc:
+        return _render(request, "agent_form.html", 422, agent=agent, **_agent_form_context(state, form, exc.errors))
+    except APIError as exc:
+        errors = [exc.body.message]
+        return _render(request, "agent_form.html", exc.status, agent=agent, **_agent_form_context(state, form, errors))
+    return _redirect(f"/agents/{agent_id}")
+
+
+@router.post("/agents/{agent_id}/pause")
+async def pause_agent(agent_id: str, state: StateDep, db: DbDep, caller: PageCallerDep) -> Response:
+    await agents_api.update_agent(agent_id, agents_api.AgentUpdate(status="paused"), state, db, caller)
+    return _redirect("/")
+
+
+@router.post("/agents/{agent_id}/resume")
+async def resume_agent(agent_id: str, state: StateDep, db: DbDep, caller: PageCallerDep) -> Response:
+    await agents_api.update_agent(agent_id, agents_api.AgentUpdate(status="active"), state, db, caller)
+    return _redirect("/")
+
+
+@router.post("/agents/{agent_id}/delete")
+async def delete_agent(agent_id: str, state: StateDep, db: DbDep, caller: PageCallerDep) -> Response:
+    await agents_api.delete_agent(agent_id, state, db, caller)
+    return _redirect("/")
+
+
+@router.get("/agents/{agent_id}/preview")
+async def preview_page(agent_id: str, request: Request, state: StateDep, db: DbDep, caller: PageCallerDep) -> Response:
+    agent = await agents_api.load_agent(db, caller, agent_id)
+    ice_servers = [s.model_dump(exclude_none=True) for s in state.settings.webrtc_ice_servers]
+    return _render(request, "call.html", agent=agent, ice_servers=ice_servers)
+
+
+# --- call logs ---------------------------------------------------------------------------
+
+STATUSES = get_args(SessionStatus)
+
+
+@router.get("/calls")
+async def calls_page(
+    request: Request,
+    db: DbDep,
+    caller: PageCallerDep,
+    agent_id: str | None = None,
+    status: str | None = None,
+    page: int = 1,
+) -> Response:
+    agent_id = agent_id or None
+    status = status if status in STATUSES else None
+    page = max(page, 1)
+    sessions, total = await session_store.list_sessions(
+        db, caller.account_id, agent_id=agent_id, status=status, limit=PAGE_SIZE, offset=(page - 1) * PAGE_SIZE
+    )
+    agent_names = await dashboard_store.agent_names(db, caller.account_id)
+    filters = {k: v for k, v in (("agent_id", agent_id), ("status", status)) if v}
+    pages = max(ceil(total / PAGE_SIZE), 1)
+    return _render(
+        request, "calls.html",
+        sessions=sessions, total=total, agent_names=agent_names, statuses=STATUSES, filters=filters,
+        page=page, pages=pages,
+        newer_url=f"/calls?{urlencode(filters | {'page': page - 1})}" if page > 1 else None,
+        older_url=f"/calls?{urlencode(filters | {'page': page + 1})}" if page < pages else None,
+    )
+
+
+@router.get("/calls/{session_id}")
+async def session_page(session_id: str, request: Request, db: DbDep, caller: PageCallerDep) -> Response:
+    session = await session_store.get_session(db, caller.account_id, session_id)
+    if session is None:
+        raise not_found("session", session_id)
+    agent = await agent_store.get_agent(db, caller.account_id, session.agent_id) if session.agent_id else None
+    transcript = await session_store.transcript(db, session.id)
+    return _render(request, "session.html", session=session, agent=agent, transcript=transcript)

@@ -1,0 +1,232 @@
+"""Browser-style calls over WebRTC, driven by a real aiortc peer: Piper speech in, the agent's
+voice and the session events back over the peer connection, ICE candidates trickled by PATCH."""
+
+import asyncio
+import fractions
+import json
+import time
+
+import httpx
+import numpy as np
+from aiortc import MediaStreamTrack, RTCPeerConnection, RTCSessionDescription
+from av import AudioFrame
+
+from tests.audio import speech
+from tests.conftest import make_agent
+from tests.test_session_websocket import wait_for_status
+
+RATE = 16000
+FRAME_SAMPLES = RATE // 50  # 20 ms
+
+
+class CallerMicrophone(MediaStreamTrack):
+    """A microphone that plays silence until told to say something, in real time."""
+
+    kind = "audio"
+
+    def __init__(self):
+        super().__init__()
+        self._pending = b""
+        self._started: float | None = None
+        self._pts = 0
+
+    def say(self, pcm: bytes) -> None:
+        self._pending += pcm
+
+    async def recv(self) -> AudioFrame:
+        if self._started is None:
+            self._started = time.monotonic()
+        wait = self._started + self._pts / RATE - time.monotonic()
+        if wait > 0:
+            await asyncio.sleep(wait)
+        size = FRAME_SAMPLES * 2
+        chunk, self._pending = self._pending[:size], self._pending[size:]
+        frame = AudioFrame(format="s16", layout="mono", samples=FRAME_SAMPLES)
+        frame.planes[0].update(chunk.ljust(size, b"\0"))
+        frame.sample_rate = RATE
+        frame.pts = self._pts
+        frame.time_base = fractions.Fraction(1, RATE)
+        self._pts += FRAME_SAMPLES
+        return frame
+
+
+class WebRTCCaller:
+    """One call from an aiortc peer, the way the dashboard's call page makes it."""
+
+    def __init__(self, server, agent_id: str, headers: dict[str, str]):
+        self.url = f"{server.url}/v1/agents/{agent_id}/webrtc/offer"
+        self.headers = headers
+        self.pc = RTCPeerConnection()
+        self.mic = CallerMicrophone()
+        self.events: list[dict] = []
+        self.loud_audio_secs = 0.0
+        self.answer: dict = {}
+        self._channel = None
+        self._readers: list[asyncio.Task] = []
+
+    async def connect(self) -> None:
+        """Offer without candidates, then trickle them by PATCH: the call only connects if PATCH works."""
+        self.pc.addTrack(self.mic)
+        self._channel = self.pc.createDataChannel("events")
+        self._channel.on("message", lambda message: self.events.append({**json.loads(message), "_at": time.monotonic()}))
+
+        @self.pc.on("track")
+        def on_track(track):
+            self._readers.append(asyncio.create_task(self._listen(track)))
+
+        await self.pc.setLocalDescription(await self.pc.createOffer())
+        lines = self.pc.localDescription.sdp.splitlines()
+        candidates = [line.removeprefix("a=") for line in lines if line.startswith("a=candidate:")]
+        sdp = "\r\n".join(l for l in lines if not l.startswith(("a=candidate:", "a=end-of-candidates"))) + "\r\n"
+        assert candidates
+        async with httpx.AsyncClient(headers=self.headers, timeout=30) as http:
+            response = await http.post(self.url, json={"sdp": sdp, "type": "offer"})
+            assert response.status_code == 200, response.text
+            self.answer = response.json()
+            await self.pc.setRemoteDescription(RTCSessionDescription(sdp=self.answer["sdp"], type="answer"))
+            trickled = [{"candidate": c, "sdpMid": "0", "sdpMLineIndex": 0} for c in candidates]
+            trickled.append({"candidate": "", "sdpMid": "0", "sdpMLineIndex": 0})  # end of candidates
+            response = await http.patch(self.url, json={"pc_id": self.answer["pc_id"], "candidates": trickled})
+            assert response.status_code == 204, response.text
+
+    async def _listen(self, track) -> None:
+        while True:
+            try:
+                frame = await track.recv()
+            except Exception:
+                return
+            samples = frame.to_ndarray().astype(np.float64)
+            if np.sqrt(np.mean(samples**2)) > 300:
+                self.loud_audio_secs += frame.samples / frame.sample_rate
+
+    def send(self, event: dict) -> None:
+        self._channel.send(json.dumps(event))
+
+    def of_type(self, kind: str) -> list[dict]:
+        return [e for e in self.events if e.get("type") == kind]
+
+    async def wait_for(self, kind: str, timeout: float, count: int = 1) -> dict:
+        deadline = time.monotonic() + timeout
+        while len(self.of_type(kind)) < count:
+            assert time.monotonic() < deadline, f"no {kind} (#{count}) within {timeout}s; got {self.events}"
+            await asyncio.sleep(0.05)
+        return self.of_type(kind)[count - 1]
+
+    async def close(self) -> None:
+        for reader in self._readers:
+            reader.cancel()
+        await self.pc.close()
+
+
+async def test_browser_call_hears_the_caller_and_answers(server, api, llm):
+    llm.script("We open at nine tomorrow morning.")
+    agent = make_agent(api, pipeline="scripted", greeting="Hello, thanks for calling the clinic.")
+    caller = WebRTCCaller(server, agent["id"], server.headers)
+    try:
+        await caller.connect()
+        session_id = caller.answer["session_id"]
+        greeting = await caller.wait_for("transcript.agent", timeout=60)
+        assert greeting["text"] == "Hello, thanks for calling the clinic."
+        await caller.wait_for("agent.speech.stopped", timeout=30)
+        assert caller.loud_audio_secs > 0.8, caller.loud_audio_secs  # the greeting was heard
+
+        caller.send({"type": "no.such.event"})
+        error = await caller.wait_for("session.error", timeout=10)
+        assert error["code"] == "unknown_event"
+
+        heard_before = caller.loud_audio_secs
+        caller.mic.say(speech("What time do you open tomorrow morning?", tail_secs=1.5))
+        await caller.wait_for("input.speech.started", timeout=30)
+        heard = await caller.wait_for("transcript.user", timeout=60)
+        reply = await caller.wait_for("transcript.agent", timeout=60, count=2)
+        await caller.wait_for("agent.speech.stopped", timeout=60, count=2)
+        assert reply["text"] == "We open at nine tomorrow morning."
+        assert caller.loud_audio_secs - heard_before > 0.8, caller.loud_audio_secs
+
+        caller.send({"type": "session.end"})
+        ended = await caller.wait_for("session.ended", timeout=15)
+        assert ended["reason"] == "caller_hangup"
+    finally:
+        await caller.close()
+
+    words = heard["text"].lower()
+    assert "open" in words and "tomorrow" in words, heard
+    session = wait_for_status(api, session_id, "completed", timeout=30)
+    assert session["connection_type"] == "webrtc" and session["end_reason"] == "caller_hangup"
+    transcript = api.get(f"/v1/sessions/{session_id}/transcript").json()["items"]
+    assert [t["speaker"] for t in transcript] == ["AGENT", "USER", "AGENT"]
+    assert transcript[2]["content"] == "We open at nine tomorrow morning."
+
+
+async def test_browser_hang_up_without_goodbye_ends_the_session(server, api):
+    agent = make_agent(api, pipeline="scripted", greeting="Hi there.")
+    caller = WebRTCCaller(server, agent["id"], server.headers)
+    try:
+        await caller.connect()
+        await caller.wait_for("agent.speech.started", timeout=60)
+    finally:
+        await caller.close()  # the tab closes: no session.end
+    session = wait_for_status(api, caller.answer["session_id"], "completed", timeout=60)
+    assert session["end_reason"] == "caller_hangup"
+
+
+MINIMAL_OFFER = "v=0\r\no=- 0 0 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\n"
+AUDIO_OFFER = MINIMAL_OFFER + "m=audio 9 UDP/TLS/RTP/SAVPF 111\r\nc=IN IP4 0.0.0.0\r\n"
+
+
+def test_offer_refusals(server, api):
+    agent = make_agent(api, pipeline="scripted")
+    url = f"/v1/agents/{agent['id']}/webrtc/offer"
+    body = {"sdp": AUDIO_OFFER, "type": "offer"}
+
+    with httpx.Client(base_url=server.url, timeout=30) as anonymous:
+        response = anonymous.post(url, json=body)
+        assert response.status_code == 401 and response.json()["code"] == "unauthorized"
+        response = anonymous.post(url, json=body, headers={"X-API-Key": "sk_wrong"})
+        assert response.status_code == 401
+    with httpx.Client(base_url=server.url, timeout=30, cookies={"switchboard_key": "sk_wrong"}) as wrong_cookie:
+        assert wrong_cookie.post(url, json=body).status_code == 401
+    with httpx.Client(base_url=server.url, timeout=30) as anonymous:
+        patch = {"pc_id": "pc-x", "candidates": [{"candidate": "", "sdpMid": "0"}]}
+        assert anonymous.patch(url, json=patch).status_code == 401
+
+    assert api.post("/v1/agents/agt_missing/webrtc/offer", json=body).json()["code"] == "agent_not_found"
+    response = api.post(url, json={"sdp": "", "type": "offer"})
+    assert response.status_code == 422 and response.json()["code"] == "validation_error"
+    response = api.post(url, json={"sdp": MINIMAL_OFFER, "type": "answer"})
+    assert response.status_code == 422
+
+    for sdp in ("this is not SDP", MINIMAL_OFFER, MINIMAL_OFFER + "m=audio x UDP/TLS/RTP/SAVPF 111\r\n"):
+        response = api.post(url, json={"sdp": sdp, "type": "offer"})
+        assert response.status_code == 400 and response.json()["code"] == "invalid_offer", response.text
+    failed = api.get("/v1/sessions", params={"agent_id": agent["id"]}).json()["items"]
+    assert [(s["status"], s["connection_type"]) for s in failed] == [("failed", "webrtc")]
+
+    response = api.patch(url, json={"pc_id": "pc-unknown", "candidates": [{"candidate": "", "sdpMid": "0"}]})
+    assert response.status_code == 404 and response.json()["code"] == "peer_connection_not_found"
+    response = api.patch(url, json={"pc_id": "pc-unknown", "candidates": [{"candidate": ""}]})
+    assert response.status_code == 422
+
+    assert api.patch(f"/v1/agents/{agent['id']}", json={"status": "paused"}).status_code == 200
+    response = api.post(url, json=body)
+    assert response.status_code == 409 and response.json()["code"] == "agent_paused"
+
+
+async def test_trickled_candidates_are_checked(server, api):
+    agent = make_agent(api, pipeline="scripted", greeting="Hello.")
+    caller = WebRTCCaller(server, agent["id"], server.headers)
+    try:
+        await caller.connect()
+        url = f"/v1/agents/{agent['id']}/webrtc/offer"
+        pc_id = caller.answer["pc_id"]
+        async with httpx.AsyncClient(base_url=server.url, headers=server.headers, timeout=30) as http:
+            bad = await http.patch(url, json={"pc_id": pc_id, "candidates": [{"candidate": "candidate:1 1", "sdpMid": "0"}]})
+            assert bad.status_code == 400 and bad.json()["code"] == "invalid_candidate", bad.text
+            other = make_agent(api, pipeline="scripted")
+            wrong_agent = await http.patch(
+                f"/v1/agents/{other['id']}/webrtc/offer", json={"pc_id": pc_id, "candidates": [{"candidate": "", "sdpMid": "0"}]}
+            )
+            assert wrong_agent.status_code == 404
+        await caller.wait_for("agent.speech.stopped", timeout=60)  # the call went on regardless
+    finally:
+        await caller.close()
