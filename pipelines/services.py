@@ -167,6 +167,18 @@ def _env_key(stage: StageConfig) -> str | None:
     return os.environ.get(stage.api_key_env) if stage.api_key_env else None
 
 
+def _canned_stt(stage: StageConfig, ctx: ServiceContext):
+    from pipelines.canned import CannedSTTService
+
+    return CannedSTTService(text=stage.options.get("text", "Hello."), ttfs_p99_latency=0.01)
+
+
+def _canned_tts(stage: StageConfig, ctx: ServiceContext):
+    from pipelines.canned import CannedTTSService
+
+    return CannedTTSService()
+
+
 FACTORIES: dict[str, Callable[[StageConfig, ServiceContext], Any]] = {
     "silero": _silero,
     "smart_turn_v3": _smart_turn_v3,
@@ -176,6 +188,8 @@ FACTORIES: dict[str, Callable[[StageConfig, ServiceContext], Any]] = {
     "anthropic": _anthropic,
     "deepgram": _deepgram,
     "cartesia": _cartesia,
+    "canned_stt": _canned_stt,
+    "canned_tts": _canned_tts,
 }
 
 
@@ -189,11 +203,10 @@ def create(stage: StageConfig, ctx: ServiceContext):
 
 
 def preload(config: PipelineConfig) -> None:
-    """Load a config's local models now, so the first call does not pay for them."""
-    ctx = ServiceContext(system_prompt="", voice_id="", language="en")
-    for stage in (config.vad, config.turn, config.stt):
-        if stage and stage.service in ("silero", "smart_turn_v3", "whisper"):
-            create(stage, ctx)
-    if config.tts.service == "piper":
-        for voice_id in config.tts.voices.values():
-            models.piper_voice(resolve_path(config.tts.options["model_dir"]), voice_id)
+    """Build each of a config's services once, so the first call pays neither for loading
+    models nor for importing service modules. Stages lacking credentials are skipped."""
+    for voice_id in config.tts.voices.values():
+        ctx = ServiceContext(system_prompt="", voice_id=voice_id, language="en")
+        for stage in config.stages():
+            if not (stage.api_key_env and not os.environ.get(stage.api_key_env)):
+                create(stage, ctx)

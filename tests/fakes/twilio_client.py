@@ -62,6 +62,8 @@ class TwilioMediaStreamsClient:
         """Every non-media message from the server, with its arrival time."""
         self.agent_audio = bytearray()
         """The agent's μ-law audio as received."""
+        self.media_log: list[tuple[float, bytes]] = []
+        """(arrival time, μ-law payload) of every agent `media` message."""
         self.media_messages = 0
         self.marks_echoed: list[tuple[str, float]] = []
         """(mark name, wall-clock time Twilio would report it played)."""
@@ -159,6 +161,7 @@ class TwilioMediaStreamsClient:
                 if event == "media":
                     audio = base64.b64decode(message["media"]["payload"])
                     self.agent_audio.extend(audio)
+                    self.media_log.append((now, audio))
                     self.media_messages += 1
                     self._playback_end = max(now, self._playback_end) + len(audio) / SAMPLE_RATE
                     continue

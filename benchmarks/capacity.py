@@ -1,0 +1,135 @@
+"""How many simultaneous Twilio calls one machine carries, on services that answer at once.
+
+The server runs as the README tells users to run it in production (`switchboard serve
+--workers N`, one worker per core) on the `instant` pipeline (canned STT/TTS, scripted
+LLM; real VAD and turn detection). For each step, N callers dial in at once; each
+talks and listens at real time for `--secs`. Reported per step: outbound media pacing
+(p50/p99 gap between consecutive agent media frames within an utterance),
+voice-to-voice p95, server CPU and resident memory (all processes), memory per call,
+and failed calls. The answer is the largest N with p99 gap ≤ 60 ms and no failures.
+
+    .venv/bin/python -m benchmarks.capacity --steps 10 25 50 100
+"""
+
+import argparse
+import asyncio
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+from benchmarks.common import (
+    BENCH_PIPELINES, cpu_seconds_and_rss, fmt, machine, percentile, process_tree, start_server,
+    twilio_caller,
+)
+from benchmarks.latency import agent_quiet, first_agent_speech_after, speech_frames
+from tests.audio import speech
+from tests.fakes.scripted_llm import ScriptedLLM
+
+GAP_TARGET = 0.060
+UTTERANCE_BREAK = 0.5  # a longer gap between agent frames is a pause between utterances
+
+
+async def caller(server, agent_id: str, secs: float, question: bytes) -> dict:
+    client = twilio_caller(server, agent_id)
+    turns: list[float] = []
+    async with client:
+        opened = time.monotonic()
+        await first_agent_speech_after(client, opened, 30)
+        await agent_quiet(client, quiet_secs=0.5)
+        while time.monotonic() - opened < secs:
+            started = time.monotonic()
+            await client.send_audio(question)
+            last_speech_at = started + speech_frames(question)[-1] * 0.02
+            silence = asyncio.create_task(client.send_silence(30))
+            turns.append(await first_agent_speech_after(client, last_speech_at, 30) - last_speech_at)
+            await agent_quiet(client, quiet_secs=0.5)
+            silence.cancel()
+        await client.stop()
+    arrivals = [at for at, _ in client.media_log]
+    gaps = [b - a for a, b in zip(arrivals, arrivals[1:]) if b - a < UTTERANCE_BREAK]
+    return {"turns": turns, "gaps": gaps, "frames": len(arrivals)}
+
+
+async def step(server, agent_id: str, calls: int, secs: float, question: bytes) -> dict:
+    pids = process_tree(server.process.pid)
+    cpu_before, rss_idle = cpu_seconds_and_rss(pids)
+    started = time.monotonic()
+    peak_rss = 0.0
+
+    async def sample_memory():
+        nonlocal peak_rss
+        while True:
+            peak_rss = max(peak_rss, cpu_seconds_and_rss(pids)[1])
+            await asyncio.sleep(1)
+
+    sampler = asyncio.create_task(sample_memory())
+    results = await asyncio.gather(
+        *(caller(server, agent_id, secs, question) for _ in range(calls)), return_exceptions=True
+    )
+    sampler.cancel()
+    elapsed = time.monotonic() - started
+    cpu_after, _ = cpu_seconds_and_rss(pids)
+    ok = [r for r in results if isinstance(r, dict) and r["turns"]]
+    gaps = [g for r in ok for g in r["gaps"]]
+    turns = [t for r in ok for t in r["turns"]]
+    return {
+        "calls": calls,
+        "failures": calls - len(ok),
+        "errors": sorted({f"{type(r).__name__}: {r}"[:120] for r in results if isinstance(r, BaseException)}),
+        "gap_p50": percentile(gaps, 50),
+        "gap_p99": percentile(gaps, 99),
+        "v2v_p95": percentile(turns, 95),
+        "cpu_percent": 100 * (cpu_after - cpu_before) / elapsed / (os.cpu_count() or 1),
+        "rss_mib": peak_rss,
+        "per_call_mib": max(0.0, peak_rss - rss_idle) / calls,
+    }
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--steps", type=int, nargs="+", default=[10, 25, 50, 100])
+    parser.add_argument("--secs", type=float, default=30, help="how long each caller keeps talking")
+    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    args = parser.parse_args()
+
+    llm = ScriptedLLM(default_reply="We open at eight tomorrow morning.").start()
+    data = Path(tempfile.mkdtemp(prefix="switchboard-capacity-"))
+    server = start_server(
+        data, preload=["instant"], workers=args.workers,
+        env={
+            "SWITCHBOARD_PIPELINES_PATH": f'["{BENCH_PIPELINES}"]',
+            "SCRIPTED_LLM_URL": llm.url,
+            "SWITCHBOARD_MAX_CONCURRENT_CALLS": "100000",
+            "SWITCHBOARD_RATE_LIMIT_PER_MINUTE": "0",
+        },
+    )
+    question = speech("What time do you open tomorrow?", sample_rate=8000, tail_secs=0.1)
+    try:
+        agent = httpx.post(f"{server.url}/v1/agents", headers=server.headers, json={
+            "name": "Capacity", "voice_id": "tone", "pipeline": "instant", "greeting": "Hello, thanks for calling.",
+            "system_prompt": "You are a receptionist.",
+        }).json()
+        print(f"\nCapacity benchmark — pipeline 'instant', {args.workers} worker process(es), {args.secs:.0f} s per step")
+        print(f"machine: {machine()}")
+        print(f"{'calls':>5} {'fail':>4} {'gap p50':>8} {'gap p99':>8} {'v2v p95':>8} {'cpu':>6} {'rss':>9} {'per call':>9}")
+        best = None
+        for calls in args.steps:
+            r = await step(server, agent["id"], calls, args.secs, question)
+            print(f"{r['calls']:>5} {r['failures']:>4} {fmt(r['gap_p50']):>8} {fmt(r['gap_p99']):>8} "
+                  f"{fmt(r['v2v_p95']):>8} {r['cpu_percent']:>5.0f}% {r['rss_mib']:>6.0f} MiB {r['per_call_mib']:>5.1f} MiB")
+            for error in r["errors"]:
+                print(f"      {error}")
+            if r["failures"] == 0 and r["gap_p99"] is not None and r["gap_p99"] <= GAP_TARGET:
+                best = calls
+            await asyncio.sleep(3)
+        print(f"largest N with p99 gap ≤ {GAP_TARGET * 1000:.0f} ms and no failures: {best if best else 'none'}")
+    finally:
+        server.stop()
+        llm.stop()
+
+
+if __name__ == "__main__":
+    asyncio.run(main())

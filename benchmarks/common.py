@@ -1,0 +1,86 @@
+"""What the benchmarks share: the machine, a server run as users run it, Twilio callers."""
+
+import os
+import platform
+import statistics
+import subprocess
+from pathlib import Path
+
+import httpx
+import numpy as np
+
+from tests.conftest import ROOT, start_server
+from tests.fakes.twilio_client import TwilioMediaStreamsClient, ulaw_decode
+
+BENCH_PIPELINES = ROOT / "benchmarks" / "pipelines"
+SPEECH_RMS = 500  # 16-bit PCM RMS above which a 20 ms frame counts as speech
+
+
+def machine() -> str:
+    cpu = "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    return f"{platform.node()}: {os.cpu_count()} cores ({cpu}), {memory:.0f} GiB, Python {platform.python_version()}"
+
+
+def is_speech(ulaw_frame: bytes) -> bool:
+    pcm = np.frombuffer(ulaw_decode(ulaw_frame), dtype=np.int16).astype(np.float64)
+    return len(pcm) > 0 and float(np.sqrt(np.mean(pcm**2))) > SPEECH_RMS
+
+
+def percentile(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    if len(values) == 1:
+        return values[0]
+    return statistics.quantiles(values, n=100, method="inclusive")[int(q) - 1]
+
+
+def fmt(value: float | None, unit: str = "ms") -> str:
+    if value is None:
+        return "—"
+    return f"{value * 1000:.0f} ms" if unit == "ms" else f"{value:.2f}"
+
+
+def twilio_caller(server, agent_id: str) -> TwilioMediaStreamsClient:
+    """A Twilio caller for a fresh session of the agent, from the TwiML the server answers.
+    The session's id is on the client as `session_id`."""
+    response = httpx.post(
+        f"{server.url}/v1/sessions/twilio",
+        json={"agentId": agent_id, "from": "+15550001111", "to": "+15550002222"},
+        headers={**server.headers, "Accept": "application/json"},
+        timeout=30,
+    )
+    response.raise_for_status()
+    client = TwilioMediaStreamsClient.from_twiml(response.json()["twiml"])
+    client.session_id = response.json()["session"]["session_id"]
+    return client
+
+
+def process_tree(pid: int) -> list[int]:
+    """The server process and all its descendants (workers, the local LLM server)."""
+    out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(pid)], capture_output=True, text=True).stdout
+    children = [int(p) for p in out.split()]
+    return [pid] + [d for c in children for d in process_tree(c)]
+
+
+def cpu_seconds_and_rss(pids: list[int]) -> tuple[float, float]:
+    """Total CPU seconds used and resident memory (MiB) of these processes."""
+    tick = os.sysconf("SC_CLK_TCK")
+    cpu = rss = 0.0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            cpu += (int(fields[11]) + int(fields[12])) / tick
+            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    rss += int(line.split()[1]) / 1024
+        except (OSError, IndexError):
+            continue
+    return cpu, rss
