@@ -171,8 +171,7 @@ async def test_keypad_press_reaches_the_agent_as_text(twilio_server, tw, llm):
         await client.wait_marks(2, timeout=30)
         await client.stop()
         await client.wait_closed(timeout=5)
-    messages = llm.requests[-1]["messages"]
-    assert {"role": "user", "content": "The caller pressed 3."} in messages
+    assert any({"role": "user", "content": "The caller pressed 3."} in r["messages"] for r in llm.requests)
     wait_for_status(tw, session["session_id"], "completed")
     items = tw.get(f"/v1/sessions/{session['session_id']}/transcript").json()["items"]
     assert [(i["speaker"], i["content"]) for i in items] == [
@@ -205,3 +204,210 @@ async def test_agent_ends_the_call_and_hangs_up_after_the_goodbye(twilio_server,
     items = tw.get(f"/v1/sessions/{session['session_id']}/transcript").json()["items"]
     assert items[-1]["speaker"] == "AGENT" and "goodbye" in items[-1]["content"].lower()
     wait_no_calls(twilio_server)
+
+
+# --- Refusals: each closes with a code and reason, logs why, and leaves nothing running ---
+
+def relay_claims(session: dict, **overrides) -> dict:
+    return {"agt": session["agent_id"], "sid": session["session_id"], "inst": None,
+            "acc": "acc_default", "jti": f"jti-{time.monotonic_ns()}", **overrides}
+
+
+async def assert_refused(server, api, session: dict, parameters: dict, code: str, reason: str) -> None:
+    client = TwilioMediaStreamsClient(server.ws_url("/v1/sessions/twilio/stream"), parameters)
+    async with client:
+        await client.wait_closed(timeout=15)
+    assert (client.close_code, client.close_reason) == (4401, reason)
+    assert client.media_messages == 0
+    assert f"twilio stream refused ({code}): {reason}" in server.log()
+    assert active_calls(server) == 0
+    assert api.get(f"/v1/sessions/{session['session_id']}").json()["status"] == "created"
+
+
+async def test_stream_without_token_is_refused(twilio_server, tw):
+    _twiml, session = twilio_session(tw, scripted_agent(tw)["id"])
+    await assert_refused(twilio_server, tw, session, {}, "missing_token", "the stream's start message carries no relay token")
+
+
+async def test_forged_token_is_refused(twilio_server, tw):
+    _twiml, session = twilio_session(tw, scripted_agent(tw)["id"])
+    forged = TokenSigner("not-the-server-secret").issue("relay", relay_claims(session), time.time() + 600)
+    await assert_refused(twilio_server, tw, session, {"token": forged}, "invalid_token", "relay token refused: bad token signature")
+
+
+async def test_expired_token_is_refused(twilio_server, tw):
+    _twiml, session = twilio_session(tw, scripted_agent(tw)["id"])
+    expired = TokenSigner(SECRET).issue("relay", relay_claims(session), time.time() - 5)
+    await assert_refused(twilio_server, tw, session, {"token": expired}, "invalid_token", "relay token refused: token expired")
+
+
+async def test_replayed_token_is_refused_even_after_a_restart(tmp_path, scripted_llm, twilio_rest):
+    env = twilio_env(scripted_llm, twilio_rest)
+    server = start_server(tmp_path / "replay", env=env)
+    try:
+        with server.client() as api:
+            twiml, session = twilio_session(api, scripted_agent(api, greeting="Hi.")["id"])
+            async with TwilioMediaStreamsClient.from_twiml(twiml) as client:
+                await client.wait_marks(1, timeout=60)
+                await client.stop()
+                await client.wait_closed(timeout=5)
+            wait_for_status(api, session["session_id"], "completed")
+            replay = TwilioMediaStreamsClient.from_twiml(twiml)
+            async with replay:
+                await replay.wait_closed(timeout=15)
+            assert (replay.close_code, replay.close_reason) == (4401, "relay token refused: it was already used")
+        server.stop()
+        server = start_server(tmp_path / "replay", env=env, port=int(server.url.rsplit(":", 1)[1]))
+        replay = TwilioMediaStreamsClient.from_twiml(twiml)
+        async with replay:
+            await replay.wait_closed(timeout=15)
+        assert (replay.close_code, replay.close_reason) == (4401, "relay token refused: it was already used")
+        assert "twilio stream refused (token_used)" in server.log()
+        assert active_calls(server) == 0
+    finally:
+        server.stop()
+
+
+def test_voice_webhook_refuses_a_bad_signature(twilio_server, tw):
+    agent = scripted_agent(tw, phone_numbers=["+15550003333"])
+    form = {"CallSid": "CA" + "2" * 32, "From": CALLER, "To": "+15550003333", "CallStatus": "ringing"}
+    unsigned = httpx.post(f"{twilio_server.url}/v1/twilio/voice", data=form, timeout=30)
+    assert unsigned.status_code == 403 and unsigned.json()["code"] == "invalid_signature"
+    forged = signed_post(twilio_server, "/v1/twilio/voice", form, token="someone-elses-token")
+    assert forged.status_code == 403 and forged.json()["message"] == "invalid X-Twilio-Signature"
+    tampered = httpx.post(
+        f"{twilio_server.url}/v1/twilio/voice", data={**form, "To": "+15550004444"}, timeout=30,
+        headers={"X-Twilio-Signature": RequestValidator(AUTH_TOKEN).compute_signature(
+            f"{twilio_server.url}/v1/twilio/voice", form)},
+    )
+    assert tampered.status_code == 403
+    assert "refused Twilio webhook /v1/twilio/voice: invalid X-Twilio-Signature" in twilio_server.log()
+    assert tw.get("/v1/sessions", params={"agent_id": agent["id"]}).json()["total"] == 0
+    valid = signed_post(twilio_server, "/v1/twilio/voice", form)
+    assert valid.status_code == 200 and parse_twiml(valid.text)[1].keys() == {"token"}
+
+
+# --- The number webhook and status callbacks ---
+
+async def test_voice_webhook_routes_by_number_and_status_callbacks_follow_the_call(twilio_server, tw):
+    agent = scripted_agent(tw, greeting="Thanks for calling.", phone_numbers=["+15550005555"])
+    call_sid = "CA" + "5" * 32
+    form = {"CallSid": call_sid, "AccountSid": ACCOUNT_SID, "From": CALLER, "To": "+15550005555", "CallStatus": "ringing"}
+    answer = signed_post(twilio_server, "/v1/twilio/voice", form)
+    assert answer.status_code == 200 and answer.headers["content-type"].startswith("text/xml"), answer.text
+    session_id = tw.get("/v1/sessions", params={"agent_id": agent["id"]}).json()["items"][0]["session_id"]
+
+    def status(value: str) -> httpx.Response:
+        response = signed_post(twilio_server, "/v1/twilio/status", {**form, "CallStatus": value})
+        assert response.status_code == 204, response.text
+        return response
+
+    status("ringing")
+    assert tw.get(f"/v1/sessions/{session_id}").json()["status"] == "created"
+    status("in-progress")
+    assert tw.get(f"/v1/sessions/{session_id}").json()["status"] == "active"
+    async with TwilioMediaStreamsClient.from_twiml(answer.text, call_sid=call_sid) as client:
+        await client.wait_marks(1, timeout=30)
+        await client.stop()
+        await client.wait_closed(timeout=5)
+    wait_for_status(tw, session_id, "completed")
+    status("completed")
+    assert tw.get(f"/v1/sessions/{session_id}").json()["end_reason"] == "caller_hangup"
+
+    unknown = signed_post(twilio_server, "/v1/twilio/voice", {**form, "To": "+15550009999"})
+    assert unknown.status_code == 404 and unknown.json()["code"] == "number_not_assigned"
+
+
+def test_busy_call_fails_its_session(twilio_server, tw):
+    agent = scripted_agent(tw, phone_numbers=["+15550006666"])
+    form = {"CallSid": "CA" + "6" * 32, "From": CALLER, "To": "+15550006666", "CallStatus": "ringing"}
+    assert signed_post(twilio_server, f"/v1/twilio/voice?agentId={agent['id']}", form).status_code == 200
+    session_id = tw.get("/v1/sessions", params={"agent_id": agent["id"]}).json()["items"][0]["session_id"]
+    assert signed_post(twilio_server, "/v1/twilio/status", {**form, "CallStatus": "busy"}).status_code == 204
+    session = tw.get(f"/v1/sessions/{session_id}").json()
+    assert (session["status"], session["end_reason"]) == ("failed", "busy")
+
+
+# --- Outbound ---
+
+async def test_outbound_call_through_twilio_rest(twilio_server, tw, twilio_rest):
+    agent = scripted_agent(tw, greeting="Hi, this is the clinic calling about your appointment.",
+                           phone_numbers=["+15550007777"])
+    created = tw.post("/v1/calls/outbound", json={"agentId": agent["id"], "to": "+15551112222"})
+    assert created.status_code == 201, created.text
+    task = created.json()
+    assert task["direction"] == "outbound" and task["call_sid"].startswith("CA")
+    request = twilio_rest.created_calls()[-1]
+    assert (request.username, request.password) == (ACCOUNT_SID, AUTH_TOKEN)
+    assert request.value("To") == "+15551112222" and request.value("From") == "+15550007777"
+    assert request.value("Url") == f"{twilio_server.url}/v1/sessions/twilio/task/{task['id']}/connect"
+    assert request.value("StatusCallback") == f"{twilio_server.url}/v1/sessions/twilio/task/{task['id']}/status"
+
+    # Twilio: the callee answered; fetch the TwiML, join the stream.
+    form = {"CallSid": task["call_sid"], "AccountSid": ACCOUNT_SID, "From": "+15550007777", "To": "+15551112222",
+            "CallStatus": "in-progress", "Direction": "outbound-api"}
+    path = request.value("Url").removeprefix(twilio_server.url)
+    answer = signed_post(twilio_server, path, form)
+    assert answer.status_code == 200, answer.text
+    status_path = request.value("StatusCallback").removeprefix(twilio_server.url)
+    assert signed_post(twilio_server, status_path, form).status_code == 204
+    async with TwilioMediaStreamsClient.from_twiml(answer.text, call_sid=task["call_sid"]) as client:
+        await client.wait_marks(1, timeout=30)  # the agent spoke first, unprompted
+        assert rms(ulaw_decode(bytes(client.agent_audio))) > 300
+        assert tw.delete(f"/v1/agents/{agent['id']}").status_code == 200  # ends the call
+        hang_up = await asyncio.to_thread(twilio_rest.wait_for_hang_up, task["call_sid"], 15)
+        await client.wait_closed(timeout=5)
+    assert (hang_up.username, hang_up.password) == (ACCOUNT_SID, AUTH_TOKEN)
+    session = wait_for_status(tw, task["session_id"], "completed")
+    assert session["end_reason"] == "agent_deleted" and session["metadata"]["direction"] == "outbound"
+    assert signed_post(twilio_server, status_path, {**form, "CallStatus": "completed"}).status_code == 204
+    assert tw.get(f"/v1/calls/{task['id']}").json()["status"] == "completed"
+    wait_no_calls(twilio_server)
+
+
+def test_outbound_call_refused_by_twilio_fails_cleanly(twilio_server, tw, twilio_rest):
+    agent = scripted_agent(tw)
+    missing_from = tw.post("/v1/calls/outbound", json={"agentId": agent["id"], "to": "+15551112222"})
+    assert missing_from.status_code == 422 and missing_from.json()["code"] == "missing_from"
+    original = twilio_rest.auth_token
+    twilio_rest.auth_token = "rotated"  # Twilio now rejects our credentials
+    try:
+        refused = tw.post("/v1/calls/outbound", json={"agentId": agent["id"], "to": "+15551112222", "from": NUMBER})
+    finally:
+        twilio_rest.auth_token = original
+    assert refused.status_code == 502 and refused.json()["code"] == "twilio_error"
+    session = tw.get("/v1/sessions", params={"agent_id": agent["id"]}).json()["items"][0]
+    assert (session["status"], session["end_reason"]) == ("failed", "call_failed")
+
+
+# --- Agent instances fill {{placeholders}} ---
+
+async def test_instance_variables_fill_the_greeting(twilio_server, tw, llm):
+    agent = scripted_agent(tw, greeting="Hello {{name}}, welcome back.",
+                           system_prompt="You are the clinic's receptionist. The caller is {{name}}, patient {{ patient_id }}.")
+    missing = tw.post("/v1/sessions/twilio", json={"agentId": agent["id"], "from": CALLER, "to": NUMBER})
+    assert missing.status_code == 422 and missing.json()["details"]["missing"] == ["name", "patient_id"]
+    instance = tw.post(f"/v1/agents/{agent['id']}/instances", json={"variables": {"name": "Ana", "patient_id": 42}})
+    assert instance.status_code == 201, instance.text
+    instance_id = instance.json()["id"]
+    assert tw.get(f"/v1/agents/{agent['id']}/instances/{instance_id}").json()["variables"]["name"] == "Ana"
+
+    llm.script("Your next visit is on Monday.")
+    twiml, session = twilio_session(tw, agent["id"], instanceId=instance_id)
+    async with TwilioMediaStreamsClient.from_twiml(twiml) as client:
+        await client.wait_marks(1, timeout=30)
+        await client.send_audio(speech("When is my next visit?", sample_rate=8000))
+        await client.send_silence(1.0)
+        await client.wait_marks(2, timeout=60)
+        await client.stop()
+        await client.wait_closed(timeout=5)
+    wait_for_status(tw, session["session_id"], "completed")
+    items = tw.get(f"/v1/sessions/{session['session_id']}/transcript").json()["items"]
+    assert items[0]["content"] == "Hello Ana, welcome back."
+    assert any("The caller is Ana, patient 42." in str(r["messages"]) for r in llm.requests)
+    # The stored agent keeps its placeholders.
+    assert tw.get(f"/v1/agents/{agent['id']}").json()["greeting"] == "Hello {{name}}, welcome back."
+
+    assert tw.delete(f"/v1/agents/{agent['id']}/instances/{instance_id}").status_code == 200
+    gone = tw.post("/v1/sessions/twilio", json={"agentId": agent["id"], "from": CALLER, "to": NUMBER, "instanceId": instance_id})
+    assert gone.status_code == 404 and gone.json()["code"] == "instance_not_found"

@@ -64,6 +64,7 @@ class CallTaskOut(BaseModel):
     agent_id: str
     session_id: str
     instance_id: str | None
+    carrier: str
     direction: str
     from_number: str
     to_number: str
@@ -175,6 +176,14 @@ async def create_outbound_call(
         await session_store.finish(db, session.id, status="failed", end_reason="call_failed", error=exc.body.message)
         raise
     await db.commit()
+    return call
+
+
+@router.get("/v1/calls/{call_id}", response_model=CallTaskOut, summary="Get a phone call (inbound or outbound)")
+async def get_call(call_id: str, db: DbDep, caller: CallerDep) -> PhoneCall:
+    call = await store.get_call(db, call_id)
+    if call is None or call.account_id != caller.account_id:
+        raise not_found("call", call_id)
     return call
 
 
