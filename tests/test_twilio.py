@@ -5,17 +5,22 @@ API, so hang-ups and outbound calls are recorded rather than sent.
 """
 
 import asyncio
+import base64
+import json
 import time
 from datetime import datetime
+from xml.etree import ElementTree
 
 import httpx
 import pytest
 from twilio.request_validator import RequestValidator
+from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed
 
 from app.calls.tokens import TokenSigner
 from tests.audio import rms, speech
 from tests.conftest import make_agent, start_server
-from tests.fakes.twilio_client import TwilioMediaStreamsClient, parse_twiml, ulaw_decode
+from tests.fakes.twilio_client import TwilioMediaStreamsClient, parse_twiml, ulaw_decode, ulaw_encode
 from tests.fakes.twilio_rest import FakeTwilioRest
 from tests.test_session_websocket import wait_for_status
 
@@ -411,3 +416,114 @@ async def test_instance_variables_fill_the_greeting(twilio_server, tw, llm):
     assert tw.delete(f"/v1/agents/{agent['id']}/instances/{instance_id}").status_code == 200
     gone = tw.post("/v1/sessions/twilio", json={"agentId": agent["id"], "from": CALLER, "to": NUMBER, "instanceId": instance_id})
     assert gone.status_code == 404 and gone.json()["code"] == "instance_not_found"
+
+
+# --- The real local pipeline, end to end, over Twilio (no Twilio credentials: no REST hang-up) ---
+
+async def test_local_pipeline_over_media_streams(server, api):
+    agent = make_agent(
+        api, system_prompt="You are the receptionist of a dental clinic. Answer in one short sentence.",
+        greeting="Hello, thanks for calling the clinic.",
+    )
+    twiml, session = twilio_session(api, agent["id"])
+    async with TwilioMediaStreamsClient.from_twiml(twiml) as client:
+        await client.wait_marks(1, timeout=60)
+        greeting_bytes = len(client.agent_audio)
+        await client.send_audio(speech("What time do you open tomorrow morning?", sample_rate=8000))
+        await client.send_silence(1.0)
+        await client.wait_marks(2, timeout=120)
+        reply = ulaw_decode(bytes(client.agent_audio[greeting_bytes:]))
+        assert len(reply) > 8000 * 2 * 0.3 and rms(reply) > 300
+        await client.stop()
+        await client.wait_closed(timeout=5)
+    done = wait_for_status(api, session["session_id"], "completed")
+    assert done["end_reason"] == "caller_hangup"
+    items = api.get(f"/v1/sessions/{session['session_id']}/transcript").json()["items"]
+    users = [i["content"].lower() for i in items if i["speaker"] == "USER"]
+    assert any("open" in u and "tomorrow" in u for u in users), items
+    assert [i["speaker"] for i in items][0] == "AGENT" and items[-1]["speaker"] == "AGENT"
+    assert "no Twilio credentials or call SID" in server.log()
+
+
+# --- Telnyx and Plivo: same relay rules, their own serializers and XML ---
+
+CARRIER_STARTS = {
+    "telnyx": (
+        lambda: {"event": "start", "sequence_number": "1", "stream_id": "telnyx-stream-1",
+                 "start": {"call_control_id": "v3:telnyx-call-1", "client_state": "",
+                           "media_format": {"encoding": "PCMU", "sample_rate": 8000, "channels": 1}}},
+        lambda payload: {"event": "media", "stream_id": "telnyx-stream-1",
+                         "media": {"track": "inbound", "chunk": "1", "timestamp": "0", "payload": payload}},
+        "media",
+    ),
+    "plivo": (
+        lambda: {"event": "start", "sequenceNumber": 0, "extra_headers": "{}",
+                 "start": {"callId": "plivo-call-1", "streamId": "plivo-stream-1", "accountId": "MA1",
+                           "tracks": ["inbound"], "mediaFormat": {"encoding": "audio/x-mulaw", "sampleRate": 8000}}},
+        lambda payload: {"event": "media", "streamId": "plivo-stream-1",
+                         "media": {"track": "inbound", "chunk": 1, "timestamp": "0", "payload": payload}},
+        "playAudio",
+    ),
+}
+
+
+def carrier_stream_url(api, carrier: str, agent_id: str) -> tuple[str, dict]:
+    response = api.post(f"/v1/sessions/{carrier}", json={"agentId": agent_id, "from": CALLER, "to": NUMBER},
+                        headers={"Accept": "application/json"})
+    assert response.status_code == 200, response.text
+    stream = ElementTree.fromstring(response.json()["xml"]).find(".//Stream")
+    return (stream.get("url") or stream.text), response.json()["session"]
+
+
+@pytest.mark.parametrize("carrier", ["telnyx", "plivo"])
+async def test_carrier_stream_without_token_is_refused(twilio_server, tw, carrier):
+    url, session = carrier_stream_url(tw, carrier, scripted_agent(tw)["id"])
+    start, _media, _audio_event = CARRIER_STARTS[carrier]
+    async with connect(url.split("?")[0]) as ws:
+        await ws.send(json.dumps({"event": "connected", "version": "1.0.0"}))
+        await ws.send(json.dumps(start()))
+        with pytest.raises(ConnectionClosed):
+            await asyncio.wait_for(ws.recv(), 15)
+    assert (ws.close_code, ws.close_reason) == (4401, "the stream's start message carries no relay token")
+    assert f"{carrier} stream refused (missing_token)" in twilio_server.log()
+    assert tw.get(f"/v1/sessions/{session['session_id']}").json()["status"] == "created"
+    assert active_calls(twilio_server) == 0
+
+
+@pytest.mark.parametrize("carrier", ["telnyx", "plivo"])
+async def test_carrier_stream_call(twilio_server, tw, llm, carrier):
+    llm.script("We open at nine.")
+    agent = scripted_agent(tw, greeting="Hello from the clinic.")
+    url, session = carrier_stream_url(tw, carrier, agent["id"])
+    assert "token=" in url
+    start, media, audio_event = CARRIER_STARTS[carrier]
+    agent_audio = bytearray()
+    async with connect(url) as ws:
+        await ws.send(json.dumps({"event": "connected", "version": "1.0.0"}))
+        await ws.send(json.dumps(start()))
+
+        async def receive():
+            async for raw in ws:
+                message = json.loads(raw)
+                if message.get("event") == audio_event:
+                    agent_audio.extend(base64.b64decode(message["media"]["payload"]))
+
+        receiver = asyncio.create_task(receive())
+        deadline = time.monotonic() + 30
+        while len(agent_audio) < 8000 * 1.0 and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        assert rms(ulaw_decode(bytes(agent_audio))) > 300
+        caller = ulaw_encode(speech("What time do you open tomorrow morning?", sample_rate=8000) + b"\0\0" * 8000)
+        for i in range(0, len(caller), 160):
+            await ws.send(json.dumps(media(base64.b64encode(caller[i:i + 160]).decode())))
+            await asyncio.sleep(0.02)
+        deadline = time.monotonic() + 60
+        items = []
+        while time.monotonic() < deadline and not any(i["speaker"] == "USER" for i in items):
+            await asyncio.sleep(0.2)
+            items = tw.get(f"/v1/sessions/{session['session_id']}/transcript").json()["items"]
+        receiver.cancel()
+    assert any(i["speaker"] == "USER" and "open" in i["content"].lower() for i in items), items
+    done = wait_for_status(tw, session["session_id"], "completed")
+    assert (done["end_reason"], done["connection_type"]) == ("caller_hangup", carrier)
+    wait_no_calls(twilio_server)
