@@ -153,6 +153,8 @@ async def serve_stream(websocket: WebSocket, carrier: Carrier) -> None:
             audio_in_enabled=True,
             audio_out_enabled=True,
             add_wav_header=False,
+            # 20 ms media frames, as carriers send and expect them.
+            audio_out_10ms_chunks=2,
             serializer=carrier.serializer(state.settings, start),
         ),
     )
