@@ -5,6 +5,7 @@ import subprocess
 import sys
 import wave
 
+from app.client import write_wav
 from tests.audio import speech
 from tests.conftest import ROOT, make_agent, start_server
 
@@ -36,11 +37,7 @@ def test_talk_streams_a_wav_and_saves_the_reply(server, api, llm, tmp_path):
     llm.script("We are open until six tonight.")
     agent = make_agent(api, pipeline="scripted", greeting="Hello!")
     caller = tmp_path / "caller.wav"
-    with wave.open(str(caller), "wb") as wav:
-        wav.setnchannels(1)
-        wav.setsampwidth(2)
-        wav.setframerate(16000)
-        wav.writeframes(speech("How late are you open tonight?", tail_secs=0.5))
+    write_wav(caller, speech("How late are you open tonight?", tail_secs=0.5), 16000)
     out = tmp_path / "agent.wav"
     result = subprocess.run(
         [sys.executable, "-m", "app.cli", "talk", agent["id"], "--wav", str(caller), "--out", str(out),

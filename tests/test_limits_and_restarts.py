@@ -114,16 +114,11 @@ async def test_sigterm_drains_live_calls_with_a_goodbye(tmp_path, scripted_llm):
         assert "Finished server process" in server.log()
     finally:
         server.stop()
-    server = start_server(data, env={"SCRIPTED_LLM_URL": scripted_llm.url})
-    try:
-        api = server.client()
-        session = api.get(f"/v1/sessions/{ready['session_id']}").json()
-        assert (session["status"], session["end_reason"]) == ("completed", "server_shutdown")
-        contents = [t["content"] for t in api.get(f"/v1/sessions/{ready['session_id']}/transcript").json()["items"]]
-        assert contents[:2] == ["Please note my order.", "Noted, thank you."]
-        assert "goodbye" in contents[-1].lower()
-    finally:
-        server.stop()
+    session, transcript = after_restart(data, scripted_llm, ready["session_id"])
+    assert (session["status"], session["end_reason"]) == ("completed", "server_shutdown")
+    contents = [t["content"] for t in transcript]
+    assert contents[:2] == ["Please note my order.", "Noted, thank you."]
+    assert "goodbye" in contents[-1].lower()
 
 
 async def test_kill_9_mid_call_then_restart_marks_the_call_failed(tmp_path, scripted_llm):
@@ -143,14 +138,19 @@ async def test_kill_9_mid_call_then_restart_marks_the_call_failed(tmp_path, scri
             server.process.wait(10)
     finally:
         server.stop()
+    session, transcript = after_restart(data, scripted_llm, ready["session_id"])
+    assert (session["status"], session["end_reason"]) == ("failed", "server_restart")
+    assert [(t["speaker"], t["content"]) for t in transcript] == [
+        ("USER", "One."), ("AGENT", "First answer."), ("USER", "Two."), ("AGENT", "Second answer."),
+    ]
+
+
+def after_restart(data, scripted_llm, session_id: str) -> tuple[dict, list[dict]]:
+    """Start a server on the same data again; the session and its transcript as it now sees them."""
     server = start_server(data, env={"SCRIPTED_LLM_URL": scripted_llm.url})
     try:
         api = server.client()
-        session = api.get(f"/v1/sessions/{ready['session_id']}").json()
-        assert (session["status"], session["end_reason"]) == ("failed", "server_restart")
-        transcript = api.get(f"/v1/sessions/{ready['session_id']}/transcript").json()["items"]
-        assert [(t["speaker"], t["content"]) for t in transcript] == [
-            ("USER", "One."), ("AGENT", "First answer."), ("USER", "Two."), ("AGENT", "Second answer."),
-        ]
+        session = api.get(f"/v1/sessions/{session_id}").json()
+        return session, api.get(f"/v1/sessions/{session_id}/transcript").json()["items"]
     finally:
         server.stop()
