@@ -8,6 +8,7 @@ from loguru import logger
 
 from app.api import accounts as accounts_api
 from app.api import agents, health, metrics, session_ws, sessions
+from app.api import analysis as analysis_api
 from app.api import carriers, instances, twilio
 from app.api import dashboard, webrtc
 from app.calls.tokens import TokenSigner
@@ -70,6 +71,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(accounts_api.router)
     app.include_router(agents.router)
     app.include_router(sessions.router)
+    app.include_router(analysis_api.router)
     app.include_router(session_ws.router)
     app.include_router(instances.router)
     app.include_router(twilio.router)

@@ -53,6 +53,14 @@ class Settings(BaseSettings):
     """STUN/TURN servers for browser calls, as JSON (`[{"urls": "stun:host:3478"}]`);
     none are needed on localhost or a LAN."""
 
+    pricing: dict[str, dict[str, dict[str, float]]] = Field(default_factory=dict)
+    """Price overrides, USD per unit as provider → model → unit, merged over each
+    pipeline config's `pricing` (JSON, e.g. `{"anthropic": {"claude-sonnet-4-5": {"input_mtok": 3}}}`)."""
+    webhook_timeout_secs: float = 10
+    webhook_max_attempts: int = 5
+    webhook_backoff_secs: float = 2
+    """Wait before a webhook's first retry; it doubles for each later one."""
+
     twilio_account_sid: str | None = Field(default=None, alias="TWILIO_ACCOUNT_SID")
     twilio_auth_token: str | None = Field(default=None, alias="TWILIO_AUTH_TOKEN")
     """Also turns on `X-Twilio-Signature` checks on Twilio's webhooks."""

@@ -2,6 +2,7 @@
 against local servers that speak each provider's wire protocol, over the direct WebSocket."""
 
 import asyncio
+import json
 import time
 
 import pytest
@@ -14,8 +15,10 @@ from tests.fakes.cartesia import FakeCartesia
 from tests.fakes.deepgram import FakeDeepgram
 from tests.fakes.scripted_llm import ToolCall
 from tests.test_session_websocket import agent_ws, wait_for_status
+from pipelines.config import PipelineCatalog
 
 KATIE = "f786b574-daa5-4673-aa0c-cbe3e8534c02"
+PRICE_OVERRIDE = {"cartesia": {"sonic-2": {"kchar": 0.05}}}
 
 
 @pytest.fixture(scope="module")
@@ -32,6 +35,7 @@ def provider_env(deepgram: FakeDeepgram, anthropic: FakeAnthropic, cartesia: Fak
         "ANTHROPIC_API_KEY": anthropic.api_key, "ANTHROPIC_BASE_URL": anthropic.url,
         "ANTHROPIC_TIMEOUT_SECS": "3",
         "CARTESIA_API_KEY": cartesia.api_key, "CARTESIA_URL": cartesia.url,
+        "SWITCHBOARD_PRICING": json.dumps(PRICE_OVERRIDE),
     }
 
 
@@ -110,7 +114,7 @@ async def test_conversation_with_a_tool_call(cloud_server, cloud_api, providers)
     session = wait_for_status(cloud_api, ready["session_id"], "completed")
     assert session["end_reason"] == "caller_hangup"
     transcript = cloud_api.get(f"/v1/sessions/{ready['session_id']}/transcript").json()["items"]
-    assert [t["speaker"] for t in transcript] == ["AGENT", "USER", "AGENT"]
+    assert [t["speaker"] for t in transcript if t["speaker"] != "TOOL"] == ["AGENT", "USER", "AGENT"]
     assert transcript[-1]["content"] == "On Monday we open at nine in the morning."
 
 
@@ -195,3 +199,48 @@ async def test_llm_failures_get_an_apology_then_end_the_call(cloud_server, cloud
     assert session["end_reason"] == "provider_error"
     log = cloud_server.log()
     assert f"session {ready['session_id']}: provider failure" in log
+
+
+async def test_cost_is_the_usage_times_the_price_table(cloud_server, cloud_api, providers):
+    deepgram, anthropic, cartesia = providers
+    anthropic.script("We open at nine.", "You're welcome, goodbye.")
+    agent = cloud_agent(cloud_api, greeting="Hello, clinic here.")
+    usages_before, characters_before, audio_before = len(anthropic.usages), cartesia.characters, deepgram.audio_secs
+    async with SessionClient(agent_ws(cloud_server, agent["id"])) as client:
+        ready = await client.wait_for("session.ready", timeout=30)
+        await client.wait_for("agent.speech.stopped", timeout=30)
+        await client.stream(speech("When do you open tomorrow?"))
+        await client.stream_silence(1.5)
+        await client.wait_for("agent.speech.stopped", timeout=30, count=2)
+        await client.send_event({"type": "input.text", "text": "Thank you."})
+        await client.wait_for("agent.speech.stopped", timeout=30, count=3)
+        await client.send_event({"type": "session.end"})
+        await client.wait_for("session.ended", timeout=10)
+    billed = anthropic.usages[usages_before:usages_before + 2]  # what follows is the post-call analysis
+    characters, audio_secs = cartesia.characters - characters_before, deepgram.audio_secs - audio_before
+
+    wait_for_status(cloud_api, ready["session_id"], "completed")
+    cost = cloud_api.get(f"/v1/sessions/{ready['session_id']}").json()["cost"]
+    lines = {line["stage"]: line for line in cost["breakdown"]}
+    assert (lines["stt"]["provider"], lines["llm"]["provider"], lines["tts"]["provider"]) == (
+        "deepgram", "anthropic", "cartesia")
+    prices = PipelineCatalog().get("cloud").pricing
+    llm, tts, stt = lines["llm"], lines["tts"], lines["stt"]
+    assert llm["usage"] == {
+        "input_tokens": sum(u["input_tokens"] for u in billed),
+        "output_tokens": sum(u["output_tokens"] for u in billed),
+        "cache_read_tokens": sum(u["cache_read_input_tokens"] for u in billed),
+        "cache_write_tokens": 0,
+    }
+    assert llm["usage"]["cache_read_tokens"] > 0  # the system prompt was cached
+    claude = prices["anthropic"][llm["model"]]
+    assert llm["amount"] == pytest.approx(
+        (llm["usage"]["input_tokens"] * claude["input_mtok"] + llm["usage"]["output_tokens"] * claude["output_mtok"]
+         + llm["usage"]["cache_read_tokens"] * claude["cache_read_mtok"]) / 1e6, abs=1e-6)
+    assert tts["usage"]["characters"] == characters > 0
+    assert tts["amount"] == pytest.approx(characters / 1000 * PRICE_OVERRIDE["cartesia"]["sonic-2"]["kchar"], abs=1e-6)
+    assert stt["usage"]["audio_seconds"] == pytest.approx(audio_secs, abs=1.0) and audio_secs > 1
+    assert stt["amount"] == pytest.approx(
+        stt["usage"]["audio_seconds"] / 60 * prices["deepgram"][stt["model"]]["audio_minute"], abs=1e-6)
+    assert cost["currency"] == "USD"
+    assert cost["total"] == pytest.approx(llm["amount"] + tts["amount"] + stt["amount"], abs=1e-6) and cost["total"] > 0

@@ -1,5 +1,6 @@
 """Agents: create, list, read, update, delete."""
 
+import secrets
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
@@ -12,6 +13,7 @@ from app.state import AppState
 from app.storage import agents as agent_store
 from app.storage import sessions as session_store
 from app.storage.ids import new_id, utcnow
+from app.analysis import AnalysisField
 from app.storage.models import Agent
 from pipelines.config import UnknownPipelineError
 
@@ -60,6 +62,31 @@ PhoneNumbers = Annotated[
 ]
 
 
+def _unique_field_names(fields: list[AnalysisField]) -> list[AnalysisField]:
+    names = [f.name for f in fields]
+    if len(names) != len(set(names)):
+        raise ValueError("analysis field names must be unique")
+    return fields
+
+
+WebhookUrl = Annotated[
+    str, Field(pattern=r"^https?://[^\s/]+\S*$", max_length=2000, description="Where session events are POSTed")
+]
+WebhookSecret = Annotated[
+    str, Field(min_length=16, max_length=200, description="HMAC-SHA256 key of the webhook signature; generated if omitted")
+]
+AnalysisFields = Annotated[
+    list[AnalysisField], Field(max_length=20, description="Custom values the post-call analysis extracts"),
+    AfterValidator(_unique_field_names),
+]
+
+
+def _webhook_secret(agent: Agent) -> None:
+    """An agent with a webhook always has a secret to sign it with."""
+    if agent.webhook_url and not agent.webhook_secret:
+        agent.webhook_secret = f"whsec_{secrets.token_urlsafe(24)}"
+
+
 class AgentCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -72,6 +99,9 @@ class AgentCreate(BaseModel):
     greeting: str | None = Field(default=None, max_length=2000)
     pipeline: str | None = Field(default=None, description="Pipeline config name; the server default if omitted")
     phone_numbers: PhoneNumbers = Field(default_factory=list)
+    webhook_url: WebhookUrl | None = None
+    webhook_secret: WebhookSecret | None = None
+    analysis_fields: AnalysisFields = Field(default_factory=list)
 
 
 class AgentUpdate(BaseModel):
@@ -87,6 +117,9 @@ class AgentUpdate(BaseModel):
     pipeline: str | None = None
     status: Literal["active", "paused"] | None = None
     phone_numbers: PhoneNumbers | None = None
+    webhook_url: WebhookUrl | None = None
+    webhook_secret: WebhookSecret | None = None
+    analysis_fields: AnalysisFields | None = None
 
 
 class AgentOut(BaseModel):
@@ -102,6 +135,9 @@ class AgentOut(BaseModel):
     greeting: str | None
     pipeline: str
     phone_numbers: list[str]
+    webhook_url: str | None = None
+    webhook_secret: str | None = Field(default=None, description="Verifies the webhook's X-Switchboard-Signature")
+    analysis_fields: list[AnalysisField] | None = None
     status: Literal["active", "paused", "deleted"]
     created_at: datetime
     updated_at: datetime
@@ -152,6 +188,7 @@ async def create_agent(body: AgentCreate, state: StateDep, db: DbDep, caller: Ca
         pipeline=pipeline,
         status="active",
     )
+    _webhook_secret(agent)
     db.add(agent)
     await db.commit()
     return agent
@@ -187,6 +224,7 @@ async def update_agent(agent_id: str, body: AgentUpdate, state: StateDep, db: Db
     check_pipeline_and_voice(state, changes.get("pipeline", agent.pipeline), changes.get("voice_id", agent.voice_id))
     for field, value in changes.items():
         setattr(agent, field, value)
+    _webhook_secret(agent)
     agent.updated_at = utcnow()
     await db.commit()
     return agent

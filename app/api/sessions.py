@@ -12,6 +12,7 @@ from app.errors import DRAINING_RESPONSES, ERROR_RESPONSES, APIError, not_found
 from app.limits import admit_call
 from app.state import AppState
 from app.calls.latency import summarize
+from app.storage import analysis as analysis_store
 from app.storage import latency as latency_store
 from app.storage import sessions as session_store
 from app.storage.ids import new_id, utcnow
@@ -49,6 +50,10 @@ class SessionOut(BaseModel):
     latency: dict[str, Any] | None = Field(
         default=None, description="Greeting latency, per-turn voice-to-voice and its parts, p50/p90, barge-in stops"
     )
+    cost: dict[str, Any] | None = Field(
+        default=None,
+        description="Once ended: `total` (USD) and a `breakdown` per stage/provider/model with its usage and amount",
+    )
 
 
 class SessionList(BaseModel):
@@ -84,7 +89,9 @@ def session_token(state: AppState, session: Session) -> str:
     )
 
 
-def session_out(state: AppState, request: Request, session: Session, latency: dict | None = None) -> SessionOut:
+def session_out(
+    state: AppState, request: Request, session: Session, latency: dict | None = None, cost: dict | None = None
+) -> SessionOut:
     url = None
     if session.status == "created":
         url = f"{websocket_base(state, request)}/v1/sessions/{session.id}/ws?token={session_token(state, session)}"
@@ -104,6 +111,7 @@ def session_out(state: AppState, request: Request, session: Session, latency: di
         end_reason=session.end_reason,
         error=session.error,
         latency=summarize(latency) if latency else None,
+        cost=cost,
     )
 
 
@@ -174,8 +182,9 @@ async def list_sessions(
         db, caller.account_id, agent_id=agent_id, status=status, limit=limit, offset=offset
     )
     latencies = await latency_store.load(db, [s.id for s in items])
+    costs = await analysis_store.load_costs(db, [s.id for s in items])
     return {
-        "items": [session_out(state, request, s, latencies.get(s.id)) for s in items],
+        "items": [session_out(state, request, s, latencies.get(s.id), costs.get(s.id)) for s in items],
         "total": total, "limit": limit, "offset": offset,
     }
 
@@ -191,7 +200,8 @@ async def load_session(db, caller, session_id: str) -> Session:
 async def get_session(session_id: str, request: Request, state: StateDep, db: DbDep, caller: CallerDep) -> SessionOut:
     session = await load_session(db, caller, session_id)
     latencies = await latency_store.load(db, [session.id])
-    return session_out(state, request, session, latencies.get(session.id))
+    costs = await analysis_store.load_costs(db, [session.id])
+    return session_out(state, request, session, latencies.get(session.id), costs.get(session.id))
 
 
 @router.get("/v1/sessions/{session_id}/transcript", response_model=Transcript, summary="Get a session's transcript")

@@ -12,6 +12,8 @@ from pipecat.transports.base_transport import BaseTransport
 from pipecat.workers.runner import WorkerRunner
 
 from app.calls.latency import ACTIVE_SESSIONS, SESSIONS_ENDED, CallLatencyTracker
+from app.calls import post_call
+from app.cost import UsageObserver
 from app.state import AppState
 from app.storage import latency as latency_store
 from app.storage import sessions as session_store
@@ -68,6 +70,7 @@ class CallSession:
         self._final_frame: Frame | None = None
         self._error: str | None = None
         self._pending_tools: dict[str, asyncio.Future] = {}
+        self._usage = UsageObserver()
 
     def _build(self) -> None:
         self._latency = CallLatencyTracker(self._save_latency)
@@ -90,7 +93,7 @@ class CallSession:
             ),
             enable_rtvi=False,
             idle_timeout_secs=IDLE_TIMEOUT_SECS,
-            observers=self._latency.observers,
+            observers=[*self._latency.observers, self._usage],
         )
         self._wire_events(self._transport)
 
@@ -168,6 +171,8 @@ class CallSession:
                 db, self.session_id, speaker=speaker, content=content,
                 timestamp=_parse_time(timestamp), interrupted=interrupted,
             )
+        if speaker != "TOOL":
+            post_call.turn_recorded(self.state, self._agent, self.session_id, speaker, content, interrupted)
         if self._call.events:
             event = {"type": "transcript.user" if speaker == "USER" else "transcript.agent", "text": content}
             if speaker == "AGENT":
@@ -206,6 +211,7 @@ class CallSession:
     async def run(self) -> None:
         """Run the call to its end and record how it ended. The session must be claimed."""
         self.state.calls.add(self)
+        post_call.session_started(self.state, self._agent, self.session_id)
         ACTIVE_SESSIONS.inc()
         try:
             self._build()
@@ -232,6 +238,7 @@ class CallSession:
         SESSIONS_ENDED.labels(end_reason=reason).inc()
         async with self.state.db.sessions() as db:
             await session_store.finish(db, self.session_id, status=status, end_reason=reason, error=self._error)
+        await post_call.session_finished(self.state, self._agent, self._config, self.session_id, self._usage)
 
 
 def _parse_time(value: str) -> datetime:

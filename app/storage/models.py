@@ -86,6 +86,12 @@ class Agent(Base):
     status: Mapped[str] = mapped_column(String(16), default="active", index=True)
     created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+    webhook_url: Mapped[str | None] = mapped_column(String(2000))
+    """Where session events are POSTed, signed with `webhook_secret`."""
+    webhook_secret: Mapped[str | None] = mapped_column(String(200))
+    analysis_fields: Mapped[list | None] = mapped_column(JSON)
+    """Custom post-call analysis fields: `{name, type, description, options}`."""
+
 
 
 class Session(Base):
@@ -166,3 +172,52 @@ class UsedRelayToken(Base):
     jti: Mapped[str] = mapped_column(String(64), primary_key=True)
     session_id: Mapped[str] = mapped_column(String(40))
     used_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class SessionAnalysis(Base):
+    """Post-call analysis of one session: `pending`, `completed` (with `result`) or `failed`."""
+
+    __tablename__ = "session_analyses"
+
+    session_id: Mapped[str] = mapped_column(ForeignKey("sessions.id"), primary_key=True)
+    account_id: Mapped[str] = mapped_column(ForeignKey("accounts.id"), index=True)
+    status: Mapped[str] = mapped_column(String(16), default="pending")
+    result: Mapped[dict | None] = mapped_column(JSON)
+    error: Mapped[str | None] = mapped_column(Text)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    model: Mapped[str | None] = mapped_column(String(200))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+
+class SessionCost(Base):
+    """What one finished session used, per provider, and what that cost."""
+
+    __tablename__ = "session_costs"
+
+    session_id: Mapped[str] = mapped_column(ForeignKey("sessions.id"), primary_key=True)
+    account_id: Mapped[str] = mapped_column(ForeignKey("accounts.id"), index=True)
+    cost: Mapped[dict] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class WebhookDelivery(Base):
+    """One event POSTed (or being retried) to an agent's webhook."""
+
+    __tablename__ = "webhook_deliveries"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    account_id: Mapped[str] = mapped_column(ForeignKey("accounts.id"), index=True)
+    agent_id: Mapped[str] = mapped_column(ForeignKey("agents.id"), index=True)
+    session_id: Mapped[str | None] = mapped_column(String(40))
+    event: Mapped[str] = mapped_column(String(40))
+    url: Mapped[str] = mapped_column(String(2000))
+    payload: Mapped[dict] = mapped_column(JSON)
+    status: Mapped[str] = mapped_column(String(16), default="pending")
+    """`pending` (being retried), `delivered` or `failed` (gave up)."""
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    last_status_code: Mapped[int | None] = mapped_column(Integer)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+    delivered_at: Mapped[datetime | None]

@@ -5,8 +5,10 @@ Streaming requests get Anthropic's server-sent events (`message_start`, `ping`,
 `content_block_stop`, `message_delta` with `stop_reason` and usage, `message_stop`);
 non-streaming requests get one `message` object. A script entry is a reply text, a
 `ToolCall` (or a list of them), a `Failure` (an HTTP error in Anthropic's error shape) or
-a `Stall` (no answer for a while, as a provider timing out). Every response's usage is
-kept in `usages`, so tests can check what the server was billed.
+a `Stall` (no answer for a while, as a provider timing out). Streaming requests (the
+conversation) take `script`ed replies; one-shot requests (post-call analysis) take
+`script_oneshot` ones, so a late analysis never eats a conversation's reply. Every
+response's usage is kept in `usages`, so tests can check what the server was billed.
 """
 
 import asyncio
@@ -42,6 +44,7 @@ class FakeAnthropic(ThreadedServer):
         self.api_key = api_key
         self.default_reply = default_reply
         self.replies: deque[Reply] = deque()
+        self.oneshot_replies: deque[Reply] = deque()
         self.requests: list[dict] = []
         self.usages: list[dict] = []
 
@@ -52,8 +55,12 @@ class FakeAnthropic(ThreadedServer):
     def script(self, *replies: Reply) -> None:
         self.replies.extend(replies)
 
+    def script_oneshot(self, *replies: Reply) -> None:
+        self.oneshot_replies.extend(replies)
+
     def reset(self) -> None:
         self.replies.clear()
+        self.oneshot_replies.clear()
         self.requests.clear()
         self.usages.clear()
 
@@ -67,7 +74,8 @@ class FakeAnthropic(ThreadedServer):
             return _error(400, "invalid_request_error", "anthropic-version header is required")
         body = await request.json()
         self.requests.append(body)
-        reply = self.replies.popleft() if self.replies else self.default_reply
+        queue = self.replies if body.get("stream") else self.oneshot_replies
+        reply = queue.popleft() if queue else self.default_reply
         if isinstance(reply, Stall):
             await asyncio.sleep(reply.secs)
             reply = self.default_reply

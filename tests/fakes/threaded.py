@@ -37,7 +37,7 @@ class ThreadedServer:
         self.loop = asyncio.new_event_loop()
         app = web.Application()
         self.routes(app)
-        self._runner = web.AppRunner(app)
+        self._runner = web.AppRunner(app, shutdown_timeout=1.0)
         self.loop.run_until_complete(self._runner.setup())
         site = web.TCPSite(self._runner, "127.0.0.1", 0)
         self.loop.run_until_complete(site.start())

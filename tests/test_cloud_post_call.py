@@ -1,0 +1,175 @@
+"""After a call: post-call analysis (scripted LLM) and signed, retried webhooks."""
+
+import asyncio
+import hashlib
+import hmac
+import json
+import time
+
+import pytest
+
+from app.client import SessionClient
+from tests.conftest import make_agent
+from tests.fakes.webhook_receiver import WebhookReceiver
+from tests.test_session_websocket import agent_ws, wait_for_status
+
+ANALYSIS_FIELDS = [
+    {"name": "wants_appointment", "type": "boolean", "description": "Whether the caller wants an appointment"},
+    {"name": "urgency", "type": "enum", "description": "How urgent the request is", "options": ["low", "medium", "high"]},
+    {"name": "callback_number", "type": "text", "description": "The number to call back, if given"},
+    {"name": "party_size", "type": "number", "description": "How many people the booking is for"},
+]
+ANALYSIS = {
+    "summary": "The caller asked for a cleaning appointment for two on Monday and left a callback number.",
+    "sentiment": "positive",
+    "topics": ["appointments", "cleaning"],
+    "action_items": ["Call back to confirm the Monday slot"],
+    "custom": {"wants_appointment": True, "urgency": "medium", "callback_number": "555 0100", "party_size": 2.0},
+}
+
+
+@pytest.fixture(scope="module")
+def receiver():
+    receiver = WebhookReceiver().start()
+    yield receiver
+    receiver.stop()
+
+
+async def talk(server, agent: dict, *lines: str) -> str:
+    """A short typed conversation; returns the session id once the call has ended."""
+    async with SessionClient(agent_ws(server, agent["id"])) as client:
+        ready = await client.wait_for("session.ready", timeout=30)
+        for count, line in enumerate(lines, start=1):
+            await client.send_event({"type": "input.text", "text": line})
+            await client.wait_for("transcript.agent", timeout=30, count=count)
+        await client.send_event({"type": "session.end"})
+        await client.wait_for("session.ended", timeout=10)
+    return ready["session_id"]
+
+
+def wait_for_analysis(api, session_id: str, timeout: float = 30) -> dict:
+    deadline = time.monotonic() + timeout
+    while True:
+        response = api.get(f"/v1/sessions/{session_id}/analysis")
+        if response.status_code == 200 and response.json()["status"] != "pending":
+            return response.json()
+        assert time.monotonic() < deadline, response.text
+        time.sleep(0.2)
+
+
+async def test_analysis_stored_with_all_fields(server, api, llm):
+    llm.script("Monday at nine works. What number can we call you back on?", "Thanks, we'll call you back.",
+               json.dumps(ANALYSIS))
+    agent = make_agent(api, pipeline="scripted", analysis_fields=ANALYSIS_FIELDS)
+    assert agent["analysis_fields"][1]["options"] == ["low", "medium", "high"]
+    session_id = await talk(server, agent, "I'd like a cleaning for two people on Monday.", "It's 555 0100.")
+
+    analysis = wait_for_analysis(api, session_id)
+    assert analysis["status"] == "completed" and analysis["attempts"] == 1 and analysis["error"] is None
+    assert analysis["result"] == ANALYSIS
+    request = llm.requests[-1]
+    assert request.get("stream") is not True
+    prompt = json.dumps(request["messages"])
+    assert "cleaning for two people on Monday" in prompt and "555 0100" in prompt
+    schema = request["response_format"]["json_schema"]["schema"]
+    assert set(schema["properties"]["custom"]["required"]) == {f["name"] for f in ANALYSIS_FIELDS}
+    assert schema["properties"]["sentiment"]["enum"] == ["positive", "neutral", "negative"]
+
+
+async def test_invalid_analysis_is_retried_once_then_stored_as_failed(server, api, llm):
+    bad_sentiment = {**ANALYSIS, "sentiment": "ecstatic", "custom": {}}
+    llm.script("We open at nine.", "Sure, here you go: not json at all", json.dumps(bad_sentiment))
+    agent = make_agent(api, pipeline="scripted")
+    session_id = await talk(server, agent, "When do you open?")
+
+    analysis = wait_for_analysis(api, session_id)
+    assert analysis["status"] == "failed" and analysis["result"] is None and analysis["attempts"] == 2
+    assert "sentiment" in analysis["error"]
+    assert len([r for r in llm.requests if r.get("stream") is not True]) == 2
+
+    # Run again: this time the LLM answers properly.
+    llm.script(json.dumps({**ANALYSIS, "custom": {}}))
+    response = api.post(f"/v1/sessions/{session_id}/analysis")
+    assert response.status_code == 202 and response.json()["status"] == "pending"
+    analysis = wait_for_analysis(api, session_id)
+    assert analysis["status"] == "completed" and analysis["result"]["sentiment"] == "positive"
+
+
+def test_analysis_api_errors(server, api):
+    assert api.get("/v1/sessions/ses_nope/analysis").status_code == 404
+    agent = make_agent(api, pipeline="scripted")
+    session = api.post(f"/v1/agents/{agent['id']}/sessions").json()
+    response = api.get(f"/v1/sessions/{session['session_id']}/analysis")
+    assert response.status_code == 404 and response.json()["code"] == "analysis_not_found"
+    response = api.post(f"/v1/sessions/{session['session_id']}/analysis")
+    assert response.status_code == 409 and response.json()["code"] == "session_not_ended"
+    bad = api.post("/v1/agents", json={
+        "name": "x", "voice_id": "joe", "system_prompt": "x", "pipeline": "scripted",
+        "analysis_fields": [{"name": "mood", "type": "enum", "description": "Mood"}],
+    })
+    assert bad.status_code == 422 and bad.json()["code"] == "validation_error"
+    bad = api.post("/v1/agents", json={
+        "name": "x", "voice_id": "joe", "system_prompt": "x", "pipeline": "scripted", "webhook_url": "ftp://x",
+    })
+    assert bad.status_code == 422
+
+
+def verify(secret: str, request: dict) -> bool:
+    """What a receiver does: recompute the HMAC over `<timestamp>.<body>`."""
+    timestamp = request["headers"]["X-Switchboard-Timestamp"]
+    expected = hmac.new(secret.encode(), timestamp.encode() + b"." + request["body"], hashlib.sha256).hexdigest()
+    return hmac.compare_digest(request["headers"]["X-Switchboard-Signature"], f"sha256={expected}")
+
+
+async def test_webhooks_are_signed_and_retried(server, api, llm, receiver):
+    secret = "whsec_test_secret_0123456789"
+    receiver.fail_next("/events", 500, 500)
+    llm.script("We open at nine.", json.dumps({**ANALYSIS, "custom": {}}))
+    agent = make_agent(api, pipeline="scripted", webhook_url=receiver.url("/events"), webhook_secret=secret)
+    session_id = await talk(server, agent, "When do you open?")
+
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        events = {json.loads(r["body"])["event"] for r in receiver.events("/events")}
+        if {"session.started", "transcript.updated", "session.ended", "analysis.completed"} <= events:
+            break
+        await asyncio.sleep(0.2)
+    delivered = [r for r in receiver.events("/events") if json.loads(r["body"])["session_id"] == session_id]
+    by_event = {}
+    for request in delivered:
+        assert verify(secret, request)
+        assert not verify("whsec_some_other_secret_000", request)
+        body = json.loads(request["body"])
+        assert request["headers"]["X-Switchboard-Event"] == body["event"]
+        by_event.setdefault(body["event"], []).append(body)
+    assert set(by_event) == {"session.started", "transcript.updated", "session.ended", "analysis.completed"}
+    ended = by_event["session.ended"][0]["data"]
+    assert ended["end_reason"] == "caller_hangup" and ended["duration_secs"] > 0 and "total" in ended["cost"]
+    turns = [(e["data"]["speaker"], e["data"]["content"]) for e in by_event["transcript.updated"]]
+    assert ("USER", "When do you open?") in turns and ("AGENT", "We open at nine.") in turns
+    assert by_event["analysis.completed"][0]["data"]["analysis"]["sentiment"] == "positive"
+
+    deliveries = api.get(f"/v1/agents/{agent['id']}/webhook-deliveries").json()
+    assert deliveries["total"] == len(delivered) and {d["status"] for d in deliveries["items"]} == {"delivered"}
+    retried = [d for d in deliveries["items"] if d["attempts"] > 1]
+    assert len(retried) >= 1 and sum(d["attempts"] - 1 for d in retried) == 2  # the two 500s
+    assert all(d["last_status_code"] == 200 for d in deliveries["items"])
+    assert api.get("/v1/agents/agt_nope/webhook-deliveries").status_code == 404
+
+
+async def test_a_hanging_receiver_does_not_delay_the_end_of_the_call(server, api, llm, receiver):
+    llm.script("We open at nine.")
+    agent = make_agent(api, pipeline="scripted", webhook_url=receiver.url("/hang"))
+    assert agent["webhook_secret"].startswith("whsec_")  # generated
+    async with SessionClient(agent_ws(server, agent["id"])) as client:
+        ready = await client.wait_for("session.ready", timeout=30)
+        await client.send_event({"type": "input.text", "text": "When do you open?"})
+        await client.wait_for("transcript.agent", timeout=30)
+        ending = time.monotonic()
+        await client.send_event({"type": "session.end"})
+        await client.wait_for("session.ended", timeout=10)
+    wait_for_status(api, ready["session_id"], "completed", timeout=5)
+    assert time.monotonic() - ending < 5
+    deliveries = api.get(f"/v1/agents/{agent['id']}/webhook-deliveries").json()["items"]
+    assert deliveries and all(d["status"] == "pending" for d in deliveries)
+    assert len(receiver.events("/hang", status=None)) >= 1
