@@ -199,11 +199,11 @@ async def test_agent_ends_the_call_and_hangs_up_after_the_goodbye(twilio_server,
         await client.wait_closed(timeout=10)
     assert (hang_up.username, hang_up.password) == (ACCOUNT_SID, AUTH_TOKEN)
     assert hang_up.path == f"/2010-04-01/Accounts/{ACCOUNT_SID}/Calls/{client.call_sid}.json"
-    # The goodbye was sent in full before the hang-up.
-    goodbye_mark = client.events("mark")[-1]
-    assert goodbye_mark["mark"]["name"] == "utterance-3"
-    last_media_bytes = len(client.agent_audio)
-    assert last_media_bytes > 8000 * 2
+    # The goodbye was sent in full (its mark follows its last audio) before the hang-up.
+    goodbye_sent_at, audio_before_goodbye_mark = client.marks_received["utterance-3"]
+    goodbye = ulaw_decode(bytes(client.agent_audio[client.marks_received["utterance-2"][1]:audio_before_goodbye_mark]))
+    assert len(goodbye) > 8000 * 2 * 1.0 and rms(goodbye) > 300
+    assert goodbye_sent_at <= hang_up.at
     done = wait_for_status(tw, session["session_id"], "completed")
     assert done["end_reason"] == "max_turns"
     items = tw.get(f"/v1/sessions/{session['session_id']}/transcript").json()["items"]
@@ -526,4 +526,26 @@ async def test_carrier_stream_call(twilio_server, tw, llm, carrier):
     assert any(i["speaker"] == "USER" and "open" in i["content"].lower() for i in items), items
     done = wait_for_status(tw, session["session_id"], "completed")
     assert (done["end_reason"], done["connection_type"]) == ("caller_hangup", carrier)
+    wait_no_calls(twilio_server)
+
+
+async def test_hang_up_still_happens_when_the_caller_talks_over_the_goodbye(twilio_server, tw, twilio_rest, llm):
+    llm.script("We open at nine.")
+    agent = scripted_agent(tw, greeting="Hello.", max_turns=1)
+    twiml, session = twilio_session(tw, agent["id"])
+    async with TwilioMediaStreamsClient.from_twiml(twiml) as client:
+        await client.wait_marks(1, timeout=30)
+        await client.send_audio(speech("When do you open?", sample_rate=8000))
+        await client.send_silence(1.0)
+        await client.wait_marks(2, timeout=60)
+        await client.send_audio(speech("And when do you close?", sample_rate=8000))
+        await client.send_silence(0.6)
+        audio_before = len(client.agent_audio)
+        await client.wait_until(lambda: len(client.agent_audio) > audio_before, 30, "goodbye audio")
+        await client.send_audio(speech("Wait, one more thing please.", sample_rate=8000))
+        hang_up = await asyncio.to_thread(twilio_rest.wait_for_hang_up, client.call_sid, 30)
+        await client.wait_closed(timeout=10)
+    assert hang_up.value("Status") == "completed"
+    done = wait_for_status(tw, session["session_id"], "completed")
+    assert done["end_reason"] == "max_turns"
     wait_no_calls(twilio_server)

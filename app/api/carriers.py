@@ -15,7 +15,7 @@ from twilio.twiml.voice_response import Connect, VoiceResponse
 
 from app.api.agents import load_agent
 from app.api.sessions import SessionOut, session_out, websocket_base
-from app.api.twilio import TWIML_RESPONSES, TwilioSessionCreate, twiml_response
+from app.api.twilio import TWIML_RESPONSES, PhoneSessionCreate, twiml_response
 from app.deps import CallerDep, DbDep, StateDep
 from app.errors import DRAINING_RESPONSES, ERROR_RESPONSES
 from app.telephony.phone_calls import start_phone_session
@@ -53,7 +53,7 @@ def plivo_xml(stream_url: str) -> str:
 ANSWERS = {"telnyx": texml, "plivo": plivo_xml}
 
 
-async def _create(carrier: str, body: TwilioSessionCreate, request: Request, state, db, caller) -> Response:
+async def _create(carrier: str, body: PhoneSessionCreate, request: Request, state, db, caller) -> Response:
     agent = await load_agent(db, caller, body.agent_id)
     session, _call = await start_phone_session(
         state, db, agent, carrier=carrier, direction="inbound",
@@ -72,7 +72,7 @@ async def _create(carrier: str, body: TwilioSessionCreate, request: Request, sta
     responses={**TWIML_RESPONSES, **DRAINING_RESPONSES},
 )
 async def create_telnyx_session(
-    body: TwilioSessionCreate, request: Request, state: StateDep, db: DbDep, caller: CallerDep
+    body: PhoneSessionCreate, request: Request, state: StateDep, db: DbDep, caller: CallerDep
 ) -> Response:
     """TeXML as `text/xml`, or `{xml, session}` with `Accept: application/json`."""
     return await _create("telnyx", body, request, state, db, caller)
@@ -83,7 +83,7 @@ async def create_telnyx_session(
     responses={**TWIML_RESPONSES, **DRAINING_RESPONSES},
 )
 async def create_plivo_session(
-    body: TwilioSessionCreate, request: Request, state: StateDep, db: DbDep, caller: CallerDep
+    body: PhoneSessionCreate, request: Request, state: StateDep, db: DbDep, caller: CallerDep
 ) -> Response:
     """Plivo XML as `text/xml`, or `{xml, session}` with `Accept: application/json`."""
     return await _create("plivo", body, request, state, db, caller)

@@ -31,7 +31,7 @@ SIGNED_RESPONSES = {403: {"model": ErrorBody, "description": "Missing or invalid
 TWIML_RESPONSES = {200: {"content": {"text/xml": {}}, "description": "TwiML that connects the call to the agent"}}
 
 
-class TwilioSessionCreate(BaseModel):
+class PhoneSessionCreate(BaseModel):
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
     agent_id: str = Field(alias="agentId")
@@ -94,7 +94,7 @@ async def signed_form(state: AppState, request: Request) -> dict[str, str]:
     responses={**TWIML_RESPONSES, **DRAINING_RESPONSES},
 )
 async def create_twilio_session(
-    body: TwilioSessionCreate, request: Request, state: StateDep, db: DbDep, caller: CallerDep
+    body: PhoneSessionCreate, request: Request, state: StateDep, db: DbDep, caller: CallerDep
 ) -> Response:
     """A session for a call and the TwiML that connects it: `text/xml`, or `{twiml, session}`
     with `Accept: application/json`."""

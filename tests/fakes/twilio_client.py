@@ -67,6 +67,8 @@ class TwilioMediaStreamsClient:
         self.media_messages = 0
         self.marks_echoed: list[tuple[str, float]] = []
         """(mark name, wall-clock time Twilio would report it played)."""
+        self.marks_received: dict[str, tuple[float, int]] = {}
+        """mark name → (wall-clock arrival, bytes of agent audio received before it)."""
         self.close_code: int | None = None
         self.close_reason: str | None = None
         self.closed_at: float | None = None
@@ -124,20 +126,23 @@ class TwilioMediaStreamsClient:
         await self._ws.send(json.dumps({**message, "sequenceNumber": str(self._sequence)}))
 
     async def send_audio(self, pcm_8k: bytes) -> None:
-        """16-bit 8 kHz PCM as 20 ms μ-law `media` frames, at real-time pace."""
+        """16-bit 8 kHz PCM as 20 ms μ-law `media` frames, at real-time pace (until the call ends)."""
         payload = ulaw_encode(pcm_8k)
         start = time.monotonic()
         for i in range(0, len(payload), FRAME_BYTES):
             self._chunk += 1
-            await self._send({
-                "event": "media",
-                "streamSid": self.stream_sid,
-                "media": {
-                    "track": "inbound", "chunk": str(self._chunk),
-                    "timestamp": str(int((time.monotonic() - self._started) * 1000)),
-                    "payload": base64.b64encode(payload[i:i + FRAME_BYTES]).decode(),
-                },
-            })
+            try:
+                await self._send({
+                    "event": "media",
+                    "streamSid": self.stream_sid,
+                    "media": {
+                        "track": "inbound", "chunk": str(self._chunk),
+                        "timestamp": str(int((time.monotonic() - self._started) * 1000)),
+                        "payload": base64.b64encode(payload[i:i + FRAME_BYTES]).decode(),
+                    },
+                })
+            except ConnectionClosed:
+                return  # the call ended
             delay = start + (i // FRAME_BYTES + 1) * 0.02 - time.monotonic()
             if delay > 0:
                 await asyncio.sleep(delay)
@@ -167,6 +172,7 @@ class TwilioMediaStreamsClient:
                     continue
                 self.received.append((now, message))
                 if event == "mark":
+                    self.marks_received[message["mark"]["name"]] = (time.time(), len(self.agent_audio))
                     self._pending_marks.append((max(now, self._playback_end), message["mark"]["name"]))
                 elif event == "clear":
                     self._playback_end = now
