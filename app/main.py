@@ -10,6 +10,7 @@ from app.api import accounts as accounts_api
 from app.api import agents, health, metrics, session_ws, sessions
 from app.api import analysis as analysis_api
 from app.api import carriers, instances, twilio
+from app.api import calls
 from app.api import dashboard, webrtc
 from app.calls.tokens import TokenSigner
 from app.errors import install_error_handlers
@@ -72,6 +73,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(agents.router)
     app.include_router(sessions.router)
     app.include_router(analysis_api.router)
+    app.include_router(calls.router)
     app.include_router(session_ws.router)
     app.include_router(instances.router)
     app.include_router(twilio.router)

@@ -37,6 +37,8 @@ class Settings(BaseSettings):
     preload_pipelines: list[str] = Field(default_factory=lambda: ["local"])
 
     session_connect_ttl_secs: int = 15 * 60
+    resume_grace_secs: float = 60
+    """How long a direct-WebSocket session whose client dropped waits for it to reconnect."""
 
     max_body_bytes: int = 1 << 20
     rate_limit_per_minute: int = 600

@@ -2,6 +2,7 @@
 
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from pipecat.adapters.llm.schemas.function_schema import FunctionSchema
@@ -18,19 +19,25 @@ from pipecat.processors.aggregators.llm_response_universal import (
 from pipecat.processors.frame_processor import FrameProcessor
 from pipecat.services.llm_service import FunctionCallParams, LLMService
 from pipecat.transports.base_transport import BaseTransport
+from pipecat.turns.user_start import TranscriptionUserTurnStartStrategy, VADUserTurnStartStrategy
 from pipecat.turns.user_stop import TurnAnalyzerUserTurnStopStrategy
 from pipecat.turns.user_turn_strategies import UserTurnStrategies
 
 from pipelines import services
 from pipelines.config import PipelineConfig
+from processors.call_limits import InactivityMonitor, MaxDurationLimiter
 from processors.client_events import ClientEventReceiver
 from processors.provider_errors import ProviderErrorMonitor
 from processors.session_events import SessionEventEmitter
+from processors.recording import CallRecorder
 from processors.turn_limit import MaxTurnsLimiter
 
 ToolHandler = Callable[[FunctionCallParams], Awaitable[None]]
 
 GOODBYE = "Thank you for calling. Goodbye!"
+TIME_UP_GOODBYE = "I'm sorry, we've reached the time limit for this call. Goodbye!"
+STILL_THERE = "Are you still there?"
+INACTIVITY_GOODBYE = "I haven't heard from you, so I'll end the call now. Goodbye!"
 
 
 @dataclass
@@ -51,6 +58,15 @@ class AgentSpec:
     max_turns: int = 50
     history: list[dict[str, Any]] = field(default_factory=list)
     """Earlier messages to restore into the LLM context."""
+    interruptible: bool = True
+    """False: caller speech over the agent is heard and answered, but doesn't cut it off."""
+    max_duration_secs: float | None = None
+    inactivity_timeout_secs: float | None = None
+    inactivity_action: str = "end_call"
+    """`end_call`, or `prompt` (ask once whether the caller is there, then end)."""
+    recording_path: Path | None = None
+    """Where to write the call's stereo WAV; None records nothing."""
+    recording_sample_rate: int = 16000
 
 
 @dataclass
@@ -101,7 +117,7 @@ def build_pipeline(
         context,
         user_params=LLMUserAggregatorParams(
             vad_analyzer=services.create(config.vad, ctx),
-            user_turn_strategies=UserTurnStrategies(stop=stop_strategies),
+            user_turn_strategies=UserTurnStrategies(start=_start_strategies(agent.interruptible), stop=stop_strategies),
         ),
     )
 
@@ -111,7 +127,7 @@ def build_pipeline(
     async def on_llm_timeout(service):
         await provider_errors.llm_failed(service.name, "completion timed out")
 
-    events = SessionEventEmitter() if session_protocol else None
+    events = SessionEventEmitter(interruptible=agent.interruptible) if session_protocol else None
     client_events = ClientEventReceiver() if session_protocol else None
     processors: list[FrameProcessor | None] = [
         transport.input(),
@@ -120,12 +136,17 @@ def build_pipeline(
         stt,
         aggregators.user(),
         MaxTurnsLimiter(agent.max_turns, GOODBYE),
+        MaxDurationLimiter(agent.max_duration_secs, TIME_UP_GOODBYE) if agent.max_duration_secs else None,
+        InactivityMonitor(
+            agent.inactivity_timeout_secs, agent.inactivity_action, prompt=STILL_THERE, goodbye=INACTIVITY_GOODBYE
+        ) if agent.inactivity_timeout_secs else None,
         provider_errors,
         llm,
         tts,
         events,
         *(extra_output or []),
         transport.output(),
+        CallRecorder(agent.recording_path, agent.recording_sample_rate) if agent.recording_path else None,
         aggregators.assistant(),
     ]
     return CallPipeline(
@@ -137,6 +158,17 @@ def build_pipeline(
         client_events=client_events,
         provider_errors=provider_errors,
     )
+
+
+def _start_strategies(interruptible: bool) -> list | None:
+    """Pipecat's default turn starts; for a non-interruptible agent they start the
+    caller's turn (so it is transcribed and answered) without interrupting the agent."""
+    if interruptible:
+        return None
+    return [
+        VADUserTurnStartStrategy(enable_interruptions=False),
+        TranscriptionUserTurnStartStrategy(enable_interruptions=False),
+    ]
 
 
 def _tools_schema(tools: list[ToolDefinition], handler: ToolHandler | None) -> ToolsSchema | NotGiven:

@@ -22,10 +22,13 @@ class SessionEventEmitter(FrameProcessor):
     stopping speech, the caller starting to speak (``input.speech.started``: the
     client must drop the agent audio it has buffered), and the end of the session
     with its reason. Other parts of the call send events through :meth:`send`.
+    A non-``interruptible`` agent keeps talking over the caller, so the client is
+    not told to drop its buffered agent audio.
     """
 
-    def __init__(self, **kwargs):
+    def __init__(self, *, interruptible: bool = True, **kwargs):
         super().__init__(**kwargs)
+        self._interruptible = interruptible
         self._ended = False
 
     async def send(self, event: dict[str, Any]) -> None:
@@ -35,7 +38,11 @@ class SessionEventEmitter(FrameProcessor):
     async def process_frame(self, frame: Frame, direction: FrameDirection):
         await super().process_frame(frame, direction)
 
-        if isinstance(frame, UserStartedSpeakingFrame) and direction == FrameDirection.DOWNSTREAM:
+        if (
+            isinstance(frame, UserStartedSpeakingFrame)
+            and direction == FrameDirection.DOWNSTREAM
+            and self._interruptible
+        ):
             await self.send({"type": "input.speech.started"})
         elif isinstance(frame, BotStartedSpeakingFrame) and direction == FrameDirection.UPSTREAM:
             await self.send({"type": "agent.speech.started"})
@@ -62,6 +69,7 @@ KNOWN_END_REASONS = {
     "inactivity",
     "agent_deleted",
     "disconnected",
+    "transferred",
     "server_shutdown",
     "provider_error",
     "error",

@@ -5,7 +5,12 @@ from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
+from pydantic import (
+    AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_serializer, model_validator,
+)
+
+from jsonschema import Draft202012Validator
+from jsonschema.exceptions import SchemaError
 
 from app.deps import CallerDep, DbDep, StateDep
 from app.errors import ERROR_RESPONSES, APIError, not_found
@@ -21,6 +26,9 @@ router = APIRouter(prefix="/v1/agents", tags=["agents"], responses=ERROR_RESPONS
 
 Name = Annotated[str, Field(min_length=1, max_length=200)]
 Prompt = Annotated[str, Field(min_length=1, max_length=20_000)]
+
+
+_BASE_TOOL_FIELDS = ("name", "description", "parameters")
 
 
 class ToolDefinition(BaseModel):
@@ -45,7 +53,44 @@ class ToolDefinition(BaseModel):
         required = value.get("required", [])
         if not isinstance(required, list) or not all(isinstance(r, str) for r in required):
             raise ValueError("parameters.required must be a list of property names")
+        try:
+            Draft202012Validator.check_schema(value)
+        except SchemaError as exc:
+            raise ValueError(f"parameters is not a valid JSON Schema: {exc.message}") from None
         return value
+
+    type: Literal["client", "webhook", "end_call", "transfer_call"] = Field(
+        default="client",
+        description="client: the WebSocket client runs it (tool.call / tool.result); webhook: the server POSTs "
+        "the arguments to url; end_call and transfer_call are built in",
+    )
+    url: str | None = Field(
+        default=None, pattern=r"^https?://[^\s/]+\S*$", max_length=2000, description="webhook: where the arguments are POSTed"
+    )
+    secret: str | None = Field(
+        default=None, min_length=16, max_length=200,
+        description="webhook: HMAC-SHA256 key of the X-Switchboard-Signature header; generated if omitted",
+    )
+    timeout_secs: float = Field(default=10, gt=0, le=60, description="How long a webhook or client tool may take")
+    phone_number: str | None = Field(
+        default=None, pattern=r"^\+[1-9][0-9]{1,14}$", description="transfer_call: where the call is moved (E.164)"
+    )
+
+    @model_serializer(mode="wrap")
+    def _given_fields(self, handler) -> dict[str, Any]:
+        """Only the fields the tool sets (a plain client tool stays name/description/parameters)."""
+        data = handler(self)
+        return {k: v for k, v in data.items() if k in _BASE_TOOL_FIELDS or (k in self.model_fields_set and v is not None)}
+
+    @model_validator(mode="after")
+    def _fits_type(self) -> "ToolDefinition":
+        if self.type == "webhook":
+            if self.url is None:
+                raise ValueError("a webhook tool needs a url")
+            self.secret = self.secret or f"whsec_{secrets.token_urlsafe(24)}"
+        if self.type == "transfer_call" and self.phone_number is None:
+            raise ValueError("a transfer_call tool needs a phone_number")
+        return self
 
 
 def _unique_tool_names(tools: list[ToolDefinition]) -> list[ToolDefinition]:
@@ -56,6 +101,12 @@ def _unique_tool_names(tools: list[ToolDefinition]) -> list[ToolDefinition]:
 
 
 Tools = Annotated[list[ToolDefinition], Field(max_length=64), AfterValidator(_unique_tool_names)]
+FirstSpeaker = Annotated[Literal["agent", "user"], Field(description="agent: it greets first; user: it waits")]
+MaxDuration = Annotated[int, Field(ge=60, le=7200, description="Seconds before the call says goodbye and ends")]
+InactivityTimeout = Annotated[int, Field(ge=10, le=300, description="Seconds of silence before inactivity_action")]
+InactivityAction = Annotated[
+    Literal["end_call", "prompt"], Field(description="end_call, or prompt: ask once if the caller is there, then end")
+]
 PhoneNumbers = Annotated[
     list[Annotated[str, Field(pattern=r"^\+[1-9][0-9]{1,14}$")]],
     Field(max_length=20, description="E.164 numbers whose inbound calls reach this agent (Twilio voice webhook)"),
@@ -102,6 +153,12 @@ class AgentCreate(BaseModel):
     webhook_url: WebhookUrl | None = None
     webhook_secret: WebhookSecret | None = None
     analysis_fields: AnalysisFields = Field(default_factory=list)
+    first_speaker: FirstSpeaker = "agent"
+    interruptible: bool = Field(default=True, description="False: the caller can't cut the agent off")
+    max_duration: MaxDuration = 3000
+    inactivity_timeout: InactivityTimeout | None = None
+    inactivity_action: InactivityAction = "end_call"
+    recording_enabled: bool = True
 
 
 class AgentUpdate(BaseModel):
@@ -120,6 +177,12 @@ class AgentUpdate(BaseModel):
     webhook_url: WebhookUrl | None = None
     webhook_secret: WebhookSecret | None = None
     analysis_fields: AnalysisFields | None = None
+    first_speaker: FirstSpeaker | None = None
+    interruptible: bool | None = None
+    max_duration: MaxDuration | None = None
+    inactivity_timeout: InactivityTimeout | None = None
+    inactivity_action: InactivityAction | None = None
+    recording_enabled: bool | None = None
 
 
 class AgentOut(BaseModel):
@@ -138,6 +201,12 @@ class AgentOut(BaseModel):
     webhook_url: str | None = None
     webhook_secret: str | None = Field(default=None, description="Verifies the webhook's X-Switchboard-Signature")
     analysis_fields: list[AnalysisField] | None = None
+    first_speaker: FirstSpeaker
+    interruptible: bool
+    max_duration: int
+    inactivity_timeout: int | None
+    inactivity_action: InactivityAction
+    recording_enabled: bool
     status: Literal["active", "paused", "deleted"]
     created_at: datetime
     updated_at: datetime
@@ -218,7 +287,8 @@ async def update_agent(agent_id: str, body: AgentUpdate, state: StateDep, db: Db
         raise APIError(409, "agent_deleted", f"agent '{agent_id}' is deleted and cannot be changed")
     changes = body.model_dump(exclude_unset=True)
     for field in ("name", "voice_id", "system_prompt", "language", "tools", "max_turns", "pipeline", "status",
-                  "phone_numbers"):
+                  "phone_numbers", "first_speaker", "interruptible", "max_duration", "inactivity_action",
+                  "recording_enabled"):
         if field in changes and changes[field] is None:
             raise APIError(422, "validation_error", f"{field}: may not be null")
     check_pipeline_and_voice(state, changes.get("pipeline", agent.pipeline), changes.get("voice_id", agent.voice_id))

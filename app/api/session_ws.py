@@ -20,6 +20,7 @@ from app.errors import APIError
 from app.limits import admit_call
 from app.state import AppState
 from app.storage import agents as agent_store
+from app.storage import calls as call_store
 from app.storage import sessions as session_store
 from app.storage.models import Agent, Session
 
@@ -88,12 +89,18 @@ async def _existing_session(state: AppState, websocket: WebSocket, session_id: s
         session = await session_store.get_session(db, account_id, session_id)
         if session is None:
             raise Refusal(4404, "session_not_found", f"session '{session_id}' not found")
-        if session.status != "created":
+        # A session whose client dropped may be rejoined within its grace period.
+        resuming = call_store.can_resume(session) and state.calls.get(session.id) is None
+        if session.status != "created" and not resuming:
             raise Refusal(4409, f"session_{session.status}", f"session '{session_id}' is {session.status} and cannot be joined")
-        agent = await agent_store.get_agent(db, account_id, session.agent_id)
+        agent = await call_store.call_agent(db, session)
         if agent is None or agent.status != "active":
             status = agent.status if agent else "deleted"
             raise Refusal(4409, f"agent_{status}", f"agent '{session.agent_id}' is {status}")
+        if resuming:
+            if not await call_store.resume(db, session, state.settings.host_id):
+                raise Refusal(4409, "session_not_resumable", f"session '{session_id}' can no longer be resumed")
+            return session, agent
         try:
             await admit_call(state, db, account_id)
         except APIError as exc:
@@ -133,6 +140,8 @@ async def _serve(websocket: WebSocket, open_session) -> None:
             serializer=SessionProtocolSerializer(sample_rate),
         ),
     )
+    async with state.db.sessions() as db:
+        history = await call_store.history(db, session.id)
     call = CallSession(
         state,
         session=session,
@@ -141,10 +150,14 @@ async def _serve(websocket: WebSocket, open_session) -> None:
         transport=transport,
         session_protocol=True,
         audio_out_sample_rate=sample_rate,
+        resumable=True,
+        history=history,
     )
-    await websocket.send_json({"type": "session.ready", "session_id": session.id, "sample_rate": sample_rate})
+    await websocket.send_json(
+        {"type": "session.ready", "session_id": session.id, "sample_rate": sample_rate, "resumed": bool(history)}
+    )
     await call.run()
-    if websocket.application_state == WebSocketState.CONNECTED:
+    if websocket.application_state == WebSocketState.CONNECTED and websocket.client_state == WebSocketState.CONNECTED:
         # The pipeline closes the socket when it ends; still open means it never ran.
         await websocket.send_json({"type": "session.error", "code": "internal_error", "message": "the call could not start"})
         await websocket.close(1011, "the call could not start")

@@ -34,7 +34,7 @@ class SessionCreate(BaseModel):
 
 class SessionOut(BaseModel):
     session_id: str
-    agent_id: str
+    agent_id: str | None = Field(description="null for an inline call (POST /v1/calls/inline)")
     status: SessionStatus
     connection_type: str
     websocket_url: str | None = Field(description="Where a client joins; null once the session can't be joined")
@@ -66,7 +66,8 @@ class SessionList(BaseModel):
 class TranscriptEntryOut(BaseModel):
     model_config = ConfigDict(from_attributes=True)
 
-    speaker: Literal["USER", "AGENT"]
+    speaker: Literal["USER", "AGENT", "TOOL"]
+    """TOOL entries hold a JSON object: the tool call's `call_id`, `name`, `arguments` and `result`."""
     content: str
     timestamp: datetime
     interrupted: bool

@@ -1,31 +1,40 @@
 """Runs one call from connect to teardown, whatever the transport."""
 
 import asyncio
-from datetime import datetime
+import json
+from datetime import datetime, timedelta
+from pathlib import Path
 
 from loguru import logger
 from pipecat.frames.frames import CancelFrame, EndFrame, Frame, TTSSpeakFrame
 from pipecat.pipeline.worker import PipelineParams, PipelineWorker
 from pipecat.processors.frame_processor import FrameProcessor
-from pipecat.services.llm_service import FunctionCallParams
+from pipecat.serializers.twilio import TwilioFrameSerializer
+from pipecat.services.llm_service import FunctionCallParams, FunctionCallResultProperties
 from pipecat.transports.base_transport import BaseTransport
 from pipecat.workers.runner import WorkerRunner
 
 from app.calls.latency import ACTIVE_SESSIONS, SESSIONS_ENDED, CallLatencyTracker
+from app.calls import tools
 from app.calls import post_call
 from app.cost import UsageObserver
 from app.state import AppState
 from app.storage import latency as latency_store
+from app.storage import calls as call_store
 from app.storage import sessions as session_store
+from app.storage import telephony as telephony_store
 from app.storage.ids import utcnow
 from app.storage.models import Agent, Session
-from pipelines.builder import AgentSpec, CallPipeline, ToolDefinition, build_pipeline
+from pipelines.builder import GOODBYE, AgentSpec, CallPipeline, ToolDefinition, build_pipeline
 from pipelines.config import PipelineConfig
 from processors.session_events import end_reason
 
 TOOL_TIMEOUT_SECS = 10.0
 SHUTDOWN_GOODBYE = "I'm sorry, I have to end the call now. Please call back in a moment. Goodbye."
 IDLE_TIMEOUT_SECS = 300.0
+RECORDING_SAMPLE_RATE = 16000
+_GRACE_TIMERS: set[asyncio.Task] = set()
+"""Running resume grace timers (held so they aren't garbage-collected)."""
 
 
 def agent_spec(agent: Agent) -> AgentSpec:
@@ -35,7 +44,15 @@ def agent_spec(agent: Agent) -> AgentSpec:
         language=agent.language,
         tools=[ToolDefinition(**{k: t[k] for k in ("name", "description", "parameters") if k in t}) for t in agent.tools],
         max_turns=agent.max_turns,
+        interruptible=agent.interruptible is not False,
+        max_duration_secs=agent.max_duration,
+        inactivity_timeout_secs=agent.inactivity_timeout,
+        inactivity_action=agent.inactivity_action or "end_call",
     )
+
+
+def recording_path(state: AppState, session_id: str) -> Path:
+    return state.settings.data_dir / "recordings" / f"{session_id}.wav"
 
 
 class CallSession:
@@ -54,7 +71,11 @@ class CallSession:
         audio_out_sample_rate: int,
         extra_input: list[FrameProcessor] | None = None,
         extra_output: list[FrameProcessor] | None = None,
+        resumable: bool = False,
+        history: list[dict] | None = None,
     ):
+        """``resumable``: a dropped connection leaves the session open for a reconnect
+        (the direct WebSocket). ``history``: the conversation so far, when resuming."""
         self.state = state
         self.session_id = session.id
         self.agent_id = agent.id
@@ -66,6 +87,10 @@ class CallSession:
         self._audio_out_sample_rate = audio_out_sample_rate
         self._extra_input = extra_input
         self._extra_output = extra_output
+        self._resumable = resumable
+        self._history = history or []
+        self._tools = {t["name"]: t for t in agent.tools}
+        self._transferred = False
         self._worker: PipelineWorker | None = None
         self._final_frame: Frame | None = None
         self._error: str | None = None
@@ -76,9 +101,9 @@ class CallSession:
         self._latency = CallLatencyTracker(self._save_latency)
         self._call = build_pipeline(
             self._config,
-            agent_spec(self._agent),
+            self._spec(),
             self._transport,
-            tool_handler=self._run_client_tool if self._session_protocol else self._no_tool_runner,
+            tool_handler=self._run_tool,
             session_protocol=self._session_protocol,
             extra_input=self._extra_input,
             extra_output=self._extra_output,
@@ -97,17 +122,30 @@ class CallSession:
         )
         self._wire_events(self._transport)
 
+    def _spec(self) -> AgentSpec:
+        spec = agent_spec(self._agent)
+        spec.history = self._history
+        if self._agent.recording_enabled is not False:
+            spec.recording_path = recording_path(self.state, self.session_id)
+            spec.recording_sample_rate = RECORDING_SAMPLE_RATE
+        return spec
+
     def _wire_events(self, transport: BaseTransport) -> None:
         call = self._call
 
         @transport.event_handler("on_client_connected")
         async def on_connected(_transport, _client):
-            if self._greeting:
+            # A resumed call carries on where it was; a user-first agent waits for the caller.
+            if self._greeting and not self._history and self._agent.first_speaker != "user":
                 await self._worker.queue_frame(TTSSpeakFrame(self._greeting))
 
         @transport.event_handler("on_client_disconnected")
         async def on_disconnected(_transport, _client):
-            await self._worker.cancel(reason="caller_hangup")
+            if self._transferred:
+                reason = "transferred"
+            else:
+                reason = "disconnected" if self._resumable else "caller_hangup"
+            await self._worker.cancel(reason=reason)
 
         @call.user_aggregator.event_handler("on_user_turn_stopped")
         async def on_user_turn(_aggregator, _strategy, message):
@@ -141,12 +179,6 @@ class CallSession:
             async def on_provider_error(_monitor, service, error):
                 logger.warning(f"session {self.session_id}: provider failure in {service}: {error}")
 
-        if call.provider_errors:
-
-            @call.provider_errors.event_handler("on_provider_error")
-            async def on_provider_error(_monitor, service, error):
-                logger.warning(f"session {self.session_id}: provider failure in {service}: {error}")
-
         @self._worker.event_handler("on_pipeline_finished")
         async def on_finished(_worker, frame):
             self._final_frame = frame
@@ -173,30 +205,78 @@ class CallSession:
             )
         if speaker != "TOOL":
             post_call.turn_recorded(self.state, self._agent, self.session_id, speaker, content, interrupted)
-        if self._call.events:
+        if self._call.events and speaker != "TOOL":
             event = {"type": "transcript.user" if speaker == "USER" else "transcript.agent", "text": content}
             if speaker == "AGENT":
                 event["interrupted"] = interrupted
             await self._call.events.send(event)
 
-    async def _run_client_tool(self, params: FunctionCallParams) -> None:
+    async def _run_tool(self, params: FunctionCallParams) -> None:
+        """Every tool call: check the arguments against the tool's schema, run the tool
+        by its type, record call and result in the transcript (speaker TOOL), and answer
+        the LLM. Failures go back to the LLM as ``{"error": ...}``."""
+        tool = self._tools.get(params.function_name)
+        arguments = dict(params.arguments)
+        then = None
+        if tool is None:
+            result = {"error": f"unknown tool '{params.function_name}'"}
+        elif problem := tools.argument_errors(tool.get("parameters") or {"type": "object"}, arguments):
+            result = {"error": f"invalid arguments for tool '{tool['name']}': {problem}"}
+        else:
+            result, then = await self._dispatch(tool, arguments, params.tool_call_id)
+        entry = {"call_id": params.tool_call_id, "name": params.function_name, "arguments": arguments, "result": result}
+        await self._record("TOOL", json.dumps(entry), utcnow().isoformat())
+        if then is None:
+            await params.result_callback(result)
+        else:
+            await params.result_callback(result, properties=FunctionCallResultProperties(run_llm=False))
+            await then()
+
+    async def _dispatch(self, tool: dict, arguments: dict, call_id: str):
+        """Run one tool: its result, and what to do once the LLM has it (built-ins end the call)."""
+        kind = tool.get("type", "client")
+        if kind == "webhook":
+            return await tools.call_webhook(tool, arguments, session_id=self.session_id, call_id=call_id), None
+        if kind == "end_call":
+            return {"ok": True, "status": "ending the call"}, lambda: self.end_with_goodbye("agent_ended", GOODBYE)
+        if kind == "transfer_call":
+            error = await self._transfer(tool["phone_number"])
+            if error:
+                return {"error": error}, None
+            return {"ok": True, "status": f"transferred to {tool['phone_number']}"}, lambda: self.end("transferred")
+        if not self._session_protocol:
+            return {"error": f"tool '{tool['name']}' runs on the client, and this connection has none"}, None
+        return await self._run_client_tool(tool, arguments, call_id), None
+
+    async def _transfer(self, number: str) -> str | None:
+        """Move this Twilio call to `number`; an error for the LLM, or None."""
+        serializer = getattr(getattr(self._transport, "_params", None), "serializer", None)
+        if not isinstance(serializer, TwilioFrameSerializer):
+            return "transfer_call only works on Twilio calls"
+        async with self.state.db.sessions() as db:
+            phone_call = await telephony_store.call_for_session(db, self.session_id)
+        call_sid = (phone_call.call_sid if phone_call else None) or serializer._call_sid
+        if not call_sid:
+            return "this call has no Twilio call SID"
+        error = await tools.transfer_twilio_call(self.state.settings, call_sid, number)
+        if error is None:
+            self._transferred = True
+            serializer._hangup_attempted = True  # the call lives on at `number`: never hang it up
+            logger.info(f"session {self.session_id}: transferred call {call_sid} to {number}")
+        return error
+
+    async def _run_client_tool(self, tool: dict, arguments: dict, call_id: str):
         """A tool the WebSocket client runs: send `tool.call`, wait for its `tool.result`."""
-        call_id = params.tool_call_id
+        name, timeout = tool["name"], tool.get("timeout_secs") or TOOL_TIMEOUT_SECS
         future = asyncio.get_running_loop().create_future()
         self._pending_tools[call_id] = future
-        await self._call.events.send(
-            {"type": "tool.call", "call_id": call_id, "name": params.function_name, "arguments": dict(params.arguments)}
-        )
+        await self._call.events.send({"type": "tool.call", "call_id": call_id, "name": name, "arguments": arguments})
         try:
-            result = await asyncio.wait_for(future, TOOL_TIMEOUT_SECS)
+            return await asyncio.wait_for(future, timeout)
         except TimeoutError:
-            result = {"error": f"the client did not answer tool '{params.function_name}' within {TOOL_TIMEOUT_SECS:.0f}s"}
+            return {"error": f"the client did not answer tool '{name}' within {timeout:g}s"}
         finally:
             self._pending_tools.pop(call_id, None)
-        await params.result_callback(result)
-
-    async def _no_tool_runner(self, params: FunctionCallParams) -> None:
-        await params.result_callback({"error": f"tool '{params.function_name}' cannot run on this connection"})
 
     async def end(self, reason: str) -> None:
         """End the call now (for example, its agent was deleted)."""
@@ -228,12 +308,33 @@ class CallSession:
                 future.cancel()
             await self._finish()
 
+    async def _await_reconnect(self) -> None:
+        """Keep the session open for the grace period; unless the client is back by
+        then, it ends `failed` / `disconnected`."""
+        grace = self.state.settings.resume_grace_secs
+        async with self.state.db.sessions() as db:
+            await call_store.suspend(db, self.session_id, utcnow() + timedelta(seconds=grace))
+        logger.info(f"session {self.session_id}: client dropped; waiting {grace:g}s for it to reconnect")
+        task = asyncio.create_task(self._fail_unless_resumed(grace), name=f"resume-grace-{self.session_id}")
+        _GRACE_TIMERS.add(task)
+        task.add_done_callback(_GRACE_TIMERS.discard)
+
+    async def _fail_unless_resumed(self, grace: float) -> None:
+        await asyncio.sleep(grace)
+        async with self.state.db.sessions() as db:
+            if await call_store.fail_unresumed(db, self.session_id):
+                logger.info(f"session {self.session_id}: not resumed within {grace:g}s, ended failed (disconnected)")
+                SESSIONS_ENDED.labels(end_reason="disconnected").inc()
+
     async def _finish(self) -> None:
         frame = self._final_frame
         reason = end_reason(frame) if isinstance(frame, (EndFrame, CancelFrame)) else "error"
         if reason == "error" and frame is not None and frame.reason:
             self._error = self._error or str(frame.reason)
-        status = "failed" if reason == "error" else "completed"
+        if reason == "disconnected" and self._resumable:
+            await self._await_reconnect()
+            return
+        status = "failed" if reason in ("error", "disconnected") else "completed"
         logger.info(f"session {self.session_id}: ended {status} ({reason})")
         SESSIONS_ENDED.labels(end_reason=reason).inc()
         async with self.state.db.sessions() as db:

@@ -83,6 +83,15 @@ class Agent(Base):
     pipeline: Mapped[str] = mapped_column(String(100), default="local")
     phone_numbers: Mapped[list] = mapped_column(default=list)
     """E.164 numbers whose inbound calls reach this agent."""
+    first_speaker: Mapped[str] = mapped_column(String(8), default="agent")
+    """`agent` greets first; `user` waits for the caller."""
+    interruptible: Mapped[bool] = mapped_column(Boolean, default=True)
+    max_duration: Mapped[int] = mapped_column(Integer, default=3000)
+    """Seconds before the call gets a goodbye and ends `max_duration`."""
+    inactivity_timeout: Mapped[int | None] = mapped_column(Integer)
+    """Seconds of caller silence before `inactivity_action`; None turns it off."""
+    inactivity_action: Mapped[str] = mapped_column(String(16), default="end_call")
+    recording_enabled: Mapped[bool] = mapped_column(Boolean, default=True)
     status: Mapped[str] = mapped_column(String(16), default="active", index=True)
     created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
@@ -93,7 +102,6 @@ class Agent(Base):
     """Custom post-call analysis fields: `{name, type, description, options}`."""
 
 
-
 class Session(Base):
     """One call between a caller and an agent."""
 
@@ -101,7 +109,8 @@ class Session(Base):
 
     id: Mapped[str] = mapped_column(String(40), primary_key=True)
     account_id: Mapped[str] = mapped_column(ForeignKey("accounts.id"), index=True)
-    agent_id: Mapped[str] = mapped_column(ForeignKey("agents.id"), index=True)
+    agent_id: Mapped[str | None] = mapped_column(ForeignKey("agents.id"), index=True)
+    """None for an inline call, whose agent lives in `inline_config`."""
     status: Mapped[str] = mapped_column(String(16), default="created", index=True)
     connection_type: Mapped[str] = mapped_column(String(16), default="websocket")
     session_metadata: Mapped[dict] = mapped_column("metadata", default=dict)
@@ -115,6 +124,10 @@ class Session(Base):
     error: Mapped[str | None] = mapped_column(Text)
     host: Mapped[str | None] = mapped_column(String(200), index=True)
     """The server host running the call, so a restart there can tell which calls it lost."""
+    inline_config: Mapped[dict | None] = mapped_column(JSON)
+    """An inline call's whole agent configuration (`POST /v1/calls/inline`)."""
+    resume_deadline: Mapped[datetime | None]
+    """Set while a dropped WebSocket client may reconnect and carry on (until then)."""
 
 
 class TranscriptEntry(Base):

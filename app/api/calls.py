@@ -1,0 +1,176 @@
+"""The Calls API: start a call for a stored agent or an inline configuration, and get
+back where the client or carrier connects (and, for carriers, the markup that does it).
+Also serves a session's recording."""
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, Literal
+from urllib.parse import quote
+
+from fastapi import APIRouter, Request
+from fastapi.responses import FileResponse
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+
+from app.api.agents import Prompt, Tools, check_pipeline_and_voice, load_agent
+from app.api.carriers import ANSWERS
+from app.api.sessions import SessionOut, check_can_start, load_session, new_session, session_out, websocket_base
+from app.api.twilio import stream_twiml
+from app.calls.session import recording_path
+from app.deps import CallerDep, DbDep, StateDep
+from app.errors import DRAINING_RESPONSES, ERROR_RESPONSES, APIError
+from app.limits import admit_call
+from app.state import AppState
+from app.storage.calls import inline_agent
+from app.storage.models import Agent, Session
+from app.telephony import twilio
+from app.telephony.relay import issue_relay_token
+
+router = APIRouter(tags=["calls"], responses=ERROR_RESPONSES)
+
+INLINE_MAX_TURNS = 50
+ConnectionType = Literal["twilio", "telnyx", "plivo", "websocket", "webrtc"]
+
+
+def _between(low: int | float, high: int | float, unit: str = "") -> Callable:
+    """A range check whose error names the whole range (the field name comes with the error)."""
+
+    def check(value):
+        if value is not None and not low <= value <= high:
+            raise ValueError(f"must be between {low} and {high}{unit} (got {value})")
+        return value
+
+    return AfterValidator(check)
+
+
+class CallCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    agentId: str = Field(min_length=1, max_length=40, description="The stored agent that takes the call")
+    connectionType: ConnectionType = Field(default="twilio", description="Who connects: a carrier, or a client")
+
+
+class InlineCallCreate(BaseModel):
+    """A call with its whole agent configuration in the body (no stored agent)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    systemPrompt: Prompt
+    voice: str = Field(min_length=1, max_length=200, description="A voice the pipeline offers")
+    language: str = Field(pattern=r"^[a-z]{2}(-[A-Z]{2})?$")
+    greeting: str = Field(max_length=2000, description="What the agent says first (when it speaks first)")
+    model: str | None = Field(
+        default=None, max_length=200, description="Recorded with the call; the pipeline's LLM model is used"
+    )
+    temperature: Annotated[float, Field(json_schema_extra={"minimum": 0, "maximum": 1}), _between(0, 1)] = 0
+    firstSpeaker: Literal["agent", "user"] = "agent"
+    interruptible: bool = False
+    maxDuration: Annotated[int, Field(json_schema_extra={"minimum": 60, "maximum": 7200}), _between(60, 7200, " s")] = 3000
+    inactivityTimeout: Annotated[
+        int | None, Field(json_schema_extra={"minimum": 10, "maximum": 300}), _between(10, 300, " s")
+    ] = None
+    inactivityAction: Literal["end_call", "prompt"] = "end_call"
+    recordingEnabled: bool = True
+    connectionType: ConnectionType = "twilio"
+    tools: Tools = Field(default_factory=list)
+    pipeline: str | None = Field(default=None, description="Pipeline config name; the server default if omitted")
+
+
+class CallOut(BaseModel):
+    session_id: str | None = Field(description="null for webrtc: the offer creates the session")
+    connection_type: ConnectionType
+    url: str = Field(description="Where the client or the carrier connects")
+    markup: str | None = Field(description="twilio: TwiML; telnyx: TeXML; plivo: Plivo XML; else null")
+    session: SessionOut | None
+
+
+def inline_config(body: InlineCallCreate, pipeline: str) -> dict[str, Any]:
+    """The inline body as agent columns (plus what has no column), stored on the session."""
+    return {
+        "system_prompt": body.systemPrompt,
+        "voice_id": body.voice,
+        "language": body.language,
+        "greeting": body.greeting,
+        "tools": [t.model_dump() for t in body.tools],
+        "max_turns": INLINE_MAX_TURNS,
+        "pipeline": pipeline,
+        "first_speaker": body.firstSpeaker,
+        "interruptible": body.interruptible,
+        "max_duration": body.maxDuration,
+        "inactivity_timeout": body.inactivityTimeout,
+        "inactivity_action": body.inactivityAction,
+        "recording_enabled": body.recordingEnabled,
+        "model": body.model,
+        "temperature": body.temperature,
+    }
+
+
+async def _start(
+    state: AppState, request: Request, db, agent: Agent, connection_type: str, config: dict | None = None
+) -> CallOut:
+    check_can_start(state, agent)
+    await admit_call(state, db, agent.account_id)
+    session = new_session(state, agent, connection_type=connection_type, metadata={}, initial_message=None)
+    session.inline_config = config
+    db.add(session)
+    await db.commit()
+    url, markup = _connection(state, request, session)
+    return CallOut(
+        session_id=session.id, connection_type=connection_type, url=url, markup=markup,
+        session=session_out(state, request, session),
+    )
+
+
+def _connection(state: AppState, request: Request, session: Session) -> tuple[str, str | None]:
+    """The URL to connect to, and the carrier markup that connects to it."""
+    base = websocket_base(state, request)
+    if session.connection_type == "websocket":
+        return session_out(state, request, session).websocket_url, None
+    if session.connection_type == "twilio":
+        return f"{base}{twilio.STREAM_PATH}", stream_twiml(state, request, session, None)
+    carrier = session.connection_type
+    url = f"{base}/v1/sessions/{carrier}/stream?token={quote(issue_relay_token(state, session, None))}"
+    return url, ANSWERS[carrier](url)
+
+
+@router.post("/v1/calls", status_code=201, response_model=CallOut, summary="Start a call for an agent",
+             responses=DRAINING_RESPONSES)
+@router.post("/v1/calls/create", status_code=201, response_model=CallOut, summary="Start a call (alias)",
+             responses=DRAINING_RESPONSES)
+async def create_call(body: CallCreate, request: Request, state: StateDep, db: DbDep, caller: CallerDep) -> CallOut:
+    agent = await load_agent(db, caller, body.agentId)
+    if body.connectionType == "webrtc":
+        check_can_start(state, agent)
+        base = (state.settings.public_base_url or str(request.base_url)).rstrip("/")
+        url = f"{base}/v1/agents/{agent.id}/webrtc/offer"
+        return CallOut(session_id=None, connection_type="webrtc", url=url, markup=None, session=None)
+    return await _start(state, request, db, agent, body.connectionType)
+
+
+@router.post("/v1/calls/inline", status_code=201, response_model=CallOut,
+             summary="Start a call with an inline agent configuration", responses=DRAINING_RESPONSES)
+async def create_inline_call(
+    body: InlineCallCreate, request: Request, state: StateDep, db: DbDep, caller: CallerDep
+) -> CallOut:
+    if body.connectionType == "webrtc":
+        raise APIError(
+            422, "unsupported_connection_type",
+            "connectionType webrtc needs a stored agent: create one and POST its /v1/agents/{id}/webrtc/offer",
+        )
+    pipeline = body.pipeline or state.settings.default_pipeline
+    check_pipeline_and_voice(state, pipeline, body.voice)
+    config = inline_config(body, pipeline)
+    agent = inline_agent(caller.account_id, config)
+    return await _start(state, request, db, agent, body.connectionType, config)
+
+
+@router.get(
+    "/v1/sessions/{session_id}/recording", tags=["sessions"], response_class=FileResponse,
+    summary="A session's recording: stereo WAV, caller left, agent right",
+    responses={200: {"content": {"audio/wav": {}}, "description": "The recording so far"}},
+)
+async def get_recording(session_id: str, state: StateDep, db: DbDep, caller: CallerDep) -> FileResponse:
+    session = await load_session(db, caller, session_id)
+    path: Path = recording_path(state, session.id)
+    if not path.exists():
+        raise APIError(404, "recording_not_found", f"session '{session_id}' has no recording")
+    return FileResponse(path, media_type="audio/wav", filename=f"{session.id}.wav")
