@@ -1,7 +1,9 @@
 """The dashboard: log-in, refusals without it, escaping, and a real browser call in headless
 Chromium (Debian's package) with its fake microphone playing Piper speech."""
 
+import json
 import re
+import time
 import wave
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -182,6 +184,23 @@ async () => {
 """
 
 
+ANALYSIS = {
+    "summary": "The caller asked when the clinic opens tomorrow; the agent said nine in the morning.",
+    "sentiment": "neutral",
+    "topics": ["opening hours"],
+    "action_items": [],
+    "custom": {},
+}
+
+
+def wait_for_analysis(server, session_id: str, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    with server.client() as api:
+        while api.get(f"/v1/sessions/{session_id}/analysis").json().get("status") != "completed":
+            assert time.monotonic() < deadline, "no analysis"
+            time.sleep(0.2)
+
+
 def write_wav(path: Path, pcm: bytes, rate: int) -> None:
     with wave.open(str(path), "wb") as wav:
         wav.setnchannels(1)
@@ -203,7 +222,7 @@ def test_browser_call_from_the_dashboard(fresh_server, llm, tmp_path):
     if not CHROMIUM.exists():
         pytest.fail("Debian's chromium is needed for the browser test: apt-get install -y chromium")
 
-    llm.script("We open at nine tomorrow morning.")
+    llm.script("We open at nine tomorrow morning.", json.dumps(ANALYSIS))  # the reply, then the post-call analysis
     # The fake microphone loops the file: the question comes after the greeting, then a long silence.
     caller_wav = tmp_path / "caller.wav"
     write_wav(caller_wav, speech("What time do you open tomorrow morning?", 48000, lead_secs=6, tail_secs=30), 48000)
@@ -259,13 +278,16 @@ def test_browser_call_from_the_dashboard(fresh_server, llm, tmp_path):
             page.click("#stop")
             expect(page.locator("#status")).to_have_text("Call ended (caller_hangup)", timeout=15_000)
             session_id = page.locator("#call").get_attribute("data-session-id")
+            wait_for_analysis(server, session_id)
             page.click("#session-link a")
             expect(page).to_have_url(re.compile(f"/calls/{session_id}$"))
             turns = page.locator("#transcript li.turn")
             expect(turns).to_have_count(3, timeout=15_000)
             expect(turns.nth(1)).to_contain_text(re.compile("tomorrow", re.I))
             expect(turns.nth(2)).to_contain_text("We open at nine tomorrow morning.")
-            expect(page.locator("dl.meta")).to_contain_text("caller_hangup")
+            expect(page.locator("dl.meta").first).to_contain_text("caller_hangup")
+            expect(page.locator("#analysis")).to_contain_text(ANALYSIS["summary"])
+            expect(page.locator("#cost")).to_contain_text("USD")
             page.screenshot(path=str(SCREENSHOTS / "session.png"), full_page=True)
 
             page.click("text=Call logs")

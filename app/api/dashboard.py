@@ -23,6 +23,7 @@ from app.api.sessions import SessionStatus
 from app.deps import Caller, DbDep, StateDep, api_key_header, authenticate, require_caller
 from app.errors import APIError, not_found
 from app.storage import agents as agent_store
+from app.storage import analysis as analysis_store
 from app.storage import dashboard as dashboard_store
 from app.storage import sessions as session_store
 
@@ -319,4 +320,8 @@ async def session_page(session_id: str, request: Request, db: DbDep, caller: Pag
         raise not_found("session", session_id)
     agent = await agent_store.get_agent(db, caller.account_id, session.agent_id) if session.agent_id else None
     transcript = await session_store.transcript(db, session.id)
-    return _render(request, "session.html", session=session, agent=agent, transcript=transcript)
+    analysis = await analysis_store.get_analysis(db, caller.account_id, session.id)
+    cost = (await analysis_store.load_costs(db, [session.id])).get(session.id)
+    return _render(
+        request, "session.html", session=session, agent=agent, transcript=transcript, analysis=analysis, cost=cost
+    )
