@@ -14,7 +14,7 @@ from app.calls.tokens import TokenError
 from app.errors import APIError
 from app.limits import admit_call
 from app.state import AppState
-from app.storage import agents as agent_store
+from app.storage import calls as call_store
 from app.storage import sessions as session_store
 from app.storage import telephony as store
 from app.storage.models import Agent, Session
@@ -51,7 +51,7 @@ async def open_relay(state: AppState, token: str | None) -> tuple[Session, Agent
         # `active` is fine if Twilio's in-progress callback got there first: the token is single-use.
         if session.status not in session_store.ACTIVE_STATUSES or state.calls.get(session.id):
             raise Refusal(4409, f"session_{session.status}", f"session '{session.id}' is {session.status} and cannot be joined")
-        agent = await agent_store.get_agent(db, session.account_id, session.agent_id)
+        agent = await call_store.call_agent(db, session)  # stored, or an inline call's own
         if agent is None or agent.status != "active":
             status = agent.status if agent else "deleted"
             raise Refusal(4409, f"agent_{status}", f"agent '{session.agent_id}' is {status}")
