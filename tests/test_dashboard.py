@@ -288,6 +288,8 @@ def test_browser_call_from_the_dashboard(fresh_server, llm, tmp_path):
             expect(page.locator("dl.meta").first).to_contain_text("caller_hangup")
             expect(page.locator("#analysis")).to_contain_text(ANALYSIS["summary"])
             expect(page.locator("#cost")).to_contain_text("USD")
+            recording = page.request.get(page.locator("audio#recording").get_attribute("src"))
+            assert recording.ok and recording.headers["content-type"] == "audio/wav" and len(recording.body()) > 48000
             page.screenshot(path=str(SCREENSHOTS / "session.png"), full_page=True)
 
             page.click("text=Call logs")
