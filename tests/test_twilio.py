@@ -74,7 +74,9 @@ def twilio_session(api, agent_id: str, **fields) -> tuple[str, dict]:
         headers={"Accept": "application/json"},
     )
     assert response.status_code == 200, response.text
-    return response.json()["twiml"], response.json()["session"]
+    session = response.json()["session"]
+    assert session["status"] == "created" and session["websocket_url"] is None
+    return response.json()["twiml"], session
 
 
 def signed_post(server, path: str, form: dict[str, str], token: str = AUTH_TOKEN) -> httpx.Response:

@@ -14,8 +14,8 @@ from pydantic import BaseModel
 from twilio.twiml.voice_response import Connect, VoiceResponse
 
 from app.api.agents import load_agent
-from app.api.sessions import SessionOut, session_out, websocket_base
-from app.api.twilio import TWIML_RESPONSES, PhoneSessionCreate, twiml_response
+from app.api.sessions import SessionOut, websocket_base
+from app.api.twilio import TWIML_RESPONSES, PhoneSessionCreate, phone_session_out, twiml_response
 from app.deps import CallerDep, DbDep, StateDep
 from app.errors import DRAINING_RESPONSES, ERROR_RESPONSES
 from app.telephony.phone_calls import start_phone_session
@@ -62,7 +62,7 @@ async def _create(carrier: str, body: PhoneSessionCreate, request: Request, stat
     token = issue_relay_token(state, session, body.instance_id)
     xml = ANSWERS[carrier](f"{websocket_base(state, request)}/v1/sessions/{carrier}/stream?token={quote(token)}")
     if "application/json" in request.headers.get("accept", ""):
-        out = CarrierSessionOut(xml=xml, session=session_out(state, request, session))
+        out = CarrierSessionOut(xml=xml, session=phone_session_out(state, request, session))
         return JSONResponse(out.model_dump(mode="json"))
     return twiml_response(xml)
 

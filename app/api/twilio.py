@@ -78,6 +78,12 @@ def stream_twiml(state: AppState, request: Request, session: Session, instance_i
     return twilio.connect_twiml(url, issue_relay_token(state, session, instance_id))
 
 
+def phone_session_out(state: AppState, request: Request, session: Session) -> SessionOut:
+    """The session as the API shows it, minus the direct-WebSocket URL: a phone call joins
+    through its carrier's stream."""
+    return session_out(state, request, session).model_copy(update={"websocket_url": None})
+
+
 def twiml_response(twiml: str) -> Response:
     return Response(twiml, media_type="text/xml")
 
@@ -105,7 +111,8 @@ async def create_twilio_session(
     )
     twiml = stream_twiml(state, request, session, body.instance_id)
     if "application/json" in request.headers.get("accept", ""):
-        out = TwilioSessionOut(twiml=twiml, session=session_out(state, request, session))
+        # The call joins through the stream, not the direct WebSocket.
+        out = TwilioSessionOut(twiml=twiml, session=phone_session_out(state, request, session))
         return JSONResponse(out.model_dump(mode="json"))
     return twiml_response(twiml)
 
