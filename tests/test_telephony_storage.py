@@ -1,0 +1,91 @@
+"""Telephony storage on SQLite and PostgreSQL: the 0002_telephony migration, number routing,
+single-use relay tokens, phone-call rows."""
+
+import os
+import uuid
+
+import asyncpg
+import pytest
+from sqlalchemy import inspect
+
+from app.storage import telephony
+from app.storage.db import Database
+from app.storage.ids import new_id, utcnow
+from app.storage.models import DEFAULT_ACCOUNT_ID, Account, Agent, PhoneCall, Session
+
+POSTGRES_URL = os.environ.get("TEST_POSTGRES_URL", "postgresql://root@127.0.0.1:5432/test")
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+async def db(request, tmp_path):
+    """A freshly migrated database of each kind (PostgreSQL: a throwaway database, skipped
+    with the reason when no server answers)."""
+    admin, name = None, f"switchboard_tel_{uuid.uuid4().hex[:8]}"
+    if request.param == "sqlite":
+        url = f"sqlite+aiosqlite:///{tmp_path / 'test.db'}"
+    else:
+        try:
+            admin = await asyncpg.connect(POSTGRES_URL, timeout=3)
+        except (OSError, asyncpg.PostgresError) as exc:
+            pytest.skip(f"PostgreSQL leg skipped: no server answers at {POSTGRES_URL} ({exc})")
+        await admin.execute(f'CREATE DATABASE "{name}"')
+        url = f"postgresql+asyncpg://{POSTGRES_URL.split('://', 1)[1].rsplit('/', 1)[0]}/{name}"
+    database = Database(url)
+    await database.migrate()
+    yield database
+    await database.dispose()
+    if admin is not None:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await admin.close()
+
+
+async def add_agent(s, numbers: list[str], status: str = "active") -> Agent:
+    if await s.get(Account, DEFAULT_ACCOUNT_ID) is None:
+        s.add(Account(id=DEFAULT_ACCOUNT_ID, name="default"))
+    agent = Agent(id=new_id("agt"), account_id=DEFAULT_ACCOUNT_ID, name="a", voice_id="joe",
+                  system_prompt="p", phone_numbers=numbers, status=status)
+    s.add(agent)
+    await s.commit()
+    return agent
+
+
+async def test_migration_adds_the_telephony_tables(db):
+    async with db.engine.connect() as conn:
+        tables = set(await conn.run_sync(lambda c: inspect(c).get_table_names()))
+        agent_columns = {c["name"] for c in await conn.run_sync(lambda c: inspect(c).get_columns("agents"))}
+    assert {"agent_instances", "phone_calls", "used_relay_tokens"} <= tables
+    assert "phone_numbers" in agent_columns
+
+
+async def test_a_number_routes_to_the_active_agent_that_has_it(db):
+    async with db.sessions() as s:
+        await add_agent(s, ["+15550001111"], status="deleted")
+        agent = await add_agent(s, ["+15550002222", "+15550001111"])
+        await add_agent(s, ["+155500011110"])
+        assert (await telephony.agent_for_number(s, "+15550001111")).id == agent.id
+        assert await telephony.agent_for_number(s, "+1555000111") is None
+        assert await telephony.agent_for_number(s, "+15559999999") is None
+
+
+async def test_a_relay_token_is_used_once(db):
+    async with db.sessions() as s:
+        assert await telephony.use_relay_token(s, "jti-1", "ses_1") is True
+        assert await telephony.use_relay_token(s, "jti-1", "ses_1") is False
+        assert await telephony.use_relay_token(s, "jti-2", "ses_1") is True
+
+
+async def test_stream_start_marks_the_call_in_progress(db):
+    async with db.sessions() as s:
+        agent = await add_agent(s, [])
+        now = utcnow()
+        session = Session(id=new_id("ses"), account_id=DEFAULT_ACCOUNT_ID, agent_id=agent.id, connection_type="twilio",
+                          created_at=now, expires_at=now)
+        s.add(session)
+        await s.commit()
+        s.add(PhoneCall(id=new_id("call"), account_id=DEFAULT_ACCOUNT_ID, agent_id=agent.id, session_id=session.id,
+                        direction="inbound", from_number="+1", to_number="+2"))
+        await s.commit()
+        await telephony.stream_started(s, session.id, "twilio", "CA123")
+        call = await telephony.call_for_session(s, session.id)
+        assert (call.status, call.call_sid) == ("in-progress", "CA123")
+        assert (await telephony.call_by_sid(s, "CA123")).id == call.id
