@@ -551,3 +551,16 @@ async def test_hang_up_still_happens_when_the_caller_talks_over_the_goodbye(twil
     done = wait_for_status(tw, session["session_id"], "completed")
     assert done["end_reason"] == "max_turns"
     wait_no_calls(twilio_server)
+
+
+async def test_dropped_stream_ends_the_call_within_a_second(twilio_server, tw):
+    twiml, session = twilio_session(tw, scripted_agent(tw, greeting="Hello there.")["id"])
+    client = TwilioMediaStreamsClient.from_twiml(twiml)
+    await client.open()
+    await client.wait_marks(1, timeout=30)
+    await client.close()  # no `stop`: the connection just drops
+    dropped = time.monotonic()
+    done = wait_for_status(tw, session["session_id"], "completed", timeout=5)
+    assert time.monotonic() - dropped < 1.5
+    assert done["end_reason"] == "caller_hangup"
+    wait_no_calls(twilio_server, timeout=1)

@@ -46,6 +46,7 @@ def connect_twiml(stream_url: str, token: str) -> str:
 def check_signature(settings: Settings, request: Request, params: dict[str, str]) -> None:
     """403 unless `X-Twilio-Signature` signs this request (only when `TWILIO_AUTH_TOKEN` is set)."""
     if not settings.twilio_auth_token:
+        logger.warning(f"accepting unsigned Twilio webhook {request.url.path}: set TWILIO_AUTH_TOKEN to check signatures")
         return
     signature = request.headers.get("x-twilio-signature")
     url = public_url(settings, request)
