@@ -3,16 +3,22 @@ voice and the session events back over the peer connection, ICE candidates trick
 
 import asyncio
 import fractions
+import html
 import json
+import re
 import time
 
 import httpx
 import numpy as np
 from aiortc import MediaStreamTrack, RTCPeerConnection, RTCSessionDescription
 from av import AudioFrame
+from fastapi.testclient import TestClient
+
+from app.main import create_app
+from app.settings import Settings
 
 from tests.audio import speech
-from tests.conftest import make_agent
+from tests.conftest import ADMIN_KEY, TEST_PIPELINES, make_agent
 from tests.test_session_websocket import wait_for_status
 
 RATE = 16000
@@ -230,3 +236,34 @@ async def test_trickled_candidates_are_checked(server, api):
         await caller.wait_for("agent.speech.stopped", timeout=60)  # the call went on regardless
     finally:
         await caller.close()
+
+
+async def test_deleting_the_agent_ends_its_browser_call(server, api):
+    agent = make_agent(api, pipeline="scripted", greeting="Hello there, how can I help you today?")
+    caller = WebRTCCaller(server, agent["id"], server.headers)
+    try:
+        await caller.connect()
+        await caller.wait_for("agent.speech.started", timeout=60)
+        async with httpx.AsyncClient(base_url=server.url, headers=server.headers, timeout=30) as http:
+            assert (await http.delete(f"/v1/agents/{agent['id']}")).status_code == 200
+        ended = await caller.wait_for("session.ended", timeout=15)
+        assert ended["reason"] == "agent_deleted"
+    finally:
+        await caller.close()
+    session = wait_for_status(api, caller.answer["session_id"], "completed", timeout=30)
+    assert session["end_reason"] == "agent_deleted"
+
+
+def test_ice_servers_reach_the_call_page(tmp_path, monkeypatch):
+    ice_servers = [{"urls": ["turn:turn.example.org:3478"], "username": "switchboard", "credential": "s3cret"}]
+    monkeypatch.setenv("SWITCHBOARD_WEBRTC_ICE_SERVERS", json.dumps(ice_servers))
+    settings = Settings(data_dir=tmp_path, api_key=ADMIN_KEY, preload_pipelines=[], pipelines_path=[TEST_PIPELINES])
+    with TestClient(create_app(settings)) as client:
+        agent = client.post(
+            "/v1/agents", headers={"X-API-Key": ADMIN_KEY},
+            json={"name": "Ice", "voice_id": "joe", "system_prompt": "Hi.", "pipeline": "scripted"},
+        ).json()
+        assert client.post("/login", data={"api_key": ADMIN_KEY}, follow_redirects=False).status_code == 303
+        page = client.get(f"/agents/{agent['id']}/preview").text
+    attribute = re.search(r"data-ice-servers='([^']*)'", page).group(1)
+    assert json.loads(html.unescape(attribute)) == ice_servers

@@ -181,6 +181,10 @@ def _agent_fields(form: dict[str, str]) -> dict:
     }
     fields["greeting"] = form.get("greeting", "").strip() or None
     fields["max_turns"] = form.get("max_turns", "").strip() or "50"
+    fields["max_duration"] = form.get("max_duration", "").strip() or "3000"
+    fields["first_speaker"] = form.get("first_speaker") or "agent"
+    fields["interruptible"] = "interruptible" in form  # an unticked checkbox is not sent
+    fields["recording_enabled"] = "recording_enabled" in form
     tools = form.get("tools", "").strip()
     try:
         fields["tools"] = json.loads(tools) if tools else []
@@ -208,12 +212,15 @@ def _form_values(agent=None, form: dict[str, str] | None = None) -> dict:
     if form is not None:
         return form
     if agent is None:
-        return {"language": "en", "max_turns": "50", "tools": ""}
-    return {
+        return {"language": "en", "max_turns": "50", "max_duration": "3000", "first_speaker": "agent",
+                "interruptible": "on", "recording_enabled": "on", "tools": ""}
+    values = {
         "name": agent.name, "voice_id": agent.voice_id, "system_prompt": agent.system_prompt,
         "language": agent.language, "pipeline": agent.pipeline, "greeting": agent.greeting or "",
-        "max_turns": str(agent.max_turns), "tools": json.dumps(agent.tools, indent=2) if agent.tools else "",
+        "max_turns": str(agent.max_turns), "max_duration": str(agent.max_duration), "first_speaker": agent.first_speaker,
+        "tools": json.dumps(agent.tools, indent=2) if agent.tools else "",
     }
+    return values | {name: "on" for name in ("interruptible", "recording_enabled") if getattr(agent, name)}
 
 
 @router.get("/agents/new")
