@@ -1,5 +1,6 @@
 """The `cloud` config end to end: the real Pipecat Deepgram, Anthropic and Cartesia services
-against local servers that speak each provider's wire protocol, over the direct WebSocket."""
+against local servers that speak each provider's wire protocol, over the direct WebSocket and
+Twilio Media Streams; and the `hybrid` config (local Whisper, Anthropic, Cartesia)."""
 
 import asyncio
 import json
@@ -13,6 +14,7 @@ from tests.conftest import start_server
 from tests.fakes.anthropic import Failure, FakeAnthropic, Stall
 from tests.fakes.cartesia import FakeCartesia
 from tests.fakes.deepgram import FakeDeepgram
+from tests.fakes.twilio_client import TwilioMediaStreamsClient, ulaw_decode
 from tests.fakes.scripted_llm import ToolCall
 from tests.test_session_websocket import agent_ws, wait_for_status
 from pipelines.config import PipelineCatalog
@@ -41,7 +43,7 @@ def provider_env(deepgram: FakeDeepgram, anthropic: FakeAnthropic, cartesia: Fak
 
 @pytest.fixture(scope="module")
 def cloud_server(tmp_path_factory, providers):
-    server = start_server(tmp_path_factory.mktemp("cloud"), preload=["cloud"], env=provider_env(*providers))
+    server = start_server(tmp_path_factory.mktemp("cloud"), preload=["cloud", "hybrid"], env=provider_env(*providers))
     yield server
     server.stop()
 
@@ -146,6 +148,7 @@ async def test_barge_in_cuts_the_cloud_agent_off(cloud_server, cloud_api, provid
         late_audio = sum(size for at, size in client.audio_log if started["_at"] + 0.5 < at < window_end)
         assert late_audio == 0, late_audio
         await client.send_event({"type": "session.end"})
+        await client.wait_for("session.ended", timeout=10)
 
 
 async def test_dropped_stt_and_tts_connections_reconnect_within_the_call(cloud_server, cloud_api, providers):
@@ -170,6 +173,7 @@ async def test_dropped_stt_and_tts_connections_reconnect_within_the_call(cloud_s
         assert "tonight" in heard["text"].lower(), heard
         assert reply["text"] == "We are open until six tonight."
         await client.send_event({"type": "session.end"})
+        await client.wait_for("session.ended", timeout=10)
     assert "connection" in cloud_server.log().lower()
     wait_for_status(cloud_api, ready["session_id"], "completed")
 
@@ -244,3 +248,62 @@ async def test_cost_is_the_usage_times_the_price_table(cloud_server, cloud_api, 
         stt["usage"]["audio_seconds"] / 60 * prices["deepgram"][stt["model"]]["audio_minute"], abs=1e-6)
     assert cost["currency"] == "USD"
     assert cost["total"] == pytest.approx(llm["amount"] + tts["amount"] + stt["amount"], abs=1e-6) and cost["total"] > 0
+
+
+async def test_cloud_call_over_twilio_media_streams(cloud_server, cloud_api, providers):
+    _deepgram, anthropic, _cartesia = providers
+    anthropic.script("We open at nine tomorrow morning.")
+    agent = cloud_agent(cloud_api, greeting="Hello, you have reached the clinic.")
+    response = cloud_api.post(
+        "/v1/sessions/twilio", json={"agentId": agent["id"], "from": "+15550001111", "to": "+15550002222"},
+        headers={"Accept": "application/json"},
+    )
+    assert response.status_code == 200, response.text
+    session_id = response.json()["session"]["session_id"]
+    async with TwilioMediaStreamsClient.from_twiml(response.json()["twiml"]) as client:
+        await client.wait_marks(1, timeout=30)  # the greeting has played
+        greeting = ulaw_decode(bytes(client.agent_audio))
+        assert len(greeting) > 8000 * 2 * 1.0 and rms(greeting) > 300
+        await client.send_audio(speech("What time do you open tomorrow morning?", sample_rate=8000))
+        await client.send_silence(1.5)
+        await client.wait_marks(2, timeout=60)  # the answer has played
+        reply = ulaw_decode(bytes(client.agent_audio)[len(greeting) // 2:])
+        assert len(reply) > 8000 * 2 * 0.5 and rms(reply) > 300
+        await client.stop()
+        await client.wait_closed(timeout=5)
+
+    session = wait_for_status(cloud_api, session_id, "completed")
+    assert session["end_reason"] == "caller_hangup" and session["connection_type"] == "twilio"
+    items = cloud_api.get(f"/v1/sessions/{session_id}/transcript").json()["items"]
+    assert [i["speaker"] for i in items] == ["AGENT", "USER", "AGENT"], items
+    assert "open" in items[1]["content"].lower() and "tomorrow" in items[1]["content"].lower()
+    assert items[2]["content"] == "We open at nine tomorrow morning."
+    telephony = next(line for line in session["cost"]["breakdown"] if line["stage"] == "telephony")
+    assert telephony["provider"] == "twilio"
+    assert telephony["usage"]["minutes"] == pytest.approx(session["duration_secs"] / 60, abs=1e-3)
+    minute_price = PipelineCatalog().get("cloud").pricing["twilio"]["voice"]["minute"]
+    assert telephony["amount"] == pytest.approx(telephony["usage"]["minutes"] * minute_price, abs=1e-6)
+
+
+async def test_hybrid_pipeline_local_whisper_with_claude_and_cartesia(cloud_server, cloud_api, providers):
+    deepgram, anthropic, cartesia = providers
+    anthropic.script("Yes, we have a free slot on Friday.")
+    agent = cloud_agent(cloud_api, pipeline="hybrid")
+    dg_connections = len(deepgram.connections)
+    async with SessionClient(agent_ws(cloud_server, agent["id"])) as client:
+        ready = await client.wait_for("session.ready", timeout=30)
+        await client.stream(speech("Do you have a free slot on Friday?"))
+        await client.stream_silence(1.5)
+        heard = await client.wait_for("transcript.user", timeout=30)
+        reply = await client.wait_for("transcript.agent", timeout=30)
+        await client.wait_for("agent.speech.stopped", timeout=30)
+        assert rms(bytes(client.agent_audio)) > 300
+        await client.send_event({"type": "session.end"})
+        await client.wait_for("session.ended", timeout=10)
+    assert "friday" in heard["text"].lower()
+    assert reply["text"] == "Yes, we have a free slot on Friday."
+    assert len(deepgram.connections) == dg_connections  # Whisper heard the caller, not Deepgram
+    assert "Yes, we have a free slot on Friday." in " ".join(cartesia.transcripts())
+    session = wait_for_status(cloud_api, ready["session_id"], "completed")
+    stt = next(line for line in session["cost"]["breakdown"] if line["stage"] == "stt")
+    assert stt["provider"] == "whisper" and stt["amount"] == 0 and stt["usage"]["audio_seconds"] > 0
