@@ -12,6 +12,7 @@ from app.errors import DRAINING_RESPONSES, ERROR_RESPONSES, APIError, not_found
 from app.limits import admit_call
 from app.state import AppState
 from app.calls.latency import summarize
+from app.cost import SessionCost
 from app.storage import analysis as analysis_store
 from app.storage import latency as latency_store
 from app.storage import sessions as session_store
@@ -47,10 +48,13 @@ class SessionOut(BaseModel):
     duration_secs: float | None
     end_reason: str | None
     error: str | None
+    resumable_until: datetime | None = Field(
+        default=None, description="Set while the session's client has dropped: reconnect to its websocket_url by then"
+    )
     latency: dict[str, Any] | None = Field(
         default=None, description="Greeting latency, per-turn voice-to-voice and its parts, p50/p90, barge-in stops"
     )
-    cost: dict[str, Any] | None = Field(
+    cost: SessionCost | None = Field(
         default=None,
         description="Once ended: `total` (USD) and a `breakdown` per stage/provider/model with its usage and amount",
     )
@@ -94,7 +98,7 @@ def session_out(
     state: AppState, request: Request, session: Session, latency: dict | None = None, cost: dict | None = None
 ) -> SessionOut:
     url = None
-    if session.status == "created":
+    if session.status == "created" or session.resume_deadline is not None:
         url = f"{websocket_base(state, request)}/v1/sessions/{session.id}/ws?token={session_token(state, session)}"
     return SessionOut(
         session_id=session.id,
@@ -111,6 +115,7 @@ def session_out(
         duration_secs=session.duration_secs,
         end_reason=session.end_reason,
         error=session.error,
+        resumable_until=session.resume_deadline,
         latency=summarize(latency) if latency else None,
         cost=cost,
     )
