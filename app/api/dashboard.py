@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Annotated, get_args
 from urllib.parse import parse_qs, quote, urlencode, urlsplit
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import FileResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
@@ -153,7 +153,9 @@ async def login(request: Request, state: StateDep, db: DbDep) -> Response:
 
 
 @router.post("/logout")
-async def logout() -> Response:
+async def logout(request: Request) -> Response:
+    if not _same_origin(request):
+        raise APIError(403, "cross_origin", "log out from this server's own page")
     response = _redirect("/login")
     response.delete_cookie(COOKIE, path="/", httponly=True, samesite="strict")
     return response
@@ -301,11 +303,10 @@ async def calls_page(
     caller: PageCallerDep,
     agent_id: str | None = None,
     status: str | None = None,
-    page: int = 1,
+    page: Annotated[int, Query(ge=1, le=50_000)] = 1,
 ) -> Response:
     agent_id = agent_id or None
     status = status if status in STATUSES else None
-    page = max(page, 1)
     sessions, total = await session_store.list_sessions(
         db, caller.account_id, agent_id=agent_id, status=status, limit=PAGE_SIZE, offset=(page - 1) * PAGE_SIZE
     )

@@ -98,7 +98,6 @@ class DataChannelEventChecker(FrameProcessor):
 class _Peer:
     account_id: str
     agent_id: str
-    session_id: str
 
 
 class WebRTCPeers:
@@ -109,11 +108,10 @@ class WebRTCPeers:
         self._peers: dict[str, _Peer] = {}
         self._calls: set[asyncio.Task] = set()
 
-    def find(self, pc_id: str, account_id: str, agent_id: str) -> _Peer:
-        peer = self._peers.get(pc_id)
-        if peer is None or peer.account_id != account_id or peer.agent_id != agent_id:
+    def check_owner(self, pc_id: str, account_id: str, agent_id: str) -> None:
+        """404 unless `pc_id` is a live call of this account's agent."""
+        if self._peers.get(pc_id) != _Peer(account_id, agent_id):
             raise APIError(404, "peer_connection_not_found", f"no live WebRTC call '{pc_id}' for this agent")
-        return peer
 
     def start_call(self, state: AppState, session: Session, agent: Agent):
         """The callback that runs the call once Pipecat has made the peer connection."""
@@ -134,7 +132,7 @@ class WebRTCPeers:
                 extra_input=[DataChannelEventChecker()],
             )
             pc_id = connection.pc_id
-            self._peers[pc_id] = _Peer(session.account_id, agent.id, session.id)
+            self._peers[pc_id] = _Peer(session.account_id, agent.id)
             task = asyncio.create_task(call.run(), name=f"webrtc-{session.id}")
             self._calls.add(task)
 
@@ -199,7 +197,7 @@ async def webrtc_offer(
 async def webrtc_ice_candidates(
     agent_id: str, body: IceCandidates, caller: KeyOrCookieCallerDep, peers: PeersDep
 ) -> Response:
-    peers.find(body.pc_id, caller.account_id, agent_id)
+    peers.check_owner(body.pc_id, caller.account_id, agent_id)
     request = SmallWebRTCPatchRequest(
         pc_id=body.pc_id,
         candidates=[

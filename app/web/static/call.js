@@ -167,7 +167,7 @@
         credentials: "same-origin",
         body: JSON.stringify({ sdp: pc.localDescription.sdp, type: pc.localDescription.type }),
       });
-      const answer = await response.json();
+      const answer = await response.json().catch(() => ({}));
       if (!response.ok) throw new Error(answer.message || `the server refused the call (${response.status})`);
       if (current.ended) return;
       current.pcId = answer.pc_id;
