@@ -7,15 +7,34 @@ Prices are USD per unit, as provider → model → unit in the pipeline config's
 with no price costs zero; its usage is still reported.
 """
 
-from typing import Any
+from typing import Any, Literal
 
 from pipecat.frames.frames import MetricsFrame
 from pipecat.metrics.metrics import LLMUsageMetricsData, STTUsageMetricsData, TTSUsageMetricsData
 from pipecat.observers.base_observer import BaseObserver, FramePushed
+from pydantic import BaseModel
 
 from pipelines.config import PipelineConfig
 
 Pricing = dict[str, dict[str, dict[str, float]]]
+
+
+class CostLine(BaseModel):
+    stage: Literal["stt", "llm", "tts", "telephony"]
+    provider: str
+    model: str | None
+    usage: dict[str, float]
+    """`audio_seconds`; `input_tokens`, `output_tokens`, `cache_read_tokens`, `cache_write_tokens`;
+    `characters`; or `minutes`."""
+    amount: float
+
+
+class SessionCost(BaseModel):
+    """What a finished session cost, in USD, with a line per stage and provider."""
+
+    currency: str
+    total: float
+    breakdown: list[CostLine]
 
 
 class UsageObserver(BaseObserver):
