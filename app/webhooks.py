@@ -22,6 +22,7 @@ from app.storage.ids import utcnow
 from app.storage.models import Agent
 
 EVENTS = ("session.started", "session.ended", "transcript.updated", "analysis.completed")
+DEFAULT_EVENTS = ("session.started", "session.ended", "analysis.completed")
 SIGNATURE_HEADER = "X-Switchboard-Signature"
 TIMESTAMP_HEADER = "X-Switchboard-Timestamp"
 EVENT_HEADER = "X-Switchboard-Event"
@@ -38,8 +39,8 @@ def signature(secret: str, timestamp: str, body: bytes) -> str:
 
 
 def send(state: AppState, agent: Agent, event: str, session_id: str | None, data: dict) -> None:
-    """Queue `event` for the agent's webhook, if it has one; returns at once."""
-    if not agent.webhook_url:
+    """Queue `event` for the agent's webhook, if it has one and wants the event; returns at once."""
+    if not agent.webhook_url or event not in (agent.webhook_events or DEFAULT_EVENTS):
         return
     task = asyncio.create_task(
         _deliver(state, agent.account_id, agent.id, agent.webhook_url, agent.webhook_secret or "", event, session_id, data),

@@ -126,6 +126,10 @@ WebhookUrl = Annotated[
 WebhookSecret = Annotated[
     str, Field(min_length=16, max_length=200, description="HMAC-SHA256 key of the webhook signature; generated if omitted")
 ]
+WebhookEvents = Annotated[
+    list[Literal["session.started", "session.ended", "transcript.updated", "analysis.completed"]],
+    Field(min_length=1, description="Events the webhook gets; all but transcript.updated (one per turn) if omitted"),
+]
 AnalysisFields = Annotated[
     list[AnalysisField], Field(max_length=20, description="Custom values the post-call analysis extracts"),
     AfterValidator(_unique_field_names),
@@ -152,6 +156,7 @@ class AgentCreate(BaseModel):
     phone_numbers: PhoneNumbers = Field(default_factory=list)
     webhook_url: WebhookUrl | None = None
     webhook_secret: WebhookSecret | None = None
+    webhook_events: WebhookEvents | None = None
     analysis_fields: AnalysisFields = Field(default_factory=list)
     first_speaker: FirstSpeaker = "agent"
     interruptible: bool = Field(default=True, description="False: the caller can't cut the agent off")
@@ -176,6 +181,7 @@ class AgentUpdate(BaseModel):
     phone_numbers: PhoneNumbers | None = None
     webhook_url: WebhookUrl | None = None
     webhook_secret: WebhookSecret | None = None
+    webhook_events: WebhookEvents | None = None
     analysis_fields: AnalysisFields | None = None
     first_speaker: FirstSpeaker | None = None
     interruptible: bool | None = None
@@ -200,6 +206,7 @@ class AgentOut(BaseModel):
     phone_numbers: list[str]
     webhook_url: str | None = None
     webhook_secret: str | None = Field(default=None, description="Verifies the webhook's X-Switchboard-Signature")
+    webhook_events: list[str] | None = Field(default=None, description="null: all but transcript.updated")
     analysis_fields: list[AnalysisField] | None = None
     first_speaker: FirstSpeaker
     interruptible: bool

@@ -100,6 +100,8 @@ class Agent(Base):
     webhook_secret: Mapped[str | None] = mapped_column(String(200))
     analysis_fields: Mapped[list | None] = mapped_column(JSON)
     """Custom post-call analysis fields: `{name, type, description, options}`."""
+    webhook_events: Mapped[list | None] = mapped_column(JSON)
+    """Which events the webhook gets; None: all but `transcript.updated`."""
 
 
 class Session(Base):

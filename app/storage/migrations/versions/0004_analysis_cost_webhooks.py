@@ -19,6 +19,7 @@ def upgrade() -> None:
         batch.add_column(sa.Column("webhook_url", sa.String(length=2000), nullable=True))
         batch.add_column(sa.Column("webhook_secret", sa.String(length=200), nullable=True))
         batch.add_column(sa.Column("analysis_fields", sa.JSON(), nullable=True))
+        batch.add_column(sa.Column("webhook_events", sa.JSON(), nullable=True))
     op.create_table(
         "session_analyses",
         sa.Column("session_id", sa.String(length=40), sa.ForeignKey("sessions.id"), primary_key=True),
@@ -62,6 +63,7 @@ def downgrade() -> None:
     op.drop_table("session_costs")
     op.drop_table("session_analyses")
     with op.batch_alter_table("agents") as batch:
+        batch.drop_column("webhook_events")
         batch.drop_column("analysis_fields")
         batch.drop_column("webhook_secret")
         batch.drop_column("webhook_url")
