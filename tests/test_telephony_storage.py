@@ -89,3 +89,5 @@ async def test_stream_start_marks_the_call_in_progress(db):
         call = await telephony.call_for_session(s, session.id)
         assert (call.status, call.call_sid) == ("in-progress", "CA123")
         assert (await telephony.call_by_sid(s, "CA123")).id == call.id
+        await telephony.stream_ended(s, session.id)
+        assert (await telephony.call_for_session(s, session.id)).status == "completed"

@@ -75,3 +75,11 @@ async def stream_started(db: AsyncSession, session_id: str, carrier: str, call_s
     call.call_sid = call.call_sid or call_sid
     call.status = "in-progress"
     await db.commit()
+
+
+async def stream_ended(db: AsyncSession, session_id: str) -> None:
+    """The carrier's stream is over; the call is too, unless a status callback said otherwise."""
+    call = await call_for_session(db, session_id)
+    if call is not None and call.status == "in-progress":
+        call.status = "completed"
+        await db.commit()

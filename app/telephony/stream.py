@@ -168,6 +168,8 @@ async def serve_stream(websocket: WebSocket, carrier: Carrier) -> None:
         marks=marks,
     )
     await call.run()
+    async with state.db.sessions() as db:
+        await store.stream_ended(db, session.id)
     if WebSocketState.CONNECTED == websocket.application_state == websocket.client_state:
         # The pipeline closes the socket when it ends; still open means it never ran.
         await websocket.close(1011, "the call could not start")
