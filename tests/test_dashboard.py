@@ -235,7 +235,7 @@ def test_browser_call_from_the_dashboard(fresh_server, llm, tmp_path):
     llm.script("We open at nine tomorrow morning.", json.dumps(ANALYSIS))  # the reply, then the post-call analysis
     # The fake microphone loops the file: the question comes after the greeting, then a long silence.
     caller_wav = tmp_path / "caller.wav"
-    write_wav(caller_wav, speech("What time do you open tomorrow morning?", 48000, lead_secs=6, tail_secs=30), 48000)
+    write_wav(caller_wav, speech("What time do you open tomorrow morning?", 48000, lead_secs=8, tail_secs=30), 48000)
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
 
     with sync_playwright() as playwright:
