@@ -160,6 +160,13 @@ def test_call_log_filters_and_pages(server, api):
         row = client.get("/calls", params={"agent_id": agent["id"], "status": "created"}).text
         assert len(re.findall(r'data-session-id="', row)) == 20 and "websocket" in row and "Paged agent" in row
 
+        for number in range(21):
+            make_agent(api, pipeline="scripted", name=f"Agent {number}")
+        total = api.get("/v1/agents", params={"limit": 1}).json()["total"]
+        pages = [client.get("/", params={"page": page}).text for page in (1, 2)]
+        assert f"Page 1 of {(total + 19) // 20} · {total} agents" in pages[0]
+        assert [len(re.findall(r'data-agent-id="', page)) for page in pages] == [20, min(total - 20, 20)]
+
 
 # --- a real browser call ---------------------------------------------------------------
 

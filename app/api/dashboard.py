@@ -164,10 +164,25 @@ async def logout(request: Request) -> Response:
 # --- agents ------------------------------------------------------------------------------
 
 
+PageNumber = Annotated[int, Query(ge=1, le=50_000)]
+
+
+def _pager(path: str, filters: dict[str, str], page: int, total: int) -> dict:
+    """Template values for the newer/older links of a paginated list."""
+    pages = max(ceil(total / PAGE_SIZE), 1)
+    return {
+        "page": page, "pages": pages, "total": total,
+        "newer_url": f"{path}?{urlencode(filters | {'page': page - 1})}" if page > 1 else None,
+        "older_url": f"{path}?{urlencode(filters | {'page': page + 1})}" if page < pages else None,
+    }
+
+
 @router.get("/")
-async def agents_page(request: Request, state: StateDep, db: DbDep, caller: PageCallerDep) -> Response:
-    agents, _ = await agent_store.list_agents(db, caller.account_id, status=None, limit=100, offset=0)
-    return _render(request, "agents.html", agents=agents)
+async def agents_page(request: Request, db: DbDep, caller: PageCallerDep, page: PageNumber = 1) -> Response:
+    agents, total = await agent_store.list_agents(
+        db, caller.account_id, status=None, limit=PAGE_SIZE, offset=(page - 1) * PAGE_SIZE
+    )
+    return _render(request, "agents.html", agents=agents, **_pager("/", {}, page, total))
 
 
 def _agent_form_context(state, values: dict, errors: list[str] | None = None) -> dict:
@@ -303,7 +318,7 @@ async def calls_page(
     caller: PageCallerDep,
     agent_id: str | None = None,
     status: str | None = None,
-    page: Annotated[int, Query(ge=1, le=50_000)] = 1,
+    page: PageNumber = 1,
 ) -> Response:
     agent_id = agent_id or None
     status = status if status in STATUSES else None
@@ -312,13 +327,9 @@ async def calls_page(
     )
     agent_names = await dashboard_store.agent_names(db, caller.account_id)
     filters = {k: v for k, v in (("agent_id", agent_id), ("status", status)) if v}
-    pages = max(ceil(total / PAGE_SIZE), 1)
     return _render(
-        request, "calls.html",
-        sessions=sessions, total=total, agent_names=agent_names, statuses=STATUSES, filters=filters,
-        page=page, pages=pages,
-        newer_url=f"/calls?{urlencode(filters | {'page': page - 1})}" if page > 1 else None,
-        older_url=f"/calls?{urlencode(filters | {'page': page + 1})}" if page < pages else None,
+        request, "calls.html", sessions=sessions, agent_names=agent_names, statuses=STATUSES, filters=filters,
+        **_pager("/calls", filters, page, total),
     )
 
 
