@@ -55,6 +55,8 @@ class SessionProtocolSerializer(FrameSerializer):
         self._client_rate = sample_rate
         self._pipeline_rate = 0
         self._resampler = create_stream_resampler()
+        self.hung_up = False
+        """The client sent `session.end`: its socket closing next is a hang-up, not a drop."""
 
     async def setup(self, setup: FrameProcessorSetup):
         self._pipeline_rate = setup.audio_in_sample_rate
@@ -82,4 +84,5 @@ class SessionProtocolSerializer(FrameSerializer):
         event = check_client_event(data)
         if isinstance(event, ClientProtocolErrorFrame):
             return event
+        self.hung_up = self.hung_up or event["type"] == "session.end"
         return InputTransportMessageFrame(message=event)

@@ -143,8 +143,10 @@ class CallSession:
         async def on_disconnected(_transport, _client):
             if self._transferred:
                 reason = "transferred"
+            elif self._resumable and not getattr(self._serializer(), "hung_up", False):
+                reason = "disconnected"
             else:
-                reason = "disconnected" if self._resumable else "caller_hangup"
+                reason = "caller_hangup"
             await self._worker.cancel(reason=reason)
 
         @call.user_aggregator.event_handler("on_user_turn_stopped")
@@ -248,9 +250,13 @@ class CallSession:
             return {"error": f"tool '{tool['name']}' runs on the client, and this connection has none"}, None
         return await self._run_client_tool(tool, arguments, call_id), None
 
+    def _serializer(self):
+        """The transport's frame serializer, for WebSocket transports; else None."""
+        return getattr(getattr(self._transport, "_params", None), "serializer", None)
+
     async def _transfer(self, number: str) -> str | None:
         """Move this Twilio call to `number`; an error for the LLM, or None."""
-        serializer = getattr(getattr(self._transport, "_params", None), "serializer", None)
+        serializer = self._serializer()
         if not isinstance(serializer, TwilioFrameSerializer):
             return "transfer_call only works on Twilio calls"
         async with self.state.db.sessions() as db:
