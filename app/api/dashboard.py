@@ -89,7 +89,8 @@ async def page_caller(request: Request, state: StateDep, db: DbDep) -> Caller:
     except APIError as exc:
         if exc.status == 401 and request.method == "GET":
             target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
-            raise APIError(303, "login_required", exc.body.message, headers={"Location": f"/login?next={quote(target)}"}) from None
+            login = f"/login?next={quote(target)}"
+            raise APIError(303, "login_required", exc.body.message, headers={"Location": login}) from None
         raise
 
 

@@ -183,6 +183,7 @@ async def webrtc_offer(
         answer = await peers.handler.handle_web_request(request, peers.start_call(state, session, agent))
     except Exception as exc:  # aiortc rejects an unusable SDP with assorted exception types
         message = f"the SDP offer could not be used: {exc}"
+        logger.info(f"session {session.id}: {message} ({type(exc).__name__})")
         await session_store.finish(db, session.id, status="failed", end_reason="error", error=message)
         raise APIError(400, "invalid_offer", message) from None
     return WebRTCAnswer(sdp=answer["sdp"], type=answer["type"], pc_id=answer["pc_id"], session_id=session.id)
