@@ -89,6 +89,8 @@ async def _existing_session(state: AppState, websocket: WebSocket, session_id: s
         session = await session_store.get_session(db, account_id, session_id)
         if session is None:
             raise Refusal(4404, "session_not_found", f"session '{session_id}' not found")
+        if session.connection_type != "websocket":
+            raise Refusal(4409, "wrong_connection_type", f"session '{session_id}' is for a {session.connection_type} connection")
         # A session whose client dropped may be rejoined within its grace period.
         resuming = call_store.can_resume(session) and state.calls.get(session.id) is None
         if session.status != "created" and not resuming:

@@ -98,7 +98,8 @@ def session_out(
     state: AppState, request: Request, session: Session, latency: dict | None = None, cost: dict | None = None
 ) -> SessionOut:
     url = None
-    if session.status == "created" or session.resume_deadline is not None:
+    joinable = session.status == "created" or session.resume_deadline is not None
+    if joinable and session.connection_type == "websocket":
         url = f"{websocket_base(state, request)}/v1/sessions/{session.id}/ws?token={session_token(state, session)}"
     return SessionOut(
         session_id=session.id,
