@@ -13,7 +13,7 @@ from tests.conftest import ROOT, start_server
 from tests.fakes.twilio_client import TwilioMediaStreamsClient, ulaw_decode
 
 BENCH_PIPELINES = ROOT / "benchmarks" / "pipelines"
-SPEECH_RMS = 500  # 16-bit PCM RMS above which a 20 ms frame counts as speech
+SPEECH_RMS = 100  # 16-bit PCM RMS (about -50 dBFS) above which a 20 ms frame is audible speech
 
 
 def machine() -> str:
