@@ -127,6 +127,13 @@ def build_pipeline(
     async def on_llm_timeout(service):
         await provider_errors.llm_failed(service.name, "completion timed out")
 
+    for speech_service in (stt, tts):
+
+        @speech_service.event_handler("on_usable_changed")
+        async def on_usable_changed(service, usable):
+            if not usable:
+                await provider_errors.service_unusable(service.name)
+
     events = SessionEventEmitter(interruptible=agent.interruptible) if session_protocol else None
     client_events = ClientEventReceiver() if session_protocol else None
     processors: list[FrameProcessor | None] = [

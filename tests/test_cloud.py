@@ -307,3 +307,23 @@ async def test_hybrid_pipeline_local_whisper_with_claude_and_cartesia(cloud_serv
     session = wait_for_status(cloud_api, ready["session_id"], "completed")
     stt = next(line for line in session["cost"]["breakdown"] if line["stage"] == "stt")
     assert stt["provider"] == "whisper" and stt["amount"] == 0 and stt["usage"]["audio_seconds"] > 0
+
+
+async def test_a_rejected_speech_provider_ends_the_call_with_provider_error(cloud_server, cloud_api, providers):
+    deepgram, _anthropic, _cartesia = providers
+    agent = cloud_agent(cloud_api, greeting="Hello, clinic here.")
+    key, deepgram.api_key = deepgram.api_key, "a-key-the-server-does-not-have"
+    rejected = deepgram.rejected
+    try:
+        async with SessionClient(agent_ws(cloud_server, agent["id"])) as client:
+            ready = await client.wait_for("session.ready", timeout=30)
+            ended = await client.wait_for("session.ended", timeout=30)
+    finally:
+        deepgram.api_key = key
+    assert ended["reason"] == "provider_error" and deepgram.rejected > rejected
+    assert rms(bytes(client.agent_audio)) > 300  # the caller heard why
+    session = wait_for_status(cloud_api, ready["session_id"], "completed")
+    assert session["end_reason"] == "provider_error"
+    transcript = cloud_api.get(f"/v1/sessions/{ready['session_id']}/transcript").json()["items"]
+    assert any(t["content"].startswith("I'm sorry, I'm having technical difficulties") for t in transcript), transcript
+    assert f"session {ready['session_id']}: provider failure in DeepgramSTTService" in cloud_server.log()
