@@ -73,6 +73,11 @@ async def test_call_over_the_account_cap_is_refused_while_the_first_carries_on(l
         response = api.post(f"/v1/agents/{agent['id']}/sessions")
         assert response.status_code == 429 and response.json()["code"] == "concurrent_call_limit"
         assert response.headers["Retry-After"]
+        # A phone call over the cap hears an apology and is hung up, never a dead line.
+        twiml = httpx.post(f"{limited_server.url}/v1/twilio/voice", params={"agentId": agent["id"]},
+                           data={"CallSid": "CA" + "1" * 32, "From": "+15550001111", "To": "+15550002222"})
+        assert twiml.status_code == 200 and twiml.headers["content-type"].startswith("text/xml")
+        assert "<Say>" in twiml.text and "<Hangup" in twiml.text and "<Stream" not in twiml.text
         # The first call is unaffected.
         await first.send_event({"type": "input.text", "text": "Are you still there?"})
         assert (await first.wait_for("transcript.agent", timeout=60))["text"] == "Still talking to you."

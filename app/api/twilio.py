@@ -10,6 +10,7 @@ from urllib.parse import parse_qsl
 
 from fastapi import APIRouter, Request, WebSocket
 from fastapi.responses import JSONResponse, Response
+from loguru import logger
 from pydantic import BaseModel, ConfigDict, Field
 
 from app.api.agents import load_agent
@@ -27,6 +28,7 @@ from app.telephony.stream import CARRIERS, serve_stream
 
 router = APIRouter(tags=["telephony"], responses=ERROR_RESPONSES)
 
+BUSY_APOLOGY = "We're sorry, all our lines are busy right now. Please call again in a few minutes. Goodbye."
 SIGNED_RESPONSES = {403: {"model": ErrorBody, "description": "Missing or invalid X-Twilio-Signature"}}
 TWIML_RESPONSES = {200: {"content": {"text/xml": {}}, "description": "TwiML that connects the call to the agent"}}
 
@@ -132,10 +134,16 @@ async def twilio_voice(request: Request, state: StateDep, db: DbDep, agentId: st
         raise not_found("agent", agentId) if agentId else APIError(
             404, "number_not_assigned", f"no active agent has the phone number '{to_number}'"
         )
-    session, _call = await start_phone_session(
-        state, db, agent, carrier="twilio", direction="inbound",
-        from_number=from_number, to_number=to_number, call_sid=form.get("CallSid"),
-    )
+    try:
+        session, _call = await start_phone_session(
+            state, db, agent, carrier="twilio", direction="inbound",
+            from_number=from_number, to_number=to_number, call_sid=form.get("CallSid"),
+        )
+    except APIError as exc:
+        if exc.status not in (429, 503):
+            raise
+        logger.info(f"Twilio call {form.get('CallSid')} turned away: {exc.body.message}")
+        return twiml_response(twilio.apology_twiml(BUSY_APOLOGY))
     return twiml_response(stream_twiml(state, request, session, None))
 
 

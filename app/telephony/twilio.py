@@ -43,6 +43,14 @@ def connect_twiml(stream_url: str, token: str) -> str:
     return str(response)
 
 
+def apology_twiml(message: str) -> str:
+    """`<Response><Say>...</Say><Hangup/></Response>`: a clear refusal instead of a dead line."""
+    response = VoiceResponse()
+    response.say(message)
+    response.hangup()
+    return str(response)
+
+
 def check_signature(settings: Settings, request: Request, params: dict[str, str]) -> None:
     """403 unless `X-Twilio-Signature` signs this request (only when `TWILIO_AUTH_TOKEN` is set)."""
     if not settings.twilio_auth_token:
