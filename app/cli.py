@@ -10,16 +10,18 @@ from urllib.parse import urlencode
 from app.settings import get_settings
 
 
-async def recover_interrupted_calls(settings) -> None:
-    """Calls left `active` by a server on this host that died are marked `failed` / `server_restart`."""
+async def prepare(settings) -> None:
+    """Once per machine, before the web workers start: migrate, create the admin key (printed
+    once), and mark calls a crashed server on this host left `active` as `failed` / `server_restart`."""
     from loguru import logger
 
+    from app.main import prepare_storage
     from app.storage import sessions
     from app.storage.db import Database
 
     db = Database(settings.resolved_database_url())
     try:
-        await db.migrate()
+        await prepare_storage(db, settings)
         async with db.sessions() as session:
             count = await sessions.fail_interrupted(session, settings.host_id)
         if count:
@@ -35,7 +37,7 @@ def serve(args: argparse.Namespace) -> None:
     from pipelines.config import PipelineCatalog
 
     settings = get_settings()
-    asyncio.run(recover_interrupted_calls(settings))
+    asyncio.run(prepare(settings))
     catalog = PipelineCatalog(settings.pipelines_path)
     llm_servers = []
     try:

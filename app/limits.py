@@ -70,18 +70,14 @@ class RateLimiter:
     """At most `per_minute` requests per API key in any 60 s window (sliding log).
 
     In-process; with several server processes each enforces the limit on its own,
-    so set `SWITCHBOARD_REDIS_URL` to share one window between them.
+    so give it a Redis client (`SWITCHBOARD_REDIS_URL`) to share one window between them.
     """
 
-    def __init__(self, per_minute: int, redis_url: str | None = None):
+    def __init__(self, per_minute: int, redis=None):
         self.per_minute = per_minute
         self._hits: dict[str, deque[float]] = defaultdict(deque)
         self._lock = asyncio.Lock()
-        self._redis = None
-        if redis_url:
-            import redis.asyncio as redis
-
-            self._redis = redis.from_url(redis_url)
+        self._redis = redis
 
     async def retry_after(self, key: str) -> int | None:
         """Record one request; None if allowed, else the seconds to wait."""
@@ -108,10 +104,6 @@ class RateLimiter:
         if count > self.per_minute:
             return max(1, 60 - int(time.time()) % 60)
         return None
-
-    async def close(self) -> None:
-        if self._redis is not None:
-            await self._redis.aclose()
 
 
 async def admit_call(state, db: AsyncSession, account_id: str) -> None:

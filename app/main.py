@@ -5,6 +5,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 from loguru import logger
+from redis.asyncio import Redis
 
 from app.api import accounts as accounts_api
 from app.api import agents, health, metrics, session_ws, sessions
@@ -12,6 +13,8 @@ from app.api import analysis as analysis_api
 from app.api import carriers, instances, twilio
 from app.api import calls
 from app.api import dashboard, webrtc
+from app.calls.control import CallControl
+from app.calls.registry import CallRegistry
 from app.calls.tokens import TokenSigner
 from app.errors import install_error_handlers
 from app.limits import BodySizeLimitMiddleware, RateLimiter
@@ -33,30 +36,43 @@ def preload_models(catalog: PipelineCatalog, names: list[str]) -> None:
             logger.warning(f"not preloading unknown pipeline '{name}'")
 
 
+async def prepare_storage(db: Database, settings: Settings) -> str:
+    """Migrate, make sure the admin key exists (a generated one is printed, once), and
+    return the token-signing secret. Safe to run from several processes at once."""
+    await db.migrate()
+    async with db.sessions() as session:
+        generated = await accounts.ensure_bootstrap_key(session, settings.api_key)
+        secret = settings.secret_key or await accounts.server_secret(session, "token_signing")
+    if generated:
+        print(f"\n  Generated admin API key (shown once, store it now): {generated}\n", flush=True)
+    return secret
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         db = Database(settings.resolved_database_url())
-        await db.migrate()
-        async with db.sessions() as session:
-            generated = await accounts.ensure_bootstrap_key(session, settings.api_key)
-            secret = settings.secret_key or await accounts.server_secret(session, "token_signing")
-        if generated:
-            print(f"\n  Generated admin API key (shown once, store it now): {generated}\n", flush=True)
+        secret = await prepare_storage(db, settings)
         catalog = PipelineCatalog(settings.pipelines_path)
         await asyncio.to_thread(preload_models, catalog, settings.preload_pipelines)
-        rate_limiter = RateLimiter(settings.rate_limit_per_minute, settings.redis_url)
+        redis = Redis.from_url(settings.redis_url) if settings.redis_url else None
+        calls = CallRegistry()
+        control = CallControl(calls, redis)
+        await control.start()
         app.state.switchboard = AppState(
-            settings=settings, db=db, catalog=catalog, tokens=TokenSigner(secret), rate_limiter=rate_limiter
+            settings=settings, db=db, catalog=catalog, tokens=TokenSigner(secret),
+            rate_limiter=RateLimiter(settings.rate_limit_per_minute, redis), calls=calls, control=control,
         )
         install_drain_on_signals(app.state.switchboard)
         logger.info(f"Switchboard ready (pipelines: {', '.join(catalog.names())})")
         try:
             yield
         finally:
-            await rate_limiter.close()
+            await control.close()
+            if redis is not None:
+                await redis.aclose()
             await db.dispose()
 
     app = FastAPI(

@@ -1,7 +1,8 @@
 """The objects one server process shares between requests and calls."""
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
+from app.calls.control import CallControl
 from app.calls.registry import CallRegistry
 from app.calls.tokens import TokenSigner
 from app.limits import RateLimiter
@@ -17,6 +18,7 @@ class AppState:
     catalog: PipelineCatalog
     tokens: TokenSigner
     rate_limiter: RateLimiter
-    calls: CallRegistry = field(default_factory=CallRegistry)
+    calls: CallRegistry
+    control: CallControl
     draining: bool = False
     """Set on SIGTERM: live calls go on, new ones are refused with 503."""

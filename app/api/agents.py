@@ -315,5 +315,5 @@ async def delete_agent(agent_id: str, state: StateDep, db: DbDep, caller: Caller
         agent.updated_at = utcnow()
         await db.commit()
     await session_store.end_unconnected(db, agent.id, "agent_deleted")
-    await state.calls.end_agent_calls(agent.id, "agent_deleted")
+    await state.control.end_agent_calls(agent.id, "agent_deleted")
     return agent

@@ -5,6 +5,7 @@ import hmac
 import secrets
 
 from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.storage.ids import new_id, utcnow
@@ -55,17 +56,22 @@ async def has_admin_key(db: AsyncSession) -> bool:
 
 
 async def ensure_bootstrap_key(db: AsyncSession, configured: str | None) -> str | None:
-    """Make the admin key usable. Returns a newly generated secret (to print once), or None."""
-    await ensure_default_account(db)
-    if configured:
-        if await find_key(db, configured, include_revoked=True) is None:
-            await add_key(db, DEFAULT_ACCOUNT_ID, "bootstrap (SWITCHBOARD_API_KEY)", configured, is_admin=True)
+    """Make the admin key usable. Returns a newly generated secret (to print once), or None.
+    Another process doing the same at the same moment wins quietly."""
+    try:
+        await ensure_default_account(db)
+        if configured:
+            if await find_key(db, configured, include_revoked=True) is None:
+                await add_key(db, DEFAULT_ACCOUNT_ID, "bootstrap (SWITCHBOARD_API_KEY)", configured, is_admin=True)
+            return None
+        if await has_admin_key(db):
+            return None
+        secret = generate_key()
+        await add_key(db, DEFAULT_ACCOUNT_ID, "bootstrap (generated)", secret, is_admin=True)
+        return secret
+    except IntegrityError:
+        await db.rollback()
         return None
-    if await has_admin_key(db):
-        return None
-    secret = generate_key()
-    await add_key(db, DEFAULT_ACCOUNT_ID, "bootstrap (generated)", secret, is_admin=True)
-    return secret
 
 
 async def server_secret(db: AsyncSession, name: str) -> str:
@@ -76,7 +82,7 @@ async def server_secret(db: AsyncSession, name: str) -> str:
         db.add(row)
         try:
             await db.commit()
-        except Exception:
+        except IntegrityError:  # another process created it first
             await db.rollback()
             row = await db.get(ServerSecret, name)
     return row.value
