@@ -3,6 +3,7 @@
 import argparse
 import asyncio
 import os
+import signal
 import sys
 from pathlib import Path
 from urllib.parse import urlencode
@@ -40,6 +41,8 @@ def serve(args: argparse.Namespace) -> None:
     asyncio.run(prepare(settings))
     catalog = PipelineCatalog(settings.pipelines_path)
     llm_servers = []
+    # uvicorn re-raises SIGTERM once it has shut down; exit through `finally` instead of dying on it.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     try:
         for name in settings.preload_pipelines:
             config = catalog.get(name)

@@ -5,6 +5,8 @@ shares the one loaded model and the `local` config's `OpenAILLMService` reaches 
 `base_url` — the same code path that serves Ollama or vLLM.
 """
 
+import ctypes
+import signal
 import subprocess
 import sys
 import time
@@ -13,6 +15,8 @@ import urllib.request
 from loguru import logger
 
 from pipelines.config import LocalLLMServerConfig, resolve_path
+
+PR_SET_PDEATHSIG = 1
 
 
 def is_serving(port: int) -> bool:
@@ -42,7 +46,9 @@ def start(config: LocalLLMServerConfig, alias: str, timeout_secs: float = 120) -
     if config.n_threads:
         command += ["--n_threads", str(config.n_threads)]
     logger.info(f"Starting local LLM server ({model.name}) on port {config.port}")
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(
+        command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, preexec_fn=_die_with_parent
+    )
     deadline = time.monotonic() + timeout_secs
     while time.monotonic() < deadline:
         if process.poll() is not None:
@@ -52,6 +58,12 @@ def start(config: LocalLLMServerConfig, alias: str, timeout_secs: float = 120) -
         time.sleep(0.2)
     process.terminate()
     raise TimeoutError(f"local LLM server did not answer within {timeout_secs:.0f}s")
+
+
+def _die_with_parent() -> None:
+    """In the child: have Linux send it SIGTERM when the server that started it dies, however it dies."""
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def stop(process: subprocess.Popen | None) -> None:
