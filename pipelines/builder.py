@@ -67,6 +67,8 @@ class AgentSpec:
     recording_path: Path | None = None
     """Where to write the call's stereo WAV; None records nothing."""
     recording_sample_rate: int = 16000
+    llm_options: dict[str, Any] = field(default_factory=dict)
+    """Overrides of the LLM stage's options for this call (e.g. `model`, `temperature`)."""
 
 
 @dataclass
@@ -105,7 +107,8 @@ def build_pipeline(
         language=agent.language,
     )
     stt = services.create(config.stt, ctx)
-    llm = services.create(config.llm, ctx)
+    llm_stage = config.llm.model_copy(update={"options": {**config.llm.options, **agent.llm_options}})
+    llm = services.create(llm_stage, ctx)
     tts = services.create(config.tts, ctx)
 
     stop_strategies = None

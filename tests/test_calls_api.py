@@ -141,3 +141,18 @@ def test_openapi_documents_the_calls_api(server, api):
         assert path in spec["paths"], path
     inline = spec["components"]["schemas"]["InlineCallCreate"]["properties"]
     assert (inline["maxDuration"]["minimum"], inline["maxDuration"]["maximum"]) == (60, 7200)
+
+
+async def test_inline_model_and_temperature_reach_the_llm(server, api, llm):
+    llm.script("We open at nine.")
+    call = api.post(
+        "/v1/calls/inline", json={**INLINE, "connectionType": "websocket", "model": "house-model", "temperature": 0.3}
+    ).json()
+    async with SessionClient(call["url"]) as client:
+        await client.wait_for("session.ready", timeout=30)
+        await client.send_event({"type": "input.text", "text": "When do you open?"})
+        await client.wait_for("transcript.agent", timeout=30, count=2)
+        await client.send_event({"type": "session.end"})
+        await client.wait_for("session.ended", timeout=10)
+    request = [r for r in llm.requests if r.get("stream")][-1]
+    assert (request["model"], request["temperature"]) == ("house-model", 0.3)

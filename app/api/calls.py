@@ -59,7 +59,7 @@ class InlineCallCreate(BaseModel):
     language: str = Field(pattern=r"^[a-z]{2}(-[A-Z]{2})?$")
     greeting: str = Field(max_length=2000, description="What the agent says first (when it speaks first)")
     model: str | None = Field(
-        default=None, max_length=200, description="Recorded with the call; the pipeline's LLM model is used"
+        default=None, min_length=1, max_length=200, description="The LLM model; the pipeline's own if omitted"
     )
     temperature: Annotated[float, Field(json_schema_extra={"minimum": 0, "maximum": 1}), _between(0, 1)] = 0
     firstSpeaker: Literal["agent", "user"] = "agent"

@@ -91,6 +91,9 @@ class CallSession:
         self._history = history or []
         self._tools = {t["name"]: t for t in agent.tools}
         self._transferred = False
+        inline = session.inline_config or {}
+        self._llm_options = {k: inline[k] for k in ("model", "temperature") if inline.get(k) is not None}
+        """An inline call's own LLM model and temperature."""
         self._worker: PipelineWorker | None = None
         self._final_frame: Frame | None = None
         self._error: str | None = None
@@ -125,6 +128,7 @@ class CallSession:
     def _spec(self) -> AgentSpec:
         spec = agent_spec(self._agent)
         spec.history = self._history
+        spec.llm_options = self._llm_options
         if self._agent.recording_enabled is not False:
             spec.recording_path = recording_path(self.state, self.session_id)
             spec.recording_sample_rate = RECORDING_SAMPLE_RATE
