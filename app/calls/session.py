@@ -44,10 +44,10 @@ def agent_spec(agent: Agent) -> AgentSpec:
         language=agent.language,
         tools=[ToolDefinition(**{k: t[k] for k in ("name", "description", "parameters") if k in t}) for t in agent.tools],
         max_turns=agent.max_turns,
-        interruptible=agent.interruptible is not False,
+        interruptible=agent.interruptible,
         max_duration_secs=agent.max_duration,
         inactivity_timeout_secs=agent.inactivity_timeout,
-        inactivity_action=agent.inactivity_action or "end_call",
+        inactivity_action=agent.inactivity_action,
     )
 
 
@@ -129,7 +129,7 @@ class CallSession:
         spec = agent_spec(self._agent)
         spec.history = self._history
         spec.llm_options = self._llm_options
-        if self._agent.recording_enabled is not False:
+        if self._agent.recording_enabled:
             spec.recording_path = recording_path(self.state, self.session_id)
             spec.recording_sample_rate = RECORDING_SAMPLE_RATE
         return spec
@@ -332,9 +332,12 @@ class CallSession:
     async def _fail_unless_resumed(self, grace: float) -> None:
         await asyncio.sleep(grace)
         async with self.state.db.sessions() as db:
-            if await call_store.fail_unresumed(db, self.session_id):
-                logger.info(f"session {self.session_id}: not resumed within {grace:g}s, ended failed (disconnected)")
-                SESSIONS_ENDED.labels(end_reason="disconnected").inc()
+            failed = await call_store.fail_unresumed(db, self.session_id)
+        if not failed:
+            return  # the client came back
+        logger.info(f"session {self.session_id}: not resumed within {grace:g}s, ended failed (disconnected)")
+        SESSIONS_ENDED.labels(end_reason="disconnected").inc()
+        await post_call.session_finished(self.state, self._agent, self._config, self.session_id, self._usage)
 
     async def _finish(self) -> None:
         frame = self._final_frame
