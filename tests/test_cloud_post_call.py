@@ -58,8 +58,8 @@ def wait_for_analysis(api, session_id: str, timeout: float = 30) -> dict:
 
 
 async def test_analysis_stored_with_all_fields(server, api, llm):
-    llm.script("Monday at nine works. What number can we call you back on?", "Thanks, we'll call you back.",
-               json.dumps(ANALYSIS))
+    llm.script("Monday at nine works. What number can we call you back on?", "Thanks, we'll call you back.")
+    llm.script_oneshot(json.dumps(ANALYSIS), when="cleaning for two people")
     agent = make_agent(api, pipeline="scripted", analysis_fields=ANALYSIS_FIELDS)
     assert agent["analysis_fields"][1]["options"] == ["low", "medium", "high"]
     session_id = await talk(server, agent, "I'd like a cleaning for two people on Monday.", "It's 555 0100.")
@@ -67,8 +67,7 @@ async def test_analysis_stored_with_all_fields(server, api, llm):
     analysis = wait_for_analysis(api, session_id)
     assert analysis["status"] == "completed" and analysis["attempts"] == 1 and analysis["error"] is None
     assert analysis["result"] == ANALYSIS
-    request = llm.requests[-1]
-    assert request.get("stream") is not True
+    request = next(r for r in reversed(llm.oneshot_requests) if "555 0100" in json.dumps(r["messages"]))
     prompt = json.dumps(request["messages"])
     assert "cleaning for two people on Monday" in prompt and "555 0100" in prompt
     schema = request["response_format"]["json_schema"]["schema"]
@@ -78,17 +77,19 @@ async def test_analysis_stored_with_all_fields(server, api, llm):
 
 async def test_invalid_analysis_is_retried_once_then_stored_as_failed(server, api, llm):
     bad_sentiment = {**ANALYSIS, "sentiment": "ecstatic", "custom": {}}
-    llm.script("We open at nine.", "Sure, here you go: not json at all", json.dumps(bad_sentiment))
+    llm.script("We open at nine.")
+    llm.script_oneshot("Sure, here you go: not json at all", json.dumps(bad_sentiment), when="When do you open on Tuesdays?")
     agent = make_agent(api, pipeline="scripted")
-    session_id = await talk(server, agent, "When do you open?")
+    session_id = await talk(server, agent, "When do you open on Tuesdays?")
 
     analysis = wait_for_analysis(api, session_id)
     assert analysis["status"] == "failed" and analysis["result"] is None and analysis["attempts"] == 2
     assert "sentiment" in analysis["error"]
-    assert len([r for r in llm.requests if r.get("stream") is not True]) == 2
+    analysis_requests = [r for r in llm.oneshot_requests if "Tuesdays" in json.dumps(r["messages"])]
+    assert len(analysis_requests) == 2
 
     # Run again: this time the LLM answers properly.
-    llm.script(json.dumps({**ANALYSIS, "custom": {}}))
+    llm.script_oneshot(json.dumps({**ANALYSIS, "custom": {}}), when="When do you open on Tuesdays?")
     response = api.post(f"/v1/sessions/{session_id}/analysis")
     assert response.status_code == 202 and response.json()["status"] == "pending"
     analysis = wait_for_analysis(api, session_id)
@@ -124,10 +125,11 @@ def verify(secret: str, request: dict) -> bool:
 async def test_webhooks_are_signed_and_retried(server, api, llm, receiver):
     secret = "whsec_test_secret_0123456789"
     receiver.fail_next("/events", 500, 500)
-    llm.script("We open at nine.", json.dumps({**ANALYSIS, "custom": {}}))
+    llm.script("We open at nine on Wednesdays.")
+    llm.script_oneshot(json.dumps({**ANALYSIS, "custom": {}}), when="open on Wednesdays")
     agent = make_agent(api, pipeline="scripted", webhook_url=receiver.url("/events"), webhook_secret=secret,
                        webhook_events=["session.started", "transcript.updated", "session.ended", "analysis.completed"])
-    session_id = await talk(server, agent, "When do you open?")
+    session_id = await talk(server, agent, "When do you open on Wednesdays?")
 
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
@@ -147,7 +149,7 @@ async def test_webhooks_are_signed_and_retried(server, api, llm, receiver):
     ended = by_event["session.ended"][0]["data"]
     assert ended["end_reason"] == "caller_hangup" and ended["duration_secs"] > 0 and "total" in ended["cost"]
     turns = [(e["data"]["speaker"], e["data"]["content"]) for e in by_event["transcript.updated"]]
-    assert ("USER", "When do you open?") in turns and ("AGENT", "We open at nine.") in turns
+    assert ("USER", "When do you open on Wednesdays?") in turns and ("AGENT", "We open at nine on Wednesdays.") in turns
     assert by_event["analysis.completed"][0]["data"]["analysis"]["sentiment"] == "positive"
 
     deliveries = api.get(f"/v1/agents/{agent['id']}/webhook-deliveries").json()

@@ -7,8 +7,9 @@ non-streaming requests get one `message` object. A script entry is a reply text,
 `ToolCall` (or a list of them), a `Failure` (an HTTP error in Anthropic's error shape) or
 a `Stall` (no answer for a while, as a provider timing out). Streaming requests (the
 conversation) take `script`ed replies; one-shot requests (post-call analysis) take
-`script_oneshot` ones, so a late analysis never eats a conversation's reply. Every
-response's usage is kept in `usages`, so tests can check what the server was billed.
+`script_oneshot` ones, so a late analysis never eats a conversation's reply. Conversation
+requests and their usage are kept in `requests` and `usages` (so tests can check what a
+call was billed), one-shot ones in `oneshot_requests`.
 """
 
 import asyncio
@@ -46,6 +47,7 @@ class FakeAnthropic(ThreadedServer):
         self.replies: deque[Reply] = deque()
         self.oneshot_replies: deque[Reply] = deque()
         self.requests: list[dict] = []
+        self.oneshot_requests: list[dict] = []
         self.usages: list[dict] = []
 
     @property
@@ -62,6 +64,7 @@ class FakeAnthropic(ThreadedServer):
         self.replies.clear()
         self.oneshot_replies.clear()
         self.requests.clear()
+        self.oneshot_requests.clear()
         self.usages.clear()
 
     def routes(self, app: web.Application) -> None:
@@ -73,8 +76,9 @@ class FakeAnthropic(ThreadedServer):
         if not request.headers.get("anthropic-version"):
             return _error(400, "invalid_request_error", "anthropic-version header is required")
         body = await request.json()
-        self.requests.append(body)
-        queue = self.replies if body.get("stream") else self.oneshot_replies
+        stream = bool(body.get("stream"))
+        (self.requests if stream else self.oneshot_requests).append(body)
+        queue = self.replies if stream else self.oneshot_replies
         reply = queue.popleft() if queue else self.default_reply
         if isinstance(reply, Stall):
             await asyncio.sleep(reply.secs)
@@ -83,14 +87,15 @@ class FakeAnthropic(ThreadedServer):
             return _error(reply.status, reply.error_type, reply.message)
         blocks = _blocks(reply)
         usage = _usage(body, blocks)
-        self.usages.append(usage)
+        if stream:
+            self.usages.append(usage)
         stop_reason = "tool_use" if any(b["type"] == "tool_use" for b in blocks) else "end_turn"
         message = {
             "id": f"msg_{uuid.uuid4().hex[:24]}", "type": "message", "role": "assistant",
             "model": body.get("model", "claude"), "content": blocks,
             "stop_reason": stop_reason, "stop_sequence": None, "usage": usage,
         }
-        if not body.get("stream"):
+        if not stream:
             return web.json_response(message)
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
         await response.prepare(request)

@@ -35,7 +35,6 @@ class FakeDeepgram(ThreadedServer):
         """Query parameters of each accepted connection."""
         self.rejected = 0
         self.audio_secs = 0.0
-        self.finals: list[str] = []
         self._sockets: set[web.WebSocketResponse] = set()
         self._model = models.whisper_model(resolve_path(WHISPER_DIR))
 
@@ -152,7 +151,6 @@ class _Stream:
                 pcm, is_final=True, speech_final=speech_final or from_finalize, from_finalize=from_finalize
             )
             if transcript:
-                self.server.finals.append(transcript)
                 await self._send({"type": "UtteranceEnd", "channel": [0, 1], "last_word_end": self.received_secs})
 
     async def _send_results(self, pcm: bytes, *, is_final: bool, speech_final: bool = False,

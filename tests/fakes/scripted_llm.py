@@ -31,7 +31,11 @@ class ScriptedLLM:
     def __init__(self, default_reply: str = "Sure, I can help with that."):
         self.default_reply = default_reply
         self.replies: deque[Reply] = deque()
+        self.oneshot_replies: list[tuple[str | None, Reply]] = []
         self.requests: list[dict] = []
+        """Streaming requests: the conversation."""
+        self.oneshot_requests: list[dict] = []
+        """Non-streaming requests: post-call analysis."""
         self.port = 0
         self._loop: asyncio.AbstractEventLoop | None = None
         self._runner: web.AppRunner | None = None
@@ -44,9 +48,17 @@ class ScriptedLLM:
     def script(self, *replies: Reply) -> None:
         self.replies.extend(replies)
 
+    def script_oneshot(self, *replies: Reply, when: str | None = None) -> None:
+        """Replies to non-streaming requests (post-call analysis), each taken by the first such
+        request whose messages contain `when`; others get `default_reply`. Conversations
+        (streaming) never take these, so a late analysis can't eat a test's replies."""
+        self.oneshot_replies.extend((when, reply) for reply in replies)
+
     def reset(self) -> None:
         self.replies.clear()
+        self.oneshot_replies.clear()
         self.requests.clear()
+        self.oneshot_requests.clear()
 
     # The server runs on its own loop in a thread so tests can drive it synchronously.
     def start(self) -> "ScriptedLLM":
@@ -77,17 +89,27 @@ class ScriptedLLM:
 
     async def _completions(self, request: web.Request) -> web.StreamResponse:
         body = await request.json()
+        if not body.get("stream"):
+            self.oneshot_requests.append(body)
+            return web.json_response(_whole(self._oneshot_reply(body)))
         self.requests.append(body)
         reply = self.replies.popleft() if self.replies else self.default_reply
         chunks = list(_chunks(reply))
-        if not body.get("stream"):
-            return web.json_response(_whole(reply))
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await response.prepare(request)
         for chunk in chunks:
             await response.write(f"data: {json.dumps(chunk)}\n\n".encode())
         await response.write(b"data: [DONE]\n\n")
         return response
+
+
+    def _oneshot_reply(self, body: dict) -> Reply:
+        text = json.dumps(body.get("messages", []))
+        for index, (when, reply) in enumerate(self.oneshot_replies):
+            if when is None or when in text:
+                del self.oneshot_replies[index]
+                return reply
+        return self.default_reply
 
 
 def _envelope(delta: dict, finish: str | None = None) -> dict:
