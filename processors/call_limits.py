@@ -134,6 +134,7 @@ class InactivityMonitor(_EndingProcessor):
         if self._action == "prompt" and not self._prompted:
             self._prompted = True
             await self._say(self._prompt)
+            await self._restart()  # counts from now until the prompt is spoken, then from its end
         else:
             await self._end(self._goodbye, "inactivity")
 
