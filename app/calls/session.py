@@ -78,6 +78,7 @@ class CallSession:
         (the direct WebSocket). ``history``: the conversation so far, when resuming."""
         self.state = state
         self.session_id = session.id
+        self._started_at = session.started_at
         self.agent_id = agent.id
         self._agent = agent
         self._greeting = session.initial_message or agent.greeting
@@ -129,6 +130,10 @@ class CallSession:
         spec = agent_spec(self._agent)
         spec.history = self._history
         spec.llm_options = self._llm_options
+        if self._started_at and spec.max_duration_secs:
+            # A resumed call keeps the time it had left.
+            elapsed = (utcnow() - self._started_at).total_seconds()
+            spec.max_duration_secs = max(spec.max_duration_secs - elapsed, 1.0)
         if self._agent.recording_enabled:
             spec.recording_path = recording_path(self.state, self.session_id)
             spec.recording_sample_rate = RECORDING_SAMPLE_RATE
