@@ -5,13 +5,11 @@ from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query
-from pydantic import (
-    AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_serializer, model_validator,
-)
-
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import SchemaError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from app.calls.tools import DEFAULT_TIMEOUT_SECS
 from app.deps import CallerDep, DbDep, StateDep
 from app.errors import ERROR_RESPONSES, APIError, not_found
 from app.state import AppState
@@ -28,7 +26,8 @@ Name = Annotated[str, Field(min_length=1, max_length=200)]
 Prompt = Annotated[str, Field(min_length=1, max_length=20_000)]
 
 
-_BASE_TOOL_FIELDS = ("name", "description", "parameters")
+def _is_none(value) -> bool:
+    return value is None
 
 
 class ToolDefinition(BaseModel):
@@ -59,28 +58,40 @@ class ToolDefinition(BaseModel):
             raise ValueError(f"parameters is not a valid JSON Schema: {exc.message}") from None
         return value
 
+    # Fields left at their defaults are left out of what is stored and shown.
     type: Literal["client", "webhook", "end_call", "transfer_call"] = Field(
         default="client",
+        exclude_if=lambda v: v == "client",
         description="client: the WebSocket client runs it (tool.call / tool.result); webhook: the server POSTs "
         "the arguments to url; end_call and transfer_call are built in",
     )
     url: str | None = Field(
-        default=None, pattern=r"^https?://[^\s/]+\S*$", max_length=2000, description="webhook: where the arguments are POSTed"
+        default=None,
+        exclude_if=_is_none,
+        pattern=r"^https?://[^\s/]+\S*$",
+        max_length=2000,
+        description="webhook: where the arguments are POSTed",
     )
     secret: str | None = Field(
-        default=None, min_length=16, max_length=200,
+        default=None,
+        exclude_if=_is_none,
+        min_length=16,
+        max_length=200,
         description="webhook: HMAC-SHA256 key of the X-Switchboard-Signature header; generated if omitted",
     )
-    timeout_secs: float = Field(default=10, gt=0, le=60, description="How long a webhook or client tool may take")
-    phone_number: str | None = Field(
-        default=None, pattern=r"^\+[1-9][0-9]{1,14}$", description="transfer_call: where the call is moved (E.164)"
+    timeout_secs: float = Field(
+        default=DEFAULT_TIMEOUT_SECS,
+        exclude_if=lambda v: v == DEFAULT_TIMEOUT_SECS,
+        gt=0,
+        le=60,
+        description="How long a webhook or client tool may take",
     )
-
-    @model_serializer(mode="wrap")
-    def _given_fields(self, handler) -> dict[str, Any]:
-        """Only the fields the tool sets (a plain client tool stays name/description/parameters)."""
-        data = handler(self)
-        return {k: v for k, v in data.items() if k in _BASE_TOOL_FIELDS or (k in self.model_fields_set and v is not None)}
+    phone_number: str | None = Field(
+        default=None,
+        exclude_if=_is_none,
+        pattern=r"^\+[1-9][0-9]{1,14}$",
+        description="transfer_call: where the call is moved (E.164)",
+    )
 
     @model_validator(mode="after")
     def _fits_type(self) -> "ToolDefinition":

@@ -29,7 +29,6 @@ from pipelines.builder import GOODBYE, AgentSpec, CallPipeline, ToolDefinition, 
 from pipelines.config import PipelineConfig
 from processors.session_events import end_reason
 
-TOOL_TIMEOUT_SECS = 10.0
 SHUTDOWN_GOODBYE = "I'm sorry, I have to end the call now. Please call back in a moment. Goodbye."
 IDLE_TIMEOUT_SECS = 300.0
 RECORDING_SAMPLE_RATE = 16000
@@ -282,7 +281,7 @@ class CallSession:
 
     async def _run_client_tool(self, tool: dict, arguments: dict, call_id: str):
         """A tool the WebSocket client runs: send `tool.call`, wait for its `tool.result`."""
-        name, timeout = tool["name"], tool.get("timeout_secs") or TOOL_TIMEOUT_SECS
+        name, timeout = tool["name"], tool.get("timeout_secs") or tools.DEFAULT_TIMEOUT_SECS
         future = asyncio.get_running_loop().create_future()
         self._pending_tools[call_id] = future
         await self._call.events.send({"type": "tool.call", "call_id": call_id, "name": name, "arguments": arguments})
