@@ -212,3 +212,18 @@ def test_tool_definitions_are_checked(api):
         response = api.post("/v1/agents", json={"name": "A", "voice_id": "joe", "system_prompt": "p", "tools": [tool]})
         assert response.status_code == 422, response.text
         assert words in response.json()["message"], response.json()
+
+
+async def test_transfer_call_off_twilio_is_a_tool_error(server, api, llm):
+    tool = {"name": "transfer", "description": "Transfer the caller", "type": "transfer_call",
+            "phone_number": "+15557654321"}
+    agent = make_agent(api, pipeline="scripted", tools=[tool])
+    llm.script(ToolCall("transfer", {}), "Sorry, I can't transfer this call.")
+    async with SessionClient(agent_ws(server, agent["id"])) as client:
+        ready = await client.wait_for("session.ready", timeout=30)
+        reply = await ask(client, "Transfer me, please.", 1)
+        await client.send_event({"type": "session.end"})
+        await client.wait_for("session.ended", timeout=10)
+    assert reply["text"] == "Sorry, I can't transfer this call."
+    assert "only works on Twilio calls" in json.loads(tool_messages(conversation(llm)[-1])[-1])["error"]
+    assert wait_for_status(api, ready["session_id"], "completed")["end_reason"] == "caller_hangup"
