@@ -62,12 +62,30 @@ class SharedSmartTurnAnalyzerV3(LocalSmartTurnAnalyzerV3):
 
 
 class SharedWhisperSTTService(WhisperSTTService):
-    """`WhisperSTTService` whose model comes from the process-wide cache."""
+    """`WhisperSTTService` whose model comes from the process-wide cache, decoding with
+    `beam_size` (1, greedy, is about a third faster than Whisper's 5 on a CPU)."""
+
+    def __init__(self, *, beam_size: int = 5, **kwargs):
+        self._beam_size = beam_size
+        super().__init__(**kwargs)
 
     def _load(self):
-        self._model = models.whisper_model(
-            resolve_path(str(self._settings.model)), self._device, self._compute_type
-        )
+        model = models.whisper_model(resolve_path(str(self._settings.model)), self._device, self._compute_type)
+        self._model = WhisperDecoding(model, beam_size=self._beam_size)
+
+
+class WhisperDecoding:
+    """A shared Whisper model seen through one service's decoding options."""
+
+    def __init__(self, model, **options):
+        self._model = model
+        self._options = options
+
+    def __getattr__(self, name):
+        return getattr(self._model, name)
+
+    def transcribe(self, audio, **kwargs):
+        return self._model.transcribe(audio, **{**self._options, **kwargs})
 
 
 class SharedPiperTTSService(PiperTTSService):
@@ -95,6 +113,7 @@ def _whisper(stage: StageConfig, ctx: ServiceContext):
     # Segmented Whisper has no streaming first-token figure; this is its p99 on a CPU.
     ttfs_p99_latency = options.pop("ttfs_p99_latency", 0.6)
     return SharedWhisperSTTService(
+        beam_size=options.pop("beam_size", 5),
         device=device,
         compute_type=compute_type,
         settings=WhisperSTTService.Settings(language=Language(ctx.language), **options),
