@@ -46,10 +46,14 @@ def speech_frames(pcm: bytes) -> list[int]:
 
 
 async def first_agent_speech_after(client, since: float, timeout: float) -> float:
+    """Arrival time of the first agent media frame with speech after `since` (each frame is looked at once)."""
     deadline = time.monotonic() + timeout
+    index = next((i for i, (at, _) in enumerate(client.media_log) if at > since), len(client.media_log))
     while time.monotonic() < deadline:
-        for at, payload in client.media_log:
-            if at > since and is_speech(payload):
+        while index < len(client.media_log):
+            at, payload = client.media_log[index]
+            index += 1
+            if is_speech(payload):
                 return at
         await asyncio.sleep(0.005)
     raise TimeoutError("the agent did not answer")
