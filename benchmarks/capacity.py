@@ -21,11 +21,12 @@ from pathlib import Path
 import httpx
 
 from benchmarks.common import (
-    BENCH_PIPELINES, cpu_seconds_and_rss, fmt, machine, percentile, process_tree, start_server,
+    BENCH_PIPELINES, cpu_seconds_and_rss, fmt, machine, percentile, process_tree,
     twilio_caller,
 )
 from benchmarks.latency import agent_quiet, first_agent_speech_after, speech_frames
 from tests.audio import speech
+from tests.conftest import start_server
 from tests.fakes.scripted_llm import ScriptedLLM
 
 GAP_TARGET = 0.060

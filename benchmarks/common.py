@@ -9,7 +9,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 
-from tests.conftest import ROOT, start_server
+from tests.conftest import ROOT
 from tests.fakes.twilio_client import TwilioMediaStreamsClient, ulaw_decode
 
 BENCH_PIPELINES = ROOT / "benchmarks" / "pipelines"

@@ -21,9 +21,10 @@ from pathlib import Path
 import httpx
 
 from benchmarks.common import (
-    BENCH_PIPELINES, fmt, is_speech, machine, percentile, start_server, twilio_caller,
+    BENCH_PIPELINES, fmt, is_speech, machine, percentile, twilio_caller,
 )
 from tests.audio import speech
+from tests.conftest import start_server
 from tests.fakes.scripted_llm import ScriptedLLM
 from tests.fakes.twilio_client import ulaw_encode
 

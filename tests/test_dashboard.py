@@ -239,7 +239,8 @@ def test_browser_call_from_the_dashboard(fresh_server, llm, tmp_path):
     if not CHROMIUM.exists():
         pytest.fail("Debian's chromium is needed for the browser test: apt-get install -y chromium")
 
-    llm.script("We open at nine tomorrow morning.", json.dumps(ANALYSIS))  # the reply, then the post-call analysis
+    llm.script("We open at nine tomorrow morning.")
+    llm.script_oneshot(json.dumps(ANALYSIS))  # the post-call analysis
     # The fake microphone loops the file: the question comes after the greeting, then a long silence.
     caller_wav = tmp_path / "caller.wav"
     write_wav(caller_wav, speech("What time do you open tomorrow morning?", 48000, lead_secs=8, tail_secs=30), 48000)

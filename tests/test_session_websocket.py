@@ -9,7 +9,6 @@ import json
 import time
 
 import httpx
-import pytest
 
 from app.client import SessionClient
 from tests.audio import rms

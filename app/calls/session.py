@@ -25,7 +25,7 @@ from app.storage import sessions as session_store
 from app.storage import telephony as telephony_store
 from app.storage.ids import utcnow
 from app.storage.models import Agent, Session
-from pipelines.builder import GOODBYE, AgentSpec, CallPipeline, ToolDefinition, build_pipeline
+from pipelines.builder import GOODBYE, AgentSpec, ToolDefinition, build_pipeline
 from pipelines.config import PipelineConfig
 from processors.session_events import end_reason
 
@@ -95,6 +95,9 @@ class CallSession:
         self._llm_options = {k: inline[k] for k in ("model", "temperature") if inline.get(k) is not None}
         """An inline call's own LLM model and temperature."""
         self._worker: PipelineWorker | None = None
+        self._running = False
+        self._end_requested: str | None = None
+        """An end asked for before the pipeline was built."""
         self._final_frame: Frame | None = None
         self._error: str | None = None
         self._pending_tools: dict[str, asyncio.Future] = {}
@@ -188,6 +191,10 @@ class CallSession:
             @call.provider_errors.event_handler("on_provider_error")
             async def on_provider_error(_monitor, service, error):
                 logger.warning(f"session {self.session_id}: provider failure in {service}: {error}")
+
+        @self._worker.event_handler("on_pipeline_started")
+        async def on_started(_worker, _frame):
+            self._running = True
 
         @self._worker.event_handler("on_pipeline_finished")
         async def on_finished(_worker, frame):
@@ -293,9 +300,14 @@ class CallSession:
             self._pending_tools.pop(call_id, None)
 
     async def end(self, reason: str) -> None:
-        """End the call now (for example, its agent was deleted)."""
-        if self._worker:
+        """End the call now (for example, its agent was deleted); a call still starting
+        ends as soon as its pipeline has started (cancelling it mid-start would lose the reason)."""
+        if self._running:
             await self._worker.cancel(reason=reason)
+        elif self._worker:
+            await self._worker.queue_frame(EndFrame(reason=reason))
+        else:
+            self._end_requested = self._end_requested or reason
 
     async def end_with_goodbye(self, reason: str, goodbye: str = SHUTDOWN_GOODBYE) -> None:
         """End the call once a short goodbye has played."""
@@ -309,6 +321,8 @@ class CallSession:
         ACTIVE_SESSIONS.inc()
         try:
             self._build()
+            if self._end_requested:
+                await self._worker.queue_frame(EndFrame(reason=self._end_requested))
             runner = WorkerRunner(handle_sigint=False)
             await runner.add_workers(self._worker)
             await runner.run()

@@ -7,8 +7,6 @@ built-in, ``end_call`` or ``transfer_call`` (to ``phone_number``). A failure nev
 raises: it becomes ``{"error": ...}`` for the LLM, so the agent can say so.
 """
 
-import hashlib
-import hmac
 import json
 import time
 from typing import Any
@@ -22,11 +20,10 @@ from twilio.rest import Client
 from twilio.twiml.voice_response import VoiceResponse
 
 from app.settings import Settings
-from app.telephony.twilio import _credentials as twilio_credentials
+from app.telephony.twilio import credentials as twilio_credentials
+from app.webhooks import SIGNATURE_HEADER, TIMESTAMP_HEADER, signature
 
 DEFAULT_TIMEOUT_SECS = 10.0
-SIGNATURE_HEADER = "X-Switchboard-Signature"
-TIMESTAMP_HEADER = "X-Switchboard-Timestamp"
 
 
 def argument_errors(schema: dict[str, Any], arguments: Any) -> str | None:
@@ -35,12 +32,6 @@ def argument_errors(schema: dict[str, Any], arguments: Any) -> str | None:
     if not errors:
         return None
     return "; ".join(f"{'/'.join(map(str, e.absolute_path)) or 'arguments'}: {e.message}" for e in errors)
-
-
-def signature(secret: str, timestamp: str, body: bytes) -> str:
-    """`sha256=<hex>`: HMAC-SHA256 with the tool's secret over `<timestamp>.<body>`."""
-    digest = hmac.new(secret.encode(), timestamp.encode() + b"." + body, hashlib.sha256).hexdigest()
-    return f"sha256={digest}"
 
 
 async def call_webhook(tool: dict[str, Any], arguments: dict[str, Any], *, session_id: str, call_id: str) -> Any:

@@ -64,7 +64,7 @@ def check_signature(settings: Settings, request: Request, params: dict[str, str]
         raise APIError(403, "invalid_signature", f"{reason} X-Twilio-Signature")
 
 
-def _credentials(settings: Settings) -> dict[str, str] | None:
+def credentials(settings: Settings) -> dict[str, str] | None:
     """Serializer-style credentials: the account SID with an auth token or an API key pair."""
     if not settings.twilio_account_sid:
         return None
@@ -76,7 +76,7 @@ def _credentials(settings: Settings) -> dict[str, str] | None:
 
 
 def require_credentials(settings: Settings) -> None:
-    if _credentials(settings) is None:
+    if credentials(settings) is None:
         missing = ["TWILIO_ACCOUNT_SID", "TWILIO_AUTH_TOKEN (or TWILIO_API_KEY_SID + TWILIO_API_KEY_SECRET)"]
         raise APIError(
             422, "missing_credentials", "outbound calls need Twilio credentials in the server's environment",
@@ -87,11 +87,11 @@ def require_credentials(settings: Settings) -> None:
 async def place_call(settings: Settings, *, to: str, from_: str, url: str, status_callback: str) -> str:
     """Ask Twilio's REST API to place a call; its Call SID. 502 if Twilio refuses."""
     require_credentials(settings)
-    credentials = _credentials(settings)
+    creds = credentials(settings)
     username, password = (
-        (credentials["api_key_sid"], credentials["api_key_secret"])
-        if "api_key_sid" in credentials
-        else (settings.twilio_account_sid, credentials["auth_token"])
+        (creds["api_key_sid"], creds["api_key_secret"])
+        if "api_key_sid" in creds
+        else (settings.twilio_account_sid, creds["auth_token"])
     )
     http_client = AsyncTwilioHttpClient()
     client = Client(username, password, settings.twilio_account_sid, http_client=http_client)
@@ -111,10 +111,10 @@ async def place_call(settings: Settings, *, to: str, from_: str, url: str, statu
 
 def stream_serializer(settings: Settings, stream_sid: str, call_sid: str | None) -> TwilioStreamSerializer:
     """Pipecat's Twilio serializer (with marks); it hangs up through the REST API when it can."""
-    credentials = _credentials(settings)
-    if credentials is None or not call_sid:
+    creds = credentials(settings)
+    if creds is None or not call_sid:
         logger.warning("no Twilio credentials or call SID: the server can't hang up this call itself")
         return TwilioStreamSerializer(stream_sid, params=TwilioStreamSerializer.InputParams(auto_hang_up=False))
     return TwilioStreamSerializer(
-        stream_sid, call_sid, settings.twilio_account_sid, base_url=settings.twilio_api_base_url, **credentials
+        stream_sid, call_sid, settings.twilio_account_sid, base_url=settings.twilio_api_base_url, **creds
     )
