@@ -23,7 +23,7 @@ class Database:
         self.sessions = async_sessionmaker(self.engine, expire_on_commit=False)
 
     async def migrate(self) -> None:
-        """Bring the schema to the newest Alembic revision(s)."""
+        """Bring the schema to the newest Alembic revision."""
         await asyncio.to_thread(upgrade_to_head, self.url)
 
     async def dispose(self) -> None:
@@ -38,4 +38,4 @@ def alembic_config(url: str) -> Config:
 
 
 def upgrade_to_head(url: str) -> None:
-    command.upgrade(alembic_config(url), "heads")
+    command.upgrade(alembic_config(url), "head")
