@@ -141,8 +141,12 @@ async def test_barge_in_cuts_the_cloud_agent_off(cloud_server, cloud_api, provid
         await barge
         interrupted = await client.wait_for("transcript.agent", timeout=10)
         assert interrupted["interrupted"] is True and interrupted["text"] != long_answer, client.events
-        heard = await client.wait_for("transcript.user", timeout=30, count=2)
-        assert "stop" in heard["text"].lower(), heard
+        # The barge-in may reach the transcript as one turn or, split at its pauses, as several.
+        await client.wait_for("transcript.user", timeout=30, count=2)
+        deadline = asyncio.get_running_loop().time() + 30
+        while not any("stop" in e["text"].lower() for e in client.of_type("transcript.user")[1:]):
+            assert asyncio.get_running_loop().time() < deadline, client.of_type("transcript.user")
+            await asyncio.sleep(0.1)
         next_reply = [e["_at"] for e in client.of_type("agent.speech.started")[1:]]
         window_end = next_reply[0] - 0.1 if next_reply else started["_at"] + 2.0
         late_audio = sum(size for at, size in client.audio_log if started["_at"] + 0.5 < at < window_end)

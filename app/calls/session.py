@@ -101,6 +101,7 @@ class CallSession:
         self._final_frame: Frame | None = None
         self._error: str | None = None
         self._pending_tools: dict[str, asyncio.Future] = {}
+        self._record_lock = asyncio.Lock()
         self._usage = UsageObserver()
 
     def _build(self) -> None:
@@ -214,8 +215,10 @@ class CallSession:
             await latency_store.save(db, self.session_id, record)
 
     async def _record(self, speaker: str, content: str, timestamp: str, interrupted: bool = False) -> None:
-        """Store a finished turn at once, and tell a session client about it."""
-        async with self.state.db.sessions() as db:
+        """Store a finished turn at once, and tell a session client about it. Entries are
+        written one at a time, in the order they were recorded (a caller's turn before the
+        tool call it led to, however fast the tool)."""
+        async with self._record_lock, self.state.db.sessions() as db:
             await session_store.add_transcript_entry(
                 db, self.session_id, speaker=speaker, content=content,
                 timestamp=_parse_time(timestamp), interrupted=interrupted,

@@ -15,12 +15,11 @@ import httpx
 from jsonschema import Draft202012Validator
 from loguru import logger
 from twilio.base.exceptions import TwilioRestException
-from twilio.http.async_http_client import AsyncTwilioHttpClient
-from twilio.rest import Client
 from twilio.twiml.voice_response import VoiceResponse
 
 from app.settings import Settings
 from app.telephony.twilio import credentials as twilio_credentials
+from app.telephony.twilio import rest_client
 from app.webhooks import SIGNATURE_HEADER, TIMESTAMP_HEADER, signature
 
 DEFAULT_TIMEOUT_SECS = 10.0
@@ -74,19 +73,10 @@ async def transfer_twilio_call(settings: Settings, call_sid: str, number: str) -
     credentials = twilio_credentials(settings)
     if credentials is None:
         return "the server has no Twilio credentials"
-    username, password = (
-        (credentials["api_key_sid"], credentials["api_key_secret"])
-        if "api_key_sid" in credentials
-        else (settings.twilio_account_sid, credentials["auth_token"])
-    )
-    http_client = AsyncTwilioHttpClient()
-    client = Client(username, password, settings.twilio_account_sid, http_client=http_client)
-    client.api.base_url = settings.twilio_api_base_url
     try:
-        await client.calls(call_sid).update_async(twiml=dial_twiml(number))
+        async with rest_client(settings, credentials) as client:
+            await client.calls(call_sid).update_async(twiml=dial_twiml(number))
     except TwilioRestException as exc:
         logger.warning(f"Twilio refused to transfer call {call_sid}: {exc.status} {exc.msg}")
         return f"Twilio refused the transfer: {exc.msg}"
-    finally:
-        await http_client.close()
     return None

@@ -4,6 +4,8 @@ TwiML and signature checks go through Twilio's own SDK. The REST API root is
 `TWILIO_API_BASE_URL`, so tests (or a Twilio-compatible backend) can stand in.
 """
 
+from contextlib import asynccontextmanager
+
 from fastapi import Request
 from loguru import logger
 from twilio.base.exceptions import TwilioRestException
@@ -84,10 +86,9 @@ def require_credentials(settings: Settings) -> None:
         )
 
 
-async def place_call(settings: Settings, *, to: str, from_: str, url: str, status_callback: str) -> str:
-    """Ask Twilio's REST API to place a call; its Call SID. 502 if Twilio refuses."""
-    require_credentials(settings)
-    creds = credentials(settings)
+@asynccontextmanager
+async def rest_client(settings: Settings, creds: dict[str, str]):
+    """Twilio's REST client for these credentials and the configured API root, closed on exit."""
     username, password = (
         (creds["api_key_sid"], creds["api_key_secret"])
         if "api_key_sid" in creds
@@ -97,15 +98,23 @@ async def place_call(settings: Settings, *, to: str, from_: str, url: str, statu
     client = Client(username, password, settings.twilio_account_sid, http_client=http_client)
     client.api.base_url = settings.twilio_api_base_url
     try:
-        call = await client.calls.create_async(
-            to=to, from_=from_, url=url, method="POST",
-            status_callback=status_callback, status_callback_method="POST", status_callback_event=STATUS_EVENTS,
-        )
+        yield client
+    finally:
+        await http_client.close()
+
+
+async def place_call(settings: Settings, *, to: str, from_: str, url: str, status_callback: str) -> str:
+    """Ask Twilio's REST API to place a call; its Call SID. 502 if Twilio refuses."""
+    require_credentials(settings)
+    try:
+        async with rest_client(settings, credentials(settings)) as client:
+            call = await client.calls.create_async(
+                to=to, from_=from_, url=url, method="POST",
+                status_callback=status_callback, status_callback_method="POST", status_callback_event=STATUS_EVENTS,
+            )
     except TwilioRestException as exc:
         logger.warning(f"Twilio refused the outbound call to {to}: {exc.status} {exc.msg}")
         raise APIError(502, "twilio_error", f"Twilio refused the call: {exc.msg}", {"twilio_status": exc.status}) from None
-    finally:
-        await http_client.close()
     return call.sid
 
 
