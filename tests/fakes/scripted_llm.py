@@ -4,9 +4,7 @@ The real local model is too small to say the same thing twice; tests that depend
 what the agent says, or on a tool call, point a pipeline at this server instead.
 """
 
-import asyncio
 import json
-import threading
 import time
 import uuid
 from collections import deque
@@ -14,6 +12,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
+
+from tests.fakes.threaded import ThreadedServer
 
 
 @dataclass
@@ -25,10 +25,11 @@ class ToolCall:
 Reply = str | ToolCall | list[ToolCall]
 
 
-class ScriptedLLM:
+class ScriptedLLM(ThreadedServer):
     """Answers each chat completion with the next scripted reply (or `default_reply`)."""
 
     def __init__(self, default_reply: str = "Sure, I can help with that."):
+        super().__init__()
         self.default_reply = default_reply
         self.replies: deque[Reply] = deque()
         self.oneshot_replies: list[tuple[str | None, Reply]] = []
@@ -36,10 +37,6 @@ class ScriptedLLM:
         """Streaming requests: the conversation."""
         self.oneshot_requests: list[dict] = []
         """Non-streaming requests: post-call analysis."""
-        self.port = 0
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._runner: web.AppRunner | None = None
-        self._ready = threading.Event()
 
     @property
     def url(self) -> str:
@@ -60,29 +57,9 @@ class ScriptedLLM:
         self.requests.clear()
         self.oneshot_requests.clear()
 
-    # The server runs on its own loop in a thread so tests can drive it synchronously.
-    def start(self) -> "ScriptedLLM":
-        threading.Thread(target=self._serve, daemon=True).start()
-        self._ready.wait(10)
-        return self
-
-    def stop(self) -> None:
-        if self._loop and self._runner:
-            asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop).result(5)
-            self._loop.call_soon_threadsafe(self._loop.stop)
-
-    def _serve(self) -> None:
-        self._loop = asyncio.new_event_loop()
-        app = web.Application()
+    def routes(self, app: web.Application) -> None:
         app.router.add_post("/v1/chat/completions", self._completions)
         app.router.add_get("/v1/models", self._models)
-        self._runner = web.AppRunner(app)
-        self._loop.run_until_complete(self._runner.setup())
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        self._loop.run_until_complete(site.start())
-        self.port = site._server.sockets[0].getsockname()[1]
-        self._ready.set()
-        self._loop.run_forever()
 
     async def _models(self, request: web.Request) -> web.Response:
         return web.json_response({"object": "list", "data": [{"id": "scripted", "object": "model"}]})

@@ -44,3 +44,22 @@ class ThreadedServer:
         self.port = site._server.sockets[0].getsockname()[1]
         self._ready.set()
         self.loop.run_forever()
+
+
+class WebSocketFake(ThreadedServer):
+    """A provider fake whose clients hold WebSockets open, which a test can cut."""
+
+    def __init__(self):
+        super().__init__()
+        self._sockets: set[web.WebSocketResponse] = set()
+
+    def drop_connections(self) -> int:
+        """Close every open socket abruptly; returns how many were closed."""
+
+        async def drop():
+            sockets = list(self._sockets)
+            for ws in sockets:
+                await ws.close(code=1011, message=b"fake outage")
+            return len(sockets)
+
+        return self.call(drop())
