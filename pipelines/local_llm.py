@@ -6,6 +6,7 @@ shares the one loaded model and the `local` config's `OpenAILLMService` reaches 
 """
 
 import ctypes
+import os
 import signal
 import subprocess
 import sys
@@ -17,6 +18,7 @@ from loguru import logger
 from pipelines.config import LocalLLMServerConfig, resolve_path
 
 PR_SET_PDEATHSIG = 1
+NICENESS = 10
 
 
 def is_serving(port: int) -> bool:
@@ -42,12 +44,11 @@ def start(config: LocalLLMServerConfig, alias: str, timeout_secs: float = 120) -
         "--host", "127.0.0.1",
         "--port", str(config.port),
         "--n_ctx", str(config.n_ctx),
+        "--n_threads", str(config.n_threads or os.cpu_count() or 1),
     ]
-    if config.n_threads:
-        command += ["--n_threads", str(config.n_threads)]
     logger.info(f"Starting local LLM server ({model.name}) on port {config.port}")
     process = subprocess.Popen(
-        command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, preexec_fn=_die_with_parent
+        command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, preexec_fn=_prepare_child
     )
     deadline = time.monotonic() + timeout_secs
     while time.monotonic() < deadline:
@@ -60,10 +61,14 @@ def start(config: LocalLLMServerConfig, alias: str, timeout_secs: float = 120) -
     raise TimeoutError(f"local LLM server did not answer within {timeout_secs:.0f}s")
 
 
-def _die_with_parent() -> None:
-    """In the child: have Linux send it SIGTERM when the server that started it dies, however it dies."""
+def _prepare_child() -> None:
+    """In the child: have Linux send it SIGTERM when the server that started it dies, however it
+    dies; and run it at a lower priority. The LLM gets every core while it is the only one working
+    (its first sentence), and yields them to speech synthesis, which the caller is waiting for,
+    while it generates the rest of the reply."""
     if sys.platform.startswith("linux"):
         ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    os.nice(NICENESS)
 
 
 def stop(process: subprocess.Popen | None) -> None:

@@ -9,7 +9,9 @@ import importlib.resources
 import threading
 from pathlib import Path
 
+import numpy as np
 import onnxruntime
+from faster_whisper import WhisperModel
 from loguru import logger
 
 _lock = threading.Lock()
@@ -24,15 +26,34 @@ def _load_once(key: tuple, loader):
         return _cache[key]
 
 
-def whisper_model(model_dir: Path, device: str = "cpu", compute_type: str = "int8"):
+class ShortWindowWhisperModel(WhisperModel):
+    """faster-whisper that encodes a short segment in a window sized to it, not in 30 s.
+
+    faster-whisper zero-pads every segment's features to Whisper's 30 s window, and the
+    encoder's time grows with the window: tiny.en on 2 CPU cores takes ~220 ms for 30 s
+    and ~27 ms for 10 s. A caller's turn lasts a few seconds, so the encoder gets the
+    speech and `PADDING_FRAMES` of the padding after it. The padding matters: with the
+    window ending right after the speech, the decoder doesn't see the speech end and
+    repeats itself. `benchmarks/whisper_window.py` compares words and times.
+    """
+
+    PADDING_FRAMES = 1000  # 10 s of 10 ms feature frames
+
+    def encode(self, features: np.ndarray):
+        frames = np.flatnonzero(np.any(features != 0, axis=tuple(range(features.ndim - 1))))
+        window = (int(frames[-1]) + 1 if len(frames) else 0) + self.PADDING_FRAMES
+        if window < features.shape[-1]:
+            features = np.ascontiguousarray(features[..., : window + window % 2])
+        return super().encode(features)
+
+
+def whisper_model(model_dir: Path, device: str = "cpu", compute_type: str = "int8") -> ShortWindowWhisperModel:
     """A faster-whisper model from a local CTranslate2 directory (never the hub)."""
     if not (Path(model_dir) / "tokenizer.json").exists():
         raise FileNotFoundError(f"no Whisper model (tokenizer.json) in {model_dir}")
 
     def load():
-        from faster_whisper import WhisperModel
-
-        return WhisperModel(str(model_dir), device=device, compute_type=compute_type, local_files_only=True)
+        return ShortWindowWhisperModel(str(model_dir), device=device, compute_type=compute_type, local_files_only=True)
 
     return _load_once(("whisper", str(model_dir), device, compute_type), load)
 

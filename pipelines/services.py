@@ -21,6 +21,8 @@ from pipecat.transcriptions.language import Language
 
 from pipelines import models
 from pipelines.config import PipelineConfig, StageConfig, resolve_path
+from pipelines.first_clause import FirstClauseTextAggregator
+from pipelines.whisper import SharedWhisperSTTService
 
 
 @dataclass
@@ -61,41 +63,17 @@ class SharedSmartTurnAnalyzerV3(LocalSmartTurnAnalyzerV3):
         self._session = models.smart_turn_session()
 
 
-class SharedWhisperSTTService(WhisperSTTService):
-    """`WhisperSTTService` whose model comes from the process-wide cache, decoding with
-    `beam_size` (1, greedy, is about a third faster than Whisper's 5 on a CPU)."""
-
-    def __init__(self, *, beam_size: int = 5, **kwargs):
-        self._beam_size = beam_size
-        super().__init__(**kwargs)
-
-    def _load(self):
-        model = models.whisper_model(resolve_path(str(self._settings.model)), self._device, self._compute_type)
-        self._model = WhisperDecoding(model, beam_size=self._beam_size)
-
-
-class WhisperDecoding:
-    """A shared Whisper model seen through one service's decoding options."""
-
-    def __init__(self, model, **options):
-        self._model = model
-        self._options = options
-
-    def __getattr__(self, name):
-        return getattr(self._model, name)
-
-    def transcribe(self, audio, **kwargs):
-        return self._model.transcribe(audio, **{**self._options, **kwargs})
-
-
 class SharedPiperTTSService(PiperTTSService):
-    """`PiperTTSService` speaking with a process-wide `PiperVoice`."""
+    """`PiperTTSService` speaking with a process-wide `PiperVoice`, and starting each reply
+    with its first clause (Piper synthesizes a chunk of text whole, so a shorter first
+    chunk is heard sooner)."""
 
     def __init__(self, *, voice, settings: PiperTTSService.Settings, **kwargs):
         TTSService.__init__(
             self, push_start_frame=True, push_stop_frames=True, settings=settings, **kwargs
         )
         self._voice = voice
+        self._text_aggregator = FirstClauseTextAggregator(language=self._text_aggregator.language)
 
 
 def _silero(stage: StageConfig, ctx: ServiceContext) -> VADAnalyzer:
