@@ -8,33 +8,40 @@ talks and listens at real time for `--secs`. Reported per step: outbound media p
 voice-to-voice p95, server CPU and resident memory (all processes), memory per call,
 and failed calls. The answer is the largest N with p99 gap ≤ 60 ms and no failures.
 
+The callers run in `--client-processes` processes (one per core by default), so one
+Python process's event loop doesn't delay the arrivals it timestamps. They share the
+machine's cores with the server; their CPU is reported too.
+
     .venv/bin/python -m benchmarks.capacity --steps 10 25 50 100
 """
 
 import argparse
 import asyncio
+import multiprocessing
 import os
+import resource
 import tempfile
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import httpx
 
 from benchmarks.common import (
-    BENCH_PIPELINES, cpu_seconds_and_rss, fmt, machine, percentile, process_tree,
-    twilio_caller,
+    BENCH_PIPELINES, cpu_seconds_and_rss, fmt, machine, percentile, process_tree, twilio_session,
 )
 from benchmarks.latency import agent_quiet, first_agent_speech_after, speech_frames
 from tests.audio import speech
 from tests.conftest import start_server
 from tests.fakes.scripted_llm import ScriptedLLM
+from tests.fakes.twilio_client import TwilioMediaStreamsClient
 
 GAP_TARGET = 0.060
 UTTERANCE_BREAK = 0.5  # a longer gap between agent frames is a pause between utterances
 
 
-async def caller(server, agent_id: str, secs: float, question: bytes) -> dict:
-    client = twilio_caller(server, agent_id)
+async def caller(twiml: str, secs: float, question: bytes) -> dict:
+    client = TwilioMediaStreamsClient.from_twiml(twiml)
     turns: list[float] = []
     async with client:
         opened = time.monotonic()
@@ -54,7 +61,22 @@ async def caller(server, agent_id: str, secs: float, question: bytes) -> dict:
     return {"turns": turns, "gaps": gaps, "frames": len(arrivals)}
 
 
-async def step(server, agent_id: str, calls: int, secs: float, question: bytes) -> dict:
+def run_callers(twimls: list[str], secs: float, question: bytes) -> tuple[list[dict | str], float]:
+    """One load-generator process: these callers at once on its event loop; their results
+    (or errors) and the CPU seconds the process spent."""
+
+    async def all_callers():
+        return await asyncio.gather(*(caller(twiml, secs, question) for twiml in twimls), return_exceptions=True)
+
+    cpu_before = time.process_time()
+    results = asyncio.run(all_callers())
+    errors_or_results = [r if isinstance(r, dict) else f"{type(r).__name__}: {r}"[:120] for r in results]
+    return errors_or_results, time.process_time() - cpu_before
+
+
+async def step(server, agent_id: str, calls: int, secs: float, question: bytes, pool: ProcessPoolExecutor,
+               processes: int) -> dict:
+    twimls = [twilio_session(server, agent_id)[0] for _ in range(calls)]
     pids = process_tree(server.process.pid)
     cpu_before, rss_idle = cpu_seconds_and_rss(pids)
     started = time.monotonic()
@@ -67,25 +89,29 @@ async def step(server, agent_id: str, calls: int, secs: float, question: bytes) 
             await asyncio.sleep(1)
 
     sampler = asyncio.create_task(sample_memory())
-    results = await asyncio.gather(
-        *(caller(server, agent_id, secs, question) for _ in range(calls)), return_exceptions=True
-    )
+    loop = asyncio.get_running_loop()
+    shares = await asyncio.gather(*(
+        loop.run_in_executor(pool, run_callers, twimls[i::processes], secs, question) for i in range(processes)
+    ))
     sampler.cancel()
     elapsed = time.monotonic() - started
     cpu_after, _ = cpu_seconds_and_rss(pids)
+    results = [r for share, _ in shares for r in share]
+    client_cpu = sum(cpu for _, cpu in shares)
     ok = [r for r in results if isinstance(r, dict) and r["turns"]]
     gaps = [g for r in ok for g in r["gaps"]]
     turns = [t for r in ok for t in r["turns"]]
     return {
         "calls": calls,
         "failures": calls - len(ok),
-        "errors": sorted({f"{type(r).__name__}: {r}"[:120] for r in results if isinstance(r, BaseException)}),
+        "errors": sorted({r for r in results if isinstance(r, str)}),
         "gap_p50": percentile(gaps, 50),
         "gap_p99": percentile(gaps, 99),
         "v2v_p95": percentile(turns, 95),
         "cpu_percent": 100 * (cpu_after - cpu_before) / elapsed / (os.cpu_count() or 1),
         "rss_mib": peak_rss,
         "per_call_mib": max(0.0, peak_rss - rss_idle) / calls,
+        "client_cpu_percent": 100 * client_cpu / elapsed / (os.cpu_count() or 1),
     }
 
 
@@ -94,7 +120,10 @@ async def main() -> None:
     parser.add_argument("--steps", type=int, nargs="+", default=[10, 25, 50, 100])
     parser.add_argument("--secs", type=float, default=30, help="how long each caller keeps talking")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--client-processes", type=int, default=os.cpu_count() or 1)
     args = parser.parse_args()
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, 65536)), hard))
 
     llm = ScriptedLLM(default_reply="We open at eight tomorrow morning.").start()
     data = Path(tempfile.mkdtemp(prefix="switchboard-capacity-"))
@@ -113,20 +142,25 @@ async def main() -> None:
             "name": "Capacity", "voice_id": "tone", "pipeline": "instant", "greeting": "Hello, thanks for calling.",
             "system_prompt": "You are a receptionist.",
         }).json()
-        print(f"\nCapacity benchmark — pipeline 'instant', {args.workers} worker process(es), {args.secs:.0f} s per step")
+        print(f"\nCapacity benchmark — pipeline 'instant', {args.workers} server worker process(es), "
+              f"{args.client_processes} caller process(es), {args.secs:.0f} s per step")
         print(f"machine: {machine()}")
-        print(f"{'calls':>5} {'fail':>4} {'gap p50':>8} {'gap p99':>8} {'v2v p95':>8} {'cpu':>6} {'rss':>9} {'per call':>9}")
+        print(f"{'calls':>5} {'fail':>4} {'gap p50':>8} {'gap p99':>8} {'v2v p95':>8} {'cpu':>6} {'rss':>9} "
+              f"{'per call':>9} {'callers cpu':>11}")
         best = None
+        pool = ProcessPoolExecutor(args.client_processes, mp_context=multiprocessing.get_context("spawn"))
         for calls in args.steps:
-            r = await step(server, agent["id"], calls, args.secs, question)
+            r = await step(server, agent["id"], calls, args.secs, question, pool, args.client_processes)
             print(f"{r['calls']:>5} {r['failures']:>4} {fmt(r['gap_p50']):>8} {fmt(r['gap_p99']):>8} "
-                  f"{fmt(r['v2v_p95']):>8} {r['cpu_percent']:>5.0f}% {r['rss_mib']:>6.0f} MiB {r['per_call_mib']:>5.1f} MiB")
+                  f"{fmt(r['v2v_p95']):>8} {r['cpu_percent']:>5.0f}% {r['rss_mib']:>6.0f} MiB {r['per_call_mib']:>5.1f} MiB "
+                  f"{r['client_cpu_percent']:>10.0f}%")
             for error in r["errors"]:
                 print(f"      {error}")
             if r["failures"] == 0 and r["gap_p99"] is not None and r["gap_p99"] <= GAP_TARGET:
                 best = calls
             await asyncio.sleep(3)
         print(f"largest N with p99 gap ≤ {GAP_TARGET * 1000:.0f} ms and no failures: {best if best else 'none'}")
+        pool.shutdown()
     finally:
         server.stop()
         llm.stop()

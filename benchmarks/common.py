@@ -48,9 +48,8 @@ def fmt(value: float | None, unit: str = "ms") -> str:
     return f"{value * 1000:.0f} ms" if unit == "ms" else f"{value:.2f}"
 
 
-def twilio_caller(server, agent_id: str) -> TwilioMediaStreamsClient:
-    """A Twilio caller for a fresh session of the agent, from the TwiML the server answers.
-    The session's id is on the client as `session_id`."""
+def twilio_session(server, agent_id: str) -> tuple[str, str]:
+    """A fresh Twilio session of the agent: the TwiML the server answers, and the session's id."""
     response = httpx.post(
         f"{server.url}/v1/sessions/twilio",
         json={"agentId": agent_id, "from": "+15550001111", "to": "+15550002222"},
@@ -58,8 +57,14 @@ def twilio_caller(server, agent_id: str) -> TwilioMediaStreamsClient:
         timeout=30,
     )
     response.raise_for_status()
-    client = TwilioMediaStreamsClient.from_twiml(response.json()["twiml"])
-    client.session_id = response.json()["session"]["session_id"]
+    return response.json()["twiml"], response.json()["session"]["session_id"]
+
+
+def twilio_caller(server, agent_id: str) -> TwilioMediaStreamsClient:
+    """A Twilio caller for a fresh session of the agent; the session's id is on it as `session_id`."""
+    twiml, session_id = twilio_session(server, agent_id)
+    client = TwilioMediaStreamsClient.from_twiml(twiml)
+    client.session_id = session_id
     return client
 
 

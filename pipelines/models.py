@@ -5,8 +5,11 @@ call; only the read-only weights and inference sessions are shared. ONNX Runtime
 CTranslate2 sessions are safe to run from several threads at once.
 """
 
+import functools
 import importlib.resources
+import os
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +17,7 @@ import onnxruntime
 from faster_whisper import WhisperModel
 from loguru import logger
 
+BACKGROUND_NICENESS = 10
 _lock = threading.Lock()
 _cache: dict[tuple, object] = {}
 
@@ -70,6 +74,21 @@ def piper_voice(model_dir: Path, voice: str):
         return PiperVoice.load(model_path)
 
     return _load_once(("piper", str(model_path)), load)
+
+
+@functools.cache
+def background_executor() -> ThreadPoolExecutor:
+    """The process's threads for model work a call can wait a little for (turn prediction), one
+    per core, at a lower CPU priority than the event loop, which paces every call's audio: on a
+    busy server a turn decision is a few ms later instead of other calls' audio stuttering."""
+    return ThreadPoolExecutor(
+        max_workers=os.cpu_count() or 1, thread_name_prefix="background-model", initializer=_lower_thread_priority
+    )
+
+
+def _lower_thread_priority() -> None:
+    if hasattr(os, "setpriority"):
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), BACKGROUND_NICENESS)
 
 
 def _bundled(package: str, name: str) -> str:

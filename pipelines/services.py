@@ -7,6 +7,7 @@ letting each call load its own.
 
 import os
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -55,12 +56,17 @@ class SharedSileroVADAnalyzer(SileroVADAnalyzer):
 
 
 class SharedSmartTurnAnalyzerV3(LocalSmartTurnAnalyzerV3):
-    """`LocalSmartTurnAnalyzerV3` over the shared ONNX session."""
+    """`LocalSmartTurnAnalyzerV3` over the shared ONNX session, predicting on the process's
+    low-priority model threads instead of a thread of its own (see `models.background_executor`)."""
 
     def __init__(self, **kwargs):
         BaseSmartTurn.__init__(self, **kwargs)
         self._log_data = False
         self._session = models.smart_turn_session()
+
+    @property
+    def _model_executor(self) -> ThreadPoolExecutor:
+        return models.background_executor()
 
 
 class SharedPiperTTSService(PiperTTSService):

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 from fastapi import WebSocket
 from loguru import logger
+from pipecat.audio.resamplers.soxr_stream_resampler import SOXRStreamAudioResampler
 from pipecat.serializers.base_serializer import FrameSerializer
 from pipecat.serializers.plivo import PlivoFrameSerializer
 from pipecat.serializers.telnyx import TelnyxFrameSerializer
@@ -99,6 +100,19 @@ def _plivo_serializer(settings: Settings, start: StreamStart) -> FrameSerializer
     )
 
 
+def with_prompt_caller_audio(serializer: FrameSerializer) -> FrameSerializer:
+    """The serializer, upsampling the caller's 8 kHz audio with soxr's quick quality.
+
+    Pipecat's carrier serializers use a very-high-quality soxr stream, which holds the audio
+    back ~50 ms and hands it on in ~95 ms blocks: every VAD decision (end of turn, barge-in)
+    came that much later. The quick quality passes each 20 ms frame on at once, and Whisper
+    makes the same words of it (`benchmarks/whisper_window.py` on both: 8.2 % word errors).
+    The agent's audio keeps Pipecat's resampler: it comes in whole sentences and the caller hears it.
+    """
+    serializer._input_resampler = SOXRStreamAudioResampler(quality="QQ")
+    return serializer
+
+
 CARRIERS = {
     "twilio": Carrier(
         "twilio", _twilio_start, lambda settings, s: twilio.stream_serializer(settings, s.stream_id, s.call_id), True
@@ -155,7 +169,7 @@ async def serve_stream(websocket: WebSocket, carrier: Carrier) -> None:
             add_wav_header=False,
             # 20 ms media frames, as carriers send and expect them.
             audio_out_10ms_chunks=2,
-            serializer=carrier.serializer(state.settings, start),
+            serializer=with_prompt_caller_audio(carrier.serializer(state.settings, start)),
         ),
     )
     call = PhoneCallSession(
