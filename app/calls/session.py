@@ -95,7 +95,6 @@ class CallSession:
         self._llm_options = {k: inline[k] for k in ("model", "temperature") if inline.get(k) is not None}
         """An inline call's own LLM model and temperature."""
         self._worker: PipelineWorker | None = None
-        self._running = False
         self._end_requested: str | None = None
         """An end asked for before the pipeline was built."""
         self._final_frame: Frame | None = None
@@ -192,10 +191,6 @@ class CallSession:
             @call.provider_errors.event_handler("on_provider_error")
             async def on_provider_error(_monitor, service, error):
                 logger.warning(f"session {self.session_id}: provider failure in {service}: {error}")
-
-        @self._worker.event_handler("on_pipeline_started")
-        async def on_started(_worker, _frame):
-            self._running = True
 
         @self._worker.event_handler("on_pipeline_finished")
         async def on_finished(_worker, frame):
@@ -303,11 +298,10 @@ class CallSession:
             self._pending_tools.pop(call_id, None)
 
     async def end(self, reason: str) -> None:
-        """End the call now (for example, its agent was deleted); a call still starting
-        ends as soon as its pipeline has started (cancelling it mid-start would lose the reason)."""
-        if self._running:
-            await self._worker.cancel(reason=reason)
-        elif self._worker:
+        """End the call (for example, its agent was deleted) with an `EndFrame`, which ends it
+        cleanly in any stage: a cancel that lands while the pipeline is still starting is
+        dropped with its reason. A call whose pipeline isn't built yet ends once it is."""
+        if self._worker:
             await self._worker.queue_frame(EndFrame(reason=reason))
         else:
             self._end_requested = self._end_requested or reason
