@@ -16,7 +16,7 @@ from tests.fakes.cartesia import FakeCartesia
 from tests.fakes.deepgram import FakeDeepgram
 from tests.fakes.twilio_client import TwilioMediaStreamsClient, ulaw_decode
 from tests.fakes.scripted_llm import ToolCall
-from tests.test_session_websocket import agent_ws, wait_for_status
+from tests.test_session_websocket import agent_ws, wait_for_cost, wait_for_status
 from pipelines.config import PipelineCatalog
 
 KATIE = "f786b574-daa5-4673-aa0c-cbe3e8534c02"
@@ -230,7 +230,7 @@ async def test_cost_is_the_usage_times_the_price_table(cloud_server, cloud_api, 
     characters, audio_secs = cartesia.characters - characters_before, deepgram.audio_secs - audio_before
 
     wait_for_status(cloud_api, ready["session_id"], "completed")
-    cost = cloud_api.get(f"/v1/sessions/{ready['session_id']}").json()["cost"]
+    cost = wait_for_cost(cloud_api, ready["session_id"])["cost"]
     lines = {line["stage"]: line for line in cost["breakdown"]}
     assert (lines["stt"]["provider"], lines["llm"]["provider"], lines["tts"]["provider"]) == (
         "deepgram", "anthropic", "cartesia")
@@ -310,7 +310,8 @@ async def test_hybrid_pipeline_local_whisper_with_claude_and_cartesia(cloud_serv
     assert reply["text"] == "Yes, we have a free slot on Friday."
     assert len(deepgram.connections) == dg_connections  # Whisper heard the caller, not Deepgram
     assert "Yes, we have a free slot on Friday." in " ".join(cartesia.transcripts())
-    session = wait_for_status(cloud_api, ready["session_id"], "completed")
+    wait_for_status(cloud_api, ready["session_id"], "completed")
+    session = wait_for_cost(cloud_api, ready["session_id"])
     stt = next(line for line in session["cost"]["breakdown"] if line["stage"] == "stt")
     assert stt["provider"] == "whisper" and stt["amount"] == 0 and stt["usage"]["audio_seconds"] > 0
 

@@ -190,6 +190,17 @@ async def test_max_turns_says_goodbye_and_ends(server, api, llm):
     assert session["end_reason"] == "max_turns"
 
 
+def wait_for_cost(api, session_id: str, timeout: float = 15) -> dict:
+    """The ended session once its cost is stored (just after its status)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        session = api.get(f"/v1/sessions/{session_id}").json()
+        if session.get("cost") or time.monotonic() > deadline:
+            assert session.get("cost"), session
+            return session
+        time.sleep(0.1)
+
+
 def wait_for_status(api, session_id: str, status: str, timeout: float = 15) -> dict:
     deadline = time.monotonic() + timeout
     while True:
