@@ -15,10 +15,10 @@ import urllib.request
 
 from loguru import logger
 
+from pipelines import models
 from pipelines.config import LocalLLMServerConfig, resolve_path
 
 PR_SET_PDEATHSIG = 1
-NICENESS = 10
 
 
 def is_serving(port: int) -> bool:
@@ -68,7 +68,7 @@ def _prepare_child() -> None:
     while it generates the rest of the reply."""
     if sys.platform.startswith("linux"):
         ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-    os.nice(NICENESS)
+    os.nice(models.BACKGROUND_NICENESS)
 
 
 def stop(process: subprocess.Popen | None) -> None:

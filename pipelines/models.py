@@ -18,6 +18,7 @@ from faster_whisper import WhisperModel
 from loguru import logger
 
 BACKGROUND_NICENESS = 10
+"""The niceness of work that can wait for the event loops and speech synthesis: turn prediction, the local LLM server."""
 _lock = threading.Lock()
 _cache: dict[tuple, object] = {}
 
