@@ -73,8 +73,9 @@ class RateLimiter:
     so give it a Redis client (`SWITCHBOARD_REDIS_URL`) to share one window between them.
     """
 
-    def __init__(self, per_minute: int, redis=None):
+    def __init__(self, per_minute: int, redis=None, redis_prefix: str = "switchboard"):
         self.per_minute = per_minute
+        self._redis_prefix = redis_prefix
         self._hits: dict[str, deque[float]] = defaultdict(deque)
         self._lock = asyncio.Lock()
         self._redis = redis
@@ -97,7 +98,7 @@ class RateLimiter:
 
     async def _redis_retry_after(self, key: str) -> int | None:
         window = int(time.time() // 60)
-        name = f"switchboard:rate:{key}:{window}"
+        name = f"{self._redis_prefix}:rate:{key}:{window}"
         count = await self._redis.incr(name)
         if count == 1:
             await self._redis.expire(name, 120)

@@ -59,11 +59,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         await asyncio.to_thread(preload_models, catalog, settings.preload_pipelines)
         redis = Redis.from_url(settings.redis_url) if settings.redis_url else None
         calls = CallRegistry()
-        control = CallControl(calls, redis)
+        control = CallControl(calls, redis, settings.redis_prefix)
         await control.start()
         app.state.switchboard = AppState(
             settings=settings, db=db, catalog=catalog, tokens=TokenSigner(secret),
-            rate_limiter=RateLimiter(settings.rate_limit_per_minute, redis), calls=calls, control=control,
+            rate_limiter=RateLimiter(settings.rate_limit_per_minute, redis, settings.redis_prefix), calls=calls, control=control,
         )
         install_drain_on_signals(app.state.switchboard)
         logger.info(f"Switchboard ready (pipelines: {', '.join(catalog.names())})")

@@ -46,7 +46,9 @@ class Settings(BaseSettings):
     max_concurrent_calls: int = 20
     """Live calls per account unless the account sets its own cap."""
     redis_url: str | None = None
-    """Shares rate-limit windows between server processes when set."""
+    """Shares rate-limit windows and call control between server processes when set."""
+    redis_prefix: str = "switchboard"
+    """Prefix of every Redis key and channel, so several deployments can share one Redis."""
     drain_grace_secs: float = 30
     """On SIGTERM, how long live calls may go on before they get a goodbye."""
     host_id: str = Field(default_factory=socket.gethostname)

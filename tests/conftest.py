@@ -1,22 +1,84 @@
 """Shared fixtures: real server processes, a scripted LLM, HTTP and WebSocket clients."""
 
+import asyncio
 import os
 import signal
 import socket
 import subprocess
 import sys
 import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+import asyncpg
 import httpx
 import pytest
+import redis
 
 from tests.fakes.scripted_llm import ScriptedLLM
 
 ROOT = Path(__file__).resolve().parent.parent
 TEST_PIPELINES = ROOT / "tests" / "pipelines"
 ADMIN_KEY = "sk_test_admin_key_0123456789"
+
+TEST_BACKEND = os.environ.get("SWITCHBOARD_TEST_BACKEND", "sqlite")
+"""`sqlite` (one SQLite file per server, no Redis) or `postgres` (a fresh PostgreSQL database
+and Redis key prefix per server): which storage the servers started by tests run on."""
+POSTGRES_URL = os.environ.get("TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+_created_databases: list[str] = []
+_created_prefixes: list[str] = []
+
+
+def _run_postgres(*statements: str) -> None:
+    """Run admin statements on the PostgreSQL server (in a thread: tests may hold a running loop)."""
+
+    async def run():
+        connection = await asyncpg.connect(POSTGRES_URL, timeout=5)
+        try:
+            for statement in statements:
+                await connection.execute(statement)
+        finally:
+            await connection.close()
+
+    with ThreadPoolExecutor(1) as pool:
+        pool.submit(asyncio.run, run()).result()
+
+
+def fresh_postgres_url() -> str:
+    """A new, empty PostgreSQL database, dropped when the test session ends."""
+    name = f"switchboard_test_{uuid.uuid4().hex[:12]}"
+    _run_postgres(f'CREATE DATABASE "{name}"')
+    _created_databases.append(name)
+    return f"{POSTGRES_URL.rsplit('/', 1)[0]}/{name}"
+
+
+def fresh_redis_prefix() -> str:
+    """A Redis key prefix no other server uses, its keys deleted when the test session ends."""
+    prefix = f"sbtest-{uuid.uuid4().hex[:12]}"
+    _created_prefixes.append(prefix)
+    return prefix
+
+
+def production_storage_env() -> dict[str, str]:
+    """Environment for a server (or several sharing it) on fresh PostgreSQL + Redis storage."""
+    return {"DATABASE_URL": fresh_postgres_url(), "SWITCHBOARD_REDIS_URL": REDIS_URL,
+            "SWITCHBOARD_REDIS_PREFIX": fresh_redis_prefix()}
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _drop_test_storage():
+    yield
+    if _created_databases:
+        _run_postgres(*(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)' for name in _created_databases))
+    if _created_prefixes:
+        client = redis.Redis.from_url(REDIS_URL)
+        for prefix in _created_prefixes:
+            keys = list(client.scan_iter(f"{prefix}:*"))
+            if keys:
+                client.delete(*keys)
 
 
 def free_port() -> int:
@@ -71,6 +133,9 @@ def start_server(
 ) -> ServerProcess:
     """Start `switchboard serve` exactly as a user would, and wait until it answers."""
     data_dir.mkdir(parents=True, exist_ok=True)
+    env = env or {}
+    if TEST_BACKEND == "postgres" and "DATABASE_URL" not in env:
+        env = {**production_storage_env(), **env}
     port = port or free_port()
     log_path = data_dir / "server.log"
     server_env = {
@@ -80,7 +145,7 @@ def start_server(
         "SWITCHBOARD_PORT": str(port),
         "SWITCHBOARD_PIPELINES_PATH": f'["{TEST_PIPELINES}"]',
         "SWITCHBOARD_PRELOAD_PIPELINES": str(preload or []).replace("'", '"'),
-        **(env or {}),
+        **env,
     }
     with open(log_path, "ab") as log:
         process = subprocess.Popen(

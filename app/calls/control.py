@@ -8,20 +8,18 @@ from loguru import logger
 
 from app.calls.registry import CallRegistry
 
-CHANNEL = "switchboard:calls:end"
-
-
 class CallControl:
-    def __init__(self, registry: CallRegistry, redis=None):
+    def __init__(self, registry: CallRegistry, redis=None, redis_prefix: str = "switchboard"):
         self._registry = registry
         self._redis = redis
+        self._channel = f"{redis_prefix}:calls:end"
         self._listener: asyncio.Task | None = None
 
     async def start(self) -> None:
         if self._redis is None:
             return
         pubsub = self._redis.pubsub()
-        await pubsub.subscribe(CHANNEL)
+        await pubsub.subscribe(self._channel)
         self._listener = asyncio.create_task(self._listen(pubsub))
 
     async def end_agent_calls(self, agent_id: str, reason: str) -> None:
@@ -29,7 +27,7 @@ class CallControl:
         if self._redis is None:
             await self._registry.end_agent_calls(agent_id, reason)
         else:
-            await self._redis.publish(CHANNEL, json.dumps({"agent_id": agent_id, "reason": reason}))
+            await self._redis.publish(self._channel, json.dumps({"agent_id": agent_id, "reason": reason}))
 
     async def _listen(self, pubsub) -> None:
         try:
