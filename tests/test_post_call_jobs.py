@@ -73,13 +73,13 @@ async def test_delivery_cut_off_by_kill_9_is_sent_after_restart(tmp_path, script
     scripted_llm.reset()
     storage = production_storage_env() if TEST_BACKEND == "postgres" else {}
     env = node_env(scripted_llm, storage, "node-a")
-    server = start_server(tmp_path / "a", env=env)
+    server = start_server(tmp_path / "a", preload=["scripted"], env=env)
     try:
         agent, held = await end_a_call_and_hold_its_webhook(server, receiver, "/restart")
         kill_9(server)
     finally:
         server.stop()
-    server = start_server(tmp_path / "a", env=env)
+    server = start_server(tmp_path / "a", preload=["scripted"], env=env)
     try:
         await assert_delivered_as_if_nothing_happened(server, receiver, "/restart", agent, held)
     finally:
@@ -89,10 +89,10 @@ async def test_delivery_cut_off_by_kill_9_is_sent_after_restart(tmp_path, script
 async def test_delivery_cut_off_by_kill_9_is_sent_by_the_other_node(tmp_path, scripted_llm, receiver):
     scripted_llm.reset()
     storage = production_storage_env()
-    first = start_server(tmp_path / "a", env=node_env(scripted_llm, storage, "node-a"))
+    first = start_server(tmp_path / "a", preload=["scripted"], env=node_env(scripted_llm, storage, "node-a"))
     try:
         agent, held = await end_a_call_and_hold_its_webhook(first, receiver, "/takeover")
-        second = start_server(tmp_path / "b", env=node_env(scripted_llm, storage, "node-b"))
+        second = start_server(tmp_path / "b", preload=["scripted"], env=node_env(scripted_llm, storage, "node-b"))
         try:
             kill_9(first)
             await assert_delivered_as_if_nothing_happened(second, receiver, "/takeover", agent, held)
@@ -105,7 +105,7 @@ async def test_delivery_cut_off_by_kill_9_is_sent_by_the_other_node(tmp_path, sc
 async def test_failing_delivery_is_retried_with_backoff_then_given_up(tmp_path, scripted_llm, receiver):
     scripted_llm.reset()
     receiver.fail_next("/failing", 500, 500, 500, 500)
-    server = start_server(tmp_path / "a", env={
+    server = start_server(tmp_path / "a", preload=["scripted"], env={
         "SCRIPTED_LLM_URL": scripted_llm.url, "SWITCHBOARD_WEBHOOK_MAX_ATTEMPTS": "3",
         "SWITCHBOARD_WEBHOOK_BACKOFF_SECS": "1",
     })
@@ -135,7 +135,7 @@ async def test_analysis_cut_off_by_kill_9_is_completed_after_restart(tmp_path, s
     scripted_llm.script_oneshot(HOLD, json.dumps({**ANALYSIS, "custom": {}}), when="open on Saturdays")
     storage = production_storage_env() if TEST_BACKEND == "postgres" else {}
     env = node_env(scripted_llm, storage, "node-a")
-    server = start_server(tmp_path / "a", env=env)
+    server = start_server(tmp_path / "a", preload=["scripted"], env=env)
     try:
         with server.client() as api:
             agent = make_agent(api, pipeline="scripted")
@@ -145,7 +145,7 @@ async def test_analysis_cut_off_by_kill_9_is_completed_after_restart(tmp_path, s
     finally:
         server.stop()
     scripted_llm.release()
-    server = start_server(tmp_path / "a", env=env)
+    server = start_server(tmp_path / "a", preload=["scripted"], env=env)
     try:
         with server.client() as api:
             analysis = wait_for_analysis(api, session_id)
