@@ -46,6 +46,7 @@ class JobQueue:
         self._slots = asyncio.Semaphore(CONCURRENCY)
         self._loop_task: asyncio.Task | None = None
         self._running: set[asyncio.Task] = set()
+        self._closing = False
 
     def enqueue(self, db: AsyncSession, kind: str, payload: dict) -> None:
         """Add a job to `db`'s transaction; this node's worker wakes once it commits."""
@@ -59,7 +60,15 @@ class JobQueue:
 
     async def close(self) -> None:
         """Stop claiming; jobs cut off here are handed back for any node to run at once."""
-        tasks = [t for t in (self._loop_task, *self._running) if t]
+        self._closing = True
+        self._wake.set()
+        await self._cut_off()  # frees the slots, so the loop sees `_closing`
+        if self._loop_task:
+            await self._loop_task
+        await self._cut_off()  # any claimed meanwhile
+
+    async def _cut_off(self) -> None:
+        tasks = list(self._running)
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -67,6 +76,8 @@ class JobQueue:
     async def _work(self) -> None:
         while True:
             await self._slots.acquire()
+            if self._closing:
+                return
             try:
                 job = await self._claim()
             except Exception:

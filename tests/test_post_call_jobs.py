@@ -102,6 +102,22 @@ async def test_delivery_cut_off_by_kill_9_is_sent_by_the_other_node(tmp_path, sc
         first.stop()
 
 
+async def test_delivery_cut_off_by_a_clean_stop_is_handed_back_at_once(tmp_path, scripted_llm, receiver):
+    scripted_llm.reset()
+    storage = production_storage_env() if TEST_BACKEND == "postgres" else {}
+    env = node_env(scripted_llm, storage, "node-a", SWITCHBOARD_JOB_LEASE_SECS="600")
+    server = start_server(tmp_path / "a", preload=["scripted"], env=env)
+    try:
+        agent, held = await end_a_call_and_hold_its_webhook(server, receiver, "/stopped")
+    finally:
+        assert server.stop() in (0, -signal.SIGTERM)
+    server = start_server(tmp_path / "a", env=env)
+    try:  # delivered long before the 600 s lease would have run out
+        await assert_delivered_as_if_nothing_happened(server, receiver, "/stopped", agent, held)
+    finally:
+        server.stop()
+
+
 async def test_failing_delivery_is_retried_with_backoff_then_given_up(tmp_path, scripted_llm, receiver):
     scripted_llm.reset()
     receiver.fail_next("/failing", 500, 500, 500, 500)
