@@ -63,6 +63,8 @@ async def deliver(state: AppState, job: Job) -> None:
     async with state.db.sessions() as db:
         delivery = await db.get(WebhookDelivery, job.payload["delivery_id"])
         agent = await db.get(Agent, delivery.agent_id)
+    if delivery.status != "pending":
+        return  # settled by a node that died before it could close the job
     body = json.dumps({"id": delivery.id, **delivery.payload}).encode()
     timestamp = str(int(time.time()))
     headers = {

@@ -13,7 +13,7 @@ from app.state import AppState
 from app.storage import analysis as analysis_store
 from app.storage import sessions as session_store
 from app.storage.calls import call_agent
-from app.storage.models import Agent, Job, Session
+from app.storage.models import Agent, Job, Session, SessionAnalysis
 from pipelines.config import PipelineConfig
 
 ANALYSIS_JOB = "analysis.run"
@@ -72,6 +72,8 @@ async def run_analysis(state: AppState, job: Job) -> None:
     session_id = job.payload["session_id"]
     try:
         async with state.db.sessions() as db:
+            if (await db.get(SessionAnalysis, session_id)).status != "pending":
+                return  # stored by a node that died before it could close the job
             session = await db.get(Session, session_id)
             agent, config = await analysis_target(state, db, session)
             entries = await session_store.transcript(db, session_id)
