@@ -2,21 +2,25 @@
 
 import asyncio
 from contextlib import asynccontextmanager
+from functools import partial
 
 from fastapi import FastAPI
 from loguru import logger
 from redis.asyncio import Redis
 
+from app import webhooks
 from app.api import accounts as accounts_api
 from app.api import agents, health, metrics, session_ws, sessions
 from app.api import analysis as analysis_api
 from app.api import carriers, instances, twilio
 from app.api import calls
 from app.api import dashboard, webrtc
+from app.calls import post_call
 from app.calls.control import CallControl
 from app.calls.registry import CallRegistry
 from app.calls.tokens import TokenSigner
 from app.errors import install_error_handlers
+from app.jobs import JobQueue
 from app.limits import BodySizeLimitMiddleware, RateLimiter
 from app.settings import Settings, get_settings
 from app.shutdown import install_drain_on_signals
@@ -61,15 +65,23 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         calls = CallRegistry()
         control = CallControl(calls, redis, settings.redis_prefix)
         await control.start()
-        app.state.switchboard = AppState(
+        jobs = JobQueue(db, settings)
+        state = app.state.switchboard = AppState(
             settings=settings, db=db, catalog=catalog, tokens=TokenSigner(secret),
             rate_limiter=RateLimiter(settings.rate_limit_per_minute, redis, settings.redis_prefix), calls=calls, control=control,
+            jobs=jobs,
         )
+        jobs.start({
+            webhooks.JOB_KIND: partial(webhooks.deliver, state),
+            post_call.ANALYSIS_JOB: partial(post_call.run_analysis, state),
+            post_call.RECORDING_JOB: partial(post_call.run_finalise_recording, state),
+        })
         install_drain_on_signals(app.state.switchboard)
         logger.info(f"Switchboard ready (pipelines: {', '.join(catalog.names())})")
         try:
             yield
         finally:
+            await jobs.close()
             await control.close()
             if redis is not None:
                 await redis.aclose()

@@ -62,8 +62,14 @@ class Settings(BaseSettings):
     pipeline config's `pricing` (JSON, e.g. `{"anthropic": {"claude-sonnet-4-5": {"input_mtok": 3}}}`)."""
     webhook_timeout_secs: float = 10
     webhook_max_attempts: int = 5
+    """Attempts of a webhook delivery (or any post-call job) before it is given up as failed."""
     webhook_backoff_secs: float = 2
-    """Wait before a webhook's first retry; it doubles for each later one."""
+    """Wait before a webhook's (or any post-call job's) first retry; it doubles for each later one."""
+    job_lease_secs: float = 30
+    """How long a node holds a post-call job without renewing it; a job whose node died is
+    taken over by another node (or the restarted one) once its lease has run out."""
+    job_poll_secs: float = 1
+    """How often a node's job worker looks for due jobs (it also wakes when it enqueues one)."""
 
     twilio_account_sid: str | None = Field(default=None, alias="TWILIO_ACCOUNT_SID")
     twilio_auth_token: str | None = Field(default=None, alias="TWILIO_AUTH_TOKEN")

@@ -5,6 +5,7 @@ from dataclasses import dataclass
 from app.calls.control import CallControl
 from app.calls.registry import CallRegistry
 from app.calls.tokens import TokenSigner
+from app.jobs import JobQueue
 from app.limits import RateLimiter
 from app.settings import Settings
 from app.storage.db import Database
@@ -20,5 +21,6 @@ class AppState:
     rate_limiter: RateLimiter
     calls: CallRegistry
     control: CallControl
+    jobs: JobQueue
     draining: bool = False
     """Set on SIGTERM: live calls go on, new ones are refused with 503."""

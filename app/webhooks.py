@@ -1,13 +1,15 @@
 """Agent webhooks: signed POSTs of session events, retried with exponential backoff.
 
-Every event is recorded as a delivery first, then sent by a background task, so a slow
-or dead receiver never holds up a call. The body is JSON; `X-Switchboard-Signature` is
+Every event is recorded as a delivery, with a durable job to send it, in the transaction
+that makes the change it reports; a slow or dead receiver never holds up a call, and a
+delivery cut off by a dead node is sent again by another (`app/jobs.py`). The body is
+JSON with the event's `id`, fixed when the event is created: every retry sends the same
+id (and the same body), so receivers can deduplicate. `X-Switchboard-Signature` is
 `sha256=<hex>`, HMAC-SHA256 with the agent's `webhook_secret` over `<timestamp>.<body>`,
 and `X-Switchboard-Timestamp` is that timestamp (Unix seconds) — the same scheme as
 webhook tools. A 2xx answer delivers; anything else is retried.
 """
 
-import asyncio
 import hashlib
 import hmac
 import json
@@ -15,11 +17,12 @@ import time
 
 import httpx
 from loguru import logger
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.state import AppState
 from app.storage import webhooks as webhook_store
 from app.storage.ids import utcnow
-from app.storage.models import Agent
+from app.storage.models import Agent, Job, WebhookDelivery
 
 EVENTS = ("session.started", "session.ended", "transcript.updated", "analysis.completed")
 DEFAULT_EVENTS = ("session.started", "session.ended", "analysis.completed")
@@ -27,9 +30,11 @@ SIGNATURE_HEADER = "X-Switchboard-Signature"
 TIMESTAMP_HEADER = "X-Switchboard-Timestamp"
 EVENT_HEADER = "X-Switchboard-Event"
 DELIVERY_HEADER = "X-Switchboard-Delivery"
+JOB_KIND = "webhook.deliver"
 
-_TASKS: set[asyncio.Task] = set()
-"""Deliveries in flight (held so they aren't garbage-collected)."""
+
+class DeliveryFailed(Exception):
+    pass
 
 
 def signature(secret: str, timestamp: str, body: bytes) -> str:
@@ -38,51 +43,47 @@ def signature(secret: str, timestamp: str, body: bytes) -> str:
     return f"sha256={digest}"
 
 
-def send(state: AppState, agent: Agent, event: str, session_id: str | None, data: dict) -> None:
-    """Queue `event` for the agent's webhook, if it has one and wants the event; returns at once."""
+def send(state: AppState, db: AsyncSession, agent: Agent, event: str, session_id: str | None, data: dict) -> None:
+    """Add `event` for the agent's webhook to `db`'s transaction, if it has one and wants the
+    event; it is sent once that commits."""
     if not agent.webhook_url or event not in (agent.webhook_events or DEFAULT_EVENTS):
         return
-    task = asyncio.create_task(
-        _deliver(state, agent.account_id, agent.id, agent.webhook_url, agent.webhook_secret or "", event, session_id, data),
-        name=f"webhook-{event}-{session_id}",
-    )
-    _TASKS.add(task)
-    task.add_done_callback(_TASKS.discard)
-
-
-async def _deliver(
-    state: AppState, account_id: str, agent_id: str, url: str, secret: str, event: str, session_id: str | None,
-    data: dict,
-) -> None:
-    settings = state.settings
-    payload = {"event": event, "created_at": utcnow().isoformat(), "agent_id": agent_id, "session_id": session_id,
+    payload = {"event": event, "created_at": utcnow().isoformat(), "agent_id": agent.id, "session_id": session_id,
                "data": data}
+    delivery_id = webhook_store.add_delivery(
+        db, account_id=agent.account_id, agent_id=agent.id, session_id=session_id, event=event, url=agent.webhook_url,
+        payload=payload,
+    )
+    state.jobs.enqueue(db, JOB_KIND, {"delivery_id": delivery_id})
+
+
+async def deliver(state: AppState, job: Job) -> None:
+    """One attempt at a delivery (the job): its outcome is recorded on the delivery, and a
+    failure raised so the job is retried."""
     async with state.db.sessions() as db:
-        delivery_id = await webhook_store.create_delivery(
-            db, account_id=account_id, agent_id=agent_id, session_id=session_id, event=event, url=url, payload=payload,
-        )
-    body = json.dumps({"id": delivery_id, **payload}).encode()
-    async with httpx.AsyncClient(timeout=settings.webhook_timeout_secs) as client:
-        for attempt in range(1, settings.webhook_max_attempts + 1):
-            timestamp = str(int(time.time()))
-            headers = {
-                "Content-Type": "application/json", EVENT_HEADER: event, DELIVERY_HEADER: delivery_id,
-                TIMESTAMP_HEADER: timestamp, SIGNATURE_HEADER: signature(secret, timestamp, body),
-            }
-            status_code, error = None, None
-            try:
-                response = await client.post(url, content=body, headers=headers)
-                status_code = response.status_code
-                if not response.is_success:
-                    error = f"HTTP {status_code}: {response.text[:200]}"
-            except httpx.HTTPError as exc:
-                error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-            last = attempt == settings.webhook_max_attempts
-            status = "delivered" if error is None else "failed" if last else "pending"
-            async with state.db.sessions() as db:
-                await webhook_store.record_attempt(db, delivery_id, status=status, status_code=status_code, error=error)
-            if error is None:
-                return
-            logger.warning(f"webhook {delivery_id} ({event}, session {session_id}) attempt {attempt} failed: {error}")
-            if not last:
-                await asyncio.sleep(settings.webhook_backoff_secs * 2 ** (attempt - 1))
+        delivery = await db.get(WebhookDelivery, job.payload["delivery_id"])
+        agent = await db.get(Agent, delivery.agent_id)
+    if delivery.status != "pending":
+        return  # settled by a node that died before it could close the job
+    body = json.dumps({"id": delivery.id, **delivery.payload}).encode()
+    timestamp = str(int(time.time()))
+    headers = {
+        "Content-Type": "application/json", EVENT_HEADER: delivery.event, DELIVERY_HEADER: delivery.id,
+        TIMESTAMP_HEADER: timestamp, SIGNATURE_HEADER: signature(agent.webhook_secret or "", timestamp, body),
+    }
+    status_code, error = None, None
+    try:
+        async with httpx.AsyncClient(timeout=state.settings.webhook_timeout_secs) as client:
+            response = await client.post(delivery.url, content=body, headers=headers)
+        status_code = response.status_code
+        if not response.is_success:
+            error = f"HTTP {status_code}: {response.text[:200]}"
+    except httpx.HTTPError as exc:
+        error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    status = "delivered" if error is None else "failed" if job.attempts >= job.max_attempts else "pending"
+    async with state.db.sessions() as db:
+        await webhook_store.record_attempt(db, delivery.id, status=status, status_code=status_code, error=error)
+    if error is not None:
+        logger.warning(f"webhook {delivery.id} ({delivery.event}, session {delivery.session_id}) "
+                       f"attempt {job.attempts} failed: {error}")
+        raise DeliveryFailed(error)

@@ -6,10 +6,12 @@ import hmac
 import json
 import time
 
+import httpx
 import pytest
 
 from app.client import SessionClient
 from tests.conftest import make_agent
+from tests.fakes.scripted_llm import HOLD
 from tests.fakes.webhook_receiver import WebhookReceiver
 from tests.test_session_websocket import agent_ws, wait_for_status
 
@@ -45,6 +47,11 @@ async def talk(server, agent: dict, *lines: str) -> str:
         await client.send_event({"type": "session.end"})
         await client.wait_for("session.ended", timeout=10)
     return ready["session_id"]
+
+
+def analysis_requests(llm, text: str) -> list[dict]:
+    """The analysis LLM requests whose transcript holds `text`."""
+    return [r for r in llm.oneshot_requests if text in json.dumps(r["messages"])]
 
 
 def wait_for_analysis(api, session_id: str, timeout: float = 30) -> dict:
@@ -85,8 +92,7 @@ async def test_invalid_analysis_is_retried_once_then_stored_as_failed(server, ap
     analysis = wait_for_analysis(api, session_id)
     assert analysis["status"] == "failed" and analysis["result"] is None and analysis["attempts"] == 2
     assert "sentiment" in analysis["error"]
-    analysis_requests = [r for r in llm.oneshot_requests if "Tuesdays" in json.dumps(r["messages"])]
-    assert len(analysis_requests) == 2
+    assert len(analysis_requests(llm, "Tuesdays")) == 2
 
     # Run again: this time the LLM answers properly.
     llm.script_oneshot(json.dumps({**ANALYSIS, "custom": {}}), when="When do you open on Tuesdays?")
@@ -94,6 +100,35 @@ async def test_invalid_analysis_is_retried_once_then_stored_as_failed(server, ap
     assert response.status_code == 202 and response.json()["status"] == "pending"
     analysis = wait_for_analysis(api, session_id)
     assert analysis["status"] == "completed" and analysis["result"]["sentiment"] == "positive"
+
+
+async def test_one_analysis_at_a_time_per_session(server, api, llm):
+    llm.script("We open at ten on Fridays.")
+    agent = make_agent(api, pipeline="scripted")
+    session_id = await talk(server, agent, "When do you open on Fridays?")
+    wait_for_analysis(api, session_id)
+    analysed_before = len(analysis_requests(llm, "open on Fridays"))
+
+    llm.script_oneshot(HOLD, when="open on Fridays")  # the rerun's LLM call hangs until released
+    async with httpx.AsyncClient(base_url=server.url, headers=server.headers, timeout=30) as client:
+        burst = await asyncio.gather(*(client.post(f"/v1/sessions/{session_id}/analysis") for _ in range(12)))
+    assert sorted(r.status_code for r in burst) == [202] + [409] * 11
+    for refused in (r for r in burst if r.status_code == 409):
+        assert refused.json()["code"] == "analysis_in_progress" and refused.json()["message"]
+    assert api.get(f"/v1/sessions/{session_id}/analysis").json()["status"] == "pending"
+    deadline = time.monotonic() + 10
+    while len(analysis_requests(llm, "open on Fridays")) == analysed_before:
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.1)
+    assert api.post(f"/v1/sessions/{session_id}/analysis").status_code == 409  # still running
+
+    llm.release()  # the held call answers (not JSON): the analysis fails, and may run again
+    assert wait_for_analysis(api, session_id)["status"] == "failed"
+    llm.script_oneshot(json.dumps({**ANALYSIS, "custom": {}}), when="open on Fridays")
+    assert api.post(f"/v1/sessions/{session_id}/analysis").status_code == 202
+    assert wait_for_analysis(api, session_id)["status"] == "completed"
+    conflict = api.get("/openapi.json").json()["paths"]["/v1/sessions/{session_id}/analysis"]["post"]["responses"]["409"]
+    assert "analysis_in_progress" in conflict["description"]
 
 
 def test_analysis_api_errors(server, api):

@@ -10,11 +10,9 @@ from app.api.agents import load_agent
 from app.api.sessions import load_session
 from app.calls import post_call
 from app.deps import CallerDep, DbDep, StateDep
-from app.errors import ERROR_RESPONSES, APIError
-from app.storage import agents as agent_store
+from app.errors import ERROR_RESPONSES, APIError, ErrorBody
 from app.storage import analysis as analysis_store
 from app.storage import webhooks as webhook_store
-from app.storage.models import Agent
 from pipelines.config import UnknownPipelineError
 
 router = APIRouter(tags=["analysis"], responses=ERROR_RESPONSES)
@@ -71,20 +69,23 @@ async def get_analysis(session_id: str, db: DbDep, caller: CallerDep):
 @router.post(
     "/v1/sessions/{session_id}/analysis", status_code=202, response_model=AnalysisOut,
     summary="Analyse a session again (runs in the background)",
+    responses={409: {"model": ErrorBody, "description": "The session has not ended (`session_not_ended`), its "
+                     "pipeline is gone (`unknown_pipeline`), or an analysis of it is already pending or running "
+                     "(`analysis_in_progress`: one at a time per session)"}},
 )
 async def rerun_analysis(session_id: str, state: StateDep, db: DbDep, caller: CallerDep):
     session = await load_session(db, caller, session_id)
     if session.status not in ("completed", "failed"):
         raise APIError(409, "session_not_ended", f"session '{session_id}' is {session.status}; analyse it once it has ended")
-    agent = (session.agent_id and await agent_store.get_agent(db, caller.account_id, session.agent_id)) or Agent(
-        account_id=session.account_id, language="en", pipeline=state.settings.default_pipeline
-    )
     try:
-        config = state.catalog.get(agent.pipeline or state.settings.default_pipeline)
+        await post_call.analysis_target(state, db, session)
     except UnknownPipelineError as exc:
         raise APIError(409, "unknown_pipeline", f"the agent's pipeline '{exc.name}' no longer exists") from None
-    analysis = await analysis_store.start_analysis(db, caller.account_id, session.id)
-    post_call.start_analysis(state, agent, config, session.id)
+    analysis = await analysis_store.rerun_analysis(db, caller.account_id, session.id)
+    if analysis is None:
+        raise APIError(409, "analysis_in_progress", f"session '{session_id}' is being analysed; wait until it is done")
+    state.jobs.enqueue(db, post_call.ANALYSIS_JOB, {"session_id": session.id})
+    await db.commit()
     return analysis
 
 

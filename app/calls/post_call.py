@@ -1,10 +1,10 @@
 """What happens around a call that is not the call itself: webhooks as it starts and
-turns end, and once it has ended its cost, the `session.ended` webhook and the analysis.
-Nothing here may delay the call: webhooks and the analysis run in background tasks."""
-
-import asyncio
+turns end, and once it has ended its cost, the `session.ended` webhook, the analysis and
+the recording's finalisation. Nothing here may delay the call: webhooks, the analysis and
+the recording are durable jobs (`app/jobs.py`), run by whichever node claims them."""
 
 from loguru import logger
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from app import analysis as analyser
 from app import webhooks
@@ -12,26 +12,33 @@ from app.cost import UsageObserver, merged_pricing, session_cost
 from app.state import AppState
 from app.storage import analysis as analysis_store
 from app.storage import sessions as session_store
-from app.storage.models import Agent, Session
+from app.storage.calls import call_agent
+from app.storage.models import Agent, Job, Session, SessionAnalysis
 from pipelines.config import PipelineConfig
 
-_TASKS: set[asyncio.Task] = set()
-"""Analyses in flight (held so they aren't garbage-collected)."""
+ANALYSIS_JOB = "analysis.run"
+RECORDING_JOB = "recording.finalise"
 
 
-def session_started(state: AppState, agent: Agent, session_id: str) -> None:
-    webhooks.send(state, agent, "session.started", session_id, {"status": "active"})
+async def session_started(state: AppState, agent: Agent, session_id: str) -> None:
+    async with state.db.sessions() as db:
+        webhooks.send(state, db, agent, "session.started", session_id, {"status": "active"})
+        await db.commit()
 
 
-def turn_recorded(state: AppState, agent: Agent, session_id: str, speaker: str, content: str, interrupted: bool) -> None:
-    webhooks.send(state, agent, "transcript.updated", session_id,
+def turn_recorded(
+    state: AppState, db: AsyncSession, agent: Agent, session_id: str, speaker: str, content: str, interrupted: bool
+) -> None:
+    """Add the `transcript.updated` webhook to the transaction that stores the turn."""
+    webhooks.send(state, db, agent, "transcript.updated", session_id,
                   {"speaker": speaker, "content": content, "interrupted": interrupted})
 
 
 async def session_finished(
     state: AppState, agent: Agent, config: PipelineConfig, session_id: str, usage: UsageObserver
 ) -> None:
-    """Store the ended call's cost, then send `session.ended` and analyse it in the background."""
+    """Store the ended call's cost, with the jobs that send `session.ended`, analyse the call
+    and finalise its recording, in one transaction."""
     try:
         async with state.db.sessions() as db:
             session = await db.get(Session, session_id)
@@ -39,38 +46,69 @@ async def session_finished(
                 config, merged_pricing(config, state.settings.pricing), usage,
                 connection_type=session.connection_type, duration_secs=session.duration_secs,
             )
-            await analysis_store.save_cost(db, session.account_id, session_id, cost)
-            await analysis_store.start_analysis(db, session.account_id, session_id)
+            analysis_store.add_cost(db, session.account_id, session_id, cost)
+            analysis_store.start_analysis(db, session.account_id, session_id)
+            webhooks.send(state, db, agent, "session.ended", session_id, _ended(session, cost))
+            state.jobs.enqueue(db, ANALYSIS_JOB, {"session_id": session_id})
+            if agent.recording_enabled:
+                state.jobs.enqueue(db, RECORDING_JOB, {"session_id": session_id})
+            await db.commit()
     except Exception:
-        logger.exception(f"session {session_id}: could not store its cost")
-        return
-    webhooks.send(state, agent, "session.ended", session_id, _ended(session, cost))
-    start_analysis(state, agent, config, session_id)
+        logger.exception(f"session {session_id}: could not store its cost and post-call jobs")
 
 
-def start_analysis(state: AppState, agent: Agent, config: PipelineConfig, session_id: str) -> None:
-    """Analyse a session in the background; its row must already be `pending`."""
-    task = asyncio.create_task(_analyse(state, agent, config, session_id), name=f"analysis-{session_id}")
-    _TASKS.add(task)
-    task.add_done_callback(_TASKS.discard)
-
-
-async def _analyse(state: AppState, agent: Agent, config: PipelineConfig, session_id: str) -> None:
-    async with state.db.sessions() as db:
-        entries = await session_store.transcript(db, session_id)
-    fields = [analyser.AnalysisField(**f) for f in agent.analysis_fields or []]
-    result, error, attempts, model = await analyser.analyse(
-        config, analyser.transcript_text(entries), fields, agent.language
+async def analysis_target(state: AppState, db: AsyncSession, session: Session) -> tuple[Agent, PipelineConfig]:
+    """The agent a session ran (a stand-in if it is gone) and the pipeline config that analyses
+    it; UnknownPipelineError if that config no longer exists."""
+    agent = await call_agent(db, session) or Agent(
+        account_id=session.account_id, language="en", pipeline=state.settings.default_pipeline
     )
-    async with state.db.sessions() as db:
-        await analysis_store.finish_analysis(
-            db, session_id, result=result, error=error, attempts=attempts, model=model
+    return agent, state.catalog.get(agent.pipeline or state.settings.default_pipeline)
+
+
+async def run_analysis(state: AppState, job: Job) -> None:
+    """The analysis job: analyse, then store the result with its `analysis.completed`
+    webhook. A run that fails outright is retried; the last failure is stored."""
+    session_id = job.payload["session_id"]
+    try:
+        async with state.db.sessions() as db:
+            if (await db.get(SessionAnalysis, session_id)).status != "pending":
+                return  # stored by a node that died before it could close the job
+            session = await db.get(Session, session_id)
+            agent, config = await analysis_target(state, db, session)
+            entries = await session_store.transcript(db, session_id)
+        fields = [analyser.AnalysisField(**f) for f in agent.analysis_fields or []]
+        result, error, attempts, model = await analyser.analyse(
+            config, analyser.transcript_text(entries), fields, agent.language
         )
+    except Exception as exc:
+        if job.attempts >= job.max_attempts:
+            async with state.db.sessions() as db:
+                await analysis_store.finish_analysis(
+                    db, session_id, result=None, error=f"{type(exc).__name__}: {exc}", attempts=0, model=None
+                )
+                await db.commit()
+        raise
+    async with state.db.sessions() as db:
+        await analysis_store.finish_analysis(db, session_id, result=result, error=error, attempts=attempts, model=model)
+        if result is not None:
+            webhooks.send(state, db, agent, "analysis.completed", session_id, {"analysis": result})
+        await db.commit()
     if result is None:
         logger.warning(f"session {session_id}: analysis failed: {error}")
-        return
-    logger.info(f"session {session_id}: analysis completed")
-    webhooks.send(state, agent, "analysis.completed", session_id, {"analysis": result})
+    else:
+        logger.info(f"session {session_id}: analysis completed")
+
+
+async def finalise_recording(state: AppState, session_id: str) -> None:
+    """What is done with a call's recording once the call has ended. Today nothing is left
+    to do: the WAV on this node's disk is complete as the call ends (`CallRecorder` keeps
+    its header true). A recordings backend (upload, durable storage) hooks in here."""
+    logger.debug(f"session {session_id}: recording finalised")
+
+
+async def run_finalise_recording(state: AppState, job: Job) -> None:
+    await finalise_recording(state, job.payload["session_id"])
 
 
 def _ended(session: Session, cost: dict) -> dict:

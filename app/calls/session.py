@@ -214,12 +214,12 @@ class CallSession:
         written one at a time, in the order they were recorded (a caller's turn before the
         tool call it led to, however fast the tool)."""
         async with self._record_lock, self.state.db.sessions() as db:
-            await session_store.add_transcript_entry(
+            if speaker != "TOOL":
+                post_call.turn_recorded(self.state, db, self._agent, self.session_id, speaker, content, interrupted)
+            await session_store.add_transcript_entry(  # commits the turn with its webhook
                 db, self.session_id, speaker=speaker, content=content,
                 timestamp=_parse_time(timestamp), interrupted=interrupted,
             )
-        if speaker != "TOOL":
-            post_call.turn_recorded(self.state, self._agent, self.session_id, speaker, content, interrupted)
         if self._call.events and speaker != "TOOL":
             event = {"type": "transcript.user" if speaker == "USER" else "transcript.agent", "text": content}
             if speaker == "AGENT":
@@ -314,7 +314,7 @@ class CallSession:
     async def run(self) -> None:
         """Run the call to its end and record how it ended. The session must be claimed."""
         self.state.calls.add(self)
-        post_call.session_started(self.state, self._agent, self.session_id)
+        await post_call.session_started(self.state, self._agent, self.session_id)
         ACTIVE_SESSIONS.inc()
         try:
             self._build()

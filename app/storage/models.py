@@ -4,7 +4,7 @@ from datetime import datetime
 
 from datetime import UTC
 
-from sqlalchemy import JSON, Boolean, DateTime, Float, ForeignKey, Integer, String, Text
+from sqlalchemy import JSON, Boolean, DateTime, Float, ForeignKey, Index, Integer, String, Text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
 
@@ -236,3 +236,25 @@ class WebhookDelivery(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
     delivered_at: Mapped[datetime | None]
+
+
+class Job(Base):
+    """Work done after a call, run by whichever node claims it (`app/jobs.py`)."""
+
+    __tablename__ = "jobs"
+    __table_args__ = (Index("ix_jobs_status_run_at", "status", "run_at"),)
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(40))
+    payload: Mapped[dict] = mapped_column(JSON)
+    status: Mapped[str] = mapped_column(String(16), default="pending")
+    """`pending` (waiting, or running while `locked_until` is ahead) or `failed` (gave up)."""
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    max_attempts: Mapped[int] = mapped_column(Integer)
+    run_at: Mapped[datetime] = mapped_column(default=utcnow)
+    """Not before then (a retry's backoff)."""
+    locked_by: Mapped[str | None] = mapped_column(String(40))
+    """The node running it, until `locked_until`; after that any node may take it over."""
+    locked_until: Mapped[datetime | None]
+    last_error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)

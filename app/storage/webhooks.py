@@ -7,15 +7,15 @@ from app.storage.ids import new_id, utcnow
 from app.storage.models import WebhookDelivery
 
 
-async def create_delivery(
+def add_delivery(
     db: AsyncSession, *, account_id: str, agent_id: str, session_id: str | None, event: str, url: str, payload: dict
 ) -> str:
+    """Add a pending delivery to `db`'s transaction; returns its id (the event's id)."""
     delivery = WebhookDelivery(
         id=new_id("whd"), account_id=account_id, agent_id=agent_id, session_id=session_id,
         event=event, url=url, payload=payload, status="pending", attempts=0,
     )
     db.add(delivery)
-    await db.commit()
     return delivery.id
 
 

@@ -4,6 +4,7 @@ The real local model is too small to say the same thing twice; tests that depend
 what the agent says, or on a tool call, point a pipeline at this server instead.
 """
 
+import asyncio
 import json
 import time
 import uuid
@@ -22,7 +23,13 @@ class ToolCall:
     arguments: dict[str, Any] = field(default_factory=dict)
 
 
-Reply = str | ToolCall | list[ToolCall]
+class Hold:
+    """A one-shot reply that holds its request until `ScriptedLLM.release()`, then answers
+    `default_reply`."""
+
+
+HOLD = Hold()
+Reply = str | ToolCall | list[ToolCall] | Hold
 
 
 class ScriptedLLM(ThreadedServer):
@@ -37,6 +44,7 @@ class ScriptedLLM(ThreadedServer):
         """Streaming requests: the conversation."""
         self.oneshot_requests: list[dict] = []
         """Non-streaming requests: post-call analysis."""
+        self._held: list[asyncio.Future] = []
 
     @property
     def url(self) -> str:
@@ -51,7 +59,19 @@ class ScriptedLLM(ThreadedServer):
         (streaming) never take these, so a late analysis can't eat a test's replies."""
         self.oneshot_replies.extend((when, reply) for reply in replies)
 
+    def release(self) -> None:
+        """Answer the requests held by `HOLD`."""
+
+        def resolve():
+            for future in self._held:
+                if not future.done():
+                    future.set_result(None)
+            self._held.clear()
+
+        self.loop.call_soon_threadsafe(resolve)
+
     def reset(self) -> None:
+        self.release()
         self.replies.clear()
         self.oneshot_replies.clear()
         self.requests.clear()
@@ -68,7 +88,12 @@ class ScriptedLLM(ThreadedServer):
         body = await request.json()
         if not body.get("stream"):
             self.oneshot_requests.append(body)
-            return web.json_response(_whole(self._oneshot_reply(body)))
+            reply = self._oneshot_reply(body)
+            if reply is HOLD:
+                self._held.append(asyncio.get_running_loop().create_future())
+                await self._held[-1]
+                reply = self.default_reply
+            return web.json_response(_whole(reply))
         self.requests.append(body)
         reply = self.replies.popleft() if self.replies else self.default_reply
         chunks = list(_chunks(reply))
