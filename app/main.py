@@ -7,6 +7,7 @@ from fastapi import FastAPI
 from loguru import logger
 from redis.asyncio import Redis
 
+from app import recordings
 from app.api import accounts as accounts_api
 from app.api import agents, health, metrics, session_ws, sessions
 from app.api import analysis as analysis_api
@@ -66,10 +67,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             rate_limiter=RateLimiter(settings.rate_limit_per_minute, redis, settings.redis_prefix), calls=calls, control=control,
         )
         install_drain_on_signals(app.state.switchboard)
+        sweeper = asyncio.create_task(recordings.sweep_forever(settings, db), name="recording-retention")
         logger.info(f"Switchboard ready (pipelines: {', '.join(catalog.names())})")
         try:
             yield
         finally:
+            sweeper.cancel()
             await control.close()
             if redis is not None:
                 await redis.aclose()

@@ -7,10 +7,12 @@ import asyncio
 from loguru import logger
 
 from app import analysis as analyser
+from app import recordings
 from app import webhooks
 from app.cost import UsageObserver, merged_pricing, session_cost
 from app.state import AppState
 from app.storage import analysis as analysis_store
+from app.storage import recordings as recording_store
 from app.storage import sessions as session_store
 from app.storage.models import Agent, Session
 from pipelines.config import PipelineConfig
@@ -31,7 +33,8 @@ def turn_recorded(state: AppState, agent: Agent, session_id: str, speaker: str, 
 async def session_finished(
     state: AppState, agent: Agent, config: PipelineConfig, session_id: str, usage: UsageObserver
 ) -> None:
-    """Store the ended call's cost, then send `session.ended` and analyse it in the background."""
+    """Store the ended call's recording and cost, then send `session.ended` and analyse it in the background."""
+    await store_recording(state, session_id)
     try:
         async with state.db.sessions() as db:
             session = await db.get(Session, session_id)
@@ -46,6 +49,19 @@ async def session_finished(
         return
     webhooks.send(state, agent, "session.ended", session_id, _ended(session, cost))
     start_analysis(state, agent, config, session_id)
+
+
+async def store_recording(state: AppState, session_id: str) -> None:
+    """Move the call's recording from this node's disk to the recording store, if it recorded."""
+    try:
+        async with state.db.sessions() as db:
+            recorded = await recording_store.status(db, session_id) == "recording"
+        if recorded:
+            await recordings.finalise_recording(
+                state.settings, state.db, session_id, recordings.live_path(state.settings, session_id)
+            )
+    except Exception:
+        logger.exception(f"session {session_id}: could not store its recording (kept on this node's disk)")
 
 
 def start_analysis(state: AppState, agent: Agent, config: PipelineConfig, session_id: str) -> None:
