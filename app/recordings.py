@@ -189,19 +189,19 @@ async def open_file(path: Path) -> StoredRecording | None:
     return StoredRecording(size, chunks())
 
 
-async def open_recording(settings: Settings, session_id: str) -> StoredRecording | None:
-    """A session's recording: the file a call on this node is still writing, else the stored one.
-    (In that order: the stored copy is complete before the live file is removed.)"""
-    return await open_file(live_path(settings, session_id)) or await recording_store(settings).open(
-        recording_key(session_id)
-    )
+async def open_recording(settings: Settings, session: Session) -> StoredRecording | None:
+    """A session's recording: for a call this node runs (or ran last), the file it writes while the
+    call goes on, else the stored one. (In that order: the stored copy is complete before the live
+    file is removed.)"""
+    live = await open_file(live_path(settings, session.id)) if session.host == settings.host_id else None
+    return live or await recording_store(settings).open(recording_key(session.id))
 
 
 async def recording_response(settings: Settings, session: Session, headers: dict | None = None) -> StreamingResponse:
     """The session's recording as a streamed WAV, or a 404 saying why there is none."""
     if session.recording_status == "expired":
         raise APIError(404, "recording_expired", f"session '{session.id}' recording was {session.recording_reason}")
-    recording = await open_recording(settings, session.id)
+    recording = await open_recording(settings, session)
     if recording is None:
         raise APIError(404, "recording_not_found", f"session '{session.id}' has no recording")
     return StreamingResponse(
@@ -217,8 +217,11 @@ async def start_recording(settings: Settings, db: Database, session_id: str, acc
     try:
         async with db.sessions() as s:
             session_status = await recording_db.status(s, session_id)
-            if session_status in ("recording", "skipped"):
-                return session_status == "recording"  # a resumed call carries on as it began
+            if session_status == "skipped":
+                return False  # a resumed call carries on as it began
+            if session_status == "recording":
+                await _continue(settings, session_id)
+                return True
             used, quota = await recording_db.usage_and_quota(s, account_id, settings.recording_quota_bytes)
             if quota is not None and used >= quota:
                 reason = f"the account's recordings use {used} bytes, its cap is {quota}"
@@ -230,6 +233,31 @@ async def start_recording(settings: Settings, db: Database, session_id: str, acc
     except Exception:
         logger.exception(f"session {session_id}: could not check its recording cap; not recording it")
         return False
+
+
+async def _continue(settings: Settings, session_id: str) -> None:
+    """A call resumed on this node carries on its recording: what another node recorded before
+    the client dropped was stored then, and comes here to be appended to."""
+    path = live_path(settings, session_id)
+    if path.exists():
+        return  # it was recorded here
+    stored = await recording_store(settings).open(recording_key(session_id))
+    if stored is None:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_suffix(".partial")
+    with open(partial, "wb") as file:
+        async for chunk in stored.chunks:
+            await asyncio.to_thread(file.write, chunk)
+    os.replace(partial, path)
+
+
+async def store_so_far(settings: Settings, session_id: str) -> None:
+    """Store what a call has recorded so far, keeping the local file: its client dropped and may
+    reconnect on another node (see `_continue`), or here."""
+    path = live_path(settings, session_id)
+    if path.exists():
+        await recording_store(settings).put(recording_key(session_id), path)
 
 
 async def finalise_recording(settings: Settings, db: Database, session_id: str, local_path: Path) -> None:
@@ -254,9 +282,15 @@ async def finalise_recording(settings: Settings, db: Database, session_id: str, 
 
 async def finalise_left_behind(settings: Settings, db: Database) -> None:
     """Store the recordings a stopped server on this node left on its disk. Run before the
-    node takes calls: every live file then belongs to a call that has ended."""
+    node takes calls: every live file then belongs to a call that has ended here, or that
+    was resumed on another node (which took the recording with it)."""
     for path in sorted((settings.data_dir / "recordings-live").glob("*.wav")):
         try:
+            async with db.sessions() as s:
+                session = await s.get(Session, path.stem)
+            if session is not None and session.status == "active":
+                path.unlink()
+                continue
             await finalise_recording(settings, db, path.stem, path)
         except Exception:
             logger.exception(f"session {path.stem}: could not store the recording left at {path}")

@@ -99,10 +99,10 @@ async def test_finalise_moves_the_recording_to_the_store_and_can_run_twice(store
     for _ in range(2):  # a job run twice, or again after a crash part-way
         await recordings.finalise_recording(settings, db, "ses_1", live)
         assert not live.exists()
-        stored = await recordings.open_recording(settings, "ses_1")
-        assert stored.size == len(written) and b"".join([c async for c in stored.chunks]) == written
         async with db.sessions() as s:
             session = await s.get(Session, "ses_1")
+        stored = await recordings.open_recording(settings, session)
+        assert stored.size == len(written) and b"".join([c async for c in stored.chunks]) == written
         assert (session.recording_status, session.recording_bytes) == ("available", len(written))
     assert await recordings.recording_store(settings).size("ses_1.wav") == len(written)
 
@@ -111,7 +111,7 @@ async def test_finalise_moves_the_recording_to_the_store_and_can_run_twice(store
     later = settings.model_copy(update={"recording_retention_days": 0})
     assert await recordings.expire_recordings(later, db) == 1
     assert await recordings.expire_recordings(later, db) == 0
-    assert await recordings.open_recording(settings, "ses_1") is None
+    assert await recordings.open_recording(settings, session) is None
     async with db.sessions() as s:
         session = await s.get(Session, "ses_1")
     assert session.recording_status == "expired" and "retention" in session.recording_reason
@@ -152,8 +152,8 @@ async def test_a_recording_made_on_one_node_downloads_from_another(tmp_path, s3_
     scripted_llm.script("Sure, we open at nine.")
     bucket, s3 = new_bucket(s3_endpoint)
     shared = {**production_storage_env(), **s3_env(s3_endpoint, bucket), "SCRIPTED_LLM_URL": scripted_llm.url}
-    node_a = start_server(tmp_path / "a", preload=["scripted"], env=shared)
-    node_b = start_server(tmp_path / "b", preload=[], env=shared)
+    node_a = start_server(tmp_path / "a", preload=["scripted"], env={**shared, "SWITCHBOARD_HOST_ID": "node-a"})
+    node_b = start_server(tmp_path / "b", preload=[], env={**shared, "SWITCHBOARD_HOST_ID": "node-b"})
     try:
         with node_a.client() as api_a, node_b.client() as api_b:
             session = await short_call(api_a, question=speech("What time do you open tomorrow?", tail_secs=1.5))
@@ -169,6 +169,49 @@ async def test_a_recording_made_on_one_node_downloads_from_another(tmp_path, s3_
     keys = [o["Key"] for o in s3.list_objects_v2(Bucket=bucket)["Contents"]]
     assert keys == [f"calls/{session['session_id']}.wav"]
     assert not list((tmp_path / "a").rglob("*.wav")), "node A keeps no copy once the call has ended"
+
+
+async def test_a_call_resumed_on_another_node_keeps_one_whole_recording(tmp_path, s3_endpoint, scripted_llm):
+    """The client drops on node A and reconnects through node B: the recording has both parts."""
+    scripted_llm.reset()
+    scripted_llm.script("Nice to meet you, Alice.", "Your name is Alice.")
+    bucket, s3 = new_bucket(s3_endpoint)
+    shared = {**production_storage_env(), **s3_env(s3_endpoint, bucket), "SCRIPTED_LLM_URL": scripted_llm.url,
+              "SWITCHBOARD_RESUME_GRACE_SECS": "4"}
+    node_a = start_server(tmp_path / "a", preload=["scripted"], env={**shared, "SWITCHBOARD_HOST_ID": "node-a"})
+    node_b = start_server(tmp_path / "b", preload=["scripted"], env={**shared, "SWITCHBOARD_HOST_ID": "node-b"})
+    try:
+        with node_a.client() as api_a, node_b.client() as api_b:
+            session = inline_call(api_a, greeting="Hello, this is the clinic.")
+            async with SessionClient(session["url"]) as client:
+                await client.wait_for("agent.speech.stopped", timeout=30)
+                await client.send_event({"type": "input.text", "text": "Hi, my name is Alice."})
+                await client.wait_for("agent.speech.stopped", timeout=30, count=2)
+                await asyncio.sleep(1.0)
+            deadline = time.monotonic() + 10
+            while not api_b.get(f"/v1/sessions/{session['session_id']}").json()["resumable_until"]:
+                assert time.monotonic() < deadline, "the session never became resumable"
+                await asyncio.sleep(0.05)
+            # What node A recorded is in the bucket before the session can be resumed.
+            first_part = s3.get_object(Bucket=bucket, Key=f"calls/{session['session_id']}.wav")["Body"].read()
+            async with SessionClient(session["url"].replace(node_a.url.replace("http", "ws"), node_b.url.replace("http", "ws"))) as client:
+                ready = await client.wait_for("session.ready", timeout=30)
+                assert ready["resumed"] is True
+                await client.send_event({"type": "input.text", "text": "What is my name?"})
+                await client.wait_for("agent.speech.stopped", timeout=30)
+                await client.send_event({"type": "session.end"})
+                await client.wait_for("session.ended", timeout=10)
+            wait_for_recording(api_a, session["session_id"], "available")
+            response = api_a.get(f"/v1/sessions/{session['session_id']}/recording")
+            await asyncio.sleep(5)  # node A's grace timer sees the call resumed elsewhere
+    finally:
+        node_a.stop()
+        node_b.stop()
+    on_a, whole = wav_samples(first_part), wav_samples(response.content)
+    assert rms(on_a[:, 1].tobytes()) > 100  # the greeting and the first answer
+    assert len(whole) > len(on_a) and (whole[: len(on_a)] == on_a).all(), "node B carried on node A's recording"
+    assert rms(whole[len(on_a):, 1].tobytes()) > 100  # the answer given on node B
+    assert not list(tmp_path.rglob("*.wav")), "neither node keeps a copy"
 
 
 @pytest.fixture(scope="module")

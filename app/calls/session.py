@@ -338,6 +338,11 @@ class CallSession:
         """Keep the session open for the grace period; unless the client is back by
         then, it ends `failed` / `disconnected`."""
         grace = self.state.settings.resume_grace_secs
+        if self._recording:
+            try:
+                await recordings.store_so_far(self.state.settings, self.session_id)
+            except Exception:
+                logger.exception(f"session {self.session_id}: could not store its recording so far")
         async with self.state.db.sessions() as db:
             await call_store.suspend(db, self.session_id, utcnow() + timedelta(seconds=grace))
         logger.info(f"session {self.session_id}: client dropped; waiting {grace:g}s for it to reconnect")
@@ -349,8 +354,10 @@ class CallSession:
         await asyncio.sleep(grace)
         async with self.state.db.sessions() as db:
             failed = await call_store.fail_unresumed(db, self.session_id)
-        if not failed:
-            return  # the client came back
+        if not failed:  # the client came back
+            if self.state.calls.get(self.session_id) is None:  # on another node, with the recording
+                recordings.live_path(self.state.settings, self.session_id).unlink(missing_ok=True)
+            return
         logger.info(f"session {self.session_id}: not resumed within {grace:g}s, ended failed (disconnected)")
         SESSIONS_ENDED.labels(end_reason="disconnected").inc()
         await post_call.session_finished(self.state, self._agent, self._config, self.session_id, self._usage)
