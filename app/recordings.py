@@ -200,7 +200,7 @@ async def open_recording(settings: Settings, session: Session) -> StoredRecordin
 async def recording_response(settings: Settings, session: Session, headers: dict | None = None) -> StreamingResponse:
     """The session's recording as a streamed WAV, or a 404 saying why there is none."""
     if session.recording_status == "expired":
-        raise APIError(404, "recording_expired", f"session '{session.id}' recording was {session.recording_reason}")
+        raise APIError(404, "recording_expired", f"session '{session.id}': its recording was {session.recording_reason}")
     recording = await open_recording(settings, session)
     if recording is None:
         raise APIError(404, "recording_not_found", f"session '{session.id}' has no recording")
@@ -231,7 +231,7 @@ async def start_recording(settings: Settings, db: Database, session_id: str, acc
             await recording_db.set_status(s, session_id, "recording")
             return True
     except Exception:
-        logger.exception(f"session {session_id}: could not check its recording cap; not recording it")
+        logger.exception(f"session {session_id}: could not prepare its recording; not recording it")
         return False
 
 
