@@ -14,6 +14,9 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from fastapi.responses import JSONResponse
+
+from app.api.health import Health
 from app.settings import Settings
 
 DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
@@ -136,3 +139,10 @@ def test_caddy_balances_over_every_node_and_watches_their_health():
     assert sorted(upstreams) == sorted(f"{name}:8000" for name in switchboard_services(compose()))
     assert re.search(r"health_uri /health\b", caddyfile)
     assert ":8080 {" in caddyfile and any(p.endswith(":8080") for p in compose()["services"]["proxy"]["ports"])
+
+
+def test_caddy_sends_no_new_requests_to_a_draining_node():
+    """Caddy's `health_body` matches /health's body as the server sends it when ready, not when draining."""
+    expected = re.search(r'health_body "(.+)"', (DEPLOY / "Caddyfile").read_text()).group(1).replace('\\"', '"')
+    ready, draining = (JSONResponse(Health(status=s, active_calls=3).model_dump()).body.decode() for s in ("ok", "draining"))
+    assert re.search(expected, ready) and not re.search(expected, draining), (expected, ready)
