@@ -13,7 +13,6 @@ import jsonschema
 import kubernetes_validate
 import pytest
 import yaml
-
 from fastapi.responses import JSONResponse
 
 from app.api.health import Health
