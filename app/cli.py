@@ -13,10 +13,12 @@ from app.settings import get_settings
 
 async def prepare(settings) -> None:
     """Once per machine, before the web workers start: migrate, create the admin key (printed
-    once), and mark calls a crashed server on this host left `active` as `failed` / `server_restart`."""
+    once), mark calls a crashed server on this host left `active` as `failed` / `server_restart`,
+    and store the recordings it left on this node's disk."""
     from loguru import logger
 
     from app.main import prepare_storage
+    from app.recordings import finalise_left_behind
     from app.storage import sessions
     from app.storage.db import Database
 
@@ -27,6 +29,7 @@ async def prepare(settings) -> None:
             count = await sessions.fail_interrupted(session, settings.host_id)
         if count:
             logger.warning(f"{count} call(s) were cut off by the last shutdown: marked failed (server_restart)")
+        await finalise_left_behind(settings, db)
     finally:
         await db.dispose()
 

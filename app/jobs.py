@@ -1,5 +1,4 @@
-"""Durable jobs for work done after (or around) a call: webhook deliveries, analyses,
-recording finalisation.
+"""Durable jobs for work done after (or around) a call: webhook deliveries and analyses.
 
 A job is a row in the `jobs` table, written in the same transaction as the change that
 calls for it. Every node runs one worker loop (started in the app's lifespan) that claims

@@ -8,7 +8,7 @@ from fastapi import FastAPI
 from loguru import logger
 from redis.asyncio import Redis
 
-from app import webhooks
+from app import recordings, webhooks
 from app.api import accounts as accounts_api
 from app.api import agents, health, metrics, session_ws, sessions
 from app.api import analysis as analysis_api
@@ -74,13 +74,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         jobs.start({
             webhooks.JOB_KIND: partial(webhooks.deliver, state),
             post_call.ANALYSIS_JOB: partial(post_call.run_analysis, state),
-            post_call.RECORDING_JOB: partial(post_call.run_finalise_recording, state),
         })
         install_drain_on_signals(app.state.switchboard)
+        sweeper = asyncio.create_task(recordings.sweep_forever(settings, db), name="recording-retention")
         logger.info(f"Switchboard ready (pipelines: {', '.join(catalog.names())})")
         try:
             yield
         finally:
+            sweeper.cancel()
             await jobs.close()
             await control.close()
             if redis is not None:

@@ -57,6 +57,24 @@ class Settings(BaseSettings):
     """STUN/TURN servers for browser calls, as JSON (`[{"urls": "stun:host:3478"}]`);
     none are needed on localhost or a LAN."""
 
+    recordings_url: str | None = None
+    """Where finished recordings are kept: a directory (a path or `file:///…`) or an S3-compatible
+    bucket and key prefix (`s3://bucket/prefix`); `recordings/` in the data dir if unset. A call writes
+    its WAV on the local disk while it runs and moves it here when it ends."""
+    recordings_s3_endpoint_url: str | None = None
+    """The S3-compatible store's URL (MinIO, R2, …); AWS S3 if unset."""
+    recordings_s3_region: str | None = None
+    recordings_s3_access_key_id: str | None = None
+    recordings_s3_secret_access_key: str | None = None
+    """S3 credentials; boto3's own lookup (`AWS_*` variables, instance role) if unset."""
+    recording_retention_days: float | None = None
+    """Recordings older than this many days are deleted (kept for ever if unset)."""
+    recording_sweep_secs: float = 3600
+    """How often each server process looks for recordings past their retention."""
+    recording_quota_bytes: int | None = None
+    """Recording storage per account unless the account sets its own (no cap if unset): an account
+    at or over it gets its new calls unrecorded."""
+
     pricing: dict[str, dict[str, dict[str, float]]] = Field(default_factory=dict)
     """Price overrides, USD per unit as provider → model → unit, merged over each
     pipeline config's `pricing` (JSON, e.g. `{"anthropic": {"claude-sonnet-4-5": {"input_mtok": 3}}}`)."""

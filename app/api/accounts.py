@@ -14,6 +14,9 @@ from app.storage.models import Account, ApiKey
 router = APIRouter(tags=["accounts"], responses={**ERROR_RESPONSES, **ADMIN_RESPONSES})
 
 CallCap = Annotated[int | None, Field(default=None, ge=1, le=10_000, description="Live-call cap; the server default if null")]
+RecordingQuota = Annotated[
+    int | None, Field(default=None, ge=0, le=1 << 50, description="Recording storage cap in bytes; the server default if null")
+]
 Limit = Annotated[int, Query(ge=1, le=100)]
 Offset = Annotated[int, Query(ge=0, le=1_000_000)]
 
@@ -23,6 +26,7 @@ class AccountCreate(BaseModel):
 
     name: str = Field(min_length=1, max_length=200)
     max_concurrent_calls: CallCap = None
+    recording_quota_bytes: RecordingQuota = None
 
 
 class AccountUpdate(BaseModel):
@@ -30,6 +34,7 @@ class AccountUpdate(BaseModel):
 
     name: str | None = Field(default=None, min_length=1, max_length=200)
     max_concurrent_calls: CallCap = None
+    recording_quota_bytes: RecordingQuota = None
 
 
 class AccountOut(BaseModel):
@@ -38,6 +43,7 @@ class AccountOut(BaseModel):
     id: str
     name: str
     max_concurrent_calls: int | None
+    recording_quota_bytes: int | None
     created_at: datetime
 
 
@@ -87,7 +93,7 @@ async def load_account(db, account_id: str) -> Account:
 
 @router.post("/v1/accounts", status_code=201, response_model=AccountOut, summary="Create an account")
 async def create_account(body: AccountCreate, db: DbDep, admin: AdminDep) -> Account:
-    return await account_store.create_account(db, body.name, body.max_concurrent_calls)
+    return await account_store.create_account(db, body.name, body.max_concurrent_calls, body.recording_quota_bytes)
 
 
 @router.get("/v1/accounts", response_model=AccountList, summary="List accounts")

@@ -3,19 +3,18 @@ back where the client or carrier connects (and, for carriers, the markup that do
 Also serves a session's recording."""
 
 from collections.abc import Callable
-from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import quote
 
 from fastapi import APIRouter, Request
-from fastapi.responses import FileResponse
+from fastapi.responses import StreamingResponse
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from app.api.agents import Prompt, Tools, check_pipeline_and_voice, load_agent
 from app.api.carriers import ANSWERS
 from app.api.sessions import SessionOut, check_can_start, load_session, new_session, session_out, websocket_base
 from app.api.twilio import stream_twiml
-from app.calls.session import recording_path
+from app.recordings import recording_response
 from app.deps import CallerDep, DbDep, StateDep
 from app.errors import DRAINING_RESPONSES, ERROR_RESPONSES, APIError
 from app.limits import admit_call
@@ -164,13 +163,10 @@ async def create_inline_call(
 
 
 @router.get(
-    "/v1/sessions/{session_id}/recording", tags=["sessions"], response_class=FileResponse,
+    "/v1/sessions/{session_id}/recording", tags=["sessions"], response_class=StreamingResponse,
     summary="A session's recording: stereo WAV, caller left, agent right",
-    responses={200: {"content": {"audio/wav": {}}, "description": "The recording so far"}},
+    responses={200: {"content": {"audio/wav": {}}, "description": "The recording (so far, on the node running the call)"}},
 )
-async def get_recording(session_id: str, state: StateDep, db: DbDep, caller: CallerDep) -> FileResponse:
+async def get_recording(session_id: str, state: StateDep, db: DbDep, caller: CallerDep) -> StreamingResponse:
     session = await load_session(db, caller, session_id)
-    path: Path = recording_path(state, session.id)
-    if not path.exists():
-        raise APIError(404, "recording_not_found", f"session '{session_id}' has no recording")
-    return FileResponse(path, media_type="audio/wav", filename=f"{session.id}.wav")
+    return await recording_response(state.settings, session)

@@ -13,14 +13,14 @@ from typing import Annotated, get_args
 from urllib.parse import parse_qs, quote, urlencode, urlsplit
 
 from fastapi import APIRouter, Depends, Query, Request
-from fastapi.responses import FileResponse, RedirectResponse, Response
+from fastapi.responses import RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 from pydantic import BaseModel, ValidationError
 
 from app.api import agents as agents_api
 from app.api.sessions import SessionStatus
-from app.calls.session import recording_path
+from app.recordings import recording_response
 from app.deps import Caller, DbDep, StateDep, api_key_header, authenticate, require_caller
 from app.errors import APIError, not_found
 from app.storage import agents as agent_store
@@ -345,7 +345,7 @@ async def session_page(session_id: str, request: Request, state: StateDep, db: D
     cost = (await analysis_store.load_costs(db, [session.id])).get(session.id)
     return _render(
         request, "session.html", session=session, agent=agent, transcript=transcript, analysis=analysis, cost=cost,
-        has_recording=recording_path(state, session.id).exists(),
+        has_recording=session.recording_status in ("recording", "available"),
     )
 
 
@@ -353,7 +353,6 @@ async def session_page(session_id: str, request: Request, state: StateDep, db: D
 async def session_recording(session_id: str, state: StateDep, db: DbDep, caller: PageCallerDep) -> Response:
     """The recording for the session page's player (the API's route wants the key header)."""
     session = await session_store.get_session(db, caller.account_id, session_id)
-    path = recording_path(state, session_id)
-    if session is None or not path.exists():
+    if session is None:
         raise APIError(404, "recording_not_found", f"session '{session_id}' has no recording")
-    return FileResponse(path, media_type="audio/wav", headers=SECURITY_HEADERS)
+    return await recording_response(state.settings, session, SECURITY_HEADERS)

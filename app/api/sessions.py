@@ -33,6 +33,17 @@ class SessionCreate(BaseModel):
     )
 
 
+class RecordingOut(BaseModel):
+    status: Literal["recording", "available", "expired", "skipped"] = Field(
+        description="`recording`: the call is writing it; `available`: stored, `GET /v1/sessions/{id}/recording`; "
+        "`expired`: deleted after the retention period; `skipped`: not recorded (see `reason`)"
+    )
+    size_bytes: int | None
+    stored_at: datetime | None
+    expires_at: datetime | None = Field(description="When the retention period deletes it (null: kept)")
+    reason: str | None = Field(description="Why it was not recorded or is gone")
+
+
 class SessionOut(BaseModel):
     session_id: str
     agent_id: str | None = Field(description="null for an inline call (POST /v1/calls/inline)")
@@ -58,6 +69,7 @@ class SessionOut(BaseModel):
         default=None,
         description="Once ended: `total` (USD) and a `breakdown` per stage/provider/model with its usage and amount",
     )
+    recording: RecordingOut | None = Field(default=None, description="The call's recording; null if not recorded")
 
 
 class SessionList(BaseModel):
@@ -119,6 +131,21 @@ def session_out(
         resumable_until=session.resume_deadline,
         latency=summarize(latency) if latency else None,
         cost=cost,
+        recording=recording_out(state, session),
+    )
+
+
+def recording_out(state: AppState, session: Session) -> RecordingOut | None:
+    if session.recording_status is None:
+        return None
+    retention = state.settings.recording_retention_days
+    expires = (
+        session.recording_stored_at + timedelta(days=retention)
+        if retention is not None and session.recording_stored_at and session.recording_status == "available" else None
+    )
+    return RecordingOut(
+        status=session.recording_status, size_bytes=session.recording_bytes, stored_at=session.recording_stored_at,
+        expires_at=expires, reason=session.recording_reason,
     )
 
 

@@ -1,23 +1,25 @@
 """What happens around a call that is not the call itself: webhooks as it starts and
 turns end, and once it has ended its cost, the `session.ended` webhook, the analysis and
-the recording's finalisation. Nothing here may delay the call: webhooks, the analysis and
-the recording are durable jobs (`app/jobs.py`), run by whichever node claims them."""
+the recording's move to the recording store. Nothing here may delay the call: webhooks and
+the analysis are durable jobs (`app/jobs.py`), run by whichever node claims them; the
+recording is moved by the node whose disk holds it (a crashed node moves it when it restarts)."""
 
 from loguru import logger
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app import analysis as analyser
+from app import recordings
 from app import webhooks
 from app.cost import UsageObserver, merged_pricing, session_cost
 from app.state import AppState
 from app.storage import analysis as analysis_store
+from app.storage import recordings as recording_store
 from app.storage import sessions as session_store
 from app.storage.calls import call_agent
 from app.storage.models import Agent, Job, Session, SessionAnalysis
 from pipelines.config import PipelineConfig
 
 ANALYSIS_JOB = "analysis.run"
-RECORDING_JOB = "recording.finalise"
 
 
 async def session_started(state: AppState, agent: Agent, session_id: str) -> None:
@@ -37,8 +39,9 @@ def turn_recorded(
 async def session_finished(
     state: AppState, agent: Agent, config: PipelineConfig, session_id: str, usage: UsageObserver
 ) -> None:
-    """Store the ended call's cost, with the jobs that send `session.ended`, analyse the call
-    and finalise its recording, in one transaction."""
+    """Move the call's recording to the recording store, then store the call's cost with the
+    jobs that send `session.ended` and analyse the call, in one transaction."""
+    await store_recording(state, session_id)
     try:
         async with state.db.sessions() as db:
             session = await db.get(Session, session_id)
@@ -50,11 +53,22 @@ async def session_finished(
             analysis_store.start_analysis(db, session.account_id, session_id)
             webhooks.send(state, db, agent, "session.ended", session_id, _ended(session, cost))
             state.jobs.enqueue(db, ANALYSIS_JOB, {"session_id": session_id})
-            if agent.recording_enabled:
-                state.jobs.enqueue(db, RECORDING_JOB, {"session_id": session_id})
             await db.commit()
     except Exception:
         logger.exception(f"session {session_id}: could not store its cost and post-call jobs")
+
+
+async def store_recording(state: AppState, session_id: str) -> None:
+    """Move the call's recording from this node's disk to the recording store, if it recorded."""
+    try:
+        async with state.db.sessions() as db:
+            recorded = await recording_store.status(db, session_id) == "recording"
+        if recorded:
+            await recordings.finalise_recording(
+                state.settings, state.db, session_id, recordings.live_path(state.settings, session_id)
+            )
+    except Exception:
+        logger.exception(f"session {session_id}: could not store its recording (kept on this node's disk)")
 
 
 async def analysis_target(state: AppState, db: AsyncSession, session: Session) -> tuple[Agent, PipelineConfig]:
@@ -98,17 +112,6 @@ async def run_analysis(state: AppState, job: Job) -> None:
         logger.warning(f"session {session_id}: analysis failed: {error}")
     else:
         logger.info(f"session {session_id}: analysis completed")
-
-
-async def finalise_recording(state: AppState, session_id: str) -> None:
-    """What is done with a call's recording once the call has ended. Today nothing is left
-    to do: the WAV on this node's disk is complete as the call ends (`CallRecorder` keeps
-    its header true). A recordings backend (upload, durable storage) hooks in here."""
-    logger.debug(f"session {session_id}: recording finalised")
-
-
-async def run_finalise_recording(state: AppState, job: Job) -> None:
-    await finalise_recording(state, job.payload["session_id"])
 
 
 def _ended(session: Session, cost: dict) -> dict:

@@ -3,7 +3,6 @@
 import asyncio
 import json
 from datetime import datetime, timedelta
-from pathlib import Path
 
 from loguru import logger
 from pipecat.frames.frames import CancelFrame, EndFrame, Frame, TTSSpeakFrame
@@ -17,6 +16,7 @@ from pipecat.workers.runner import WorkerRunner
 from app.calls.latency import ACTIVE_SESSIONS, SESSIONS_ENDED, CallLatencyTracker
 from app.calls import tools
 from app.calls import post_call
+from app import recordings
 from app.cost import UsageObserver
 from app.state import AppState
 from app.storage import latency as latency_store
@@ -48,10 +48,6 @@ def agent_spec(agent: Agent) -> AgentSpec:
         inactivity_timeout_secs=agent.inactivity_timeout,
         inactivity_action=agent.inactivity_action,
     )
-
-
-def recording_path(state: AppState, session_id: str) -> Path:
-    return state.settings.data_dir / "recordings" / f"{session_id}.wav"
 
 
 class CallSession:
@@ -102,6 +98,8 @@ class CallSession:
         self._pending_tools: dict[str, asyncio.Future] = {}
         self._record_lock = asyncio.Lock()
         self._usage = UsageObserver()
+        self._recording = False
+        """Whether this call records (its agent asks for it and the account is under its cap)."""
 
     def _build(self) -> None:
         self._latency = CallLatencyTracker(self._save_latency)
@@ -136,8 +134,8 @@ class CallSession:
             # A resumed call keeps the time it had left.
             elapsed = (utcnow() - self._started_at).total_seconds()
             spec.max_duration_secs = max(spec.max_duration_secs - elapsed, 1.0)
-        if self._agent.recording_enabled:
-            spec.recording_path = recording_path(self.state, self.session_id)
+        if self._recording:
+            spec.recording_path = recordings.live_path(self.state.settings, self.session_id)
             spec.recording_sample_rate = RECORDING_SAMPLE_RATE
         return spec
 
@@ -317,6 +315,9 @@ class CallSession:
         await post_call.session_started(self.state, self._agent, self.session_id)
         ACTIVE_SESSIONS.inc()
         try:
+            self._recording = self._agent.recording_enabled and await recordings.start_recording(
+                self.state.settings, self.state.db, self.session_id, self._agent.account_id
+            )
             self._build()
             if self._end_requested:
                 await self._worker.queue_frame(EndFrame(reason=self._end_requested))
@@ -337,6 +338,11 @@ class CallSession:
         """Keep the session open for the grace period; unless the client is back by
         then, it ends `failed` / `disconnected`."""
         grace = self.state.settings.resume_grace_secs
+        if self._recording:
+            try:
+                await recordings.store_so_far(self.state.settings, self.session_id)
+            except Exception:
+                logger.exception(f"session {self.session_id}: could not store its recording so far")
         async with self.state.db.sessions() as db:
             await call_store.suspend(db, self.session_id, utcnow() + timedelta(seconds=grace))
         logger.info(f"session {self.session_id}: client dropped; waiting {grace:g}s for it to reconnect")
@@ -348,8 +354,10 @@ class CallSession:
         await asyncio.sleep(grace)
         async with self.state.db.sessions() as db:
             failed = await call_store.fail_unresumed(db, self.session_id)
-        if not failed:
-            return  # the client came back
+        if not failed:  # the client came back
+            if self.state.calls.get(self.session_id) is None:  # on another node, with the recording
+                recordings.live_path(self.state.settings, self.session_id).unlink(missing_ok=True)
+            return
         logger.info(f"session {self.session_id}: not resumed within {grace:g}s, ended failed (disconnected)")
         SESSIONS_ENDED.labels(end_reason="disconnected").inc()
         await post_call.session_finished(self.state, self._agent, self._config, self.session_id, self._usage)

@@ -96,8 +96,12 @@ async def touch_key(db: AsyncSession, key: ApiKey) -> None:
         await db.commit()
 
 
-async def create_account(db: AsyncSession, name: str, max_concurrent_calls: int | None) -> Account:
-    account = Account(id=new_id("acc"), name=name, max_concurrent_calls=max_concurrent_calls)
+async def create_account(
+    db: AsyncSession, name: str, max_concurrent_calls: int | None, recording_quota_bytes: int | None
+) -> Account:
+    account = Account(
+        id=new_id("acc"), name=name, max_concurrent_calls=max_concurrent_calls, recording_quota_bytes=recording_quota_bytes
+    )
     db.add(account)
     await db.commit()
     return account

@@ -4,7 +4,7 @@ from datetime import datetime
 
 from datetime import UTC
 
-from sqlalchemy import JSON, Boolean, DateTime, Float, ForeignKey, Index, Integer, String, Text
+from sqlalchemy import JSON, BigInteger, Boolean, DateTime, Float, ForeignKey, Index, Integer, String, Text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
 
@@ -41,6 +41,8 @@ class Account(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     max_concurrent_calls: Mapped[int | None] = mapped_column(Integer)
     """Overrides the server's default cap on this account's live calls."""
+    recording_quota_bytes: Mapped[int | None] = mapped_column(BigInteger)
+    """Overrides the server's default cap on this account's recording storage."""
 
 
 class ApiKey(Base):
@@ -108,6 +110,7 @@ class Session(Base):
     """One call between a caller and an agent."""
 
     __tablename__ = "sessions"
+    __table_args__ = (Index("ix_sessions_recording_expiry", "recording_status", "recording_stored_at"),)
 
     id: Mapped[str] = mapped_column(String(40), primary_key=True)
     account_id: Mapped[str] = mapped_column(ForeignKey("accounts.id"), index=True)
@@ -130,6 +133,13 @@ class Session(Base):
     """An inline call's whole agent configuration (`POST /v1/calls/inline`)."""
     resume_deadline: Mapped[datetime | None]
     """Set while a dropped WebSocket client may reconnect and carry on (until then)."""
+    recording_status: Mapped[str | None] = mapped_column(String(16))
+    """`recording` (the call is writing it), `available` (in the recording store), `expired`
+    (deleted after the retention period) or `skipped` (see `recording_reason`); None: not recorded."""
+    recording_bytes: Mapped[int | None] = mapped_column(BigInteger)
+    recording_stored_at: Mapped[datetime | None]
+    recording_reason: Mapped[str | None] = mapped_column(String(200))
+    """Why the call was not recorded, or why its recording is gone."""
 
 
 class TranscriptEntry(Base):
