@@ -9,7 +9,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0011_recordings"
-down_revision = "0007_merge"
+down_revision = "0010_jobs"
 branch_labels = None
 depends_on = None
 
