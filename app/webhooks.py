@@ -2,9 +2,11 @@
 
 Every event is recorded as a delivery first, then sent by a background task, so a slow
 or dead receiver never holds up a call. The body is JSON; `X-Switchboard-Signature` is
-`sha256=<hex>`, HMAC-SHA256 with the agent's `webhook_secret` over `<timestamp>.<body>`,
-and `X-Switchboard-Timestamp` is that timestamp (Unix seconds) — the same scheme as
-webhook tools. A 2xx answer delivers; anything else is retried.
+`sha256=<hex>`, HMAC-SHA256 with the agent's `webhook_secret` (its current one, read for
+every attempt, so a rotation applies at once) over `<timestamp>.<body>`, and
+`X-Switchboard-Timestamp` is that timestamp (Unix seconds) — the same scheme as webhook
+tools. A 2xx answer delivers; anything else (redirects included) is retried. Requests go
+through the outbound policy (:mod:`app.outbound`).
 """
 
 import asyncio
@@ -16,6 +18,7 @@ import time
 import httpx
 from loguru import logger
 
+from app import outbound
 from app.state import AppState
 from app.storage import webhooks as webhook_store
 from app.storage.ids import utcnow
@@ -43,7 +46,7 @@ def send(state: AppState, agent: Agent, event: str, session_id: str | None, data
     if not agent.webhook_url or event not in (agent.webhook_events or DEFAULT_EVENTS):
         return
     task = asyncio.create_task(
-        _deliver(state, agent.account_id, agent.id, agent.webhook_url, agent.webhook_secret or "", event, session_id, data),
+        _deliver(state, agent.account_id, agent.id, agent.webhook_url, event, session_id, data),
         name=f"webhook-{event}-{session_id}",
     )
     _TASKS.add(task)
@@ -51,8 +54,7 @@ def send(state: AppState, agent: Agent, event: str, session_id: str | None, data
 
 
 async def _deliver(
-    state: AppState, account_id: str, agent_id: str, url: str, secret: str, event: str, session_id: str | None,
-    data: dict,
+    state: AppState, account_id: str, agent_id: str, url: str, event: str, session_id: str | None, data: dict,
 ) -> None:
     settings = state.settings
     payload = {"event": event, "created_at": utcnow().isoformat(), "agent_id": agent_id, "session_id": session_id,
@@ -62,8 +64,10 @@ async def _deliver(
             db, account_id=account_id, agent_id=agent_id, session_id=session_id, event=event, url=url, payload=payload,
         )
     body = json.dumps({"id": delivery_id, **payload}).encode()
-    async with httpx.AsyncClient(timeout=settings.webhook_timeout_secs) as client:
+    async with outbound.client(settings, settings.webhook_timeout_secs) as client:
         for attempt in range(1, settings.webhook_max_attempts + 1):
+            async with state.db.sessions() as db:
+                secret = await webhook_store.current_secret(db, agent_id)
             timestamp = str(int(time.time()))
             headers = {
                 "Content-Type": "application/json", EVENT_HEADER: event, DELIVERY_HEADER: delivery_id,

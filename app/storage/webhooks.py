@@ -4,7 +4,12 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.storage.ids import new_id, utcnow
-from app.storage.models import WebhookDelivery
+from app.storage.models import Agent, WebhookDelivery
+
+
+async def current_secret(db: AsyncSession, agent_id: str) -> str:
+    """The agent's webhook secret now (a rotation applies to the next attempt)."""
+    return await db.scalar(select(Agent.webhook_secret).where(Agent.id == agent_id)) or ""
 
 
 async def create_delivery(
