@@ -136,15 +136,20 @@ OutboundUrl = Annotated[str, Field(pattern=r"^https?://[^\s/]+\S*$", max_length=
 """A URL the server will send requests to (a field type of every model that takes one)."""
 
 
-async def vetted_address(settings: Settings, host: str, port: int) -> str:
-    """The address to connect to for `host`: resolved, every answer checked; OutboundRefused otherwise."""
-    if reason := host_refusal(settings, host):
-        raise OutboundRefused(f"refused to connect to {host}: {reason}")
+async def resolve(host: str, port: int) -> list[str]:
+    """Every address `host` resolves to."""
     try:
         answers = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except OSError as exc:
         raise httpcore.ConnectError(f"could not resolve {host}: {exc}") from None
-    addresses = [parse_ip(str(answer[4][0])) for answer in answers]
+    return [str(answer[4][0]) for answer in answers]
+
+
+async def vetted_address(settings: Settings, host: str, port: int) -> str:
+    """The address to connect to for `host`: resolved, every answer checked; OutboundRefused otherwise."""
+    if reason := host_refusal(settings, host):
+        raise OutboundRefused(f"refused to connect to {host}: {reason}")
+    addresses = [parse_ip(address) for address in await resolve(host, port)]
     if host.lower().rstrip(".") not in _allowed_names(settings):
         for ip in addresses:
             if ip is None or (not _allowed_address(settings, ip) and address_refusal(ip)):

@@ -43,8 +43,9 @@ async def add_agent(s, numbers: list[str], status: str = "active") -> Agent:
     if await s.get(Account, DEFAULT_ACCOUNT_ID) is None:
         s.add(Account(id=DEFAULT_ACCOUNT_ID, name="default"))
     agent = Agent(id=new_id("agt"), account_id=DEFAULT_ACCOUNT_ID, name="a", voice_id="joe",
-                  system_prompt="p", phone_numbers=numbers, status=status)
+                  system_prompt="p", phone_numbers=[], status=status)
     s.add(agent)
+    await telephony.assign_numbers(s, agent, numbers)
     await s.commit()
     return agent
 
@@ -53,13 +54,15 @@ async def test_migration_adds_the_telephony_tables(db):
     async with db.engine.connect() as conn:
         tables = set(await conn.run_sync(lambda c: inspect(c).get_table_names()))
         agent_columns = {c["name"] for c in await conn.run_sync(lambda c: inspect(c).get_columns("agents"))}
-    assert {"agent_instances", "phone_calls", "used_relay_tokens"} <= tables
+    assert {"agent_instances", "phone_calls", "used_relay_tokens", "phone_numbers"} <= tables
     assert "phone_numbers" in agent_columns
 
 
 async def test_a_number_routes_to_the_active_agent_that_has_it(db):
     async with db.sessions() as s:
-        await add_agent(s, ["+15550001111"], status="deleted")
+        old = await add_agent(s, ["+15550001111"])
+        await telephony.release_numbers(s, old.id)  # as deleting the agent does
+        await s.commit()
         agent = await add_agent(s, ["+15550002222", "+15550001111"])
         await add_agent(s, ["+155500011110"])
         assert (await telephony.agent_for_number(s, "+15550001111")).id == agent.id
