@@ -18,10 +18,10 @@ from app.state import AppState
 from app.storage import agents as agent_store
 from app.storage import sessions as session_store
 from app.storage import telephony as telephony_store
-from app.telephony.numbers import PhoneNumber, TransferTarget
 from app.storage.ids import new_id, utcnow
 from app.analysis import AnalysisField
 from app.storage.models import Agent
+from app.telephony.numbers import PhoneNumber, TransferTarget
 from pipelines.config import UnknownPipelineError
 
 router = APIRouter(prefix="/v1/agents", tags=["agents"], responses=ERROR_RESPONSES)
