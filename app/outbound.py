@@ -18,7 +18,6 @@ The operator's `SWITCHBOARD_OUTBOUND_ALLOW` lists host names, addresses and netw
 import asyncio
 import ipaddress
 import socket
-from urllib.parse import urlsplit
 
 from typing import Annotated
 
@@ -114,13 +113,13 @@ def host_refusal(settings: Settings, host: str) -> str | None:
 def url_refusal(settings: Settings, url: str) -> str | None:
     """Why the server won't send requests to `url` (checked when the URL is stored), or None."""
     try:
-        parts = urlsplit(url)
-        host = parts.hostname
-    except ValueError:
-        return "not a valid URL"
+        parts = httpx.URL(url)  # parsed as the client will: international names become their ASCII form
+    except httpx.InvalidURL as exc:
+        return f"not a valid URL ({exc})"
+    host = parts.raw_host.decode("ascii")
     if parts.scheme not in ("http", "https") or not host:
         return "must be an http or https URL with a host"
-    if parts.username is not None or parts.password is not None:
+    if parts.userinfo:
         return "must not carry a user name or password"
     reason = host_refusal(settings, host)
     return f"{reason}; the server sends no requests to private or local addresses" if reason else None
@@ -192,6 +191,6 @@ def client(settings: Settings, timeout: float) -> httpx.AsyncClient:
     )
 
 
-def refused(exc: httpx.HTTPError) -> bool:
+def refused(exc: Exception) -> bool:
     """Whether a request failed because the outbound policy refused its address."""
     return isinstance(exc.__cause__, OutboundRefused)

@@ -79,7 +79,7 @@ async def _deliver(
                 status_code = response.status_code
                 if not response.is_success:
                     error = f"HTTP {status_code}: {response.text[:200]}"
-            except httpx.HTTPError as exc:
+            except (httpx.HTTPError, httpx.InvalidURL) as exc:
                 error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
             last = attempt == settings.webhook_max_attempts
             status = "delivered" if error is None else "failed" if last else "pending"

@@ -79,12 +79,13 @@ REFUSED_URLS = [
     "http://224.0.0.1/", "http://239.255.255.250/", "http://[ff02::1]/", "http://240.0.0.1/",
     "http://255.255.255.255/", "http://198.18.0.1/", "http://192.0.0.1/", "http://[2001:db8::1]/",
     "http://localhost/", "http://LOCALHOST:9000/", "http://localhost./", "http://api.localhost/",
-    "https://user:password@example.com/", "ftp://example.com/", "http:///nohost",
+    "https://user:password@example.com/", "ftp://example.com/", "http:///nohost", "http://ｌｏｃａｌｈｏｓｔ/",
+    "http://１２７.0.0.1/", "http://[::1%25lo]/",
 ]
 ALLOWED_URLS = [
     "https://example.com/hook", "http://api.example.com:8080/tools?x=1", "https://8.8.8.8/", "http://1.1.1.1/",
     "http://[2606:4700:4700::1111]/", "http://[::ffff:8.8.8.8]/", "http://172.32.0.1/", "http://192.169.0.1/",
-    "http://localhost.example.com/", "http://10.0.0.5.nip.io/",
+    "http://localhost.example.com/", "http://10.0.0.5.nip.io/", "http://bücher.de/",
 ]
 
 

@@ -56,7 +56,7 @@ async def call_webhook(
             response = await client.post(tool["url"], content=body, headers=headers)
     except httpx.TimeoutException:
         return {"error": f"tool '{tool['name']}' did not answer within {timeout:g}s"}
-    except httpx.HTTPError as exc:
+    except (httpx.HTTPError, httpx.InvalidURL) as exc:
         logger.warning(f"session {session_id}: webhook tool '{tool['name']}' failed: {exc!r}")
         if outbound.refused(exc):
             return {"error": f"tool '{tool['name']}' has an address the server may not reach"}
