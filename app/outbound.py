@@ -18,7 +18,6 @@ The operator's `SWITCHBOARD_OUTBOUND_ALLOW` lists host names, addresses and netw
 import asyncio
 import ipaddress
 import socket
-
 from typing import Annotated
 
 import httpcore
@@ -69,6 +68,7 @@ def address_refusal(ip: Address) -> str | None:
     for kind, matches in (
         ("unspecified", ip.is_unspecified), ("loopback", ip.is_loopback), ("link-local", ip.is_link_local),
         ("multicast", ip.is_multicast), ("private", ip.is_private), ("reserved", ip.is_reserved),
+        ("site-local", getattr(ip, "is_site_local", False)),
     ):
         if matches:
             return f"{ip} is not public ({kind})"
