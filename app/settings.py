@@ -88,6 +88,14 @@ class Settings(BaseSettings):
     taken over by another node (or the restarted one) once its lease has run out."""
     job_poll_secs: float = 1
     """How often a node's job worker looks for due jobs (it also wakes when it enqueues one)."""
+    outbound_allow: list[str] = Field(default_factory=list)
+    """Host names, addresses and CIDR networks that webhook tools and agent webhooks may reach
+    although they are private or local (JSON, e.g. `["10.20.0.0/16", "crm.internal"]`); none by default."""
+    dial_countries: list[str] = Field(default_factory=lambda: ["US", "CA"])
+    """Regions (ISO 3166 codes, e.g. `["US", "CA", "GB"]`) whose phone numbers outbound calls and
+    `transfer_call` tools may dial; anything else, premium-rate islands sharing +1 included, is refused."""
+    allow_sip_transfer: bool = False
+    """Lets `transfer_call` tools name a SIP URI (`sip:user@host`) instead of a phone number."""
 
     twilio_account_sid: str | None = Field(default=None, alias="TWILIO_ACCOUNT_SID")
     twilio_auth_token: str | None = Field(default=None, alias="TWILIO_AUTH_TOKEN")

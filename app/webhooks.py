@@ -5,9 +5,11 @@ that makes the change it reports; a slow or dead receiver never holds up a call,
 delivery cut off by a dead node is sent again by another (`app/jobs.py`). The body is
 JSON with the event's `id`, fixed when the event is created: every retry sends the same
 id (and the same body), so receivers can deduplicate. `X-Switchboard-Signature` is
-`sha256=<hex>`, HMAC-SHA256 with the agent's `webhook_secret` over `<timestamp>.<body>`,
+`sha256=<hex>`, HMAC-SHA256 with the agent's `webhook_secret` (its current one, read for
+every attempt, so a rotation applies at once) over `<timestamp>.<body>`,
 and `X-Switchboard-Timestamp` is that timestamp (Unix seconds) — the same scheme as
-webhook tools. A 2xx answer delivers; anything else is retried.
+webhook tools. A 2xx answer delivers; anything else (redirects included) is retried.
+Requests go through the outbound policy (:mod:`app.outbound`).
 """
 
 import hashlib
@@ -19,6 +21,7 @@ import httpx
 from loguru import logger
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app import outbound
 from app.state import AppState
 from app.storage import webhooks as webhook_store
 from app.storage.ids import utcnow
@@ -73,12 +76,12 @@ async def deliver(state: AppState, job: Job) -> None:
     }
     status_code, error = None, None
     try:
-        async with httpx.AsyncClient(timeout=state.settings.webhook_timeout_secs) as client:
+        async with outbound.client(state.settings, state.settings.webhook_timeout_secs) as client:
             response = await client.post(delivery.url, content=body, headers=headers)
         status_code = response.status_code
         if not response.is_success:
             error = f"HTTP {status_code}: {response.text[:200]}"
-    except httpx.HTTPError as exc:
+    except (httpx.HTTPError, httpx.InvalidURL) as exc:
         error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
     status = "delivered" if error is None else "failed" if job.attempts >= job.max_attempts else "pending"
     async with state.db.sessions() as db:

@@ -22,6 +22,9 @@ from tests.fakes.scripted_llm import ScriptedLLM
 ROOT = Path(__file__).resolve().parent.parent
 TEST_PIPELINES = ROOT / "tests" / "pipelines"
 ADMIN_KEY = "sk_test_admin_key_0123456789"
+LOOPBACK_TOOLS_ENV = {"SWITCHBOARD_OUTBOUND_ALLOW": '["127.0.0.1"]'}
+"""Test servers may reach the tests' loopback fakes (webhook tools, webhook receivers); an
+attack test starts its server with `SWITCHBOARD_OUTBOUND_ALLOW=[]` instead."""
 
 TEST_BACKEND = os.environ.get("SWITCHBOARD_TEST_BACKEND", "sqlite")
 """`sqlite` (one SQLite file per server, no Redis) or `postgres` (a fresh PostgreSQL database
@@ -145,6 +148,7 @@ def start_server(
         "SWITCHBOARD_PORT": str(port),
         "SWITCHBOARD_PIPELINES_PATH": f'["{TEST_PIPELINES}"]',
         "SWITCHBOARD_PRELOAD_PIPELINES": str(preload or []).replace("'", '"'),
+        **LOOPBACK_TOOLS_ENV,
         **env,
     }
     with open(log_path, "ab") as log:

@@ -16,7 +16,7 @@ from tests.test_call_controls import LONG_GREETING, channel_energy, transcript
 from tests.test_session_websocket import wait_for_status
 from tests.test_twilio import twilio_rest, twilio_server, tw  # noqa: F401 - fixtures
 
-TRANSFER_TO = "+15557654321"
+TRANSFER_TO = "+14155550142"
 
 
 def inline_twilio_call(api, **fields) -> tuple[str, dict]:

@@ -1,25 +1,29 @@
 """Telephony storage on SQLite and PostgreSQL: the 0002_telephony migration, number routing,
 single-use relay tokens, phone-call rows."""
 
+import asyncio
 import os
 import uuid
+from datetime import timedelta
 
 import asyncpg
 import pytest
-from sqlalchemy import inspect
+from alembic import command
+from alembic.script import ScriptDirectory
+from sqlalchemy import inspect, select
 
 from app.storage import telephony
-from app.storage.db import Database
+from app.storage.db import Database, alembic_config, upgrade_to_head
 from app.storage.ids import new_id, utcnow
-from app.storage.models import DEFAULT_ACCOUNT_ID, Account, Agent, PhoneCall, Session
+from app.storage.models import DEFAULT_ACCOUNT_ID, Account, Agent, PhoneCall, PhoneNumber, Session
 
 POSTGRES_URL = os.environ.get("TEST_POSTGRES_URL", "postgresql://root@127.0.0.1:5432/test")
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
-async def db(request, tmp_path):
-    """A freshly migrated database of each kind (PostgreSQL: a throwaway database, skipped
-    with the reason when no server answers)."""
+async def url(request, tmp_path):
+    """An empty database of each kind (PostgreSQL: a throwaway database, skipped with the
+    reason when no server answers)."""
     admin, name = None, f"switchboard_tel_{uuid.uuid4().hex[:8]}"
     if request.param == "sqlite":
         url = f"sqlite+aiosqlite:///{tmp_path / 'test.db'}"
@@ -30,21 +34,28 @@ async def db(request, tmp_path):
             pytest.skip(f"PostgreSQL leg skipped: no server answers at {POSTGRES_URL} ({exc})")
         await admin.execute(f'CREATE DATABASE "{name}"')
         url = f"postgresql+asyncpg://{POSTGRES_URL.split('://', 1)[1].rsplit('/', 1)[0]}/{name}"
+    yield url
+    if admin is not None:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await admin.close()
+
+
+@pytest.fixture
+async def db(url):
+    """A freshly migrated database of each kind."""
     database = Database(url)
     await database.migrate()
     yield database
     await database.dispose()
-    if admin is not None:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await admin.close()
 
 
 async def add_agent(s, numbers: list[str], status: str = "active") -> Agent:
     if await s.get(Account, DEFAULT_ACCOUNT_ID) is None:
         s.add(Account(id=DEFAULT_ACCOUNT_ID, name="default"))
     agent = Agent(id=new_id("agt"), account_id=DEFAULT_ACCOUNT_ID, name="a", voice_id="joe",
-                  system_prompt="p", phone_numbers=numbers, status=status)
+                  system_prompt="p", phone_numbers=[], status=status)
     s.add(agent)
+    await telephony.assign_numbers(s, agent, numbers)
     await s.commit()
     return agent
 
@@ -53,18 +64,42 @@ async def test_migration_adds_the_telephony_tables(db):
     async with db.engine.connect() as conn:
         tables = set(await conn.run_sync(lambda c: inspect(c).get_table_names()))
         agent_columns = {c["name"] for c in await conn.run_sync(lambda c: inspect(c).get_columns("agents"))}
-    assert {"agent_instances", "phone_calls", "used_relay_tokens"} <= tables
+    assert {"agent_instances", "phone_calls", "used_relay_tokens", "phone_numbers"} <= tables
     assert "phone_numbers" in agent_columns
 
 
 async def test_a_number_routes_to_the_active_agent_that_has_it(db):
     async with db.sessions() as s:
-        await add_agent(s, ["+15550001111"], status="deleted")
+        old = await add_agent(s, ["+15550001111"])
+        await telephony.release_numbers(s, old.id)  # as deleting the agent does
+        await s.commit()
         agent = await add_agent(s, ["+15550002222", "+15550001111"])
         await add_agent(s, ["+155500011110"])
         assert (await telephony.agent_for_number(s, "+15550001111")).id == agent.id
         assert await telephony.agent_for_number(s, "+1555000111") is None
         assert await telephony.agent_for_number(s, "+15559999999") is None
+
+
+async def test_the_ownership_migration_gives_a_shared_number_to_the_newest_live_agent(url):
+    config = alembic_config(url)
+    before = ScriptDirectory.from_config(config).get_revision("0012_security_numbers").down_revision
+    await asyncio.to_thread(command.upgrade, config, before)
+    database = Database(url)
+    now = utcnow()
+    rows = {"old": (["+15550001111", "+15550002222"], "active"), "new": (["+15550001111"], "paused"),
+            "gone": (["+15550003333"], "deleted")}
+    async with database.sessions() as s:
+        s.add(Account(id=DEFAULT_ACCOUNT_ID, name="default"))
+        for age, (key, (numbers, status)) in enumerate(rows.items()):
+            s.add(Agent(id=f"agt_{key}", account_id=DEFAULT_ACCOUNT_ID, name=key, voice_id="joe", system_prompt="p",
+                        phone_numbers=numbers, status=status, created_at=now + timedelta(seconds=age)))
+        await s.commit()
+    await asyncio.to_thread(upgrade_to_head, url)
+    async with database.sessions() as s:
+        held = {row.number: row.agent_id for row in await s.scalars(select(PhoneNumber))}
+        assert held == {"+15550001111": "agt_new", "+15550002222": "agt_old"}
+        assert (await s.get(Agent, "agt_old")).phone_numbers == ["+15550002222"]
+    await database.dispose()
 
 
 async def test_a_relay_token_is_used_once(db):

@@ -216,7 +216,7 @@ def test_tool_definitions_are_checked(api):
 
 async def test_transfer_call_off_twilio_is_a_tool_error(server, api, llm):
     tool = {"name": "transfer", "description": "Transfer the caller", "type": "transfer_call",
-            "phone_number": "+15557654321"}
+            "phone_number": "+14155550142"}
     agent = make_agent(api, pipeline="scripted", tools=[tool])
     llm.script(ToolCall("transfer", {}), "Sorry, I can't transfer this call.")
     async with SessionClient(agent_ws(server, agent["id"])) as client:

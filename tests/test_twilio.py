@@ -340,18 +340,18 @@ def test_busy_call_fails_its_session(twilio_server, tw):
 async def test_outbound_call_through_twilio_rest(twilio_server, tw, twilio_rest):
     agent = scripted_agent(tw, greeting="Hi, this is the clinic calling about your appointment.",
                            phone_numbers=["+15550007777"])
-    created = tw.post("/v1/calls/outbound", json={"agentId": agent["id"], "to": "+15551112222"})
+    created = tw.post("/v1/calls/outbound", json={"agentId": agent["id"], "to": "+14155551212"})
     assert created.status_code == 201, created.text
     task = created.json()
     assert task["direction"] == "outbound" and task["call_sid"].startswith("CA")
     request = twilio_rest.created_calls()[-1]
     assert (request.username, request.password) == (ACCOUNT_SID, AUTH_TOKEN)
-    assert request.value("To") == "+15551112222" and request.value("From") == "+15550007777"
+    assert request.value("To") == "+14155551212" and request.value("From") == "+15550007777"
     assert request.value("Url") == f"{twilio_server.url}/v1/sessions/twilio/task/{task['id']}/connect"
     assert request.value("StatusCallback") == f"{twilio_server.url}/v1/sessions/twilio/task/{task['id']}/status"
 
     # Twilio: the callee answered; fetch the TwiML, join the stream.
-    form = {"CallSid": task["call_sid"], "AccountSid": ACCOUNT_SID, "From": "+15550007777", "To": "+15551112222",
+    form = {"CallSid": task["call_sid"], "AccountSid": ACCOUNT_SID, "From": "+15550007777", "To": "+14155551212",
             "CallStatus": "in-progress", "Direction": "outbound-api"}
     path = request.value("Url").removeprefix(twilio_server.url)
     answer = signed_post(twilio_server, path, form)
@@ -374,12 +374,13 @@ async def test_outbound_call_through_twilio_rest(twilio_server, tw, twilio_rest)
 
 def test_outbound_call_refused_by_twilio_fails_cleanly(twilio_server, tw, twilio_rest):
     agent = scripted_agent(tw)
-    missing_from = tw.post("/v1/calls/outbound", json={"agentId": agent["id"], "to": "+15551112222"})
+    missing_from = tw.post("/v1/calls/outbound", json={"agentId": agent["id"], "to": "+14155551212"})
     assert missing_from.status_code == 422 and missing_from.json()["code"] == "missing_from"
+    assert tw.patch(f"/v1/agents/{agent['id']}", json={"phone_numbers": ["+15550008888"]}).status_code == 200
     original = twilio_rest.auth_token
     twilio_rest.auth_token = "rotated"  # Twilio now rejects our credentials
     try:
-        refused = tw.post("/v1/calls/outbound", json={"agentId": agent["id"], "to": "+15551112222", "from": NUMBER})
+        refused = tw.post("/v1/calls/outbound", json={"agentId": agent["id"], "to": "+14155551212"})
     finally:
         twilio_rest.auth_token = original
     assert refused.status_code == 502 and refused.json()["code"] == "twilio_error"

@@ -1,6 +1,7 @@
 """Agents: create, list, read, update, delete."""
 
 import secrets
+from collections.abc import Collection
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
@@ -12,12 +13,15 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validat
 from app.calls.tools import DEFAULT_TIMEOUT_SECS
 from app.deps import CallerDep, DbDep, StateDep
 from app.errors import ERROR_RESPONSES, APIError, not_found
+from app.outbound import OutboundUrl
 from app.state import AppState
 from app.storage import agents as agent_store
 from app.storage import sessions as session_store
+from app.storage import telephony as telephony_store
 from app.storage.ids import new_id, utcnow
 from app.analysis import AnalysisField
 from app.storage.models import Agent
+from app.telephony.numbers import PhoneNumber, TransferTarget
 from pipelines.config import UnknownPipelineError
 
 router = APIRouter(prefix="/v1/agents", tags=["agents"], responses=ERROR_RESPONSES)
@@ -30,10 +34,8 @@ def _is_none(value) -> bool:
     return value is None
 
 
-class ToolDefinition(BaseModel):
-    """A function the agent's LLM may call."""
-
-    model_config = ConfigDict(extra="forbid")
+class ToolFields(BaseModel):
+    """What every tool has, as stored and shown."""
 
     name: str = Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")
     description: str = Field(min_length=1, max_length=2000)
@@ -65,20 +67,7 @@ class ToolDefinition(BaseModel):
         description="client: the WebSocket client runs it (tool.call / tool.result); webhook: the server POSTs "
         "the arguments to url; end_call and transfer_call are built in",
     )
-    url: str | None = Field(
-        default=None,
-        exclude_if=_is_none,
-        pattern=r"^https?://[^\s/]+\S*$",
-        max_length=2000,
-        description="webhook: where the arguments are POSTed",
-    )
-    secret: str | None = Field(
-        default=None,
-        exclude_if=_is_none,
-        min_length=16,
-        max_length=200,
-        description="webhook: HMAC-SHA256 key of the X-Switchboard-Signature header; generated if omitted",
-    )
+    url: str | None = Field(default=None, exclude_if=_is_none, description="webhook: where the arguments are POSTed")
     timeout_secs: float = Field(
         default=DEFAULT_TIMEOUT_SECS,
         exclude_if=lambda v: v == DEFAULT_TIMEOUT_SECS,
@@ -87,21 +76,60 @@ class ToolDefinition(BaseModel):
         description="How long a webhook or client tool may take",
     )
     phone_number: str | None = Field(
+        default=None, exclude_if=_is_none, description="transfer_call: where the call is moved"
+    )
+
+
+class ToolDefinition(ToolFields):
+    """A function the agent's LLM may call."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    url: OutboundUrl | None = Field(
+        default=None, exclude_if=_is_none, description="webhook: where the arguments are POSTed (a public address)"
+    )
+    secret: str | None = Field(
         default=None,
         exclude_if=_is_none,
-        pattern=r"^\+[1-9][0-9]{1,14}$",
-        description="transfer_call: where the call is moved (E.164)",
+        min_length=16,
+        max_length=200,
+        description="webhook: HMAC-SHA256 key of the X-Switchboard-Signature header; if omitted, the "
+        "same-named tool's current one, or a new one",
+    )
+    phone_number: TransferTarget | None = Field(
+        default=None, exclude_if=_is_none, description="transfer_call: where the call is moved (E.164)"
     )
 
     @model_validator(mode="after")
     def _fits_type(self) -> "ToolDefinition":
-        if self.type == "webhook":
-            if self.url is None:
-                raise ValueError("a webhook tool needs a url")
-            self.secret = self.secret or f"whsec_{secrets.token_urlsafe(24)}"
+        if self.type == "webhook" and self.url is None:
+            raise ValueError("a webhook tool needs a url")
         if self.type == "transfer_call" and self.phone_number is None:
             raise ValueError("a transfer_call tool needs a phone_number")
         return self
+
+
+class ToolOut(ToolFields):
+    """A tool as the API shows it: its secret in full only in the response that set it."""
+
+    secret: str | None = Field(
+        default=None, exclude_if=_is_none, description="webhook: the full secret, only in the response that set it"
+    )
+    secret_last4: str | None = Field(default=None, exclude_if=_is_none, description="webhook: the secret's end")
+
+
+def new_secret() -> str:
+    return f"whsec_{secrets.token_urlsafe(24)}"
+
+
+def stored_tools(tools: list[ToolDefinition], current: list[dict] = ()) -> list[dict]:
+    """The tools as stored: a webhook tool without a secret keeps its same-named current one, or gets a new one."""
+    kept = {tool["name"]: tool.get("secret") for tool in current if tool.get("type") == "webhook"}
+    stored = [tool.model_dump() for tool in tools]
+    for tool in stored:
+        if tool.get("type") == "webhook" and not tool.get("secret"):
+            tool["secret"] = kept.get(tool["name"]) or new_secret()
+    return stored
 
 
 def _unique_tool_names(tools: list[ToolDefinition]) -> list[ToolDefinition]:
@@ -119,8 +147,10 @@ InactivityAction = Annotated[
     Literal["end_call", "prompt"], Field(description="end_call, or prompt: ask once if the caller is there, then end")
 ]
 PhoneNumbers = Annotated[
-    list[Annotated[str, Field(pattern=r"^\+[1-9][0-9]{1,14}$")]],
-    Field(max_length=20, description="E.164 numbers whose inbound calls reach this agent (Twilio voice webhook)"),
+    list[PhoneNumber],
+    Field(max_length=20, description="E.164 numbers whose inbound calls reach this agent (Twilio voice webhook); "
+          "a number answers one agent, in one account"),
+    AfterValidator(lambda numbers: list(dict.fromkeys(numbers))),
 ]
 
 
@@ -131,9 +161,7 @@ def _unique_field_names(fields: list[AnalysisField]) -> list[AnalysisField]:
     return fields
 
 
-WebhookUrl = Annotated[
-    str, Field(pattern=r"^https?://[^\s/]+\S*$", max_length=2000, description="Where session events are POSTed")
-]
+WebhookUrl = Annotated[OutboundUrl, Field(description="Where session events are POSTed (a public address)")]
 WebhookSecret = Annotated[
     str, Field(min_length=16, max_length=200, description="HMAC-SHA256 key of the webhook signature; generated if omitted")
 ]
@@ -150,7 +178,7 @@ AnalysisFields = Annotated[
 def _webhook_secret(agent: Agent) -> None:
     """An agent with a webhook always has a secret to sign it with."""
     if agent.webhook_url and not agent.webhook_secret:
-        agent.webhook_secret = f"whsec_{secrets.token_urlsafe(24)}"
+        agent.webhook_secret = new_secret()
 
 
 class AgentCreate(BaseModel):
@@ -210,13 +238,17 @@ class AgentOut(BaseModel):
     voice_id: str
     system_prompt: str
     language: str
-    tools: list[ToolDefinition]
+    tools: list[ToolOut]
     max_turns: int
     greeting: str | None
     pipeline: str
     phone_numbers: list[str]
     webhook_url: str | None = None
-    webhook_secret: str | None = Field(default=None, description="Verifies the webhook's X-Switchboard-Signature")
+    webhook_secret: str | None = Field(
+        default=None, description="Verifies the webhook's X-Switchboard-Signature: in full only in the response "
+        "that set it (create, update, rotate); null elsewhere"
+    )
+    webhook_secret_last4: str | None = Field(default=None, description="The webhook secret's last 4 characters")
     webhook_events: list[str] | None = Field(default=None, description="null: all but transcript.updated")
     analysis_fields: list[AnalysisField] | None = None
     first_speaker: FirstSpeaker
@@ -228,6 +260,28 @@ class AgentOut(BaseModel):
     status: Literal["active", "paused", "deleted"]
     created_at: datetime
     updated_at: datetime
+
+
+def _last4(secret: str | None) -> str | None:
+    return secret[-4:] if secret else None
+
+
+def agent_out(agent: Agent, shown: Collection[str] = ()) -> AgentOut:
+    """The agent as the API shows it: each secret in full only if it is in `shown` (this
+    response set it), else just its last 4 characters."""
+    out = AgentOut.model_validate(agent)
+    tools = [
+        tool.model_copy(update={"secret": tool.secret if tool.secret in shown else None, "secret_last4": _last4(tool.secret)})
+        for tool in out.tools
+    ]
+    secret = agent.webhook_secret
+    return out.model_copy(update={
+        "tools": tools, "webhook_secret": secret if secret in shown else None, "webhook_secret_last4": _last4(secret),
+    })
+
+
+def _secrets(agent: Agent) -> set[str]:
+    return {s for s in [agent.webhook_secret, *(tool.get("secret") for tool in agent.tools)] if s}
 
 
 class AgentList(BaseModel):
@@ -262,23 +316,41 @@ async def load_agent(db, caller, agent_id: str) -> Agent:
     return agent
 
 
+async def _assign_numbers(db, agent: Agent, numbers: list[str]) -> None:
+    """Give the agent its phone numbers; 409 if another agent, in any account, holds one."""
+    try:
+        await telephony_store.assign_numbers(db, agent, numbers)
+    except telephony_store.NumberTaken as exc:
+        if exc.agent_id is None:
+            raise APIError(
+                409, "phone_number_taken", f"phone_numbers: {exc.number} belongs to another account",
+                {"field": "phone_numbers", "number": exc.number},
+            ) from None
+        raise APIError(
+            409, "phone_number_in_use", f"phone_numbers: {exc.number} already answers agent '{exc.agent_id}'",
+            {"field": "phone_numbers", "number": exc.number, "agent_id": exc.agent_id},
+        ) from None
+
+
 @router.post("", status_code=201, response_model=AgentOut, summary="Create an agent")
 @router.post("/create", status_code=201, response_model=AgentOut, summary="Create an agent (alias)")
-async def create_agent(body: AgentCreate, state: StateDep, db: DbDep, caller: CallerDep) -> Agent:
+async def create_agent(body: AgentCreate, state: StateDep, db: DbDep, caller: CallerDep) -> AgentOut:
+    """The response is the one place the generated secrets (webhook, webhook tools) are shown in full."""
     pipeline = body.pipeline or state.settings.default_pipeline
     check_pipeline_and_voice(state, pipeline, body.voice_id)
     agent = Agent(
         id=new_id("agt"),
         account_id=caller.account_id,
-        **body.model_dump(exclude={"pipeline", "tools"}),
-        tools=[t.model_dump() for t in body.tools],
+        **body.model_dump(exclude={"pipeline", "tools", "phone_numbers"}),
+        tools=stored_tools(body.tools),
         pipeline=pipeline,
         status="active",
     )
     _webhook_secret(agent)
     db.add(agent)
+    await _assign_numbers(db, agent, body.phone_numbers)
     await db.commit()
-    return agent
+    return agent_out(agent, _secrets(agent))
 
 
 @router.get("", response_model=AgentList, summary="List agents")
@@ -290,16 +362,17 @@ async def list_agents(
     status: Literal["active", "paused", "deleted"] | None = None,
 ) -> dict:
     items, total = await agent_store.list_agents(db, caller.account_id, status=status, limit=limit, offset=offset)
-    return {"items": items, "total": total, "limit": limit, "offset": offset}
+    return {"items": [agent_out(agent) for agent in items], "total": total, "limit": limit, "offset": offset}
 
 
 @router.get("/{agent_id}", response_model=AgentOut, summary="Get an agent")
-async def get_agent(agent_id: str, db: DbDep, caller: CallerDep) -> Agent:
-    return await load_agent(db, caller, agent_id)
+async def get_agent(agent_id: str, db: DbDep, caller: CallerDep) -> AgentOut:
+    return agent_out(await load_agent(db, caller, agent_id))
 
 
 @router.patch("/{agent_id}", response_model=AgentOut, summary="Update an agent")
-async def update_agent(agent_id: str, body: AgentUpdate, state: StateDep, db: DbDep, caller: CallerDep) -> Agent:
+async def update_agent(agent_id: str, body: AgentUpdate, state: StateDep, db: DbDep, caller: CallerDep) -> AgentOut:
+    """The response shows in full only the secrets this update set."""
     agent = await load_agent(db, caller, agent_id)
     if agent.status == "deleted":
         raise APIError(409, "agent_deleted", f"agent '{agent_id}' is deleted and cannot be changed")
@@ -310,21 +383,45 @@ async def update_agent(agent_id: str, body: AgentUpdate, state: StateDep, db: Db
         if field in changes and changes[field] is None:
             raise APIError(422, "validation_error", f"{field}: may not be null")
     check_pipeline_and_voice(state, changes.get("pipeline", agent.pipeline), changes.get("voice_id", agent.voice_id))
+    shown_before = _secrets(agent)
+    if "tools" in changes:
+        changes["tools"] = stored_tools(body.tools, agent.tools)
+    numbers = changes.pop("phone_numbers", None)
     for field, value in changes.items():
         setattr(agent, field, value)
     _webhook_secret(agent)
     agent.updated_at = utcnow()
+    if numbers is not None:
+        await _assign_numbers(db, agent, numbers)
     await db.commit()
-    return agent
+    return agent_out(agent, _secrets(agent) - shown_before)
+
+
+@router.post(
+    "/{agent_id}/webhook-secret/rotate", response_model=AgentOut, summary="Replace the agent's webhook secret",
+)
+async def rotate_webhook_secret(agent_id: str, db: DbDep, caller: CallerDep) -> AgentOut:
+    """A new webhook secret, shown in full in this response only; the next delivery is signed with it."""
+    agent = await load_agent(db, caller, agent_id)
+    if agent.status == "deleted":
+        raise APIError(409, "agent_deleted", f"agent '{agent_id}' is deleted and cannot be changed")
+    if not agent.webhook_url:
+        raise APIError(409, "no_webhook", f"agent '{agent_id}' has no webhook_url, so no webhook secret")
+    agent.webhook_secret = new_secret()
+    agent.updated_at = utcnow()
+    await db.commit()
+    return agent_out(agent, {agent.webhook_secret})
 
 
 @router.delete("/{agent_id}", response_model=AgentOut, summary="Delete an agent and end its live sessions")
-async def delete_agent(agent_id: str, state: StateDep, db: DbDep, caller: CallerDep) -> Agent:
+async def delete_agent(agent_id: str, state: StateDep, db: DbDep, caller: CallerDep) -> AgentOut:
+    """Its phone numbers are freed for other agents."""
     agent = await load_agent(db, caller, agent_id)
     if agent.status != "deleted":
         agent.status = "deleted"
         agent.updated_at = utcnow()
+        await telephony_store.release_numbers(db, agent.id)
         await db.commit()
     await session_store.end_unconnected(db, agent.id, "agent_deleted")
     await state.control.end_agent_calls(agent.id, "agent_deleted")
-    return agent
+    return agent_out(agent)

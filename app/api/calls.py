@@ -10,7 +10,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
-from app.api.agents import Prompt, Tools, check_pipeline_and_voice, load_agent
+from app.api.agents import Prompt, Tools, check_pipeline_and_voice, load_agent, stored_tools
 from app.api.carriers import ANSWERS
 from app.api.sessions import SessionOut, check_can_start, load_session, new_session, session_out, websocket_base
 from app.api.twilio import stream_twiml
@@ -89,7 +89,7 @@ def inline_config(body: InlineCallCreate, pipeline: str) -> dict[str, Any]:
         "voice_id": body.voice,
         "language": body.language,
         "greeting": body.greeting,
-        "tools": [t.model_dump() for t in body.tools],
+        "tools": stored_tools(body.tools),
         "max_turns": INLINE_MAX_TURNS,
         "pipeline": pipeline,
         "first_speaker": body.firstSpeaker,

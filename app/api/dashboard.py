@@ -226,6 +226,11 @@ def _validate(model: type[BaseModel], fields: dict) -> BaseModel:
         ) from None
 
 
+def _tools_without_secrets(tools: list[dict]) -> list[dict]:
+    """The tools as the form shows them: no secrets (saved without one, a tool keeps its own)."""
+    return [{key: value for key, value in tool.items() if key != "secret"} for tool in tools]
+
+
 def _form_values(agent=None, form: dict[str, str] | None = None) -> dict:
     if form is not None:
         return form
@@ -236,7 +241,7 @@ def _form_values(agent=None, form: dict[str, str] | None = None) -> dict:
         "name": agent.name, "voice_id": agent.voice_id, "system_prompt": agent.system_prompt,
         "language": agent.language, "pipeline": agent.pipeline, "greeting": agent.greeting or "",
         "max_turns": str(agent.max_turns), "max_duration": str(agent.max_duration), "first_speaker": agent.first_speaker,
-        "tools": json.dumps(agent.tools, indent=2) if agent.tools else "",
+        "tools": json.dumps(_tools_without_secrets(agent.tools), indent=2) if agent.tools else "",
     }
     return values | {name: "on" for name in ("interruptible", "recording_enabled") if getattr(agent, name)}
 

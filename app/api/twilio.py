@@ -22,6 +22,7 @@ from app.storage import sessions as session_store
 from app.storage import telephony as store
 from app.storage.models import PhoneCall, Session
 from app.telephony import twilio
+from app.telephony.numbers import DialNumber, PhoneNumber
 from app.telephony.phone_calls import apply_status, start_phone_session
 from app.telephony.relay import issue_relay_token
 from app.telephony.stream import CARRIERS, serve_stream
@@ -51,10 +52,11 @@ class OutboundCallCreate(BaseModel):
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
     agent_id: str = Field(alias="agentId")
-    to_number: str = Field(alias="to", min_length=1, max_length=64)
-    from_number: str | None = Field(
-        default=None, alias="from", min_length=1, max_length=64,
-        description="Caller ID; defaults to the agent's first phone number, then TWILIO_FROM_NUMBER",
+    to_number: DialNumber = Field(alias="to")
+    from_number: PhoneNumber | None = Field(
+        default=None, alias="from",
+        description="Caller ID: a number of the caller's account (an agent's phone_numbers) or the server's "
+        "TWILIO_FROM_NUMBER; defaults to the agent's first phone number, then TWILIO_FROM_NUMBER",
     )
     instance_id: str | None = Field(default=None, alias="instanceId")
 
@@ -162,7 +164,10 @@ async def twilio_status(request: Request, state: StateDep, db: DbDep) -> Respons
 
 @router.post(
     "/v1/calls/outbound", status_code=201, response_model=CallTaskOut, summary="Place an outbound call",
-    responses={502: {"model": ErrorBody, "description": "Twilio refused the call"}, **DRAINING_RESPONSES},
+    responses={
+        403: {"model": ErrorBody, "description": "`from` is not a number of the caller's account"},
+        502: {"model": ErrorBody, "description": "Twilio refused the call"}, **DRAINING_RESPONSES,
+    },
 )
 async def create_outbound_call(
     body: OutboundCallCreate, request: Request, state: StateDep, db: DbDep, caller: CallerDep
@@ -174,6 +179,13 @@ async def create_outbound_call(
     from_number = body.from_number or next(iter(agent.phone_numbers), None) or state.settings.twilio_from_number
     if not from_number:
         raise APIError(422, "missing_from", "no caller ID: pass `from`, give the agent a phone number, or set TWILIO_FROM_NUMBER")
+    if from_number != state.settings.twilio_from_number and not await store.account_holds_number(
+        db, caller.account_id, from_number
+    ):
+        raise APIError(
+            403, "from_not_owned", f"from: {from_number} is not a number of this account (an agent's phone_numbers)",
+            {"field": "from", "number": from_number},
+        )
     session, call = await start_phone_session(
         state, db, agent, carrier="twilio", direction="outbound",
         from_number=from_number, to_number=body.to_number, instance_id=body.instance_id,

@@ -249,7 +249,9 @@ class CallSession:
         """Run one tool: its result, and what to do once the LLM has it (built-ins end the call)."""
         kind = tool.get("type", "client")
         if kind == "webhook":
-            return await tools.call_webhook(tool, arguments, session_id=self.session_id, call_id=call_id), None
+            return await tools.call_webhook(
+                self.state.settings, tool, arguments, session_id=self.session_id, call_id=call_id
+            ), None
         if kind == "end_call":
             return {"ok": True, "status": "ending the call"}, lambda: self.end_with_goodbye("agent_ended", GOODBYE)
         if kind == "transfer_call":

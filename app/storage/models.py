@@ -84,7 +84,7 @@ class Agent(Base):
     greeting: Mapped[str | None] = mapped_column(Text)
     pipeline: Mapped[str] = mapped_column(String(100), default="local")
     phone_numbers: Mapped[list] = mapped_column(default=list)
-    """E.164 numbers whose inbound calls reach this agent."""
+    """E.164 numbers whose inbound calls reach this agent (each one held in `phone_numbers`)."""
     first_speaker: Mapped[str] = mapped_column(String(8), default="agent")
     """`agent` greets first; `user` waits for the caller."""
     interruptible: Mapped[bool] = mapped_column(Boolean, default=True)
@@ -187,6 +187,18 @@ class PhoneCall(Base):
     error: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+
+class PhoneNumber(Base):
+    """Who holds a phone number: one account, and the one agent its inbound calls reach.
+    Keyed by the E.164 number, so no two agents (or accounts) can hold it at once."""
+
+    __tablename__ = "phone_numbers"
+
+    number: Mapped[str] = mapped_column(String(32), primary_key=True)
+    account_id: Mapped[str] = mapped_column(ForeignKey("accounts.id"), index=True)
+    agent_id: Mapped[str] = mapped_column(ForeignKey("agents.id"), index=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
 class UsedRelayToken(Base):

@@ -5,11 +5,11 @@ no API key: they find their rows by the carrier's call id or by the dialled numb
 and the row then names the account.
 """
 
-from sqlalchemy import String, cast, select
+from sqlalchemy import delete, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.storage.models import Agent, AgentInstance, PhoneCall, UsedRelayToken
+from app.storage.models import Agent, AgentInstance, PhoneCall, PhoneNumber, UsedRelayToken
 
 
 async def get_instance(db: AsyncSession, account_id: str, agent_id: str, instance_id: str) -> AgentInstance | None:
@@ -29,14 +29,66 @@ async def list_instances(db: AsyncSession, account_id: str, agent_id: str) -> li
     return list(rows)
 
 
-async def agent_for_number(db: AsyncSession, number: str) -> Agent | None:
-    """The active agent a dialled number is assigned to (the newest, if several claim it)."""
-    candidates = await db.scalars(
-        select(Agent)
-        .where(Agent.status == "active", cast(Agent.phone_numbers, String).contains(f'"{number}"'))
-        .order_by(Agent.created_at.desc())
+class NumberTaken(Exception):
+    """A phone number another agent holds; `agent_id` is None when that agent is in another account."""
+
+    def __init__(self, number: str, agent_id: str | None):
+        super().__init__(number)
+        self.number = number
+        self.agent_id = agent_id
+
+
+async def _holders(db: AsyncSession, numbers: list[str]) -> dict[str, PhoneNumber]:
+    rows = await db.scalars(select(PhoneNumber).where(PhoneNumber.number.in_(numbers)))
+    return {row.number: row for row in rows}
+
+
+async def _check_free(db: AsyncSession, agent: Agent, numbers: list[str]) -> dict[str, PhoneNumber]:
+    holders = await _holders(db, numbers)
+    for number in numbers:
+        held = holders.get(number)
+        if held is not None and held.agent_id != agent.id:
+            raise NumberTaken(number, held.agent_id if held.account_id == agent.account_id else None)
+    return holders
+
+
+async def assign_numbers(db: AsyncSession, agent: Agent, numbers: list[str]) -> None:
+    """Make `numbers` (E.164) the ones whose inbound calls reach `agent`, within the caller's
+    transaction (flushed, not committed). NumberTaken if another agent holds one: the
+    primary key on the number decides between concurrent claims, and the loser's
+    transaction is rolled back."""
+    held = await _check_free(db, agent, numbers)
+    await db.execute(delete(PhoneNumber).where(PhoneNumber.agent_id == agent.id, PhoneNumber.number.not_in(numbers)))
+    db.add_all(
+        PhoneNumber(number=number, account_id=agent.account_id, agent_id=agent.id)
+        for number in numbers if number not in held
     )
-    return next((agent for agent in candidates if number in agent.phone_numbers), None)
+    agent.phone_numbers = numbers
+    try:
+        await db.flush()
+    except IntegrityError:
+        await db.rollback()
+        await _check_free(db, agent, numbers)
+        raise
+
+
+async def release_numbers(db: AsyncSession, agent_id: str) -> None:
+    """Free a deleted agent's numbers (in the caller's transaction)."""
+    await db.execute(delete(PhoneNumber).where(PhoneNumber.agent_id == agent_id))
+
+
+async def account_holds_number(db: AsyncSession, account_id: str, number: str) -> bool:
+    return await db.scalar(
+        select(PhoneNumber.number).where(PhoneNumber.number == number, PhoneNumber.account_id == account_id)
+    ) is not None
+
+
+async def agent_for_number(db: AsyncSession, number: str) -> Agent | None:
+    """The active agent a dialled number (E.164) reaches: the one that holds it."""
+    return await db.scalar(
+        select(Agent).join(PhoneNumber, PhoneNumber.agent_id == Agent.id)
+        .where(PhoneNumber.number == number, Agent.status == "active")
+    )
 
 
 async def agent_by_id(db: AsyncSession, agent_id: str) -> Agent | None:

@@ -58,6 +58,7 @@ async def start_phone_session(
         status="queued",
     )
     db.add(session)
+    await db.flush()  # the session row first: the call's foreign key needs it (no relationship orders them)
     db.add(call)
     await db.commit()
     return session, call
