@@ -18,6 +18,7 @@ from app.calls.registry import CallRegistry
 from app.calls.tokens import TokenSigner
 from app.errors import install_error_handlers
 from app.limits import BodySizeLimitMiddleware, RateLimiter
+from app.nodes import Node
 from app.settings import Settings, get_settings
 from app.shutdown import install_drain_on_signals
 from app.state import AppState
@@ -61,15 +62,19 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         calls = CallRegistry()
         control = CallControl(calls, redis, settings.redis_prefix)
         await control.start()
+        node = Node(settings, db, calls)
+        await node.start()
         app.state.switchboard = AppState(
             settings=settings, db=db, catalog=catalog, tokens=TokenSigner(secret),
             rate_limiter=RateLimiter(settings.rate_limit_per_minute, redis, settings.redis_prefix), calls=calls, control=control,
+            node=node,
         )
         install_drain_on_signals(app.state.switchboard)
-        logger.info(f"Switchboard ready (pipelines: {', '.join(catalog.names())})")
+        logger.info(f"Switchboard ready (node {node.id}; pipelines: {', '.join(catalog.names())})")
         try:
             yield
         finally:
+            await node.stop()
             await control.close()
             if redis is not None:
                 await redis.aclose()
