@@ -41,10 +41,14 @@ class Node:
         logger.info(f"node {self.id} registered")
 
     async def stop(self) -> None:
+        """Give the lease up (if storage is unreachable, it simply runs out)."""
         if self._heartbeats:
             self._heartbeats.cancel()
-        async with self._db.sessions() as db:
-            await node_store.remove(db, self.id)
+        try:
+            async with self._db.sessions() as db:
+                await node_store.remove(db, self.id)
+        except Exception as exc:
+            logger.warning(f"node {self.id}: could not give up its lease ({type(exc).__name__}: {exc})")
 
     async def _keep_lease(self) -> None:
         while True:

@@ -154,6 +154,30 @@ async def test_the_call_cap_holds_across_nodes_and_under_a_parallel_burst(cluste
     assert_cap_refusals(refused_)
 
 
+async def test_ringing_phone_calls_hold_their_place_under_the_cap(cluster):
+    a, b = cluster
+    api, key = capped_account(a)
+    agent = make_agent(api, pipeline="scripted", greeting="Hello.")
+
+    def phone_session(server) -> httpx.Response:
+        return httpx.post(f"{server.url}/v1/sessions/twilio", headers={"X-API-Key": key}, timeout=30,
+                          json={"agentId": agent["id"], "from": "+15550001111", "to": "+15550002222"})
+
+    ringing = [phone_session(a), phone_session(b)]
+    assert [r.status_code for r in ringing] == [200, 200]
+    # Nobody has answered yet, but both calls hold their place: a third is refused on either node.
+    assert phone_session(b).status_code == 429
+    assert (await refused(agent_ws(a, agent["id"], key=key))).close_code == 4429
+    # Answering one (its stream reaching the other node) takes the place it holds, not another.
+    _url, parameters = parse_twiml(ringing[0].text)
+    async with TwilioMediaStreamsClient(b.ws_url("/v1/sessions/twilio/stream"), parameters) as answered:
+        await answered.wait_marks(1, timeout=30)
+        assert live_calls(b) == 1
+        assert (await refused(agent_ws(b, agent["id"], key=key))).close_code == 4429
+        await answered.stop()
+        await answered.wait_closed(timeout=10)
+
+
 async def test_a_relay_token_used_on_a_is_refused_on_b(cluster):
     a, b = cluster
     api = a.client()

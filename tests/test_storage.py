@@ -108,8 +108,8 @@ async def test_agents_sessions_and_transcripts_round_trip(db):
         s.add_all([live, stale])
         await s.commit()
         assert (await sessions.get_session(s, DEFAULT_ACCOUNT_ID, stale.id)).status == "expired"
-        assert await sessions.claim(s, live)
-        assert not await sessions.claim(s, live)
+        assert await sessions.claim(s, live, "node-1")
+        assert not await sessions.claim(s, live, "node-2")
         for speaker, text in (("AGENT", "Hello"), ("USER", "Hi there"), ("AGENT", "How can I help?")):
             await sessions.add_transcript_entry(s, live.id, speaker=speaker, content=text, timestamp=utcnow())
         await sessions.finish(s, live.id, status="completed", end_reason="caller_hangup", error=None)
@@ -138,7 +138,7 @@ async def test_concurrent_claims_let_exactly_one_connection_in(db):
 
     async def claim():
         async with db.sessions() as s:
-            return await sessions.claim(s, await s.get(Session, session.id))
+            return await sessions.claim(s, await s.get(Session, session.id), "node-1")
 
     assert sorted(await asyncio.gather(*(claim() for _ in range(5)))) == [False] * 4 + [True]
 

@@ -66,14 +66,14 @@ async def count_live(db: AsyncSession, account_id: str, *, besides: str | None =
 
 
 async def claim(db: AsyncSession, session: Session, node_id: str) -> bool:
-    """Move a `created` session to `active` on node `node_id` (not committed); False if another
-    connection got there first."""
+    """Move a `created` session to `active` on node `node_id`; False if another connection got there first."""
     started = utcnow()
     result = await db.execute(
         update(Session)
         .where(Session.id == session.id, Session.status == "created")
         .values(status="active", started_at=started, host=node_id)
     )
+    await db.commit()
     if result.rowcount != 1:
         return False
     session.status, session.started_at, session.host = "active", started, node_id
