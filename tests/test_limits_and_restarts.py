@@ -16,6 +16,7 @@ from tests.test_session_websocket import agent_ws, refused
 def limited_server(tmp_path_factory, scripted_llm):
     server = start_server(
         tmp_path_factory.mktemp("limited"),
+        preload=["scripted"],  # loading models at the first call would hold up the next handshake
         env={
             "SWITCHBOARD_RATE_LIMIT_PER_MINUTE": "8",
             "SWITCHBOARD_MAX_BODY_BYTES": "4096",
