@@ -3,8 +3,10 @@
 import argparse
 import asyncio
 import os
+import shutil
 import signal
 import sys
+import tempfile
 from pathlib import Path
 from urllib.parse import urlencode
 
@@ -13,22 +15,15 @@ from app.settings import get_settings
 
 async def prepare(settings) -> None:
     """Once per machine, before the web workers start: migrate, create the admin key (printed
-    once), mark calls a crashed server on this host left `active` as `failed` / `server_restart`,
-    and store the recordings it left on this node's disk."""
-    from loguru import logger
-
+    once) and store the recordings a crashed server left on this node's disk. Calls it left
+    `active` are ended by the nodes' leases (`app/nodes.py`)."""
     from app.main import prepare_storage
     from app.recordings import finalise_left_behind
-    from app.storage import sessions
     from app.storage.db import Database
 
     db = Database(settings.resolved_database_url())
     try:
         await prepare_storage(db, settings)
-        async with db.sessions() as session:
-            count = await sessions.fail_interrupted(session, settings.host_id)
-        if count:
-            logger.warning(f"{count} call(s) were cut off by the last shutdown: marked failed (server_restart)")
         await finalise_left_behind(settings, db)
     finally:
         await db.dispose()
@@ -44,6 +39,10 @@ def serve(args: argparse.Namespace) -> None:
     asyncio.run(prepare(settings))
     catalog = PipelineCatalog(settings.pipelines_path)
     llm_servers = []
+    metrics_dir = None
+    if args.workers > 1:  # each worker writes its metrics here; /metrics sums them (app/api/metrics.py)
+        metrics_dir = tempfile.mkdtemp(prefix="switchboard-metrics-")
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
     # uvicorn re-raises SIGTERM once it has shut down; exit through `finally` instead of dying on it.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     try:
@@ -65,6 +64,8 @@ def serve(args: argparse.Namespace) -> None:
     finally:
         for process in llm_servers:
             local_llm.stop(process)
+        if metrics_dir:
+            shutil.rmtree(metrics_dir, ignore_errors=True)
 
 
 async def talk(args: argparse.Namespace) -> int:

@@ -1,4 +1,4 @@
-"""Limits: request body size, per-key request rate, per-account concurrent calls."""
+"""Limits: request body size, per-key request rate. (Per-account concurrent calls: `app.calls.admission`.)"""
 
 import asyncio
 import json
@@ -6,11 +6,6 @@ import math
 import time
 from collections import defaultdict, deque
 
-from sqlalchemy import func, select
-from sqlalchemy.ext.asyncio import AsyncSession
-
-from app.errors import APIError
-from app.storage.models import Account, Session
 
 
 class BodySizeLimitMiddleware:
@@ -105,25 +100,3 @@ class RateLimiter:
         if count > self.per_minute:
             return max(1, 60 - int(time.time()) % 60)
         return None
-
-
-async def admit_call(state, db: AsyncSession, account_id: str) -> None:
-    """Refuse a new call while the server drains (503) or when the account is at its cap (429)."""
-    if state.draining:
-        raise APIError(503, "server_draining", "the server is shutting down; try again shortly", headers={"Retry-After": "10"})
-    await check_call_capacity(db, account_id, state.settings.max_concurrent_calls)
-
-
-async def check_call_capacity(db: AsyncSession, account_id: str, default_cap: int) -> None:
-    """429 when the account already has as many live calls as it may."""
-    account = await db.get(Account, account_id)
-    cap = account.max_concurrent_calls if account and account.max_concurrent_calls else default_cap
-    active = await db.scalar(
-        select(func.count()).select_from(Session).where(Session.account_id == account_id, Session.status == "active")
-    )
-    if active >= cap:
-        raise APIError(
-            429, "concurrent_call_limit",
-            f"this account already has {active} live calls, its limit is {cap}; try again when one ends",
-            {"limit": cap, "active": active}, headers={"Retry-After": "30"},
-        )

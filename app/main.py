@@ -22,6 +22,7 @@ from app.calls.tokens import TokenSigner
 from app.errors import install_error_handlers
 from app.jobs import JobQueue
 from app.limits import BodySizeLimitMiddleware, RateLimiter
+from app.nodes import Node
 from app.settings import Settings, get_settings
 from app.shutdown import install_drain_on_signals
 from app.state import AppState
@@ -65,11 +66,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         calls = CallRegistry()
         control = CallControl(calls, redis, settings.redis_prefix)
         await control.start()
+        node = Node(settings, db, calls)
+        await node.start()
         jobs = JobQueue(db, settings)
         state = app.state.switchboard = AppState(
             settings=settings, db=db, catalog=catalog, tokens=TokenSigner(secret),
             rate_limiter=RateLimiter(settings.rate_limit_per_minute, redis, settings.redis_prefix), calls=calls, control=control,
-            jobs=jobs,
+            node=node, jobs=jobs,
         )
         jobs.start({
             webhooks.JOB_KIND: partial(webhooks.deliver, state),
@@ -77,12 +80,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         })
         install_drain_on_signals(app.state.switchboard)
         sweeper = asyncio.create_task(recordings.sweep_forever(settings, db), name="recording-retention")
-        logger.info(f"Switchboard ready (pipelines: {', '.join(catalog.names())})")
+        logger.info(f"Switchboard ready (node {node.id}; pipelines: {', '.join(catalog.names())})")
         try:
             yield
         finally:
             sweeper.cancel()
             await jobs.close()
+            await node.stop()
             await control.close()
             if redis is not None:
                 await redis.aclose()

@@ -189,19 +189,21 @@ async def open_file(path: Path) -> StoredRecording | None:
     return StoredRecording(size, chunks())
 
 
-async def open_recording(settings: Settings, session: Session) -> StoredRecording | None:
-    """A session's recording: for a call this node runs (or ran last), the file it writes while the
+async def open_recording(settings: Settings, session: Session, node_id: str) -> StoredRecording | None:
+    """A session's recording: for a call this node (`node_id`) runs or ran last, the file it writes while the
     call goes on, else the stored one. (In that order: the stored copy is complete before the live
     file is removed.)"""
-    live = await open_file(live_path(settings, session.id)) if session.host == settings.host_id else None
+    live = await open_file(live_path(settings, session.id)) if session.host == node_id else None
     return live or await recording_store(settings).open(recording_key(session.id))
 
 
-async def recording_response(settings: Settings, session: Session, headers: dict | None = None) -> StreamingResponse:
+async def recording_response(
+    settings: Settings, session: Session, node_id: str, headers: dict | None = None
+) -> StreamingResponse:
     """The session's recording as a streamed WAV, or a 404 saying why there is none."""
     if session.recording_status == "expired":
         raise APIError(404, "recording_expired", f"session '{session.id}': its recording was {session.recording_reason}")
-    recording = await open_recording(settings, session)
+    recording = await open_recording(settings, session, node_id)
     if recording is None:
         raise APIError(404, "recording_not_found", f"session '{session.id}' has no recording")
     return StreamingResponse(

@@ -51,8 +51,12 @@ class Settings(BaseSettings):
     """Prefix of every Redis key and channel, so several deployments can share one Redis."""
     drain_grace_secs: float = 30
     """On SIGTERM, how long live calls may go on before they get a goodbye."""
-    host_id: str = Field(default_factory=socket.gethostname)
-    """Names this host on the sessions it runs, so a restart finds the calls it lost."""
+    node_id: str = Field(default_factory=socket.gethostname)
+    """Prefix of this node's id; each server process (worker) adds a random suffix, so ids never repeat."""
+    node_heartbeat_secs: float = 5
+    """How often each node renews its lease (and looks for nodes whose lease ran out)."""
+    node_lease_secs: float = 30
+    """A node not heard from for this long is lost: its live calls end `failed` / `node_lost`."""
     webrtc_ice_servers: list[IceServer] = Field(default_factory=list)
     """STUN/TURN servers for browser calls, as JSON (`[{"urls": "stun:host:3478"}]`);
     none are needed on localhost or a LAN."""

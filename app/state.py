@@ -7,6 +7,7 @@ from app.calls.registry import CallRegistry
 from app.calls.tokens import TokenSigner
 from app.jobs import JobQueue
 from app.limits import RateLimiter
+from app.nodes import Node
 from app.settings import Settings
 from app.storage.db import Database
 from pipelines.config import PipelineCatalog
@@ -21,6 +22,7 @@ class AppState:
     rate_limiter: RateLimiter
     calls: CallRegistry
     control: CallControl
+    node: Node
     jobs: JobQueue
     draining: bool = False
     """Set on SIGTERM: live calls go on, new ones are refused with 503."""

@@ -119,7 +119,7 @@ def test_compose_stack_drains_nodes_checks_health_and_sets_only_real_settings():
     for name, service in spec["services"].items():
         one_shot = service.get("restart") == "no"
         assert one_shot or "healthcheck" in service, f"{name} has no healthcheck"
-    host_ids = set()
+    node_ids = set()
     for name, node in nodes.items():
         env = node["environment"]
         assert set(env) <= SETTING_NAMES, set(env) - SETTING_NAMES
@@ -127,8 +127,8 @@ def test_compose_stack_drains_nodes_checks_health_and_sets_only_real_settings():
         assert seconds(node["stop_grace_period"]) > drain, name
         assert "/health" in " ".join(node["healthcheck"]["test"])
         assert node["volumes"][0].endswith(":/data")  # each node its own disk
-        host_ids.add(env["SWITCHBOARD_HOST_ID"])
-    assert len(host_ids) == len(nodes)
+        node_ids.add(env["SWITCHBOARD_NODE_ID"])
+    assert len(node_ids) == len(nodes)
     assert set(spec["services"]["proxy"]["depends_on"]) == set(nodes)
 
 

@@ -16,6 +16,7 @@ from tests.test_session_websocket import agent_ws, refused
 def limited_server(tmp_path_factory, scripted_llm):
     server = start_server(
         tmp_path_factory.mktemp("limited"),
+        preload=["scripted"],  # loading models at the first call would hold up the next handshake
         env={
             "SWITCHBOARD_RATE_LIMIT_PER_MINUTE": "8",
             "SWITCHBOARD_MAX_BODY_BYTES": "4096",
@@ -126,11 +127,12 @@ async def test_sigterm_drains_live_calls_with_a_goodbye(tmp_path, scripted_llm):
     assert "goodbye" in contents[-1].lower()
 
 
-async def test_kill_9_mid_call_then_restart_marks_the_call_failed(tmp_path, scripted_llm):
+async def test_kill_9_mid_call_then_restart_the_lost_node_s_call_ends_failed(tmp_path, scripted_llm):
     scripted_llm.reset()
     scripted_llm.script("First answer.", "Second answer.")
     data = tmp_path / "crash"
-    server = start_server(data, env={"SCRIPTED_LLM_URL": scripted_llm.url})
+    short_lease = {"SWITCHBOARD_NODE_HEARTBEAT_SECS": "0.5", "SWITCHBOARD_NODE_LEASE_SECS": "3"}
+    server = start_server(data, env={"SCRIPTED_LLM_URL": scripted_llm.url, **short_lease})
     try:
         api = server.client()
         agent = make_agent(api, pipeline="scripted")
@@ -143,19 +145,26 @@ async def test_kill_9_mid_call_then_restart_marks_the_call_failed(tmp_path, scri
             server.process.wait(10)
     finally:
         server.stop()
-    session, transcript = after_restart(data, scripted_llm, ready["session_id"])
-    assert (session["status"], session["end_reason"]) == ("failed", "server_restart")
+    # The restarted server is a new node: once the dead one's lease has run out, it ends that call.
+    session, transcript = after_restart(data, scripted_llm, ready["session_id"], env=short_lease,
+                                        until=lambda s: s["status"] != "active")
+    assert (session["status"], session["end_reason"]) == ("failed", "node_lost")
     assert [(t["speaker"], t["content"]) for t in transcript] == [
         ("USER", "One."), ("AGENT", "First answer."), ("USER", "Two."), ("AGENT", "Second answer."),
     ]
 
 
-def after_restart(data, scripted_llm, session_id: str) -> tuple[dict, list[dict]]:
-    """Start a server on the same data again; the session and its transcript as it now sees them."""
-    server = start_server(data, env={"SCRIPTED_LLM_URL": scripted_llm.url})
+def after_restart(data, scripted_llm, session_id: str, env=None, until=lambda session: True) -> tuple[dict, list[dict]]:
+    """Start a server on the same data again; the session (once `until` holds for it, within 30 s)
+    and its transcript as it now sees them."""
+    server = start_server(data, env={"SCRIPTED_LLM_URL": scripted_llm.url, **(env or {})})
     try:
         api = server.client()
+        deadline = time.monotonic() + 30
         session = api.get(f"/v1/sessions/{session_id}").json()
+        while not until(session) and time.monotonic() < deadline:
+            time.sleep(0.2)
+            session = api.get(f"/v1/sessions/{session_id}").json()
         return session, api.get(f"/v1/sessions/{session_id}/transcript").json()["items"]
     finally:
         server.stop()

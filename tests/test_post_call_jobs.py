@@ -26,7 +26,7 @@ def receiver():
 
 
 def node_env(llm, storage: dict, host: str, **extra: str) -> dict:
-    return {"SCRIPTED_LLM_URL": llm.url, "SWITCHBOARD_HOST_ID": host, **FAST_JOBS, **storage, **extra}
+    return {"SCRIPTED_LLM_URL": llm.url, "SWITCHBOARD_NODE_ID": host, **FAST_JOBS, **storage, **extra}
 
 
 def kill_9(server) -> None:

@@ -101,7 +101,7 @@ async def test_finalise_moves_the_recording_to_the_store_and_can_run_twice(store
         assert not live.exists()
         async with db.sessions() as s:
             session = await s.get(Session, "ses_1")
-        stored = await recordings.open_recording(settings, session)
+        stored = await recordings.open_recording(settings, session, "this-node")
         assert stored.size == len(written) and b"".join([c async for c in stored.chunks]) == written
         assert (session.recording_status, session.recording_bytes) == ("available", len(written))
     assert await recordings.recording_store(settings).size("ses_1.wav") == len(written)
@@ -112,7 +112,7 @@ async def test_finalise_moves_the_recording_to_the_store_and_can_run_twice(store
     # Two nodes sweeping at once: deleted (twice, harmlessly), marked expired once.
     assert sorted(await asyncio.gather(*(recordings.expire_recordings(later, db) for _ in range(2)))) == [0, 1]
     assert await recordings.expire_recordings(later, db) == 0
-    assert await recordings.open_recording(settings, session) is None
+    assert await recordings.open_recording(settings, session, "this-node") is None
     async with db.sessions() as s:
         session = await s.get(Session, "ses_1")
     assert session.recording_status == "expired" and "retention" in session.recording_reason
@@ -153,8 +153,8 @@ async def test_a_recording_made_on_one_node_downloads_from_another(tmp_path, s3_
     scripted_llm.script("Sure, we open at nine.")
     bucket, s3 = new_bucket(s3_endpoint)
     shared = {**production_storage_env(), **s3_env(s3_endpoint, bucket), "SCRIPTED_LLM_URL": scripted_llm.url}
-    node_a = start_server(tmp_path / "a", preload=["scripted"], env={**shared, "SWITCHBOARD_HOST_ID": "node-a"})
-    node_b = start_server(tmp_path / "b", preload=[], env={**shared, "SWITCHBOARD_HOST_ID": "node-b"})
+    node_a = start_server(tmp_path / "a", preload=["scripted"], env={**shared, "SWITCHBOARD_NODE_ID": "node-a"})
+    node_b = start_server(tmp_path / "b", preload=[], env={**shared, "SWITCHBOARD_NODE_ID": "node-b"})
     try:
         with node_a.client() as api_a, node_b.client() as api_b:
             session = await short_call(api_a, question=speech("What time do you open tomorrow?", tail_secs=1.5))
@@ -179,8 +179,8 @@ async def test_a_call_resumed_on_another_node_keeps_one_whole_recording(tmp_path
     bucket, s3 = new_bucket(s3_endpoint)
     shared = {**production_storage_env(), **s3_env(s3_endpoint, bucket), "SCRIPTED_LLM_URL": scripted_llm.url,
               "SWITCHBOARD_RESUME_GRACE_SECS": "4"}
-    node_a = start_server(tmp_path / "a", preload=["scripted"], env={**shared, "SWITCHBOARD_HOST_ID": "node-a"})
-    node_b = start_server(tmp_path / "b", preload=["scripted"], env={**shared, "SWITCHBOARD_HOST_ID": "node-b"})
+    node_a = start_server(tmp_path / "a", preload=["scripted"], env={**shared, "SWITCHBOARD_NODE_ID": "node-a"})
+    node_b = start_server(tmp_path / "b", preload=["scripted"], env={**shared, "SWITCHBOARD_NODE_ID": "node-b"})
     try:
         with node_a.client() as api_a, node_b.client() as api_b:
             session = inline_call(api_a, greeting="Hello, this is the clinic.")

@@ -11,12 +11,12 @@ from datetime import timedelta
 
 import asyncpg
 import pytest
-from sqlalchemy import inspect
+from sqlalchemy import inspect, select, update
 
-from app.storage import accounts, agents, sessions
+from app.storage import accounts, agents, nodes, sessions
 from app.storage.db import Database
 from app.storage.ids import new_id, utcnow
-from app.storage.models import DEFAULT_ACCOUNT_ID, Agent, Session
+from app.storage.models import DEFAULT_ACCOUNT_ID, Agent, Node, Session
 from tests.conftest import make_agent, start_server
 
 POSTGRES_URL = os.environ.get("TEST_POSTGRES_URL", "postgresql://root@127.0.0.1:5432/test")
@@ -108,8 +108,8 @@ async def test_agents_sessions_and_transcripts_round_trip(db):
         s.add_all([live, stale])
         await s.commit()
         assert (await sessions.get_session(s, DEFAULT_ACCOUNT_ID, stale.id)).status == "expired"
-        assert await sessions.claim(s, live)
-        assert not await sessions.claim(s, live)
+        assert await sessions.claim(s, live, "node-1")
+        assert not await sessions.claim(s, live, "node-2")
         for speaker, text in (("AGENT", "Hello"), ("USER", "Hi there"), ("AGENT", "How can I help?")):
             await sessions.add_transcript_entry(s, live.id, speaker=speaker, content=text, timestamp=utcnow())
         await sessions.finish(s, live.id, status="completed", end_reason="caller_hangup", error=None)
@@ -138,7 +138,7 @@ async def test_concurrent_claims_let_exactly_one_connection_in(db):
 
     async def claim():
         async with db.sessions() as s:
-            return await sessions.claim(s, await s.get(Session, session.id))
+            return await sessions.claim(s, await s.get(Session, session.id), "node-1")
 
     assert sorted(await asyncio.gather(*(claim() for _ in range(5)))) == [False] * 4 + [True]
 
@@ -168,3 +168,39 @@ async def test_server_runs_on_postgresql(postgres_database, tmp_path, scripted_l
         assert not (tmp_path / "pg" / "switchboard.db").exists()
     finally:
         server.stop()
+
+
+async def test_a_lost_node_s_calls_end_once_however_many_nodes_reap_at_the_same_moment(db):
+    now = utcnow()
+    async with db.sessions() as s:
+        await accounts.ensure_default_account(s)
+        agent = Agent(id=new_id("agt"), account_id=DEFAULT_ACCOUNT_ID, name="A", voice_id="joe", system_prompt="p")
+        s.add(agent)
+        await s.flush()
+
+        def live_call(host: str) -> Session:
+            return Session(id=new_id("ses"), account_id=DEFAULT_ACCOUNT_ID, agent_id=agent.id, status="active",
+                           host=host, started_at=now - timedelta(seconds=90), expires_at=now + timedelta(minutes=1))
+
+        alive, lost = live_call("node-alive"), [live_call("node-dead") for _ in range(3)]
+        s.add_all([alive, *lost])
+        await s.commit()
+        await nodes.renew(s, "node-alive", now, live_calls=1, load=0.25)
+        await nodes.renew(s, "node-dead", now, live_calls=3, load=0.5)
+        await s.execute(update(Node).where(Node.id == "node-dead").values(heartbeat_at=now - timedelta(seconds=31)))
+        await s.commit()
+
+    async def reap() -> list[str]:
+        async with db.sessions() as s:
+            return await nodes.fail_lost_calls(s, lease_secs=30)
+
+    ended = [session_id for result in await asyncio.gather(*(reap() for _ in range(4))) for session_id in result]
+    assert sorted(ended) == sorted(session.id for session in lost)
+    async with db.sessions() as s:
+        for session in lost:
+            stored = await s.get(Session, session.id)
+            assert (stored.status, stored.end_reason) == ("failed", "node_lost") and stored.duration_secs >= 90
+        assert (await s.get(Session, alive.id)).status == "active"
+        assert [node.id for node in await s.scalars(select(Node))] == ["node-alive"]
+        await nodes.remove(s, "node-alive")
+        assert await s.scalar(select(Node)) is None

@@ -86,7 +86,7 @@ def signed_post(server, path: str, form: dict[str, str], token: str = AUTH_TOKEN
 
 
 def active_calls(server) -> int:
-    return httpx.get(f"{server.url}/health", timeout=10).json()["active_calls"]
+    return httpx.get(f"{server.url}/health", timeout=10).json()["live_calls"]
 
 
 def wait_no_calls(server, timeout: float = 5) -> None:

@@ -12,12 +12,12 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from app.api.agents import Prompt, Tools, check_pipeline_and_voice, load_agent, stored_tools
 from app.api.carriers import ANSWERS
-from app.api.sessions import SessionOut, check_can_start, load_session, new_session, session_out, websocket_base
+from app.api.sessions import SessionOut, load_session, session_out, websocket_base
 from app.api.twilio import stream_twiml
+from app.calls import admission
 from app.recordings import recording_response
 from app.deps import CallerDep, DbDep, StateDep
 from app.errors import DRAINING_RESPONSES, ERROR_RESPONSES, APIError
-from app.limits import admit_call
 from app.state import AppState
 from app.storage.calls import inline_agent
 from app.storage.models import Agent, Session
@@ -106,12 +106,7 @@ def inline_config(body: InlineCallCreate, pipeline: str) -> dict[str, Any]:
 async def _start(
     state: AppState, request: Request, db, agent: Agent, connection_type: str, config: dict | None = None
 ) -> CallOut:
-    check_can_start(state, agent)
-    await admit_call(state, db, agent.account_id)
-    session = new_session(state, agent, connection_type=connection_type, metadata={}, initial_message=None)
-    session.inline_config = config
-    db.add(session)
-    await db.commit()
+    session = await admission.start_session(state, db, agent, connection_type=connection_type, live=False, inline_config=config)
     url, markup = _connection(state, request, session)
     return CallOut(
         session_id=session.id, connection_type=connection_type, url=url, markup=markup,
@@ -138,7 +133,7 @@ def _connection(state: AppState, request: Request, session: Session) -> tuple[st
 async def create_call(body: CallCreate, request: Request, state: StateDep, db: DbDep, caller: CallerDep) -> CallOut:
     agent = await load_agent(db, caller, body.agentId)
     if body.connectionType == "webrtc":
-        check_can_start(state, agent)
+        admission.check_agent(state, agent)
         base = (state.settings.public_base_url or str(request.base_url)).rstrip("/")
         url = f"{base}/v1/agents/{agent.id}/webrtc/offer"
         return CallOut(session_id=None, connection_type="webrtc", url=url, markup=None, session=None)
@@ -169,4 +164,4 @@ async def create_inline_call(
 )
 async def get_recording(session_id: str, state: StateDep, db: DbDep, caller: CallerDep) -> StreamingResponse:
     session = await load_session(db, caller, session_id)
-    return await recording_response(state.settings, session)
+    return await recording_response(state.settings, session, state.node.id)

@@ -360,4 +360,4 @@ async def session_recording(session_id: str, state: StateDep, db: DbDep, caller:
     session = await session_store.get_session(db, caller.account_id, session_id)
     if session is None:
         raise APIError(404, "recording_not_found", f"session '{session_id}' has no recording")
-    return await recording_response(state.settings, session, SECURITY_HEADERS)
+    return await recording_response(state.settings, session, state.node.id, SECURITY_HEADERS)

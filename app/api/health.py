@@ -1,9 +1,9 @@
-"""Liveness and the pipeline catalog."""
+"""Liveness (and what a load balancer routes on) and the pipeline catalog."""
 
 from typing import Literal
 
 from fastapi import APIRouter
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from app.deps import CallerDep, StateDep
 from app.errors import ERROR_RESPONSES
@@ -12,8 +12,12 @@ router = APIRouter()
 
 
 class Health(BaseModel):
-    status: Literal["ok", "draining"]
-    active_calls: int
+    """What a load balancer needs to route to and drain this node."""
+
+    status: Literal["ok", "draining"] = Field(description="`draining` after SIGTERM: live calls go on, new ones are refused")
+    node_id: str = Field(description="This server process's node id (each worker is a node)")
+    live_calls: int = Field(description="Calls running on this node")
+    load: float = Field(ge=0, le=1, description="CPU use of this node over its last heartbeat, as a share of the machine")
 
 
 class PipelineOut(BaseModel):
@@ -23,9 +27,12 @@ class PipelineOut(BaseModel):
     missing_env: list[str]
 
 
-@router.get("/health", response_model=Health, tags=["health"], summary="Liveness")
+@router.get("/health", response_model=Health, tags=["health"], summary="Liveness, drain state and load of this node")
 async def health(state: StateDep) -> Health:
-    return Health(status="draining" if state.draining else "ok", active_calls=len(state.calls))
+    return Health(
+        status="draining" if state.draining else "ok", node_id=state.node.id, live_calls=len(state.calls),
+        load=state.node.load,
+    )
 
 
 @router.get(

@@ -11,13 +11,12 @@ from loguru import logger
 from pipecat.transports.websocket.fastapi import FastAPIWebsocketParams, FastAPIWebsocketTransport
 from starlette.websockets import WebSocketState
 
-from app.api.sessions import check_can_start, new_session
+from app.calls import admission
 from app.calls.protocol import SAMPLE_RATES, SessionProtocolSerializer
 from app.calls.session import CallSession
 from app.calls.tokens import TokenError
 from app.deps import authenticate
 from app.errors import APIError
-from app.limits import admit_call
 from app.state import AppState
 from app.storage import agents as agent_store
 from app.storage import calls as call_store
@@ -58,14 +57,9 @@ async def _agent_session(state: AppState, websocket: WebSocket, agent_id: str) -
         if agent is None:
             raise Refusal(4404, "agent_not_found", f"agent '{agent_id}' not found")
         try:
-            check_can_start(state, agent)
-            await admit_call(state, db, agent.account_id)
+            session = await admission.start_session(state, db, agent, connection_type="websocket", live=True)
         except APIError as exc:
             raise _refusal(exc) from None
-        session = new_session(state, agent, connection_type="websocket", metadata={}, initial_message=None)
-        db.add(session)
-        await db.commit()
-        await _claim(state, db, session)
         return session, agent
 
 
@@ -100,25 +94,20 @@ async def _existing_session(state: AppState, websocket: WebSocket, session_id: s
             status = agent.status if agent else "deleted"
             raise Refusal(4409, f"agent_{status}", f"agent '{session.agent_id}' is {status}")
         if resuming:
-            if not await call_store.resume(db, session, state.settings.host_id):
+            if not await call_store.resume(db, session, state.node.id):
                 raise Refusal(4409, "session_not_resumable", f"session '{session_id}' can no longer be resumed")
             return session, agent
         try:
-            await admit_call(state, db, account_id)
+            joined = await admission.join_session(state, db, session, agent)
         except APIError as exc:
             raise _refusal(exc) from None
-        await _claim(state, db, session)
+        if not joined:
+            raise Refusal(4409, "session_active", f"session '{session.id}' already has a client")
         return session, agent
 
 
 def _refusal(exc: APIError) -> Refusal:
     return Refusal(_CLOSE_CODES[exc.status], exc.body.code, exc.body.message)
-
-
-async def _claim(state: AppState, db, session: Session) -> None:
-    """Take the session for this connection."""
-    if not await session_store.claim(db, session, state.settings.host_id):
-        raise Refusal(4409, "session_active", f"session '{session.id}' already has a client")
 
 
 async def _serve(websocket: WebSocket, open_session) -> None:

@@ -1,6 +1,6 @@
 """Sessions: start one for an agent, list and read them, read their transcripts."""
 
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Body, Query, Request
@@ -8,16 +8,15 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from app.api.agents import load_agent
 from app.deps import CallerDep, DbDep, StateDep
-from app.errors import DRAINING_RESPONSES, ERROR_RESPONSES, APIError, not_found
-from app.limits import admit_call
+from app.errors import DRAINING_RESPONSES, ERROR_RESPONSES, not_found
 from app.state import AppState
+from app.calls import admission
 from app.calls.latency import summarize
 from app.cost import SessionCost
 from app.storage import analysis as analysis_store
 from app.storage import latency as latency_store
 from app.storage import sessions as session_store
-from app.storage.ids import new_id, utcnow
-from app.storage.models import Agent, Session
+from app.storage.models import Session
 
 router = APIRouter(tags=["sessions"], responses=ERROR_RESPONSES)
 
@@ -149,34 +148,6 @@ def recording_out(state: AppState, session: Session) -> RecordingOut | None:
     )
 
 
-def check_can_start(state: AppState, agent: Agent) -> None:
-    """409 for a paused or deleted agent; 422 when its pipeline lacks credentials."""
-    if agent.status != "active":
-        raise APIError(409, f"agent_{agent.status}", f"agent '{agent.id}' is {agent.status} and cannot start a session")
-    missing = state.catalog.get(agent.pipeline).missing_env()
-    if missing:
-        raise APIError(
-            422, "missing_credentials",
-            f"pipeline '{agent.pipeline}' needs {', '.join(missing)} set in the server's environment",
-            {"missing": missing},
-        )
-
-
-def new_session(state: AppState, agent: Agent, *, connection_type: str, metadata: dict, initial_message: str | None) -> Session:
-    now = utcnow()
-    return Session(
-        id=new_id("ses"),
-        account_id=agent.account_id,
-        agent_id=agent.id,
-        status="created",
-        connection_type=connection_type,
-        session_metadata=metadata,
-        initial_message=initial_message,
-        created_at=now,
-        expires_at=now + timedelta(seconds=state.settings.session_connect_ttl_secs),
-    )
-
-
 @router.post(
     "/v1/agents/{agent_id}/sessions", status_code=201, response_model=SessionOut, summary="Start a session",
     responses=DRAINING_RESPONSES,
@@ -191,13 +162,10 @@ async def create_session(
 ) -> SessionOut:
     body = body or SessionCreate()
     agent = await load_agent(db, caller, agent_id)
-    check_can_start(state, agent)
-    await admit_call(state, db, caller.account_id)
-    session = new_session(
-        state, agent, connection_type="websocket", metadata=body.metadata, initial_message=body.initial_message
+    session = await admission.start_session(
+        state, db, agent, connection_type="websocket", live=False,
+        metadata=body.metadata, initial_message=body.initial_message,
     )
-    db.add(session)
-    await db.commit()
     return session_out(state, request, session)
 
 

@@ -28,12 +28,11 @@ from pydantic import AliasChoices, BaseModel, ConfigDict, Field, model_validator
 
 from app.api.agents import load_agent
 from app.api.dashboard import KeyOrCookieCallerDep
-from app.api.sessions import check_can_start, new_session
+from app.calls import admission
 from app.calls.protocol import check_client_event
 from app.calls.session import CallSession
 from app.deps import DbDep, StateDep
 from app.errors import DRAINING_RESPONSES, ERROR_RESPONSES, APIError
-from app.limits import admit_call
 from app.state import AppState
 from app.storage import sessions as session_store
 from app.storage.models import Agent, Session
@@ -172,12 +171,7 @@ async def webrtc_offer(
     if not lines or lines[0] != "v=0" or not any(line.startswith("m=audio ") for line in lines):
         raise APIError(400, "invalid_offer", "the offer must be SDP (starting v=0) with an audio media section")
     agent = await load_agent(db, caller, agent_id)
-    check_can_start(state, agent)
-    await admit_call(state, db, caller.account_id)
-    session = new_session(state, agent, connection_type="webrtc", metadata={}, initial_message=None)
-    db.add(session)
-    await db.commit()
-    await session_store.claim(db, session, state.settings.host_id)
+    session = await admission.start_session(state, db, agent, connection_type="webrtc", live=True)
     request = SmallWebRTCRequest(sdp=body.sdp, type=body.type)
     try:
         answer = await peers.handler.handle_web_request(request, peers.start_call(state, session, agent))

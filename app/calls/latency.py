@@ -21,7 +21,7 @@ _BUCKETS = (0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.25, 1.5, 2.0, 3.0, 5.0, 10.0)
 VOICE_TO_VOICE = Histogram("switchboard_voice_to_voice_seconds", "Caller end of speech to first agent audio", buckets=_BUCKETS)
 GREETING = Histogram("switchboard_greeting_seconds", "Client connected to first agent audio", buckets=_BUCKETS)
 BARGE_IN = Histogram("switchboard_barge_in_stop_seconds", "Caller speech start to agent audio stopped", buckets=_BUCKETS)
-ACTIVE_SESSIONS = Gauge("switchboard_active_sessions", "Calls running in this process")
+ACTIVE_SESSIONS = Gauge("switchboard_active_sessions", "Calls running on this node", multiprocess_mode="livesum")
 SESSIONS_ENDED = Counter("switchboard_sessions_ended_total", "Finished calls by end reason", ["end_reason"])
 
 

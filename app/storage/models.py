@@ -128,7 +128,7 @@ class Session(Base):
     end_reason: Mapped[str | None] = mapped_column(String(40))
     error: Mapped[str | None] = mapped_column(Text)
     host: Mapped[str | None] = mapped_column(String(200), index=True)
-    """The server host running the call, so a restart there can tell which calls it lost."""
+    """The id of the node (server process) running the call: when its lease runs out, the call ends `node_lost`."""
     inline_config: Mapped[dict | None] = mapped_column(JSON)
     """An inline call's whole agent configuration (`POST /v1/calls/inline`)."""
     resume_deadline: Mapped[datetime | None]
@@ -280,3 +280,16 @@ class Job(Base):
     locked_until: Mapped[datetime | None]
     last_error: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Node(Base):
+    """A running server process (one per worker) and its lease, renewed every few seconds."""
+
+    __tablename__ = "nodes"
+
+    id: Mapped[str] = mapped_column(String(200), primary_key=True)
+    started_at: Mapped[datetime]
+    heartbeat_at: Mapped[datetime] = mapped_column(index=True)
+    live_calls: Mapped[int] = mapped_column(Integer, default=0)
+    load: Mapped[float] = mapped_column(Float, default=0)
+    """CPU use of the process over the last heartbeat, as a share of the machine (0–1)."""

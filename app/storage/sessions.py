@@ -6,9 +6,11 @@ from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.storage.ids import utcnow
-from app.storage.models import Session, TranscriptEntry
+from app.storage.models import Account, Session, TranscriptEntry
 
 ACTIVE_STATUSES = ("created", "active")
+CARRIER_CONNECTIONS = ("twilio", "telnyx", "plivo")
+"""Connection types of phone calls: a `created` one is ringing and holds a place under the call cap."""
 
 
 async def expire_stale(db: AsyncSession) -> None:
@@ -40,28 +42,52 @@ async def list_sessions(
     return list(rows), total or 0
 
 
-async def claim(db: AsyncSession, session: Session, host: str | None = None) -> bool:
-    """Move a `created` session to `active` on `host`; False if another connection got there first."""
+async def lock_account(db: AsyncSession, account_id: str) -> int | None:
+    """Take the account's row lock until this transaction ends, so admissions to it queue up
+    (a row lock on PostgreSQL, the database's write lock on SQLite); the account's own call cap."""
+    await db.execute(
+        update(Account).where(Account.id == account_id).values(max_concurrent_calls=Account.max_concurrent_calls)
+    )
+    return await db.scalar(select(Account.max_concurrent_calls).where(Account.id == account_id))
+
+
+async def count_live(db: AsyncSession, account_id: str, *, besides: str | None = None) -> int:
+    """The account's calls that hold a place under its cap: live ones, and carrier calls still
+    ringing (created, not yet answered or expired)."""
+    ringing = (Session.status == "created") & Session.connection_type.in_(CARRIER_CONNECTIONS) & (
+        Session.expires_at > utcnow()
+    )
+    query = select(func.count()).select_from(Session).where(
+        Session.account_id == account_id, (Session.status == "active") | ringing
+    )
+    if besides:
+        query = query.where(Session.id != besides)
+    return await db.scalar(query)
+
+
+async def claim(db: AsyncSession, session: Session, node_id: str) -> bool:
+    """Move a `created` session to `active` on node `node_id`; False if another connection got there first."""
     started = utcnow()
     result = await db.execute(
         update(Session)
         .where(Session.id == session.id, Session.status == "created")
-        .values(status="active", started_at=started, host=host)
+        .values(status="active", started_at=started, host=node_id)
     )
     await db.commit()
-    session.status, session.started_at, session.host = "active", started, host
-    return result.rowcount == 1
+    if result.rowcount != 1:
+        return False
+    session.status, session.started_at, session.host = "active", started, node_id
+    return True
 
 
-async def fail_interrupted(db: AsyncSession, host: str) -> int:
-    """Calls a dead server process on `host` left `active` become `failed` / `server_restart`."""
+async def move_to(db: AsyncSession, session: Session, node_id: str) -> bool:
+    """An `active` session's call now runs on node `node_id`; False if it is no longer active."""
     result = await db.execute(
-        update(Session)
-        .where(Session.status == "active", (Session.host == host) | Session.host.is_(None))
-        .values(status="failed", end_reason="server_restart", ended_at=utcnow())
+        update(Session).where(Session.id == session.id, Session.status == "active").values(host=node_id)
     )
     await db.commit()
-    return result.rowcount
+    session.host = node_id
+    return result.rowcount == 1
 
 
 async def finish(db: AsyncSession, session_id: str, *, status: str, end_reason: str, error: str | None) -> None:

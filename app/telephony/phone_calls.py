@@ -3,9 +3,8 @@
 from loguru import logger
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.api.sessions import check_can_start, new_session
-from app.errors import not_found
-from app.limits import admit_call
+from app.calls import admission
+from app.errors import APIError, not_found
 from app.state import AppState
 from app.storage import sessions as session_store
 from app.storage import telephony as store
@@ -31,7 +30,6 @@ async def start_phone_session(
 ) -> tuple[Session, PhoneCall]:
     """A `created` session and its phone call row; 404/409/422/429/503 as for any session,
     and 422 if the agent's placeholders lack a variable."""
-    check_can_start(state, agent)
     variables = {}
     if instance_id:
         instance = await store.get_instance(db, agent.account_id, agent.id, instance_id)
@@ -39,16 +37,13 @@ async def start_phone_session(
             raise not_found("instance", instance_id)
         variables = instance.variables
     check_variables(agent, variables)
-    await admit_call(state, db, agent.account_id)
     metadata = {"carrier": carrier, "direction": direction, "from": from_number, "to": to_number}
     if instance_id:
         metadata["instance_id"] = instance_id
-    session = new_session(state, agent, connection_type=carrier, metadata=metadata, initial_message=None)
     call = PhoneCall(
         id=new_id("call"),
         account_id=agent.account_id,
         agent_id=agent.id,
-        session_id=session.id,
         instance_id=instance_id,
         carrier=carrier,
         direction=direction,
@@ -57,15 +52,15 @@ async def start_phone_session(
         call_sid=call_sid,
         status="queued",
     )
-    db.add(session)
-    await db.flush()  # the session row first: the call's foreign key needs it (no relationship orders them)
-    db.add(call)
-    await db.commit()
+    session = await admission.start_session(
+        state, db, agent, connection_type=carrier, live=False, metadata=metadata, belonging=[call]
+    )
     return session, call
 
 
 async def apply_status(state: AppState, db: AsyncSession, call: PhoneCall, status: str) -> None:
-    """Follow a call-status callback: ringing; in-progress → session active; completed;
+    """Follow a call-status callback: ringing; in-progress → session active (if the account's
+    cap still has room, else failed); completed;
     busy / no-answer / failed / canceled → session failed with that reason.
 
     A call running in this process records its own end, so it is left alone here.
@@ -75,7 +70,10 @@ async def apply_status(state: AppState, db: AsyncSession, call: PhoneCall, statu
     session = await db.get(Session, call.session_id)
     running = state.calls.get(session.id) is not None
     if status == "in-progress" and session.status == "created":
-        await session_store.claim(db, session, state.settings.host_id)
+        try:
+            await admission.claim_under_cap(state, db, session)
+        except APIError as exc:
+            await session_store.finish(db, session.id, status="failed", end_reason=exc.body.code, error=exc.body.message)
     elif session.status in session_store.ACTIVE_STATUSES and not running:
         if status == "completed":
             await session_store.finish(db, session.id, status="completed", end_reason="completed", error=None)

@@ -10,9 +10,9 @@ import secrets
 
 from app.api.session_ws import Refusal
 from app.api.session_ws import _refusal as refusal_for
+from app.calls import admission
 from app.calls.tokens import TokenError
 from app.errors import APIError
-from app.limits import admit_call
 from app.state import AppState
 from app.storage import calls as call_store
 from app.storage import sessions as session_store
@@ -64,10 +64,12 @@ async def open_relay(state: AppState, token: str | None) -> tuple[Session, Agent
         try:
             agent = personalized(agent, variables)
             if session.status == "created":
-                await admit_call(state, db, session.account_id)
+                joined = await admission.join_session(state, db, session, agent)
+            else:  # answered on some node before its stream started here
+                joined = await session_store.move_to(db, session, state.node.id)
         except APIError as exc:
             await session_store.finish(db, session.id, status="failed", end_reason=exc.body.code, error=exc.body.message)
             raise refusal_for(exc) from None
-        if session.status == "created" and not await session_store.claim(db, session, state.settings.host_id):
+        if not joined:
             raise Refusal(4409, "session_active", f"session '{session.id}' already has a stream")
         return session, agent

@@ -12,7 +12,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0010_jobs"
-down_revision = "0007_merge"
+down_revision = "0009_nodes"
 branch_labels = None
 depends_on = None
 

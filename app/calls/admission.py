@@ -1,0 +1,116 @@
+"""The one way into a call, whatever the entry point (sessions and calls REST, the session
+WebSocket, WebRTC, phone calls, carrier streams): check the agent, refuse while this node
+drains, and create or claim the session under the account's concurrent-call cap.
+
+The cap is checked and taken in one transaction that first locks the account's row (on SQLite,
+the database's write lock), so admissions to one account queue up across every worker and
+machine: a burst of joins can never put more calls live than the cap allows. Live calls and
+carrier calls still ringing hold a place.
+"""
+
+from contextlib import asynccontextmanager
+from datetime import timedelta
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.errors import APIError
+from app.state import AppState
+from app.storage import sessions as session_store
+from app.storage.ids import new_id, utcnow
+from app.storage.models import Agent, Session
+
+
+def check_agent(state: AppState, agent: Agent | None, agent_id: str | None = None) -> None:
+    """409 for a paused or deleted agent; 422 when its pipeline lacks credentials."""
+    if agent is None or agent.status != "active":
+        status = agent.status if agent else "deleted"
+        raise APIError(409, f"agent_{status}", f"agent '{agent.id if agent else agent_id}' is {status} and cannot start a session")
+    missing = state.catalog.get(agent.pipeline).missing_env()
+    if missing:
+        raise APIError(
+            422, "missing_credentials",
+            f"pipeline '{agent.pipeline}' needs {', '.join(missing)} set in the server's environment",
+            {"missing": missing},
+        )
+
+
+def refuse_while_draining(state: AppState) -> None:
+    if state.draining:
+        raise APIError(503, "server_draining", "the server is shutting down; try again shortly", headers={"Retry-After": "10"})
+
+
+async def start_session(
+    state: AppState,
+    db: AsyncSession,
+    agent: Agent,
+    *,
+    connection_type: str,
+    live: bool,
+    metadata: dict | None = None,
+    initial_message: str | None = None,
+    inline_config: dict | None = None,
+    belonging: list | None = None,
+) -> Session:
+    """A new session for `agent`, committed with the rows `belonging` to it (their `session_id`
+    is set): `live` (claimed by this node at once) or `created`, for a client or carrier to join.
+    409/422/429/503 refusals."""
+    check_agent(state, agent)
+    refuse_while_draining(state)
+    now = utcnow()
+    session = Session(
+        id=new_id("ses"),
+        account_id=agent.account_id,
+        agent_id=agent.id,
+        status="created",
+        connection_type=connection_type,
+        session_metadata=metadata or {},
+        initial_message=initial_message,
+        inline_config=inline_config,
+        created_at=now,
+        expires_at=now + timedelta(seconds=state.settings.session_connect_ttl_secs),
+    )
+    if live:
+        session.status, session.started_at, session.host = "active", now, state.node.id
+    async with _under_cap(state, db, agent.account_id):
+        db.add(session)
+        await db.flush()  # the session first: the rows belonging to it reference it (foreign keys)
+        for row in belonging or ():
+            row.session_id = session.id
+            db.add(row)
+    return session
+
+
+async def join_session(state: AppState, db: AsyncSession, session: Session, agent: Agent | None) -> bool:
+    """Claim a `created` session for this node under the cap; False if another connection
+    claimed it first. 409/422/429/503 refusals."""
+    check_agent(state, agent, session.agent_id)
+    refuse_while_draining(state)
+    return await claim_under_cap(state, db, session)
+
+
+async def claim_under_cap(state: AppState, db: AsyncSession, session: Session) -> bool:
+    """Claim a `created` session under the cap (429), without the checks of a call this node
+    runs (a carrier's answered callback: the call's stream may land on any node)."""
+    async with _under_cap(state, db, session.account_id, besides=session.id):
+        return await session_store.claim(db, session, state.node.id)
+
+
+@asynccontextmanager
+async def _under_cap(state: AppState, db: AsyncSession, account_id: str, besides: str | None = None):
+    """One transaction holding the account's lock: 429 if its calls (but `besides`) fill its
+    cap; otherwise what the block adds or claims is committed before the lock is let go."""
+    await db.commit()  # whatever the request did so far; the lock starts a fresh transaction
+    try:
+        cap = await session_store.lock_account(db, account_id) or state.settings.max_concurrent_calls
+        live = await session_store.count_live(db, account_id, besides=besides)
+        if live >= cap:
+            raise APIError(
+                429, "concurrent_call_limit",
+                f"this account already has {live} live calls, its limit is {cap}; try again when one ends",
+                {"limit": cap, "active": live}, headers={"Retry-After": "30"},
+            )
+        yield
+        await db.commit()
+    except BaseException:
+        await db.rollback()
+        raise
