@@ -80,12 +80,13 @@ class RateLimiter:
         self._lock = asyncio.Lock()
         self._redis = redis
 
-    async def retry_after(self, key: str) -> int | None:
-        """Record one request; None if allowed, else the seconds to wait."""
+    async def retry_after(self, key: str, *, record: bool = True) -> int | None:
+        """Record one request (unless `record` is false: only look); None if allowed, else the
+        seconds to wait."""
         if self.per_minute <= 0:
             return None
         if self._redis is not None:
-            return await self._redis_retry_after(key)
+            return await self._redis_retry_after(key, record)
         now = time.monotonic()
         async with self._lock:
             hits = self._hits[key]
@@ -93,15 +94,19 @@ class RateLimiter:
                 hits.popleft()
             if len(hits) >= self.per_minute:
                 return max(1, math.ceil(hits[0] + 60 - now))
-            hits.append(now)
+            if record:
+                hits.append(now)
         return None
 
-    async def _redis_retry_after(self, key: str) -> int | None:
+    async def _redis_retry_after(self, key: str, record: bool) -> int | None:
         window = int(time.time() // 60)
         name = f"{self._redis_prefix}:rate:{key}:{window}"
-        count = await self._redis.incr(name)
-        if count == 1:
-            await self._redis.expire(name, 120)
+        if record:
+            count = await self._redis.incr(name)
+            if count == 1:
+                await self._redis.expire(name, 120)
+        else:
+            count = int(await self._redis.get(name) or 0) + 1
         if count > self.per_minute:
             return max(1, 60 - int(time.time()) % 60)
         return None

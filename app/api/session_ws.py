@@ -1,5 +1,10 @@
 """The direct WebSocket session: `WS /v1/agents/{id}/session` and a session's `websocket_url`.
 
+Credentials: the API key in `X-API-Key`, or, for browsers (which can't set headers), in the
+`Sec-WebSocket-Protocol` header as subprotocols `["switchboard", "key.<api key>"]` (a session's
+token likewise as `token.<token>`), answered with `switchboard`. The older query form
+(`?api_key=`, `?token=`) still works; its values are redacted from every log line.
+
 Refusals close the socket with a code and a reason, after a `session.error` event:
 4400 bad request, 4401 unauthorized, 4404 not found, 4409 the agent or session
 can't take a call now, 4429 the account is at its concurrent-call cap, 1013 the
@@ -12,6 +17,7 @@ from pipecat.transports.websocket.fastapi import FastAPIWebsocketParams, FastAPI
 from starlette.websockets import WebSocketState
 
 from app.api.sessions import check_can_start, new_session
+from app.calls.audio_pacing import with_real_time_audio
 from app.calls.protocol import SAMPLE_RATES, SessionProtocolSerializer
 from app.calls.session import CallSession
 from app.calls.tokens import TokenError
@@ -44,8 +50,23 @@ def _sample_rate(websocket: WebSocket) -> int:
     return int(raw)
 
 
+SUBPROTOCOL = "switchboard"
+
+
+def offered_subprotocols(websocket: WebSocket) -> list[str]:
+    return [p.strip() for p in websocket.headers.get("sec-websocket-protocol", "").split(",") if p.strip()]
+
+
+def _credential(websocket: WebSocket, prefix: str, query: str) -> str | None:
+    """A credential offered as the subprotocol `<prefix>.<value>`, else in the query."""
+    for protocol in offered_subprotocols(websocket):
+        if protocol.startswith(f"{prefix}."):
+            return protocol.removeprefix(f"{prefix}.")
+    return websocket.query_params.get(query)
+
+
 def _api_key(websocket: WebSocket) -> str | None:
-    return websocket.headers.get("x-api-key") or websocket.query_params.get("api_key")
+    return websocket.headers.get("x-api-key") or _credential(websocket, "key", "api_key")
 
 
 async def _agent_session(state: AppState, websocket: WebSocket, agent_id: str) -> tuple[Session, Agent]:
@@ -53,7 +74,9 @@ async def _agent_session(state: AppState, websocket: WebSocket, agent_id: str) -
     async with state.db.sessions() as db:
         caller = await authenticate(db, _api_key(websocket))
         if caller is None:
-            raise Refusal(4401, "unauthorized", "missing or invalid API key (X-API-Key header or api_key query)")
+            raise Refusal(
+                4401, "unauthorized", "missing or invalid API key (X-API-Key header or the subprotocol key.<api key>)"
+            )
         agent = await agent_store.get_agent(db, caller.account_id, agent_id)
         if agent is None:
             raise Refusal(4404, "agent_not_found", f"agent '{agent_id}' not found")
@@ -72,7 +95,7 @@ async def _agent_session(state: AppState, websocket: WebSocket, agent_id: str) -
 async def _existing_session(state: AppState, websocket: WebSocket, session_id: str) -> tuple[Session, Agent]:
     """The session a `websocket_url` names (its token, or an API key)."""
     async with state.db.sessions() as db:
-        token = websocket.query_params.get("token")
+        token = _credential(websocket, "token", "token")
         if token:
             try:
                 claims = state.tokens.verify(token, "session")
@@ -123,7 +146,7 @@ async def _claim(state: AppState, db, session: Session) -> None:
 
 async def _serve(websocket: WebSocket, open_session) -> None:
     state: AppState = websocket.app.state.switchboard
-    await websocket.accept()
+    await websocket.accept(subprotocol=SUBPROTOCOL if SUBPROTOCOL in offered_subprotocols(websocket) else None)
     try:
         sample_rate = _sample_rate(websocket)
         session, agent = await open_session(state)
@@ -139,7 +162,7 @@ async def _serve(websocket: WebSocket, open_session) -> None:
             audio_in_enabled=True,
             audio_out_enabled=True,
             audio_out_sample_rate=sample_rate,
-            serializer=SessionProtocolSerializer(sample_rate),
+            serializer=with_real_time_audio(SessionProtocolSerializer(sample_rate)),
         ),
     )
     async with state.db.sessions() as db:

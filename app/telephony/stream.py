@@ -24,6 +24,7 @@ from pipecat.transports.websocket.fastapi import FastAPIWebsocketParams, FastAPI
 from starlette.websockets import WebSocketState
 
 from app.api.session_ws import Refusal
+from app.calls.audio_pacing import with_real_time_audio
 from app.settings import Settings
 from app.state import AppState
 from app.storage import telephony as store
@@ -169,7 +170,7 @@ async def serve_stream(websocket: WebSocket, carrier: Carrier) -> None:
             add_wav_header=False,
             # 20 ms media frames, as carriers send and expect them.
             audio_out_10ms_chunks=2,
-            serializer=with_prompt_caller_audio(carrier.serializer(state.settings, start)),
+            serializer=with_real_time_audio(with_prompt_caller_audio(carrier.serializer(state.settings, start))),
         ),
     )
     call = PhoneCallSession(
