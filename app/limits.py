@@ -80,13 +80,12 @@ class RateLimiter:
         self._lock = asyncio.Lock()
         self._redis = redis
 
-    async def retry_after(self, key: str, *, record: bool = True) -> int | None:
-        """Record one request (unless `record` is false: only look); None if allowed, else the
-        seconds to wait."""
+    async def retry_after(self, key: str) -> int | None:
+        """Record one request; None if allowed, else the seconds to wait."""
         if self.per_minute <= 0:
             return None
         if self._redis is not None:
-            return await self._redis_retry_after(key, record)
+            return await self._redis_retry_after(key)
         now = time.monotonic()
         async with self._lock:
             hits = self._hits[key]
@@ -94,19 +93,28 @@ class RateLimiter:
                 hits.popleft()
             if len(hits) >= self.per_minute:
                 return max(1, math.ceil(hits[0] + 60 - now))
-            if record:
-                hits.append(now)
+            hits.append(now)
         return None
 
-    async def _redis_retry_after(self, key: str, record: bool) -> int | None:
-        window = int(time.time() // 60)
-        name = f"{self._redis_prefix}:rate:{key}:{window}"
-        if record:
-            count = await self._redis.incr(name)
-            if count == 1:
-                await self._redis.expire(name, 120)
-        else:
-            count = int(await self._redis.get(name) or 0) + 1
+    async def refund(self, key: str) -> None:
+        """Take back the request just recorded (it turned out not to count, e.g. a log-in that succeeded)."""
+        if self.per_minute <= 0:
+            return
+        if self._redis is not None:
+            await self._redis.decr(self._redis_name(key))
+            return
+        async with self._lock:
+            if self._hits[key]:
+                self._hits[key].pop()
+
+    def _redis_name(self, key: str) -> str:
+        return f"{self._redis_prefix}:rate:{key}:{int(time.time() // 60)}"
+
+    async def _redis_retry_after(self, key: str) -> int | None:
+        name = self._redis_name(key)
+        count = await self._redis.incr(name)
+        if count == 1:
+            await self._redis.expire(name, 120)
         if count > self.per_minute:
             return max(1, 60 - int(time.time()) % 60)
         return None

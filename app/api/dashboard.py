@@ -117,8 +117,10 @@ async def login(request: Request, state: StateDep, db: DbDep) -> Response:
     key = form.get("api_key", "").strip()
     if not same_origin(request):
         raise APIError(403, "cross_origin", "log in from this server's own page")
+    # Every attempt takes a slot first (so a parallel burst can't slip past the limit) and a
+    # successful one gives it back: only failures count.
     client_ip = request.client.host if request.client else "unknown"
-    retry_after = await state.login_limiter.retry_after(client_ip, record=False)
+    retry_after = await state.login_limiter.retry_after(client_ip)
     if retry_after is not None:
         raise APIError(
             429, "too_many_failed_logins", f"too many failed log-ins from this address; retry in {retry_after}s",
@@ -126,8 +128,8 @@ async def login(request: Request, state: StateDep, db: DbDep) -> Response:
         )
     caller = await authenticate(db, key)
     if caller is None:
-        await state.login_limiter.retry_after(client_ip)
         return _render(request, "login.html", 401, next=target, error="That API key is not valid.")
+    await state.login_limiter.refund(client_ip)
     session_id = await dashboard_store.start_login(db, caller.key_id, caller.account_id, state.settings.dashboard_session_secs)
     public_base = state.settings.public_base_url or str(request.base_url)
     response = _redirect(target)

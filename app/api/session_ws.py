@@ -11,6 +11,8 @@ can't take a call now, 4429 the account is at its concurrent-call cap, 1013 the
 server is shutting down (try again later).
 """
 
+import re
+
 from fastapi import APIRouter, WebSocket
 from loguru import logger
 from pipecat.transports.websocket.fastapi import FastAPIWebsocketParams, FastAPIWebsocketTransport
@@ -32,6 +34,7 @@ from app.storage.models import Agent, Session
 
 router = APIRouter()
 
+ID_SHAPE = re.compile(r"[A-Za-z0-9_]{1,40}")
 _CLOSE_CODES = {400: 4400, 401: 4401, 404: 4404, 409: 4409, 422: 4422, 429: 4429, 503: 1013}
 
 
@@ -69,8 +72,15 @@ def _api_key(websocket: WebSocket) -> str | None:
     return websocket.headers.get("x-api-key") or _credential(websocket, "key", "api_key")
 
 
+def _check_id(kind: str, ident: str) -> None:
+    """Refuse an id that can't be one of ours before it reaches the database."""
+    if not ID_SHAPE.fullmatch(ident):
+        raise Refusal(4404, f"{kind}_not_found", f"{kind} '{ident[:40]}' not found")
+
+
 async def _agent_session(state: AppState, websocket: WebSocket, agent_id: str) -> tuple[Session, Agent]:
     """A fresh session for `WS /v1/agents/{id}/session` (API key required)."""
+    _check_id("agent", agent_id)
     async with state.db.sessions() as db:
         caller = await authenticate(db, _api_key(websocket))
         if caller is None:
@@ -94,6 +104,7 @@ async def _agent_session(state: AppState, websocket: WebSocket, agent_id: str) -
 
 async def _existing_session(state: AppState, websocket: WebSocket, session_id: str) -> tuple[Session, Agent]:
     """The session a `websocket_url` names (its token, or an API key)."""
+    _check_id("session", session_id)
     async with state.db.sessions() as db:
         token = _credential(websocket, "token", "token")
         if token:
