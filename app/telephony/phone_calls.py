@@ -58,6 +58,7 @@ async def start_phone_session(
         status="queued",
     )
     db.add(session)
+    await db.flush()  # the call row names the session: it must exist first (no ORM relationship orders them)
     db.add(call)
     await db.commit()
     return session, call
