@@ -402,7 +402,7 @@ async def test_a_login_brute_force_gets_429(secure_server):
         statuses = [a.status_code for a in attempts]
         assert statuses.count(401) == LOGIN_FAILURES and statuses.count(429) == LOGIN_FAILURES * 3, statuses
         refusal = next(a for a in attempts if a.status_code == 429)
-        assert refusal.json()["code"] == "too_many_failed_logins" and int(refusal.headers["Retry-After"]) >= 1
+        assert "Too many failed log-ins" in refusal.text and int(refusal.headers["Retry-After"]) >= 1
         # Even the right key is refused while the address is blocked: no oracle for the guesser.
         blocked = await client.post("/login", data={"api_key": secure_server.api_key})
         assert blocked.status_code == 429

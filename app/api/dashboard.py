@@ -122,10 +122,10 @@ async def login(request: Request, state: StateDep, db: DbDep) -> Response:
     client_ip = request.client.host if request.client else "unknown"
     retry_after = await state.login_limiter.retry_after(client_ip)
     if retry_after is not None:
-        raise APIError(
-            429, "too_many_failed_logins", f"too many failed log-ins from this address; retry in {retry_after}s",
-            headers={"Retry-After": str(retry_after)},
-        )
+        error = f"Too many failed log-ins from this address; try again in {retry_after}s."
+        response = _render(request, "login.html", 429, next=target, error=error)
+        response.headers["Retry-After"] = str(retry_after)
+        return response
     caller = await authenticate(db, key)
     if caller is None:
         return _render(request, "login.html", 401, next=target, error="That API key is not valid.")
