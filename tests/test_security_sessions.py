@@ -474,7 +474,9 @@ def _random_message(rng: random.Random):
         return _random_text(rng, 300)
     if kind == 2:
         return json.dumps({"event": rng.choice(["start", "media", "connected", "stop"]),
-                           "start": rng.choice([None, {}, {"customParameters": {"token": _random_text(rng, 50)}},
+                           "start": rng.choice([None, {}, "x", [1], {"customParameters": {"token": _random_text(rng, 50)}},
+                                                {"customParameters": "x", "custom_parameters": [], "media_format": 1,
+                                                 "streamSid": 5, "streamId": ["x"]},
                                                 {"streamSid": _random_text(rng, 10), "streamId": "x", "media_format": {"encoding": _random_text(rng, 5)}}]),
                            "stream_id": rng.choice(["", "s", None])})
     if kind == 3:

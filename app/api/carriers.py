@@ -116,10 +116,12 @@ async def create_plivo_session(
     return await _create("plivo", body, request, state, db, caller)
 
 
-async def _answer_inbound(carrier: str, request: Request, state, db, agent_id: str | None, form: dict, call_id: str) -> Response:
+async def _answer_inbound(
+    carrier: str, request: Request, state, db, agent_id: str | None, form: dict, call_id_field: str
+) -> Response:
     session = await start_inbound(
         state, db, carrier, agent_id, to_number=form.get("To", ""), from_number=form.get("From", ""),
-        call_id=form.get(call_id),
+        call_id=form.get(call_id_field),
     )
     if session is None:
         return twiml_response(APOLOGIES[carrier](BUSY_APOLOGY))

@@ -34,7 +34,9 @@ from app.storage.models import Agent, Session
 
 router = APIRouter()
 
+SUBPROTOCOL = "switchboard"
 ID_SHAPE = re.compile(r"[A-Za-z0-9_]{1,40}")
+"""What our ids look like (`new_id`); anything else is refused before it reaches the database."""
 _CLOSE_CODES = {400: 4400, 401: 4401, 404: 4404, 409: 4409, 422: 4422, 429: 4429, 503: 1013}
 
 
@@ -51,9 +53,6 @@ def _sample_rate(websocket: WebSocket) -> int:
     if not raw.isdigit() or int(raw) not in SAMPLE_RATES:
         raise Refusal(4400, "invalid_sample_rate", f"sample_rate must be one of {', '.join(map(str, SAMPLE_RATES))}")
     return int(raw)
-
-
-SUBPROTOCOL = "switchboard"
 
 
 def offered_subprotocols(websocket: WebSocket) -> list[str]:
@@ -73,7 +72,6 @@ def _api_key(websocket: WebSocket) -> str | None:
 
 
 def _check_id(kind: str, ident: str) -> None:
-    """Refuse an id that can't be one of ours before it reaches the database."""
     if not ID_SHAPE.fullmatch(ident):
         raise Refusal(4404, f"{kind}_not_found", f"{kind} '{ident[:40]}' not found")
 

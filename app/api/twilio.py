@@ -22,9 +22,9 @@ from app.storage import sessions as session_store
 from app.storage import telephony as store
 from app.storage.models import PhoneCall, Session
 from app.telephony import twilio
-from app.telephony.signatures import SIGNED_RESPONSES, check_twilio
 from app.telephony.phone_calls import apply_status, start_phone_session
 from app.telephony.relay import issue_relay_token
+from app.telephony.signatures import SIGNED_RESPONSES, check_twilio
 from app.telephony.stream import CARRIERS, serve_stream
 
 router = APIRouter(tags=["telephony"], responses=ERROR_RESPONSES)
