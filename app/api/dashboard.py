@@ -12,7 +12,7 @@ from datetime import datetime
 from math import ceil
 from pathlib import Path
 from typing import Annotated, get_args
-from urllib.parse import parse_qs, quote, urlencode, urlsplit
+from urllib.parse import parse_qs, quote, urlencode
 
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import FileResponse, RedirectResponse, Response
