@@ -32,6 +32,7 @@ async def prepare(settings) -> None:
 def serve(args: argparse.Namespace) -> None:
     import uvicorn
 
+    from app.logs import UVICORN_LOG_CONFIG
     from pipelines import local_llm
     from pipelines.config import PipelineCatalog
 
@@ -60,6 +61,7 @@ def serve(args: argparse.Namespace) -> None:
             ws_max_size=1 << 20,
             h11_max_incomplete_event_size=1 << 16,
             log_level="info",
+            log_config=UVICORN_LOG_CONFIG,
         )
     finally:
         for process in llm_servers:

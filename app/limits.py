@@ -91,9 +91,22 @@ class RateLimiter:
             hits.append(now)
         return None
 
+    async def refund(self, key: str) -> None:
+        """Take back the request just recorded (it turned out not to count, e.g. a log-in that succeeded)."""
+        if self.per_minute <= 0:
+            return
+        if self._redis is not None:
+            await self._redis.decr(self._redis_name(key))
+            return
+        async with self._lock:
+            if self._hits[key]:
+                self._hits[key].pop()
+
+    def _redis_name(self, key: str) -> str:
+        return f"{self._redis_prefix}:rate:{key}:{int(time.time() // 60)}"
+
     async def _redis_retry_after(self, key: str) -> int | None:
-        window = int(time.time() // 60)
-        name = f"{self._redis_prefix}:rate:{key}:{window}"
+        name = self._redis_name(key)
         count = await self._redis.incr(name)
         if count == 1:
             await self._redis.expire(name, 120)

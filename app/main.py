@@ -23,11 +23,13 @@ from app.errors import install_error_handlers
 from app.jobs import JobQueue
 from app.limits import BodySizeLimitMiddleware, RateLimiter
 from app.nodes import Node
+from app.logs import install_log_redaction
 from app.settings import Settings, get_settings
 from app.shutdown import install_drain_on_signals
 from app.state import AppState
 from app.storage import accounts
 from app.storage.db import Database
+from app.telephony.signatures import warn_if_insecure
 from pipelines import services
 from pipelines.config import PipelineCatalog, UnknownPipelineError
 
@@ -41,16 +43,22 @@ def preload_models(catalog: PipelineCatalog, names: list[str]) -> None:
             logger.warning(f"not preloading unknown pipeline '{name}'")
 
 
-async def prepare_storage(db: Database, settings: Settings) -> str:
+async def prepare_storage(db: Database, settings: Settings) -> TokenSigner:
     """Migrate, make sure the admin key exists (a generated one is printed, once), and
-    return the token-signing secret. Safe to run from several processes at once."""
+    return the token signer. Safe to run from several processes at once."""
     await db.migrate()
     async with db.sessions() as session:
         generated = await accounts.ensure_bootstrap_key(session, settings.api_key)
-        secret = settings.secret_key or await accounts.server_secret(session, "token_signing")
+        secret = settings.secret_key
+        if not secret:
+            logger.warning(
+                "SWITCHBOARD_SECRET_KEY is not set: signing tokens with a secret generated and stored in the "
+                "database; set SWITCHBOARD_SECRET_KEY in production"
+            )
+            secret = await accounts.server_secret(session, "token_signing")
     if generated:
         print(f"\n  Generated admin API key (shown once, store it now): {generated}\n", flush=True)
-    return secret
+    return TokenSigner(secret, settings.previous_secret_keys)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -59,7 +67,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         db = Database(settings.resolved_database_url())
-        secret = await prepare_storage(db, settings)
+        install_log_redaction()
+        warn_if_insecure(settings)
+        tokens = await prepare_storage(db, settings)
         catalog = PipelineCatalog(settings.pipelines_path)
         await asyncio.to_thread(preload_models, catalog, settings.preload_pipelines)
         redis = Redis.from_url(settings.redis_url) if settings.redis_url else None
@@ -70,9 +80,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         await node.start()
         jobs = JobQueue(db, settings)
         state = app.state.switchboard = AppState(
-            settings=settings, db=db, catalog=catalog, tokens=TokenSigner(secret),
-            rate_limiter=RateLimiter(settings.rate_limit_per_minute, redis, settings.redis_prefix), calls=calls, control=control,
-            node=node, jobs=jobs,
+            settings=settings, db=db, catalog=catalog, tokens=tokens,
+            rate_limiter=RateLimiter(settings.rate_limit_per_minute, redis, settings.redis_prefix),
+            login_limiter=RateLimiter(settings.dashboard_login_failures_per_minute, redis, f"{settings.redis_prefix}:login"),
+            calls=calls, control=control, node=node, jobs=jobs,
         )
         jobs.start({
             webhooks.JOB_KIND: partial(webhooks.deliver, state),

@@ -30,6 +30,11 @@ class Settings(BaseSettings):
     database_url: str | None = Field(default=None, alias="DATABASE_URL")
     api_key: str | None = None
     secret_key: str | None = None
+    """Signs session and relay tokens; required in production (without it a secret is generated
+    and stored in the database, with a warning at start). Never logged."""
+    previous_secret_keys: list[str] = Field(default_factory=list)
+    """Earlier `SWITCHBOARD_SECRET_KEY` values (JSON list): tokens they signed still verify,
+    new tokens use the current key. Drop them once those tokens have expired."""
     public_base_url: str | None = None
 
     default_pipeline: str = "local"
@@ -57,6 +62,10 @@ class Settings(BaseSettings):
     """How often each node renews its lease (and looks for nodes whose lease ran out)."""
     node_lease_secs: float = 30
     """A node not heard from for this long is lost: its live calls end `failed` / `node_lost`."""
+    dashboard_session_secs: int = 12 * 3600
+    """How long a dashboard log-in lasts."""
+    dashboard_login_failures_per_minute: int = 10
+    """Failed dashboard log-ins per client IP per minute before log-in answers 429."""
     webrtc_ice_servers: list[IceServer] = Field(default_factory=list)
     """STUN/TURN servers for browser calls, as JSON (`[{"urls": "stun:host:3478"}]`);
     none are needed on localhost or a LAN."""
@@ -101,9 +110,13 @@ class Settings(BaseSettings):
     allow_sip_transfer: bool = False
     """Lets `transfer_call` tools name a SIP URI (`sip:user@host`) instead of a phone number."""
 
+    insecure_unsigned_carrier_webhooks: bool = False
+    """Development only: accept carrier webhooks without a signature when the carrier's
+    signing credential (TWILIO_AUTH_TOKEN, TELNYX_PUBLIC_KEY, PLIVO_AUTH_TOKEN) is not set."""
+
     twilio_account_sid: str | None = Field(default=None, alias="TWILIO_ACCOUNT_SID")
     twilio_auth_token: str | None = Field(default=None, alias="TWILIO_AUTH_TOKEN")
-    """Also turns on `X-Twilio-Signature` checks on Twilio's webhooks."""
+    """Also checks `X-Twilio-Signature` on Twilio's webhooks (refused without it)."""
     twilio_api_key_sid: str | None = Field(default=None, alias="TWILIO_API_KEY_SID")
     twilio_api_key_secret: str | None = Field(default=None, alias="TWILIO_API_KEY_SECRET")
     twilio_api_base_url: str = Field(default="https://api.twilio.com", alias="TWILIO_API_BASE_URL")
@@ -111,8 +124,11 @@ class Settings(BaseSettings):
     twilio_from_number: str | None = Field(default=None, alias="TWILIO_FROM_NUMBER")
     """Caller ID for outbound calls when neither the request nor the agent names one."""
     telnyx_api_key: str | None = Field(default=None, alias="TELNYX_API_KEY")
+    telnyx_public_key: str | None = Field(default=None, alias="TELNYX_PUBLIC_KEY")
+    """The account's webhook public key (base64 Ed25519): checks `telnyx-signature-ed25519`."""
     plivo_auth_id: str | None = Field(default=None, alias="PLIVO_AUTH_ID")
     plivo_auth_token: str | None = Field(default=None, alias="PLIVO_AUTH_TOKEN")
+    """Also checks `X-Plivo-Signature-V3` on Plivo's webhooks."""
 
     def resolved_database_url(self) -> str:
         """The SQLAlchemy async URL: `DATABASE_URL` if set, else a SQLite file in the data dir."""

@@ -20,6 +20,8 @@ class AppState:
     catalog: PipelineCatalog
     tokens: TokenSigner
     rate_limiter: RateLimiter
+    login_limiter: RateLimiter
+    """Failed dashboard log-ins per client IP."""
     calls: CallRegistry
     control: CallControl
     node: Node

@@ -16,6 +16,7 @@ from playwright.sync_api import expect, sync_playwright
 
 from app.api import dashboard
 from app.client import SessionClient
+from app.deps import LOGIN_COOKIE
 from tests.audio import speech
 from tests.conftest import ADMIN_KEY, ROOT, make_agent, start_server
 from tests.test_session_websocket import agent_ws, wait_for_status
@@ -47,7 +48,7 @@ def test_every_page_and_action_refuses_without_the_key(server, api):
     assert len(routes) >= 11, routes
     offer = f"/v1/agents/{agent['id']}/webrtc/offer"
 
-    for cookies in ({}, {dashboard.COOKIE: "sk_not_a_key"}, {dashboard.COOKIE: ""}):
+    for cookies in ({}, {LOGIN_COOKIE: "sk_not_a_key"}, {LOGIN_COOKIE: ""}, {"switchboard_key": server.api_key}):
         with httpx.Client(base_url=server.url, timeout=30, cookies=cookies) as anonymous:
             for method, path in routes:
                 url = path.replace("{agent_id}", agent["id"]).replace("{session_id}", session_id)

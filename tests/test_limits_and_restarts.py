@@ -9,7 +9,11 @@ import pytest
 
 from app.client import SessionClient
 from tests.conftest import make_agent, start_server
+from tests.fakes.carrier_webhooks import twilio_post
 from tests.test_session_websocket import agent_ws, refused
+
+
+TWILIO_AUTH_TOKEN = "limits_test_twilio_token"
 
 
 @pytest.fixture(scope="module")
@@ -22,6 +26,7 @@ def limited_server(tmp_path_factory, scripted_llm):
             "SWITCHBOARD_MAX_BODY_BYTES": "4096",
             "SWITCHBOARD_MAX_CONCURRENT_CALLS": "1",
             "SCRIPTED_LLM_URL": scripted_llm.url,
+            "TWILIO_AUTH_TOKEN": TWILIO_AUTH_TOKEN,
         },
     )
     yield server
@@ -75,8 +80,8 @@ async def test_call_over_the_account_cap_is_refused_while_the_first_carries_on(l
         assert response.status_code == 429 and response.json()["code"] == "concurrent_call_limit"
         assert response.headers["Retry-After"]
         # A phone call over the cap hears an apology and is hung up, never a dead line.
-        twiml = httpx.post(f"{limited_server.url}/v1/twilio/voice", params={"agentId": agent["id"]},
-                           data={"CallSid": "CA" + "1" * 32, "From": "+15550001111", "To": "+15550002222"})
+        twiml = twilio_post(f"{limited_server.url}/v1/twilio/voice?agentId={agent['id']}",
+                            {"CallSid": "CA" + "1" * 32, "From": "+15550001111", "To": "+15550002222"}, TWILIO_AUTH_TOKEN)
         assert twiml.status_code == 200 and twiml.headers["content-type"].startswith("text/xml")
         assert "<Say>" in twiml.text and "<Hangup" in twiml.text and "<Stream" not in twiml.text
         # The first call is unaffected.

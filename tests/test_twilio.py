@@ -20,12 +20,15 @@ from websockets.exceptions import ConnectionClosed
 from app.calls.tokens import TokenSigner
 from tests.audio import rms, speech
 from tests.conftest import make_agent, start_server
+from tests.fakes.carrier_webhooks import TelnyxSigner, twilio_post
 from tests.fakes.twilio_client import TwilioMediaStreamsClient, parse_twiml, ulaw_decode, ulaw_encode
 from tests.fakes.twilio_rest import FakeTwilioRest
 from tests.test_session_websocket import wait_for_status
 
 ACCOUNT_SID = "AC" + "1" * 32
 AUTH_TOKEN = "twilio_test_auth_token"
+TELNYX = TelnyxSigner()
+PLIVO_AUTH_TOKEN = "plivo_test_auth_token"
 SECRET = "relay-token-test-secret"
 CALLER, NUMBER = "+15550001111", "+15550002222"
 
@@ -43,13 +46,15 @@ def twilio_env(scripted_llm, twilio_rest) -> dict[str, str]:
         "TWILIO_ACCOUNT_SID": ACCOUNT_SID,
         "TWILIO_AUTH_TOKEN": AUTH_TOKEN,
         "TWILIO_API_BASE_URL": twilio_rest.url,
+        "TELNYX_PUBLIC_KEY": TELNYX.public_key,
+        "PLIVO_AUTH_TOKEN": PLIVO_AUTH_TOKEN,
         "SWITCHBOARD_SECRET_KEY": SECRET,
     }
 
 
 @pytest.fixture(scope="module")
 def twilio_server(tmp_path_factory, scripted_llm, twilio_rest):
-    """A server with Twilio credentials (signature checks on) and a known token secret."""
+    """A server with Twilio credentials, every carrier's webhook signing key and a known token secret."""
     server = start_server(
         tmp_path_factory.mktemp("twilio"), preload=["scripted"], env=twilio_env(scripted_llm, twilio_rest)
     )
@@ -80,9 +85,7 @@ def twilio_session(api, agent_id: str, **fields) -> tuple[str, dict]:
 
 
 def signed_post(server, path: str, form: dict[str, str], token: str = AUTH_TOKEN) -> httpx.Response:
-    url = server.url + path
-    signature = RequestValidator(token).compute_signature(url, form)
-    return httpx.post(url, data=form, headers={"X-Twilio-Signature": signature}, timeout=30)
+    return twilio_post(server.url + path, form, token)
 
 
 def active_calls(server) -> int:

@@ -14,6 +14,7 @@ from aiortc import MediaStreamTrack, RTCPeerConnection, RTCSessionDescription
 from av import AudioFrame
 from fastapi.testclient import TestClient
 
+from app.deps import LOGIN_COOKIE
 from app.main import create_app
 from app.settings import Settings
 
@@ -190,7 +191,7 @@ def test_offer_refusals(server, api):
         assert response.status_code == 401 and response.json()["code"] == "unauthorized"
         response = anonymous.post(url, json=body, headers={"X-API-Key": "sk_wrong"})
         assert response.status_code == 401
-    with httpx.Client(base_url=server.url, timeout=30, cookies={"switchboard_key": "sk_wrong"}) as wrong_cookie:
+    with httpx.Client(base_url=server.url, timeout=30, cookies={LOGIN_COOKIE: "sk_wrong"}) as wrong_cookie:
         assert wrong_cookie.post(url, json=body).status_code == 401
     with httpx.Client(base_url=server.url, timeout=30) as anonymous:
         patch = {"pc_id": "pc-x", "candidates": [{"candidate": "", "sdpMid": "0"}]}

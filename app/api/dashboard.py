@@ -1,7 +1,9 @@
 """The dashboard: server-rendered pages at `/` for agents, browser calls and call logs.
 
-Log-in takes an API key and keeps it in an HttpOnly, SameSite=Strict cookie; every page
-and action refuses without it (pages redirect to `/login`, actions answer 401). Forms
+Log-in takes an API key and starts a server-side log-in whose random id is kept in an
+HttpOnly, SameSite=Strict cookie (`Secure` when the public base URL is https); every page
+and action refuses without it (pages redirect to `/login`, actions answer 401). Logging out
+or revoking the key ends it. Failed log-ins are rate-limited per client IP (429). Forms
 from another origin are refused as well. Templates autoescape everything they render.
 """
 
@@ -10,7 +12,7 @@ from datetime import datetime
 from math import ceil
 from pathlib import Path
 from typing import Annotated, get_args
-from urllib.parse import parse_qs, quote, urlencode, urlsplit
+from urllib.parse import parse_qs, quote, urlencode
 
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import RedirectResponse, Response
@@ -21,7 +23,7 @@ from pydantic import BaseModel, ValidationError
 from app.api import agents as agents_api
 from app.api.sessions import SessionStatus
 from app.recordings import recording_response
-from app.deps import Caller, DbDep, StateDep, api_key_header, authenticate, require_caller
+from app.deps import LOGIN_COOKIE, Caller, DbDep, StateDep, authenticate, login_caller, same_origin
 from app.errors import APIError, not_found
 from app.storage import agents as agent_store
 from app.storage import analysis as analysis_store
@@ -29,7 +31,6 @@ from app.storage import dashboard as dashboard_store
 from app.storage import sessions as session_store
 
 WEB_DIR = Path(__file__).resolve().parent.parent / "web"
-COOKIE = "switchboard_key"
 PAGE_SIZE = 20
 SECURITY_HEADERS = {
     "Content-Security-Policy": (
@@ -64,28 +65,10 @@ templates.env.filters["duration"] = _format_duration
 # --- log-in ------------------------------------------------------------------------------
 
 
-def _same_origin(request: Request) -> bool:
-    """False for a browser request sent from another site's page."""
-    origin = request.headers.get("origin")
-    return origin is None or urlsplit(origin).netloc == request.headers.get("host")
-
-
-async def _cookie_caller(request: Request, state, db) -> Caller:
-    """The caller the log-in cookie names (with the API's rate limit); 401 or 403 otherwise."""
-    if request.method not in ("GET", "HEAD") and not _same_origin(request):
-        raise APIError(403, "cross_origin", "requests from another origin may not use the dashboard log-in")
-    try:
-        return await require_caller(state, db, request.cookies.get(COOKIE))
-    except APIError as exc:
-        if exc.status == 401:
-            raise APIError(401, "unauthorized", "log in to the dashboard with an API key first") from None
-        raise
-
-
 async def page_caller(request: Request, state: StateDep, db: DbDep) -> Caller:
     """Dashboard pages and actions: a page without a valid log-in redirects to `/login`."""
     try:
-        return await _cookie_caller(request, state, db)
+        return await login_caller(request, state, db)
     except APIError as exc:
         if exc.status == 401 and request.method == "GET":
             target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
@@ -94,17 +77,7 @@ async def page_caller(request: Request, state: StateDep, db: DbDep) -> Caller:
         raise
 
 
-async def key_or_cookie_caller(
-    request: Request, state: StateDep, db: DbDep, api_key: Annotated[str | None, Depends(api_key_header)]
-) -> Caller:
-    """For API routes the dashboard's pages call: an `X-API-Key` header, else the log-in cookie."""
-    if api_key or COOKIE not in request.cookies:
-        return await require_caller(state, db, api_key)
-    return await _cookie_caller(request, state, db)
-
-
 PageCallerDep = Annotated[Caller, Depends(page_caller)]
-KeyOrCookieCallerDep = Annotated[Caller, Depends(key_or_cookie_caller)]
 
 
 def _render(request: Request, template: str, status_code: int = 200, **context) -> Response:
@@ -142,23 +115,39 @@ async def login(request: Request, state: StateDep, db: DbDep) -> Response:
     form = await _form(request)
     target = _local_path(form.get("next"))
     key = form.get("api_key", "").strip()
-    if not _same_origin(request):
+    if not same_origin(request):
         raise APIError(403, "cross_origin", "log in from this server's own page")
-    if await authenticate(db, key) is None:
+    # Every attempt takes a slot first (so a parallel burst can't slip past the limit) and a
+    # successful one gives it back: only failures count.
+    client_ip = request.client.host if request.client else "unknown"
+    retry_after = await state.login_limiter.retry_after(client_ip)
+    if retry_after is not None:
+        error = f"Too many failed log-ins from this address; try again in {retry_after}s."
+        response = _render(request, "login.html", 429, next=target, error=error)
+        response.headers["Retry-After"] = str(retry_after)
+        return response
+    caller = await authenticate(db, key)
+    if caller is None:
         return _render(request, "login.html", 401, next=target, error="That API key is not valid.")
+    await state.login_limiter.refund(client_ip)
+    session_id = await dashboard_store.start_login(db, caller.key_id, caller.account_id, state.settings.dashboard_session_secs)
+    public_base = state.settings.public_base_url or str(request.base_url)
     response = _redirect(target)
     response.set_cookie(
-        COOKIE, key, httponly=True, samesite="strict", secure=request.url.scheme == "https", path="/"
+        LOGIN_COOKIE, session_id, max_age=state.settings.dashboard_session_secs, httponly=True, samesite="strict",
+        secure=public_base.startswith("https://"), path="/",
     )
     return response
 
 
 @router.post("/logout")
-async def logout(request: Request) -> Response:
-    if not _same_origin(request):
+async def logout(request: Request, db: DbDep) -> Response:
+    if not same_origin(request):
         raise APIError(403, "cross_origin", "log out from this server's own page")
+    if session_id := request.cookies.get(LOGIN_COOKIE):
+        await dashboard_store.end_login(db, session_id)
     response = _redirect("/login")
-    response.delete_cookie(COOKIE, path="/", httponly=True, samesite="strict")
+    response.delete_cookie(LOGIN_COOKIE, path="/", httponly=True, samesite="strict")
     return response
 
 

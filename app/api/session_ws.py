@@ -1,10 +1,17 @@
 """The direct WebSocket session: `WS /v1/agents/{id}/session` and a session's `websocket_url`.
 
+Credentials: the API key in `X-API-Key`, or, for browsers (which can't set headers), in the
+`Sec-WebSocket-Protocol` header as subprotocols `["switchboard", "key.<api key>"]` (a session's
+token likewise as `token.<token>`), answered with `switchboard`. The older query form
+(`?api_key=`, `?token=`) still works; its values are redacted from every log line.
+
 Refusals close the socket with a code and a reason, after a `session.error` event:
 4400 bad request, 4401 unauthorized, 4404 not found, 4409 the agent or session
 can't take a call now, 4429 the account is at its concurrent-call cap, 1013 the
 server is shutting down (try again later).
 """
+
+import re
 
 from fastapi import APIRouter, WebSocket
 from loguru import logger
@@ -12,6 +19,7 @@ from pipecat.transports.websocket.fastapi import FastAPIWebsocketParams, FastAPI
 from starlette.websockets import WebSocketState
 
 from app.calls import admission
+from app.calls.audio_pacing import with_real_time_audio
 from app.calls.protocol import SAMPLE_RATES, SessionProtocolSerializer
 from app.calls.session import CallSession
 from app.calls.tokens import TokenError
@@ -25,6 +33,9 @@ from app.storage.models import Agent, Session
 
 router = APIRouter()
 
+SUBPROTOCOL = "switchboard"
+ID_SHAPE = re.compile(r"[A-Za-z0-9_]{1,40}")
+"""What our ids look like (`new_id`); anything else is refused before it reaches the database."""
 _CLOSE_CODES = {400: 4400, 401: 4401, 404: 4404, 409: 4409, 422: 4422, 429: 4429, 503: 1013}
 
 
@@ -43,16 +54,36 @@ def _sample_rate(websocket: WebSocket) -> int:
     return int(raw)
 
 
+def offered_subprotocols(websocket: WebSocket) -> list[str]:
+    return [p.strip() for p in websocket.headers.get("sec-websocket-protocol", "").split(",") if p.strip()]
+
+
+def _credential(websocket: WebSocket, prefix: str, query: str) -> str | None:
+    """A credential offered as the subprotocol `<prefix>.<value>`, else in the query."""
+    for protocol in offered_subprotocols(websocket):
+        if protocol.startswith(f"{prefix}."):
+            return protocol.removeprefix(f"{prefix}.")
+    return websocket.query_params.get(query)
+
+
 def _api_key(websocket: WebSocket) -> str | None:
-    return websocket.headers.get("x-api-key") or websocket.query_params.get("api_key")
+    return websocket.headers.get("x-api-key") or _credential(websocket, "key", "api_key")
+
+
+def _check_id(kind: str, ident: str) -> None:
+    if not ID_SHAPE.fullmatch(ident):
+        raise Refusal(4404, f"{kind}_not_found", f"{kind} '{ident[:40]}' not found")
 
 
 async def _agent_session(state: AppState, websocket: WebSocket, agent_id: str) -> tuple[Session, Agent]:
     """A fresh session for `WS /v1/agents/{id}/session` (API key required)."""
+    _check_id("agent", agent_id)
     async with state.db.sessions() as db:
         caller = await authenticate(db, _api_key(websocket))
         if caller is None:
-            raise Refusal(4401, "unauthorized", "missing or invalid API key (X-API-Key header or api_key query)")
+            raise Refusal(
+                4401, "unauthorized", "missing or invalid API key (X-API-Key header or the subprotocol key.<api key>)"
+            )
         agent = await agent_store.get_agent(db, caller.account_id, agent_id)
         if agent is None:
             raise Refusal(4404, "agent_not_found", f"agent '{agent_id}' not found")
@@ -65,8 +96,9 @@ async def _agent_session(state: AppState, websocket: WebSocket, agent_id: str) -
 
 async def _existing_session(state: AppState, websocket: WebSocket, session_id: str) -> tuple[Session, Agent]:
     """The session a `websocket_url` names (its token, or an API key)."""
+    _check_id("session", session_id)
     async with state.db.sessions() as db:
-        token = websocket.query_params.get("token")
+        token = _credential(websocket, "token", "token")
         if token:
             try:
                 claims = state.tokens.verify(token, "session")
@@ -112,7 +144,7 @@ def _refusal(exc: APIError) -> Refusal:
 
 async def _serve(websocket: WebSocket, open_session) -> None:
     state: AppState = websocket.app.state.switchboard
-    await websocket.accept()
+    await websocket.accept(subprotocol=SUBPROTOCOL if SUBPROTOCOL in offered_subprotocols(websocket) else None)
     try:
         sample_rate = _sample_rate(websocket)
         session, agent = await open_session(state)
@@ -128,7 +160,7 @@ async def _serve(websocket: WebSocket, open_session) -> None:
             audio_in_enabled=True,
             audio_out_enabled=True,
             audio_out_sample_rate=sample_rate,
-            serializer=SessionProtocolSerializer(sample_rate),
+            serializer=with_real_time_audio(SessionProtocolSerializer(sample_rate)),
         ),
     )
     async with state.db.sessions() as db:

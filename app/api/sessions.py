@@ -1,6 +1,6 @@
 """Sessions: start one for an agent, list and read them, read their transcripts."""
 
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Body, Query, Request

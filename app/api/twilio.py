@@ -1,8 +1,8 @@
 """Twilio routes: session TwiML, the number webhook, status callbacks, outbound calls, Media Streams.
 
 See :mod:`app.telephony` for the whole call flow. Routes Twilio calls (the voice
-webhook, status and task callbacks) carry no API key: when `TWILIO_AUTH_TOKEN` is
-set they must carry a valid `X-Twilio-Signature` (403 otherwise).
+webhook, status and task callbacks) carry no API key: they must carry a valid
+`X-Twilio-Signature` (403 otherwise; see :mod:`app.telephony.signatures`).
 """
 
 from datetime import datetime
@@ -25,12 +25,12 @@ from app.telephony import twilio
 from app.telephony.numbers import DialNumber, PhoneNumber
 from app.telephony.phone_calls import apply_status, start_phone_session
 from app.telephony.relay import issue_relay_token
+from app.telephony.signatures import SIGNED_RESPONSES, check_twilio
 from app.telephony.stream import CARRIERS, serve_stream
 
 router = APIRouter(tags=["telephony"], responses=ERROR_RESPONSES)
 
 BUSY_APOLOGY = "We're sorry, all our lines are busy right now. Please call again in a few minutes. Goodbye."
-SIGNED_RESPONSES = {403: {"model": ErrorBody, "description": "Missing or invalid X-Twilio-Signature"}}
 TWIML_RESPONSES = {200: {"content": {"text/xml": {}}, "description": "TwiML that connects the call to the agent"}}
 
 
@@ -95,7 +95,7 @@ def twiml_response(twiml: str) -> Response:
 async def signed_form(state: AppState, request: Request) -> dict[str, str]:
     """Twilio's form fields, after checking the request's signature."""
     form = dict(parse_qsl((await request.body()).decode("utf-8", errors="replace"), keep_blank_values=True))
-    twilio.check_signature(state.settings, request, form)
+    check_twilio(state.settings, request, form)
     return form
 
 
@@ -130,23 +130,36 @@ async def twilio_voice(request: Request, state: StateDep, db: DbDep, agentId: st
     """Set this as the number's "A call comes in" webhook. The agent is the one the
     dialled number (`To`) is assigned to, or `?agentId=`."""
     form = await signed_form(state, request)
-    to_number, from_number = form.get("To", ""), form.get("From", "")
-    agent = await (store.agent_by_id(db, agentId) if agentId else store.agent_for_number(db, to_number))
+    session = await start_inbound(
+        state, db, "twilio", agentId, to_number=form.get("To", ""), from_number=form.get("From", ""),
+        call_id=form.get("CallSid"),
+    )
+    if session is None:
+        return twiml_response(twilio.apology_twiml(BUSY_APOLOGY))
+    return twiml_response(stream_twiml(state, request, session, None))
+
+
+async def start_inbound(
+    state: AppState, db, carrier: str, agent_id: str | None, *, to_number: str, from_number: str, call_id: str | None
+) -> Session | None:
+    """The session for a call coming in to `to_number`'s agent (or `agent_id`'s); None when the
+    account is at its cap or the server drains, so the caller hears an apology, not a dead line."""
+    agent = await (store.agent_by_id(db, agent_id) if agent_id else store.agent_for_number(db, to_number))
     if agent is None:
-        raise not_found("agent", agentId) if agentId else APIError(
+        raise not_found("agent", agent_id) if agent_id else APIError(
             404, "number_not_assigned", f"no active agent has the phone number '{to_number}'"
         )
     try:
         session, _call = await start_phone_session(
-            state, db, agent, carrier="twilio", direction="inbound",
-            from_number=from_number, to_number=to_number, call_sid=form.get("CallSid"),
+            state, db, agent, carrier=carrier, direction="inbound",
+            from_number=from_number, to_number=to_number, call_sid=call_id,
         )
     except APIError as exc:
         if exc.status not in (429, 503):
             raise
-        logger.info(f"Twilio call {form.get('CallSid')} turned away: {exc.body.message}")
-        return twiml_response(twilio.apology_twiml(BUSY_APOLOGY))
-    return twiml_response(stream_twiml(state, request, session, None))
+        logger.info(f"{carrier} call {call_id} turned away: {exc.body.message}")
+        return None
+    return session
 
 
 @router.post(

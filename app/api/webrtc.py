@@ -27,11 +27,10 @@ from pipecat.transports.smallwebrtc.transport import SmallWebRTCTransport
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, model_validator
 
 from app.api.agents import load_agent
-from app.api.dashboard import KeyOrCookieCallerDep
 from app.calls import admission
 from app.calls.protocol import check_client_event
 from app.calls.session import CallSession
-from app.deps import DbDep, StateDep
+from app.deps import DbDep, KeyOrLoginCallerDep, StateDep
 from app.errors import DRAINING_RESPONSES, ERROR_RESPONSES, APIError
 from app.state import AppState
 from app.storage import sessions as session_store
@@ -163,7 +162,7 @@ PeersDep = Annotated[WebRTCPeers, Depends(_peers)]
     responses=DRAINING_RESPONSES,
 )
 async def webrtc_offer(
-    agent_id: str, body: WebRTCOffer, state: StateDep, db: DbDep, caller: KeyOrCookieCallerDep, peers: PeersDep
+    agent_id: str, body: WebRTCOffer, state: StateDep, db: DbDep, caller: KeyOrLoginCallerDep, peers: PeersDep
 ) -> WebRTCAnswer:
     """Send the browser's offer; the answer starts the call. Authenticate with `X-API-Key`
     or the dashboard's log-in cookie."""
@@ -190,7 +189,7 @@ async def webrtc_offer(
     summary="Add trickled ICE candidates to a browser call",
 )
 async def webrtc_ice_candidates(
-    agent_id: str, body: IceCandidates, caller: KeyOrCookieCallerDep, peers: PeersDep
+    agent_id: str, body: IceCandidates, caller: KeyOrLoginCallerDep, peers: PeersDep
 ) -> Response:
     peers.check_owner(body.pc_id, caller.account_id, agent_id)
     request = SmallWebRTCPatchRequest(

@@ -1,11 +1,22 @@
-"""Short-lived signed tokens (HMAC-SHA256) that let a client or carrier join a session."""
+"""Short-lived signed tokens (HMAC-SHA256) that let a client or carrier join a session.
+
+A token is `<payload>.<signature>`, both unpadded URL-safe base64. Tokens are signed with
+the current secret and verified with it or any previous one, so the secret can be rotated
+without cutting off tokens already handed out.
+"""
 
 import base64
+import binascii
 import hashlib
 import hmac
 import json
+import re
 import time
+from collections.abc import Sequence
 from typing import Any
+
+MAX_TOKEN_CHARS = 4096
+_SHAPE = re.compile(r"[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+")
 
 
 class TokenError(ValueError):
@@ -21,25 +32,32 @@ def _unb64(text: str) -> bytes:
 
 
 class TokenSigner:
-    def __init__(self, secret: str):
-        self._key = secret.encode()
+    """Signs with `secret`; verifies with `secret` or any of `previous` (oldest last)."""
 
-    def _sign(self, payload: str) -> str:
-        return _b64(hmac.new(self._key, payload.encode(), hashlib.sha256).digest())
+    def __init__(self, secret: str, previous: Sequence[str] = ()):
+        self._keys = [key.encode() for key in (secret, *previous)]
+
+    @staticmethod
+    def _sign(key: bytes, payload: str) -> bytes:
+        return hmac.new(key, payload.encode(), hashlib.sha256).digest()
 
     def issue(self, kind: str, claims: dict[str, Any], expires_at: float) -> str:
         payload = _b64(json.dumps({**claims, "kind": kind, "exp": int(expires_at)}, separators=(",", ":")).encode())
-        return f"{payload}.{self._sign(payload)}"
+        return f"{payload}.{_b64(self._sign(self._keys[0], payload))}"
 
     def verify(self, token: str, kind: str) -> dict[str, Any]:
-        payload, _, signature = token.partition(".")
-        if not payload or not signature:
+        if not isinstance(token, str) or len(token) > MAX_TOKEN_CHARS or not _SHAPE.fullmatch(token):
             raise TokenError("malformed token")
-        if not hmac.compare_digest(signature, self._sign(payload)):
+        payload, signature = token.split(".")
+        try:
+            signature_bytes = _unb64(signature)
+        except (binascii.Error, ValueError):
+            raise TokenError("malformed token") from None
+        if not any(hmac.compare_digest(signature_bytes, self._sign(key, payload)) for key in self._keys):
             raise TokenError("bad token signature")
         try:
             claims = json.loads(_unb64(payload))
-        except ValueError:
+        except (binascii.Error, ValueError):
             raise TokenError("malformed token") from None
         if not isinstance(claims, dict) or claims.get("kind") != kind:
             raise TokenError("wrong token kind")

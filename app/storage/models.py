@@ -61,6 +61,18 @@ class ApiKey(Base):
     revoked_at: Mapped[datetime | None]
 
 
+class DashboardSession(Base):
+    """A dashboard log-in: the cookie holds a random id, only its hash is stored."""
+
+    __tablename__ = "dashboard_sessions"
+
+    id_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    account_id: Mapped[str] = mapped_column(ForeignKey("accounts.id"), index=True)
+    key_id: Mapped[str] = mapped_column(ForeignKey("api_keys.id"), index=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    expires_at: Mapped[datetime]
+
+
 class ServerSecret(Base):
     """Process-shared secrets generated on first start (token signing key)."""
 

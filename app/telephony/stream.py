@@ -24,6 +24,7 @@ from pipecat.transports.websocket.fastapi import FastAPIWebsocketParams, FastAPI
 from starlette.websockets import WebSocketState
 
 from app.api.session_ws import Refusal
+from app.calls.audio_pacing import with_real_time_audio
 from app.settings import Settings
 from app.state import AppState
 from app.storage import telephony as store
@@ -135,9 +136,12 @@ async def _read_start(websocket: WebSocket, carrier: Carrier) -> StreamStart | N
             data = json.loads(message.get("text") or message.get("bytes") or "")
         except ValueError:
             raise Refusal(4400, "invalid_json", "stream messages must be JSON") from None
-        start = carrier.parse_start(data, websocket) if isinstance(data, dict) else None
+        try:
+            start = carrier.parse_start(data, websocket) if isinstance(data, dict) else None
+        except (AttributeError, TypeError):  # a field of the wrong type
+            raise Refusal(4400, "invalid_start", "the start message is malformed") from None
         if start is not None:
-            if not start.stream_id:
+            if not start.stream_id or not isinstance(start.stream_id, str):
                 raise Refusal(4400, "invalid_start", "the start message names no stream")
             return start
     raise Refusal(4400, "no_start", f"expected a start message within the first {MAX_MESSAGES_BEFORE_START} messages")
@@ -169,7 +173,7 @@ async def serve_stream(websocket: WebSocket, carrier: Carrier) -> None:
             add_wav_header=False,
             # 20 ms media frames, as carriers send and expect them.
             audio_out_10ms_chunks=2,
-            serializer=with_prompt_caller_audio(carrier.serializer(state.settings, start)),
+            serializer=with_real_time_audio(with_prompt_caller_audio(carrier.serializer(state.settings, start))),
         ),
     )
     call = PhoneCallSession(

@@ -1,6 +1,6 @@
-"""Twilio: TwiML answers, webhook signatures, the REST API (outbound calls), the stream serializer.
+"""Twilio: TwiML answers, the REST API (outbound calls), the stream serializer.
 
-TwiML and signature checks go through Twilio's own SDK. The REST API root is
+TwiML goes through Twilio's own SDK (webhook signatures: :mod:`app.telephony.signatures`). The REST API root is
 `TWILIO_API_BASE_URL`, so tests (or a Twilio-compatible backend) can stand in.
 """
 
@@ -10,7 +10,6 @@ from fastapi import Request
 from loguru import logger
 from twilio.base.exceptions import TwilioRestException
 from twilio.http.async_http_client import AsyncTwilioHttpClient
-from twilio.request_validator import RequestValidator
 from twilio.rest import Client
 from twilio.twiml.voice_response import Connect, VoiceResponse
 
@@ -21,14 +20,6 @@ from processors.twilio_marks import TwilioStreamSerializer
 STREAM_PATH = "/v1/sessions/twilio/stream"
 TOKEN_PARAMETER = "token"
 STATUS_EVENTS = ["initiated", "ringing", "answered", "completed"]
-
-
-def public_url(settings: Settings, request: Request) -> str:
-    """The URL Twilio requested, as Twilio saw it (behind a tunnel or proxy: the public base URL)."""
-    if not settings.public_base_url:
-        return str(request.url)
-    query = f"?{request.url.query}" if request.url.query else ""
-    return f"{settings.public_base_url.rstrip('/')}{request.url.path}{query}"
 
 
 def http_base(settings: Settings, request: Request) -> str:
@@ -51,19 +42,6 @@ def apology_twiml(message: str) -> str:
     response.say(message)
     response.hangup()
     return str(response)
-
-
-def check_signature(settings: Settings, request: Request, params: dict[str, str]) -> None:
-    """403 unless `X-Twilio-Signature` signs this request (only when `TWILIO_AUTH_TOKEN` is set)."""
-    if not settings.twilio_auth_token:
-        logger.warning(f"accepting unsigned Twilio webhook {request.url.path}: set TWILIO_AUTH_TOKEN to check signatures")
-        return
-    signature = request.headers.get("x-twilio-signature")
-    url = public_url(settings, request)
-    if not signature or not RequestValidator(settings.twilio_auth_token).validate(url, params, signature):
-        reason = "missing" if not signature else "invalid"
-        logger.warning(f"refused Twilio webhook {request.url.path}: {reason} X-Twilio-Signature (signed URL {url})")
-        raise APIError(403, "invalid_signature", f"{reason} X-Twilio-Signature")
 
 
 def credentials(settings: Settings) -> dict[str, str] | None:
