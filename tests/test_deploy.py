@@ -143,5 +143,5 @@ def test_caddy_balances_over_every_node_and_watches_their_health():
 def test_caddy_sends_no_new_requests_to_a_draining_node():
     """Caddy's `health_body` matches /health's body as the server sends it when ready, not when draining."""
     expected = re.search(r'health_body "(.+)"', (DEPLOY / "Caddyfile").read_text()).group(1).replace('\\"', '"')
-    ready, draining = (JSONResponse(Health(status=s, active_calls=3).model_dump()).body.decode() for s in ("ok", "draining"))
+    ready, draining = (JSONResponse(Health(status=s, node_id="node-1", live_calls=3, load=0.2).model_dump()).body.decode() for s in ("ok", "draining"))
     assert re.search(expected, ready) and not re.search(expected, draining), (expected, ready)
