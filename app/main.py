@@ -76,15 +76,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         calls = CallRegistry()
         control = CallControl(calls, redis, settings.redis_prefix)
         await control.start()
-        node = Node(settings, db, calls)
-        await node.start()
         jobs = JobQueue(db, settings)
+        node = Node(settings, db, calls, on_call_lost=lambda db, session_id: post_call.call_lost(state, db, session_id))
         state = app.state.switchboard = AppState(
             settings=settings, db=db, catalog=catalog, tokens=tokens,
             rate_limiter=RateLimiter(settings.rate_limit_per_minute, redis, settings.redis_prefix),
             login_limiter=RateLimiter(settings.dashboard_login_failures_per_minute, redis, f"{settings.redis_prefix}:login"),
             calls=calls, control=control, node=node, jobs=jobs,
         )
+        await node.start()
         jobs.start({
             webhooks.JOB_KIND: partial(webhooks.deliver, state),
             post_call.ANALYSIS_JOB: partial(post_call.run_analysis, state),

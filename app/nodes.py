@@ -12,8 +12,10 @@ import asyncio
 import os
 import secrets
 import time
+from collections.abc import Awaitable, Callable
 
 from loguru import logger
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.calls.registry import CallRegistry
 from app.settings import Settings
@@ -21,9 +23,12 @@ from app.storage import nodes as node_store
 from app.storage.db import Database
 from app.storage.ids import utcnow
 
+CallLost = Callable[[AsyncSession, str], Awaitable[None]]
+"""Adds what follows the end of a lost node's call to the transaction that ends it."""
+
 
 class Node:
-    def __init__(self, settings: Settings, db: Database, calls: CallRegistry):
+    def __init__(self, settings: Settings, db: Database, calls: CallRegistry, on_call_lost: CallLost):
         self.id = f"{settings.node_id}-{secrets.token_hex(4)}"
         self.started_at = utcnow()
         self.load = 0.0
@@ -31,6 +36,7 @@ class Node:
         self._settings = settings
         self._db = db
         self._calls = calls
+        self._on_call_lost = on_call_lost
         self._last_cpu = (time.monotonic(), time.process_time())
         self._heartbeats: asyncio.Task | None = None
 
@@ -62,7 +68,7 @@ class Node:
         self.load = self._measure_load()
         async with self._db.sessions() as db:
             await node_store.renew(db, self.id, self.started_at, live_calls=len(self._calls), load=self.load)
-            lost = await node_store.fail_lost_calls(db, self._settings.node_lease_secs)
+            lost = await node_store.fail_lost_calls(db, self._settings.node_lease_secs, self._on_call_lost)
         if lost:
             logger.warning(f"{len(lost)} call(s) of lost nodes ended failed (node_lost): {', '.join(lost)}")
 

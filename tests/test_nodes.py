@@ -5,6 +5,7 @@ The cluster legs are skipped, with the reason printed, only when PostgreSQL or R
 """
 
 import asyncio
+import json
 import re
 import signal
 import time
@@ -16,6 +17,7 @@ import redis
 from app.client import SessionClient
 from tests.conftest import REDIS_URL, make_agent, production_storage_env, start_server
 from tests.fakes.twilio_client import TwilioMediaStreamsClient, parse_twiml
+from tests.fakes.webhook_receiver import WebhookReceiver
 from tests.test_session_websocket import agent_ws, refused, wait_for_status
 
 CAP = 2
@@ -215,9 +217,10 @@ async def test_a_killed_node_s_calls_end_node_lost_while_the_other_node_s_call_g
     env = {**cluster_env(scripted_llm), **SHORT_LEASE}
     a = start_server(tmp_path / "node_a", preload=["scripted"], env=env)
     b = start_server(tmp_path / "node_b", preload=["scripted"], env=env)
+    receiver = WebhookReceiver().start()
     try:
         api = a.client()
-        agent = make_agent(api, pipeline="scripted")
+        agent = make_agent(api, pipeline="scripted", webhook_url=receiver.url("/events"))
         async with SessionClient(agent_ws(a, agent["id"])) as on_a, SessionClient(agent_ws(b, agent["id"])) as on_b:
             ready_a = await on_a.wait_for("session.ready", timeout=60)
             ready_b = await on_b.wait_for("session.ready", timeout=60)
@@ -232,6 +235,13 @@ async def test_a_killed_node_s_calls_end_node_lost_while_the_other_node_s_call_g
             assert [(t["speaker"], t["content"]) for t in transcript] == [
                 ("USER", "Remember my order, please."), ("AGENT", scripted_llm.default_reply),
             ]
+            # The surviving node tells the agent's webhook how the lost call ended.
+            deadline = time.monotonic() + 15
+            while not (ended := [e for e in (json.loads(r["body"]) for r in receiver.events("/events"))
+                                 if e["event"] == "session.ended" and e["session_id"] == ready_b["session_id"]]):
+                assert time.monotonic() < deadline, "no session.ended webhook for the lost call"
+                await asyncio.sleep(0.2)
+            assert ended[0]["data"]["status"] == "failed" and ended[0]["data"]["end_reason"] == "node_lost"
 
             # A's own call was never touched and carries on.
             assert api.get(f"/v1/sessions/{ready_a['session_id']}").json()["status"] == "active"
@@ -244,6 +254,7 @@ async def test_a_killed_node_s_calls_end_node_lost_while_the_other_node_s_call_g
     finally:
         a.stop()
         b.stop()
+        receiver.stop()
 
 
 async def test_health_and_metrics_of_a_node_with_two_workers(tmp_path, scripted_llm):

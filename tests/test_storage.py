@@ -190,12 +190,18 @@ async def test_a_lost_node_s_calls_end_once_however_many_nodes_reap_at_the_same_
         await s.execute(update(Node).where(Node.id == "node-dead").values(heartbeat_at=now - timedelta(seconds=31)))
         await s.commit()
 
+    followed_up = []
+
+    async def follow_up(s, session_id: str) -> None:
+        assert (await s.get(Session, session_id)).end_reason == "node_lost"  # in the transaction that ends it
+        followed_up.append(session_id)
+
     async def reap() -> list[str]:
         async with db.sessions() as s:
-            return await nodes.fail_lost_calls(s, lease_secs=30)
+            return await nodes.fail_lost_calls(s, lease_secs=30, on_ended=follow_up)
 
     ended = [session_id for result in await asyncio.gather(*(reap() for _ in range(4))) for session_id in result]
-    assert sorted(ended) == sorted(session.id for session in lost)
+    assert sorted(ended) == sorted(followed_up) == sorted(session.id for session in lost)
     async with db.sessions() as s:
         for session in lost:
             stored = await s.get(Session, session.id)

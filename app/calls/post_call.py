@@ -58,6 +58,15 @@ async def session_finished(
         logger.exception(f"session {session_id}: could not store its cost and post-call jobs")
 
 
+async def call_lost(state: AppState, db: AsyncSession, session_id: str) -> None:
+    """A call whose node was lost ended `node_lost`: add its `session.ended` webhook to `db`'s
+    transaction (no cost or analysis: the node that measured the call is gone)."""
+    session = await db.get(Session, session_id)
+    agent = await call_agent(db, session)
+    if agent is not None:
+        webhooks.send(state, db, agent, "session.ended", session_id, _ended(session, None))
+
+
 async def store_recording(state: AppState, session_id: str) -> None:
     """Move the call's recording from this node's disk to the recording store, if it recorded."""
     try:
@@ -114,7 +123,7 @@ async def run_analysis(state: AppState, job: Job) -> None:
         logger.info(f"session {session_id}: analysis completed")
 
 
-def _ended(session: Session, cost: dict) -> dict:
+def _ended(session: Session, cost: dict | None) -> dict:
     return {
         "status": session.status, "end_reason": session.end_reason, "duration_secs": session.duration_secs,
         "started_at": session.started_at.isoformat() if session.started_at else None,

@@ -1,6 +1,7 @@
 """Node leases: every server process (worker) registers itself, renews its lease, and ends
 the live calls of nodes whose lease ran out."""
 
+from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
 
 from sqlalchemy import delete, select, update
@@ -27,9 +28,12 @@ async def remove(db: AsyncSession, node_id: str) -> None:
     await db.commit()
 
 
-async def fail_lost_calls(db: AsyncSession, lease_secs: float) -> list[str]:
+async def fail_lost_calls(
+    db: AsyncSession, lease_secs: float, on_ended: Callable[[AsyncSession, str], Awaitable[None]]
+) -> list[str]:
     """Live calls of nodes without a current lease end `failed` / `node_lost` (transcripts stay);
-    expired leases are dropped. Each call is ended once, however many nodes do this at once."""
+    expired leases are dropped. Each call is ended once, however many nodes do this at once, and
+    `on_ended(db, session_id)` adds what follows a call's end to the transaction that ends it."""
     now = utcnow()
     live_nodes = select(Node.id).where(Node.heartbeat_at >= now - timedelta(seconds=lease_secs))
     lost = await db.execute(
@@ -47,9 +51,10 @@ async def fail_lost_calls(db: AsyncSession, lease_secs: float) -> list[str]:
                 duration_secs=round((now - started_at).total_seconds(), 3) if started_at else None,
             )
         )
-        await db.commit()  # one call at a time: reapers running at once never wait on each other's locks
         if result.rowcount == 1:
+            await on_ended(db, session_id)
             ended.append(session_id)
+        await db.commit()  # one call at a time: reapers running at once never wait on each other's locks
     await db.execute(delete(Node).where(Node.heartbeat_at < now - timedelta(seconds=lease_secs)))
     await db.commit()
     return ended
