@@ -2,6 +2,7 @@
 Chromium (Debian's package) with its fake microphone playing Piper speech."""
 
 import json
+import os
 import re
 import time
 import wave
@@ -23,6 +24,7 @@ from tests.test_session_websocket import agent_ws, wait_for_status
 
 CHROMIUM = Path("/usr/bin/chromium")
 SCREENSHOTS = ROOT / "docs" / "screenshots"
+"""Where the browser test's screenshots go with SWITCHBOARD_REFRESH_SCREENSHOTS=1 (else a temporary directory)."""
 PUBLIC_ROUTES = {"/login", "/logout"}
 
 
@@ -245,7 +247,7 @@ def test_browser_call_from_the_dashboard(fresh_server, llm, tmp_path):
     # The fake microphone loops the file: the question comes after the greeting, then a long silence.
     caller_wav = tmp_path / "caller.wav"
     write_wav(caller_wav, speech("What time do you open tomorrow morning?", 48000, lead_secs=8, tail_secs=30), 48000)
-    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    shots = SCREENSHOTS if os.environ.get("SWITCHBOARD_REFRESH_SCREENSHOTS") == "1" else tmp_path
 
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(
@@ -277,7 +279,7 @@ def test_browser_call_from_the_dashboard(fresh_server, llm, tmp_path):
             page.click("text=Agents")
             row = page.locator(f'tr[data-agent-id="{agent_id}"]')
             expect(row).to_contain_text("Clinic receptionist")
-            page.screenshot(path=str(SCREENSHOTS / "agents.png"))
+            page.screenshot(path=str(shots / "agents.png"))
 
             row.locator("text=Preview").click()
             expect(page).to_have_url(re.compile(f"/agents/{agent_id}/preview$"))
@@ -292,7 +294,7 @@ def test_browser_call_from_the_dashboard(fresh_server, llm, tmp_path):
             expect(reply).to_contain_text("We open at nine tomorrow morning.", timeout=60_000)
             received = page.evaluate(RECEIVED_AUDIO)
             assert received["packets"] > 100 and received["energy"] > 0.01, received
-            page.screenshot(path=str(SCREENSHOTS / "live-call.png"))
+            page.screenshot(path=str(shots / "live-call.png"))
 
             page.click("#stop")
             expect(page.locator("#status")).to_contain_text("Call ended", timeout=15_000)
@@ -309,7 +311,7 @@ def test_browser_call_from_the_dashboard(fresh_server, llm, tmp_path):
             expect(page.locator("#cost")).to_contain_text("USD")
             recording = page.request.get(page.locator("audio#recording").get_attribute("src"))
             assert recording.ok and recording.headers["content-type"] == "audio/wav" and len(recording.body()) > 48000
-            page.screenshot(path=str(SCREENSHOTS / "session.png"), full_page=True)
+            page.screenshot(path=str(shots / "session.png"), full_page=True)
 
             page.click("text=Call logs")
             call_row = page.locator(f'tr[data-session-id="{session_id}"]')
