@@ -17,6 +17,7 @@ import httpx
 import pytest
 import redis
 
+from app.storage.db import Database
 from tests.fakes.scripted_llm import ScriptedLLM
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -28,8 +29,12 @@ TEST_BACKEND = os.environ.get("SWITCHBOARD_TEST_BACKEND", "sqlite")
 and Redis key prefix per server): which storage the servers started by tests run on."""
 POSTGRES_URL = os.environ.get("TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+IN_CI = os.environ.get("CI") == "true"
 _created_databases: list[str] = []
 _created_prefixes: list[str] = []
+_storage_by_data_dir: dict[Path, dict[str, str]] = {}
+"""Each data dir's PostgreSQL + Redis storage (postgres backend): a server restarted on the
+same data dir finds what it stored, as it would on SQLite."""
 
 
 def _run_postgres(*statements: str) -> None:
@@ -62,10 +67,69 @@ def fresh_redis_prefix() -> str:
     return prefix
 
 
+def redis_env() -> dict[str, str]:
+    """Environment for a server (or several sharing it) on Redis, under a key prefix of its own."""
+    return {"SWITCHBOARD_REDIS_URL": REDIS_URL, "SWITCHBOARD_REDIS_PREFIX": fresh_redis_prefix()}
+
+
 def production_storage_env() -> dict[str, str]:
     """Environment for a server (or several sharing it) on fresh PostgreSQL + Redis storage."""
-    return {"DATABASE_URL": fresh_postgres_url(), "SWITCHBOARD_REDIS_URL": REDIS_URL,
-            "SWITCHBOARD_REDIS_PREFIX": fresh_redis_prefix()}
+    return {"DATABASE_URL": fresh_postgres_url(), **redis_env()}
+
+
+def database_url(server: "ServerProcess") -> str:
+    """The database a test server stores into, as SQLAlchemy names it (async driver)."""
+    url = server.env.get("DATABASE_URL")
+    if url is None:
+        return f"sqlite+aiosqlite:///{server.data_dir / 'switchboard.db'}"
+    return url.replace("postgresql://", "postgresql+asyncpg://", 1)
+
+
+def production_storage_unavailable() -> str | None:
+    """Why the PostgreSQL + Redis leg can't run here (no server answers), or None."""
+    try:
+        _run_postgres("SELECT 1")
+    except (OSError, asyncpg.PostgresError) as exc:
+        return f"no PostgreSQL answers at {POSTGRES_URL} ({exc})"
+    try:
+        redis.Redis.from_url(REDIS_URL, socket_connect_timeout=3).ping()
+    except redis.RedisError as exc:
+        return f"no Redis answers at {REDIS_URL} ({exc})"
+    return None
+
+
+def pytest_collection_modifyitems(config, items):
+    """The PostgreSQL + Redis leg runs only what touches storage (not the `storage_free` tests).
+    Without PostgreSQL or Redis it is skipped, with the reason, except in CI, where it fails."""
+    if TEST_BACKEND == "sqlite":
+        return
+    if TEST_BACKEND != "postgres":
+        raise pytest.UsageError(f"SWITCHBOARD_TEST_BACKEND must be sqlite or postgres, not {TEST_BACKEND!r}")
+    storage_free = [item for item in items if item.get_closest_marker("storage_free")]
+    if storage_free:
+        config.hook.pytest_deselected(items=storage_free)
+        items[:] = [item for item in items if not item.get_closest_marker("storage_free")]
+    why_not = production_storage_unavailable()
+    if why_not is None:
+        return
+    if IN_CI:
+        raise pytest.UsageError(f"the PostgreSQL + Redis leg can't run in CI: {why_not}")
+    skip = pytest.mark.skip(reason=f"PostgreSQL + Redis leg skipped: {why_not}")
+    for item in items:
+        item.add_marker(skip)
+
+
+@pytest.fixture
+async def db(tmp_path):
+    """A freshly migrated database of the leg's backend (SQLite file or new PostgreSQL database)."""
+    if TEST_BACKEND == "postgres":
+        url = fresh_postgres_url().replace("postgresql://", "postgresql+asyncpg://", 1)
+    else:
+        url = f"sqlite+aiosqlite:///{tmp_path / 'test.db'}"
+    database = Database(url)
+    await database.migrate()
+    yield database
+    await database.dispose()
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -96,6 +160,8 @@ class ServerProcess:
     data_dir: Path
     process: subprocess.Popen
     log_path: Path
+    env: dict[str, str]
+    """The environment the test gave the server (its storage included)."""
 
     @property
     def headers(self) -> dict[str, str]:
@@ -135,7 +201,8 @@ def start_server(
     data_dir.mkdir(parents=True, exist_ok=True)
     env = env or {}
     if TEST_BACKEND == "postgres" and "DATABASE_URL" not in env:
-        env = {**production_storage_env(), **env}
+        storage = _storage_by_data_dir.setdefault(data_dir.resolve(), production_storage_env())
+        env = {**storage, **env}
     port = port or free_port()
     log_path = data_dir / "server.log"
     server_env = {
@@ -152,7 +219,7 @@ def start_server(
             [sys.executable, "-m", "app.cli", "serve", "--workers", str(workers)],
             cwd=ROOT, env=server_env, stdout=log, stderr=subprocess.STDOUT,
         )
-    server = ServerProcess(f"http://127.0.0.1:{port}", api_key, data_dir, process, log_path)
+    server = ServerProcess(f"http://127.0.0.1:{port}", api_key, data_dir, process, log_path, env)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:

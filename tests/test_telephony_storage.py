@@ -1,42 +1,11 @@
-"""Telephony storage on SQLite and PostgreSQL: the 0002_telephony migration, number routing,
+"""Telephony storage on the leg's backend (SQLite or PostgreSQL): the 0002_telephony migration, number routing,
 single-use relay tokens, phone-call rows."""
 
-import os
-import uuid
-
-import asyncpg
-import pytest
 from sqlalchemy import inspect
 
 from app.storage import telephony
-from app.storage.db import Database
 from app.storage.ids import new_id, utcnow
 from app.storage.models import DEFAULT_ACCOUNT_ID, Account, Agent, PhoneCall, Session
-
-POSTGRES_URL = os.environ.get("TEST_POSTGRES_URL", "postgresql://root@127.0.0.1:5432/test")
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-async def db(request, tmp_path):
-    """A freshly migrated database of each kind (PostgreSQL: a throwaway database, skipped
-    with the reason when no server answers)."""
-    admin, name = None, f"switchboard_tel_{uuid.uuid4().hex[:8]}"
-    if request.param == "sqlite":
-        url = f"sqlite+aiosqlite:///{tmp_path / 'test.db'}"
-    else:
-        try:
-            admin = await asyncpg.connect(POSTGRES_URL, timeout=3)
-        except (OSError, asyncpg.PostgresError) as exc:
-            pytest.skip(f"PostgreSQL leg skipped: no server answers at {POSTGRES_URL} ({exc})")
-        await admin.execute(f'CREATE DATABASE "{name}"')
-        url = f"postgresql+asyncpg://{POSTGRES_URL.split('://', 1)[1].rsplit('/', 1)[0]}/{name}"
-    database = Database(url)
-    await database.migrate()
-    yield database
-    await database.dispose()
-    if admin is not None:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await admin.close()
 
 
 async def add_agent(s, numbers: list[str], status: str = "active") -> Agent:

@@ -8,7 +8,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from app.api.agents import load_agent
 from app.deps import CallerDep, DbDep, StateDep
-from app.errors import DRAINING_RESPONSES, ERROR_RESPONSES, APIError, not_found
+from app.errors import DRAINING_RESPONSES, ERROR_RESPONSES, APIError, current_session, not_found
 from app.limits import admit_call
 from app.state import AppState
 from app.calls.latency import summarize
@@ -137,8 +137,10 @@ def check_can_start(state: AppState, agent: Agent) -> None:
 
 def new_session(state: AppState, agent: Agent, *, connection_type: str, metadata: dict, initial_message: str | None) -> Session:
     now = utcnow()
+    session_id = new_id("ses")
+    current_session.set(session_id)
     return Session(
-        id=new_id("ses"),
+        id=session_id,
         account_id=agent.account_id,
         agent_id=agent.id,
         status="created",

@@ -44,6 +44,8 @@ async def start_phone_session(
     if instance_id:
         metadata["instance_id"] = instance_id
     session = new_session(state, agent, connection_type=carrier, metadata=metadata, initial_message=None)
+    db.add(session)
+    await db.flush()  # the call row names the session: it must exist first (no ORM relationship orders them)
     call = PhoneCall(
         id=new_id("call"),
         account_id=agent.account_id,
@@ -57,7 +59,6 @@ async def start_phone_session(
         call_sid=call_sid,
         status="queued",
     )
-    db.add(session)
     db.add(call)
     await db.commit()
     return session, call
