@@ -16,6 +16,7 @@ import asyncpg
 import httpx
 import pytest
 import redis
+from sqlalchemy.ext.asyncio import create_async_engine
 
 from app.storage.db import Database
 from tests.fakes.scripted_llm import ScriptedLLM
@@ -83,6 +84,22 @@ def database_url(server: "ServerProcess") -> str:
     if url is None:
         return f"sqlite+aiosqlite:///{server.data_dir / 'switchboard.db'}"
     return url.replace("postgresql://", "postgresql+asyncpg://", 1)
+
+
+def query_database(server: "ServerProcess", statement: str) -> list[tuple]:
+    """Run one SQL statement on a test server's database, whichever the backend; its rows."""
+
+    async def run():
+        engine = create_async_engine(database_url(server))
+        try:
+            async with engine.begin() as connection:
+                result = await connection.exec_driver_sql(statement)
+                return [tuple(row) for row in result] if result.returns_rows else []
+        finally:
+            await engine.dispose()
+
+    with ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, run()).result()
 
 
 def production_storage_unavailable() -> str | None:

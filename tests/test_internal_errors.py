@@ -6,30 +6,14 @@ migration would.
 """
 
 import asyncio
-import sqlite3
 import time
 
-import asyncpg
-
 from app.client import SessionClient
-from tests.conftest import TEST_BACKEND, database_url, make_agent, start_server
+from tests.conftest import TEST_BACKEND, make_agent, query_database, start_server
 
 
 def drop_table(server, table: str) -> None:
-    url = database_url(server)
-    if TEST_BACKEND == "sqlite":
-        with sqlite3.connect(url.split(":///", 1)[1]) as connection:
-            connection.execute(f"DROP TABLE {table}")
-        return
-
-    async def drop():
-        connection = await asyncpg.connect(url.replace("postgresql+asyncpg://", "postgresql://", 1))
-        try:
-            await connection.execute(f"DROP TABLE {table} CASCADE")
-        finally:
-            await connection.close()
-
-    asyncio.run(drop())
+    query_database(server, f"DROP TABLE {table}" + (" CASCADE" if TEST_BACKEND == "postgres" else ""))
 
 
 def wait_for_log(server, text: str, timeout: float = 10) -> str:

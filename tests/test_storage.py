@@ -5,12 +5,15 @@ import asyncio
 from datetime import timedelta
 
 import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
 from sqlalchemy import inspect
 from sqlalchemy.exc import IntegrityError
 
 from app.storage import accounts, agents, sessions
 from app.storage.ids import new_id, utcnow
-from app.storage.models import DEFAULT_ACCOUNT_ID, Agent, Session, TranscriptEntry
+from app.storage.latency import SessionLatency  # noqa: F401  (its table is part of the models)
+from app.storage.models import DEFAULT_ACCOUNT_ID, Agent, Base, Session, TranscriptEntry
 from tests.conftest import TEST_BACKEND, database_url, make_agent, start_server
 
 
@@ -19,6 +22,15 @@ async def test_migrations_create_every_table(db):
         tables = set(await conn.run_sync(lambda c: inspect(c).get_table_names()))
     assert {"accounts", "api_keys", "agents", "sessions", "transcript_entries", "server_secrets", "alembic_version"} <= tables
     await db.migrate()  # idempotent
+
+
+async def test_migrations_match_the_models(db):
+    """What the migrations build is what the models describe (columns, types, keys, indexes)."""
+    async with db.engine.connect() as conn:
+        differences = await conn.run_sync(
+            lambda c: compare_metadata(MigrationContext.configure(c), Base.metadata)
+        )
+    assert differences == []
 
 
 async def test_bootstrap_key_is_stored_hashed_and_generated_once(db):
