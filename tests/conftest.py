@@ -102,17 +102,31 @@ def query_database(server: "ServerProcess", statement: str) -> list[tuple]:
         return pool.submit(asyncio.run, run()).result()
 
 
+def redis_unavailable() -> str | None:
+    """Why no Redis can be used here, or None."""
+    try:
+        redis.Redis.from_url(REDIS_URL, socket_connect_timeout=3).ping()
+    except redis.RedisError as exc:
+        return f"no Redis answers at {REDIS_URL} ({exc})"
+    return None
+
+
 def production_storage_unavailable() -> str | None:
     """Why the PostgreSQL + Redis leg can't run here (no server answers), or None."""
     try:
         _run_postgres("SELECT 1")
     except (OSError, asyncpg.PostgresError) as exc:
         return f"no PostgreSQL answers at {POSTGRES_URL} ({exc})"
-    try:
-        redis.Redis.from_url(REDIS_URL, socket_connect_timeout=3).ping()
-    except redis.RedisError as exc:
-        return f"no Redis answers at {REDIS_URL} ({exc})"
-    return None
+    return redis_unavailable()
+
+
+def skip_unless_available(why_not: str | None) -> None:
+    """Skip the test, with the reason, when a server it needs doesn't answer; in CI, fail it."""
+    if why_not is None:
+        return
+    if IN_CI:
+        pytest.fail(f"{why_not}: CI must provide it")
+    pytest.skip(why_not)
 
 
 def pytest_collection_modifyitems(config, items):

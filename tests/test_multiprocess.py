@@ -1,15 +1,18 @@
-"""Several worker processes sharing state through Redis (`SWITCHBOARD_REDIS_URL`), on both legs."""
+"""Several worker processes sharing state through Redis (`SWITCHBOARD_REDIS_URL`), on both legs.
+
+Skipped, with the reason printed, when no Redis answers (a failure in CI)."""
 
 import httpx
 import pytest
 
 from app.client import SessionClient
-from tests.conftest import make_agent, redis_env, start_server
+from tests.conftest import make_agent, redis_env, redis_unavailable, skip_unless_available, start_server
 from tests.test_session_websocket import agent_ws
 
 
 @pytest.fixture(scope="module")
 def workers_server(tmp_path_factory, scripted_llm):
+    skip_unless_available(redis_unavailable())
     server = start_server(
         tmp_path_factory.mktemp("workers"), workers=2,
         env={**redis_env(), "SWITCHBOARD_RATE_LIMIT_PER_MINUTE": "20",
