@@ -232,8 +232,9 @@ def start_server(
     data_dir.mkdir(parents=True, exist_ok=True)
     env = env or {}
     if TEST_BACKEND == "postgres" and "DATABASE_URL" not in env:
-        storage = _storage_by_data_dir.setdefault(data_dir.resolve(), production_storage_env())
-        env = {**storage, **env}
+        if data_dir.resolve() not in _storage_by_data_dir:
+            _storage_by_data_dir[data_dir.resolve()] = production_storage_env()
+        env = {**_storage_by_data_dir[data_dir.resolve()], **env}
     port = port or free_port()
     log_path = data_dir / "server.log"
     server_env = {
