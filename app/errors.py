@@ -1,5 +1,6 @@
 """One error shape for every refusal: `{"code": ..., "message": ..., "details": ...}`."""
 
+from contextlib import suppress
 from contextvars import ContextVar
 from typing import Any
 
@@ -94,7 +95,8 @@ class InternalErrorMiddleware:
         if scope["type"] == "websocket":
             if not closed:
                 # Before the handshake this refuses the connection; after it, 1011 ends it.
-                await send({"type": "websocket.close", "code": 1011, "reason": message})
+                with suppress(OSError, RuntimeError):  # the peer may be gone already
+                    await send({"type": "websocket.close", "code": 1011, "reason": message})
             return
         if started:
             return  # the response is under way: nothing to do but cut it short
