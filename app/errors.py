@@ -1,10 +1,13 @@
 """One error shape for every refusal: `{"code": ..., "message": ..., "details": ...}`."""
 
+from contextlib import suppress
+from contextvars import ContextVar
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from loguru import logger
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -25,6 +28,10 @@ class APIError(Exception):
         self.headers = headers
 
 
+current_session: ContextVar[str | None] = ContextVar("current_session", default=None)
+"""The session the running request or call is about (set when it is created or opened), for the error log."""
+
+
 def not_found(kind: str, ident: str) -> APIError:
     return APIError(404, f"{kind}_not_found", f"{kind} '{ident}' not found")
 
@@ -37,6 +44,7 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     413: {"model": ErrorBody, "description": "Request body too large"},
     422: {"model": ErrorBody, "description": "Invalid input"},
     429: {"model": ErrorBody, "description": "Rate or concurrent-call limit reached (see Retry-After)"},
+    500: {"model": ErrorBody, "description": "Internal error (`internal_error`), logged with its traceback"},
 }
 ADMIN_RESPONSES = {403: {"model": ErrorBody, "description": "Needs the admin key"}}
 DRAINING_RESPONSES = {503: {"model": ErrorBody, "description": "The server is shutting down (see Retry-After)"}}
@@ -51,7 +59,56 @@ def _describe(error: dict) -> str:
     return f"{location}: {error.get('msg')}" if location else str(error.get("msg"))
 
 
+class InternalErrorMiddleware:
+    """Any exception a route or a WebSocket handler lets out: logged with its traceback, the
+    route and the session, then a 500 `internal_error` (HTTP), or the socket closed with 1011."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] not in ("http", "websocket"):
+            return await self.app(scope, receive, send)
+        started = closed = False
+
+        async def tracking_send(message):
+            nonlocal started, closed
+            started = started or message["type"] in ("http.response.start", "websocket.accept")
+            closed = closed or message["type"] == "websocket.close"
+            await send(message)
+
+        reset = current_session.set(None)
+        try:
+            await self.app(scope, receive, tracking_send)
+        except Exception:
+            session = (scope.get("path_params") or {}).get("session_id") or current_session.get()
+            route = getattr(scope.get("route"), "path", None) or scope["path"]
+            method = scope.get("method", "WEBSOCKET")
+            logger.exception(f"unhandled error in {method} {route} (path {scope['path']}, session {session})")
+            await self._answer(scope, send, started, closed)
+        finally:
+            current_session.reset(reset)
+
+    @staticmethod
+    async def _answer(scope, send, started: bool, closed: bool) -> None:
+        message = "internal server error; it has been logged"
+        if scope["type"] == "websocket":
+            if not closed:
+                # Before the handshake this refuses the connection; after it, 1011 ends it.
+                with suppress(OSError, RuntimeError):  # the peer may be gone already
+                    await send({"type": "websocket.close", "code": 1011, "reason": message})
+            return
+        if started:
+            return  # the response is under way: nothing to do but cut it short
+        body = ErrorBody(code="internal_error", message=message).model_dump_json().encode()
+        await send({"type": "http.response.start", "status": 500,
+                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+        await send({"type": "http.response.body", "body": body})
+
+
 def install_error_handlers(app: FastAPI) -> None:
+    app.add_middleware(InternalErrorMiddleware)
+
     @app.exception_handler(APIError)
     async def api_error(request: Request, exc: APIError):
         return JSONResponse(exc.body.model_dump(), status_code=exc.status, headers=exc.headers)

@@ -16,7 +16,9 @@ import asyncpg
 import httpx
 import pytest
 import redis
+from sqlalchemy.ext.asyncio import create_async_engine
 
+from app.storage.db import Database
 from tests.fakes.scripted_llm import ScriptedLLM
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -31,8 +33,12 @@ TEST_BACKEND = os.environ.get("SWITCHBOARD_TEST_BACKEND", "sqlite")
 and Redis key prefix per server): which storage the servers started by tests run on."""
 POSTGRES_URL = os.environ.get("TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+IN_CI = os.environ.get("CI") == "true"
 _created_databases: list[str] = []
 _created_prefixes: list[str] = []
+_storage_by_data_dir: dict[Path, dict[str, str]] = {}
+"""Each data dir's PostgreSQL + Redis storage (postgres backend): a server restarted on the
+same data dir finds what it stored, as it would on SQLite."""
 
 
 def _run_postgres(*statements: str) -> None:
@@ -65,10 +71,103 @@ def fresh_redis_prefix() -> str:
     return prefix
 
 
+def redis_env() -> dict[str, str]:
+    """Environment for a server (or several sharing it) on Redis, under a key prefix of its own."""
+    return {"SWITCHBOARD_REDIS_URL": REDIS_URL, "SWITCHBOARD_REDIS_PREFIX": fresh_redis_prefix()}
+
+
 def production_storage_env() -> dict[str, str]:
     """Environment for a server (or several sharing it) on fresh PostgreSQL + Redis storage."""
-    return {"DATABASE_URL": fresh_postgres_url(), "SWITCHBOARD_REDIS_URL": REDIS_URL,
-            "SWITCHBOARD_REDIS_PREFIX": fresh_redis_prefix()}
+    return {"DATABASE_URL": fresh_postgres_url(), **redis_env()}
+
+
+def database_url(server: "ServerProcess") -> str:
+    """The database a test server stores into, as SQLAlchemy names it (async driver)."""
+    url = server.env.get("DATABASE_URL")
+    if url is None:
+        return f"sqlite+aiosqlite:///{server.data_dir / 'switchboard.db'}"
+    return url.replace("postgresql://", "postgresql+asyncpg://", 1)
+
+
+def query_database(server: "ServerProcess", statement: str) -> list[tuple]:
+    """Run one SQL statement on a test server's database, whichever the backend; its rows."""
+
+    async def run():
+        engine = create_async_engine(database_url(server))
+        try:
+            async with engine.begin() as connection:
+                result = await connection.exec_driver_sql(statement)
+                return [tuple(row) for row in result] if result.returns_rows else []
+        finally:
+            await engine.dispose()
+
+    with ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, run()).result()
+
+
+def redis_unavailable() -> str | None:
+    """Why no Redis can be used here, or None."""
+    try:
+        redis.Redis.from_url(REDIS_URL, socket_connect_timeout=3).ping()
+    except redis.RedisError as exc:
+        return f"no Redis answers at {REDIS_URL} ({exc})"
+    return None
+
+
+def production_storage_unavailable() -> str | None:
+    """Why the PostgreSQL + Redis leg can't run here (no server answers), or None."""
+    try:
+        _run_postgres("SELECT 1")
+    except (OSError, asyncpg.PostgresError) as exc:
+        return f"no PostgreSQL answers at {POSTGRES_URL} ({exc})"
+    return redis_unavailable()
+
+
+def skip_unless_available(why_not: str | None) -> None:
+    """Skip the test, with the reason, when a server it needs doesn't answer; in CI, fail it."""
+    if why_not is None:
+        return
+    if IN_CI:
+        pytest.fail(f"{why_not}: CI must provide it")
+    pytest.skip(why_not)
+
+
+def pytest_collection_modifyitems(config, items):
+    """The PostgreSQL + Redis leg runs only what touches storage (not the `storage_free` tests).
+    Without PostgreSQL or Redis it is skipped, with the reason, except in CI, where it fails."""
+    if TEST_BACKEND == "sqlite":
+        return
+    if TEST_BACKEND != "postgres":
+        raise pytest.UsageError(f"SWITCHBOARD_TEST_BACKEND must be sqlite or postgres, not {TEST_BACKEND!r}")
+    storage_free = [item for item in items if item.get_closest_marker("storage_free")]
+    if storage_free:
+        config.hook.pytest_deselected(items=storage_free)
+        items[:] = [item for item in items if not item.get_closest_marker("storage_free")]
+    why_not = production_storage_unavailable()
+    if why_not is None:
+        return
+    if IN_CI:
+        raise pytest.UsageError(f"the PostgreSQL + Redis leg can't run in CI: {why_not}")
+    skip = pytest.mark.skip(reason=f"PostgreSQL + Redis leg skipped: {why_not}")
+    for item in items:
+        item.add_marker(skip)
+
+
+@pytest.fixture
+def empty_database_url(tmp_path) -> str:
+    """The SQLAlchemy URL of an empty database of the leg's backend (SQLite file or new PostgreSQL database)."""
+    if TEST_BACKEND == "postgres":
+        return fresh_postgres_url().replace("postgresql://", "postgresql+asyncpg://", 1)
+    return f"sqlite+aiosqlite:///{tmp_path / 'test.db'}"
+
+
+@pytest.fixture
+async def db(empty_database_url):
+    """A freshly migrated database of the leg's backend."""
+    database = Database(empty_database_url)
+    await database.migrate()
+    yield database
+    await database.dispose()
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -99,6 +198,8 @@ class ServerProcess:
     data_dir: Path
     process: subprocess.Popen
     log_path: Path
+    env: dict[str, str]
+    """The environment the test gave the server (its storage included)."""
 
     @property
     def headers(self) -> dict[str, str]:
@@ -138,7 +239,9 @@ def start_server(
     data_dir.mkdir(parents=True, exist_ok=True)
     env = env or {}
     if TEST_BACKEND == "postgres" and "DATABASE_URL" not in env:
-        env = {**production_storage_env(), **env}
+        if data_dir.resolve() not in _storage_by_data_dir:
+            _storage_by_data_dir[data_dir.resolve()] = production_storage_env()
+        env = {**_storage_by_data_dir[data_dir.resolve()], **env}
     port = port or free_port()
     log_path = data_dir / "server.log"
     server_env = {
@@ -156,7 +259,7 @@ def start_server(
             [sys.executable, "-m", "app.cli", "serve", "--workers", str(workers)],
             cwd=ROOT, env=server_env, stdout=log, stderr=subprocess.STDOUT,
         )
-    server = ServerProcess(f"http://127.0.0.1:{port}", api_key, data_dir, process, log_path)
+    server = ServerProcess(f"http://127.0.0.1:{port}", api_key, data_dir, process, log_path, env)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:

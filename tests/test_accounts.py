@@ -1,13 +1,13 @@
 """Accounts and keys: isolation between accounts on every route, revocation, hashing."""
 
-import sqlite3
-
 import httpx
 import pytest
 
 from app.client import SessionClient
 from app.storage.accounts import hash_key
-from tests.conftest import make_agent
+from app.storage.latency import SessionLatency  # noqa: F401  (its table is part of the models)
+from app.storage.models import Base
+from tests.conftest import make_agent, query_database
 from tests.test_session_websocket import refused
 
 
@@ -103,8 +103,7 @@ def test_revoked_key_is_refused_at_once(server):
 
 def test_keys_are_stored_hashed(server, tenants):
     secret = tenants["alpha"]["key"]["secret"]
-    with sqlite3.connect(server.data_dir / "switchboard.db") as db:
-        rows = db.execute("SELECT key_hash, prefix FROM api_keys").fetchall()
-        dump = "\n".join(db.iterdump())
+    rows = query_database(server, "SELECT key_hash, prefix FROM api_keys")
+    dump = "\n".join(str(query_database(server, f"SELECT * FROM {table}")) for table in Base.metadata.tables)
     assert (hash_key(secret), secret[:8]) in rows
     assert secret not in dump and server.api_key not in dump

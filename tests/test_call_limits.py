@@ -3,6 +3,7 @@ time = 10 ms): what they say, when, and the end reason they ask for."""
 
 import asyncio
 
+import pytest
 from pipecat.frames.frames import (
     BotStartedSpeakingFrame,
     BotStoppedSpeakingFrame,
@@ -14,6 +15,8 @@ from pipecat.frames.frames import (
 from pipecat.tests.utils import SleepFrame, run_test
 
 from processors.call_limits import InactivityMonitor, MaxDurationLimiter
+
+pytestmark = pytest.mark.storage_free
 
 
 def fast_clock(secs: float):

@@ -278,7 +278,8 @@ async def test_cloud_call_over_twilio_media_streams(cloud_server, cloud_api, pro
         await client.stop()
         await client.wait_closed(timeout=5)
 
-    session = wait_for_status(cloud_api, session_id, "completed")
+    wait_for_status(cloud_api, session_id, "completed")
+    session = wait_for_cost(cloud_api, session_id)
     assert session["end_reason"] == "caller_hangup" and session["connection_type"] == "twilio"
     items = cloud_api.get(f"/v1/sessions/{session_id}/transcript").json()["items"]
     assert [i["speaker"] for i in items] == ["AGENT", "USER", "AGENT"], items

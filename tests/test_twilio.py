@@ -326,6 +326,10 @@ async def test_voice_webhook_routes_by_number_and_status_callbacks_follow_the_ca
 
     unknown = signed_post(twilio_server, "/v1/twilio/voice", {**form, "To": "+15550009999"})
     assert unknown.status_code == 404 and unknown.json()["code"] == "number_not_assigned"
+    # Longer than the call row can hold (PostgreSQL refuses it where SQLite stored it): a 422, not a 500.
+    for field in ("From", "CallSid"):
+        overlong = signed_post(twilio_server, "/v1/twilio/voice", {**form, field: "sip:" + "x" * 80})
+        assert overlong.status_code == 422 and overlong.json()["code"] == "validation_error", overlong.text
 
 
 def test_busy_call_fails_its_session(twilio_server, tw):

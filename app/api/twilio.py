@@ -92,10 +92,18 @@ def twiml_response(twiml: str) -> Response:
     return Response(twiml, media_type="text/xml")
 
 
+STORED_FIELDS = ("CallSid", "From", "To")
+"""Form fields a phone call row keeps, in columns of `STORED_FIELD_MAX` characters."""
+STORED_FIELD_MAX = 64
+
+
 async def signed_form(state: AppState, request: Request) -> dict[str, str]:
-    """Twilio's form fields, after checking the request's signature."""
+    """Twilio's form fields, after checking the request's signature (422 for a field too long to store)."""
     form = dict(parse_qsl((await request.body()).decode("utf-8", errors="replace"), keep_blank_values=True))
     check_twilio(state.settings, request, form)
+    for name in STORED_FIELDS:
+        if len(form.get(name, "")) > STORED_FIELD_MAX:
+            raise APIError(422, "validation_error", f"{name}: at most {STORED_FIELD_MAX} characters")
     return form
 
 

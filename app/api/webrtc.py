@@ -137,6 +137,8 @@ class WebRTCPeers:
             def forget(_task: asyncio.Task) -> None:
                 self._calls.discard(task)
                 self._peers.pop(pc_id, None)
+                if not task.cancelled() and task.exception() is not None:
+                    logger.opt(exception=task.exception()).error(f"session {session.id}: WebRTC call failed")
 
             task.add_done_callback(forget)
 

@@ -13,7 +13,7 @@ from datetime import timedelta
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.errors import APIError
+from app.errors import APIError, current_session
 from app.state import AppState
 from app.storage import sessions as session_store
 from app.storage.ids import new_id, utcnow
@@ -69,6 +69,7 @@ async def start_session(
         created_at=now,
         expires_at=now + timedelta(seconds=state.settings.session_connect_ttl_secs),
     )
+    current_session.set(session.id)
     if live:
         session.status, session.started_at, session.host = "active", now, state.node.id
     async with _under_cap(state, db, agent.account_id):

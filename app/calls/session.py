@@ -18,6 +18,7 @@ from app.calls import tools
 from app.calls import post_call
 from app import recordings
 from app.cost import UsageObserver
+from app.errors import current_session
 from app.state import AppState
 from app.storage import latency as latency_store
 from app.storage import calls as call_store
@@ -73,6 +74,7 @@ class CallSession:
         (the direct WebSocket). ``history``: the conversation so far, when resuming."""
         self.state = state
         self.session_id = session.id
+        current_session.set(session.id)
         self._started_at = session.started_at
         self.agent_id = agent.id
         self._agent = agent
@@ -334,7 +336,10 @@ class CallSession:
             self.state.calls.remove(self)
             for future in self._pending_tools.values():
                 future.cancel()
-            await self._finish()
+            try:
+                await self._finish()
+            except Exception:
+                logger.exception(f"session {self.session_id}: recording the end of the call failed")
 
     async def _await_reconnect(self) -> None:
         """Keep the session open for the grace period; unless the client is back by

@@ -25,6 +25,7 @@ from starlette.websockets import WebSocketState
 
 from app.api.session_ws import Refusal
 from app.calls.audio_pacing import with_real_time_audio
+from app.errors import current_session
 from app.settings import Settings
 from app.state import AppState
 from app.storage import telephony as store
@@ -161,6 +162,7 @@ async def serve_stream(websocket: WebSocket, carrier: Carrier) -> None:
         await websocket.close(refusal.close_code, refusal.message[:120])
         return
 
+    current_session.set(session.id)
     async with state.db.sessions() as db:
         await store.stream_started(db, session.id, carrier.name, start.call_id)
     logger.info(f"{carrier.name} stream {start.stream_id} (call {start.call_id}) joined session {session.id}")
