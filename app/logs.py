@@ -3,12 +3,14 @@
 Clients may still put a key or token in a WebSocket URL's query (the older form), and
 uvicorn's access log prints the whole path. `redact` masks those values; it is installed
 on uvicorn's log handlers (`UVICORN_LOG_CONFIG`, used by `switchboard serve`) and as a
-loguru patcher (`install_log_redaction`, at start) for the server's own messages.
+loguru patcher (`install_log_redaction`, at start) for the server's own messages, whose
+tracebacks leave out local variables' values.
 """
 
 import copy
 import logging
 import re
+import sys
 
 from loguru import logger
 from uvicorn.config import LOGGING_CONFIG
@@ -49,5 +51,8 @@ UVICORN_LOG_CONFIG = _uvicorn_log_config()
 
 
 def install_log_redaction() -> None:
-    """Redact every loguru message of this process."""
+    """Redact every loguru message of this process, and print tracebacks without the values of
+    local variables (loguru's default shows them, and they can hold keys, tokens and secrets)."""
+    logger.remove()
+    logger.add(sys.stderr, diagnose=False)
     logger.configure(patcher=lambda record: record.update(message=redact(record["message"])))

@@ -7,6 +7,7 @@ migration would.
 
 import asyncio
 import time
+from urllib.parse import parse_qs, urlsplit
 
 from app.client import SessionClient
 from tests.conftest import TEST_BACKEND, make_agent, query_database, start_server
@@ -52,5 +53,8 @@ async def test_an_internal_error_is_logged_and_answered_in_the_error_shape(tmp_p
             assert client.close_code == 1011 and client.close_reason
             log = wait_for_log(server, "unhandled error in WEBSOCKET")
             assert f"unhandled error in WEBSOCKET /v1/sessions/{{session_id}}/ws (path /v1/sessions/{session_id}/ws, session {session_id})" in log
+            # Tracebacks carry no local variables' values (loguru marks them `└ value`): neither key nor token.
+            token = parse_qs(urlsplit(session["websocket_url"]).query)["token"][0]
+            assert server.api_key not in log and token not in log and "└ " not in log
     finally:
         server.stop()
