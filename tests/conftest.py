@@ -317,3 +317,8 @@ def make_agent(api: httpx.Client, **fields) -> dict:
     response = api.post("/v1/agents", json=body)
     assert response.status_code == 201, response.text
     return response.json()
+
+
+def scripted_agent(api: httpx.Client, **fields) -> dict:
+    """An agent on the `scripted` test pipeline (its words come from the scripted LLM)."""
+    return make_agent(api, pipeline="scripted", **fields)

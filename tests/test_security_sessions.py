@@ -25,7 +25,7 @@ from app.client import SessionClient
 from app.deps import LOGIN_COOKIE
 from app.main import create_app
 from app.settings import Settings
-from tests.conftest import ADMIN_KEY, TEST_BACKEND, TEST_PIPELINES, make_agent, production_storage_env, start_server
+from tests.conftest import ADMIN_KEY, TEST_BACKEND, TEST_PIPELINES, production_storage_env, scripted_agent, start_server
 from tests.fakes.carrier_webhooks import TelnyxSigner, plivo_post, plivo_v3_signature
 from tests.fakes.twilio_client import TwilioMediaStreamsClient
 from tests.test_session_websocket import wait_for_status
@@ -57,10 +57,6 @@ def secure_server(tmp_path_factory, scripted_llm):
 def api(secure_server):
     with secure_server.client() as client:
         yield client
-
-
-def scripted_agent(api, **fields) -> dict:
-    return make_agent(api, pipeline="scripted", **fields)
 
 
 def assert_clean_log(server) -> None:

@@ -19,7 +19,7 @@ from websockets.exceptions import ConnectionClosed
 
 from app.calls.tokens import TokenSigner
 from tests.audio import rms, speech
-from tests.conftest import make_agent, start_server
+from tests.conftest import make_agent, scripted_agent, start_server
 from tests.fakes.carrier_webhooks import TelnyxSigner, twilio_post
 from tests.fakes.twilio_client import TwilioMediaStreamsClient, parse_twiml, ulaw_decode, ulaw_encode
 from tests.fakes.twilio_rest import FakeTwilioRest
@@ -66,10 +66,6 @@ def twilio_server(tmp_path_factory, scripted_llm, twilio_rest):
 def tw(twilio_server):
     with twilio_server.client() as client:
         yield client
-
-
-def scripted_agent(api, **fields) -> dict:
-    return make_agent(api, pipeline="scripted", **fields)
 
 
 def twilio_session(api, agent_id: str, **fields) -> tuple[str, dict]:
