@@ -33,7 +33,9 @@ class AnalysisField(BaseModel):
     name: str = Field(pattern=r"^[a-z][a-z0-9_]{0,63}$")
     type: Literal["text", "boolean", "number", "enum"]
     description: str = Field(min_length=1, max_length=1000)
-    options: list[str] | None = Field(default=None, min_length=1, max_length=50, description="enum: the allowed values")
+    options: list[str] | None = Field(
+        default=None, min_length=1, max_length=50, description="enum: the allowed values"
+    )
 
     @model_validator(mode="after")
     def _options_for_enum(self) -> "AnalysisField":
@@ -52,15 +54,27 @@ def result_model(fields: list[AnalysisField]) -> type[BaseModel]:
         "CustomFields",
         __config__=ConfigDict(extra="forbid"),
         **{
-            f.name: (Literal[tuple(f.options)] if f.type == "enum" else _FIELD_TYPES[f.type], Field(description=f.description))
+            f.name: (
+                Literal[tuple(f.options)] if f.type == "enum" else _FIELD_TYPES[f.type],
+                Field(description=f.description),
+            )
             for f in fields
         },
     )
     return create_model(
         "CallAnalysis",
         __config__=ConfigDict(extra="forbid"),
-        summary=(str, Field(min_length=1, description="Two or three sentences on what the call was about and how it went")),
-        sentiment=(Literal["positive", "neutral", "negative"], Field(description="The caller's overall sentiment")),
+        summary=(
+            str,
+            Field(
+                min_length=1,
+                description="Two or three sentences on what the call was about and how it went",
+            ),
+        ),
+        sentiment=(
+            Literal["positive", "neutral", "negative"],
+            Field(description="The caller's overall sentiment"),
+        ),
         topics=(list[str], Field(description="Short topics the call covered")),
         action_items=(list[str], Field(description="Follow-ups someone must do after the call")),
         custom=(custom, Field(description="Values the agent's owner asked for")),
@@ -110,7 +124,9 @@ def parse(text: str | None, model: type[BaseModel]) -> dict[str, Any]:
     except json.JSONDecodeError as exc:
         raise AnalysisFailed(f"the answer is not JSON: {exc}") from None
     except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'answer'}: {e['msg']}" for e in exc.errors()[:5])
+        problems = "; ".join(
+            f"{'.'.join(map(str, e['loc'])) or 'answer'}: {e['msg']}" for e in exc.errors()[:5]
+        )
         raise AnalysisFailed(f"the answer does not match the schema: {problems}") from None
 
 
@@ -124,7 +140,9 @@ async def analyse(
         return None, "the call has no transcript to analyse", 0, model_name
     model = result_model(fields)
     schema = strict_schema(model)
-    llm = services.create(stage, services.ServiceContext(system_prompt="", voice_id="", language=language))
+    llm = services.create(
+        stage, services.ServiceContext(system_prompt="", voice_id="", language=language)
+    )
     error = None
     for attempt in range(1, ATTEMPTS + 1):
         try:

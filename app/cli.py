@@ -41,7 +41,9 @@ def serve(args: argparse.Namespace) -> None:
     catalog = PipelineCatalog(settings.pipelines_path)
     llm_servers = []
     metrics_dir = None
-    if args.workers > 1:  # each worker writes its metrics here; /metrics sums them (app/api/metrics.py)
+    if (
+        args.workers > 1
+    ):  # each worker writes its metrics here; /metrics sums them (app/api/metrics.py)
         metrics_dir = tempfile.mkdtemp(prefix="switchboard-metrics-")
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
     # uvicorn re-raises SIGTERM once it has shut down; exit through `finally` instead of dying on it.
@@ -111,8 +113,11 @@ async def converse(client, caller: bytes, args: argparse.Namespace) -> None:
         await client.stream_silence(0.5)
         try:
             await client.wait_for("transcript.agent", timeout=args.reply_timeout, count=replies + 1)
-            await client.wait_for("agent.speech.stopped", timeout=args.reply_timeout,
-                                  count=len(client.of_type("agent.speech.started")))
+            await client.wait_for(
+                "agent.speech.stopped",
+                timeout=args.reply_timeout,
+                count=len(client.of_type("agent.speech.started")),
+            )
         except TimeoutError:
             print("no reply from the agent in time", file=sys.stderr)
         if not client.closed:
@@ -124,7 +129,9 @@ async def converse(client, caller: bytes, args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="switchboard", description="Switchboard voice-agent server")
+    parser = argparse.ArgumentParser(
+        prog="switchboard", description="Switchboard voice-agent server"
+    )
     commands = parser.add_subparsers(dest="command", required=True)
 
     serve_cmd = commands.add_parser("serve", help="run the server")
@@ -138,7 +145,9 @@ def main(argv: list[str] | None = None) -> None:
     talk_cmd.add_argument("--out", default="agent.wav", help="where to save the agent's audio")
     talk_cmd.add_argument("--url", default="http://127.0.0.1:8000")
     talk_cmd.add_argument("--api-key")
-    talk_cmd.add_argument("--sample-rate", type=int, default=16000, choices=[8000, 16000, 24000, 48000])
+    talk_cmd.add_argument(
+        "--sample-rate", type=int, default=16000, choices=[8000, 16000, 24000, 48000]
+    )
     talk_cmd.add_argument("--reply-timeout", type=float, default=30)
     talk_cmd.add_argument("--wait-greeting", action=argparse.BooleanOptionalAction, default=True)
 

@@ -54,7 +54,9 @@ class SessionClient:
         self.on_event = None
 
     async def __aenter__(self):
-        self._ws = await websockets.connect(self.url, additional_headers=self.headers, max_size=2**22)
+        self._ws = await websockets.connect(
+            self.url, additional_headers=self.headers, max_size=2**22
+        )
         self._reader = asyncio.create_task(self._read())
         return self
 
@@ -95,10 +97,14 @@ class SessionClient:
         deadline = time.monotonic() + timeout
         while len(self.of_type(kind)) < count:
             if self.closed:
-                raise ConnectionError(f"socket closed ({self.close_code} {self.close_reason}) before '{kind}'")
+                raise ConnectionError(
+                    f"socket closed ({self.close_code} {self.close_reason}) before '{kind}'"
+                )
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                raise TimeoutError(f"no '{kind}' within {timeout}s; got {[e.get('type') for e in self.events]}")
+                raise TimeoutError(
+                    f"no '{kind}' within {timeout}s; got {[e.get('type') for e in self.events]}"
+                )
             self._new_event.clear()
             try:
                 await asyncio.wait_for(self._new_event.wait(), remaining)

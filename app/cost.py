@@ -62,7 +62,9 @@ class UsageObserver(BaseObserver):
                 cache_write = usage.cache_creation_input_tokens or 0
                 # Prompt tokens are net of the cache for some providers (Anthropic) and gross
                 # for others (OpenAI); the total always counts the cached ones once.
-                self.llm_tokens["input"] += max(usage.total_tokens - usage.completion_tokens - cache_read - cache_write, 0)
+                self.llm_tokens["input"] += max(
+                    usage.total_tokens - usage.completion_tokens - cache_read - cache_write, 0
+                )
                 self.llm_tokens["output"] += usage.completion_tokens
                 self.llm_tokens["cache_read"] += cache_read
                 self.llm_tokens["cache_write"] += cache_write
@@ -77,7 +79,10 @@ class UsageObserver(BaseObserver):
 
 
 def merged_pricing(config: PipelineConfig, overrides: Pricing) -> Pricing:
-    pricing = {provider: {model: dict(units) for model, units in models.items()} for provider, models in config.pricing.items()}
+    pricing = {
+        provider: {model: dict(units) for model, units in models.items()}
+        for provider, models in config.pricing.items()
+    }
     for provider, models in overrides.items():
         for model, units in models.items():
             pricing.setdefault(provider, {}).setdefault(model, {}).update(units)
@@ -85,27 +90,73 @@ def merged_pricing(config: PipelineConfig, overrides: Pricing) -> Pricing:
 
 
 def session_cost(
-    config: PipelineConfig, pricing: Pricing, usage: UsageObserver, *, connection_type: str, duration_secs: float | None
+    config: PipelineConfig,
+    pricing: Pricing,
+    usage: UsageObserver,
+    *,
+    connection_type: str,
+    duration_secs: float | None,
 ) -> dict[str, Any]:
     """`{"currency", "total", "breakdown": [{stage, provider, model, usage, amount}]}`."""
     lines = [
-        _line(pricing, "stt", config.stt.service, usage.models.get("stt") or config.stt.options.get("model"),
-              {"audio_minute": usage.stt_audio_seconds / 60}, {"audio_seconds": round(usage.stt_audio_seconds, 3)}),
-        _line(pricing, "llm", config.llm.service, usage.models.get("llm") or config.llm.options.get("model"),
-              {f"{k}_mtok": v / 1e6 for k, v in usage.llm_tokens.items()},
-              {f"{k}_tokens": v for k, v in usage.llm_tokens.items()}),
-        _line(pricing, "tts", config.tts.service, usage.models.get("tts") or config.tts.options.get("model"),
-              {"kchar": usage.tts_characters / 1000}, {"characters": usage.tts_characters}),
+        _line(
+            pricing,
+            "stt",
+            config.stt.service,
+            usage.models.get("stt") or config.stt.options.get("model"),
+            {"audio_minute": usage.stt_audio_seconds / 60},
+            {"audio_seconds": round(usage.stt_audio_seconds, 3)},
+        ),
+        _line(
+            pricing,
+            "llm",
+            config.llm.service,
+            usage.models.get("llm") or config.llm.options.get("model"),
+            {f"{k}_mtok": v / 1e6 for k, v in usage.llm_tokens.items()},
+            {f"{k}_tokens": v for k, v in usage.llm_tokens.items()},
+        ),
+        _line(
+            pricing,
+            "tts",
+            config.tts.service,
+            usage.models.get("tts") or config.tts.options.get("model"),
+            {"kchar": usage.tts_characters / 1000},
+            {"characters": usage.tts_characters},
+        ),
     ]
     if connection_type in pricing and duration_secs is not None:
         minutes = duration_secs / 60
-        lines.append(_line(pricing, "telephony", connection_type, "voice", {"minute": minutes},
-                           {"minutes": round(minutes, 4)}))
-    return {"currency": "USD", "total": round(sum(line["amount"] for line in lines), 6), "breakdown": lines}
+        lines.append(
+            _line(
+                pricing,
+                "telephony",
+                connection_type,
+                "voice",
+                {"minute": minutes},
+                {"minutes": round(minutes, 4)},
+            )
+        )
+    return {
+        "currency": "USD",
+        "total": round(sum(line["amount"] for line in lines), 6),
+        "breakdown": lines,
+    }
 
 
-def _line(pricing: Pricing, stage: str, provider: str, model: str | None, quantities: dict[str, float],
-          shown: dict[str, Any]) -> dict[str, Any]:
+def _line(
+    pricing: Pricing,
+    stage: str,
+    provider: str,
+    model: str | None,
+    quantities: dict[str, float],
+    shown: dict[str, Any],
+) -> dict[str, Any]:
     prices = pricing.get(provider, {}).get(str(model), {})
     amount = sum(quantity * prices.get(unit, 0.0) for unit, quantity in quantities.items())
-    return {"stage": stage, "provider": provider, "model": model, "usage": shown, "amount": round(amount, 6)}
+    return {
+        "stage": stage,
+        "provider": provider,
+        "model": model,
+        "usage": shown,
+        "amount": round(amount, 6),
+    }

@@ -15,7 +15,9 @@ from app.state import AppState
 from app.storage import accounts
 from app.storage import dashboard as dashboard_store
 
-api_key_header = APIKeyHeader(name="X-API-Key", auto_error=False, description="Your Switchboard API key")
+api_key_header = APIKeyHeader(
+    name="X-API-Key", auto_error=False, description="Your Switchboard API key"
+)
 LOGIN_COOKIE = "switchboard_session"
 """The dashboard log-in cookie: a random session id (see `app.storage.dashboard`), never the key."""
 
@@ -53,8 +55,11 @@ async def _within_rate(state: AppState, caller: Caller) -> Caller:
     retry_after = await state.rate_limiter.retry_after(caller.key_id)
     if retry_after is not None:
         raise APIError(
-            429, "rate_limited", f"too many requests for this key; retry in {retry_after}s",
-            {"limit_per_minute": state.rate_limiter.per_minute}, headers={"Retry-After": str(retry_after)},
+            429,
+            "rate_limited",
+            f"too many requests for this key; retry in {retry_after}s",
+            {"limit_per_minute": state.rate_limiter.per_minute},
+            headers={"Retry-After": str(retry_after)},
         )
     return caller
 
@@ -81,13 +86,17 @@ async def login_caller(request: Request, state: AppState, db: AsyncSession) -> C
     """The caller the dashboard's log-in cookie names (with the API's rate limit); 401 without a
     live log-in, 403 for a state-changing request from another origin."""
     if request.method not in ("GET", "HEAD") and not same_origin(request):
-        raise APIError(403, "cross_origin", "requests from another origin may not use the dashboard log-in")
+        raise APIError(
+            403, "cross_origin", "requests from another origin may not use the dashboard log-in"
+        )
     session_id = request.cookies.get(LOGIN_COOKIE)
     key = await dashboard_store.login_key(db, session_id) if session_id else None
     if key is None:
         raise APIError(401, "unauthorized", "log in to the dashboard with an API key first")
     await accounts.touch_key(db, key)
-    return await _within_rate(state, Caller(account_id=key.account_id, key_id=key.id, is_admin=key.is_admin))
+    return await _within_rate(
+        state, Caller(account_id=key.account_id, key_id=key.id, is_admin=key.is_admin)
+    )
 
 
 async def key_or_login_caller(

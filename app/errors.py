@@ -21,7 +21,9 @@ class ErrorBody(BaseModel):
 class APIError(Exception):
     """Raise from a route to answer `status` with a JSON error body."""
 
-    def __init__(self, status: int, code: str, message: str, details: Any | None = None, headers=None):
+    def __init__(
+        self, status: int, code: str, message: str, details: Any | None = None, headers=None
+    ):
         super().__init__(message)
         self.status = status
         self.body = ErrorBody(code=code, message=message, details=details)
@@ -43,15 +45,30 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     409: {"model": ErrorBody, "description": "Conflicts with the resource's state"},
     413: {"model": ErrorBody, "description": "Request body too large"},
     422: {"model": ErrorBody, "description": "Invalid input"},
-    429: {"model": ErrorBody, "description": "Rate or concurrent-call limit reached (see Retry-After)"},
-    500: {"model": ErrorBody, "description": "Internal error (`internal_error`), logged with its traceback"},
+    429: {
+        "model": ErrorBody,
+        "description": "Rate or concurrent-call limit reached (see Retry-After)",
+    },
+    500: {
+        "model": ErrorBody,
+        "description": "Internal error (`internal_error`), logged with its traceback",
+    },
 }
 ADMIN_RESPONSES = {403: {"model": ErrorBody, "description": "Needs the admin key"}}
-DRAINING_RESPONSES = {503: {"model": ErrorBody, "description": "The server is shutting down (see Retry-After)"}}
+DRAINING_RESPONSES = {
+    503: {"model": ErrorBody, "description": "The server is shutting down (see Retry-After)"}
+}
 
-_STATUS_CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
-                 405: "method_not_allowed", 413: "payload_too_large", 415: "unsupported_media_type",
-                 503: "unavailable"}
+_STATUS_CODES = {
+    400: "bad_request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "payload_too_large",
+    415: "unsupported_media_type",
+    503: "unavailable",
+}
 
 
 def _describe(error: dict) -> str:
@@ -84,7 +101,9 @@ class InternalErrorMiddleware:
             session = (scope.get("path_params") or {}).get("session_id") or current_session.get()
             route = getattr(scope.get("route"), "path", None) or scope["path"]
             method = scope.get("method", "WEBSOCKET")
-            logger.exception(f"unhandled error in {method} {route} (path {scope['path']}, session {session})")
+            logger.exception(
+                f"unhandled error in {method} {route} (path {scope['path']}, session {session})"
+            )
             await self._answer(scope, send, started, closed)
         finally:
             current_session.reset(reset)
@@ -101,8 +120,16 @@ class InternalErrorMiddleware:
         if started:
             return  # the response is under way: nothing to do but cut it short
         body = ErrorBody(code="internal_error", message=message).model_dump_json().encode()
-        await send({"type": "http.response.start", "status": 500,
-                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 500,
+                "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(body)).encode()),
+                ],
+            }
+        )
         await send({"type": "http.response.body", "body": body})
 
 
@@ -116,7 +143,8 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError):
         errors = [
-            {"loc": list(e.get("loc", ())), "msg": e.get("msg"), "type": e.get("type")} for e in exc.errors()
+            {"loc": list(e.get("loc", ())), "msg": e.get("msg"), "type": e.get("type")}
+            for e in exc.errors()
         ]
         message = "; ".join(_describe(e) for e in errors) or "invalid request"
         return JSONResponse(

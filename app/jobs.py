@@ -49,8 +49,17 @@ class JobQueue:
 
     def enqueue(self, db: AsyncSession, kind: str, payload: dict) -> None:
         """Add a job to `db`'s transaction; this node's worker wakes once it commits."""
-        db.add(Job(id=new_id("job"), kind=kind, payload=payload, status="pending", attempts=0,
-                   max_attempts=self._settings.webhook_max_attempts, run_at=utcnow()))
+        db.add(
+            Job(
+                id=new_id("job"),
+                kind=kind,
+                payload=payload,
+                status="pending",
+                attempts=0,
+                max_attempts=self._settings.webhook_max_attempts,
+                run_at=utcnow(),
+            )
+        )
         event.listen(db.sync_session, "after_commit", lambda _session: self._wake.set(), once=True)
 
     def start(self, handlers: dict[str, Handler]) -> None:
@@ -99,14 +108,22 @@ class JobQueue:
         free = or_(Job.locked_until.is_(None), Job.locked_until < now)
         async with self._db.sessions() as db:
             job_id = await db.scalar(
-                select(Job.id).where(Job.status == "pending", Job.run_at <= now, free)
-                .order_by(Job.run_at).limit(1).with_for_update(skip_locked=True)
+                select(Job.id)
+                .where(Job.status == "pending", Job.run_at <= now, free)
+                .order_by(Job.run_at)
+                .limit(1)
+                .with_for_update(skip_locked=True)
             )
             if job_id is None:
                 return None
             claimed = await db.execute(
-                update(Job).where(Job.id == job_id, Job.status == "pending", free)
-                .values(locked_by=self.node_id, locked_until=now + self._lease, attempts=Job.attempts + 1)
+                update(Job)
+                .where(Job.id == job_id, Job.status == "pending", free)
+                .values(
+                    locked_by=self.node_id,
+                    locked_until=now + self._lease,
+                    attempts=Job.attempts + 1,
+                )
             )
             job = await db.get(Job, job_id) if claimed.rowcount == 1 else None
             await db.commit()
@@ -117,18 +134,32 @@ class JobQueue:
         try:
             await self._handlers[job.kind](job)
         except asyncio.CancelledError:
-            await self._settle(job, values={"locked_until": None, "run_at": utcnow(), "attempts": Job.attempts - 1})
+            await self._settle(
+                job, values={"locked_until": None, "run_at": utcnow(), "attempts": Job.attempts - 1}
+            )
             raise
         except Exception as exc:
             error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
             if job.attempts >= job.max_attempts:
-                logger.warning(f"job {job.id} ({job.kind}) gave up after {job.attempts} attempts: {error}")
-                await self._settle(job, values={"status": "failed", "locked_until": None, "last_error": error})
+                logger.warning(
+                    f"job {job.id} ({job.kind}) gave up after {job.attempts} attempts: {error}"
+                )
+                await self._settle(
+                    job, values={"status": "failed", "locked_until": None, "last_error": error}
+                )
             else:
                 delay = self._settings.webhook_backoff_secs * 2 ** (job.attempts - 1)
-                logger.info(f"job {job.id} ({job.kind}) attempt {job.attempts} failed, retrying in {delay:g}s: {error}")
-                await self._settle(job, values={"locked_until": None, "last_error": error,
-                                                "run_at": utcnow() + timedelta(seconds=delay)})
+                logger.info(
+                    f"job {job.id} ({job.kind}) attempt {job.attempts} failed, retrying in {delay:g}s: {error}"
+                )
+                await self._settle(
+                    job,
+                    values={
+                        "locked_until": None,
+                        "last_error": error,
+                        "run_at": utcnow() + timedelta(seconds=delay),
+                    },
+                )
                 asyncio.get_running_loop().call_later(delay, self._wake.set)
         else:
             await self._settle(job)
@@ -141,7 +172,9 @@ class JobQueue:
         taken the job over meanwhile."""
         mine = (Job.id == job.id) & (Job.locked_by == self.node_id)
         async with self._db.sessions() as db:
-            await db.execute(update(Job).where(mine).values(**values) if values else delete(Job).where(mine))
+            await db.execute(
+                update(Job).where(mine).values(**values) if values else delete(Job).where(mine)
+            )
             await db.commit()
 
     async def _renew(self, job_id: str) -> None:
@@ -150,8 +183,11 @@ class JobQueue:
             await asyncio.sleep(self._settings.job_lease_secs / 3)
             try:
                 async with self._db.sessions() as db:
-                    await db.execute(update(Job).where(Job.id == job_id, Job.locked_by == self.node_id)
-                                     .values(locked_until=utcnow() + self._lease))
+                    await db.execute(
+                        update(Job)
+                        .where(Job.id == job_id, Job.locked_by == self.node_id)
+                        .values(locked_until=utcnow() + self._lease)
+                    )
                     await db.commit()
             except Exception:
                 logger.exception(f"job {job_id}: could not renew its lease")

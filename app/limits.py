@@ -7,7 +7,6 @@ import time
 from collections import defaultdict, deque
 
 
-
 class BodySizeLimitMiddleware:
     """Refuses HTTP request bodies over `max_bytes` with 413, without buffering them."""
 
@@ -54,10 +53,22 @@ class BodySizeLimitMiddleware:
 
     async def _refuse(self, send):
         body = json.dumps(
-            {"code": "payload_too_large", "message": f"request bodies are limited to {self.max_bytes} bytes", "details": None}
+            {
+                "code": "payload_too_large",
+                "message": f"request bodies are limited to {self.max_bytes} bytes",
+                "details": None,
+            }
         ).encode()
-        await send({"type": "http.response.start", "status": 413,
-                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 413,
+                "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(body)).encode()),
+                ],
+            }
+        )
         await send({"type": "http.response.body", "body": body})
 
 

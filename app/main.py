@@ -10,11 +10,20 @@ from redis.asyncio import Redis
 
 from app import recordings, webhooks
 from app.api import accounts as accounts_api
-from app.api import agents, health, metrics, session_ws, sessions
+from app.api import (
+    agents,
+    calls,
+    carriers,
+    dashboard,
+    health,
+    instances,
+    metrics,
+    session_ws,
+    sessions,
+    twilio,
+    webrtc,
+)
 from app.api import analysis as analysis_api
-from app.api import carriers, instances, twilio
-from app.api import calls
-from app.api import dashboard, webrtc
 from app.calls import post_call
 from app.calls.control import CallControl
 from app.calls.registry import CallRegistry
@@ -22,8 +31,8 @@ from app.calls.tokens import TokenSigner
 from app.errors import install_error_handlers
 from app.jobs import JobQueue
 from app.limits import BodySizeLimitMiddleware, RateLimiter
-from app.nodes import Node
 from app.logs import install_log_redaction
+from app.nodes import Node
 from app.settings import Settings, get_settings
 from app.shutdown import install_drain_on_signals
 from app.state import AppState
@@ -77,20 +86,39 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         control = CallControl(calls, redis, settings.redis_prefix)
         await control.start()
         jobs = JobQueue(db, settings)
-        node = Node(settings, db, calls, on_call_lost=lambda db, session_id: post_call.call_lost(state, db, session_id))
+        node = Node(
+            settings,
+            db,
+            calls,
+            on_call_lost=lambda db, session_id: post_call.call_lost(state, db, session_id),
+        )
         state = app.state.switchboard = AppState(
-            settings=settings, db=db, catalog=catalog, tokens=tokens,
+            settings=settings,
+            db=db,
+            catalog=catalog,
+            tokens=tokens,
             rate_limiter=RateLimiter(settings.rate_limit_per_minute, redis, settings.redis_prefix),
-            login_limiter=RateLimiter(settings.dashboard_login_failures_per_minute, redis, f"{settings.redis_prefix}:login"),
-            calls=calls, control=control, node=node, jobs=jobs,
+            login_limiter=RateLimiter(
+                settings.dashboard_login_failures_per_minute,
+                redis,
+                f"{settings.redis_prefix}:login",
+            ),
+            calls=calls,
+            control=control,
+            node=node,
+            jobs=jobs,
         )
         await node.start()
-        jobs.start({
-            webhooks.JOB_KIND: partial(webhooks.deliver, state),
-            post_call.ANALYSIS_JOB: partial(post_call.run_analysis, state),
-        })
+        jobs.start(
+            {
+                webhooks.JOB_KIND: partial(webhooks.deliver, state),
+                post_call.ANALYSIS_JOB: partial(post_call.run_analysis, state),
+            }
+        )
         install_drain_on_signals(app.state.switchboard)
-        sweeper = asyncio.create_task(recordings.sweep_forever(settings, db), name="recording-retention")
+        sweeper = asyncio.create_task(
+            recordings.sweep_forever(settings, db), name="recording-retention"
+        )
         logger.info(f"Switchboard ready (node {node.id}; pipelines: {', '.join(catalog.names())})")
         try:
             yield

@@ -28,7 +28,9 @@ CallLost = Callable[[AsyncSession, str], Awaitable[None]]
 
 
 class Node:
-    def __init__(self, settings: Settings, db: Database, calls: CallRegistry, on_call_lost: CallLost):
+    def __init__(
+        self, settings: Settings, db: Database, calls: CallRegistry, on_call_lost: CallLost
+    ):
         self.id = f"{settings.node_id}-{secrets.token_hex(4)}"
         self.started_at = utcnow()
         self.load = 0.0
@@ -54,7 +56,9 @@ class Node:
             async with self._db.sessions() as db:
                 await node_store.remove(db, self.id)
         except Exception as exc:
-            logger.warning(f"node {self.id}: could not give up its lease ({type(exc).__name__}: {exc})")
+            logger.warning(
+                f"node {self.id}: could not give up its lease ({type(exc).__name__}: {exc})"
+            )
 
     async def _keep_lease(self) -> None:
         while True:
@@ -67,10 +71,16 @@ class Node:
     async def _heartbeat(self) -> None:
         self.load = self._measure_load()
         async with self._db.sessions() as db:
-            await node_store.renew(db, self.id, self.started_at, live_calls=len(self._calls), load=self.load)
-            lost = await node_store.fail_lost_calls(db, self._settings.node_lease_secs, self._on_call_lost)
+            await node_store.renew(
+                db, self.id, self.started_at, live_calls=len(self._calls), load=self.load
+            )
+            lost = await node_store.fail_lost_calls(
+                db, self._settings.node_lease_secs, self._on_call_lost
+            )
         if lost:
-            logger.warning(f"{len(lost)} call(s) of lost nodes ended failed (node_lost): {', '.join(lost)}")
+            logger.warning(
+                f"{len(lost)} call(s) of lost nodes ended failed (node_lost): {', '.join(lost)}"
+            )
 
     def _measure_load(self) -> float:
         wall, cpu = time.monotonic(), time.process_time()

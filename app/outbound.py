@@ -66,8 +66,12 @@ def address_refusal(ip: Address) -> str | None:
         reason = address_refusal(embedded)
         return f"{reason} (embedded in {ip})" if reason else None
     for kind, matches in (
-        ("unspecified", ip.is_unspecified), ("loopback", ip.is_loopback), ("link-local", ip.is_link_local),
-        ("multicast", ip.is_multicast), ("private", ip.is_private), ("reserved", ip.is_reserved),
+        ("unspecified", ip.is_unspecified),
+        ("loopback", ip.is_loopback),
+        ("link-local", ip.is_link_local),
+        ("multicast", ip.is_multicast),
+        ("private", ip.is_private),
+        ("reserved", ip.is_reserved),
         ("site-local", getattr(ip, "is_site_local", False)),
     ):
         if matches:
@@ -78,7 +82,11 @@ def address_refusal(ip: Address) -> str | None:
 
 
 def _allowed_names(settings: Settings) -> set[str]:
-    return {entry.lower().rstrip(".") for entry in settings.outbound_allow if parse_network(entry) is None}
+    return {
+        entry.lower().rstrip(".")
+        for entry in settings.outbound_allow
+        if parse_network(entry) is None
+    }
 
 
 def parse_network(entry: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network | None:
@@ -91,7 +99,10 @@ def parse_network(entry: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network |
 
 def _allowed_address(settings: Settings, ip: Address) -> bool:
     networks = (parse_network(entry) for entry in settings.outbound_allow)
-    return any(network is not None and ip.version == network.version and ip in network for network in networks)
+    return any(
+        network is not None and ip.version == network.version and ip in network
+        for network in networks
+    )
 
 
 def _local_name(name: str) -> bool:
@@ -113,7 +124,9 @@ def host_refusal(settings: Settings, host: str) -> str | None:
 def url_refusal(settings: Settings, url: str) -> str | None:
     """Why the server won't send requests to `url` (checked when the URL is stored), or None."""
     try:
-        parts = httpx.URL(url)  # parsed as the client will: international names become their ASCII form
+        parts = httpx.URL(
+            url
+        )  # parsed as the client will: international names become their ASCII form
     except httpx.InvalidURL as exc:
         return f"not a valid URL ({exc})"
     host = parts.raw_host.decode("ascii")
@@ -122,7 +135,9 @@ def url_refusal(settings: Settings, url: str) -> str | None:
     if parts.userinfo:
         return "must not carry a user name or password"
     reason = host_refusal(settings, host)
-    return f"{reason}; the server sends no requests to private or local addresses" if reason else None
+    return (
+        f"{reason}; the server sends no requests to private or local addresses" if reason else None
+    )
 
 
 def _allowed_url(url: str) -> str:
@@ -131,7 +146,9 @@ def _allowed_url(url: str) -> str:
     return url
 
 
-OutboundUrl = Annotated[str, Field(pattern=r"^https?://[^\s/]+\S*$", max_length=2000), AfterValidator(_allowed_url)]
+OutboundUrl = Annotated[
+    str, Field(pattern=r"^https?://[^\s/]+\S*$", max_length=2000), AfterValidator(_allowed_url)
+]
 """A URL the server will send requests to (a field type of every model that takes one)."""
 
 
@@ -187,7 +204,10 @@ class _VettingTransport(httpx.AsyncHTTPTransport):
 def client(settings: Settings, timeout: float) -> httpx.AsyncClient:
     """The HTTP client for every request a tenant's URL directs: vetted addresses, no redirects, no proxy."""
     return httpx.AsyncClient(
-        timeout=timeout, follow_redirects=False, trust_env=False, transport=_VettingTransport(settings)
+        timeout=timeout,
+        follow_redirects=False,
+        trust_env=False,
+        transport=_VettingTransport(settings),
     )
 
 

@@ -106,7 +106,9 @@ class S3RecordingStore(RecordingStore):
 
         self.bucket = bucket
         self.prefix = prefix.strip("/") + "/" if prefix.strip("/") else ""
-        self._client = boto3.client("s3", **{k: v for k, v in client_options.items() if v is not None})
+        self._client = boto3.client(
+            "s3", **{k: v for k, v in client_options.items() if v is not None}
+        )
 
     def _key(self, key: str) -> str:
         return self.prefix + key
@@ -116,7 +118,9 @@ class S3RecordingStore(RecordingStore):
 
     async def open(self, key: str) -> StoredRecording | None:
         try:
-            response = await asyncio.to_thread(self._client.get_object, Bucket=self.bucket, Key=self._key(key))
+            response = await asyncio.to_thread(
+                self._client.get_object, Bucket=self.bucket, Key=self._key(key)
+            )
         except self._client.exceptions.NoSuchKey:
             return None
         body = response["Body"]
@@ -134,7 +138,9 @@ class S3RecordingStore(RecordingStore):
         from botocore.exceptions import ClientError
 
         try:
-            response = await asyncio.to_thread(self._client.head_object, Bucket=self.bucket, Key=self._key(key))
+            response = await asyncio.to_thread(
+                self._client.head_object, Bucket=self.bucket, Key=self._key(key)
+            )
         except ClientError as error:
             if error.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
                 return None
@@ -149,8 +155,10 @@ def recording_store(settings: Settings) -> RecordingStore:
     """The store `settings` name (one per process and configuration)."""
     return _store(
         settings.recordings_url or str(settings.data_dir / "recordings"),
-        settings.recordings_s3_endpoint_url, settings.recordings_s3_region,
-        settings.recordings_s3_access_key_id, settings.recordings_s3_secret_access_key,
+        settings.recordings_s3_endpoint_url,
+        settings.recordings_s3_region,
+        settings.recordings_s3_access_key_id,
+        settings.recordings_s3_secret_access_key,
     )
 
 
@@ -159,13 +167,19 @@ def _store(url: str, endpoint_url, region, access_key_id, secret_access_key) -> 
     parsed = urlparse(url)
     if parsed.scheme == "s3":
         return S3RecordingStore(
-            parsed.netloc, parsed.path, endpoint_url=endpoint_url, region_name=region,
-            aws_access_key_id=access_key_id, aws_secret_access_key=secret_access_key,
+            parsed.netloc,
+            parsed.path,
+            endpoint_url=endpoint_url,
+            region_name=region,
+            aws_access_key_id=access_key_id,
+            aws_secret_access_key=secret_access_key,
         )
     if parsed.scheme == "file":
         return LocalRecordingStore(Path(parsed.path))
     if parsed.scheme:
-        raise ValueError(f"SWITCHBOARD_RECORDINGS_URL: unsupported scheme '{parsed.scheme}' (s3:// or a directory)")
+        raise ValueError(
+            f"SWITCHBOARD_RECORDINGS_URL: unsupported scheme '{parsed.scheme}' (s3:// or a directory)"
+        )
     return LocalRecordingStore(Path(url))
 
 
@@ -180,7 +194,9 @@ async def open_file(path: Path) -> StoredRecording | None:
     async def chunks() -> AsyncIterator[bytes]:
         left = size
         try:
-            while left > 0 and (chunk := await asyncio.to_thread(file.read, min(CHUNK_BYTES, left))):
+            while left > 0 and (
+                chunk := await asyncio.to_thread(file.read, min(CHUNK_BYTES, left))
+            ):
                 left -= len(chunk)
                 yield chunk
         finally:
@@ -189,7 +205,9 @@ async def open_file(path: Path) -> StoredRecording | None:
     return StoredRecording(size, chunks())
 
 
-async def open_recording(settings: Settings, session: Session, node_id: str) -> StoredRecording | None:
+async def open_recording(
+    settings: Settings, session: Session, node_id: str
+) -> StoredRecording | None:
     """A session's recording: for a call this node (`node_id`) runs or ran last, the file it writes while the
     call goes on, else the stored one. (In that order: the stored copy is complete before the live
     file is removed.)"""
@@ -202,18 +220,28 @@ async def recording_response(
 ) -> StreamingResponse:
     """The session's recording as a streamed WAV, or a 404 saying why there is none."""
     if session.recording_status == "expired":
-        raise APIError(404, "recording_expired", f"session '{session.id}': its recording was {session.recording_reason}")
+        raise APIError(
+            404,
+            "recording_expired",
+            f"session '{session.id}': its recording was {session.recording_reason}",
+        )
     recording = await open_recording(settings, session, node_id)
     if recording is None:
         raise APIError(404, "recording_not_found", f"session '{session.id}' has no recording")
     return StreamingResponse(
-        recording.chunks, media_type="audio/wav",
-        headers={**(headers or {}), "Content-Length": str(recording.size),
-                 "Content-Disposition": f'inline; filename="{recording_key(session.id)}"'},
+        recording.chunks,
+        media_type="audio/wav",
+        headers={
+            **(headers or {}),
+            "Content-Length": str(recording.size),
+            "Content-Disposition": f'inline; filename="{recording_key(session.id)}"',
+        },
     )
 
 
-async def start_recording(settings: Settings, db: Database, session_id: str, account_id: str) -> bool:
+async def start_recording(
+    settings: Settings, db: Database, session_id: str, account_id: str
+) -> bool:
     """Whether a starting (or resumed) call records. An account at or over its recording
     storage cap gets none, the reason logged and kept on the session; this never fails the call."""
     try:
@@ -224,7 +252,9 @@ async def start_recording(settings: Settings, db: Database, session_id: str, acc
             if session_status == "recording":
                 await _continue(settings, session_id)
                 return True
-            used, quota = await recording_db.usage_and_quota(s, account_id, settings.recording_quota_bytes)
+            used, quota = await recording_db.usage_and_quota(
+                s, account_id, settings.recording_quota_bytes
+            )
             if quota is not None and used >= quota:
                 reason = f"the account's recordings use {used} bytes, its cap is {quota}"
                 logger.warning(f"session {session_id}: not recorded: {reason}")
@@ -262,7 +292,9 @@ async def store_so_far(settings: Settings, session_id: str) -> None:
         await recording_store(settings).put(recording_key(session_id), path)
 
 
-async def finalise_recording(settings: Settings, db: Database, session_id: str, local_path: Path) -> None:
+async def finalise_recording(
+    settings: Settings, db: Database, session_id: str, local_path: Path
+) -> None:
     """Move an ended call's recording from this node's disk to the recording store, and mark it
     available on the session. Idempotent: run again (or after a crash part-way), it finishes what
     is left and changes nothing else."""
@@ -274,7 +306,9 @@ async def finalise_recording(settings: Settings, db: Database, session_id: str, 
     if size is not None:
         await recording_store(settings).put(key, local_path)
     else:
-        size = await recording_store(settings).size(key)  # moved by an earlier run, or never written
+        size = await recording_store(settings).size(
+            key
+        )  # moved by an earlier run, or never written
     async with db.sessions() as s:
         await recording_db.mark_stored(s, session_id, size)
     local_path.unlink(missing_ok=True)

@@ -32,7 +32,9 @@ def install_drain_on_signals(state: AppState) -> None:
                 return
             state.draining = True
             logger.info(f"{signal.Signals(signum).name}: draining {len(state.calls)} live call(s)")
-            loop.call_soon_threadsafe(loop.create_task, _drain_then(state, server_handler, signum, frame))
+            loop.call_soon_threadsafe(
+                loop.create_task, _drain_then(state, server_handler, signum, frame)
+            )
 
         signal.signal(sig, on_signal)
 

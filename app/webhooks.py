@@ -46,15 +46,27 @@ def signature(secret: str, timestamp: str, body: bytes) -> str:
     return f"sha256={digest}"
 
 
-def send(state: AppState, db: AsyncSession, agent: Agent, event: str, session_id: str | None, data: dict) -> None:
+def send(
+    state: AppState, db: AsyncSession, agent: Agent, event: str, session_id: str | None, data: dict
+) -> None:
     """Add `event` for the agent's webhook to `db`'s transaction, if it has one and wants the
     event; it is sent once that commits."""
     if not agent.webhook_url or event not in (agent.webhook_events or DEFAULT_EVENTS):
         return
-    payload = {"event": event, "created_at": utcnow().isoformat(), "agent_id": agent.id, "session_id": session_id,
-               "data": data}
+    payload = {
+        "event": event,
+        "created_at": utcnow().isoformat(),
+        "agent_id": agent.id,
+        "session_id": session_id,
+        "data": data,
+    }
     delivery_id = webhook_store.add_delivery(
-        db, account_id=agent.account_id, agent_id=agent.id, session_id=session_id, event=event, url=agent.webhook_url,
+        db,
+        account_id=agent.account_id,
+        agent_id=agent.id,
+        session_id=session_id,
+        event=event,
+        url=agent.webhook_url,
         payload=payload,
     )
     state.jobs.enqueue(db, JOB_KIND, {"delivery_id": delivery_id})
@@ -71,8 +83,11 @@ async def deliver(state: AppState, job: Job) -> None:
     body = json.dumps({"id": delivery.id, **delivery.payload}).encode()
     timestamp = str(int(time.time()))
     headers = {
-        "Content-Type": "application/json", EVENT_HEADER: delivery.event, DELIVERY_HEADER: delivery.id,
-        TIMESTAMP_HEADER: timestamp, SIGNATURE_HEADER: signature(agent.webhook_secret or "", timestamp, body),
+        "Content-Type": "application/json",
+        EVENT_HEADER: delivery.event,
+        DELIVERY_HEADER: delivery.id,
+        TIMESTAMP_HEADER: timestamp,
+        SIGNATURE_HEADER: signature(agent.webhook_secret or "", timestamp, body),
     }
     status_code, error = None, None
     try:
@@ -83,10 +98,20 @@ async def deliver(state: AppState, job: Job) -> None:
             error = f"HTTP {status_code}: {response.text[:200]}"
     except (httpx.HTTPError, httpx.InvalidURL) as exc:
         error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-    status = "delivered" if error is None else "failed" if job.attempts >= job.max_attempts else "pending"
+    status = (
+        "delivered"
+        if error is None
+        else "failed"
+        if job.attempts >= job.max_attempts
+        else "pending"
+    )
     async with state.db.sessions() as db:
-        await webhook_store.record_attempt(db, delivery.id, status=status, status_code=status_code, error=error)
+        await webhook_store.record_attempt(
+            db, delivery.id, status=status, status_code=status_code, error=error
+        )
     if error is not None:
-        logger.warning(f"webhook {delivery.id} ({delivery.event}, session {delivery.session_id}) "
-                       f"attempt {job.attempts} failed: {error}")
+        logger.warning(
+            f"webhook {delivery.id} ({delivery.event}, session {delivery.session_id}) "
+            f"attempt {job.attempts} failed: {error}"
+        )
         raise DeliveryFailed(error)

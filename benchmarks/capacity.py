@@ -28,7 +28,13 @@ from pathlib import Path
 import httpx
 
 from benchmarks.common import (
-    BENCH_PIPELINES, cpu_seconds_and_rss, fmt, machine, percentile, process_tree, twilio_session,
+    BENCH_PIPELINES,
+    cpu_seconds_and_rss,
+    fmt,
+    machine,
+    percentile,
+    process_tree,
+    twilio_session,
 )
 from benchmarks.latency import agent_quiet, first_agent_speech_after, speech_frames
 from tests.audio import speech
@@ -52,7 +58,9 @@ async def caller(twiml: str, secs: float, question: bytes) -> dict:
             await client.send_audio(question)
             last_speech_at = started + speech_frames(question)[-1] * 0.02
             silence = asyncio.create_task(client.send_silence(30))
-            turns.append(await first_agent_speech_after(client, last_speech_at, 30) - last_speech_at)
+            turns.append(
+                await first_agent_speech_after(client, last_speech_at, 30) - last_speech_at
+            )
             await agent_quiet(client, quiet_secs=0.5)
             silence.cancel()
         await client.stop()
@@ -66,16 +74,27 @@ def run_callers(twimls: list[str], secs: float, question: bytes) -> tuple[list[d
     (or errors) and the CPU seconds the process spent."""
 
     async def all_callers():
-        return await asyncio.gather(*(caller(twiml, secs, question) for twiml in twimls), return_exceptions=True)
+        return await asyncio.gather(
+            *(caller(twiml, secs, question) for twiml in twimls), return_exceptions=True
+        )
 
     cpu_before = time.process_time()
     results = asyncio.run(all_callers())
-    errors_or_results = [r if isinstance(r, dict) else f"{type(r).__name__}: {r}"[:120] for r in results]
+    errors_or_results = [
+        r if isinstance(r, dict) else f"{type(r).__name__}: {r}"[:120] for r in results
+    ]
     return errors_or_results, time.process_time() - cpu_before
 
 
-async def step(server, agent_id: str, calls: int, secs: float, question: bytes, pool: ProcessPoolExecutor,
-               processes: int) -> dict:
+async def step(
+    server,
+    agent_id: str,
+    calls: int,
+    secs: float,
+    question: bytes,
+    pool: ProcessPoolExecutor,
+    processes: int,
+) -> dict:
     twimls = [twilio_session(server, agent_id)[0] for _ in range(calls)]
     pids = process_tree(server.process.pid)
     cpu_before, rss_idle = cpu_seconds_and_rss(pids)
@@ -90,9 +109,12 @@ async def step(server, agent_id: str, calls: int, secs: float, question: bytes, 
 
     sampler = asyncio.create_task(sample_memory())
     loop = asyncio.get_running_loop()
-    shares = await asyncio.gather(*(
-        loop.run_in_executor(pool, run_callers, twimls[i::processes], secs, question) for i in range(processes)
-    ))
+    shares = await asyncio.gather(
+        *(
+            loop.run_in_executor(pool, run_callers, twimls[i::processes], secs, question)
+            for i in range(processes)
+        )
+    )
     sampler.cancel()
     elapsed = time.monotonic() - started
     cpu_after, _ = cpu_seconds_and_rss(pids)
@@ -116,7 +138,9 @@ async def step(server, agent_id: str, calls: int, secs: float, question: bytes, 
 
 
 async def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--steps", type=int, nargs="+", default=[10, 25, 50, 100])
     parser.add_argument("--secs", type=float, default=30, help="how long each caller keeps talking")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
@@ -128,7 +152,9 @@ async def main() -> None:
     llm = ScriptedLLM(default_reply="We open at eight tomorrow morning.").start()
     data = Path(tempfile.mkdtemp(prefix="switchboard-capacity-"))
     server = start_server(
-        data, preload=["instant"], workers=args.workers,
+        data,
+        preload=["instant"],
+        workers=args.workers,
         env={
             "SWITCHBOARD_PIPELINES_PATH": f'["{BENCH_PIPELINES}"]',
             "SCRIPTED_LLM_URL": llm.url,
@@ -138,28 +164,47 @@ async def main() -> None:
     )
     question = speech("What time do you open tomorrow?", sample_rate=8000, tail_secs=0.1)
     try:
-        agent = httpx.post(f"{server.url}/v1/agents", headers=server.headers, json={
-            "name": "Capacity", "voice_id": "tone", "pipeline": "instant", "greeting": "Hello, thanks for calling.",
-            "system_prompt": "You are a receptionist.",
-        }).json()
-        print(f"\nCapacity benchmark — pipeline 'instant', {args.workers} server worker process(es), "
-              f"{args.client_processes} caller process(es), {args.secs:.0f} s per step")
+        agent = httpx.post(
+            f"{server.url}/v1/agents",
+            headers=server.headers,
+            json={
+                "name": "Capacity",
+                "voice_id": "tone",
+                "pipeline": "instant",
+                "greeting": "Hello, thanks for calling.",
+                "system_prompt": "You are a receptionist.",
+            },
+        ).json()
+        print(
+            f"\nCapacity benchmark — pipeline 'instant', {args.workers} server worker process(es), "
+            f"{args.client_processes} caller process(es), {args.secs:.0f} s per step"
+        )
         print(f"machine: {machine()}")
-        print(f"{'calls':>5} {'fail':>4} {'gap p50':>8} {'gap p99':>8} {'v2v p95':>8} {'cpu':>6} {'rss':>9} "
-              f"{'per call':>9} {'callers cpu':>11}")
+        print(
+            f"{'calls':>5} {'fail':>4} {'gap p50':>8} {'gap p99':>8} {'v2v p95':>8} {'cpu':>6} {'rss':>9} "
+            f"{'per call':>9} {'callers cpu':>11}"
+        )
         best = None
-        pool = ProcessPoolExecutor(args.client_processes, mp_context=multiprocessing.get_context("spawn"))
+        pool = ProcessPoolExecutor(
+            args.client_processes, mp_context=multiprocessing.get_context("spawn")
+        )
         for calls in args.steps:
-            r = await step(server, agent["id"], calls, args.secs, question, pool, args.client_processes)
-            print(f"{r['calls']:>5} {r['failures']:>4} {fmt(r['gap_p50']):>8} {fmt(r['gap_p99']):>8} "
-                  f"{fmt(r['v2v_p95']):>8} {r['cpu_percent']:>5.0f}% {r['rss_mib']:>6.0f} MiB {r['per_call_mib']:>5.1f} MiB "
-                  f"{r['client_cpu_percent']:>10.0f}%")
+            r = await step(
+                server, agent["id"], calls, args.secs, question, pool, args.client_processes
+            )
+            print(
+                f"{r['calls']:>5} {r['failures']:>4} {fmt(r['gap_p50']):>8} {fmt(r['gap_p99']):>8} "
+                f"{fmt(r['v2v_p95']):>8} {r['cpu_percent']:>5.0f}% {r['rss_mib']:>6.0f} MiB {r['per_call_mib']:>5.1f} MiB "
+                f"{r['client_cpu_percent']:>10.0f}%"
+            )
             for error in r["errors"]:
                 print(f"      {error}")
             if r["failures"] == 0 and r["gap_p99"] is not None and r["gap_p99"] <= GAP_TARGET:
                 best = calls
             await asyncio.sleep(3)
-        print(f"largest N with p99 gap ≤ {GAP_TARGET * 1000:.0f} ms and no failures: {best if best else 'none'}")
+        print(
+            f"largest N with p99 gap ≤ {GAP_TARGET * 1000:.0f} ms and no failures: {best if best else 'none'}"
+        )
         pool.shutdown()
     finally:
         server.stop()

@@ -70,7 +70,9 @@ def twilio_caller(server, agent_id: str) -> TwilioMediaStreamsClient:
 
 def process_tree(pid: int) -> list[int]:
     """The server process and all its descendants (workers, the local LLM server)."""
-    out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(pid)], capture_output=True, text=True).stdout
+    out = subprocess.run(
+        ["ps", "-o", "pid=", "--ppid", str(pid)], capture_output=True, text=True
+    ).stdout
     children = [int(p) for p in out.split()]
     return [pid] + [d for c in children for d in process_tree(c)]
 

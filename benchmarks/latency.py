@@ -21,7 +21,12 @@ from pathlib import Path
 import httpx
 
 from benchmarks.common import (
-    BENCH_PIPELINES, fmt, is_speech, machine, percentile, twilio_caller,
+    BENCH_PIPELINES,
+    fmt,
+    is_speech,
+    machine,
+    percentile,
+    twilio_caller,
 )
 from tests.audio import speech
 from tests.conftest import start_server
@@ -37,26 +42,32 @@ QUESTIONS = [
     "How much does a checkup cost?",
 ]
 BARGE_IN = "Sorry, wait, one more question."
-LONG_REPLY = " ".join(["We are open from eight in the morning until six in the evening on weekdays."] * 4)
+LONG_REPLY = " ".join(
+    ["We are open from eight in the morning until six in the evening on weekdays."] * 4
+)
 
 
 def speech_frames(pcm: bytes) -> list[int]:
     """Indexes of the 20 ms frames of `pcm` that carry speech."""
-    frames = [pcm[i:i + FRAME] for i in range(0, len(pcm), FRAME)]
+    frames = [pcm[i : i + FRAME] for i in range(0, len(pcm), FRAME)]
     return [i for i, frame in enumerate(frames) if is_speech(ulaw_encode(frame))]
 
 
 async def first_agent_speech_after(client, since: float, timeout: float) -> float:
     """Arrival time of the first agent media frame with speech after `since` (each frame is looked at once)."""
     deadline = time.monotonic() + timeout
-    index = next((i for i, (at, _) in enumerate(client.media_log) if at > since), len(client.media_log))
+    index = next(
+        (i for i, (at, _) in enumerate(client.media_log) if at > since), len(client.media_log)
+    )
     while time.monotonic() < deadline:
         while index < len(client.media_log):
             at, payload = client.media_log[index]
             index += 1
             if is_speech(payload):
                 return at
-        await asyncio.sleep(0.02)  # the answer is the frame's arrival time, so polling needn't be finer
+        await asyncio.sleep(
+            0.02
+        )  # the answer is the frame's arrival time, so polling needn't be finer
     raise TimeoutError("the agent did not answer")
 
 
@@ -85,14 +96,18 @@ async def one_call(server, agent_id: str, questions: list[str]) -> dict:
         result["greeting"] = await first_agent_speech_after(client, opened, 30) - opened
         await agent_quiet(client)
         for text in questions:
-            last_speech_at, silence = await speak_then_silence(client, speech(text, sample_rate=8000))
+            last_speech_at, silence = await speak_then_silence(
+                client, speech(text, sample_rate=8000)
+            )
             answered = await first_agent_speech_after(client, last_speech_at, 60)
             result["turns"].append((text, answered - last_speech_at))
             await agent_quiet(client)
             silence.cancel()
 
         # Barge-in: ask, and talk over the answer once it has started.
-        last_speech_at, silence = await speak_then_silence(client, speech(QUESTIONS[0], sample_rate=8000))
+        last_speech_at, silence = await speak_then_silence(
+            client, speech(QUESTIONS[0], sample_rate=8000)
+        )
         answered = await first_agent_speech_after(client, last_speech_at, 60)
         silence.cancel()
         await asyncio.sleep(max(0.0, answered + 0.4 - time.monotonic()))
@@ -106,7 +121,9 @@ async def one_call(server, agent_id: str, questions: list[str]) -> dict:
         await sending
         await client.stop()
     await asyncio.sleep(1)
-    session = httpx.get(f"{server.url}/v1/sessions/{client.session_id}", headers=server.headers).json()
+    session = httpx.get(
+        f"{server.url}/v1/sessions/{client.session_id}", headers=server.headers
+    ).json()
     result["server_turns"] = (session.get("latency") or {}).get("turns", [])
     return result
 
@@ -116,15 +133,19 @@ def report(pipeline: str, calls: list[dict]) -> None:
     print(f"machine: {machine()}")
     turns = [secs for call in calls for _, secs in call["turns"]]
     for index, call in enumerate(calls, start=1):
-        print(f"call {index}: greeting {fmt(call['greeting'])}, barge-in → clear {fmt(call['barge_in'])}")
+        print(
+            f"call {index}: greeting {fmt(call['greeting'])}, barge-in → clear {fmt(call['barge_in'])}"
+        )
         for number, (text, secs) in enumerate(call["turns"], start=1):
             print(f"  turn {number}: voice-to-voice {fmt(secs):>8}   ({text})")
     steady = [secs for call in calls for _, secs in call["turns"][1:]]
     greetings = [c["greeting"] for c in calls]
     barges = [c["barge_in"] for c in calls]
-    print(f"voice-to-voice: p50 {fmt(percentile(turns, 50))}, p95 {fmt(percentile(turns, 95))}, "
-          f"first response p50 {fmt(percentile([c['turns'][0][1] for c in calls], 50))}, "
-          f"steady-state p50 {fmt(percentile(steady, 50))}")
+    print(
+        f"voice-to-voice: p50 {fmt(percentile(turns, 50))}, p95 {fmt(percentile(turns, 95))}, "
+        f"first response p50 {fmt(percentile([c['turns'][0][1] for c in calls], 50))}, "
+        f"steady-state p50 {fmt(percentile(steady, 50))}"
+    )
     print(f"greeting: p50 {fmt(percentile(greetings, 50))}, max {fmt(max(greetings))}")
     print(f"barge-in → clear: p50 {fmt(percentile(barges, 50))}, p95 {fmt(percentile(barges, 95))}")
     parts: dict[str, list[float]] = {}
@@ -139,7 +160,9 @@ def report(pipeline: str, calls: list[dict]) -> None:
 
 
 async def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--pipeline", choices=["local", "instant"], default="local")
     parser.add_argument("--calls", type=int, default=3, help="calls, one after another")
     parser.add_argument("--turns", type=int, default=4)
@@ -148,16 +171,26 @@ async def main() -> None:
     llm = ScriptedLLM(default_reply=LONG_REPLY).start()
     data = Path(tempfile.mkdtemp(prefix="switchboard-bench-"))
     server = start_server(
-        data, preload=[args.pipeline],
+        data,
+        preload=[args.pipeline],
         env={"SWITCHBOARD_PIPELINES_PATH": f'["{BENCH_PIPELINES}"]', "SCRIPTED_LLM_URL": llm.url},
     )
     try:
         voice = "tone" if args.pipeline == "instant" else "joe"
-        agent = httpx.post(f"{server.url}/v1/agents", headers=server.headers, json={
-            "name": "Benchmark", "voice_id": voice, "pipeline": args.pipeline, "greeting": "Hello, thanks for calling.",
-            "system_prompt": "You are a dental clinic's receptionist. Answer in one short sentence.",
-        }).json()
-        calls = [await one_call(server, agent["id"], QUESTIONS[: args.turns]) for _ in range(args.calls)]
+        agent = httpx.post(
+            f"{server.url}/v1/agents",
+            headers=server.headers,
+            json={
+                "name": "Benchmark",
+                "voice_id": voice,
+                "pipeline": args.pipeline,
+                "greeting": "Hello, thanks for calling.",
+                "system_prompt": "You are a dental clinic's receptionist. Answer in one short sentence.",
+            },
+        ).json()
+        calls = [
+            await one_call(server, agent["id"], QUESTIONS[: args.turns]) for _ in range(args.calls)
+        ]
         report(args.pipeline, calls)
     finally:
         server.stop()

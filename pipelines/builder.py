@@ -7,7 +7,6 @@ from typing import Any
 
 from pipecat.adapters.llm.schemas.function_schema import FunctionSchema
 from pipecat.adapters.llm.schemas.tools_schema import ToolsSchema
-from pipecat.utils.types import NOT_GIVEN, NotGiven
 from pipecat.pipeline.pipeline import Pipeline
 from pipecat.processors.aggregators.llm_context import LLMContext
 from pipecat.processors.aggregators.llm_response_universal import (
@@ -22,14 +21,15 @@ from pipecat.transports.base_transport import BaseTransport
 from pipecat.turns.user_start import TranscriptionUserTurnStartStrategy, VADUserTurnStartStrategy
 from pipecat.turns.user_stop import TurnAnalyzerUserTurnStopStrategy
 from pipecat.turns.user_turn_strategies import UserTurnStrategies
+from pipecat.utils.types import NOT_GIVEN, NotGiven
 
 from pipelines import services
 from pipelines.config import PipelineConfig
 from processors.call_limits import InactivityMonitor, MaxDurationLimiter
 from processors.client_events import ClientEventReceiver
 from processors.provider_errors import ProviderErrorMonitor
-from processors.session_events import SessionEventEmitter
 from processors.recording import CallRecorder
+from processors.session_events import SessionEventEmitter
 from processors.turn_limit import MaxTurnsLimiter
 
 ToolHandler = Callable[[FunctionCallParams], Awaitable[None]]
@@ -107,20 +107,28 @@ def build_pipeline(
         language=agent.language,
     )
     stt = services.create(config.stt, ctx)
-    llm_stage = config.llm.model_copy(update={"options": {**config.llm.options, **agent.llm_options}})
+    llm_stage = config.llm.model_copy(
+        update={"options": {**config.llm.options, **agent.llm_options}}
+    )
     llm = services.create(llm_stage, ctx)
     tts = services.create(config.tts, ctx)
 
     stop_strategies = None
     if config.turn:
-        stop_strategies = [TurnAnalyzerUserTurnStopStrategy(turn_analyzer=services.create(config.turn, ctx))]
+        stop_strategies = [
+            TurnAnalyzerUserTurnStopStrategy(turn_analyzer=services.create(config.turn, ctx))
+        ]
 
-    context = LLMContext(messages=list(agent.history), tools=_tools_schema(agent.tools, tool_handler))
+    context = LLMContext(
+        messages=list(agent.history), tools=_tools_schema(agent.tools, tool_handler)
+    )
     aggregators = LLMContextAggregatorPair(
         context,
         user_params=LLMUserAggregatorParams(
             vad_analyzer=services.create(config.vad, ctx),
-            user_turn_strategies=UserTurnStrategies(start=_start_strategies(agent.interruptible), stop=stop_strategies),
+            user_turn_strategies=UserTurnStrategies(
+                start=_start_strategies(agent.interruptible), stop=stop_strategies
+            ),
         ),
     )
 
@@ -146,17 +154,26 @@ def build_pipeline(
         stt,
         aggregators.user(),
         MaxTurnsLimiter(agent.max_turns, GOODBYE),
-        MaxDurationLimiter(agent.max_duration_secs, TIME_UP_GOODBYE) if agent.max_duration_secs else None,
+        MaxDurationLimiter(agent.max_duration_secs, TIME_UP_GOODBYE)
+        if agent.max_duration_secs
+        else None,
         InactivityMonitor(
-            agent.inactivity_timeout_secs, agent.inactivity_action, prompt=STILL_THERE, goodbye=INACTIVITY_GOODBYE
-        ) if agent.inactivity_timeout_secs else None,
+            agent.inactivity_timeout_secs,
+            agent.inactivity_action,
+            prompt=STILL_THERE,
+            goodbye=INACTIVITY_GOODBYE,
+        )
+        if agent.inactivity_timeout_secs
+        else None,
         provider_errors,
         llm,
         tts,
         events,
         *(extra_output or []),
         transport.output(),
-        CallRecorder(agent.recording_path, agent.recording_sample_rate) if agent.recording_path else None,
+        CallRecorder(agent.recording_path, agent.recording_sample_rate)
+        if agent.recording_path
+        else None,
         aggregators.assistant(),
     ]
     return CallPipeline(
@@ -181,7 +198,9 @@ def _start_strategies(interruptible: bool) -> list | None:
     ]
 
 
-def _tools_schema(tools: list[ToolDefinition], handler: ToolHandler | None) -> ToolsSchema | NotGiven:
+def _tools_schema(
+    tools: list[ToolDefinition], handler: ToolHandler | None
+) -> ToolsSchema | NotGiven:
     if not tools:
         return NOT_GIVEN
     return ToolsSchema(

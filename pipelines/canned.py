@@ -35,8 +35,10 @@ class CannedSTTService(SegmentedSTTService):
 class CannedTTSService(TTSService):
     def __init__(self, **kwargs):
         super().__init__(
-            push_start_frame=True, push_stop_frames=True,
-            settings=TTSSettings(model=None, voice="tone", language=None), **kwargs,
+            push_start_frame=True,
+            push_stop_frames=True,
+            settings=TTSSettings(model=None, voice="tone", language=None),
+            **kwargs,
         )
 
     async def run_tts(self, text: str, context_id: str) -> AsyncGenerator[Frame, None]:
@@ -47,6 +49,8 @@ class CannedTTSService(TTSService):
         async def chunks():
             yield tone
 
-        async for frame in self._stream_audio_frames_from_iterator(chunks(), in_sample_rate=TONE_RATE, context_id=context_id):
+        async for frame in self._stream_audio_frames_from_iterator(
+            chunks(), in_sample_rate=TONE_RATE, context_id=context_id
+        ):
             await self.stop_ttfb_metrics()
             yield frame

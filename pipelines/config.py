@@ -68,7 +68,11 @@ class PipelineConfig(BaseModel):
 
     def missing_env(self) -> list[str]:
         """Environment variables this config needs that are not set."""
-        return [s.api_key_env for s in self.stages() if s.api_key_env and not os.environ.get(s.api_key_env)]
+        return [
+            s.api_key_env
+            for s in self.stages()
+            if s.api_key_env and not os.environ.get(s.api_key_env)
+        ]
 
 
 class UnknownPipelineError(LookupError):

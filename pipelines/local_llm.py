@@ -29,7 +29,9 @@ def is_serving(port: int) -> bool:
         return False
 
 
-def start(config: LocalLLMServerConfig, alias: str, timeout_secs: float = 120) -> subprocess.Popen | None:
+def start(
+    config: LocalLLMServerConfig, alias: str, timeout_secs: float = 120
+) -> subprocess.Popen | None:
     """Start the server unless one already answers on its port; wait until it is ready."""
     if is_serving(config.port):
         logger.info(f"Local LLM server already running on port {config.port}")
@@ -38,13 +40,21 @@ def start(config: LocalLLMServerConfig, alias: str, timeout_secs: float = 120) -
     if not model.exists():
         raise FileNotFoundError(f"local LLM model not found: {model}")
     command = [
-        sys.executable, "-m", "llama_cpp.server",
-        "--model", str(model),
-        "--model_alias", alias,
-        "--host", "127.0.0.1",
-        "--port", str(config.port),
-        "--n_ctx", str(config.n_ctx),
-        "--n_threads", str(config.n_threads or os.cpu_count() or 1),
+        sys.executable,
+        "-m",
+        "llama_cpp.server",
+        "--model",
+        str(model),
+        "--model_alias",
+        alias,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(config.port),
+        "--n_ctx",
+        str(config.n_ctx),
+        "--n_threads",
+        str(config.n_threads or os.cpu_count() or 1),
     ]
     logger.info(f"Starting local LLM server ({model.name}) on port {config.port}")
     process = subprocess.Popen(

@@ -52,13 +52,17 @@ class ShortWindowWhisperModel(WhisperModel):
         return super().encode(features)
 
 
-def whisper_model(model_dir: Path, device: str = "cpu", compute_type: str = "int8") -> ShortWindowWhisperModel:
+def whisper_model(
+    model_dir: Path, device: str = "cpu", compute_type: str = "int8"
+) -> ShortWindowWhisperModel:
     """A faster-whisper model from a local CTranslate2 directory (never the hub)."""
     if not (Path(model_dir) / "tokenizer.json").exists():
         raise FileNotFoundError(f"no Whisper model (tokenizer.json) in {model_dir}")
 
     def load():
-        return ShortWindowWhisperModel(str(model_dir), device=device, compute_type=compute_type, local_files_only=True)
+        return ShortWindowWhisperModel(
+            str(model_dir), device=device, compute_type=compute_type, local_files_only=True
+        )
 
     return _load_once(("whisper", str(model_dir), device, compute_type), load)
 
@@ -83,7 +87,9 @@ def background_executor() -> ThreadPoolExecutor:
     per core, at a lower CPU priority than the event loop, which paces every call's audio: on a
     busy server a turn decision is a few ms later instead of other calls' audio stuttering."""
     return ThreadPoolExecutor(
-        max_workers=os.cpu_count() or 1, thread_name_prefix="background-model", initializer=_lower_thread_priority
+        max_workers=os.cpu_count() or 1,
+        thread_name_prefix="background-model",
+        initializer=_lower_thread_priority,
     )
 
 

@@ -162,7 +162,9 @@ def _cartesia(stage: StageConfig, ctx: ServiceContext):
     return CartesiaTTSService(
         api_key=_env_key(stage),
         url=options.pop("url"),
-        settings=CartesiaTTSService.Settings(voice=ctx.voice_id, language=Language(ctx.language), **options),
+        settings=CartesiaTTSService.Settings(
+            voice=ctx.voice_id, language=Language(ctx.language), **options
+        ),
     )
 
 
@@ -201,7 +203,9 @@ def create(stage: StageConfig, ctx: ServiceContext):
     try:
         factory = FACTORIES[stage.service]
     except KeyError:
-        raise ValueError(f"unknown service '{stage.service}' (known: {sorted(FACTORIES)})") from None
+        raise ValueError(
+            f"unknown service '{stage.service}' (known: {sorted(FACTORIES)})"
+        ) from None
     return factory(stage, ctx)
 
 

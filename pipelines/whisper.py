@@ -22,7 +22,9 @@ from pipelines import models
 from pipelines.config import resolve_path
 
 # Speculative transcriptions of every call in the process; CTranslate2 releases the GIL.
-_speculations = concurrent.futures.ThreadPoolExecutor(max_workers=os.cpu_count() or 1, thread_name_prefix="whisper")
+_speculations = concurrent.futures.ThreadPoolExecutor(
+    max_workers=os.cpu_count() or 1, thread_name_prefix="whisper"
+)
 
 
 def _float_audio(pcm: bytes) -> np.ndarray:
@@ -55,7 +57,11 @@ class WhisperDecoding:
     def speculate(self, speech: np.ndarray, padding: np.ndarray, **kwargs) -> None:
         audio = np.concatenate([speech, padding])
         logger.debug(f"Whisper: speculating on {len(speech) / 16000:.2f} s of speech")
-        self._speculation = (speech, kwargs, _speculations.submit(self._transcribe_now, audio, kwargs))
+        self._speculation = (
+            speech,
+            kwargs,
+            _speculations.submit(self._transcribe_now, audio, kwargs),
+        )
 
     def cancel_speculation(self) -> None:
         self._speculation = None
@@ -91,7 +97,9 @@ class SharedWhisperSTTService(WhisperSTTService):
         self._quiet_bytes = 0
 
     def _load(self):
-        model = models.whisper_model(resolve_path(str(self._settings.model)), self._device, self._compute_type)
+        model = models.whisper_model(
+            resolve_path(str(self._settings.model)), self._device, self._compute_type
+        )
         self._model = WhisperDecoding(model, beam_size=self._beam_size, without_timestamps=True)
 
     async def _handle_user_started_speaking(self, frame: VADUserStartedSpeakingFrame):
@@ -111,7 +119,10 @@ class SharedWhisperSTTService(WhisperSTTService):
             self._model.cancel_speculation()
             return
         self._quiet_bytes += len(frame.audio)
-        if self._quiet_bytes >= self.SPECULATE_AFTER_SECS * self.sample_rate * 2 and not self._model.speculating:
+        if (
+            self._quiet_bytes >= self.SPECULATE_AFTER_SECS * self.sample_rate * 2
+            and not self._model.speculating
+        ):
             # The same audio and options `WhisperSTTService.run_stt` will transcribe, minus the quiet tail.
             self._model.speculate(
                 _float_audio(bytes(self._audio_buffer)),

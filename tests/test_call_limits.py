@@ -45,24 +45,36 @@ async def test_max_duration_not_reached():
 
 
 async def test_inactivity_prompt_then_end():
-    monitor = InactivityMonitor(10, "prompt", prompt="Still there?", goodbye="Bye!", sleep=fast_clock)
+    monitor = InactivityMonitor(
+        10, "prompt", prompt="Still there?", goodbye="Bye!", sleep=fast_clock
+    )
     down, up = await run_test(monitor, frames_to_send=[SleepFrame(sleep=0.5)])
     assert spoken(down) == ["Still there?", "Bye!"]
     assert end_reasons(up) == ["inactivity"]
 
 
 async def test_inactivity_end_call_at_once():
-    monitor = InactivityMonitor(10, "end_call", prompt="Still there?", goodbye="Bye!", sleep=fast_clock)
+    monitor = InactivityMonitor(
+        10, "end_call", prompt="Still there?", goodbye="Bye!", sleep=fast_clock
+    )
     down, up = await run_test(monitor, frames_to_send=[SleepFrame(sleep=0.3)])
     assert spoken(down) == ["Bye!"] and end_reasons(up) == ["inactivity"]
 
 
 async def test_speech_keeps_the_call_alive():
     """The clock stops while anyone speaks, and restarts from zero when they stop."""
-    monitor = InactivityMonitor(10, "end_call", prompt="Still there?", goodbye="Bye!", sleep=fast_clock)
+    monitor = InactivityMonitor(
+        10, "end_call", prompt="Still there?", goodbye="Bye!", sleep=fast_clock
+    )
     frames = [
-        SleepFrame(sleep=0.06), UserStartedSpeakingFrame(), SleepFrame(sleep=0.2), UserStoppedSpeakingFrame(),
-        SleepFrame(sleep=0.06), BotStartedSpeakingFrame(), SleepFrame(sleep=0.2), BotStoppedSpeakingFrame(),
+        SleepFrame(sleep=0.06),
+        UserStartedSpeakingFrame(),
+        SleepFrame(sleep=0.2),
+        UserStoppedSpeakingFrame(),
+        SleepFrame(sleep=0.06),
+        BotStartedSpeakingFrame(),
+        SleepFrame(sleep=0.2),
+        BotStoppedSpeakingFrame(),
         SleepFrame(sleep=0.06),
     ]
     down, up = await run_test(monitor, frames_to_send=frames)

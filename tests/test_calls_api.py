@@ -30,7 +30,9 @@ def test_call_for_a_stored_agent_per_connection_type(server, api):
     assert body["url"].startswith(server.ws_url(f"/v1/sessions/{body['session_id']}/ws?token="))
     assert body["session"]["agent_id"] == agent["id"] and body["session"]["status"] == "created"
 
-    twilio = api.post("/v1/calls/create", json={"agentId": agent["id"]})  # the alias; twilio is the default
+    twilio = api.post(
+        "/v1/calls/create", json={"agentId": agent["id"]}
+    )  # the alias; twilio is the default
     assert twilio.status_code == 201, twilio.text
     call = twilio.json()
     assert call["connection_type"] == "twilio" and call["session"]["connection_type"] == "twilio"
@@ -40,13 +42,18 @@ def test_call_for_a_stored_agent_per_connection_type(server, api):
 
     telnyx = api.post("/v1/calls", json={"agentId": agent["id"], "connectionType": "telnyx"}).json()
     stream = ElementTree.fromstring(telnyx["markup"]).find("./Connect/Stream")
-    assert stream.get("url") == telnyx["url"] and telnyx["url"].startswith(server.ws_url("/v1/sessions/telnyx/stream"))
+    assert stream.get("url") == telnyx["url"] and telnyx["url"].startswith(
+        server.ws_url("/v1/sessions/telnyx/stream")
+    )
     plivo = api.post("/v1/calls", json={"agentId": agent["id"], "connectionType": "plivo"}).json()
     assert ElementTree.fromstring(plivo["markup"]).find("Stream").text == plivo["url"]
     assert parse_qs(urlparse(plivo["url"]).query)["token"]
 
     webrtc = api.post("/v1/calls", json={"agentId": agent["id"], "connectionType": "webrtc"}).json()
-    assert webrtc["url"] == f"{server.url}/v1/agents/{agent['id']}/webrtc/offer" and webrtc["session"] is None
+    assert (
+        webrtc["url"] == f"{server.url}/v1/agents/{agent['id']}/webrtc/offer"
+        and webrtc["session"] is None
+    )
 
 
 def test_calls_api_refusals(server, api):
@@ -104,17 +111,42 @@ def test_inline_call_session_has_no_stored_agent(server, api):
 
 def test_controls_on_a_stored_agent(server, api):
     agent = make_agent(api, pipeline="scripted")
-    assert (agent["first_speaker"], agent["interruptible"], agent["max_duration"]) == ("agent", True, 3000)
-    assert (agent["inactivity_timeout"], agent["inactivity_action"], agent["recording_enabled"]) == (
-        None, "end_call", True,
+    assert (agent["first_speaker"], agent["interruptible"], agent["max_duration"]) == (
+        "agent",
+        True,
+        3000,
     )
-    controls = {"first_speaker": "user", "interruptible": False, "max_duration": 120, "inactivity_timeout": 20,
-                "inactivity_action": "prompt", "recording_enabled": False}
+    assert (
+        agent["inactivity_timeout"],
+        agent["inactivity_action"],
+        agent["recording_enabled"],
+    ) == (
+        None,
+        "end_call",
+        True,
+    )
+    controls = {
+        "first_speaker": "user",
+        "interruptible": False,
+        "max_duration": 120,
+        "inactivity_timeout": 20,
+        "inactivity_action": "prompt",
+        "recording_enabled": False,
+    }
     updated = api.patch(f"/v1/agents/{agent['id']}", json=controls).json()
     assert {k: updated[k] for k in controls} == controls
-    assert api.patch(f"/v1/agents/{agent['id']}", json={"inactivity_timeout": None}).json()["inactivity_timeout"] is None
-    for field, value in [("max_duration", 59), ("inactivity_timeout", 301), ("first_speaker", "x"),
-                         ("interruptible", None)]:
+    assert (
+        api.patch(f"/v1/agents/{agent['id']}", json={"inactivity_timeout": None}).json()[
+            "inactivity_timeout"
+        ]
+        is None
+    )
+    for field, value in [
+        ("max_duration", 59),
+        ("inactivity_timeout", 301),
+        ("first_speaker", "x"),
+        ("interruptible", None),
+    ]:
         response = api.patch(f"/v1/agents/{agent['id']}", json={field: value})
         assert response.status_code == 422 and field in response.json()["message"], response.text
 
@@ -122,7 +154,9 @@ def test_controls_on_a_stored_agent(server, api):
 async def test_stored_agent_controls_apply_to_its_calls(server, api, llm):
     llm.script("We open at nine.")
     agent = make_agent(api, pipeline="scripted", greeting="Not to be spoken.", first_speaker="user")
-    call = api.post("/v1/calls", json={"agentId": agent["id"], "connectionType": "websocket"}).json()
+    call = api.post(
+        "/v1/calls", json={"agentId": agent["id"], "connectionType": "websocket"}
+    ).json()
     question = speech("When do you open?", tail_secs=1.5)
     async with SessionClient(call["url"]) as client:
         await client.wait_for("session.ready", timeout=30)
@@ -137,7 +171,12 @@ async def test_stored_agent_controls_apply_to_its_calls(server, api, llm):
 
 def test_openapi_documents_the_calls_api(server, api):
     spec = api.get("/openapi.json").json()
-    for path in ("/v1/calls", "/v1/calls/create", "/v1/calls/inline", "/v1/sessions/{session_id}/recording"):
+    for path in (
+        "/v1/calls",
+        "/v1/calls/create",
+        "/v1/calls/inline",
+        "/v1/sessions/{session_id}/recording",
+    ):
         assert path in spec["paths"], path
     inline = spec["components"]["schemas"]["InlineCallCreate"]["properties"]
     assert (inline["maxDuration"]["minimum"], inline["maxDuration"]["maximum"]) == (60, 7200)
@@ -146,7 +185,8 @@ def test_openapi_documents_the_calls_api(server, api):
 async def test_inline_model_and_temperature_reach_the_llm(server, api, llm):
     llm.script("We open at nine.")
     call = api.post(
-        "/v1/calls/inline", json={**INLINE, "connectionType": "websocket", "model": "house-model", "temperature": 0.3}
+        "/v1/calls/inline",
+        json={**INLINE, "connectionType": "websocket", "model": "house-model", "temperature": 0.3},
     ).json()
     async with SessionClient(call["url"]) as client:
         await client.wait_for("session.ready", timeout=30)

@@ -14,7 +14,7 @@ from tests.fakes.scripted_llm import ToolCall
 from tests.fakes.twilio_client import TwilioMediaStreamsClient, parse_twiml, ulaw_decode
 from tests.test_call_controls import LONG_GREETING, channel_energy, transcript
 from tests.test_session_websocket import wait_for_status
-from tests.test_twilio import twilio_rest, twilio_server, tw  # noqa: F401 - fixtures
+from tests.test_twilio import tw, twilio_rest, twilio_server  # noqa: F401 - fixtures
 
 TRANSFER_TO = "+14155550142"
 
@@ -45,7 +45,9 @@ def agent_pcm(client: TwilioMediaStreamsClient) -> bytes:
 async def test_user_first_over_twilio(twilio_server, tw, llm):
     llm.script("We open at nine tomorrow.")
     question = speech("What time do you open tomorrow?", sample_rate=8000)
-    twiml, session = inline_twilio_call(tw, firstSpeaker="user", greeting="This greeting must not be spoken.")
+    twiml, session = inline_twilio_call(
+        tw, firstSpeaker="user", greeting="This greeting must not be spoken."
+    )
     async with TwilioMediaStreamsClient.from_twiml(twiml) as client:
         await client.send_silence(3.0)
         assert not client.agent_audio
@@ -95,7 +97,9 @@ async def test_inactivity_prompt_then_end_over_twilio(twilio_server, tw, twilio_
     done = wait_for_status(tw, session["session_id"], "completed")
     assert done["end_reason"] == "inactivity" and 20 < done["duration_secs"] < 45
     assert [t["content"] for t in transcript(tw, session["session_id"])] == [
-        "Hello, thanks for calling.", STILL_THERE, INACTIVITY_GOODBYE,
+        "Hello, thanks for calling.",
+        STILL_THERE,
+        INACTIVITY_GOODBYE,
     ]
 
 
@@ -136,9 +140,15 @@ async def test_recording_over_twilio(twilio_server, tw, llm):
     assert loud_agent[0] < loud_caller[0] < loud_agent[-1]  # greeting, caller, answer: in order
 
 
-async def test_transfer_call_moves_the_call_through_twilio_rest(twilio_server, tw, twilio_rest, llm):  # noqa: F811
-    tool = {"name": "transfer_to_billing", "description": "Transfer the caller to billing",
-            "type": "transfer_call", "phone_number": TRANSFER_TO}
+async def test_transfer_call_moves_the_call_through_twilio_rest(
+    twilio_server, tw, twilio_rest, llm
+):  # noqa: F811
+    tool = {
+        "name": "transfer_to_billing",
+        "description": "Transfer the caller to billing",
+        "type": "transfer_call",
+        "phone_number": TRANSFER_TO,
+    }
     llm.script(ToolCall("transfer_to_billing", {}))
     question = speech("Please transfer me to billing.", sample_rate=8000)
     twiml, session = inline_twilio_call(tw, tools=[tool])
@@ -152,7 +162,10 @@ async def test_transfer_call_moves_the_call_through_twilio_rest(twilio_server, t
     assert [r.value("Twiml") for r in updates] == [
         f'<?xml version="1.0" encoding="UTF-8"?><Response><Dial>{TRANSFER_TO}</Dial></Response>'
     ]
-    assert (updates[0].username, updates[0].password) == (twilio_rest.account_sid, twilio_rest.auth_token)
+    assert (updates[0].username, updates[0].password) == (
+        twilio_rest.account_sid,
+        twilio_rest.auth_token,
+    )
     assert not twilio_rest.hang_ups(client.call_sid)  # the transferred call lives on
     done = wait_for_status(tw, session["session_id"], "completed")
     assert done["end_reason"] == "transferred"

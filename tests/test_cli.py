@@ -25,7 +25,9 @@ def test_first_start_generates_and_prints_a_key_once(tmp_path):
         server.stop()
     again = start_server(data, api_key=None)
     try:
-        assert len(KEY_LINE.findall(again.log())) == 1  # the log is appended to: still the first line only
+        assert (
+            len(KEY_LINE.findall(again.log())) == 1
+        )  # the log is appended to: still the first line only
         again.api_key = keys[0]
         with again.client() as api:
             assert api.get("/v1/agents").status_code == 200
@@ -40,9 +42,25 @@ def test_talk_streams_a_wav_and_saves_the_reply(server, api, llm, tmp_path):
     write_wav(caller, speech("How late are you open tonight?", tail_secs=0.5), 16000)
     out = tmp_path / "agent.wav"
     result = subprocess.run(
-        [sys.executable, "-m", "app.cli", "talk", agent["id"], "--wav", str(caller), "--out", str(out),
-         "--url", server.url, "--api-key", server.api_key],
-        cwd=ROOT, capture_output=True, text=True, timeout=120,
+        [
+            sys.executable,
+            "-m",
+            "app.cli",
+            "talk",
+            agent["id"],
+            "--wav",
+            str(caller),
+            "--out",
+            str(out),
+            "--url",
+            server.url,
+            "--api-key",
+            server.api_key,
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert result.returncode == 0, result.stderr
     assert "<- session.ready" in result.stdout

@@ -16,8 +16,17 @@ from tests.fakes.webhook_receiver import WebhookReceiver
 from tests.test_session_websocket import agent_ws, wait_for_status
 
 ANALYSIS_FIELDS = [
-    {"name": "wants_appointment", "type": "boolean", "description": "Whether the caller wants an appointment"},
-    {"name": "urgency", "type": "enum", "description": "How urgent the request is", "options": ["low", "medium", "high"]},
+    {
+        "name": "wants_appointment",
+        "type": "boolean",
+        "description": "Whether the caller wants an appointment",
+    },
+    {
+        "name": "urgency",
+        "type": "enum",
+        "description": "How urgent the request is",
+        "options": ["low", "medium", "high"],
+    },
     {"name": "callback_number", "type": "text", "description": "The number to call back, if given"},
     {"name": "party_size", "type": "number", "description": "How many people the booking is for"},
 ]
@@ -26,7 +35,12 @@ ANALYSIS = {
     "sentiment": "positive",
     "topics": ["appointments", "cleaning"],
     "action_items": ["Call back to confirm the Monday slot"],
-    "custom": {"wants_appointment": True, "urgency": "medium", "callback_number": "555 0100", "party_size": 2.0},
+    "custom": {
+        "wants_appointment": True,
+        "urgency": "medium",
+        "callback_number": "555 0100",
+        "party_size": 2.0,
+    },
 }
 
 
@@ -65,16 +79,26 @@ def wait_for_analysis(api, session_id: str, timeout: float = 30) -> dict:
 
 
 async def test_analysis_stored_with_all_fields(server, api, llm):
-    llm.script("Monday at nine works. What number can we call you back on?", "Thanks, we'll call you back.")
+    llm.script(
+        "Monday at nine works. What number can we call you back on?", "Thanks, we'll call you back."
+    )
     llm.script_oneshot(json.dumps(ANALYSIS), when="cleaning for two people")
     agent = make_agent(api, pipeline="scripted", analysis_fields=ANALYSIS_FIELDS)
     assert agent["analysis_fields"][1]["options"] == ["low", "medium", "high"]
-    session_id = await talk(server, agent, "I'd like a cleaning for two people on Monday.", "It's 555 0100.")
+    session_id = await talk(
+        server, agent, "I'd like a cleaning for two people on Monday.", "It's 555 0100."
+    )
 
     analysis = wait_for_analysis(api, session_id)
-    assert analysis["status"] == "completed" and analysis["attempts"] == 1 and analysis["error"] is None
+    assert (
+        analysis["status"] == "completed"
+        and analysis["attempts"] == 1
+        and analysis["error"] is None
+    )
     assert analysis["result"] == ANALYSIS
-    request = next(r for r in reversed(llm.oneshot_requests) if "555 0100" in json.dumps(r["messages"]))
+    request = next(
+        r for r in reversed(llm.oneshot_requests) if "555 0100" in json.dumps(r["messages"])
+    )
     prompt = json.dumps(request["messages"])
     assert "cleaning for two people on Monday" in prompt and "555 0100" in prompt
     schema = request["response_format"]["json_schema"]["schema"]
@@ -85,12 +109,18 @@ async def test_analysis_stored_with_all_fields(server, api, llm):
 async def test_invalid_analysis_is_retried_once_then_stored_as_failed(server, api, llm):
     bad_sentiment = {**ANALYSIS, "sentiment": "ecstatic", "custom": {}}
     llm.script("We open at nine.")
-    llm.script_oneshot("Sure, here you go: not json at all", json.dumps(bad_sentiment), when="When do you open on Tuesdays?")
+    llm.script_oneshot(
+        "Sure, here you go: not json at all",
+        json.dumps(bad_sentiment),
+        when="When do you open on Tuesdays?",
+    )
     agent = make_agent(api, pipeline="scripted")
     session_id = await talk(server, agent, "When do you open on Tuesdays?")
 
     analysis = wait_for_analysis(api, session_id)
-    assert analysis["status"] == "failed" and analysis["result"] is None and analysis["attempts"] == 2
+    assert (
+        analysis["status"] == "failed" and analysis["result"] is None and analysis["attempts"] == 2
+    )
     assert "sentiment" in analysis["error"]
     assert len(analysis_requests(llm, "Tuesdays")) == 2
 
@@ -111,7 +141,9 @@ async def test_one_analysis_at_a_time_per_session(server, api, llm):
 
     llm.script_oneshot(HOLD, when="open on Fridays")  # the rerun's LLM call hangs until released
     async with httpx.AsyncClient(base_url=server.url, headers=server.headers, timeout=30) as client:
-        burst = await asyncio.gather(*(client.post(f"/v1/sessions/{session_id}/analysis") for _ in range(12)))
+        burst = await asyncio.gather(
+            *(client.post(f"/v1/sessions/{session_id}/analysis") for _ in range(12))
+        )
     assert sorted(r.status_code for r in burst) == [202] + [409] * 11
     for refused in (r for r in burst if r.status_code == 409):
         assert refused.json()["code"] == "analysis_in_progress" and refused.json()["message"]
@@ -127,7 +159,9 @@ async def test_one_analysis_at_a_time_per_session(server, api, llm):
     llm.script_oneshot(json.dumps({**ANALYSIS, "custom": {}}), when="open on Fridays")
     assert api.post(f"/v1/sessions/{session_id}/analysis").status_code == 202
     assert wait_for_analysis(api, session_id)["status"] == "completed"
-    conflict = api.get("/openapi.json").json()["paths"]["/v1/sessions/{session_id}/analysis"]["post"]["responses"]["409"]
+    conflict = api.get("/openapi.json").json()["paths"]["/v1/sessions/{session_id}/analysis"][
+        "post"
+    ]["responses"]["409"]
     assert "analysis_in_progress" in conflict["description"]
 
 
@@ -139,21 +173,36 @@ def test_analysis_api_errors(server, api):
     assert response.status_code == 404 and response.json()["code"] == "analysis_not_found"
     response = api.post(f"/v1/sessions/{session['session_id']}/analysis")
     assert response.status_code == 409 and response.json()["code"] == "session_not_ended"
-    bad = api.post("/v1/agents", json={
-        "name": "x", "voice_id": "joe", "system_prompt": "x", "pipeline": "scripted",
-        "analysis_fields": [{"name": "mood", "type": "enum", "description": "Mood"}],
-    })
+    bad = api.post(
+        "/v1/agents",
+        json={
+            "name": "x",
+            "voice_id": "joe",
+            "system_prompt": "x",
+            "pipeline": "scripted",
+            "analysis_fields": [{"name": "mood", "type": "enum", "description": "Mood"}],
+        },
+    )
     assert bad.status_code == 422 and bad.json()["code"] == "validation_error"
-    bad = api.post("/v1/agents", json={
-        "name": "x", "voice_id": "joe", "system_prompt": "x", "pipeline": "scripted", "webhook_url": "ftp://x",
-    })
+    bad = api.post(
+        "/v1/agents",
+        json={
+            "name": "x",
+            "voice_id": "joe",
+            "system_prompt": "x",
+            "pipeline": "scripted",
+            "webhook_url": "ftp://x",
+        },
+    )
     assert bad.status_code == 422
 
 
 def verify(secret: str, request: dict) -> bool:
     """What a receiver does: recompute the HMAC over `<timestamp>.<body>`."""
     timestamp = request["headers"]["X-Switchboard-Timestamp"]
-    expected = hmac.new(secret.encode(), timestamp.encode() + b"." + request["body"], hashlib.sha256).hexdigest()
+    expected = hmac.new(
+        secret.encode(), timestamp.encode() + b"." + request["body"], hashlib.sha256
+    ).hexdigest()
     return hmac.compare_digest(request["headers"]["X-Switchboard-Signature"], f"sha256={expected}")
 
 
@@ -162,17 +211,34 @@ async def test_webhooks_are_signed_and_retried(server, api, llm, receiver):
     receiver.fail_next("/events", 500, 500)
     llm.script("We open at nine on Wednesdays.")
     llm.script_oneshot(json.dumps({**ANALYSIS, "custom": {}}), when="open on Wednesdays")
-    agent = make_agent(api, pipeline="scripted", webhook_url=receiver.url("/events"), webhook_secret=secret,
-                       webhook_events=["session.started", "transcript.updated", "session.ended", "analysis.completed"])
+    agent = make_agent(
+        api,
+        pipeline="scripted",
+        webhook_url=receiver.url("/events"),
+        webhook_secret=secret,
+        webhook_events=[
+            "session.started",
+            "transcript.updated",
+            "session.ended",
+            "analysis.completed",
+        ],
+    )
     session_id = await talk(server, agent, "When do you open on Wednesdays?")
 
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         events = {json.loads(r["body"])["event"] for r in receiver.events("/events")}
-        if {"session.started", "transcript.updated", "session.ended", "analysis.completed"} <= events:
+        if {
+            "session.started",
+            "transcript.updated",
+            "session.ended",
+            "analysis.completed",
+        } <= events:
             break
         await asyncio.sleep(0.2)
-    delivered = [r for r in receiver.events("/events") if json.loads(r["body"])["session_id"] == session_id]
+    delivered = [
+        r for r in receiver.events("/events") if json.loads(r["body"])["session_id"] == session_id
+    ]
     by_event = {}
     for request in delivered:
         assert verify(secret, request)
@@ -180,15 +246,29 @@ async def test_webhooks_are_signed_and_retried(server, api, llm, receiver):
         body = json.loads(request["body"])
         assert request["headers"]["X-Switchboard-Event"] == body["event"]
         by_event.setdefault(body["event"], []).append(body)
-    assert set(by_event) == {"session.started", "transcript.updated", "session.ended", "analysis.completed"}
+    assert set(by_event) == {
+        "session.started",
+        "transcript.updated",
+        "session.ended",
+        "analysis.completed",
+    }
     ended = by_event["session.ended"][0]["data"]
-    assert ended["end_reason"] == "caller_hangup" and ended["duration_secs"] > 0 and "total" in ended["cost"]
+    assert (
+        ended["end_reason"] == "caller_hangup"
+        and ended["duration_secs"] > 0
+        and "total" in ended["cost"]
+    )
     turns = [(e["data"]["speaker"], e["data"]["content"]) for e in by_event["transcript.updated"]]
-    assert ("USER", "When do you open on Wednesdays?") in turns and ("AGENT", "We open at nine on Wednesdays.") in turns
+    assert ("USER", "When do you open on Wednesdays?") in turns and (
+        "AGENT",
+        "We open at nine on Wednesdays.",
+    ) in turns
     assert by_event["analysis.completed"][0]["data"]["analysis"]["sentiment"] == "positive"
 
     deliveries = api.get(f"/v1/agents/{agent['id']}/webhook-deliveries").json()
-    assert deliveries["total"] == len(delivered) and {d["status"] for d in deliveries["items"]} == {"delivered"}
+    assert deliveries["total"] == len(delivered) and {d["status"] for d in deliveries["items"]} == {
+        "delivered"
+    }
     retried = [d for d in deliveries["items"] if d["attempts"] > 1]
     assert len(retried) >= 1 and sum(d["attempts"] - 1 for d in retried) == 2  # the two 500s
     assert all(d["last_status_code"] == 200 for d in deliveries["items"])
@@ -198,7 +278,9 @@ async def test_webhooks_are_signed_and_retried(server, api, llm, receiver):
 async def test_a_hanging_receiver_does_not_delay_the_end_of_the_call(server, api, llm, receiver):
     llm.script("We open at nine.")
     agent = make_agent(api, pipeline="scripted", webhook_url=receiver.url("/hang"))
-    assert agent["webhook_secret"].startswith("whsec_") and agent["webhook_events"] is None  # generated; defaults
+    assert (
+        agent["webhook_secret"].startswith("whsec_") and agent["webhook_events"] is None
+    )  # generated; defaults
     async with SessionClient(agent_ws(server, agent["id"])) as client:
         ready = await client.wait_for("session.ready", timeout=30)
         await client.send_event({"type": "input.text", "text": "When do you open?"})
@@ -210,6 +292,9 @@ async def test_a_hanging_receiver_does_not_delay_the_end_of_the_call(server, api
     assert time.monotonic() - ending < 5
     deliveries = api.get(f"/v1/agents/{agent['id']}/webhook-deliveries").json()["items"]
     assert deliveries and all(d["status"] == "pending" for d in deliveries)
-    hung = [json.loads(r["body"])["event"] for r in receiver.events("/hang", status=None)
-            if json.loads(r["body"])["session_id"] == ready["session_id"]]
+    hung = [
+        json.loads(r["body"])["event"]
+        for r in receiver.events("/hang", status=None)
+        if json.loads(r["body"])["session_id"] == ready["session_id"]
+    ]
     assert hung and "transcript.updated" not in hung  # not asked for

@@ -39,7 +39,11 @@ def logged_in(server) -> Iterator[httpx.Client]:
 
 
 def dashboard_routes() -> list[tuple[str, str]]:
-    routes = [r for r in dashboard.router.routes if isinstance(r, APIRoute) and r.path not in PUBLIC_ROUTES]
+    routes = [
+        r
+        for r in dashboard.router.routes
+        if isinstance(r, APIRoute) and r.path not in PUBLIC_ROUTES
+    ]
     return [(method, route.path) for route in routes for method in route.methods]
 
 
@@ -50,11 +54,18 @@ def test_every_page_and_action_refuses_without_the_key(server, api):
     assert len(routes) >= 11, routes
     offer = f"/v1/agents/{agent['id']}/webrtc/offer"
 
-    for cookies in ({}, {LOGIN_COOKIE: "sk_not_a_key"}, {LOGIN_COOKIE: ""}, {"switchboard_key": server.api_key}):
+    for cookies in (
+        {},
+        {LOGIN_COOKIE: "sk_not_a_key"},
+        {LOGIN_COOKIE: ""},
+        {"switchboard_key": server.api_key},
+    ):
         with httpx.Client(base_url=server.url, timeout=30, cookies=cookies) as anonymous:
             for method, path in routes:
                 url = path.replace("{agent_id}", agent["id"]).replace("{session_id}", session_id)
-                response = anonymous.request(method, url, **({} if method == "GET" else {"data": {"name": "x"}}))
+                response = anonymous.request(
+                    method, url, **({} if method == "GET" else {"data": {"name": "x"}})
+                )
                 if method == "GET":
                     assert response.status_code == 303, (method, url, response.status_code)
                     assert response.headers["location"].startswith("/login?next=")
@@ -63,8 +74,15 @@ def test_every_page_and_action_refuses_without_the_key(server, api):
                     assert response.status_code == 401, (method, url, response.status_code)
                     assert response.json()["code"] == "unauthorized"
             assert anonymous.post(offer, json={"sdp": "v=0", "type": "offer"}).status_code == 401
-            assert anonymous.patch(offer, json={"pc_id": "p", "candidates": [{"candidate": "", "sdpMid": "0"}]}).status_code == 401
-    assert api.get(f"/v1/agents/{agent['id']}").json()["status"] == "active"  # nothing was paused or deleted
+            assert (
+                anonymous.patch(
+                    offer, json={"pc_id": "p", "candidates": [{"candidate": "", "sdpMid": "0"}]}
+                ).status_code
+                == 401
+            )
+    assert (
+        api.get(f"/v1/agents/{agent['id']}").json()["status"] == "active"
+    )  # nothing was paused or deleted
 
     with httpx.Client(base_url=server.url, timeout=30) as anonymous:
         page = anonymous.get("/login?next=//evil.example/")
@@ -75,7 +93,9 @@ def test_every_page_and_action_refuses_without_the_key(server, api):
     with logged_in(server) as client:
         assert client.get("/").status_code == 200
         # A form posted from another site's page is refused even with the cookie.
-        foreign = client.post(f"/agents/{agent['id']}/delete", headers={"Origin": "https://evil.example"})
+        foreign = client.post(
+            f"/agents/{agent['id']}/delete", headers={"Origin": "https://evil.example"}
+        )
         assert foreign.status_code == 403
         assert client.post("/logout").headers["location"] == "/login"
     assert api.get(f"/v1/agents/{agent['id']}").json()["status"] == "active"
@@ -86,18 +106,29 @@ async def test_caller_and_llm_text_is_escaped(server, api, llm):
     agent = make_agent(api, pipeline="scripted", name="<script>alert('name')</script>")
     async with SessionClient(agent_ws(server, agent["id"])) as client:
         ready = await client.wait_for("session.ready", timeout=30)
-        await client.send_event({"type": "input.text", "text": "<script>alert('caller')</script> hours?"})
+        await client.send_event(
+            {"type": "input.text", "text": "<script>alert('caller')</script> hours?"}
+        )
         await client.wait_for("transcript.agent", timeout=60)
         await client.send_event({"type": "session.end"})
         await client.wait_for("session.ended", timeout=15)
     wait_for_status(api, ready["session_id"], "completed")
 
     with logged_in(server) as client:
-        pages = [client.get("/"), client.get("/calls"), client.get(f"/calls/{ready['session_id']}"),
-                 client.get(f"/agents/{agent['id']}"), client.get(f"/agents/{agent['id']}/preview")]
+        pages = [
+            client.get("/"),
+            client.get("/calls"),
+            client.get(f"/calls/{ready['session_id']}"),
+            client.get(f"/agents/{agent['id']}"),
+            client.get(f"/agents/{agent['id']}/preview"),
+        ]
         for page in pages:
             assert page.status_code == 200, page.text
-            assert "<script>alert" not in page.text and "<img src=x" not in page.text and "<b>nine" not in page.text
+            assert (
+                "<script>alert" not in page.text
+                and "<img src=x" not in page.text
+                and "<b>nine" not in page.text
+            )
             assert "default-src 'self'" in page.headers["content-security-policy"]
         session_page = pages[2].text
         assert "&lt;script&gt;alert(&#39;caller&#39;)&lt;/script&gt; hours?" in session_page
@@ -107,8 +138,16 @@ async def test_caller_and_llm_text_is_escaped(server, api, llm):
 
 def test_agent_forms(server, api):
     with logged_in(server) as client:
-        form = {"name": "Front desk", "pipeline": "scripted", "voice_id": "joe", "language": "en",
-                "max_turns": "12", "system_prompt": "You answer the phone.", "greeting": "Hello!", "tools": ""}
+        form = {
+            "name": "Front desk",
+            "pipeline": "scripted",
+            "voice_id": "joe",
+            "language": "en",
+            "max_turns": "12",
+            "system_prompt": "You answer the phone.",
+            "greeting": "Hello!",
+            "tools": "",
+        }
         bad = client.post("/agents/new", data={**form, "voice_id": "nobody"})
         assert bad.status_code == 422 and "voice &#39;nobody&#39; is not offered" in bad.text
         assert 'value="Front desk"' in bad.text  # the form keeps what was typed
@@ -119,21 +158,43 @@ def test_agent_forms(server, api):
         assert created.status_code == 303
         agent_id = created.headers["location"].rsplit("/", 1)[1]
         agent = api.get(f"/v1/agents/{agent_id}").json()
-        assert (agent["name"], agent["max_turns"], agent["greeting"], agent["pipeline"]) == ("Front desk", 12, "Hello!", "scripted")
+        assert (agent["name"], agent["max_turns"], agent["greeting"], agent["pipeline"]) == (
+            "Front desk",
+            12,
+            "Hello!",
+            "scripted",
+        )
 
-        assert agent["interruptible"] is False and agent["recording_enabled"] is False  # unticked boxes
+        assert (
+            agent["interruptible"] is False and agent["recording_enabled"] is False
+        )  # unticked boxes
         edit_page = client.get(f"/agents/{agent_id}").text
         assert 'value="Front desk"' in edit_page and 'name="interruptible" >' in edit_page
 
         tool = '[{"name": "lookup", "description": "Find a booking", "parameters": {"type": "object", "properties": {}}}]'
 
-        changes = {"name": "Front desk 2", "greeting": "", "tools": tool, "first_speaker": "user", "max_duration": "600",
-                   "interruptible": "on", "recording_enabled": "on"}
+        changes = {
+            "name": "Front desk 2",
+            "greeting": "",
+            "tools": tool,
+            "first_speaker": "user",
+            "max_duration": "600",
+            "interruptible": "on",
+            "recording_enabled": "on",
+        }
         assert client.post(f"/agents/{agent_id}", data={**form, **changes}).status_code == 303
         agent = api.get(f"/v1/agents/{agent_id}").json()
-        assert agent["name"] == "Front desk 2" and agent["greeting"] is None and agent["tools"][0]["name"] == "lookup"
-        assert (agent["first_speaker"], agent["max_duration"], agent["interruptible"], agent["recording_enabled"]) == (
-            "user", 600, True, True)
+        assert (
+            agent["name"] == "Front desk 2"
+            and agent["greeting"] is None
+            and agent["tools"][0]["name"] == "lookup"
+        )
+        assert (
+            agent["first_speaker"],
+            agent["max_duration"],
+            agent["interruptible"],
+            agent["recording_enabled"],
+        ) == ("user", 600, True, True)
         assert 'name="interruptible" checked' in client.get(f"/agents/{agent_id}").text
 
         assert client.post(f"/agents/{agent_id}/pause").status_code == 303
@@ -161,22 +222,36 @@ def test_call_log_filters_and_pages(server, api):
         created = client.get("/calls", params={"agent_id": agent["id"], "status": "completed"}).text
         assert "No calls match these filters" in created
         row = client.get("/calls", params={"agent_id": agent["id"], "status": "created"}).text
-        assert len(re.findall(r'data-session-id="', row)) == 20 and "websocket" in row and "Paged agent" in row
+        assert (
+            len(re.findall(r'data-session-id="', row)) == 20
+            and "websocket" in row
+            and "Paged agent" in row
+        )
 
         for number in range(21):
             make_agent(api, pipeline="scripted", name=f"Agent {number}")
         total = api.get("/v1/agents", params={"limit": 1}).json()["total"]
         pages = [client.get("/", params={"page": page}).text for page in (1, 2)]
         assert f"Page 1 of {(total + 19) // 20} · {total} agents" in pages[0]
-        assert [len(re.findall(r'data-agent-id="', page)) for page in pages] == [20, min(total - 20, 20)]
+        assert [len(re.findall(r'data-agent-id="', page)) for page in pages] == [
+            20,
+            min(total - 20, 20),
+        ]
 
 
 # --- a real browser call ---------------------------------------------------------------
 
 CHROMIUM_FLAGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-    "--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--use-fake-ui-for-media-stream",
+    "--use-fake-device-for-media-stream",
     "--autoplay-policy=no-user-gesture-required",
 ]
 
@@ -232,7 +307,9 @@ def write_wav(path: Path, pcm: bytes, rate: int) -> None:
 @pytest.fixture
 def fresh_server(llm, tmp_path):
     """A server of its own, so the screenshots show only the browser test's agent and call."""
-    server = start_server(tmp_path / "server", preload=["scripted"], env={"SCRIPTED_LLM_URL": llm.url})
+    server = start_server(
+        tmp_path / "server", preload=["scripted"], env={"SCRIPTED_LLM_URL": llm.url}
+    )
     yield server
     server.stop()
 
@@ -246,7 +323,11 @@ def test_browser_call_from_the_dashboard(fresh_server, llm, tmp_path):
     llm.script_oneshot(json.dumps(ANALYSIS))  # the post-call analysis
     # The fake microphone loops the file: the question comes after the greeting, then a long silence.
     caller_wav = tmp_path / "caller.wav"
-    write_wav(caller_wav, speech("What time do you open tomorrow morning?", 48000, lead_secs=8, tail_secs=30), 48000)
+    write_wav(
+        caller_wav,
+        speech("What time do you open tomorrow morning?", 48000, lead_secs=8, tail_secs=30),
+        48000,
+    )
     shots = SCREENSHOTS if os.environ.get("SWITCHBOARD_REFRESH_SCREENSHOTS") == "1" else tmp_path
 
     with sync_playwright() as playwright:
@@ -255,7 +336,9 @@ def test_browser_call_from_the_dashboard(fresh_server, llm, tmp_path):
             args=[*CHROMIUM_FLAGS, f"--use-file-for-fake-audio-capture={caller_wav}"],
         )
         try:
-            context = browser.new_context(viewport={"width": 1280, "height": 860}, base_url=server.url)
+            context = browser.new_context(
+                viewport={"width": 1280, "height": 860}, base_url=server.url
+            )
             context.add_init_script(RECORD_PEER_CONNECTIONS)
             page = context.new_page()
             page.set_default_timeout(30_000)
@@ -270,7 +353,10 @@ def test_browser_call_from_the_dashboard(fresh_server, llm, tmp_path):
             page.fill("#name", "Clinic receptionist")
             page.select_option("#pipeline", "scripted")
             page.fill("#voice_id", "joe")
-            page.fill("#system_prompt", "You are the receptionist of a dental clinic. Answer in one short sentence.")
+            page.fill(
+                "#system_prompt",
+                "You are the receptionist of a dental clinic. Answer in one short sentence.",
+            )
             page.fill("#greeting", "Hello, thanks for calling the clinic.")
             page.click("text=Create agent")
             expect(page.locator("h1")).to_contain_text("Clinic receptionist")
@@ -284,9 +370,13 @@ def test_browser_call_from_the_dashboard(fresh_server, llm, tmp_path):
             row.locator("text=Preview").click()
             expect(page).to_have_url(re.compile(f"/agents/{agent_id}/preview$"))
             page.click("#start")
-            expect(page.locator("#status")).to_have_attribute("data-state", "connected", timeout=30_000)
+            expect(page.locator("#status")).to_have_attribute(
+                "data-state", "connected", timeout=30_000
+            )
             greeting = page.locator("#transcript li.turn.agent").first
-            expect(greeting).to_contain_text("Hello, thanks for calling the clinic.", timeout=60_000)
+            expect(greeting).to_contain_text(
+                "Hello, thanks for calling the clinic.", timeout=60_000
+            )
             user_turn = page.locator("#transcript li.turn.user").first
             expect(user_turn).to_contain_text(re.compile("open", re.I), timeout=60_000)
             expect(user_turn).to_contain_text(re.compile("tomorrow", re.I))
@@ -310,7 +400,11 @@ def test_browser_call_from_the_dashboard(fresh_server, llm, tmp_path):
             expect(page.locator("#analysis")).to_contain_text(ANALYSIS["summary"])
             expect(page.locator("#cost")).to_contain_text("USD")
             recording = page.request.get(page.locator("audio#recording").get_attribute("src"))
-            assert recording.ok and recording.headers["content-type"] == "audio/wav" and len(recording.body()) > 48000
+            assert (
+                recording.ok
+                and recording.headers["content-type"] == "audio/wav"
+                and len(recording.body()) > 48000
+            )
             page.screenshot(path=str(shots / "session.png"), full_page=True)
 
             page.click("text=Call logs")

@@ -20,7 +20,9 @@ from app.settings import Settings
 
 DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
 KUBERNETES = DEPLOY / "kubernetes"
-SETTING_NAMES = {field.alias or f"SWITCHBOARD_{name.upper()}" for name, field in Settings.model_fields.items()}
+SETTING_NAMES = {
+    field.alias or f"SWITCHBOARD_{name.upper()}" for name, field in Settings.model_fields.items()
+}
 DEFAULT_DRAIN_GRACE = Settings.model_fields["drain_grace_secs"].default
 
 
@@ -39,7 +41,11 @@ def compose() -> dict:
 
 
 def switchboard_services(spec: dict) -> dict[str, dict]:
-    return {name: service for name, service in spec["services"].items() if service.get("image") == "switchboard:local"}
+    return {
+        name: service
+        for name, service in spec["services"].items()
+        if service.get("image") == "switchboard:local"
+    }
 
 
 def seconds(duration: str) -> float:
@@ -50,7 +56,9 @@ def seconds(duration: str) -> float:
     return hours * 3600 + minutes * 60 + secs
 
 
-@pytest.mark.parametrize("path", sorted(p.name for p in KUBERNETES.glob("*.yaml") if p.name != "kustomization.yaml"))
+@pytest.mark.parametrize(
+    "path", sorted(p.name for p in KUBERNETES.glob("*.yaml") if p.name != "kustomization.yaml")
+)
 def test_kubernetes_manifests_match_the_kubernetes_schemas(path):
     version = kubernetes_validate.latest_version()
     for document in yaml.safe_load_all((KUBERNETES / path).read_text()):
@@ -59,7 +67,9 @@ def test_kubernetes_manifests_match_the_kubernetes_schemas(path):
 
 def test_kustomization_applies_every_manifest():
     listed = yaml.safe_load((KUBERNETES / "kustomization.yaml").read_text())["resources"]
-    assert sorted(listed) == sorted(p.name for p in KUBERNETES.glob("*.yaml") if p.name != "kustomization.yaml")
+    assert sorted(listed) == sorted(
+        p.name for p in KUBERNETES.glob("*.yaml") if p.name != "kustomization.yaml"
+    )
 
 
 def test_the_deployment_drains_before_it_is_killed_and_is_probed_on_health():
@@ -83,7 +93,9 @@ def test_the_deployment_drains_before_it_is_killed_and_is_probed_on_health():
     assert backend == {"name": objects["Service"]["metadata"]["name"], "port": {"name": "http"}}
     annotations = objects["Ingress"]["metadata"]["annotations"]
     for timeout in ("proxy-read-timeout", "proxy-send-timeout"):
-        assert int(annotations[f"nginx.ingress.kubernetes.io/{timeout}"]) >= 3600  # WebSocket calls last
+        assert (
+            int(annotations[f"nginx.ingress.kubernetes.io/{timeout}"]) >= 3600
+        )  # WebSocket calls last
     hpa = objects["HorizontalPodAutoscaler"]["spec"]
     assert hpa["scaleTargetRef"]["name"] == objects["Deployment"]["metadata"]["name"]
     assert [m["resource"]["name"] for m in hpa["metrics"]] == ["cpu"] and hpa["minReplicas"] >= 2
@@ -100,14 +112,21 @@ def test_kubernetes_sets_only_real_settings_and_keeps_credentials_in_the_secret(
     assert container["envFrom"] == [{"secretRef": {"name": objects["Secret"]["metadata"]["name"]}}]
     env_names = {e["name"] for e in container["env"]}
     assert env_names | secret_names <= SETTING_NAMES, (env_names | secret_names) - SETTING_NAMES
-    assert {"DATABASE_URL", "SWITCHBOARD_REDIS_URL", "SWITCHBOARD_SECRET_KEY", "SWITCHBOARD_API_KEY"} <= secret_names
+    assert {
+        "DATABASE_URL",
+        "SWITCHBOARD_REDIS_URL",
+        "SWITCHBOARD_SECRET_KEY",
+        "SWITCHBOARD_API_KEY",
+    } <= secret_names
     assert not env_names & secret_names
     assert not [name for name in env_names if re.search("KEY|SECRET|PASSWORD|DATABASE_URL", name)]
 
 
 def test_compose_file_matches_the_compose_spec():
     schema = json.loads(
-        resources.files("check_jsonschema.builtin_schemas.vendor").joinpath("compose-spec.json").read_text()
+        resources.files("check_jsonschema.builtin_schemas.vendor")
+        .joinpath("compose-spec.json")
+        .read_text()
     )
     jsonschema.validators.validator_for(schema)(schema).validate(compose())
 
@@ -137,11 +156,22 @@ def test_caddy_balances_over_every_node_and_watches_their_health():
     upstreams = re.search(r"reverse_proxy ([^{]+)\{", caddyfile).group(1).split()
     assert sorted(upstreams) == sorted(f"{name}:8000" for name in switchboard_services(compose()))
     assert re.search(r"health_uri /health\b", caddyfile)
-    assert ":8080 {" in caddyfile and any(p.endswith(":8080") for p in compose()["services"]["proxy"]["ports"])
+    assert ":8080 {" in caddyfile and any(
+        p.endswith(":8080") for p in compose()["services"]["proxy"]["ports"]
+    )
 
 
 def test_caddy_sends_no_new_requests_to_a_draining_node():
     """Caddy's `health_body` matches /health's body as the server sends it when ready, not when draining."""
-    expected = re.search(r'health_body "(.+)"', (DEPLOY / "Caddyfile").read_text()).group(1).replace('\\"', '"')
-    ready, draining = (JSONResponse(Health(status=s, node_id="node-1", live_calls=3, load=0.2).model_dump()).body.decode() for s in ("ok", "draining"))
+    expected = (
+        re.search(r'health_body "(.+)"', (DEPLOY / "Caddyfile").read_text())
+        .group(1)
+        .replace('\\"', '"')
+    )
+    ready, draining = (
+        JSONResponse(
+            Health(status=s, node_id="node-1", live_calls=3, load=0.2).model_dump()
+        ).body.decode()
+        for s in ("ok", "draining")
+    )
     assert re.search(expected, ready) and not re.search(expected, draining), (expected, ready)

@@ -14,7 +14,9 @@ from tests.conftest import TEST_BACKEND, make_agent, query_database, start_serve
 
 
 def drop_table(server, table: str) -> None:
-    query_database(server, f"DROP TABLE {table}" + (" CASCADE" if TEST_BACKEND == "postgres" else ""))
+    query_database(
+        server, f"DROP TABLE {table}" + (" CASCADE" if TEST_BACKEND == "postgres" else "")
+    )
 
 
 def wait_for_log(server, text: str, timeout: float = 10) -> str:
@@ -39,7 +41,10 @@ async def test_an_internal_error_is_logged_and_answered_in_the_error_shape(tmp_p
             body = response.json()
             assert body["code"] == "internal_error" and body["message"] and body["details"] is None
             log = wait_for_log(server, "session_latency")
-            assert f"unhandled error in GET /v1/sessions/{{session_id}} (path /v1/sessions/{session_id}, session {session_id})" in log
+            assert (
+                f"unhandled error in GET /v1/sessions/{{session_id}} (path /v1/sessions/{session_id}, session {session_id})"
+                in log
+            )
             assert "Traceback" in log and "session_latency" in log
 
             # The next request still works: one broken route doesn't take the server down.
@@ -52,7 +57,10 @@ async def test_an_internal_error_is_logged_and_answered_in_the_error_shape(tmp_p
                     await asyncio.sleep(0.05)
             assert client.close_code == 1011 and client.close_reason
             log = wait_for_log(server, "unhandled error in WEBSOCKET")
-            assert f"unhandled error in WEBSOCKET /v1/sessions/{{session_id}}/ws (path /v1/sessions/{session_id}/ws, session {session_id})" in log
+            assert (
+                f"unhandled error in WEBSOCKET /v1/sessions/{{session_id}}/ws (path /v1/sessions/{session_id}/ws, session {session_id})"
+                in log
+            )
             # Tracebacks carry no local variables' values (loguru marks them `└ value`): neither key nor token.
             token = parse_qs(urlsplit(session["websocket_url"]).query)["token"][0]
             assert server.api_key not in log and token not in log and "└ " not in log

@@ -12,7 +12,6 @@ from tests.conftest import make_agent, start_server
 from tests.fakes.carrier_webhooks import twilio_post
 from tests.test_session_websocket import agent_ws, refused
 
-
 TWILIO_AUTH_TOKEN = "limits_test_twilio_token"
 
 
@@ -36,7 +35,9 @@ def limited_server(tmp_path_factory, scripted_llm):
 def test_rate_limit_answers_429_with_retry_after(limited_server):
     admin = limited_server.client()
     account = admin.post("/v1/accounts", json={"name": "chatty"}).json()
-    key = admin.post("/v1/api-keys", json={"account_id": account["id"], "name": "k"}).json()["secret"]
+    key = admin.post("/v1/api-keys", json={"account_id": account["id"], "name": "k"}).json()[
+        "secret"
+    ]
     client = httpx.Client(base_url=limited_server.url, headers={"X-API-Key": key})
     statuses = [client.get("/v1/agents").status_code for _ in range(10)]
     assert statuses[:8] == [200] * 8 and statuses[8:] == [429, 429]
@@ -44,8 +45,13 @@ def test_rate_limit_answers_429_with_retry_after(limited_server):
     assert refusal.json()["code"] == "rate_limited"
     assert 1 <= int(refusal.headers["Retry-After"]) <= 60
     # Another key has its own window.
-    other = admin.post("/v1/api-keys", json={"account_id": account["id"], "name": "k2"}).json()["secret"]
-    assert httpx.get(limited_server.url + "/v1/agents", headers={"X-API-Key": other}).status_code == 200
+    other = admin.post("/v1/api-keys", json={"account_id": account["id"], "name": "k2"}).json()[
+        "secret"
+    ]
+    assert (
+        httpx.get(limited_server.url + "/v1/agents", headers={"X-API-Key": other}).status_code
+        == 200
+    )
 
 
 def test_oversized_bodies_are_refused_with_413(limited_server):
@@ -63,12 +69,16 @@ def test_oversized_bodies_are_refused_with_413(limited_server):
     assert httpx.get(limited_server.url + "/health").status_code == 200
 
 
-async def test_call_over_the_account_cap_is_refused_while_the_first_carries_on(limited_server, scripted_llm):
+async def test_call_over_the_account_cap_is_refused_while_the_first_carries_on(
+    limited_server, scripted_llm
+):
     scripted_llm.reset()
     scripted_llm.script("Still talking to you.")
     admin = limited_server.client()
     account = admin.post("/v1/accounts", json={"name": "capped"}).json()
-    key = admin.post("/v1/api-keys", json={"account_id": account["id"], "name": "k"}).json()["secret"]
+    key = admin.post("/v1/api-keys", json={"account_id": account["id"], "name": "k"}).json()[
+        "secret"
+    ]
     api = httpx.Client(base_url=limited_server.url, headers={"X-API-Key": key})
     agent = make_agent(api, pipeline="scripted")
     async with SessionClient(agent_ws(limited_server, agent["id"], key=key)) as first:
@@ -80,13 +90,18 @@ async def test_call_over_the_account_cap_is_refused_while_the_first_carries_on(l
         assert response.status_code == 429 and response.json()["code"] == "concurrent_call_limit"
         assert response.headers["Retry-After"]
         # A phone call over the cap hears an apology and is hung up, never a dead line.
-        twiml = twilio_post(f"{limited_server.url}/v1/twilio/voice?agentId={agent['id']}",
-                            {"CallSid": "CA" + "1" * 32, "From": "+15550001111", "To": "+15550002222"}, TWILIO_AUTH_TOKEN)
+        twiml = twilio_post(
+            f"{limited_server.url}/v1/twilio/voice?agentId={agent['id']}",
+            {"CallSid": "CA" + "1" * 32, "From": "+15550001111", "To": "+15550002222"},
+            TWILIO_AUTH_TOKEN,
+        )
         assert twiml.status_code == 200 and twiml.headers["content-type"].startswith("text/xml")
         assert "<Say>" in twiml.text and "<Hangup" in twiml.text and "<Stream" not in twiml.text
         # The first call is unaffected.
         await first.send_event({"type": "input.text", "text": "Are you still there?"})
-        assert (await first.wait_for("transcript.agent", timeout=60))["text"] == "Still talking to you."
+        assert (await first.wait_for("transcript.agent", timeout=60))[
+            "text"
+        ] == "Still talking to you."
         await first.send_event({"type": "session.end"})
         await first.wait_for("session.ended", timeout=10)
     # Once it has ended there is room again (the session row is finalised just after the socket closes).
@@ -100,7 +115,9 @@ async def test_sigterm_drains_live_calls_with_a_goodbye(tmp_path, scripted_llm):
     scripted_llm.reset()
     scripted_llm.script("Noted, thank you.")
     data = tmp_path / "drain"
-    server = start_server(data, env={"SWITCHBOARD_DRAIN_GRACE_SECS": "2", "SCRIPTED_LLM_URL": scripted_llm.url})
+    server = start_server(
+        data, env={"SWITCHBOARD_DRAIN_GRACE_SECS": "2", "SCRIPTED_LLM_URL": scripted_llm.url}
+    )
     try:
         api = server.client()
         agent = make_agent(api, pipeline="scripted")
@@ -132,7 +149,9 @@ async def test_sigterm_drains_live_calls_with_a_goodbye(tmp_path, scripted_llm):
     assert "goodbye" in contents[-1].lower()
 
 
-async def test_kill_9_mid_call_then_restart_the_lost_node_s_call_ends_failed(tmp_path, scripted_llm):
+async def test_kill_9_mid_call_then_restart_the_lost_node_s_call_ends_failed(
+    tmp_path, scripted_llm
+):
     scripted_llm.reset()
     scripted_llm.script("First answer.", "Second answer.")
     data = tmp_path / "crash"
@@ -151,15 +170,25 @@ async def test_kill_9_mid_call_then_restart_the_lost_node_s_call_ends_failed(tmp
     finally:
         server.stop()
     # The restarted server is a new node: once the dead one's lease has run out, it ends that call.
-    session, transcript = after_restart(data, scripted_llm, ready["session_id"], env=short_lease,
-                                        until=lambda s: s["status"] != "active")
+    session, transcript = after_restart(
+        data,
+        scripted_llm,
+        ready["session_id"],
+        env=short_lease,
+        until=lambda s: s["status"] != "active",
+    )
     assert (session["status"], session["end_reason"]) == ("failed", "node_lost")
     assert [(t["speaker"], t["content"]) for t in transcript] == [
-        ("USER", "One."), ("AGENT", "First answer."), ("USER", "Two."), ("AGENT", "Second answer."),
+        ("USER", "One."),
+        ("AGENT", "First answer."),
+        ("USER", "Two."),
+        ("AGENT", "Second answer."),
     ]
 
 
-def after_restart(data, scripted_llm, session_id: str, env=None, until=lambda session: True) -> tuple[dict, list[dict]]:
+def after_restart(
+    data, scripted_llm, session_id: str, env=None, until=lambda session: True
+) -> tuple[dict, list[dict]]:
     """Start a server on the same data again; the session (once `until` holds for it, within 30 s)
     and its transcript as it now sees them."""
     server = start_server(data, env={"SCRIPTED_LLM_URL": scripted_llm.url, **(env or {})})

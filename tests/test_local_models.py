@@ -24,15 +24,27 @@ def phone_audio(text: str) -> np.ndarray:
 
 
 def words(segments) -> str:
-    return " ".join("".join(s.text for s in segments).lower().replace(",", "").replace(".", "").replace("?", "").split())
+    return " ".join(
+        "".join(s.text for s in segments)
+        .lower()
+        .replace(",", "")
+        .replace(".", "")
+        .replace("?", "")
+        .split()
+    )
 
 
 def test_sized_window_transcribes_as_the_30_second_window():
     full = WhisperModel(str(WHISPER_DIR), device="cpu", compute_type="int8", local_files_only=True)
     sized = whisper_model(WHISPER_DIR)
-    for text in ["Where is your office?", "I would like to move my appointment from Tuesday to Thursday."]:
+    for text in [
+        "Where is your office?",
+        "I would like to move my appointment from Tuesday to Thursday.",
+    ]:
         audio = np.concatenate([phone_audio(text), np.zeros(8000, np.float32)])
-        expected = words(full.transcribe(audio, language="en", beam_size=1, without_timestamps=True)[0])
+        expected = words(
+            full.transcribe(audio, language="en", beam_size=1, without_timestamps=True)[0]
+        )
         got = words(sized.transcribe(audio, language="en", beam_size=1, without_timestamps=True)[0])
         assert got == expected
         assert "office" in got or "thursday" in got
@@ -74,12 +86,18 @@ async def aggregate(aggregator: FirstClauseTextAggregator, reply: str) -> list[s
 
 async def test_a_reply_starts_with_its_first_clause_then_goes_by_sentence():
     aggregator = FirstClauseTextAggregator()
-    assert await aggregate(aggregator, "We have openings on Tuesday, and Thursday works too. Call us, okay? Bye.") == [
-        "We have openings on Tuesday,", "and Thursday works too.", "Call us, okay?", "Bye.",
+    assert await aggregate(
+        aggregator, "We have openings on Tuesday, and Thursday works too. Call us, okay? Bye."
+    ) == [
+        "We have openings on Tuesday,",
+        "and Thursday works too.",
+        "Call us, okay?",
+        "Bye.",
     ]
     # Each reply starts over; a short lead-in and a number's comma don't cut it.
     assert await aggregate(aggregator, "Yes, we do. It costs 1,200 dollars, roughly.") == [
-        "Yes, we do.", "It costs 1,200 dollars, roughly.",
+        "Yes, we do.",
+        "It costs 1,200 dollars, roughly.",
     ]
 
 

@@ -6,7 +6,13 @@ import httpx
 import pytest
 
 from app.client import SessionClient
-from tests.conftest import make_agent, redis_env, redis_unavailable, skip_unless_available, start_server
+from tests.conftest import (
+    make_agent,
+    redis_env,
+    redis_unavailable,
+    skip_unless_available,
+    start_server,
+)
 from tests.test_session_websocket import agent_ws
 
 
@@ -14,9 +20,13 @@ from tests.test_session_websocket import agent_ws
 def workers_server(tmp_path_factory, scripted_llm):
     skip_unless_available(redis_unavailable())
     server = start_server(
-        tmp_path_factory.mktemp("workers"), workers=2,
-        env={**redis_env(), "SWITCHBOARD_RATE_LIMIT_PER_MINUTE": "20",
-             "SCRIPTED_LLM_URL": scripted_llm.url},
+        tmp_path_factory.mktemp("workers"),
+        workers=2,
+        env={
+            **redis_env(),
+            "SWITCHBOARD_RATE_LIMIT_PER_MINUTE": "20",
+            "SCRIPTED_LLM_URL": scripted_llm.url,
+        },
     )
     yield server
     server.stop()
@@ -25,19 +35,29 @@ def workers_server(tmp_path_factory, scripted_llm):
 def test_rate_limit_is_shared_by_the_workers(workers_server):
     admin = workers_server.client()
     account = admin.post("/v1/accounts", json={"name": "shared window"}).json()
-    key = admin.post("/v1/api-keys", json={"account_id": account["id"], "name": "k"}).json()["secret"]
+    key = admin.post("/v1/api-keys", json={"account_id": account["id"], "name": "k"}).json()[
+        "secret"
+    ]
     # A new connection per request, so the kernel spreads them over both workers.
-    statuses = [httpx.get(workers_server.url + "/v1/agents", headers={"X-API-Key": key}).status_code for _ in range(24)]
+    statuses = [
+        httpx.get(workers_server.url + "/v1/agents", headers={"X-API-Key": key}).status_code
+        for _ in range(24)
+    ]
     assert statuses == [200] * 20 + [429] * 4
 
 
 async def test_deleting_an_agent_ends_its_call_in_whichever_worker_runs_it(workers_server):
     key = workers_server.api_key
     for _ in range(4):
-        agent = make_agent(httpx.Client(base_url=workers_server.url, headers={"X-API-Key": key}), pipeline="scripted")
+        agent = make_agent(
+            httpx.Client(base_url=workers_server.url, headers={"X-API-Key": key}),
+            pipeline="scripted",
+        )
         async with SessionClient(agent_ws(workers_server, agent["id"])) as client:
             await client.wait_for("session.ready", timeout=60)
-            response = httpx.delete(f"{workers_server.url}/v1/agents/{agent['id']}", headers={"X-API-Key": key})
+            response = httpx.delete(
+                f"{workers_server.url}/v1/agents/{agent['id']}", headers={"X-API-Key": key}
+            )
             assert response.status_code == 200
             ended = await client.wait_for("session.ended", timeout=15)
             assert ended["reason"] == "agent_deleted"

@@ -47,8 +47,12 @@ def cluster(tmp_path_factory, scripted_llm):
 def capped_account(server, cap: int = CAP) -> tuple[httpx.Client, str]:
     """An API client of a new account capped at `cap` live calls, and its key."""
     admin = server.client()
-    account = admin.post("/v1/accounts", json={"name": "capped", "max_concurrent_calls": cap}).json()
-    key = admin.post("/v1/api-keys", json={"account_id": account["id"], "name": "k"}).json()["secret"]
+    account = admin.post(
+        "/v1/accounts", json={"name": "capped", "max_concurrent_calls": cap}
+    ).json()
+    key = admin.post("/v1/api-keys", json={"account_id": account["id"], "name": "k"}).json()[
+        "secret"
+    ]
     return httpx.Client(base_url=server.url, headers={"X-API-Key": key}, timeout=30), key
 
 
@@ -130,16 +134,24 @@ async def test_the_call_cap_holds_across_nodes_and_under_a_parallel_burst(cluste
     api, key = capped_account(a)
     agent = make_agent(api, pipeline="scripted")
     # Sessions waiting for a client hold no place under the cap; they are joined in the burst below.
-    created = [api.post(f"/v1/agents/{agent['id']}/sessions").json()["websocket_url"] for _ in range(5)]
-    async with SessionClient(agent_ws(a, agent["id"], key=key)) as on_a, \
-            SessionClient(agent_ws(b, agent["id"], key=key)) as on_b:
+    created = [
+        api.post(f"/v1/agents/{agent['id']}/sessions").json()["websocket_url"] for _ in range(5)
+    ]
+    async with (
+        SessionClient(agent_ws(a, agent["id"], key=key)) as on_a,
+        SessionClient(agent_ws(b, agent["id"], key=key)) as on_b,
+    ):
         await on_a.wait_for("session.ready", timeout=60)
         await on_b.wait_for("session.ready", timeout=60)
         for server in (a, b):
             third = await refused(agent_ws(server, agent["id"], key=key))
             assert third.close_code == 4429
-            response = httpx.post(f"{server.url}/v1/agents/{agent['id']}/sessions", headers={"X-API-Key": key})
-            assert response.status_code == 429 and response.json()["code"] == "concurrent_call_limit"
+            response = httpx.post(
+                f"{server.url}/v1/agents/{agent['id']}/sessions", headers={"X-API-Key": key}
+            )
+            assert (
+                response.status_code == 429 and response.json()["code"] == "concurrent_call_limit"
+            )
             assert response.headers["Retry-After"]
         for client in (on_a, on_b):
             await client.send_event({"type": "session.end"})
@@ -162,8 +174,12 @@ async def test_ringing_phone_calls_hold_their_place_under_the_cap(cluster):
     agent = make_agent(api, pipeline="scripted", greeting="Hello.")
 
     def phone_session(server) -> httpx.Response:
-        return httpx.post(f"{server.url}/v1/sessions/twilio", headers={"X-API-Key": key}, timeout=30,
-                          json={"agentId": agent["id"], "from": "+15550001111", "to": "+15550002222"})
+        return httpx.post(
+            f"{server.url}/v1/sessions/twilio",
+            headers={"X-API-Key": key},
+            timeout=30,
+            json={"agentId": agent["id"], "from": "+15550001111", "to": "+15550002222"},
+        )
 
     ringing = [phone_session(a), phone_session(b)]
     assert [r.status_code for r in ringing] == [200, 200]
@@ -172,7 +188,9 @@ async def test_ringing_phone_calls_hold_their_place_under_the_cap(cluster):
     assert (await refused(agent_ws(a, agent["id"], key=key))).close_code == 4429
     # Answering one (its stream reaching the other node) takes the place it holds, not another.
     _url, parameters = parse_twiml(ringing[0].text)
-    async with TwilioMediaStreamsClient(b.ws_url("/v1/sessions/twilio/stream"), parameters) as answered:
+    async with TwilioMediaStreamsClient(
+        b.ws_url("/v1/sessions/twilio/stream"), parameters
+    ) as answered:
         await answered.wait_marks(1, timeout=30)
         assert live_calls(b) == 1
         assert (await refused(agent_ws(b, agent["id"], key=key))).close_code == 4429
@@ -184,7 +202,10 @@ async def test_a_relay_token_used_on_a_is_refused_on_b(cluster):
     a, b = cluster
     api = a.client()
     agent = make_agent(api, pipeline="scripted", greeting="Hello.")
-    twiml = api.post("/v1/sessions/twilio", json={"agentId": agent["id"], "from": "+15550001111", "to": "+15550002222"}).text
+    twiml = api.post(
+        "/v1/sessions/twilio",
+        json={"agentId": agent["id"], "from": "+15550001111", "to": "+15550002222"},
+    ).text
     stream_url, parameters = parse_twiml(twiml)
     assert stream_url == a.ws_url("/v1/sessions/twilio/stream")
     async with TwilioMediaStreamsClient(stream_url, parameters) as first:
@@ -192,27 +213,43 @@ async def test_a_relay_token_used_on_a_is_refused_on_b(cluster):
         replay = TwilioMediaStreamsClient(b.ws_url("/v1/sessions/twilio/stream"), parameters)
         async with replay:
             await replay.wait_closed(timeout=15)
-        assert (replay.close_code, replay.close_reason) == (4401, "relay token refused: it was already used")
+        assert (replay.close_code, replay.close_reason) == (
+            4401,
+            "relay token refused: it was already used",
+        )
         assert replay.media_messages == 0
         await first.stop()
         await first.wait_closed(timeout=10)
 
 
-async def test_the_call_cap_holds_under_a_parallel_burst_on_one_node_with_two_workers(tmp_path, scripted_llm):
+async def test_the_call_cap_holds_under_a_parallel_burst_on_one_node_with_two_workers(
+    tmp_path, scripted_llm
+):
     """The default storage leg (SQLite unless SWITCHBOARD_TEST_BACKEND says otherwise)."""
-    server = start_server(tmp_path / "burst", workers=2, preload=["scripted"], env={"SCRIPTED_LLM_URL": scripted_llm.url})
+    server = start_server(
+        tmp_path / "burst",
+        workers=2,
+        preload=["scripted"],
+        env={"SCRIPTED_LLM_URL": scripted_llm.url},
+    )
     try:
         api, key = capped_account(server)
         agent = make_agent(api, pipeline="scripted")
-        created = [api.post(f"/v1/agents/{agent['id']}/sessions").json()["websocket_url"] for _ in range(4)]
-        live, refused_ = await burst([agent_ws(server, agent["id"], key=key) for _ in range(4)] + created)
+        created = [
+            api.post(f"/v1/agents/{agent['id']}/sessions").json()["websocket_url"] for _ in range(4)
+        ]
+        live, refused_ = await burst(
+            [agent_ws(server, agent["id"], key=key) for _ in range(4)] + created
+        )
         assert len(live) == CAP and len(refused_) == 8 - CAP
         assert_cap_refusals(refused_)
     finally:
         server.stop()
 
 
-async def test_a_killed_node_s_calls_end_node_lost_while_the_other_node_s_call_goes_on(tmp_path, scripted_llm):
+async def test_a_killed_node_s_calls_end_node_lost_while_the_other_node_s_call_goes_on(
+    tmp_path, scripted_llm
+):
     scripted_llm.reset()
     env = {**cluster_env(scripted_llm), **SHORT_LEASE}
     a = start_server(tmp_path / "node_a", preload=["scripted"], env=env)
@@ -221,7 +258,10 @@ async def test_a_killed_node_s_calls_end_node_lost_while_the_other_node_s_call_g
     try:
         api = a.client()
         agent = make_agent(api, pipeline="scripted", webhook_url=receiver.url("/events"))
-        async with SessionClient(agent_ws(a, agent["id"])) as on_a, SessionClient(agent_ws(b, agent["id"])) as on_b:
+        async with (
+            SessionClient(agent_ws(a, agent["id"])) as on_a,
+            SessionClient(agent_ws(b, agent["id"])) as on_b,
+        ):
             ready_a = await on_a.wait_for("session.ready", timeout=60)
             ready_b = await on_b.wait_for("session.ready", timeout=60)
             await on_b.send_event({"type": "input.text", "text": "Remember my order, please."})
@@ -233,15 +273,24 @@ async def test_a_killed_node_s_calls_end_node_lost_while_the_other_node_s_call_g
             assert lost["end_reason"] == "node_lost" and time.monotonic() - killed < 60
             transcript = api.get(f"/v1/sessions/{ready_b['session_id']}/transcript").json()["items"]
             assert [(t["speaker"], t["content"]) for t in transcript] == [
-                ("USER", "Remember my order, please."), ("AGENT", scripted_llm.default_reply),
+                ("USER", "Remember my order, please."),
+                ("AGENT", scripted_llm.default_reply),
             ]
             # The surviving node tells the agent's webhook how the lost call ended.
             deadline = time.monotonic() + 15
-            while not (ended := [e for e in (json.loads(r["body"]) for r in receiver.events("/events"))
-                                 if e["event"] == "session.ended" and e["session_id"] == ready_b["session_id"]]):
+            while not (
+                ended := [
+                    e
+                    for e in (json.loads(r["body"]) for r in receiver.events("/events"))
+                    if e["event"] == "session.ended" and e["session_id"] == ready_b["session_id"]
+                ]
+            ):
                 assert time.monotonic() < deadline, "no session.ended webhook for the lost call"
                 await asyncio.sleep(0.2)
-            assert ended[0]["data"]["status"] == "failed" and ended[0]["data"]["end_reason"] == "node_lost"
+            assert (
+                ended[0]["data"]["status"] == "failed"
+                and ended[0]["data"]["end_reason"] == "node_lost"
+            )
 
             # A's own call was never touched and carries on.
             assert api.get(f"/v1/sessions/{ready_a['session_id']}").json()["status"] == "active"
@@ -258,12 +307,19 @@ async def test_a_killed_node_s_calls_end_node_lost_while_the_other_node_s_call_g
 
 
 async def test_health_and_metrics_of_a_node_with_two_workers(tmp_path, scripted_llm):
-    server = start_server(tmp_path / "workers", workers=2, preload=["scripted"], env={"SCRIPTED_LLM_URL": scripted_llm.url})
+    server = start_server(
+        tmp_path / "workers",
+        workers=2,
+        preload=["scripted"],
+        env={"SCRIPTED_LLM_URL": scripted_llm.url},
+    )
     try:
         # A new connection per request, so the kernel spreads them over both workers.
         seen = [httpx.get(f"{server.url}/health", timeout=10).json() for _ in range(30)]
         for health in seen:
-            assert health["status"] == "ok" and health["live_calls"] == 0 and 0 <= health["load"] <= 1
+            assert (
+                health["status"] == "ok" and health["live_calls"] == 0 and 0 <= health["load"] <= 1
+            )
         assert len({h["node_id"] for h in seen}) == 2, "both workers answer, each a node of its own"
 
         api = server.client()
@@ -277,7 +333,11 @@ async def test_health_and_metrics_of_a_node_with_two_workers(tmp_path, scripted_
         # Whichever worker answers the scrape counts every worker's calls.
         for _ in range(10):
             text = httpx.get(f"{server.url}/metrics", timeout=10).text
-            ended = re.search(r'^switchboard_sessions_ended_total\{end_reason="caller_hangup"\} (\S+)$', text, re.M)
+            ended = re.search(
+                r'^switchboard_sessions_ended_total\{end_reason="caller_hangup"\} (\S+)$',
+                text,
+                re.M,
+            )
             assert ended and float(ended.group(1)) == 4, text
             assert re.search(r"^switchboard_active_sessions 0\.0$", text, re.M), text
     finally:

@@ -26,7 +26,13 @@ def receiver():
 
 
 def node_env(llm, storage: dict, host: str, **extra: str) -> dict:
-    return {"SCRIPTED_LLM_URL": llm.url, "SWITCHBOARD_NODE_ID": host, **FAST_JOBS, **storage, **extra}
+    return {
+        "SCRIPTED_LLM_URL": llm.url,
+        "SWITCHBOARD_NODE_ID": host,
+        **FAST_JOBS,
+        **storage,
+        **extra,
+    }
 
 
 def kill_9(server) -> None:
@@ -47,26 +53,40 @@ async def end_a_call_and_hold_its_webhook(server, receiver, path: str) -> tuple[
     receiver. Returns the agent and the held request."""
     receiver.hold_next(path)
     with server.client() as api:
-        agent = make_agent(api, pipeline="scripted", webhook_url=receiver.url(path), webhook_secret=SECRET,
-                           webhook_events=["session.ended"])
+        agent = make_agent(
+            api,
+            pipeline="scripted",
+            webhook_url=receiver.url(path),
+            webhook_secret=SECRET,
+            webhook_events=["session.ended"],
+        )
     await talk(server, agent)
     held = await wait_until(lambda: receiver.events(path, status=None), 30, "the held delivery")
     return agent, held[0]
 
 
-async def assert_delivered_as_if_nothing_happened(server, receiver, path: str, agent: dict, held: dict) -> None:
+async def assert_delivered_as_if_nothing_happened(
+    server, receiver, path: str, agent: dict, held: dict
+) -> None:
     delivered = await wait_until(lambda: receiver.events(path), 30, "the delivery after the kill")
     assert len(delivered) == 1 and len(receiver.events(path, status=None)) == 1
     request = delivered[0]
     assert verify(SECRET, request)
     assert request["body"] == held["body"]  # the same event: same id, same payload
     event = json.loads(request["body"])
-    assert event["id"] == json.loads(held["body"])["id"] == request["headers"]["X-Switchboard-Delivery"]
+    assert (
+        event["id"]
+        == json.loads(held["body"])["id"]
+        == request["headers"]["X-Switchboard-Delivery"]
+    )
     assert event["event"] == "session.ended" and event["data"]["end_reason"] == "caller_hangup"
     with server.client() as api:
         deliveries = api.get(f"/v1/agents/{agent['id']}/webhook-deliveries").json()
     assert deliveries["total"] == 1
-    assert (deliveries["items"][0]["id"], deliveries["items"][0]["status"]) == (event["id"], "delivered")
+    assert (deliveries["items"][0]["id"], deliveries["items"][0]["status"]) == (
+        event["id"],
+        "delivered",
+    )
 
 
 async def test_delivery_cut_off_by_kill_9_is_sent_after_restart(tmp_path, scripted_llm, receiver):
@@ -86,23 +106,33 @@ async def test_delivery_cut_off_by_kill_9_is_sent_after_restart(tmp_path, script
         server.stop()
 
 
-async def test_delivery_cut_off_by_kill_9_is_sent_by_the_other_node(tmp_path, scripted_llm, receiver):
+async def test_delivery_cut_off_by_kill_9_is_sent_by_the_other_node(
+    tmp_path, scripted_llm, receiver
+):
     scripted_llm.reset()
     storage = production_storage_env()
-    first = start_server(tmp_path / "a", preload=["scripted"], env=node_env(scripted_llm, storage, "node-a"))
+    first = start_server(
+        tmp_path / "a", preload=["scripted"], env=node_env(scripted_llm, storage, "node-a")
+    )
     try:
         agent, held = await end_a_call_and_hold_its_webhook(first, receiver, "/takeover")
-        second = start_server(tmp_path / "b", preload=["scripted"], env=node_env(scripted_llm, storage, "node-b"))
+        second = start_server(
+            tmp_path / "b", preload=["scripted"], env=node_env(scripted_llm, storage, "node-b")
+        )
         try:
             kill_9(first)
-            await assert_delivered_as_if_nothing_happened(second, receiver, "/takeover", agent, held)
+            await assert_delivered_as_if_nothing_happened(
+                second, receiver, "/takeover", agent, held
+            )
         finally:
             second.stop()
     finally:
         first.stop()
 
 
-async def test_delivery_cut_off_by_a_clean_stop_is_handed_back_at_once(tmp_path, scripted_llm, receiver):
+async def test_delivery_cut_off_by_a_clean_stop_is_handed_back_at_once(
+    tmp_path, scripted_llm, receiver
+):
     scripted_llm.reset()
     storage = production_storage_env() if TEST_BACKEND == "postgres" else {}
     env = node_env(scripted_llm, storage, "node-a", SWITCHBOARD_JOB_LEASE_SECS="600")
@@ -118,20 +148,38 @@ async def test_delivery_cut_off_by_a_clean_stop_is_handed_back_at_once(tmp_path,
         server.stop()
 
 
-async def test_failing_delivery_is_retried_with_backoff_then_given_up(tmp_path, scripted_llm, receiver):
+async def test_failing_delivery_is_retried_with_backoff_then_given_up(
+    tmp_path, scripted_llm, receiver
+):
     scripted_llm.reset()
     receiver.fail_next("/failing", 500, 500, 500, 500)
-    server = start_server(tmp_path / "a", preload=["scripted"], env={
-        "SCRIPTED_LLM_URL": scripted_llm.url, "SWITCHBOARD_WEBHOOK_MAX_ATTEMPTS": "3",
-        "SWITCHBOARD_WEBHOOK_BACKOFF_SECS": "1",
-    })
+    server = start_server(
+        tmp_path / "a",
+        preload=["scripted"],
+        env={
+            "SCRIPTED_LLM_URL": scripted_llm.url,
+            "SWITCHBOARD_WEBHOOK_MAX_ATTEMPTS": "3",
+            "SWITCHBOARD_WEBHOOK_BACKOFF_SECS": "1",
+        },
+    )
     try:
         with server.client() as api:
-            agent = make_agent(api, pipeline="scripted", webhook_url=receiver.url("/failing"), webhook_secret=SECRET,
-                               webhook_events=["session.ended"])
+            agent = make_agent(
+                api,
+                pipeline="scripted",
+                webhook_url=receiver.url("/failing"),
+                webhook_secret=SECRET,
+                webhook_events=["session.ended"],
+            )
             await talk(server, agent)
-            attempts = await wait_until(lambda: receiver.events("/failing", status=500)[2:] and
-                                        receiver.events("/failing", status=500), 30, "three attempts")
+            attempts = await wait_until(
+                lambda: (
+                    receiver.events("/failing", status=500)[2:]
+                    and receiver.events("/failing", status=500)
+                ),
+                30,
+                "three attempts",
+            )
             await asyncio.sleep(5)  # a fourth would have come by now (backoff 4 s)
             assert len(receiver.events("/failing", status=500)) == 3
             first, second, third = (a["time"] for a in attempts)
@@ -139,8 +187,14 @@ async def test_failing_delivery_is_retried_with_backoff_then_given_up(tmp_path, 
             assert len({json.loads(a["body"])["id"] for a in attempts}) == 1
             assert all(verify(SECRET, a) for a in attempts)
             [delivery] = api.get(f"/v1/agents/{agent['id']}/webhook-deliveries").json()["items"]
-            assert (delivery["status"], delivery["attempts"], delivery["last_status_code"]) == ("failed", 3, 500)
-            assert delivery["last_error"].startswith("HTTP 500") and delivery["delivered_at"] is None
+            assert (delivery["status"], delivery["attempts"], delivery["last_status_code"]) == (
+                "failed",
+                3,
+                500,
+            )
+            assert (
+                delivery["last_error"].startswith("HTTP 500") and delivery["delivered_at"] is None
+            )
     finally:
         server.stop()
 
@@ -148,7 +202,9 @@ async def test_failing_delivery_is_retried_with_backoff_then_given_up(tmp_path, 
 async def test_analysis_cut_off_by_kill_9_is_completed_after_restart(tmp_path, scripted_llm):
     scripted_llm.reset()
     scripted_llm.script("The clinic opens at eight on Saturdays.")
-    scripted_llm.script_oneshot(HOLD, json.dumps({**ANALYSIS, "custom": {}}), when="open on Saturdays")
+    scripted_llm.script_oneshot(
+        HOLD, json.dumps({**ANALYSIS, "custom": {}}), when="open on Saturdays"
+    )
     storage = production_storage_env() if TEST_BACKEND == "postgres" else {}
     env = node_env(scripted_llm, storage, "node-a")
     server = start_server(tmp_path / "a", preload=["scripted"], env=env)
@@ -156,7 +212,9 @@ async def test_analysis_cut_off_by_kill_9_is_completed_after_restart(tmp_path, s
         with server.client() as api:
             agent = make_agent(api, pipeline="scripted")
         session_id = await talk(server, agent, "When do you open on Saturdays?")
-        await wait_until(lambda: analysis_requests(scripted_llm, "open on Saturdays"), 30, "the analysis request")
+        await wait_until(
+            lambda: analysis_requests(scripted_llm, "open on Saturdays"), 30, "the analysis request"
+        )
         kill_9(server)
     finally:
         server.stop()
@@ -165,7 +223,10 @@ async def test_analysis_cut_off_by_kill_9_is_completed_after_restart(tmp_path, s
     try:
         with server.client() as api:
             analysis = wait_for_analysis(api, session_id)
-        assert analysis["status"] == "completed" and analysis["result"]["summary"] == ANALYSIS["summary"]
+        assert (
+            analysis["status"] == "completed"
+            and analysis["result"]["summary"] == ANALYSIS["summary"]
+        )
         assert len(analysis_requests(scripted_llm, "open on Saturdays")) == 2
     finally:
         server.stop()

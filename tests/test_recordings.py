@@ -28,7 +28,11 @@ from tests.conftest import free_port, production_storage_env, start_server
 from tests.test_call_controls import inline_call
 from tests.test_session_websocket import wait_for_status
 
-S3_CREDENTIALS = {"aws_access_key_id": "test", "aws_secret_access_key": "test", "region_name": "us-east-1"}
+S3_CREDENTIALS = {
+    "aws_access_key_id": "test",
+    "aws_secret_access_key": "test",
+    "region_name": "us-east-1",
+}
 
 
 @pytest.fixture(scope="module")
@@ -73,8 +77,10 @@ async def store_settings(request, tmp_path, s3_endpoint):
     if request.param == "s3":
         bucket, _ = new_bucket(s3_endpoint)
         fields |= {
-            "recordings_url": f"s3://{bucket}/calls", "recordings_s3_endpoint_url": s3_endpoint,
-            "recordings_s3_region": "us-east-1", "recordings_s3_access_key_id": "test",
+            "recordings_url": f"s3://{bucket}/calls",
+            "recordings_s3_endpoint_url": s3_endpoint,
+            "recordings_s3_region": "us-east-1",
+            "recordings_s3_access_key_id": "test",
             "recordings_s3_secret_access_key": "test",
         }
     settings = Settings(**fields)
@@ -82,7 +88,15 @@ async def store_settings(request, tmp_path, s3_endpoint):
     await db.migrate()
     async with db.sessions() as s:
         s.add(Account(id="acc_1", name="One"))
-        s.add(Session(id="ses_1", account_id="acc_1", status="completed", expires_at=utcnow(), recording_status="recording"))
+        s.add(
+            Session(
+                id="ses_1",
+                account_id="acc_1",
+                status="completed",
+                expires_at=utcnow(),
+                recording_status="recording",
+            )
+        )
         await s.commit()
     yield settings, db
     await db.dispose()
@@ -110,7 +124,9 @@ async def test_finalise_moves_the_recording_to_the_store_and_can_run_twice(store
     assert await recordings.expire_recordings(settings, db) == 0
     later = settings.model_copy(update={"recording_retention_days": 0})
     # Two nodes sweeping at once: deleted (twice, harmlessly), marked expired once.
-    assert sorted(await asyncio.gather(*(recordings.expire_recordings(later, db) for _ in range(2)))) == [0, 1]
+    assert sorted(
+        await asyncio.gather(*(recordings.expire_recordings(later, db) for _ in range(2)))
+    ) == [0, 1]
     assert await recordings.expire_recordings(later, db) == 0
     assert await recordings.open_recording(settings, session, "this-node") is None
     async with db.sessions() as s:
@@ -147,40 +163,66 @@ def wait_for_recording(api, session_id: str, status: str, timeout: float = 30) -
         time.sleep(0.2)
 
 
-async def test_a_recording_made_on_one_node_downloads_from_another(tmp_path, s3_endpoint, scripted_llm):
+async def test_a_recording_made_on_one_node_downloads_from_another(
+    tmp_path, s3_endpoint, scripted_llm
+):
     """Two nodes, each with its own disk, sharing PostgreSQL, Redis and an S3 bucket."""
     scripted_llm.reset()
     scripted_llm.script("Sure, we open at nine.")
     bucket, s3 = new_bucket(s3_endpoint)
-    shared = {**production_storage_env(), **s3_env(s3_endpoint, bucket), "SCRIPTED_LLM_URL": scripted_llm.url}
-    node_a = start_server(tmp_path / "a", preload=["scripted"], env={**shared, "SWITCHBOARD_NODE_ID": "node-a"})
-    node_b = start_server(tmp_path / "b", preload=[], env={**shared, "SWITCHBOARD_NODE_ID": "node-b"})
+    shared = {
+        **production_storage_env(),
+        **s3_env(s3_endpoint, bucket),
+        "SCRIPTED_LLM_URL": scripted_llm.url,
+    }
+    node_a = start_server(
+        tmp_path / "a", preload=["scripted"], env={**shared, "SWITCHBOARD_NODE_ID": "node-a"}
+    )
+    node_b = start_server(
+        tmp_path / "b", preload=[], env={**shared, "SWITCHBOARD_NODE_ID": "node-b"}
+    )
     try:
         with node_a.client() as api_a, node_b.client() as api_b:
-            session = await short_call(api_a, question=speech("What time do you open tomorrow?", tail_secs=1.5))
+            session = await short_call(
+                api_a, question=speech("What time do you open tomorrow?", tail_secs=1.5)
+            )
             recording = wait_for_recording(api_b, session["session_id"], "available")
             response = api_b.get(f"/v1/sessions/{session['session_id']}/recording")
     finally:
         node_a.stop()
         node_b.stop()
     assert response.status_code == 200 and response.headers["content-type"] == "audio/wav"
-    assert len(response.content) == recording["size_bytes"] == int(response.headers["content-length"])
+    assert (
+        len(response.content) == recording["size_bytes"] == int(response.headers["content-length"])
+    )
     samples = wav_samples(response.content)
-    assert rms(samples[:, 0].tobytes()) > 100 and rms(samples[:, 1].tobytes()) > 100  # the caller and the agent
+    assert (
+        rms(samples[:, 0].tobytes()) > 100 and rms(samples[:, 1].tobytes()) > 100
+    )  # the caller and the agent
     keys = [o["Key"] for o in s3.list_objects_v2(Bucket=bucket)["Contents"]]
     assert keys == [f"calls/{session['session_id']}.wav"]
     assert not list((tmp_path / "a").rglob("*.wav")), "node A keeps no copy once the call has ended"
 
 
-async def test_a_call_resumed_on_another_node_keeps_one_whole_recording(tmp_path, s3_endpoint, scripted_llm):
+async def test_a_call_resumed_on_another_node_keeps_one_whole_recording(
+    tmp_path, s3_endpoint, scripted_llm
+):
     """The client drops on node A and reconnects through node B: the recording has both parts."""
     scripted_llm.reset()
     scripted_llm.script("Nice to meet you, Alice.", "Your name is Alice.")
     bucket, s3 = new_bucket(s3_endpoint)
-    shared = {**production_storage_env(), **s3_env(s3_endpoint, bucket), "SCRIPTED_LLM_URL": scripted_llm.url,
-              "SWITCHBOARD_RESUME_GRACE_SECS": "4"}
-    node_a = start_server(tmp_path / "a", preload=["scripted"], env={**shared, "SWITCHBOARD_NODE_ID": "node-a"})
-    node_b = start_server(tmp_path / "b", preload=["scripted"], env={**shared, "SWITCHBOARD_NODE_ID": "node-b"})
+    shared = {
+        **production_storage_env(),
+        **s3_env(s3_endpoint, bucket),
+        "SCRIPTED_LLM_URL": scripted_llm.url,
+        "SWITCHBOARD_RESUME_GRACE_SECS": "4",
+    }
+    node_a = start_server(
+        tmp_path / "a", preload=["scripted"], env={**shared, "SWITCHBOARD_NODE_ID": "node-a"}
+    )
+    node_b = start_server(
+        tmp_path / "b", preload=["scripted"], env={**shared, "SWITCHBOARD_NODE_ID": "node-b"}
+    )
     try:
         with node_a.client() as api_a, node_b.client() as api_b:
             session = inline_call(api_a, greeting="Hello, this is the clinic.")
@@ -194,8 +236,14 @@ async def test_a_call_resumed_on_another_node_keeps_one_whole_recording(tmp_path
                 assert time.monotonic() < deadline, "the session never became resumable"
                 await asyncio.sleep(0.05)
             # What node A recorded is in the bucket before the session can be resumed.
-            first_part = s3.get_object(Bucket=bucket, Key=f"calls/{session['session_id']}.wav")["Body"].read()
-            async with SessionClient(session["url"].replace(node_a.url.replace("http", "ws"), node_b.url.replace("http", "ws"))) as client:
+            first_part = s3.get_object(Bucket=bucket, Key=f"calls/{session['session_id']}.wav")[
+                "Body"
+            ].read()
+            async with SessionClient(
+                session["url"].replace(
+                    node_a.url.replace("http", "ws"), node_b.url.replace("http", "ws")
+                )
+            ) as client:
                 ready = await client.wait_for("session.ready", timeout=30)
                 assert ready["resumed"] is True
                 await client.send_event({"type": "input.text", "text": "What is my name?"})
@@ -210,8 +258,10 @@ async def test_a_call_resumed_on_another_node_keeps_one_whole_recording(tmp_path
         node_b.stop()
     on_a, whole = wav_samples(first_part), wav_samples(response.content)
     assert rms(on_a[:, 1].tobytes()) > 100  # the greeting and the first answer
-    assert len(whole) > len(on_a) and (whole[: len(on_a)] == on_a).all(), "node B carried on node A's recording"
-    assert rms(whole[len(on_a):, 1].tobytes()) > 100  # the answer given on node B
+    assert len(whole) > len(on_a) and (whole[: len(on_a)] == on_a).all(), (
+        "node B carried on node A's recording"
+    )
+    assert rms(whole[len(on_a) :, 1].tobytes()) > 100  # the answer given on node B
     assert not list(tmp_path.rglob("*.wav")), "neither node keeps a copy"
 
 
@@ -219,9 +269,14 @@ async def test_a_call_resumed_on_another_node_keeps_one_whole_recording(tmp_path
 def capped_server(tmp_path_factory, scripted_llm):
     """Recordings kept 20 s, swept every second; 1000 bytes of recordings per account by default."""
     server = start_server(
-        tmp_path_factory.mktemp("capped"), preload=["scripted"],
-        env={"SCRIPTED_LLM_URL": scripted_llm.url, "SWITCHBOARD_RECORDING_RETENTION_DAYS": str(20 / 86400),
-             "SWITCHBOARD_RECORDING_SWEEP_SECS": "1", "SWITCHBOARD_RECORDING_QUOTA_BYTES": "1000"},
+        tmp_path_factory.mktemp("capped"),
+        preload=["scripted"],
+        env={
+            "SCRIPTED_LLM_URL": scripted_llm.url,
+            "SWITCHBOARD_RECORDING_RETENTION_DAYS": str(20 / 86400),
+            "SWITCHBOARD_RECORDING_SWEEP_SECS": "1",
+            "SWITCHBOARD_RECORDING_QUOTA_BYTES": "1000",
+        },
     )
     yield server
     server.stop()
@@ -232,11 +287,15 @@ def account_client(server, **fields) -> httpx.Client:
     with server.client() as admin:
         account = admin.post("/v1/accounts", json={"name": "Tenant", **fields})
         assert account.status_code == 201, account.text
-        key = admin.post("/v1/api-keys", json={"account_id": account.json()["id"], "name": "k"}).json()["secret"]
+        key = admin.post(
+            "/v1/api-keys", json={"account_id": account.json()["id"], "name": "k"}
+        ).json()["secret"]
     return httpx.Client(base_url=server.url, headers={"X-API-Key": key}, timeout=30)
 
 
-async def test_an_account_over_its_recording_cap_gets_calls_unrecorded_until_old_ones_expire(capped_server):
+async def test_an_account_over_its_recording_cap_gets_calls_unrecorded_until_old_ones_expire(
+    capped_server,
+):
     api = account_client(capped_server)
     roomy = account_client(capped_server, recording_quota_bytes=10**9)
     with api, roomy:
@@ -246,7 +305,10 @@ async def test_an_account_over_its_recording_cap_gets_calls_unrecorded_until_old
 
         # Over its cap (the server default): the call goes on, unrecorded, and says why.
         second = await short_call(api)
-        assert second["recording"]["status"] == "skipped" and "cap is 1000" in second["recording"]["reason"]
+        assert (
+            second["recording"]["status"] == "skipped"
+            and "cap is 1000" in second["recording"]["reason"]
+        )
         refused = api.get(f"/v1/sessions/{second['session_id']}/recording")
         assert refused.status_code == 404 and refused.json()["code"] == "recording_not_found"
         assert f"session {second['session_id']}: not recorded" in capped_server.log()
@@ -282,9 +344,13 @@ async def test_an_account_over_its_recording_cap_gets_calls_unrecorded_until_old
 
 def test_accounts_carry_their_recording_cap(capped_server):
     with capped_server.client() as admin:
-        created = admin.post("/v1/accounts", json={"name": "Capped", "recording_quota_bytes": 5_000_000})
+        created = admin.post(
+            "/v1/accounts", json={"name": "Capped", "recording_quota_bytes": 5_000_000}
+        )
         assert created.status_code == 201 and created.json()["recording_quota_bytes"] == 5_000_000
-        patched = admin.patch(f"/v1/accounts/{created.json()['id']}", json={"recording_quota_bytes": None})
+        patched = admin.patch(
+            f"/v1/accounts/{created.json()['id']}", json={"recording_quota_bytes": None}
+        )
         assert patched.json()["recording_quota_bytes"] is None
         negative = admin.post("/v1/accounts", json={"name": "Bad", "recording_quota_bytes": -1})
         assert negative.status_code == 422

@@ -19,8 +19,12 @@ GRACE_SECS = 8
 @pytest.fixture(scope="module")
 def resume_server(tmp_path_factory, scripted_llm):
     server = start_server(
-        tmp_path_factory.mktemp("resume"), preload=["scripted"],
-        env={"SCRIPTED_LLM_URL": scripted_llm.url, "SWITCHBOARD_RESUME_GRACE_SECS": str(GRACE_SECS)},
+        tmp_path_factory.mktemp("resume"),
+        preload=["scripted"],
+        env={
+            "SCRIPTED_LLM_URL": scripted_llm.url,
+            "SWITCHBOARD_RESUME_GRACE_SECS": str(GRACE_SECS),
+        },
     )
     yield server
     server.stop()

@@ -23,7 +23,12 @@ from tests.fakes.twilio_client import TwilioMediaStreamsClient
 from tests.test_cloud_post_call import verify
 from tests.test_dashboard import logged_in
 from tests.test_session_websocket import agent_ws, wait_for_status
-from tests.test_twilio import ACCOUNT_SID, CALLER, signed_post, twilio_env, twilio_rest, twilio_server, tw  # noqa: F401
+from tests.test_twilio import (
+    ACCOUNT_SID,
+    CALLER,
+    signed_post,
+    twilio_env,
+)  # noqa: F401
 
 
 class Trap(ThreadedServer):
@@ -40,7 +45,9 @@ class Trap(ThreadedServer):
         app.router.add_route("*", "/{path:.*}", self._receive)
 
     async def _receive(self, request: web.Request) -> web.Response:
-        self.received.append({"path": request.path, "headers": dict(request.headers), "body": await request.read()})
+        self.received.append(
+            {"path": request.path, "headers": dict(request.headers), "body": await request.read()}
+        )
         if request.path == "/redirect":
             raise web.HTTPTemporaryRedirect("/target")
         return web.json_response({"secret": "internal data"})
@@ -63,29 +70,74 @@ def refusal(response: httpx.Response, status: int, code: str) -> dict:
 def invalid(response: httpx.Response, field: tuple, error_type: str) -> None:
     """A 422 naming `field` (its location in the body) with the given error type."""
     body = refusal(response, 422, "validation_error")
-    assert [(tuple(d["loc"][1:]), d["type"]) for d in body["details"]] == [(field, error_type)], body
+    assert [(tuple(d["loc"][1:]), d["type"]) for d in body["details"]] == [(field, error_type)], (
+        body
+    )
 
 
 # --- Item 3: the outbound address policy, unit by unit ---
 
 REFUSED_URLS = [
-    "http://127.0.0.1/", "http://127.0.0.1:8000/admin", "http://127.1/", "http://2130706433/", "http://0x7f000001/",
-    "http://0x7f.0.0.1/", "http://0177.0.0.1/", "http://017700000001/", "http://0/", "http://0.0.0.0/",
-    "http://[::1]/", "http://[::]/", "http://[::ffff:127.0.0.1]/", "http://[::ffff:7f00:1]/",
-    "http://[0:0:0:0:0:ffff:169.254.169.254]/", "http://[::127.0.0.1]/", "http://[64:ff9b::a9fe:a9fe]/",
-    "http://[2002:a9fe:a9fe::1]/", "http://169.254.169.254/latest/meta-data/", "http://[fe80::1]/",
-    "http://[fe80::1%25eth0]/", "http://10.0.0.5/", "http://172.16.3.4/", "http://172.31.255.255/",
-    "http://192.168.1.1/", "http://100.64.0.1/", "http://[fc00::1]/", "http://[fd00:ec2::254]/", "http://[fec0::1]/",
-    "http://224.0.0.1/", "http://239.255.255.250/", "http://[ff02::1]/", "http://240.0.0.1/",
-    "http://255.255.255.255/", "http://198.18.0.1/", "http://192.0.0.1/", "http://[2001:db8::1]/",
-    "http://localhost/", "http://LOCALHOST:9000/", "http://localhost./", "http://api.localhost/",
-    "https://user:password@example.com/", "ftp://example.com/", "http:///nohost", "http://ｌｏｃａｌｈｏｓｔ/",
-    "http://１２７.0.0.1/", "http://[::1%25lo]/",
+    "http://127.0.0.1/",
+    "http://127.0.0.1:8000/admin",
+    "http://127.1/",
+    "http://2130706433/",
+    "http://0x7f000001/",
+    "http://0x7f.0.0.1/",
+    "http://0177.0.0.1/",
+    "http://017700000001/",
+    "http://0/",
+    "http://0.0.0.0/",
+    "http://[::1]/",
+    "http://[::]/",
+    "http://[::ffff:127.0.0.1]/",
+    "http://[::ffff:7f00:1]/",
+    "http://[0:0:0:0:0:ffff:169.254.169.254]/",
+    "http://[::127.0.0.1]/",
+    "http://[64:ff9b::a9fe:a9fe]/",
+    "http://[2002:a9fe:a9fe::1]/",
+    "http://169.254.169.254/latest/meta-data/",
+    "http://[fe80::1]/",
+    "http://[fe80::1%25eth0]/",
+    "http://10.0.0.5/",
+    "http://172.16.3.4/",
+    "http://172.31.255.255/",
+    "http://192.168.1.1/",
+    "http://100.64.0.1/",
+    "http://[fc00::1]/",
+    "http://[fd00:ec2::254]/",
+    "http://[fec0::1]/",
+    "http://224.0.0.1/",
+    "http://239.255.255.250/",
+    "http://[ff02::1]/",
+    "http://240.0.0.1/",
+    "http://255.255.255.255/",
+    "http://198.18.0.1/",
+    "http://192.0.0.1/",
+    "http://[2001:db8::1]/",
+    "http://localhost/",
+    "http://LOCALHOST:9000/",
+    "http://localhost./",
+    "http://api.localhost/",
+    "https://user:password@example.com/",
+    "ftp://example.com/",
+    "http:///nohost",
+    "http://ｌｏｃａｌｈｏｓｔ/",
+    "http://１２７.0.0.1/",
+    "http://[::1%25lo]/",
 ]
 ALLOWED_URLS = [
-    "https://example.com/hook", "http://api.example.com:8080/tools?x=1", "https://8.8.8.8/", "http://1.1.1.1/",
-    "http://[2606:4700:4700::1111]/", "http://[::ffff:8.8.8.8]/", "http://172.32.0.1/", "http://192.169.0.1/",
-    "http://localhost.example.com/", "http://10.0.0.5.nip.io/", "http://bücher.de/",
+    "https://example.com/hook",
+    "http://api.example.com:8080/tools?x=1",
+    "https://8.8.8.8/",
+    "http://1.1.1.1/",
+    "http://[2606:4700:4700::1111]/",
+    "http://[::ffff:8.8.8.8]/",
+    "http://172.32.0.1/",
+    "http://192.169.0.1/",
+    "http://localhost.example.com/",
+    "http://10.0.0.5.nip.io/",
+    "http://bücher.de/",
 ]
 
 
@@ -101,11 +153,23 @@ def test_public_urls_are_allowed(url):
 
 def test_the_operator_allow_list_opens_listed_hosts_and_networks():
     settings = Settings(outbound_allow=["10.20.0.0/16", "crm.internal", "127.0.0.1", "fd00::/8"])
-    for url in ("http://10.20.1.2/", "http://crm.internal/", "http://CRM.internal./x", "http://127.0.0.1:9/",
-                "http://2130706433/", "http://[fd12::1]/"):
+    for url in (
+        "http://10.20.1.2/",
+        "http://crm.internal/",
+        "http://CRM.internal./x",
+        "http://127.0.0.1:9/",
+        "http://2130706433/",
+        "http://[fd12::1]/",
+    ):
         assert outbound.url_refusal(settings, url) is None, url
-    for url in ("http://10.21.0.1/", "http://127.0.0.2/", "http://localhost/", "http://other.internal.localhost/",
-                "http://169.254.169.254/", "http://[::1]/"):
+    for url in (
+        "http://10.21.0.1/",
+        "http://127.0.0.2/",
+        "http://localhost/",
+        "http://other.internal.localhost/",
+        "http://169.254.169.254/",
+        "http://[::1]/",
+    ):
         assert outbound.url_refusal(settings, url) is not None, url
 
 
@@ -120,8 +184,13 @@ async def test_requests_connect_only_to_vetted_addresses(trap, monkeypatch):
     monkeypatch.setattr(outbound, "resolve", resolve)
     trap.received.clear()
     closed = Settings(outbound_allow=[])
-    for url in (trap.url("/a", "tools.example"), trap.url("/b", "mixed.example"), trap.url("/c", "2130706433"),
-                trap.url("/d", "[::ffff:127.0.0.1]"), trap.url("/e", "localhost")):
+    for url in (
+        trap.url("/a", "tools.example"),
+        trap.url("/b", "mixed.example"),
+        trap.url("/c", "2130706433"),
+        trap.url("/d", "[::ffff:127.0.0.1]"),
+        trap.url("/e", "localhost"),
+    ):
         async with outbound.client(closed, 5) as client:
             with pytest.raises(httpx.ConnectError) as caught:
                 await client.post(url, content=b"{}")
@@ -134,33 +203,65 @@ async def test_requests_connect_only_to_vetted_addresses(trap, monkeypatch):
         redirected = await client.post(trap.url("/redirect", "tools.example"), content=b"{}")
     assert answer.status_code == 200 and redirected.status_code == 307
     assert [(r["path"], r["headers"]["Host"]) for r in trap.received] == [
-        ("/pinned", f"tools.example:{trap.port}"), ("/redirect", f"tools.example:{trap.port}"),
+        ("/pinned", f"tools.example:{trap.port}"),
+        ("/redirect", f"tools.example:{trap.port}"),
     ]
 
 
 # --- Item 3: against a server that allows no private address ---
+
 
 @pytest.fixture(scope="module")
 def narrowed(tmp_path_factory, scripted_llm, twilio_rest, trap):  # noqa: F811
     """A server that reaches no private address and dials only US/CA, serving agents stored
     while the operator allowed more (loopback tools and webhook, a GB transfer number)."""
     data_dir = tmp_path_factory.mktemp("narrowed")
-    env = {**twilio_env(scripted_llm, twilio_rest), **(production_storage_env() if TEST_BACKEND == "postgres" else {})}
-    before = start_server(data_dir, preload=["scripted"], env={
-        **env, "SWITCHBOARD_OUTBOUND_ALLOW": '["127.0.0.1"]', "SWITCHBOARD_DIAL_COUNTRIES": '["US", "CA", "GB"]',
-    })
+    env = {
+        **twilio_env(scripted_llm, twilio_rest),
+        **(production_storage_env() if TEST_BACKEND == "postgres" else {}),
+    }
+    before = start_server(
+        data_dir,
+        preload=["scripted"],
+        env={
+            **env,
+            "SWITCHBOARD_OUTBOUND_ALLOW": '["127.0.0.1"]',
+            "SWITCHBOARD_DIAL_COUNTRIES": '["US", "CA", "GB"]',
+        },
+    )
     try:
         with before.client() as api:
-            lookup = {"name": "lookup", "description": "Look it up", "type": "webhook", "url": trap.url("/tool")}
-            transfer = {"name": "transfer", "description": "Transfer", "type": "transfer_call",
-                        "phone_number": "+442071838750"}
-            stored = make_agent(api, pipeline="scripted", tools=[lookup, transfer], webhook_url=trap.url("/events"),
-                                webhook_events=["session.started", "session.ended"], first_speaker="user")
+            lookup = {
+                "name": "lookup",
+                "description": "Look it up",
+                "type": "webhook",
+                "url": trap.url("/tool"),
+            }
+            transfer = {
+                "name": "transfer",
+                "description": "Transfer",
+                "type": "transfer_call",
+                "phone_number": "+442071838750",
+            }
+            stored = make_agent(
+                api,
+                pipeline="scripted",
+                tools=[lookup, transfer],
+                webhook_url=trap.url("/events"),
+                webhook_events=["session.started", "session.ended"],
+                first_speaker="user",
+            )
     finally:
         before.stop()
-    after = start_server(data_dir, preload=["scripted"], env={
-        **env, "SWITCHBOARD_OUTBOUND_ALLOW": "[]", "SWITCHBOARD_WEBHOOK_MAX_ATTEMPTS": "1",
-    })
+    after = start_server(
+        data_dir,
+        preload=["scripted"],
+        env={
+            **env,
+            "SWITCHBOARD_OUTBOUND_ALLOW": "[]",
+            "SWITCHBOARD_WEBHOOK_MAX_ATTEMPTS": "1",
+        },
+    )
     yield after, stored
     after.stop()
 
@@ -171,19 +272,48 @@ def test_private_urls_are_refused_when_stored(narrowed, trap):
     with server.client() as api:
         before = api.get("/v1/agents").json()["total"]
         agent = make_agent(api, pipeline="scripted")
-        for url in (trap.url("/x"), trap.url("/x", "2130706433"), trap.url("/x", "[::ffff:127.0.0.1]"),
-                    trap.url("/x", "localhost"), "http://169.254.169.254/latest/meta-data/", "http://[fd00::1]/"):
+        for url in (
+            trap.url("/x"),
+            trap.url("/x", "2130706433"),
+            trap.url("/x", "[::ffff:127.0.0.1]"),
+            trap.url("/x", "localhost"),
+            "http://169.254.169.254/latest/meta-data/",
+            "http://[fd00::1]/",
+        ):
             base = {"name": "x", "voice_id": "joe", "system_prompt": "x", "pipeline": "scripted"}
             tool = {"name": "t", "description": "t", "type": "webhook", "url": url}
-            invalid(api.post("/v1/agents", json={**base, "webhook_url": url}), ("webhook_url",), "url_not_allowed")
-            invalid(api.post("/v1/agents", json={**base, "tools": [tool]}), ("tools", 0, "url"), "url_not_allowed")
-            invalid(api.patch(f"/v1/agents/{agent['id']}", json={"webhook_url": url}), ("webhook_url",),
-                    "url_not_allowed")
-            invalid(api.patch(f"/v1/agents/{agent['id']}", json={"tools": [tool]}), ("tools", 0, "url"),
-                    "url_not_allowed")
-            inline = {"systemPrompt": "x", "voice": "joe", "language": "en", "greeting": "Hi", "pipeline": "scripted",
-                      "connectionType": "websocket", "tools": [tool]}
-            invalid(api.post("/v1/calls/inline", json=inline), ("tools", 0, "url"), "url_not_allowed")
+            invalid(
+                api.post("/v1/agents", json={**base, "webhook_url": url}),
+                ("webhook_url",),
+                "url_not_allowed",
+            )
+            invalid(
+                api.post("/v1/agents", json={**base, "tools": [tool]}),
+                ("tools", 0, "url"),
+                "url_not_allowed",
+            )
+            invalid(
+                api.patch(f"/v1/agents/{agent['id']}", json={"webhook_url": url}),
+                ("webhook_url",),
+                "url_not_allowed",
+            )
+            invalid(
+                api.patch(f"/v1/agents/{agent['id']}", json={"tools": [tool]}),
+                ("tools", 0, "url"),
+                "url_not_allowed",
+            )
+            inline = {
+                "systemPrompt": "x",
+                "voice": "joe",
+                "language": "en",
+                "greeting": "Hi",
+                "pipeline": "scripted",
+                "connectionType": "websocket",
+                "tools": [tool],
+            }
+            invalid(
+                api.post("/v1/calls/inline", json=inline), ("tools", 0, "url"), "url_not_allowed"
+            )
         assert api.get("/v1/agents").json()["total"] == before + 1
         assert api.get(f"/v1/agents/{agent['id']}").json()["webhook_url"] is None
         assert api.get(f"/v1/agents/{agent['id']}").json()["tools"] == []
@@ -194,7 +324,9 @@ def _loopback_name() -> str | None:
     """A host name (not `localhost`) that this machine resolves to a loopback address, if any."""
     for name in ("vm", "runsc", socket.gethostname()):
         try:
-            addresses = {info[4][0] for info in socket.getaddrinfo(name, 80, type=socket.SOCK_STREAM)}
+            addresses = {
+                info[4][0] for info in socket.getaddrinfo(name, 80, type=socket.SOCK_STREAM)
+            }
         except OSError:
             continue
         if addresses and all(address.startswith("127.") for address in addresses):
@@ -211,7 +343,12 @@ async def test_stored_private_urls_are_refused_at_request_time(narrowed, trap, l
         agents, sessions = [stored], []
         name = _loopback_name()
         if name is not None:  # passes the check when stored, refused once resolved
-            tool = {"name": "lookup", "description": "Look it up", "type": "webhook", "url": trap.url("/tool", name)}
+            tool = {
+                "name": "lookup",
+                "description": "Look it up",
+                "type": "webhook",
+                "url": trap.url("/tool", name),
+            }
             agents.append(make_agent(api, pipeline="scripted", tools=[tool]))
         for agent in agents:
             llm.script(ToolCall("lookup", {}), "I could not look that up.")
@@ -226,22 +363,30 @@ async def test_stored_private_urls_are_refused_at_request_time(narrowed, trap, l
             wait_for_status(api, ready["session_id"], "completed")
             items = api.get(f"/v1/sessions/{ready['session_id']}/transcript").json()["items"]
             [entry] = [json.loads(t["content"]) for t in items if t["speaker"] == "TOOL"]
-            assert entry["result"] == {"error": "tool 'lookup' has an address the server may not reach"}
+            assert entry["result"] == {
+                "error": "tool 'lookup' has an address the server may not reach"
+            }
             assert "internal data" not in json.dumps(items)
 
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
-            deliveries = [d for d in api.get(f"/v1/agents/{stored['id']}/webhook-deliveries").json()["items"]
-                          if d["session_id"] == sessions[0]]
+            deliveries = [
+                d
+                for d in api.get(f"/v1/agents/{stored['id']}/webhook-deliveries").json()["items"]
+                if d["session_id"] == sessions[0]
+            ]
             if len(deliveries) == 2 and all(d["status"] == "failed" for d in deliveries):
                 break
             await asyncio.sleep(0.2)
         assert sorted(d["event"] for d in deliveries) == ["session.ended", "session.started"]
-        assert all(d["status"] == "failed" and "refused to connect" in d["last_error"] for d in deliveries), deliveries
+        assert all(
+            d["status"] == "failed" and "refused to connect" in d["last_error"] for d in deliveries
+        ), deliveries
     assert trap.received == []
 
 
 # --- Items 1 and 7: phone numbers ---
+
 
 @pytest.fixture(scope="module")
 def tenants(twilio_server):  # noqa: F811
@@ -250,8 +395,12 @@ def tenants(twilio_server):  # noqa: F811
     with twilio_server.client() as admin:
         for name in ("alpha", "beta"):
             account = admin.post("/v1/accounts", json={"name": name}).json()
-            key = admin.post("/v1/api-keys", json={"account_id": account["id"], "name": name}).json()["secret"]
-            clients[name] = httpx.Client(base_url=twilio_server.url, headers={"X-API-Key": key}, timeout=30)
+            key = admin.post(
+                "/v1/api-keys", json={"account_id": account["id"], "name": name}
+            ).json()["secret"]
+            clients[name] = httpx.Client(
+                base_url=twilio_server.url, headers={"X-API-Key": key}, timeout=30
+            )
     yield clients
     for client in clients.values():
         client.close()
@@ -267,31 +416,54 @@ def test_a_number_belongs_to_one_account_and_answers_one_agent(twilio_server, te
     owner = make_agent(alpha, **agent_body(phone_numbers=[number]))
 
     # Another account claims it, spelled another way: 409, nothing stored.
-    taken = refusal(beta.post("/v1/agents", json=agent_body(phone_numbers=["+1 415-555-0101"])), 409,
-                    "phone_number_taken")
+    taken = refusal(
+        beta.post("/v1/agents", json=agent_body(phone_numbers=["+1 415-555-0101"])),
+        409,
+        "phone_number_taken",
+    )
     assert taken["details"] == {"field": "phone_numbers", "number": number}
     assert "phone_numbers" in taken["message"] and owner["id"] not in json.dumps(taken)
     assert beta.get("/v1/agents").json()["total"] == 0
     mine = make_agent(beta, **agent_body())
-    refusal(beta.patch(f"/v1/agents/{mine['id']}", json={"phone_numbers": [number]}), 409, "phone_number_taken")
+    refusal(
+        beta.patch(f"/v1/agents/{mine['id']}", json={"phone_numbers": [number]}),
+        409,
+        "phone_number_taken",
+    )
     assert beta.get(f"/v1/agents/{mine['id']}").json()["phone_numbers"] == []
 
     # Within the account, a number answers one agent.
-    in_use = refusal(alpha.post("/v1/agents", json=agent_body(phone_numbers=[number])), 409, "phone_number_in_use")
+    in_use = refusal(
+        alpha.post("/v1/agents", json=agent_body(phone_numbers=[number])),
+        409,
+        "phone_number_in_use",
+    )
     assert in_use["details"]["agent_id"] == owner["id"]
     assert alpha.get("/v1/agents").json()["total"] == 1
 
     # Inbound calls to the number reach the owner's agent, in the owner's account.
-    form = {"CallSid": "CA" + "a" * 32, "AccountSid": ACCOUNT_SID, "From": CALLER, "To": number,
-            "CallStatus": "ringing"}
+    form = {
+        "CallSid": "CA" + "a" * 32,
+        "AccountSid": ACCOUNT_SID,
+        "From": CALLER,
+        "To": number,
+        "CallStatus": "ringing",
+    }
     assert signed_post(twilio_server, "/v1/twilio/voice", form).status_code == 200
     assert alpha.get("/v1/sessions", params={"agent_id": owner["id"]}).json()["total"] == 1
     assert beta.get("/v1/sessions").json()["total"] == 0
 
     # Deleting the agent frees the number; then another account may take it.
     assert alpha.delete(f"/v1/agents/{owner['id']}").status_code == 200
-    assert beta.patch(f"/v1/agents/{mine['id']}", json={"phone_numbers": [number]}).json()["phone_numbers"] == [number]
-    assert signed_post(twilio_server, "/v1/twilio/voice", {**form, "CallSid": "CA" + "b" * 32}).status_code == 200
+    assert beta.patch(f"/v1/agents/{mine['id']}", json={"phone_numbers": [number]}).json()[
+        "phone_numbers"
+    ] == [number]
+    assert (
+        signed_post(
+            twilio_server, "/v1/twilio/voice", {**form, "CallSid": "CA" + "b" * 32}
+        ).status_code
+        == 200
+    )
     assert beta.get("/v1/sessions", params={"agent_id": mine["id"]}).json()["total"] == 1
 
 
@@ -305,8 +477,12 @@ def test_a_burst_of_claims_from_two_accounts_has_one_winner(tenants):
     with ThreadPoolExecutor(len(clients)) as pool:
         statuses = list(pool.map(claim, clients))
     assert sorted(statuses) == [201] + [409] * (len(clients) - 1), statuses
-    holders = [a for c in tenants.values() for a in c.get("/v1/agents", params={"limit": 100}).json()["items"]
-               if number in a["phone_numbers"]]
+    holders = [
+        a
+        for c in tenants.values()
+        for a in c.get("/v1/agents", params={"limit": 100}).json()["items"]
+        if number in a["phone_numbers"]
+    ]
     assert len(holders) == 1
 
 
@@ -339,15 +515,33 @@ def test_outbound_calls_and_transfers_dial_only_allowed_numbers(tenants, twilio_
     agents_before = beta.get("/v1/agents").json()["total"]
     placed = len(twilio_rest.created_calls())
     for number in NOT_DIALABLE:
-        invalid(beta.post("/v1/calls/outbound", json={"agentId": agent["id"], "to": number}), ("to",),
-                "phone_number" if number.startswith("sip:") else "number_not_dialable")
-        tool = {"name": "transfer", "description": "Transfer", "type": "transfer_call", "phone_number": number}
-        invalid(beta.post("/v1/agents", json=agent_body(tools=[tool])), ("tools", 0, "phone_number"),
-                "number_not_dialable")
+        invalid(
+            beta.post("/v1/calls/outbound", json={"agentId": agent["id"], "to": number}),
+            ("to",),
+            "phone_number" if number.startswith("sip:") else "number_not_dialable",
+        )
+        tool = {
+            "name": "transfer",
+            "description": "Transfer",
+            "type": "transfer_call",
+            "phone_number": number,
+        }
+        invalid(
+            beta.post("/v1/agents", json=agent_body(tools=[tool])),
+            ("tools", 0, "phone_number"),
+            "number_not_dialable",
+        )
     for number in ("4155550123", "tel:+14155550123", "00441234", "+12", "+1415555012345678"):
-        invalid(beta.post("/v1/calls/outbound", json={"agentId": agent["id"], "to": number}), ("to",), "phone_number")
-        invalid(beta.post("/v1/agents", json=agent_body(phone_numbers=[number])), ("phone_numbers", 0),
-                "phone_number")
+        invalid(
+            beta.post("/v1/calls/outbound", json={"agentId": agent["id"], "to": number}),
+            ("to",),
+            "phone_number",
+        )
+        invalid(
+            beta.post("/v1/agents", json=agent_body(phone_numbers=[number])),
+            ("phone_numbers", 0),
+            "phone_number",
+        )
     assert len(twilio_rest.created_calls()) == placed
     assert beta.get("/v1/agents").json()["total"] == agents_before
     assert beta.get("/v1/sessions", params={"agent_id": agent["id"]}).json()["total"] == 0
@@ -357,13 +551,18 @@ async def test_a_transfer_to_a_number_no_longer_allowed_is_a_tool_error(narrowed
     server, stored = narrowed
     llm.script(ToolCall("transfer", {}), "Sorry, I can't transfer you there.")
     with server.client() as api:
-        response = api.post("/v1/sessions/twilio", json={"agentId": stored["id"], "from": CALLER, "to": "+14155550106"},
-                            headers={"Accept": "application/json"})
+        response = api.post(
+            "/v1/sessions/twilio",
+            json={"agentId": stored["id"], "from": CALLER, "to": "+14155550106"},
+            headers={"Accept": "application/json"},
+        )
         assert response.status_code == 200, response.text
         twiml, session = response.json()["twiml"], response.json()["session"]
         async with TwilioMediaStreamsClient.from_twiml(twiml) as client:
             await client.send_silence(1.0)
-            await client.send_audio(speech("Please transfer me to the London office.", sample_rate=8000))
+            await client.send_audio(
+                speech("Please transfer me to the London office.", sample_rate=8000)
+            )
             await client.send_silence(1.0)
             await client.wait_marks(1, timeout=60)
             await client.stop()
@@ -372,15 +571,24 @@ async def test_a_transfer_to_a_number_no_longer_allowed_is_a_tool_error(narrowed
     [entry] = [json.loads(t["content"]) for t in items if t["speaker"] == "TOOL"]
     assert entry["result"]["error"].startswith("the transfer was refused: +442071838750 is in GB")
     assert items[-1]["content"] == "Sorry, I can't transfer you there."
-    assert not [r for r in twilio_rest.requests if r.path.endswith(f"/Calls/{client.call_sid}.json")
-                and r.value("Twiml")]
+    assert not [
+        r
+        for r in twilio_rest.requests
+        if r.path.endswith(f"/Calls/{client.call_sid}.json") and r.value("Twiml")
+    ]
 
 
 # --- Item 8: secrets are shown once ---
 
+
 def test_secrets_are_shown_once_then_only_their_last_four(twilio_server, tw, tenants, trap):  # noqa: F811
     alpha, beta = tw, tenants["beta"]
-    tool = {"name": "lookup", "description": "Look it up", "type": "webhook", "url": trap.url("/tool")}
+    tool = {
+        "name": "lookup",
+        "description": "Look it up",
+        "type": "webhook",
+        "url": trap.url("/tool"),
+    }
     created = make_agent(alpha, **agent_body(webhook_url=trap.url("/events"), tools=[tool]))
     webhook_secret, tool_secret = created["webhook_secret"], created["tools"][0]["secret"]
     assert webhook_secret.startswith("whsec_") and tool_secret.startswith("whsec_")
@@ -401,7 +609,9 @@ def test_secrets_are_shown_once_then_only_their_last_four(twilio_server, tw, ten
 
     with logged_in(twilio_server) as page:
         edit = page.get(f"/agents/{created['id']}")
-    assert edit.status_code == 200 and tool_secret not in edit.text and webhook_secret not in edit.text
+    assert (
+        edit.status_code == 200 and tool_secret not in edit.text and webhook_secret not in edit.text
+    )
 
     rotated = alpha.post(f"/v1/agents/{created['id']}/webhook-secret/rotate")
     assert rotated.status_code == 200, rotated.text
@@ -428,15 +638,24 @@ async def test_a_rotated_secret_signs_the_next_delivery(twilio_server, tw, llm, 
     async with SessionClient(agent_ws(server, agent["id"])) as client:
         await client.wait_for("session.ready", timeout=30)
         deadline = time.monotonic() + 15
-        while not trap.received and time.monotonic() < deadline:  # session.started, signed with the first
+        while (
+            not trap.received and time.monotonic() < deadline
+        ):  # session.started, signed with the first
             await asyncio.sleep(0.1)
-        second = api.post(f"/v1/agents/{agent['id']}/webhook-secret/rotate").json()["webhook_secret"]
+        second = api.post(f"/v1/agents/{agent['id']}/webhook-secret/rotate").json()[
+            "webhook_secret"
+        ]
         await client.send_event({"type": "session.end"})
         await client.wait_for("session.ended", timeout=10)
     deadline = time.monotonic() + 15
     while len(trap.received) < 2 and time.monotonic() < deadline:
         await asyncio.sleep(0.1)
-    signed = {json.loads(r["body"])["event"]: r for r in trap.received
-              if json.loads(r["body"] or b"{}").get("agent_id") == agent["id"]}
-    assert verify(first, signed["session.started"]) and not verify(second, signed["session.started"])
+    signed = {
+        json.loads(r["body"])["event"]: r
+        for r in trap.received
+        if json.loads(r["body"] or b"{}").get("agent_id") == agent["id"]
+    }
+    assert verify(first, signed["session.started"]) and not verify(
+        second, signed["session.started"]
+    )
     assert verify(second, signed["session.ended"]) and not verify(first, signed["session.ended"])

@@ -117,7 +117,14 @@ async def test_bad_input_gets_session_errors_and_the_call_goes_on(server, api, l
         await client.send_raw(b"\x00\x01\x02")
         await client.wait_for("session.error", timeout=10, count=6)
         codes = [e["code"] for e in client.of_type("session.error")]
-        assert codes == ["invalid_json", "unknown_event", "invalid_event", "invalid_event", "invalid_event", "invalid_audio"]
+        assert codes == [
+            "invalid_json",
+            "unknown_event",
+            "invalid_event",
+            "invalid_event",
+            "invalid_event",
+            "invalid_audio",
+        ]
         # The session still works after all that.
         await client.send_event({"type": "input.text", "text": "Are you there?"})
         reply = await client.wait_for("transcript.agent", timeout=30)
@@ -128,7 +135,9 @@ async def test_bad_input_gets_session_errors_and_the_call_goes_on(server, api, l
 async def test_typed_turn_is_answered_with_audio_and_stored(server, api, llm):
     llm.script("We open at nine tomorrow morning.")
     agent = make_agent(api, pipeline="scripted", system_prompt="You are the front desk.")
-    async with SessionClient(agent_ws(server, agent["id"], sample_rate=24000), sample_rate=24000) as client:
+    async with SessionClient(
+        agent_ws(server, agent["id"], sample_rate=24000), sample_rate=24000
+    ) as client:
         ready = await client.wait_for("session.ready", timeout=30)
         assert ready["sample_rate"] == 24000
         await client.send_event({"type": "input.text", "text": "When do you open?"})
@@ -147,23 +156,41 @@ async def test_typed_turn_is_answered_with_audio_and_stored(server, api, llm):
     session_id = ready["session_id"]
     transcript = api.get(f"/v1/sessions/{session_id}/transcript").json()["items"]
     assert [(t["speaker"], t["content"]) for t in transcript] == [
-        ("USER", "When do you open?"), ("AGENT", "We open at nine tomorrow morning."),
+        ("USER", "When do you open?"),
+        ("AGENT", "We open at nine tomorrow morning."),
     ]
 
 
 async def test_client_tool_round_trip(server, api, llm):
     llm.script(ToolCall("lookup_order", {"order_id": "A17"}), "Your order A17 ships tomorrow.")
-    agent = make_agent(api, pipeline="scripted", tools=[{
-        "name": "lookup_order", "description": "Look up an order",
-        "parameters": {"type": "object", "properties": {"order_id": {"type": "string"}}, "required": ["order_id"]},
-    }])
+    agent = make_agent(
+        api,
+        pipeline="scripted",
+        tools=[
+            {
+                "name": "lookup_order",
+                "description": "Look up an order",
+                "parameters": {
+                    "type": "object",
+                    "properties": {"order_id": {"type": "string"}},
+                    "required": ["order_id"],
+                },
+            }
+        ],
+    )
     async with SessionClient(agent_ws(server, agent["id"])) as client:
         await client.wait_for("session.ready", timeout=30)
         await client.send_event({"type": "input.text", "text": "Where is my order A17?"})
         call = await client.wait_for("tool.call", timeout=30)
         assert (call["name"], call["arguments"]) == ("lookup_order", {"order_id": "A17"})
         await client.send_event({"type": "tool.result", "call_id": "nope", "result": {}})
-        await client.send_event({"type": "tool.result", "call_id": call["call_id"], "result": {"status": "ships tomorrow"}})
+        await client.send_event(
+            {
+                "type": "tool.result",
+                "call_id": call["call_id"],
+                "result": {"status": "ships tomorrow"},
+            }
+        )
         reply = await client.wait_for("transcript.agent", timeout=30)
         assert reply["text"] == "Your order A17 ships tomorrow."
         assert client.of_type("session.error")[0]["code"] == "unknown_call_id"

@@ -9,7 +9,10 @@ from tests.conftest import make_agent
 
 def test_create_session_returns_a_joinable_url(api, server):
     agent = make_agent(api)
-    response = api.post(f"/v1/agents/{agent['id']}/sessions", json={"metadata": {"crm_id": 42}, "initial_message": "Welcome!"})
+    response = api.post(
+        f"/v1/agents/{agent['id']}/sessions",
+        json={"metadata": {"crm_id": 42}, "initial_message": "Welcome!"},
+    )
     assert response.status_code == 201, response.text
     session = response.json()
     assert session["session_id"].startswith("ses_")
@@ -17,7 +20,9 @@ def test_create_session_returns_a_joinable_url(api, server):
     assert session["status"] == "created"
     assert session["metadata"] == {"crm_id": 42}
     assert session["initial_message"] == "Welcome!"
-    assert session["websocket_url"].startswith(server.ws_url(f"/v1/sessions/{session['session_id']}/ws?token="))
+    assert session["websocket_url"].startswith(
+        server.ws_url(f"/v1/sessions/{session['session_id']}/ws?token=")
+    )
     created = datetime.fromisoformat(session["created_at"])
     expires = datetime.fromisoformat(session["expires_at"])
     assert timedelta(minutes=14) < expires - created <= timedelta(minutes=15)
@@ -30,7 +35,13 @@ def test_session_body_is_optional(api):
 
 
 @pytest.mark.parametrize(
-    "body", [{"metadata": "nope"}, {"initial_message": 5}, {"surprise": True}, {"initial_message": "x" * 2001}]
+    "body",
+    [
+        {"metadata": "nope"},
+        {"initial_message": 5},
+        {"surprise": True},
+        {"initial_message": "x" * 2001},
+    ],
 )
 def test_invalid_session_body_is_422(api, body):
     agent = make_agent(api)
@@ -45,7 +56,9 @@ def test_paused_agent_cannot_start_a_session(api):
     response = api.post(f"/v1/agents/{agent['id']}/sessions")
     assert response.status_code == 409
     assert response.json() == {
-        "code": "agent_paused", "message": f"agent '{agent['id']}' is paused and cannot start a session", "details": None
+        "code": "agent_paused",
+        "message": f"agent '{agent['id']}' is paused and cannot start a session",
+        "details": None,
     }
 
 
@@ -70,7 +83,12 @@ def test_list_filters_by_agent_and_status(api):
     assert len(rest["items"]) == 1
     created = api.get("/v1/sessions", params={"agent_id": first["id"], "status": "created"}).json()
     assert created["total"] == 3
-    assert api.get("/v1/sessions", params={"agent_id": first["id"], "status": "completed"}).json()["total"] == 0
+    assert (
+        api.get("/v1/sessions", params={"agent_id": first["id"], "status": "completed"}).json()[
+            "total"
+        ]
+        == 0
+    )
     assert api.get("/v1/sessions", params={"status": "bogus"}).status_code == 422
 
 
@@ -85,7 +103,8 @@ def test_new_session_has_an_empty_transcript(api):
     agent = make_agent(api)
     session = api.post(f"/v1/agents/{agent['id']}/sessions").json()
     assert api.get(f"/v1/sessions/{session['session_id']}/transcript").json() == {
-        "session_id": session["session_id"], "items": []
+        "session_id": session["session_id"],
+        "items": [],
     }
 
 
@@ -94,4 +113,8 @@ def test_deleting_an_agent_fails_its_unjoined_sessions(api):
     session = api.post(f"/v1/agents/{agent['id']}/sessions").json()
     api.delete(f"/v1/agents/{agent['id']}")
     after = api.get(f"/v1/sessions/{session['session_id']}").json()
-    assert (after["status"], after["end_reason"], after["websocket_url"]) == ("failed", "agent_deleted", None)
+    assert (after["status"], after["end_reason"], after["websocket_url"]) == (
+        "failed",
+        "agent_deleted",
+        None,
+    )

@@ -20,7 +20,15 @@ from tests.conftest import TEST_BACKEND, database_url, make_agent, start_server
 async def test_migrations_create_every_table(db):
     async with db.engine.connect() as conn:
         tables = set(await conn.run_sync(lambda c: inspect(c).get_table_names()))
-    assert {"accounts", "api_keys", "agents", "sessions", "transcript_entries", "server_secrets", "alembic_version"} <= tables
+    assert {
+        "accounts",
+        "api_keys",
+        "agents",
+        "sessions",
+        "transcript_entries",
+        "server_secrets",
+        "alembic_version",
+    } <= tables
     await db.migrate()  # idempotent
 
 
@@ -52,28 +60,52 @@ async def test_agents_sessions_and_transcripts_round_trip(db):
     async with db.sessions() as s:
         await accounts.ensure_default_account(s)
         agent = Agent(
-            id=new_id("agt"), account_id=DEFAULT_ACCOUNT_ID, name="A", voice_id="joe", system_prompt="p",
-            tools=[{"name": "t", "description": "d", "parameters": {"type": "object"}}], pipeline="local",
+            id=new_id("agt"),
+            account_id=DEFAULT_ACCOUNT_ID,
+            name="A",
+            voice_id="joe",
+            system_prompt="p",
+            tools=[{"name": "t", "description": "d", "parameters": {"type": "object"}}],
+            pipeline="local",
         )
         s.add(agent)
         await s.commit()
-        items, total = await agents.list_agents(s, DEFAULT_ACCOUNT_ID, status=None, limit=10, offset=0)
+        items, total = await agents.list_agents(
+            s, DEFAULT_ACCOUNT_ID, status=None, limit=10, offset=0
+        )
         assert total == 1 and items[0].tools[0]["name"] == "t"
         assert await agents.get_agent(s, "acc_other", agent.id) is None
 
         now = utcnow()
-        live = Session(id=new_id("ses"), account_id=DEFAULT_ACCOUNT_ID, agent_id=agent.id,
-                       expires_at=now + timedelta(minutes=15), session_metadata={"k": [1, 2]})
-        stale = Session(id=new_id("ses"), account_id=DEFAULT_ACCOUNT_ID, agent_id=agent.id,
-                        expires_at=now - timedelta(seconds=1))
+        live = Session(
+            id=new_id("ses"),
+            account_id=DEFAULT_ACCOUNT_ID,
+            agent_id=agent.id,
+            expires_at=now + timedelta(minutes=15),
+            session_metadata={"k": [1, 2]},
+        )
+        stale = Session(
+            id=new_id("ses"),
+            account_id=DEFAULT_ACCOUNT_ID,
+            agent_id=agent.id,
+            expires_at=now - timedelta(seconds=1),
+        )
         s.add_all([live, stale])
         await s.commit()
         assert (await sessions.get_session(s, DEFAULT_ACCOUNT_ID, stale.id)).status == "expired"
         assert await sessions.claim(s, live, "node-1")
         assert not await sessions.claim(s, live, "node-2")
-        for speaker, text in (("AGENT", "Hello"), ("USER", "Hi there"), ("AGENT", "How can I help?")):
-            await sessions.add_transcript_entry(s, live.id, speaker=speaker, content=text, timestamp=utcnow())
-        await sessions.finish(s, live.id, status="completed", end_reason="caller_hangup", error=None)
+        for speaker, text in (
+            ("AGENT", "Hello"),
+            ("USER", "Hi there"),
+            ("AGENT", "How can I help?"),
+        ):
+            await sessions.add_transcript_entry(
+                s, live.id, speaker=speaker, content=text, timestamp=utcnow()
+            )
+        await sessions.finish(
+            s, live.id, status="completed", end_reason="caller_hangup", error=None
+        )
 
     async with db.sessions() as s:
         stored = await sessions.get_session(s, DEFAULT_ACCOUNT_ID, live.id)
@@ -82,18 +114,32 @@ async def test_agents_sessions_and_transcripts_round_trip(db):
         assert stored.started_at.tzinfo is not None and stored.duration_secs >= 0
         entries = await sessions.transcript(s, live.id)
         assert [(e.speaker, e.content) for e in entries] == [
-            ("AGENT", "Hello"), ("USER", "Hi there"), ("AGENT", "How can I help?")
+            ("AGENT", "Hello"),
+            ("USER", "Hi there"),
+            ("AGENT", "How can I help?"),
         ]
-        page, total = await sessions.list_sessions(s, DEFAULT_ACCOUNT_ID, agent_id=agent.id, status=None, limit=1, offset=0)
+        page, total = await sessions.list_sessions(
+            s, DEFAULT_ACCOUNT_ID, agent_id=agent.id, status=None, limit=1, offset=0
+        )
         assert total == 2 and len(page) == 1
 
 
 async def test_concurrent_claims_let_exactly_one_connection_in(db):
     async with db.sessions() as s:
         await accounts.ensure_default_account(s)
-        agent = Agent(id=new_id("agt"), account_id=DEFAULT_ACCOUNT_ID, name="A", voice_id="joe", system_prompt="p")
-        session = Session(id=new_id("ses"), account_id=DEFAULT_ACCOUNT_ID, agent_id=agent.id,
-                          expires_at=utcnow() + timedelta(minutes=1))
+        agent = Agent(
+            id=new_id("agt"),
+            account_id=DEFAULT_ACCOUNT_ID,
+            name="A",
+            voice_id="joe",
+            system_prompt="p",
+        )
+        session = Session(
+            id=new_id("ses"),
+            account_id=DEFAULT_ACCOUNT_ID,
+            agent_id=agent.id,
+            expires_at=utcnow() + timedelta(minutes=1),
+        )
         s.add_all([agent, session])
         await s.commit()
 
@@ -107,7 +153,11 @@ async def test_concurrent_claims_let_exactly_one_connection_in(db):
 async def test_foreign_keys_are_enforced(db):
     """SQLite checks foreign keys as PostgreSQL does: a row naming a missing parent is refused."""
     async with db.sessions() as s:
-        s.add(TranscriptEntry(session_id="ses_missing", speaker="USER", content="hi", timestamp=utcnow()))
+        s.add(
+            TranscriptEntry(
+                session_id="ses_missing", speaker="USER", content="hi", timestamp=utcnow()
+            )
+        )
         with pytest.raises(IntegrityError):
             await s.commit()
 
@@ -134,7 +184,9 @@ async def test_server_stores_a_call_on_the_test_backend(tmp_path, scripted_llm):
             items = api.get(f"/v1/sessions/{ready['session_id']}/transcript").json()["items"]
             assert [i["content"] for i in items] == ["Hello database.", "Stored in the database."]
         assert (tmp_path / "stored" / "switchboard.db").exists() == (TEST_BACKEND == "sqlite")
-        assert database_url(server).startswith("postgresql" if TEST_BACKEND == "postgres" else "sqlite")
+        assert database_url(server).startswith(
+            "postgresql" if TEST_BACKEND == "postgres" else "sqlite"
+        )
     finally:
         server.stop()
 
@@ -143,38 +195,64 @@ async def test_a_lost_node_s_calls_end_once_however_many_nodes_reap_at_the_same_
     now = utcnow()
     async with db.sessions() as s:
         await accounts.ensure_default_account(s)
-        agent = Agent(id=new_id("agt"), account_id=DEFAULT_ACCOUNT_ID, name="A", voice_id="joe", system_prompt="p")
+        agent = Agent(
+            id=new_id("agt"),
+            account_id=DEFAULT_ACCOUNT_ID,
+            name="A",
+            voice_id="joe",
+            system_prompt="p",
+        )
         s.add(agent)
         await s.flush()
 
         def live_call(host: str) -> Session:
-            return Session(id=new_id("ses"), account_id=DEFAULT_ACCOUNT_ID, agent_id=agent.id, status="active",
-                           host=host, started_at=now - timedelta(seconds=90), expires_at=now + timedelta(minutes=1))
+            return Session(
+                id=new_id("ses"),
+                account_id=DEFAULT_ACCOUNT_ID,
+                agent_id=agent.id,
+                status="active",
+                host=host,
+                started_at=now - timedelta(seconds=90),
+                expires_at=now + timedelta(minutes=1),
+            )
 
         alive, lost = live_call("node-alive"), [live_call("node-dead") for _ in range(3)]
         s.add_all([alive, *lost])
         await s.commit()
         await nodes.renew(s, "node-alive", now, live_calls=1, load=0.25)
         await nodes.renew(s, "node-dead", now, live_calls=3, load=0.5)
-        await s.execute(update(Node).where(Node.id == "node-dead").values(heartbeat_at=now - timedelta(seconds=31)))
+        await s.execute(
+            update(Node)
+            .where(Node.id == "node-dead")
+            .values(heartbeat_at=now - timedelta(seconds=31))
+        )
         await s.commit()
 
     followed_up = []
 
     async def follow_up(s, session_id: str) -> None:
-        assert (await s.get(Session, session_id)).end_reason == "node_lost"  # in the transaction that ends it
+        assert (
+            await s.get(Session, session_id)
+        ).end_reason == "node_lost"  # in the transaction that ends it
         followed_up.append(session_id)
 
     async def reap() -> list[str]:
         async with db.sessions() as s:
             return await nodes.fail_lost_calls(s, lease_secs=30, on_ended=follow_up)
 
-    ended = [session_id for result in await asyncio.gather(*(reap() for _ in range(4))) for session_id in result]
+    ended = [
+        session_id
+        for result in await asyncio.gather(*(reap() for _ in range(4)))
+        for session_id in result
+    ]
     assert sorted(ended) == sorted(followed_up) == sorted(session.id for session in lost)
     async with db.sessions() as s:
         for session in lost:
             stored = await s.get(Session, session.id)
-            assert (stored.status, stored.end_reason) == ("failed", "node_lost") and stored.duration_secs >= 90
+            assert (stored.status, stored.end_reason) == (
+                "failed",
+                "node_lost",
+            ) and stored.duration_secs >= 90
         assert (await s.get(Session, alive.id)).status == "active"
         assert [node.id for node in await s.scalars(select(Node))] == ["node-alive"]
         await nodes.remove(s, "node-alive")

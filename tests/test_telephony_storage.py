@@ -17,8 +17,15 @@ from app.storage.models import DEFAULT_ACCOUNT_ID, Account, Agent, PhoneCall, Ph
 async def add_agent(s, numbers: list[str], status: str = "active") -> Agent:
     if await s.get(Account, DEFAULT_ACCOUNT_ID) is None:
         s.add(Account(id=DEFAULT_ACCOUNT_ID, name="default"))
-    agent = Agent(id=new_id("agt"), account_id=DEFAULT_ACCOUNT_ID, name="a", voice_id="joe",
-                  system_prompt="p", phone_numbers=[], status=status)
+    agent = Agent(
+        id=new_id("agt"),
+        account_id=DEFAULT_ACCOUNT_ID,
+        name="a",
+        voice_id="joe",
+        system_prompt="p",
+        phone_numbers=[],
+        status=status,
+    )
     s.add(agent)
     await telephony.assign_numbers(s, agent, numbers)
     await s.commit()
@@ -28,7 +35,9 @@ async def add_agent(s, numbers: list[str], status: str = "active") -> Agent:
 async def test_migration_adds_the_telephony_tables(db):
     async with db.engine.connect() as conn:
         tables = set(await conn.run_sync(lambda c: inspect(c).get_table_names()))
-        agent_columns = {c["name"] for c in await conn.run_sync(lambda c: inspect(c).get_columns("agents"))}
+        agent_columns = {
+            c["name"] for c in await conn.run_sync(lambda c: inspect(c).get_columns("agents"))
+        }
     assert {"agent_instances", "phone_calls", "used_relay_tokens", "phone_numbers"} <= tables
     assert "phone_numbers" in agent_columns
 
@@ -45,20 +54,35 @@ async def test_a_number_routes_to_the_active_agent_that_has_it(db):
         assert await telephony.agent_for_number(s, "+15559999999") is None
 
 
-async def test_the_ownership_migration_gives_a_shared_number_to_the_newest_live_agent(empty_database_url):
+async def test_the_ownership_migration_gives_a_shared_number_to_the_newest_live_agent(
+    empty_database_url,
+):
     url = empty_database_url
     config = alembic_config(url)
     before = ScriptDirectory.from_config(config).get_revision("0012_security_numbers").down_revision
     await asyncio.to_thread(command.upgrade, config, before)
     database = Database(url)
     now = utcnow()
-    rows = {"old": (["+15550001111", "+15550002222"], "active"), "new": (["+15550001111"], "paused"),
-            "gone": (["+15550003333"], "deleted")}
+    rows = {
+        "old": (["+15550001111", "+15550002222"], "active"),
+        "new": (["+15550001111"], "paused"),
+        "gone": (["+15550003333"], "deleted"),
+    }
     async with database.sessions() as s:
         s.add(Account(id=DEFAULT_ACCOUNT_ID, name="default"))
         for age, (key, (numbers, status)) in enumerate(rows.items()):
-            s.add(Agent(id=f"agt_{key}", account_id=DEFAULT_ACCOUNT_ID, name=key, voice_id="joe", system_prompt="p",
-                        phone_numbers=numbers, status=status, created_at=now + timedelta(seconds=age)))
+            s.add(
+                Agent(
+                    id=f"agt_{key}",
+                    account_id=DEFAULT_ACCOUNT_ID,
+                    name=key,
+                    voice_id="joe",
+                    system_prompt="p",
+                    phone_numbers=numbers,
+                    status=status,
+                    created_at=now + timedelta(seconds=age),
+                )
+            )
         await s.commit()
     await asyncio.to_thread(upgrade_to_head, url)
     async with database.sessions() as s:
@@ -79,12 +103,27 @@ async def test_stream_start_marks_the_call_in_progress(db):
     async with db.sessions() as s:
         agent = await add_agent(s, [])
         now = utcnow()
-        session = Session(id=new_id("ses"), account_id=DEFAULT_ACCOUNT_ID, agent_id=agent.id, connection_type="twilio",
-                          created_at=now, expires_at=now)
+        session = Session(
+            id=new_id("ses"),
+            account_id=DEFAULT_ACCOUNT_ID,
+            agent_id=agent.id,
+            connection_type="twilio",
+            created_at=now,
+            expires_at=now,
+        )
         s.add(session)
         await s.commit()
-        s.add(PhoneCall(id=new_id("call"), account_id=DEFAULT_ACCOUNT_ID, agent_id=agent.id, session_id=session.id,
-                        direction="inbound", from_number="+1", to_number="+2"))
+        s.add(
+            PhoneCall(
+                id=new_id("call"),
+                account_id=DEFAULT_ACCOUNT_ID,
+                agent_id=agent.id,
+                session_id=session.id,
+                direction="inbound",
+                from_number="+1",
+                to_number="+2",
+            )
+        )
         await s.commit()
         await telephony.stream_started(s, session.id, "twilio", "CA123")
         call = await telephony.call_for_session(s, session.id)

@@ -56,8 +56,14 @@ def receiver():
 
 
 def webhook_tool(name: str, url: str, **fields) -> dict:
-    return {"name": name, "description": "Opening hours for a day", "parameters": HOURS_SCHEMA,
-            "type": "webhook", "url": url, **fields}
+    return {
+        "name": name,
+        "description": "Opening hours for a day",
+        "parameters": HOURS_SCHEMA,
+        "type": "webhook",
+        "url": url,
+        **fields,
+    }
 
 
 def conversation(llm) -> list[dict]:
@@ -81,7 +87,9 @@ async def ask(client: SessionClient, text: str, reply_number: int) -> dict:
 
 
 async def test_webhook_tool_answer_reaches_the_llm(server, api, llm, receiver):
-    agent = make_agent(api, pipeline="scripted", tools=[webhook_tool("get_hours", receiver.url("/hours"))])
+    agent = make_agent(
+        api, pipeline="scripted", tools=[webhook_tool("get_hours", receiver.url("/hours"))]
+    )
     secret = agent["tools"][0]["secret"]
     assert secret.startswith("whsec_")
     llm.script(ToolCall("get_hours", {"day": "monday"}), "On Monday we open at nine.")
@@ -101,7 +109,9 @@ async def test_webhook_tool_answer_reaches_the_llm(server, api, llm, receiver):
     assert hook["headers"]["Content-Type"] == "application/json"
     assert hook["headers"]["X-Switchboard-Session"] == ready["session_id"]
     timestamp = hook["headers"]["X-Switchboard-Timestamp"]
-    expected = hmac.new(secret.encode(), timestamp.encode() + b"." + hook["body"], hashlib.sha256).hexdigest()
+    expected = hmac.new(
+        secret.encode(), timestamp.encode() + b"." + hook["body"], hashlib.sha256
+    ).hexdigest()
     assert hook["headers"]["X-Switchboard-Signature"] == f"sha256={expected}"
     assert abs(int(timestamp) - time.time()) < 120
 
@@ -122,9 +132,12 @@ async def test_tool_failures_go_back_to_the_llm_as_errors(server, api, llm, rece
     ]
     agent = make_agent(api, pipeline="scripted", tools=tools)
     llm.script(
-        ToolCall("slow_lookup", {"day": "monday"}), "Sorry, the lookup is slow today.",
-        ToolCall("get_hours", {"day": 5}), "Sorry, I could not look that up.",
-        ToolCall("broken_lookup", {"day": "tuesday"}), "Sorry, our system is down.",
+        ToolCall("slow_lookup", {"day": "monday"}),
+        "Sorry, the lookup is slow today.",
+        ToolCall("get_hours", {"day": 5}),
+        "Sorry, I could not look that up.",
+        ToolCall("broken_lookup", {"day": "tuesday"}),
+        "Sorry, our system is down.",
     )
     receiver.received.clear()
     async with SessionClient(agent_ws(server, agent["id"])) as client:
@@ -158,8 +171,15 @@ async def test_tool_failures_go_back_to_the_llm_as_errors(server, api, llm, rece
 
 
 async def test_client_tool_round_trip_is_recorded(server, api, llm):
-    tool = {"name": "lookup_order", "description": "Find an order",
-            "parameters": {"type": "object", "properties": {"order_id": {"type": "string"}}, "required": ["order_id"]}}
+    tool = {
+        "name": "lookup_order",
+        "description": "Find an order",
+        "parameters": {
+            "type": "object",
+            "properties": {"order_id": {"type": "string"}},
+            "required": ["order_id"],
+        },
+    }
     agent = make_agent(api, pipeline="scripted", tools=[tool])
     llm.script(ToolCall("lookup_order", {"order_id": "A1"}), "Your order ships today.")
     async with SessionClient(agent_ws(server, agent["id"])) as client:
@@ -167,19 +187,29 @@ async def test_client_tool_round_trip_is_recorded(server, api, llm):
         await client.send_event({"type": "input.text", "text": "Where is my order A1?"})
         call = await client.wait_for("tool.call", timeout=30)
         assert (call["name"], call["arguments"]) == ("lookup_order", {"order_id": "A1"})
-        await client.send_event({"type": "tool.result", "call_id": call["call_id"], "result": {"status": "shipping"}})
+        await client.send_event(
+            {"type": "tool.result", "call_id": call["call_id"], "result": {"status": "shipping"}}
+        )
         reply = await client.wait_for("transcript.agent", timeout=30)
         await client.send_event({"type": "session.end"})
         await client.wait_for("session.ended", timeout=10)
     assert reply["text"] == "Your order ships today."
     assert json.loads(tool_messages(conversation(llm)[-1])[0]) == {"status": "shipping"}
     [entry] = tool_entries(api, ready["session_id"])
-    assert entry == {"call_id": call["call_id"], "name": "lookup_order", "arguments": {"order_id": "A1"},
-                     "result": {"status": "shipping"}}
+    assert entry == {
+        "call_id": call["call_id"],
+        "name": "lookup_order",
+        "arguments": {"order_id": "A1"},
+        "result": {"status": "shipping"},
+    }
 
 
 async def test_end_call_tool_says_goodbye_and_hangs_up(server, api, llm):
-    tool = {"name": "end_call", "description": "Hang up once the caller is done", "type": "end_call"}
+    tool = {
+        "name": "end_call",
+        "description": "Hang up once the caller is done",
+        "type": "end_call",
+    }
     agent = make_agent(api, pipeline="scripted", tools=[tool])
     llm.script(ToolCall("end_call", {}))
     async with SessionClient(agent_ws(server, agent["id"])) as client:
@@ -191,7 +221,9 @@ async def test_end_call_tool_says_goodbye_and_hangs_up(server, api, llm):
             await asyncio.sleep(0.05)
         assert client.closed
     assert ended["reason"] == "agent_ended"
-    assert len(client.agent_audio) > 16000 * 2 * 0.8 and rms(bytes(client.agent_audio)) > 300  # the goodbye
+    assert (
+        len(client.agent_audio) > 16000 * 2 * 0.8 and rms(bytes(client.agent_audio)) > 300
+    )  # the goodbye
     session = wait_for_status(api, ready["session_id"], "completed")
     assert session["end_reason"] == "agent_ended"
     items = api.get(f"/v1/sessions/{ready['session_id']}/transcript").json()["items"]
@@ -204,19 +236,32 @@ def test_tool_definitions_are_checked(api):
     bad = [
         ({"name": "x", "description": "d", "type": "webhook"}, "needs a url"),
         ({"name": "x", "description": "d", "type": "transfer_call"}, "needs a phone_number"),
-        ({"name": "x", "description": "d", "parameters": {"type": "object", "properties": {"a": {"type": "nope"}}}},
-         "not a valid JSON Schema"),
+        (
+            {
+                "name": "x",
+                "description": "d",
+                "parameters": {"type": "object", "properties": {"a": {"type": "nope"}}},
+            },
+            "not a valid JSON Schema",
+        ),
         ({"name": "x", "description": "d", "type": "webhook", "url": "ftp://example.com"}, "url"),
     ]
     for tool, words in bad:
-        response = api.post("/v1/agents", json={"name": "A", "voice_id": "joe", "system_prompt": "p", "tools": [tool]})
+        response = api.post(
+            "/v1/agents",
+            json={"name": "A", "voice_id": "joe", "system_prompt": "p", "tools": [tool]},
+        )
         assert response.status_code == 422, response.text
         assert words in response.json()["message"], response.json()
 
 
 async def test_transfer_call_off_twilio_is_a_tool_error(server, api, llm):
-    tool = {"name": "transfer", "description": "Transfer the caller", "type": "transfer_call",
-            "phone_number": "+14155550142"}
+    tool = {
+        "name": "transfer",
+        "description": "Transfer the caller",
+        "type": "transfer_call",
+        "phone_number": "+14155550142",
+    }
     agent = make_agent(api, pipeline="scripted", tools=[tool])
     llm.script(ToolCall("transfer", {}), "Sorry, I can't transfer this call.")
     async with SessionClient(agent_ws(server, agent["id"])) as client:
@@ -225,5 +270,8 @@ async def test_transfer_call_off_twilio_is_a_tool_error(server, api, llm):
         await client.send_event({"type": "session.end"})
         await client.wait_for("session.ended", timeout=10)
     assert reply["text"] == "Sorry, I can't transfer this call."
-    assert "only works on Twilio calls" in json.loads(tool_messages(conversation(llm)[-1])[-1])["error"]
+    assert (
+        "only works on Twilio calls"
+        in json.loads(tool_messages(conversation(llm)[-1])[-1])["error"]
+    )
     assert wait_for_status(api, ready["session_id"], "completed")["end_reason"] == "caller_hangup"

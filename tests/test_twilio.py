@@ -21,7 +21,12 @@ from app.calls.tokens import TokenSigner
 from tests.audio import rms, speech
 from tests.conftest import make_agent, scripted_agent, start_server
 from tests.fakes.carrier_webhooks import TelnyxSigner, twilio_post
-from tests.fakes.twilio_client import TwilioMediaStreamsClient, parse_twiml, ulaw_decode, ulaw_encode
+from tests.fakes.twilio_client import (
+    TwilioMediaStreamsClient,
+    parse_twiml,
+    ulaw_decode,
+    ulaw_encode,
+)
 from tests.fakes.twilio_rest import FakeTwilioRest
 from tests.test_session_websocket import wait_for_status
 
@@ -56,7 +61,9 @@ def twilio_env(scripted_llm, twilio_rest) -> dict[str, str]:
 def twilio_server(tmp_path_factory, scripted_llm, twilio_rest):
     """A server with Twilio credentials, every carrier's webhook signing key and a known token secret."""
     server = start_server(
-        tmp_path_factory.mktemp("twilio"), preload=["scripted"], env=twilio_env(scripted_llm, twilio_rest)
+        tmp_path_factory.mktemp("twilio"),
+        preload=["scripted"],
+        env=twilio_env(scripted_llm, twilio_rest),
     )
     yield server
     server.stop()
@@ -71,7 +78,8 @@ def tw(twilio_server):
 def twilio_session(api, agent_id: str, **fields) -> tuple[str, dict]:
     """TwiML and session for a call, as an API client gets them."""
     response = api.post(
-        "/v1/sessions/twilio", json={"agentId": agent_id, "from": CALLER, "to": NUMBER, **fields},
+        "/v1/sessions/twilio",
+        json={"agentId": agent_id, "from": CALLER, "to": NUMBER, **fields},
         headers={"Accept": "application/json"},
     )
     assert response.status_code == 200, response.text
@@ -98,11 +106,17 @@ def wait_no_calls(server, timeout: float = 5) -> None:
 async def test_inbound_call_hears_the_caller_answers_and_completes(twilio_server, tw, llm):
     llm.script("We open at nine tomorrow morning.")
     agent = scripted_agent(tw, greeting="Hello, you have reached the clinic.")
-    response = tw.post("/v1/sessions/twilio", json={"agentId": agent["id"], "from": CALLER, "to": NUMBER})
+    response = tw.post(
+        "/v1/sessions/twilio", json={"agentId": agent["id"], "from": CALLER, "to": NUMBER}
+    )
     assert response.status_code == 200 and response.headers["content-type"].startswith("text/xml")
     stream_url, parameters = parse_twiml(response.text)
-    assert stream_url == twilio_server.ws_url("/v1/sessions/twilio/stream") and set(parameters) == {"token"}
-    session_id = tw.get("/v1/sessions", params={"agent_id": agent["id"]}).json()["items"][0]["session_id"]
+    assert stream_url == twilio_server.ws_url("/v1/sessions/twilio/stream") and set(parameters) == {
+        "token"
+    }
+    session_id = tw.get("/v1/sessions", params={"agent_id": agent["id"]}).json()["items"][0][
+        "session_id"
+    ]
 
     async with TwilioMediaStreamsClient(stream_url, parameters) as client:
         await client.wait_marks(1, timeout=30)  # the greeting has played
@@ -114,7 +128,7 @@ async def test_inbound_call_hears_the_caller_answers_and_completes(twilio_server
         await client.send_audio(speech("What time do you open tomorrow morning?", sample_rate=8000))
         await client.send_silence(1.0)
         await client.wait_marks(2, timeout=60)  # the answer has played
-        reply = ulaw_decode(bytes(client.agent_audio)[len(greeting) // 2:])
+        reply = ulaw_decode(bytes(client.agent_audio)[len(greeting) // 2 :])
         assert len(reply) > 8000 * 2 * 0.5 and rms(reply) > 300
 
         await client.stop()
@@ -144,8 +158,9 @@ def twilio_rest_hang_ups(server, call_sid: str) -> bool:
 async def test_barge_in_sends_clear_and_cuts_the_agent_off(twilio_server, tw, llm):
     llm.script("Of course, go ahead.")
     agent = scripted_agent(
-        tw, greeting="Welcome to the clinic. Our opening hours are nine to five on weekdays, "
-                     "and ten to two on Saturdays. We are closed on Sundays and public holidays.",
+        tw,
+        greeting="Welcome to the clinic. Our opening hours are nine to five on weekdays, "
+        "and ten to two on Saturdays. We are closed on Sundays and public holidays.",
     )
     twiml, session = twilio_session(tw, agent["id"])
     async with TwilioMediaStreamsClient.from_twiml(twiml) as client:
@@ -154,7 +169,9 @@ async def test_barge_in_sends_clear_and_cuts_the_agent_off(twilio_server, tw, ll
         await client.wait_until(lambda: client.events("clear"), 10, "clear")
         cleared_at = next(t for t, m in client.received if m.get("event") == "clear")
         await client.send_silence(1.0)
-        await client.wait_marks(1, timeout=60)  # the greeting's mark went with the clear: this is the answer
+        await client.wait_marks(
+            1, timeout=60
+        )  # the greeting's mark went with the clear: this is the answer
         await client.stop()
         await client.wait_closed(timeout=5)
     # Twilio played well under the greeting's length before the clear.
@@ -163,7 +180,11 @@ async def test_barge_in_sends_clear_and_cuts_the_agent_off(twilio_server, tw, ll
     wait_for_status(tw, session["session_id"], "completed")
     items = tw.get(f"/v1/sessions/{session['session_id']}/transcript").json()["items"]
     # The greeting was cut off early: it is in the transcript as interrupted, if at all.
-    assert all(i["interrupted"] for i in items if i["speaker"] == "AGENT" and i["content"].startswith("Welcome"))
+    assert all(
+        i["interrupted"]
+        for i in items
+        if i["speaker"] == "AGENT" and i["content"].startswith("Welcome")
+    )
     assert any(i["speaker"] == "USER" and "question" in i["content"].lower() for i in items), items
 
 
@@ -177,15 +198,21 @@ async def test_keypad_press_reaches_the_agent_as_text(twilio_server, tw, llm):
         await client.wait_marks(2, timeout=30)
         await client.stop()
         await client.wait_closed(timeout=5)
-    assert any({"role": "user", "content": "The caller pressed 3."} in r["messages"] for r in llm.requests)
+    assert any(
+        {"role": "user", "content": "The caller pressed 3."} in r["messages"] for r in llm.requests
+    )
     wait_for_status(tw, session["session_id"], "completed")
     items = tw.get(f"/v1/sessions/{session['session_id']}/transcript").json()["items"]
     assert [(i["speaker"], i["content"]) for i in items] == [
-        ("AGENT", "Press 3 for billing."), ("USER", "The caller pressed 3."), ("AGENT", "You chose billing."),
+        ("AGENT", "Press 3 for billing."),
+        ("USER", "The caller pressed 3."),
+        ("AGENT", "You chose billing."),
     ]
 
 
-async def test_agent_ends_the_call_and_hangs_up_after_the_goodbye(twilio_server, tw, twilio_rest, llm):
+async def test_agent_ends_the_call_and_hangs_up_after_the_goodbye(
+    twilio_server, tw, twilio_rest, llm
+):
     llm.script("We open at nine.")
     agent = scripted_agent(tw, greeting="Hello.", max_turns=1)
     twiml, session = twilio_session(tw, agent["id"])
@@ -202,7 +229,11 @@ async def test_agent_ends_the_call_and_hangs_up_after_the_goodbye(twilio_server,
     assert hang_up.path == f"/2010-04-01/Accounts/{ACCOUNT_SID}/Calls/{client.call_sid}.json"
     # The goodbye was sent in full (its mark follows its last audio) before the hang-up.
     goodbye_sent_at, audio_before_goodbye_mark = client.marks_received["utterance-3"]
-    goodbye = ulaw_decode(bytes(client.agent_audio[client.marks_received["utterance-2"][1]:audio_before_goodbye_mark]))
+    goodbye = ulaw_decode(
+        bytes(
+            client.agent_audio[client.marks_received["utterance-2"][1] : audio_before_goodbye_mark]
+        )
+    )
     assert len(goodbye) > 8000 * 2 * 1.0 and rms(goodbye) > 300
     assert goodbye_sent_at <= hang_up.at
     done = wait_for_status(tw, session["session_id"], "completed")
@@ -214,12 +245,21 @@ async def test_agent_ends_the_call_and_hangs_up_after_the_goodbye(twilio_server,
 
 # --- Refusals: each closes with a code and reason, logs why, and leaves nothing running ---
 
+
 def relay_claims(session: dict, **overrides) -> dict:
-    return {"agt": session["agent_id"], "sid": session["session_id"], "inst": None,
-            "acc": "acc_default", "jti": f"jti-{time.monotonic_ns()}", **overrides}
+    return {
+        "agt": session["agent_id"],
+        "sid": session["session_id"],
+        "inst": None,
+        "acc": "acc_default",
+        "jti": f"jti-{time.monotonic_ns()}",
+        **overrides,
+    }
 
 
-async def assert_refused(server, api, session: dict, parameters: dict, code: str, reason: str) -> None:
+async def assert_refused(
+    server, api, session: dict, parameters: dict, code: str, reason: str
+) -> None:
     client = TwilioMediaStreamsClient(server.ws_url("/v1/sessions/twilio/stream"), parameters)
     async with client:
         await client.wait_closed(timeout=15)
@@ -232,19 +272,42 @@ async def assert_refused(server, api, session: dict, parameters: dict, code: str
 
 async def test_stream_without_token_is_refused(twilio_server, tw):
     _twiml, session = twilio_session(tw, scripted_agent(tw)["id"])
-    await assert_refused(twilio_server, tw, session, {}, "missing_token", "the stream's start message carries no relay token")
+    await assert_refused(
+        twilio_server,
+        tw,
+        session,
+        {},
+        "missing_token",
+        "the stream's start message carries no relay token",
+    )
 
 
 async def test_forged_token_is_refused(twilio_server, tw):
     _twiml, session = twilio_session(tw, scripted_agent(tw)["id"])
-    forged = TokenSigner("not-the-server-secret").issue("relay", relay_claims(session), time.time() + 600)
-    await assert_refused(twilio_server, tw, session, {"token": forged}, "invalid_token", "relay token refused: bad token signature")
+    forged = TokenSigner("not-the-server-secret").issue(
+        "relay", relay_claims(session), time.time() + 600
+    )
+    await assert_refused(
+        twilio_server,
+        tw,
+        session,
+        {"token": forged},
+        "invalid_token",
+        "relay token refused: bad token signature",
+    )
 
 
 async def test_expired_token_is_refused(twilio_server, tw):
     _twiml, session = twilio_session(tw, scripted_agent(tw)["id"])
     expired = TokenSigner(SECRET).issue("relay", relay_claims(session), time.time() - 5)
-    await assert_refused(twilio_server, tw, session, {"token": expired}, "invalid_token", "relay token refused: token expired")
+    await assert_refused(
+        twilio_server,
+        tw,
+        session,
+        {"token": expired},
+        "invalid_token",
+        "relay token refused: token expired",
+    )
 
 
 async def test_replayed_token_is_refused_even_after_a_restart(tmp_path, scripted_llm, twilio_rest):
@@ -261,13 +324,19 @@ async def test_replayed_token_is_refused_even_after_a_restart(tmp_path, scripted
             replay = TwilioMediaStreamsClient.from_twiml(twiml)
             async with replay:
                 await replay.wait_closed(timeout=15)
-            assert (replay.close_code, replay.close_reason) == (4401, "relay token refused: it was already used")
+            assert (replay.close_code, replay.close_reason) == (
+                4401,
+                "relay token refused: it was already used",
+            )
         server.stop()
         server = start_server(tmp_path / "replay", env=env, port=int(server.url.rsplit(":", 1)[1]))
         replay = TwilioMediaStreamsClient.from_twiml(twiml)
         async with replay:
             await replay.wait_closed(timeout=15)
-        assert (replay.close_code, replay.close_reason) == (4401, "relay token refused: it was already used")
+        assert (replay.close_code, replay.close_reason) == (
+            4401,
+            "relay token refused: it was already used",
+        )
         assert "twilio stream refused (token_used)" in server.log()
         assert active_calls(server) == 0
     finally:
@@ -276,18 +345,30 @@ async def test_replayed_token_is_refused_even_after_a_restart(tmp_path, scripted
 
 def test_voice_webhook_refuses_a_bad_signature(twilio_server, tw):
     agent = scripted_agent(tw, phone_numbers=["+15550003333"])
-    form = {"CallSid": "CA" + "2" * 32, "From": CALLER, "To": "+15550003333", "CallStatus": "ringing"}
+    form = {
+        "CallSid": "CA" + "2" * 32,
+        "From": CALLER,
+        "To": "+15550003333",
+        "CallStatus": "ringing",
+    }
     unsigned = httpx.post(f"{twilio_server.url}/v1/twilio/voice", data=form, timeout=30)
     assert unsigned.status_code == 403 and unsigned.json()["code"] == "invalid_signature"
     forged = signed_post(twilio_server, "/v1/twilio/voice", form, token="someone-elses-token")
     assert forged.status_code == 403 and forged.json()["message"] == "invalid X-Twilio-Signature"
     tampered = httpx.post(
-        f"{twilio_server.url}/v1/twilio/voice", data={**form, "To": "+15550004444"}, timeout=30,
-        headers={"X-Twilio-Signature": RequestValidator(AUTH_TOKEN).compute_signature(
-            f"{twilio_server.url}/v1/twilio/voice", form)},
+        f"{twilio_server.url}/v1/twilio/voice",
+        data={**form, "To": "+15550004444"},
+        timeout=30,
+        headers={
+            "X-Twilio-Signature": RequestValidator(AUTH_TOKEN).compute_signature(
+                f"{twilio_server.url}/v1/twilio/voice", form
+            )
+        },
     )
     assert tampered.status_code == 403
-    assert "refused Twilio webhook /v1/twilio/voice: invalid X-Twilio-Signature" in twilio_server.log()
+    assert (
+        "refused Twilio webhook /v1/twilio/voice: invalid X-Twilio-Signature" in twilio_server.log()
+    )
     assert tw.get("/v1/sessions", params={"agent_id": agent["id"]}).json()["total"] == 0
     valid = signed_post(twilio_server, "/v1/twilio/voice", form)
     assert valid.status_code == 200 and parse_twiml(valid.text)[1].keys() == {"token"}
@@ -295,13 +376,26 @@ def test_voice_webhook_refuses_a_bad_signature(twilio_server, tw):
 
 # --- The number webhook and status callbacks ---
 
-async def test_voice_webhook_routes_by_number_and_status_callbacks_follow_the_call(twilio_server, tw):
+
+async def test_voice_webhook_routes_by_number_and_status_callbacks_follow_the_call(
+    twilio_server, tw
+):
     agent = scripted_agent(tw, greeting="Thanks for calling.", phone_numbers=["+15550005555"])
     call_sid = "CA" + "5" * 32
-    form = {"CallSid": call_sid, "AccountSid": ACCOUNT_SID, "From": CALLER, "To": "+15550005555", "CallStatus": "ringing"}
+    form = {
+        "CallSid": call_sid,
+        "AccountSid": ACCOUNT_SID,
+        "From": CALLER,
+        "To": "+15550005555",
+        "CallStatus": "ringing",
+    }
     answer = signed_post(twilio_server, "/v1/twilio/voice", form)
-    assert answer.status_code == 200 and answer.headers["content-type"].startswith("text/xml"), answer.text
-    session_id = tw.get("/v1/sessions", params={"agent_id": agent["id"]}).json()["items"][0]["session_id"]
+    assert answer.status_code == 200 and answer.headers["content-type"].startswith("text/xml"), (
+        answer.text
+    )
+    session_id = tw.get("/v1/sessions", params={"agent_id": agent["id"]}).json()["items"][0][
+        "session_id"
+    ]
 
     def status(value: str) -> httpx.Response:
         response = signed_post(twilio_server, "/v1/twilio/status", {**form, "CallStatus": value})
@@ -324,25 +418,46 @@ async def test_voice_webhook_routes_by_number_and_status_callbacks_follow_the_ca
     assert unknown.status_code == 404 and unknown.json()["code"] == "number_not_assigned"
     # Longer than the call row can hold (PostgreSQL refuses it where SQLite stored it): a 422, not a 500.
     for field in ("From", "CallSid"):
-        overlong = signed_post(twilio_server, "/v1/twilio/voice", {**form, field: "sip:" + "x" * 80})
-        assert overlong.status_code == 422 and overlong.json()["code"] == "validation_error", overlong.text
+        overlong = signed_post(
+            twilio_server, "/v1/twilio/voice", {**form, field: "sip:" + "x" * 80}
+        )
+        assert overlong.status_code == 422 and overlong.json()["code"] == "validation_error", (
+            overlong.text
+        )
 
 
 def test_busy_call_fails_its_session(twilio_server, tw):
     agent = scripted_agent(tw, phone_numbers=["+15550006666"])
-    form = {"CallSid": "CA" + "6" * 32, "From": CALLER, "To": "+15550006666", "CallStatus": "ringing"}
-    assert signed_post(twilio_server, f"/v1/twilio/voice?agentId={agent['id']}", form).status_code == 200
-    session_id = tw.get("/v1/sessions", params={"agent_id": agent["id"]}).json()["items"][0]["session_id"]
-    assert signed_post(twilio_server, "/v1/twilio/status", {**form, "CallStatus": "busy"}).status_code == 204
+    form = {
+        "CallSid": "CA" + "6" * 32,
+        "From": CALLER,
+        "To": "+15550006666",
+        "CallStatus": "ringing",
+    }
+    assert (
+        signed_post(twilio_server, f"/v1/twilio/voice?agentId={agent['id']}", form).status_code
+        == 200
+    )
+    session_id = tw.get("/v1/sessions", params={"agent_id": agent["id"]}).json()["items"][0][
+        "session_id"
+    ]
+    assert (
+        signed_post(twilio_server, "/v1/twilio/status", {**form, "CallStatus": "busy"}).status_code
+        == 204
+    )
     session = tw.get(f"/v1/sessions/{session_id}").json()
     assert (session["status"], session["end_reason"]) == ("failed", "busy")
 
 
 # --- Outbound ---
 
+
 async def test_outbound_call_through_twilio_rest(twilio_server, tw, twilio_rest):
-    agent = scripted_agent(tw, greeting="Hi, this is the clinic calling about your appointment.",
-                           phone_numbers=["+15550007777"])
+    agent = scripted_agent(
+        tw,
+        greeting="Hi, this is the clinic calling about your appointment.",
+        phone_numbers=["+15550007777"],
+    )
     created = tw.post("/v1/calls/outbound", json={"agentId": agent["id"], "to": "+14155551212"})
     assert created.status_code == 201, created.text
     task = created.json()
@@ -350,18 +465,31 @@ async def test_outbound_call_through_twilio_rest(twilio_server, tw, twilio_rest)
     request = twilio_rest.created_calls()[-1]
     assert (request.username, request.password) == (ACCOUNT_SID, AUTH_TOKEN)
     assert request.value("To") == "+14155551212" and request.value("From") == "+15550007777"
-    assert request.value("Url") == f"{twilio_server.url}/v1/sessions/twilio/task/{task['id']}/connect"
-    assert request.value("StatusCallback") == f"{twilio_server.url}/v1/sessions/twilio/task/{task['id']}/status"
+    assert (
+        request.value("Url") == f"{twilio_server.url}/v1/sessions/twilio/task/{task['id']}/connect"
+    )
+    assert (
+        request.value("StatusCallback")
+        == f"{twilio_server.url}/v1/sessions/twilio/task/{task['id']}/status"
+    )
 
     # Twilio: the callee answered; fetch the TwiML, join the stream.
-    form = {"CallSid": task["call_sid"], "AccountSid": ACCOUNT_SID, "From": "+15550007777", "To": "+14155551212",
-            "CallStatus": "in-progress", "Direction": "outbound-api"}
+    form = {
+        "CallSid": task["call_sid"],
+        "AccountSid": ACCOUNT_SID,
+        "From": "+15550007777",
+        "To": "+14155551212",
+        "CallStatus": "in-progress",
+        "Direction": "outbound-api",
+    }
     path = request.value("Url").removeprefix(twilio_server.url)
     answer = signed_post(twilio_server, path, form)
     assert answer.status_code == 200, answer.text
     status_path = request.value("StatusCallback").removeprefix(twilio_server.url)
     assert signed_post(twilio_server, status_path, form).status_code == 204
-    async with TwilioMediaStreamsClient.from_twiml(answer.text, call_sid=task["call_sid"]) as client:
+    async with TwilioMediaStreamsClient.from_twiml(
+        answer.text, call_sid=task["call_sid"]
+    ) as client:
         await client.wait_marks(1, timeout=30)  # the agent spoke first, unprompted
         assert rms(ulaw_decode(bytes(client.agent_audio))) > 300
         assert tw.delete(f"/v1/agents/{agent['id']}").status_code == 200  # ends the call
@@ -369,17 +497,27 @@ async def test_outbound_call_through_twilio_rest(twilio_server, tw, twilio_rest)
         await client.wait_closed(timeout=5)
     assert (hang_up.username, hang_up.password) == (ACCOUNT_SID, AUTH_TOKEN)
     session = wait_for_status(tw, task["session_id"], "completed")
-    assert session["end_reason"] == "agent_deleted" and session["metadata"]["direction"] == "outbound"
-    assert signed_post(twilio_server, status_path, {**form, "CallStatus": "completed"}).status_code == 204
+    assert (
+        session["end_reason"] == "agent_deleted" and session["metadata"]["direction"] == "outbound"
+    )
+    assert (
+        signed_post(twilio_server, status_path, {**form, "CallStatus": "completed"}).status_code
+        == 204
+    )
     assert tw.get(f"/v1/calls/{task['id']}").json()["status"] == "completed"
     wait_no_calls(twilio_server)
 
 
 def test_outbound_call_refused_by_twilio_fails_cleanly(twilio_server, tw, twilio_rest):
     agent = scripted_agent(tw)
-    missing_from = tw.post("/v1/calls/outbound", json={"agentId": agent["id"], "to": "+14155551212"})
+    missing_from = tw.post(
+        "/v1/calls/outbound", json={"agentId": agent["id"], "to": "+14155551212"}
+    )
     assert missing_from.status_code == 422 and missing_from.json()["code"] == "missing_from"
-    assert tw.patch(f"/v1/agents/{agent['id']}", json={"phone_numbers": ["+15550008888"]}).status_code == 200
+    assert (
+        tw.patch(f"/v1/agents/{agent['id']}", json={"phone_numbers": ["+15550008888"]}).status_code
+        == 200
+    )
     original = twilio_rest.auth_token
     twilio_rest.auth_token = "rotated"  # Twilio now rejects our credentials
     try:
@@ -393,15 +531,29 @@ def test_outbound_call_refused_by_twilio_fails_cleanly(twilio_server, tw, twilio
 
 # --- Agent instances fill {{placeholders}} ---
 
+
 async def test_instance_variables_fill_the_greeting(twilio_server, tw, llm):
-    agent = scripted_agent(tw, greeting="Hello {{name}}, welcome back.",
-                           system_prompt="You are the clinic's receptionist. The caller is {{name}}, patient {{ patient_id }}.")
-    missing = tw.post("/v1/sessions/twilio", json={"agentId": agent["id"], "from": CALLER, "to": NUMBER})
-    assert missing.status_code == 422 and missing.json()["details"]["missing"] == ["name", "patient_id"]
-    instance = tw.post(f"/v1/agents/{agent['id']}/instances", json={"variables": {"name": "Ana", "patient_id": 42}})
+    agent = scripted_agent(
+        tw,
+        greeting="Hello {{name}}, welcome back.",
+        system_prompt="You are the clinic's receptionist. The caller is {{name}}, patient {{ patient_id }}.",
+    )
+    missing = tw.post(
+        "/v1/sessions/twilio", json={"agentId": agent["id"], "from": CALLER, "to": NUMBER}
+    )
+    assert missing.status_code == 422 and missing.json()["details"]["missing"] == [
+        "name",
+        "patient_id",
+    ]
+    instance = tw.post(
+        f"/v1/agents/{agent['id']}/instances", json={"variables": {"name": "Ana", "patient_id": 42}}
+    )
     assert instance.status_code == 201, instance.text
     instance_id = instance.json()["id"]
-    assert tw.get(f"/v1/agents/{agent['id']}/instances/{instance_id}").json()["variables"]["name"] == "Ana"
+    assert (
+        tw.get(f"/v1/agents/{agent['id']}/instances/{instance_id}").json()["variables"]["name"]
+        == "Ana"
+    )
 
     llm.script("Your next visit is on Monday.")
     twiml, session = twilio_session(tw, agent["id"], instanceId=instance_id)
@@ -420,15 +572,20 @@ async def test_instance_variables_fill_the_greeting(twilio_server, tw, llm):
     assert tw.get(f"/v1/agents/{agent['id']}").json()["greeting"] == "Hello {{name}}, welcome back."
 
     assert tw.delete(f"/v1/agents/{agent['id']}/instances/{instance_id}").status_code == 200
-    gone = tw.post("/v1/sessions/twilio", json={"agentId": agent["id"], "from": CALLER, "to": NUMBER, "instanceId": instance_id})
+    gone = tw.post(
+        "/v1/sessions/twilio",
+        json={"agentId": agent["id"], "from": CALLER, "to": NUMBER, "instanceId": instance_id},
+    )
     assert gone.status_code == 404 and gone.json()["code"] == "instance_not_found"
 
 
 # --- The real local pipeline, end to end, over Twilio (no Twilio credentials: no REST hang-up) ---
 
+
 async def test_local_pipeline_over_media_streams(server, api):
     agent = make_agent(
-        api, system_prompt="You are the receptionist of a dental clinic. Answer in one short sentence.",
+        api,
+        system_prompt="You are the receptionist of a dental clinic. Answer in one short sentence.",
         greeting="Hello, thanks for calling the clinic.",
     )
     twiml, session = twilio_session(api, agent["id"])
@@ -455,27 +612,52 @@ async def test_local_pipeline_over_media_streams(server, api):
 
 CARRIER_STARTS = {
     "telnyx": (
-        lambda: {"event": "start", "sequence_number": "1", "stream_id": "telnyx-stream-1",
-                 "start": {"call_control_id": "v3:telnyx-call-1", "client_state": "",
-                           "media_format": {"encoding": "PCMU", "sample_rate": 8000, "channels": 1}}},
-        lambda payload: {"event": "media", "stream_id": "telnyx-stream-1",
-                         "media": {"track": "inbound", "chunk": "1", "timestamp": "0", "payload": payload}},
+        lambda: {
+            "event": "start",
+            "sequence_number": "1",
+            "stream_id": "telnyx-stream-1",
+            "start": {
+                "call_control_id": "v3:telnyx-call-1",
+                "client_state": "",
+                "media_format": {"encoding": "PCMU", "sample_rate": 8000, "channels": 1},
+            },
+        },
+        lambda payload: {
+            "event": "media",
+            "stream_id": "telnyx-stream-1",
+            "media": {"track": "inbound", "chunk": "1", "timestamp": "0", "payload": payload},
+        },
         "media",
     ),
     "plivo": (
-        lambda: {"event": "start", "sequenceNumber": 0, "extra_headers": "{}",
-                 "start": {"callId": "plivo-call-1", "streamId": "plivo-stream-1", "accountId": "MA1",
-                           "tracks": ["inbound"], "mediaFormat": {"encoding": "audio/x-mulaw", "sampleRate": 8000}}},
-        lambda payload: {"event": "media", "streamId": "plivo-stream-1",
-                         "media": {"track": "inbound", "chunk": 1, "timestamp": "0", "payload": payload}},
+        lambda: {
+            "event": "start",
+            "sequenceNumber": 0,
+            "extra_headers": "{}",
+            "start": {
+                "callId": "plivo-call-1",
+                "streamId": "plivo-stream-1",
+                "accountId": "MA1",
+                "tracks": ["inbound"],
+                "mediaFormat": {"encoding": "audio/x-mulaw", "sampleRate": 8000},
+            },
+        },
+        lambda payload: {
+            "event": "media",
+            "streamId": "plivo-stream-1",
+            "media": {"track": "inbound", "chunk": 1, "timestamp": "0", "payload": payload},
+        },
         "playAudio",
     ),
 }
 
 
 def carrier_stream_url(api, carrier: str, agent_id: str) -> tuple[str, dict]:
-    response = api.post(f"/v1/sessions/{carrier}", json={"agentId": agent_id, "from": CALLER, "to": NUMBER},
-                        headers={"Accept": "application/json"})
+    response = api.post(
+        f"/v1/sessions/{carrier}",
+        json={"agentId": agent_id, "from": CALLER, "to": NUMBER},
+        headers={"Accept": "application/json"},
+    )
     assert response.status_code == 200, response.text
     stream = ElementTree.fromstring(response.json()["xml"]).find(".//Stream")
     return (stream.get("url") or stream.text), response.json()["session"]
@@ -490,7 +672,10 @@ async def test_carrier_stream_without_token_is_refused(twilio_server, tw, carrie
         await ws.send(json.dumps(start()))
         with pytest.raises(ConnectionClosed):
             await asyncio.wait_for(ws.recv(), 15)
-    assert (ws.close_code, ws.close_reason) == (4401, "the stream's start message carries no relay token")
+    assert (ws.close_code, ws.close_reason) == (
+        4401,
+        "the stream's start message carries no relay token",
+    )
     assert f"{carrier} stream refused (missing_token)" in twilio_server.log()
     assert tw.get(f"/v1/sessions/{session['session_id']}").json()["status"] == "created"
     assert active_calls(twilio_server) == 0
@@ -519,9 +704,11 @@ async def test_carrier_stream_call(twilio_server, tw, llm, carrier):
         while len(agent_audio) < 8000 * 1.0 and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
         assert rms(ulaw_decode(bytes(agent_audio))) > 300
-        caller = ulaw_encode(speech("What time do you open tomorrow morning?", sample_rate=8000) + b"\0\0" * 8000)
+        caller = ulaw_encode(
+            speech("What time do you open tomorrow morning?", sample_rate=8000) + b"\0\0" * 8000
+        )
         for i in range(0, len(caller), 160):
-            await ws.send(json.dumps(media(base64.b64encode(caller[i:i + 160]).decode())))
+            await ws.send(json.dumps(media(base64.b64encode(caller[i : i + 160]).decode())))
             await asyncio.sleep(0.02)
         deadline = time.monotonic() + 60
         items = []
@@ -535,7 +722,9 @@ async def test_carrier_stream_call(twilio_server, tw, llm, carrier):
     wait_no_calls(twilio_server)
 
 
-async def test_hang_up_still_happens_when_the_caller_talks_over_the_goodbye(twilio_server, tw, twilio_rest, llm):
+async def test_hang_up_still_happens_when_the_caller_talks_over_the_goodbye(
+    twilio_server, tw, twilio_rest, llm
+):
     llm.script("We open at nine.")
     agent = scripted_agent(tw, greeting="Hello.", max_turns=1)
     twiml, session = twilio_session(tw, agent["id"])

@@ -64,7 +64,9 @@ async def test_barge_in_stops_the_agent_and_tells_the_client(server, api, llm):
         await asyncio.sleep(1.5)  # the agent is mid-sentence
         assert not client.of_type("agent.speech.stopped")
         speaking_since = time.monotonic()
-        barge = asyncio.create_task(client.stream(speech("Wait, stop, I have a question.", tail_secs=1.0)))
+        barge = asyncio.create_task(
+            client.stream(speech("Wait, stop, I have a question.", tail_secs=1.0))
+        )
         started = await client.wait_for("input.speech.started", timeout=10)
         stop_latency = started["_at"] - speaking_since
         await client.wait_for("agent.speech.stopped", timeout=10)
@@ -76,7 +78,9 @@ async def test_barge_in_stops_the_agent_and_tells_the_client(server, api, llm):
         # first frame may land just before its `agent.speech.started`, hence the margin.
         next_reply = [e["_at"] for e in client.of_type("agent.speech.started")[1:]]
         window_end = next_reply[0] - 0.1 if next_reply else started["_at"] + 2.0
-        late_audio = sum(size for at, size in client.audio_log if started["_at"] + 0.5 < at < window_end)
+        late_audio = sum(
+            size for at, size in client.audio_log if started["_at"] + 0.5 < at < window_end
+        )
         assert late_audio == 0, late_audio
         assert stop_latency < 3.0
         await client.send_event({"type": "session.end"})

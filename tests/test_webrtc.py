@@ -17,7 +17,6 @@ from fastapi.testclient import TestClient
 from app.deps import LOGIN_COOKIE
 from app.main import create_app
 from app.settings import Settings
-
 from tests.audio import speech
 from tests.conftest import ADMIN_KEY, TEST_PIPELINES, make_agent
 from tests.test_session_websocket import wait_for_status
@@ -75,7 +74,10 @@ class WebRTCCaller:
         """Offer without candidates, then trickle them by PATCH: the call only connects if PATCH works."""
         self.pc.addTrack(self.mic)
         self._channel = self.pc.createDataChannel("events")
-        self._channel.on("message", lambda message: self.events.append({**json.loads(message), "_at": time.monotonic()}))
+        self._channel.on(
+            "message",
+            lambda message: self.events.append({**json.loads(message), "_at": time.monotonic()}),
+        )
 
         @self.pc.on("track")
         def on_track(track):
@@ -84,16 +86,27 @@ class WebRTCCaller:
         await self.pc.setLocalDescription(await self.pc.createOffer())
         lines = self.pc.localDescription.sdp.splitlines()
         candidates = [line.removeprefix("a=") for line in lines if line.startswith("a=candidate:")]
-        sdp = "\r\n".join(l for l in lines if not l.startswith(("a=candidate:", "a=end-of-candidates"))) + "\r\n"
+        sdp = (
+            "\r\n".join(
+                l for l in lines if not l.startswith(("a=candidate:", "a=end-of-candidates"))
+            )
+            + "\r\n"
+        )
         assert candidates
         async with httpx.AsyncClient(headers=self.headers, timeout=30) as http:
             response = await http.post(self.url, json={"sdp": sdp, "type": "offer"})
             assert response.status_code == 200, response.text
             self.answer = response.json()
-            await self.pc.setRemoteDescription(RTCSessionDescription(sdp=self.answer["sdp"], type="answer"))
+            await self.pc.setRemoteDescription(
+                RTCSessionDescription(sdp=self.answer["sdp"], type="answer")
+            )
             trickled = [{"candidate": c, "sdpMid": "0", "sdpMLineIndex": 0} for c in candidates]
-            trickled.append({"candidate": "", "sdpMid": "0", "sdpMLineIndex": 0})  # end of candidates
-            response = await http.patch(self.url, json={"pc_id": self.answer["pc_id"], "candidates": trickled})
+            trickled.append(
+                {"candidate": "", "sdpMid": "0", "sdpMLineIndex": 0}
+            )  # end of candidates
+            response = await http.patch(
+                self.url, json={"pc_id": self.answer["pc_id"], "candidates": trickled}
+            )
             assert response.status_code == 204, response.text
 
     async def _listen(self, track) -> None:
@@ -115,7 +128,9 @@ class WebRTCCaller:
     async def wait_for(self, kind: str, timeout: float, count: int = 1) -> dict:
         deadline = time.monotonic() + timeout
         while len(self.of_type(kind)) < count:
-            assert time.monotonic() < deadline, f"no {kind} (#{count}) within {timeout}s; got {self.events}"
+            assert time.monotonic() < deadline, (
+                f"no {kind} (#{count}) within {timeout}s; got {self.events}"
+            )
             await asyncio.sleep(0.05)
         return self.of_type(kind)[count - 1]
 
@@ -191,25 +206,38 @@ def test_offer_refusals(server, api):
         assert response.status_code == 401 and response.json()["code"] == "unauthorized"
         response = anonymous.post(url, json=body, headers={"X-API-Key": "sk_wrong"})
         assert response.status_code == 401
-    with httpx.Client(base_url=server.url, timeout=30, cookies={LOGIN_COOKIE: "sk_wrong"}) as wrong_cookie:
+    with httpx.Client(
+        base_url=server.url, timeout=30, cookies={LOGIN_COOKIE: "sk_wrong"}
+    ) as wrong_cookie:
         assert wrong_cookie.post(url, json=body).status_code == 401
     with httpx.Client(base_url=server.url, timeout=30) as anonymous:
         patch = {"pc_id": "pc-x", "candidates": [{"candidate": "", "sdpMid": "0"}]}
         assert anonymous.patch(url, json=patch).status_code == 401
 
-    assert api.post("/v1/agents/agt_missing/webrtc/offer", json=body).json()["code"] == "agent_not_found"
+    assert (
+        api.post("/v1/agents/agt_missing/webrtc/offer", json=body).json()["code"]
+        == "agent_not_found"
+    )
     response = api.post(url, json={"sdp": "", "type": "offer"})
     assert response.status_code == 422 and response.json()["code"] == "validation_error"
     response = api.post(url, json={"sdp": MINIMAL_OFFER, "type": "answer"})
     assert response.status_code == 422
 
-    for sdp in ("this is not SDP", MINIMAL_OFFER, MINIMAL_OFFER + "m=audio x UDP/TLS/RTP/SAVPF 111\r\n"):
+    for sdp in (
+        "this is not SDP",
+        MINIMAL_OFFER,
+        MINIMAL_OFFER + "m=audio x UDP/TLS/RTP/SAVPF 111\r\n",
+    ):
         response = api.post(url, json={"sdp": sdp, "type": "offer"})
-        assert response.status_code == 400 and response.json()["code"] == "invalid_offer", response.text
+        assert response.status_code == 400 and response.json()["code"] == "invalid_offer", (
+            response.text
+        )
     failed = api.get("/v1/sessions", params={"agent_id": agent["id"]}).json()["items"]
     assert [(s["status"], s["connection_type"]) for s in failed] == [("failed", "webrtc")]
 
-    response = api.patch(url, json={"pc_id": "pc-unknown", "candidates": [{"candidate": "", "sdpMid": "0"}]})
+    response = api.patch(
+        url, json={"pc_id": "pc-unknown", "candidates": [{"candidate": "", "sdpMid": "0"}]}
+    )
     assert response.status_code == 404 and response.json()["code"] == "peer_connection_not_found"
     response = api.patch(url, json={"pc_id": "pc-unknown", "candidates": [{"candidate": ""}]})
     assert response.status_code == 422
@@ -226,12 +254,21 @@ async def test_trickled_candidates_are_checked(server, api):
         await caller.connect()
         url = f"/v1/agents/{agent['id']}/webrtc/offer"
         pc_id = caller.answer["pc_id"]
-        async with httpx.AsyncClient(base_url=server.url, headers=server.headers, timeout=30) as http:
-            bad = await http.patch(url, json={"pc_id": pc_id, "candidates": [{"candidate": "candidate:1 1", "sdpMid": "0"}]})
+        async with httpx.AsyncClient(
+            base_url=server.url, headers=server.headers, timeout=30
+        ) as http:
+            bad = await http.patch(
+                url,
+                json={
+                    "pc_id": pc_id,
+                    "candidates": [{"candidate": "candidate:1 1", "sdpMid": "0"}],
+                },
+            )
             assert bad.status_code == 400 and bad.json()["code"] == "invalid_candidate", bad.text
             other = make_agent(api, pipeline="scripted")
             wrong_agent = await http.patch(
-                f"/v1/agents/{other['id']}/webrtc/offer", json={"pc_id": pc_id, "candidates": [{"candidate": "", "sdpMid": "0"}]}
+                f"/v1/agents/{other['id']}/webrtc/offer",
+                json={"pc_id": pc_id, "candidates": [{"candidate": "", "sdpMid": "0"}]},
             )
             assert wrong_agent.status_code == 404
         await caller.wait_for("agent.speech.stopped", timeout=60)  # the call went on regardless
@@ -245,7 +282,9 @@ async def test_deleting_the_agent_ends_its_browser_call(server, api):
     try:
         await caller.connect()
         await caller.wait_for("agent.speech.started", timeout=60)
-        async with httpx.AsyncClient(base_url=server.url, headers=server.headers, timeout=30) as http:
+        async with httpx.AsyncClient(
+            base_url=server.url, headers=server.headers, timeout=30
+        ) as http:
             assert (await http.delete(f"/v1/agents/{agent['id']}")).status_code == 200
         ended = await caller.wait_for("session.ended", timeout=15)
         assert ended["reason"] == "agent_deleted"
@@ -256,15 +295,23 @@ async def test_deleting_the_agent_ends_its_browser_call(server, api):
 
 
 def test_ice_servers_reach_the_call_page(tmp_path, monkeypatch):
-    ice_servers = [{"urls": ["turn:turn.example.org:3478"], "username": "switchboard", "credential": "s3cret"}]
+    ice_servers = [
+        {"urls": ["turn:turn.example.org:3478"], "username": "switchboard", "credential": "s3cret"}
+    ]
     monkeypatch.setenv("SWITCHBOARD_WEBRTC_ICE_SERVERS", json.dumps(ice_servers))
-    settings = Settings(data_dir=tmp_path, api_key=ADMIN_KEY, preload_pipelines=[], pipelines_path=[TEST_PIPELINES])
+    settings = Settings(
+        data_dir=tmp_path, api_key=ADMIN_KEY, preload_pipelines=[], pipelines_path=[TEST_PIPELINES]
+    )
     with TestClient(create_app(settings)) as client:
         agent = client.post(
-            "/v1/agents", headers={"X-API-Key": ADMIN_KEY},
+            "/v1/agents",
+            headers={"X-API-Key": ADMIN_KEY},
             json={"name": "Ice", "voice_id": "joe", "system_prompt": "Hi.", "pipeline": "scripted"},
         ).json()
-        assert client.post("/login", data={"api_key": ADMIN_KEY}, follow_redirects=False).status_code == 303
+        assert (
+            client.post("/login", data={"api_key": ADMIN_KEY}, follow_redirects=False).status_code
+            == 303
+        )
         page = client.get(f"/agents/{agent['id']}/preview").text
     attribute = re.search(r"data-ice-servers='([^']*)'", page).group(1)
     assert json.loads(html.unescape(attribute)) == ice_servers

@@ -13,9 +13,18 @@ from app.storage.models import Account, ApiKey
 
 router = APIRouter(tags=["accounts"], responses={**ERROR_RESPONSES, **ADMIN_RESPONSES})
 
-CallCap = Annotated[int | None, Field(default=None, ge=1, le=10_000, description="Live-call cap; the server default if null")]
+CallCap = Annotated[
+    int | None,
+    Field(default=None, ge=1, le=10_000, description="Live-call cap; the server default if null"),
+]
 RecordingQuota = Annotated[
-    int | None, Field(default=None, ge=0, le=1 << 50, description="Recording storage cap in bytes; the server default if null")
+    int | None,
+    Field(
+        default=None,
+        ge=0,
+        le=1 << 50,
+        description="Recording storage cap in bytes; the server default if null",
+    ),
 ]
 Limit = Annotated[int, Query(ge=1, le=100)]
 Offset = Annotated[int, Query(ge=0, le=1_000_000)]
@@ -91,9 +100,13 @@ async def load_account(db, account_id: str) -> Account:
     return account
 
 
-@router.post("/v1/accounts", status_code=201, response_model=AccountOut, summary="Create an account")
+@router.post(
+    "/v1/accounts", status_code=201, response_model=AccountOut, summary="Create an account"
+)
 async def create_account(body: AccountCreate, db: DbDep, admin: AdminDep) -> Account:
-    return await account_store.create_account(db, body.name, body.max_concurrent_calls, body.recording_quota_bytes)
+    return await account_store.create_account(
+        db, body.name, body.max_concurrent_calls, body.recording_quota_bytes
+    )
 
 
 @router.get("/v1/accounts", response_model=AccountList, summary="List accounts")
@@ -108,7 +121,9 @@ async def get_account(account_id: str, db: DbDep, admin: AdminDep) -> Account:
 
 
 @router.patch("/v1/accounts/{account_id}", response_model=AccountOut, summary="Update an account")
-async def update_account(account_id: str, body: AccountUpdate, db: DbDep, admin: AdminDep) -> Account:
+async def update_account(
+    account_id: str, body: AccountUpdate, db: DbDep, admin: AdminDep
+) -> Account:
     account = await load_account(db, account_id)
     changes = body.model_dump(exclude_unset=True)
     if "name" in changes and changes["name"] is None:
@@ -119,7 +134,9 @@ async def update_account(account_id: str, body: AccountUpdate, db: DbDep, admin:
     return account
 
 
-@router.post("/v1/api-keys", status_code=201, response_model=ApiKeyCreated, summary="Create an API key")
+@router.post(
+    "/v1/api-keys", status_code=201, response_model=ApiKeyCreated, summary="Create an API key"
+)
 async def create_key(body: ApiKeyCreate, db: DbDep, admin: AdminDep) -> dict:
     await load_account(db, body.account_id)
     secret = account_store.generate_key()
@@ -127,13 +144,19 @@ async def create_key(body: ApiKeyCreate, db: DbDep, admin: AdminDep) -> dict:
     return {**ApiKeyOut.model_validate(key).model_dump(), "secret": secret}
 
 
-@router.get("/v1/api-keys", response_model=ApiKeyList, summary="List API keys (never their secrets)")
-async def list_keys(db: DbDep, admin: AdminDep, account_id: str | None = None, limit: Limit = 20, offset: Offset = 0) -> dict:
+@router.get(
+    "/v1/api-keys", response_model=ApiKeyList, summary="List API keys (never their secrets)"
+)
+async def list_keys(
+    db: DbDep, admin: AdminDep, account_id: str | None = None, limit: Limit = 20, offset: Offset = 0
+) -> dict:
     items, total = await account_store.list_keys(db, account_id, limit=limit, offset=offset)
     return {"items": items, "total": total, "limit": limit, "offset": offset}
 
 
-@router.delete("/v1/api-keys/{key_id}", response_model=ApiKeyOut, summary="Revoke an API key at once")
+@router.delete(
+    "/v1/api-keys/{key_id}", response_model=ApiKeyOut, summary="Revoke an API key at once"
+)
 async def revoke_key(key_id: str, db: DbDep, admin: AdminDep) -> ApiKey:
     key = await db.get(ApiKey, key_id)
     if key is None:

@@ -10,6 +10,7 @@ from jsonschema import Draft202012Validator
 from jsonschema.exceptions import SchemaError
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from app.analysis import AnalysisField
 from app.calls.tools import DEFAULT_TIMEOUT_SECS
 from app.deps import CallerDep, DbDep, StateDep
 from app.errors import ERROR_RESPONSES, APIError, not_found
@@ -19,7 +20,6 @@ from app.storage import agents as agent_store
 from app.storage import sessions as session_store
 from app.storage import telephony as telephony_store
 from app.storage.ids import new_id, utcnow
-from app.analysis import AnalysisField
 from app.storage.models import Agent
 from app.telephony.numbers import PhoneNumber, TransferTarget
 from pipelines.config import UnknownPipelineError
@@ -67,7 +67,9 @@ class ToolFields(BaseModel):
         description="client: the WebSocket client runs it (tool.call / tool.result); webhook: the server POSTs "
         "the arguments to url; end_call and transfer_call are built in",
     )
-    url: str | None = Field(default=None, exclude_if=_is_none, description="webhook: where the arguments are POSTed")
+    url: str | None = Field(
+        default=None, exclude_if=_is_none, description="webhook: where the arguments are POSTed"
+    )
     timeout_secs: float = Field(
         default=DEFAULT_TIMEOUT_SECS,
         exclude_if=lambda v: v == DEFAULT_TIMEOUT_SECS,
@@ -86,7 +88,9 @@ class ToolDefinition(ToolFields):
     model_config = ConfigDict(extra="forbid")
 
     url: OutboundUrl | None = Field(
-        default=None, exclude_if=_is_none, description="webhook: where the arguments are POSTed (a public address)"
+        default=None,
+        exclude_if=_is_none,
+        description="webhook: where the arguments are POSTed (a public address)",
     )
     secret: str | None = Field(
         default=None,
@@ -97,7 +101,9 @@ class ToolDefinition(ToolFields):
         "same-named tool's current one, or a new one",
     )
     phone_number: TransferTarget | None = Field(
-        default=None, exclude_if=_is_none, description="transfer_call: where the call is moved (E.164)"
+        default=None,
+        exclude_if=_is_none,
+        description="transfer_call: where the call is moved (E.164)",
     )
 
     @model_validator(mode="after")
@@ -113,9 +119,13 @@ class ToolOut(ToolFields):
     """A tool as the API shows it: its secret in full only in the response that set it."""
 
     secret: str | None = Field(
-        default=None, exclude_if=_is_none, description="webhook: the full secret, only in the response that set it"
+        default=None,
+        exclude_if=_is_none,
+        description="webhook: the full secret, only in the response that set it",
     )
-    secret_last4: str | None = Field(default=None, exclude_if=_is_none, description="webhook: the secret's end")
+    secret_last4: str | None = Field(
+        default=None, exclude_if=_is_none, description="webhook: the secret's end"
+    )
 
 
 def new_secret() -> str:
@@ -140,16 +150,26 @@ def _unique_tool_names(tools: list[ToolDefinition]) -> list[ToolDefinition]:
 
 
 Tools = Annotated[list[ToolDefinition], Field(max_length=64), AfterValidator(_unique_tool_names)]
-FirstSpeaker = Annotated[Literal["agent", "user"], Field(description="agent: it greets first; user: it waits")]
-MaxDuration = Annotated[int, Field(ge=60, le=7200, description="Seconds before the call says goodbye and ends")]
-InactivityTimeout = Annotated[int, Field(ge=10, le=300, description="Seconds of silence before inactivity_action")]
+FirstSpeaker = Annotated[
+    Literal["agent", "user"], Field(description="agent: it greets first; user: it waits")
+]
+MaxDuration = Annotated[
+    int, Field(ge=60, le=7200, description="Seconds before the call says goodbye and ends")
+]
+InactivityTimeout = Annotated[
+    int, Field(ge=10, le=300, description="Seconds of silence before inactivity_action")
+]
 InactivityAction = Annotated[
-    Literal["end_call", "prompt"], Field(description="end_call, or prompt: ask once if the caller is there, then end")
+    Literal["end_call", "prompt"],
+    Field(description="end_call, or prompt: ask once if the caller is there, then end"),
 ]
 PhoneNumbers = Annotated[
     list[PhoneNumber],
-    Field(max_length=20, description="E.164 numbers whose inbound calls reach this agent (Twilio voice webhook); "
-          "a number answers one agent, in one account"),
+    Field(
+        max_length=20,
+        description="E.164 numbers whose inbound calls reach this agent (Twilio voice webhook); "
+        "a number answers one agent, in one account",
+    ),
     AfterValidator(lambda numbers: list(dict.fromkeys(numbers))),
 ]
 
@@ -161,16 +181,27 @@ def _unique_field_names(fields: list[AnalysisField]) -> list[AnalysisField]:
     return fields
 
 
-WebhookUrl = Annotated[OutboundUrl, Field(description="Where session events are POSTed (a public address)")]
+WebhookUrl = Annotated[
+    OutboundUrl, Field(description="Where session events are POSTed (a public address)")
+]
 WebhookSecret = Annotated[
-    str, Field(min_length=16, max_length=200, description="HMAC-SHA256 key of the webhook signature; generated if omitted")
+    str,
+    Field(
+        min_length=16,
+        max_length=200,
+        description="HMAC-SHA256 key of the webhook signature; generated if omitted",
+    ),
 ]
 WebhookEvents = Annotated[
     list[Literal["session.started", "session.ended", "transcript.updated", "analysis.completed"]],
-    Field(min_length=1, description="Events the webhook gets; all but transcript.updated (one per turn) if omitted"),
+    Field(
+        min_length=1,
+        description="Events the webhook gets; all but transcript.updated (one per turn) if omitted",
+    ),
 ]
 AnalysisFields = Annotated[
-    list[AnalysisField], Field(max_length=20, description="Custom values the post-call analysis extracts"),
+    list[AnalysisField],
+    Field(max_length=20, description="Custom values the post-call analysis extracts"),
     AfterValidator(_unique_field_names),
 ]
 
@@ -191,14 +222,18 @@ class AgentCreate(BaseModel):
     tools: Tools = Field(default_factory=list)
     max_turns: int = Field(default=50, ge=1, le=500)
     greeting: str | None = Field(default=None, max_length=2000)
-    pipeline: str | None = Field(default=None, description="Pipeline config name; the server default if omitted")
+    pipeline: str | None = Field(
+        default=None, description="Pipeline config name; the server default if omitted"
+    )
     phone_numbers: PhoneNumbers = Field(default_factory=list)
     webhook_url: WebhookUrl | None = None
     webhook_secret: WebhookSecret | None = None
     webhook_events: WebhookEvents | None = None
     analysis_fields: AnalysisFields = Field(default_factory=list)
     first_speaker: FirstSpeaker = "agent"
-    interruptible: bool = Field(default=True, description="False: the caller can't cut the agent off")
+    interruptible: bool = Field(
+        default=True, description="False: the caller can't cut the agent off"
+    )
     max_duration: MaxDuration = 3000
     inactivity_timeout: InactivityTimeout | None = None
     inactivity_action: InactivityAction = "end_call"
@@ -245,11 +280,16 @@ class AgentOut(BaseModel):
     phone_numbers: list[str]
     webhook_url: str | None = None
     webhook_secret: str | None = Field(
-        default=None, description="Verifies the webhook's X-Switchboard-Signature: in full only in the response "
-        "that set it (create, update, rotate); null elsewhere"
+        default=None,
+        description="Verifies the webhook's X-Switchboard-Signature: in full only in the response "
+        "that set it (create, update, rotate); null elsewhere",
     )
-    webhook_secret_last4: str | None = Field(default=None, description="The webhook secret's last 4 characters")
-    webhook_events: list[str] | None = Field(default=None, description="null: all but transcript.updated")
+    webhook_secret_last4: str | None = Field(
+        default=None, description="The webhook secret's last 4 characters"
+    )
+    webhook_events: list[str] | None = Field(
+        default=None, description="null: all but transcript.updated"
+    )
     analysis_fields: list[AnalysisField] | None = None
     first_speaker: FirstSpeaker
     interruptible: bool
@@ -271,13 +311,22 @@ def agent_out(agent: Agent, shown: Collection[str] = ()) -> AgentOut:
     response set it), else just its last 4 characters."""
     out = AgentOut.model_validate(agent)
     tools = [
-        tool.model_copy(update={"secret": tool.secret if tool.secret in shown else None, "secret_last4": _last4(tool.secret)})
+        tool.model_copy(
+            update={
+                "secret": tool.secret if tool.secret in shown else None,
+                "secret_last4": _last4(tool.secret),
+            }
+        )
         for tool in out.tools
     ]
     secret = agent.webhook_secret
-    return out.model_copy(update={
-        "tools": tools, "webhook_secret": secret if secret in shown else None, "webhook_secret_last4": _last4(secret),
-    })
+    return out.model_copy(
+        update={
+            "tools": tools,
+            "webhook_secret": secret if secret in shown else None,
+            "webhook_secret_last4": _last4(secret),
+        }
+    )
 
 
 def _secrets(agent: Agent) -> set[str]:
@@ -297,13 +346,16 @@ def check_pipeline_and_voice(state: AppState, pipeline: str, voice_id: str) -> N
         config = state.catalog.get(pipeline)
     except UnknownPipelineError as exc:
         raise APIError(
-            422, "unknown_pipeline", f"unknown pipeline '{pipeline}'; known pipelines: {', '.join(exc.known)}",
+            422,
+            "unknown_pipeline",
+            f"unknown pipeline '{pipeline}'; known pipelines: {', '.join(exc.known)}",
             {"pipelines": exc.known},
         ) from None
     voices = sorted(config.tts.voices)
     if voice_id not in voices:
         raise APIError(
-            422, "unknown_voice",
+            422,
+            "unknown_voice",
             f"voice '{voice_id}' is not offered by pipeline '{pipeline}'; valid voices: {', '.join(voices)}",
             {"voices": voices},
         )
@@ -323,18 +375,24 @@ async def _assign_numbers(db, agent: Agent, numbers: list[str]) -> None:
     except telephony_store.NumberTaken as exc:
         if exc.agent_id is None:
             raise APIError(
-                409, "phone_number_taken", f"phone_numbers: {exc.number} belongs to another account",
+                409,
+                "phone_number_taken",
+                f"phone_numbers: {exc.number} belongs to another account",
                 {"field": "phone_numbers", "number": exc.number},
             ) from None
         raise APIError(
-            409, "phone_number_in_use", f"phone_numbers: {exc.number} already answers agent '{exc.agent_id}'",
+            409,
+            "phone_number_in_use",
+            f"phone_numbers: {exc.number} already answers agent '{exc.agent_id}'",
             {"field": "phone_numbers", "number": exc.number, "agent_id": exc.agent_id},
         ) from None
 
 
 @router.post("", status_code=201, response_model=AgentOut, summary="Create an agent")
 @router.post("/create", status_code=201, response_model=AgentOut, summary="Create an agent (alias)")
-async def create_agent(body: AgentCreate, state: StateDep, db: DbDep, caller: CallerDep) -> AgentOut:
+async def create_agent(
+    body: AgentCreate, state: StateDep, db: DbDep, caller: CallerDep
+) -> AgentOut:
     """The response is the one place the generated secrets (webhook, webhook tools) are shown in full."""
     pipeline = body.pipeline or state.settings.default_pipeline
     check_pipeline_and_voice(state, pipeline, body.voice_id)
@@ -361,8 +419,15 @@ async def list_agents(
     offset: Annotated[int, Query(ge=0, le=1_000_000)] = 0,
     status: Literal["active", "paused", "deleted"] | None = None,
 ) -> dict:
-    items, total = await agent_store.list_agents(db, caller.account_id, status=status, limit=limit, offset=offset)
-    return {"items": [agent_out(agent) for agent in items], "total": total, "limit": limit, "offset": offset}
+    items, total = await agent_store.list_agents(
+        db, caller.account_id, status=status, limit=limit, offset=offset
+    )
+    return {
+        "items": [agent_out(agent) for agent in items],
+        "total": total,
+        "limit": limit,
+        "offset": offset,
+    }
 
 
 @router.get("/{agent_id}", response_model=AgentOut, summary="Get an agent")
@@ -371,18 +436,35 @@ async def get_agent(agent_id: str, db: DbDep, caller: CallerDep) -> AgentOut:
 
 
 @router.patch("/{agent_id}", response_model=AgentOut, summary="Update an agent")
-async def update_agent(agent_id: str, body: AgentUpdate, state: StateDep, db: DbDep, caller: CallerDep) -> AgentOut:
+async def update_agent(
+    agent_id: str, body: AgentUpdate, state: StateDep, db: DbDep, caller: CallerDep
+) -> AgentOut:
     """The response shows in full only the secrets this update set."""
     agent = await load_agent(db, caller, agent_id)
     if agent.status == "deleted":
         raise APIError(409, "agent_deleted", f"agent '{agent_id}' is deleted and cannot be changed")
     changes = body.model_dump(exclude_unset=True)
-    for field in ("name", "voice_id", "system_prompt", "language", "tools", "max_turns", "pipeline", "status",
-                  "phone_numbers", "first_speaker", "interruptible", "max_duration", "inactivity_action",
-                  "recording_enabled"):
+    for field in (
+        "name",
+        "voice_id",
+        "system_prompt",
+        "language",
+        "tools",
+        "max_turns",
+        "pipeline",
+        "status",
+        "phone_numbers",
+        "first_speaker",
+        "interruptible",
+        "max_duration",
+        "inactivity_action",
+        "recording_enabled",
+    ):
         if field in changes and changes[field] is None:
             raise APIError(422, "validation_error", f"{field}: may not be null")
-    check_pipeline_and_voice(state, changes.get("pipeline", agent.pipeline), changes.get("voice_id", agent.voice_id))
+    check_pipeline_and_voice(
+        state, changes.get("pipeline", agent.pipeline), changes.get("voice_id", agent.voice_id)
+    )
     shown_before = _secrets(agent)
     if "tools" in changes:
         changes["tools"] = stored_tools(body.tools, agent.tools)
@@ -398,7 +480,9 @@ async def update_agent(agent_id: str, body: AgentUpdate, state: StateDep, db: Db
 
 
 @router.post(
-    "/{agent_id}/webhook-secret/rotate", response_model=AgentOut, summary="Replace the agent's webhook secret",
+    "/{agent_id}/webhook-secret/rotate",
+    response_model=AgentOut,
+    summary="Replace the agent's webhook secret",
 )
 async def rotate_webhook_secret(agent_id: str, db: DbDep, caller: CallerDep) -> AgentOut:
     """A new webhook secret, shown in full in this response only; the next delivery is signed with it."""
@@ -406,14 +490,18 @@ async def rotate_webhook_secret(agent_id: str, db: DbDep, caller: CallerDep) -> 
     if agent.status == "deleted":
         raise APIError(409, "agent_deleted", f"agent '{agent_id}' is deleted and cannot be changed")
     if not agent.webhook_url:
-        raise APIError(409, "no_webhook", f"agent '{agent_id}' has no webhook_url, so no webhook secret")
+        raise APIError(
+            409, "no_webhook", f"agent '{agent_id}' has no webhook_url, so no webhook secret"
+        )
     agent.webhook_secret = new_secret()
     agent.updated_at = utcnow()
     await db.commit()
     return agent_out(agent, {agent.webhook_secret})
 
 
-@router.delete("/{agent_id}", response_model=AgentOut, summary="Delete an agent and end its live sessions")
+@router.delete(
+    "/{agent_id}", response_model=AgentOut, summary="Delete an agent and end its live sessions"
+)
 async def delete_agent(agent_id: str, state: StateDep, db: DbDep, caller: CallerDep) -> AgentOut:
     """Its phone numbers are freed for other agents."""
     agent = await load_agent(db, caller, agent_id)

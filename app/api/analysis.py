@@ -57,40 +57,64 @@ class WebhookDeliveryList(BaseModel):
     offset: int
 
 
-@router.get("/v1/sessions/{session_id}/analysis", response_model=AnalysisOut, summary="Get a session's analysis")
+@router.get(
+    "/v1/sessions/{session_id}/analysis",
+    response_model=AnalysisOut,
+    summary="Get a session's analysis",
+)
 async def get_analysis(session_id: str, db: DbDep, caller: CallerDep):
     session = await load_session(db, caller, session_id)
     analysis = await analysis_store.get_analysis(db, caller.account_id, session.id)
     if analysis is None:
-        raise APIError(404, "analysis_not_found", f"session '{session_id}' has no analysis (it has not ended)")
+        raise APIError(
+            404, "analysis_not_found", f"session '{session_id}' has no analysis (it has not ended)"
+        )
     return analysis
 
 
 @router.post(
-    "/v1/sessions/{session_id}/analysis", status_code=202, response_model=AnalysisOut,
+    "/v1/sessions/{session_id}/analysis",
+    status_code=202,
+    response_model=AnalysisOut,
     summary="Analyse a session again (runs in the background)",
-    responses={409: {"model": ErrorBody, "description": "The session has not ended (`session_not_ended`), its "
-                     "pipeline is gone (`unknown_pipeline`), or an analysis of it is already pending or running "
-                     "(`analysis_in_progress`: one at a time per session)"}},
+    responses={
+        409: {
+            "model": ErrorBody,
+            "description": "The session has not ended (`session_not_ended`), its "
+            "pipeline is gone (`unknown_pipeline`), or an analysis of it is already pending or running "
+            "(`analysis_in_progress`: one at a time per session)",
+        }
+    },
 )
 async def rerun_analysis(session_id: str, state: StateDep, db: DbDep, caller: CallerDep):
     session = await load_session(db, caller, session_id)
     if session.status not in ("completed", "failed"):
-        raise APIError(409, "session_not_ended", f"session '{session_id}' is {session.status}; analyse it once it has ended")
+        raise APIError(
+            409,
+            "session_not_ended",
+            f"session '{session_id}' is {session.status}; analyse it once it has ended",
+        )
     try:
         await post_call.analysis_target(state, db, session)
     except UnknownPipelineError as exc:
-        raise APIError(409, "unknown_pipeline", f"the agent's pipeline '{exc.name}' no longer exists") from None
+        raise APIError(
+            409, "unknown_pipeline", f"the agent's pipeline '{exc.name}' no longer exists"
+        ) from None
     analysis = await analysis_store.rerun_analysis(db, caller.account_id, session.id)
     if analysis is None:
-        raise APIError(409, "analysis_in_progress", f"session '{session_id}' is being analysed; wait until it is done")
+        raise APIError(
+            409,
+            "analysis_in_progress",
+            f"session '{session_id}' is being analysed; wait until it is done",
+        )
     state.jobs.enqueue(db, post_call.ANALYSIS_JOB, {"session_id": session.id})
     await db.commit()
     return analysis
 
 
 @router.get(
-    "/v1/agents/{agent_id}/webhook-deliveries", response_model=WebhookDeliveryList,
+    "/v1/agents/{agent_id}/webhook-deliveries",
+    response_model=WebhookDeliveryList,
     summary="List an agent's webhook deliveries, newest first",
 )
 async def list_webhook_deliveries(
@@ -101,5 +125,7 @@ async def list_webhook_deliveries(
     offset: Annotated[int, Query(ge=0, le=1_000_000)] = 0,
 ) -> dict:
     agent = await load_agent(db, caller, agent_id)
-    items, total = await webhook_store.list_deliveries(db, caller.account_id, agent.id, limit=limit, offset=offset)
+    items, total = await webhook_store.list_deliveries(
+        db, caller.account_id, agent.id, limit=limit, offset=offset
+    )
     return {"items": items, "total": total, "limit": limit, "offset": offset}

@@ -15,9 +15,9 @@ from app.api.carriers import ANSWERS
 from app.api.sessions import SessionOut, load_session, session_out, websocket_base
 from app.api.twilio import stream_twiml
 from app.calls import admission
-from app.recordings import recording_response
 from app.deps import CallerDep, DbDep, StateDep
 from app.errors import DRAINING_RESPONSES, ERROR_RESPONSES, APIError
+from app.recordings import recording_response
 from app.state import AppState
 from app.storage.calls import inline_agent
 from app.storage.models import Agent, Session
@@ -44,8 +44,12 @@ def _between(low: int | float, high: int | float, unit: str = "") -> Callable:
 class CallCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    agentId: str = Field(min_length=1, max_length=40, description="The stored agent that takes the call")
-    connectionType: ConnectionType = Field(default="twilio", description="Who connects: a carrier, or a client")
+    agentId: str = Field(
+        min_length=1, max_length=40, description="The stored agent that takes the call"
+    )
+    connectionType: ConnectionType = Field(
+        default="twilio", description="Who connects: a carrier, or a client"
+    )
 
 
 class InlineCallCreate(BaseModel):
@@ -56,29 +60,44 @@ class InlineCallCreate(BaseModel):
     systemPrompt: Prompt
     voice: str = Field(min_length=1, max_length=200, description="A voice the pipeline offers")
     language: str = Field(pattern=r"^[a-z]{2}(-[A-Z]{2})?$")
-    greeting: str = Field(max_length=2000, description="What the agent says first (when it speaks first)")
-    model: str | None = Field(
-        default=None, min_length=1, max_length=200, description="The LLM model; the pipeline's own if omitted"
+    greeting: str = Field(
+        max_length=2000, description="What the agent says first (when it speaks first)"
     )
-    temperature: Annotated[float, Field(json_schema_extra={"minimum": 0, "maximum": 1}), _between(0, 1)] = 0
+    model: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=200,
+        description="The LLM model; the pipeline's own if omitted",
+    )
+    temperature: Annotated[
+        float, Field(json_schema_extra={"minimum": 0, "maximum": 1}), _between(0, 1)
+    ] = 0
     firstSpeaker: Literal["agent", "user"] = "agent"
     interruptible: bool = False
-    maxDuration: Annotated[int, Field(json_schema_extra={"minimum": 60, "maximum": 7200}), _between(60, 7200, " s")] = 3000
+    maxDuration: Annotated[
+        int, Field(json_schema_extra={"minimum": 60, "maximum": 7200}), _between(60, 7200, " s")
+    ] = 3000
     inactivityTimeout: Annotated[
-        int | None, Field(json_schema_extra={"minimum": 10, "maximum": 300}), _between(10, 300, " s")
+        int | None,
+        Field(json_schema_extra={"minimum": 10, "maximum": 300}),
+        _between(10, 300, " s"),
     ] = None
     inactivityAction: Literal["end_call", "prompt"] = "end_call"
     recordingEnabled: bool = True
     connectionType: ConnectionType = "twilio"
     tools: Tools = Field(default_factory=list)
-    pipeline: str | None = Field(default=None, description="Pipeline config name; the server default if omitted")
+    pipeline: str | None = Field(
+        default=None, description="Pipeline config name; the server default if omitted"
+    )
 
 
 class CallOut(BaseModel):
     session_id: str | None = Field(description="null for webrtc: the offer creates the session")
     connection_type: ConnectionType
     url: str = Field(description="Where the client or the carrier connects")
-    markup: str | None = Field(description="twilio: TwiML; telnyx: TeXML; plivo: Plivo XML; else null")
+    markup: str | None = Field(
+        description="twilio: TwiML; telnyx: TeXML; plivo: Plivo XML; else null"
+    )
     session: SessionOut | None
 
 
@@ -104,12 +123,22 @@ def inline_config(body: InlineCallCreate, pipeline: str) -> dict[str, Any]:
 
 
 async def _start(
-    state: AppState, request: Request, db, agent: Agent, connection_type: str, config: dict | None = None
+    state: AppState,
+    request: Request,
+    db,
+    agent: Agent,
+    connection_type: str,
+    config: dict | None = None,
 ) -> CallOut:
-    session = await admission.start_session(state, db, agent, connection_type=connection_type, live=False, inline_config=config)
+    session = await admission.start_session(
+        state, db, agent, connection_type=connection_type, live=False, inline_config=config
+    )
     url, markup = _connection(state, request, session)
     return CallOut(
-        session_id=session.id, connection_type=connection_type, url=url, markup=markup,
+        session_id=session.id,
+        connection_type=connection_type,
+        url=url,
+        markup=markup,
         session=session_out(state, request, session),
     )
 
@@ -126,28 +155,48 @@ def _connection(state: AppState, request: Request, session: Session) -> tuple[st
     return url, ANSWERS[carrier](url)
 
 
-@router.post("/v1/calls", status_code=201, response_model=CallOut, summary="Start a call for an agent",
-             responses=DRAINING_RESPONSES)
-@router.post("/v1/calls/create", status_code=201, response_model=CallOut, summary="Start a call (alias)",
-             responses=DRAINING_RESPONSES)
-async def create_call(body: CallCreate, request: Request, state: StateDep, db: DbDep, caller: CallerDep) -> CallOut:
+@router.post(
+    "/v1/calls",
+    status_code=201,
+    response_model=CallOut,
+    summary="Start a call for an agent",
+    responses=DRAINING_RESPONSES,
+)
+@router.post(
+    "/v1/calls/create",
+    status_code=201,
+    response_model=CallOut,
+    summary="Start a call (alias)",
+    responses=DRAINING_RESPONSES,
+)
+async def create_call(
+    body: CallCreate, request: Request, state: StateDep, db: DbDep, caller: CallerDep
+) -> CallOut:
     agent = await load_agent(db, caller, body.agentId)
     if body.connectionType == "webrtc":
         admission.check_agent(state, agent)
         base = (state.settings.public_base_url or str(request.base_url)).rstrip("/")
         url = f"{base}/v1/agents/{agent.id}/webrtc/offer"
-        return CallOut(session_id=None, connection_type="webrtc", url=url, markup=None, session=None)
+        return CallOut(
+            session_id=None, connection_type="webrtc", url=url, markup=None, session=None
+        )
     return await _start(state, request, db, agent, body.connectionType)
 
 
-@router.post("/v1/calls/inline", status_code=201, response_model=CallOut,
-             summary="Start a call with an inline agent configuration", responses=DRAINING_RESPONSES)
+@router.post(
+    "/v1/calls/inline",
+    status_code=201,
+    response_model=CallOut,
+    summary="Start a call with an inline agent configuration",
+    responses=DRAINING_RESPONSES,
+)
 async def create_inline_call(
     body: InlineCallCreate, request: Request, state: StateDep, db: DbDep, caller: CallerDep
 ) -> CallOut:
     if body.connectionType == "webrtc":
         raise APIError(
-            422, "unsupported_connection_type",
+            422,
+            "unsupported_connection_type",
             "connectionType webrtc needs a stored agent: create one and POST its /v1/agents/{id}/webrtc/offer",
         )
     pipeline = body.pipeline or state.settings.default_pipeline
@@ -158,10 +207,19 @@ async def create_inline_call(
 
 
 @router.get(
-    "/v1/sessions/{session_id}/recording", tags=["sessions"], response_class=StreamingResponse,
+    "/v1/sessions/{session_id}/recording",
+    tags=["sessions"],
+    response_class=StreamingResponse,
     summary="A session's recording: stereo WAV, caller left, agent right",
-    responses={200: {"content": {"audio/wav": {}}, "description": "The recording (so far, on the node running the call)"}},
+    responses={
+        200: {
+            "content": {"audio/wav": {}},
+            "description": "The recording (so far, on the node running the call)",
+        }
+    },
 )
-async def get_recording(session_id: str, state: StateDep, db: DbDep, caller: CallerDep) -> StreamingResponse:
+async def get_recording(
+    session_id: str, state: StateDep, db: DbDep, caller: CallerDep
+) -> StreamingResponse:
     session = await load_session(db, caller, session_id)
     return await recording_response(state.settings, session, state.node.id)

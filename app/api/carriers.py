@@ -56,11 +56,16 @@ def plivo_xml(stream_url: str) -> str:
     """Plivo XML starting a bidirectional μ-law stream for the whole call."""
     response = ElementTree.Element("Response")
     stream = ElementTree.SubElement(
-        response, "Stream",
-        bidirectional="true", keepCallAlive="true", contentType="audio/x-mulaw;rate=8000",
+        response,
+        "Stream",
+        bidirectional="true",
+        keepCallAlive="true",
+        contentType="audio/x-mulaw;rate=8000",
     )
     stream.text = stream_url
-    return '<?xml version="1.0" encoding="UTF-8"?>' + ElementTree.tostring(response, encoding="unicode")
+    return '<?xml version="1.0" encoding="UTF-8"?>' + ElementTree.tostring(
+        response, encoding="unicode"
+    )
 
 
 def plivo_apology(message: str) -> str:
@@ -68,24 +73,38 @@ def plivo_apology(message: str) -> str:
     response = ElementTree.Element("Response")
     ElementTree.SubElement(response, "Speak").text = message
     ElementTree.SubElement(response, "Hangup")
-    return '<?xml version="1.0" encoding="UTF-8"?>' + ElementTree.tostring(response, encoding="unicode")
+    return '<?xml version="1.0" encoding="UTF-8"?>' + ElementTree.tostring(
+        response, encoding="unicode"
+    )
 
 
 ANSWERS = {"telnyx": texml, "plivo": plivo_xml}
 APOLOGIES = {"telnyx": twilio.apology_twiml, "plivo": plivo_apology}  # TeXML speaks TwiML's <Say>
 
 
-def answer_xml(carrier: str, state: AppState, request: Request, session: Session, instance_id: str | None) -> str:
+def answer_xml(
+    carrier: str, state: AppState, request: Request, session: Session, instance_id: str | None
+) -> str:
     """The carrier's XML connecting the call to its stream, the relay token in the URL."""
     token = issue_relay_token(state, session, instance_id)
-    return ANSWERS[carrier](f"{websocket_base(state, request)}/v1/sessions/{carrier}/stream?token={quote(token)}")
+    return ANSWERS[carrier](
+        f"{websocket_base(state, request)}/v1/sessions/{carrier}/stream?token={quote(token)}"
+    )
 
 
-async def _create(carrier: str, body: PhoneSessionCreate, request: Request, state, db, caller) -> Response:
+async def _create(
+    carrier: str, body: PhoneSessionCreate, request: Request, state, db, caller
+) -> Response:
     agent = await load_agent(db, caller, body.agent_id)
     session, _call = await start_phone_session(
-        state, db, agent, carrier=carrier, direction="inbound",
-        from_number=body.from_number, to_number=body.to_number, instance_id=body.instance_id,
+        state,
+        db,
+        agent,
+        carrier=carrier,
+        direction="inbound",
+        from_number=body.from_number,
+        to_number=body.to_number,
+        instance_id=body.instance_id,
     )
     xml = answer_xml(carrier, state, request, session, body.instance_id)
     if "application/json" in request.headers.get("accept", ""):
@@ -95,7 +114,9 @@ async def _create(carrier: str, body: PhoneSessionCreate, request: Request, stat
 
 
 @router.post(
-    "/v1/sessions/telnyx", response_model=CarrierSessionOut, summary="Create a Telnyx session (TeXML)",
+    "/v1/sessions/telnyx",
+    response_model=CarrierSessionOut,
+    summary="Create a Telnyx session (TeXML)",
     responses={**TWIML_RESPONSES, **DRAINING_RESPONSES},
 )
 async def create_telnyx_session(
@@ -106,7 +127,9 @@ async def create_telnyx_session(
 
 
 @router.post(
-    "/v1/sessions/plivo", response_model=CarrierSessionOut, summary="Create a Plivo session (Plivo XML)",
+    "/v1/sessions/plivo",
+    response_model=CarrierSessionOut,
+    summary="Create a Plivo session (Plivo XML)",
     responses={**TWIML_RESPONSES, **DRAINING_RESPONSES},
 )
 async def create_plivo_session(
@@ -120,7 +143,12 @@ async def _answer_inbound(
     carrier: str, request: Request, state, db, agent_id: str | None, form: dict, call_id_field: str
 ) -> Response:
     session = await start_inbound(
-        state, db, carrier, agent_id, to_number=form.get("To", ""), from_number=form.get("From", ""),
+        state,
+        db,
+        carrier,
+        agent_id,
+        to_number=form.get("To", ""),
+        from_number=form.get("From", ""),
         call_id=form.get(call_id_field),
     )
     if session is None:
@@ -129,10 +157,14 @@ async def _answer_inbound(
 
 
 @router.post(
-    "/v1/telnyx/voice", summary="Telnyx TeXML webhook: a call comes in",
-    responses={**TWIML_RESPONSES, **SIGNED_RESPONSES, **DRAINING_RESPONSES}, response_class=Response,
+    "/v1/telnyx/voice",
+    summary="Telnyx TeXML webhook: a call comes in",
+    responses={**TWIML_RESPONSES, **SIGNED_RESPONSES, **DRAINING_RESPONSES},
+    response_class=Response,
 )
-async def telnyx_voice(request: Request, state: StateDep, db: DbDep, agentId: str | None = None) -> Response:
+async def telnyx_voice(
+    request: Request, state: StateDep, db: DbDep, agentId: str | None = None
+) -> Response:
     """Set this as the TeXML application's voice URL. The agent is the one the dialled number
     (`To`) is assigned to, or `?agentId=`. Needs `telnyx-signature-ed25519`."""
     body = await request.body()
@@ -143,13 +175,19 @@ async def telnyx_voice(request: Request, state: StateDep, db: DbDep, agentId: st
 
 
 @router.post(
-    "/v1/plivo/voice", summary="Plivo answer URL: a call comes in",
-    responses={**TWIML_RESPONSES, **SIGNED_RESPONSES, **DRAINING_RESPONSES}, response_class=Response,
+    "/v1/plivo/voice",
+    summary="Plivo answer URL: a call comes in",
+    responses={**TWIML_RESPONSES, **SIGNED_RESPONSES, **DRAINING_RESPONSES},
+    response_class=Response,
 )
-async def plivo_voice(request: Request, state: StateDep, db: DbDep, agentId: str | None = None) -> Response:
+async def plivo_voice(
+    request: Request, state: StateDep, db: DbDep, agentId: str | None = None
+) -> Response:
     """Set this as the Plivo application's answer URL (POST). The agent is the one the dialled
     number (`To`) is assigned to, or `?agentId=`. Needs `X-Plivo-Signature-V3`."""
-    fields = parse_qs((await request.body()).decode("utf-8", errors="replace"), keep_blank_values=True)
+    fields = parse_qs(
+        (await request.body()).decode("utf-8", errors="replace"), keep_blank_values=True
+    )
     check_plivo(state.settings, request, fields)
     form = {name: values[0] for name, values in fields.items()}
     return await _answer_inbound("plivo", request, state, db, agentId, form, "CallUUID")

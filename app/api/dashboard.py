@@ -22,9 +22,9 @@ from pydantic import BaseModel, ValidationError
 
 from app.api import agents as agents_api
 from app.api.sessions import SessionStatus
-from app.recordings import recording_response
 from app.deps import LOGIN_COOKIE, Caller, DbDep, StateDep, authenticate, login_caller, same_origin
 from app.errors import APIError, not_found
+from app.recordings import recording_response
 from app.storage import agents as agent_store
 from app.storage import analysis as analysis_store
 from app.storage import dashboard as dashboard_store
@@ -73,7 +73,9 @@ async def page_caller(request: Request, state: StateDep, db: DbDep) -> Caller:
         if exc.status == 401 and request.method == "GET":
             target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
             login = f"/login?next={quote(target)}"
-            raise APIError(303, "login_required", exc.body.message, headers={"Location": login}) from None
+            raise APIError(
+                303, "login_required", exc.body.message, headers={"Location": login}
+            ) from None
         raise
 
 
@@ -99,9 +101,18 @@ def _local_path(target: str | None) -> str:
 
 async def _form(request: Request) -> dict[str, str]:
     """A URL-encoded form body as a dict of its first values."""
-    if request.headers.get("content-type", "").split(";")[0].strip() != "application/x-www-form-urlencoded":
-        raise APIError(415, "unsupported_media_type", "dashboard forms are sent as application/x-www-form-urlencoded")
-    fields = parse_qs((await request.body()).decode("utf-8", errors="replace"), keep_blank_values=True)
+    if (
+        request.headers.get("content-type", "").split(";")[0].strip()
+        != "application/x-www-form-urlencoded"
+    ):
+        raise APIError(
+            415,
+            "unsupported_media_type",
+            "dashboard forms are sent as application/x-www-form-urlencoded",
+        )
+    fields = parse_qs(
+        (await request.body()).decode("utf-8", errors="replace"), keep_blank_values=True
+    )
     return {name: values[0] for name, values in fields.items()}
 
 
@@ -130,12 +141,19 @@ async def login(request: Request, state: StateDep, db: DbDep) -> Response:
     if caller is None:
         return _render(request, "login.html", 401, next=target, error="That API key is not valid.")
     await state.login_limiter.refund(client_ip)
-    session_id = await dashboard_store.start_login(db, caller.key_id, caller.account_id, state.settings.dashboard_session_secs)
+    session_id = await dashboard_store.start_login(
+        db, caller.key_id, caller.account_id, state.settings.dashboard_session_secs
+    )
     public_base = state.settings.public_base_url or str(request.base_url)
     response = _redirect(target)
     response.set_cookie(
-        LOGIN_COOKIE, session_id, max_age=state.settings.dashboard_session_secs, httponly=True, samesite="strict",
-        secure=public_base.startswith("https://"), path="/",
+        LOGIN_COOKIE,
+        session_id,
+        max_age=state.settings.dashboard_session_secs,
+        httponly=True,
+        samesite="strict",
+        secure=public_base.startswith("https://"),
+        path="/",
     )
     return response
 
@@ -161,14 +179,18 @@ def _pager(path: str, filters: dict[str, str], page: int, total: int) -> dict:
     """Template values for the newer/older links of a paginated list."""
     pages = max(ceil(total / PAGE_SIZE), 1)
     return {
-        "page": page, "pages": pages, "total": total,
+        "page": page,
+        "pages": pages,
+        "total": total,
         "newer_url": f"{path}?{urlencode(filters | {'page': page - 1})}" if page > 1 else None,
         "older_url": f"{path}?{urlencode(filters | {'page': page + 1})}" if page < pages else None,
     }
 
 
 @router.get("/")
-async def agents_page(request: Request, db: DbDep, caller: PageCallerDep, page: PageNumber = 1) -> Response:
+async def agents_page(
+    request: Request, db: DbDep, caller: PageCallerDep, page: PageNumber = 1
+) -> Response:
     agents, total = await agent_store.list_agents(
         db, caller.account_id, status=None, limit=PAGE_SIZE, offset=(page - 1) * PAGE_SIZE
     )
@@ -184,7 +206,8 @@ def _agent_form_context(state, values: dict, errors: list[str] | None = None) ->
 def _agent_fields(form: dict[str, str]) -> dict:
     """The agent fields a dashboard form sent, in the API's shape (validated by its models)."""
     fields = {
-        name: form.get(name, "").strip() for name in ("name", "voice_id", "system_prompt", "language", "pipeline")
+        name: form.get(name, "").strip()
+        for name in ("name", "voice_id", "system_prompt", "language", "pipeline")
     }
     fields["greeting"] = form.get("greeting", "").strip() or None
     fields["max_turns"] = form.get("max_turns", "").strip() or "50"
@@ -224,15 +247,30 @@ def _form_values(agent=None, form: dict[str, str] | None = None) -> dict:
     if form is not None:
         return form
     if agent is None:
-        return {"language": "en", "max_turns": "50", "max_duration": "3000", "first_speaker": "agent",
-                "interruptible": "on", "recording_enabled": "on", "tools": ""}
+        return {
+            "language": "en",
+            "max_turns": "50",
+            "max_duration": "3000",
+            "first_speaker": "agent",
+            "interruptible": "on",
+            "recording_enabled": "on",
+            "tools": "",
+        }
     values = {
-        "name": agent.name, "voice_id": agent.voice_id, "system_prompt": agent.system_prompt,
-        "language": agent.language, "pipeline": agent.pipeline, "greeting": agent.greeting or "",
-        "max_turns": str(agent.max_turns), "max_duration": str(agent.max_duration), "first_speaker": agent.first_speaker,
+        "name": agent.name,
+        "voice_id": agent.voice_id,
+        "system_prompt": agent.system_prompt,
+        "language": agent.language,
+        "pipeline": agent.pipeline,
+        "greeting": agent.greeting or "",
+        "max_turns": str(agent.max_turns),
+        "max_duration": str(agent.max_duration),
+        "first_speaker": agent.first_speaker,
         "tools": json.dumps(_tools_without_secrets(agent.tools), indent=2) if agent.tools else "",
     }
-    return values | {name: "on" for name in ("interruptible", "recording_enabled") if getattr(agent, name)}
+    return values | {
+        name: "on" for name in ("interruptible", "recording_enabled") if getattr(agent, name)
+    }
 
 
 @router.get("/agents/new")
@@ -242,60 +280,102 @@ async def new_agent_page(request: Request, state: StateDep, caller: PageCallerDe
 
 
 @router.post("/agents/new")
-async def create_agent(request: Request, state: StateDep, db: DbDep, caller: PageCallerDep) -> Response:
+async def create_agent(
+    request: Request, state: StateDep, db: DbDep, caller: PageCallerDep
+) -> Response:
     form = await _form(request)
     try:
         body = _validate(agents_api.AgentCreate, _agent_fields(form))
         agent = await agents_api.create_agent(body, state, db, caller)
     except _FormError as exc:
-        return _render(request, "agent_form.html", 422, agent=None, **_agent_form_context(state, form, exc.errors))
+        return _render(
+            request,
+            "agent_form.html",
+            422,
+            agent=None,
+            **_agent_form_context(state, form, exc.errors),
+        )
     except APIError as exc:
         errors = [exc.body.message]
-        return _render(request, "agent_form.html", exc.status, agent=None, **_agent_form_context(state, form, errors))
+        return _render(
+            request,
+            "agent_form.html",
+            exc.status,
+            agent=None,
+            **_agent_form_context(state, form, errors),
+        )
     return _redirect(f"/agents/{agent.id}")
 
 
 @router.get("/agents/{agent_id}")
-async def agent_page(agent_id: str, request: Request, state: StateDep, db: DbDep, caller: PageCallerDep) -> Response:
+async def agent_page(
+    agent_id: str, request: Request, state: StateDep, db: DbDep, caller: PageCallerDep
+) -> Response:
     agent = await agents_api.load_agent(db, caller, agent_id)
-    return _render(request, "agent_form.html", agent=agent, **_agent_form_context(state, _form_values(agent)))
+    return _render(
+        request, "agent_form.html", agent=agent, **_agent_form_context(state, _form_values(agent))
+    )
 
 
 @router.post("/agents/{agent_id}")
-async def update_agent(agent_id: str, request: Request, state: StateDep, db: DbDep, caller: PageCallerDep) -> Response:
+async def update_agent(
+    agent_id: str, request: Request, state: StateDep, db: DbDep, caller: PageCallerDep
+) -> Response:
     agent = await agents_api.load_agent(db, caller, agent_id)
     form = await _form(request)
     try:
         body = _validate(agents_api.AgentUpdate, _agent_fields(form))
         await agents_api.update_agent(agent_id, body, state, db, caller)
     except _FormError as exc:
-        return _render(request, "agent_form.html", 422, agent=agent, **_agent_form_context(state, form, exc.errors))
+        return _render(
+            request,
+            "agent_form.html",
+            422,
+            agent=agent,
+            **_agent_form_context(state, form, exc.errors),
+        )
     except APIError as exc:
         errors = [exc.body.message]
-        return _render(request, "agent_form.html", exc.status, agent=agent, **_agent_form_context(state, form, errors))
+        return _render(
+            request,
+            "agent_form.html",
+            exc.status,
+            agent=agent,
+            **_agent_form_context(state, form, errors),
+        )
     return _redirect(f"/agents/{agent_id}")
 
 
 @router.post("/agents/{agent_id}/pause")
 async def pause_agent(agent_id: str, state: StateDep, db: DbDep, caller: PageCallerDep) -> Response:
-    await agents_api.update_agent(agent_id, agents_api.AgentUpdate(status="paused"), state, db, caller)
+    await agents_api.update_agent(
+        agent_id, agents_api.AgentUpdate(status="paused"), state, db, caller
+    )
     return _redirect("/")
 
 
 @router.post("/agents/{agent_id}/resume")
-async def resume_agent(agent_id: str, state: StateDep, db: DbDep, caller: PageCallerDep) -> Response:
-    await agents_api.update_agent(agent_id, agents_api.AgentUpdate(status="active"), state, db, caller)
+async def resume_agent(
+    agent_id: str, state: StateDep, db: DbDep, caller: PageCallerDep
+) -> Response:
+    await agents_api.update_agent(
+        agent_id, agents_api.AgentUpdate(status="active"), state, db, caller
+    )
     return _redirect("/")
 
 
 @router.post("/agents/{agent_id}/delete")
-async def delete_agent(agent_id: str, state: StateDep, db: DbDep, caller: PageCallerDep) -> Response:
+async def delete_agent(
+    agent_id: str, state: StateDep, db: DbDep, caller: PageCallerDep
+) -> Response:
     await agents_api.delete_agent(agent_id, state, db, caller)
     return _redirect("/")
 
 
 @router.get("/agents/{agent_id}/preview")
-async def preview_page(agent_id: str, request: Request, state: StateDep, db: DbDep, caller: PageCallerDep) -> Response:
+async def preview_page(
+    agent_id: str, request: Request, state: StateDep, db: DbDep, caller: PageCallerDep
+) -> Response:
     agent = await agents_api.load_agent(db, caller, agent_id)
     ice_servers = [s.model_dump(exclude_none=True) for s in state.settings.webrtc_ice_servers]
     return _render(request, "call.html", agent=agent, ice_servers=ice_servers)
@@ -318,33 +398,57 @@ async def calls_page(
     agent_id = agent_id or None
     status = status if status in STATUSES else None
     sessions, total = await session_store.list_sessions(
-        db, caller.account_id, agent_id=agent_id, status=status, limit=PAGE_SIZE, offset=(page - 1) * PAGE_SIZE
+        db,
+        caller.account_id,
+        agent_id=agent_id,
+        status=status,
+        limit=PAGE_SIZE,
+        offset=(page - 1) * PAGE_SIZE,
     )
     agent_names = await dashboard_store.agent_names(db, caller.account_id)
     filters = {k: v for k, v in (("agent_id", agent_id), ("status", status)) if v}
     return _render(
-        request, "calls.html", sessions=sessions, agent_names=agent_names, statuses=STATUSES, filters=filters,
+        request,
+        "calls.html",
+        sessions=sessions,
+        agent_names=agent_names,
+        statuses=STATUSES,
+        filters=filters,
         **_pager("/calls", filters, page, total),
     )
 
 
 @router.get("/calls/{session_id}")
-async def session_page(session_id: str, request: Request, state: StateDep, db: DbDep, caller: PageCallerDep) -> Response:
+async def session_page(
+    session_id: str, request: Request, state: StateDep, db: DbDep, caller: PageCallerDep
+) -> Response:
     session = await session_store.get_session(db, caller.account_id, session_id)
     if session is None:
         raise not_found("session", session_id)
-    agent = await agent_store.get_agent(db, caller.account_id, session.agent_id) if session.agent_id else None
+    agent = (
+        await agent_store.get_agent(db, caller.account_id, session.agent_id)
+        if session.agent_id
+        else None
+    )
     transcript = await session_store.transcript(db, session.id)
     analysis = await analysis_store.get_analysis(db, caller.account_id, session.id)
     cost = (await analysis_store.load_costs(db, [session.id])).get(session.id)
     return _render(
-        request, "session.html", session=session, agent=agent, transcript=transcript, analysis=analysis, cost=cost,
+        request,
+        "session.html",
+        session=session,
+        agent=agent,
+        transcript=transcript,
+        analysis=analysis,
+        cost=cost,
         has_recording=session.recording_status in ("recording", "available"),
     )
 
 
 @router.get("/calls/{session_id}/recording")
-async def session_recording(session_id: str, state: StateDep, db: DbDep, caller: PageCallerDep) -> Response:
+async def session_recording(
+    session_id: str, state: StateDep, db: DbDep, caller: PageCallerDep
+) -> Response:
     """The recording for the session page's player (the API's route wants the key header)."""
     session = await session_store.get_session(db, caller.account_id, session_id)
     if session is None:

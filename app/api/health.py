@@ -14,10 +14,16 @@ router = APIRouter()
 class Health(BaseModel):
     """What a load balancer needs to route to and drain this node."""
 
-    status: Literal["ok", "draining"] = Field(description="`draining` after SIGTERM: live calls go on, new ones are refused")
+    status: Literal["ok", "draining"] = Field(
+        description="`draining` after SIGTERM: live calls go on, new ones are refused"
+    )
     node_id: str = Field(description="This server process's node id (each worker is a node)")
     live_calls: int = Field(description="Calls running on this node")
-    load: float = Field(ge=0, le=1, description="CPU use of this node over its last heartbeat, as a share of the machine")
+    load: float = Field(
+        ge=0,
+        le=1,
+        description="CPU use of this node over its last heartbeat, as a share of the machine",
+    )
 
 
 class PipelineOut(BaseModel):
@@ -27,21 +33,36 @@ class PipelineOut(BaseModel):
     missing_env: list[str]
 
 
-@router.get("/health", response_model=Health, tags=["health"], summary="Liveness, drain state and load of this node")
+@router.get(
+    "/health",
+    response_model=Health,
+    tags=["health"],
+    summary="Liveness, drain state and load of this node",
+)
 async def health(state: StateDep) -> Health:
     return Health(
-        status="draining" if state.draining else "ok", node_id=state.node.id, live_calls=len(state.calls),
+        status="draining" if state.draining else "ok",
+        node_id=state.node.id,
+        live_calls=len(state.calls),
         load=state.node.load,
     )
 
 
 @router.get(
-    "/v1/pipelines", response_model=list[PipelineOut], tags=["pipelines"], responses=ERROR_RESPONSES,
+    "/v1/pipelines",
+    response_model=list[PipelineOut],
+    tags=["pipelines"],
+    responses=ERROR_RESPONSES,
     summary="Pipeline configs and the voices each offers",
 )
 async def list_pipelines(state: StateDep, caller: CallerDep) -> list[PipelineOut]:
     configs = [state.catalog.get(name) for name in state.catalog.names()]
     return [
-        PipelineOut(name=c.name, description=c.description, voices=sorted(c.tts.voices), missing_env=c.missing_env())
+        PipelineOut(
+            name=c.name,
+            description=c.description,
+            voices=sorted(c.tts.voices),
+            missing_env=c.missing_env(),
+        )
         for c in configs
     ]

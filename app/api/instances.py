@@ -17,13 +17,17 @@ from app.storage import telephony as store
 from app.storage.ids import new_id
 from app.storage.models import AgentInstance
 
-router = APIRouter(prefix="/v1/agents/{agent_id}/instances", tags=["agents"], responses=ERROR_RESPONSES)
+router = APIRouter(
+    prefix="/v1/agents/{agent_id}/instances", tags=["agents"], responses=ERROR_RESPONSES
+)
 
 
 class InstanceCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    variables: dict[str, Any] = Field(default_factory=dict, max_length=100, description="Values for `{{name}}` placeholders")
+    variables: dict[str, Any] = Field(
+        default_factory=dict, max_length=100, description="Values for `{{name}}` placeholders"
+    )
 
 
 class InstanceOut(BaseModel):
@@ -47,11 +51,15 @@ async def load_instance(db, caller, agent_id: str, instance_id: str) -> AgentIns
 
 
 @router.post("", status_code=201, response_model=InstanceOut, summary="Create an agent instance")
-async def create_instance(agent_id: str, body: InstanceCreate, db: DbDep, caller: CallerDep) -> AgentInstance:
+async def create_instance(
+    agent_id: str, body: InstanceCreate, db: DbDep, caller: CallerDep
+) -> AgentInstance:
     agent = await load_agent(db, caller, agent_id)
     if agent.status == "deleted":
         raise APIError(409, "agent_deleted", f"agent '{agent_id}' is deleted")
-    instance = AgentInstance(id=new_id("inst"), account_id=caller.account_id, agent_id=agent.id, variables=body.variables)
+    instance = AgentInstance(
+        id=new_id("inst"), account_id=caller.account_id, agent_id=agent.id, variables=body.variables
+    )
     db.add(instance)
     await db.commit()
     return instance
@@ -64,12 +72,16 @@ async def list_instances(agent_id: str, db: DbDep, caller: CallerDep) -> dict:
 
 
 @router.get("/{instance_id}", response_model=InstanceOut, summary="Get an agent instance")
-async def get_instance(agent_id: str, instance_id: str, db: DbDep, caller: CallerDep) -> AgentInstance:
+async def get_instance(
+    agent_id: str, instance_id: str, db: DbDep, caller: CallerDep
+) -> AgentInstance:
     return await load_instance(db, caller, agent_id, instance_id)
 
 
 @router.delete("/{instance_id}", response_model=InstanceOut, summary="Delete an agent instance")
-async def delete_instance(agent_id: str, instance_id: str, db: DbDep, caller: CallerDep) -> AgentInstance:
+async def delete_instance(
+    agent_id: str, instance_id: str, db: DbDep, caller: CallerDep
+) -> AgentInstance:
     instance = await load_instance(db, caller, agent_id, instance_id)
     await db.delete(instance)
     await db.commit()

@@ -10,13 +10,24 @@ from pathlib import Path
 
 from fastapi import APIRouter
 from fastapi.responses import Response
-from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest, multiprocess
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    REGISTRY,
+    CollectorRegistry,
+    generate_latest,
+    multiprocess,
+)
 
 router = APIRouter()
 
 
-@router.get("/metrics", tags=["health"], summary="Prometheus metrics", response_class=Response,
-            responses={200: {"content": {"text/plain": {}}, "description": "Prometheus text format"}})
+@router.get(
+    "/metrics",
+    tags=["health"],
+    summary="Prometheus metrics",
+    response_class=Response,
+    responses={200: {"content": {"text/plain": {}}, "description": "Prometheus text format"}},
+)
 async def metrics() -> Response:
     directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
     if not directory:
@@ -29,7 +40,11 @@ async def metrics() -> Response:
 
 def forget_dead_workers(directory: Path) -> None:
     """Drop the live-gauge files of workers that have exited (their counters and histograms stay)."""
-    pids = {int(path.stem.rsplit("_", 1)[-1]) for path in directory.glob("*.db") if path.stem.rsplit("_", 1)[-1].isdigit()}
+    pids = {
+        int(path.stem.rsplit("_", 1)[-1])
+        for path in directory.glob("*.db")
+        if path.stem.rsplit("_", 1)[-1].isdigit()
+    }
     for pid in pids:
         try:
             os.kill(pid, 0)

@@ -50,12 +50,20 @@ class Refusal(Exception):
 def _sample_rate(websocket: WebSocket) -> int:
     raw = websocket.query_params.get("sample_rate", "16000")
     if not raw.isdigit() or int(raw) not in SAMPLE_RATES:
-        raise Refusal(4400, "invalid_sample_rate", f"sample_rate must be one of {', '.join(map(str, SAMPLE_RATES))}")
+        raise Refusal(
+            4400,
+            "invalid_sample_rate",
+            f"sample_rate must be one of {', '.join(map(str, SAMPLE_RATES))}",
+        )
     return int(raw)
 
 
 def offered_subprotocols(websocket: WebSocket) -> list[str]:
-    return [p.strip() for p in websocket.headers.get("sec-websocket-protocol", "").split(",") if p.strip()]
+    return [
+        p.strip()
+        for p in websocket.headers.get("sec-websocket-protocol", "").split(",")
+        if p.strip()
+    ]
 
 
 def _credential(websocket: WebSocket, prefix: str, query: str) -> str | None:
@@ -75,26 +83,34 @@ def _check_id(kind: str, ident: str) -> None:
         raise Refusal(4404, f"{kind}_not_found", f"{kind} '{ident[:40]}' not found")
 
 
-async def _agent_session(state: AppState, websocket: WebSocket, agent_id: str) -> tuple[Session, Agent]:
+async def _agent_session(
+    state: AppState, websocket: WebSocket, agent_id: str
+) -> tuple[Session, Agent]:
     """A fresh session for `WS /v1/agents/{id}/session` (API key required)."""
     _check_id("agent", agent_id)
     async with state.db.sessions() as db:
         caller = await authenticate(db, _api_key(websocket))
         if caller is None:
             raise Refusal(
-                4401, "unauthorized", "missing or invalid API key (X-API-Key header or the subprotocol key.<api key>)"
+                4401,
+                "unauthorized",
+                "missing or invalid API key (X-API-Key header or the subprotocol key.<api key>)",
             )
         agent = await agent_store.get_agent(db, caller.account_id, agent_id)
         if agent is None:
             raise Refusal(4404, "agent_not_found", f"agent '{agent_id}' not found")
         try:
-            session = await admission.start_session(state, db, agent, connection_type="websocket", live=True)
+            session = await admission.start_session(
+                state, db, agent, connection_type="websocket", live=True
+            )
         except APIError as exc:
             raise _refusal(exc) from None
         return session, agent
 
 
-async def _existing_session(state: AppState, websocket: WebSocket, session_id: str) -> tuple[Session, Agent]:
+async def _existing_session(
+    state: AppState, websocket: WebSocket, session_id: str
+) -> tuple[Session, Agent]:
     """The session a `websocket_url` names (its token, or an API key)."""
     _check_id("session", session_id)
     async with state.db.sessions() as db:
@@ -116,18 +132,30 @@ async def _existing_session(state: AppState, websocket: WebSocket, session_id: s
         if session is None:
             raise Refusal(4404, "session_not_found", f"session '{session_id}' not found")
         if session.connection_type != "websocket":
-            raise Refusal(4409, "wrong_connection_type", f"session '{session_id}' is for a {session.connection_type} connection")
+            raise Refusal(
+                4409,
+                "wrong_connection_type",
+                f"session '{session_id}' is for a {session.connection_type} connection",
+            )
         # A session whose client dropped may be rejoined within its grace period.
         resuming = call_store.can_resume(session) and state.calls.get(session.id) is None
         if session.status != "created" and not resuming:
-            raise Refusal(4409, f"session_{session.status}", f"session '{session_id}' is {session.status} and cannot be joined")
+            raise Refusal(
+                4409,
+                f"session_{session.status}",
+                f"session '{session_id}' is {session.status} and cannot be joined",
+            )
         agent = await call_store.call_agent(db, session)
         if agent is None or agent.status != "active":
             status = agent.status if agent else "deleted"
             raise Refusal(4409, f"agent_{status}", f"agent '{session.agent_id}' is {status}")
         if resuming:
             if not await call_store.resume(db, session, state.node.id):
-                raise Refusal(4409, "session_not_resumable", f"session '{session_id}' can no longer be resumed")
+                raise Refusal(
+                    4409,
+                    "session_not_resumable",
+                    f"session '{session_id}' can no longer be resumed",
+                )
             return session, agent
         try:
             joined = await admission.join_session(state, db, session, agent)
@@ -144,13 +172,17 @@ def _refusal(exc: APIError) -> Refusal:
 
 async def _serve(websocket: WebSocket, open_session) -> None:
     state: AppState = websocket.app.state.switchboard
-    await websocket.accept(subprotocol=SUBPROTOCOL if SUBPROTOCOL in offered_subprotocols(websocket) else None)
+    await websocket.accept(
+        subprotocol=SUBPROTOCOL if SUBPROTOCOL in offered_subprotocols(websocket) else None
+    )
     try:
         sample_rate = _sample_rate(websocket)
         session, agent = await open_session(state)
     except Refusal as refusal:
         logger.info(f"WebSocket session refused ({refusal.code}): {refusal.message}")
-        await websocket.send_json({"type": "session.error", "code": refusal.code, "message": refusal.message})
+        await websocket.send_json(
+            {"type": "session.error", "code": refusal.code, "message": refusal.message}
+        )
         await websocket.close(refusal.close_code, refusal.message[:120])
         return
 
@@ -177,12 +209,26 @@ async def _serve(websocket: WebSocket, open_session) -> None:
         history=history,
     )
     await websocket.send_json(
-        {"type": "session.ready", "session_id": session.id, "sample_rate": sample_rate, "resumed": bool(history)}
+        {
+            "type": "session.ready",
+            "session_id": session.id,
+            "sample_rate": sample_rate,
+            "resumed": bool(history),
+        }
     )
     await call.run()
-    if websocket.application_state == WebSocketState.CONNECTED and websocket.client_state == WebSocketState.CONNECTED:
+    if (
+        websocket.application_state == WebSocketState.CONNECTED
+        and websocket.client_state == WebSocketState.CONNECTED
+    ):
         # The pipeline closes the socket when it ends; still open means it never ran.
-        await websocket.send_json({"type": "session.error", "code": "internal_error", "message": "the call could not start"})
+        await websocket.send_json(
+            {
+                "type": "session.error",
+                "code": "internal_error",
+                "message": "the call could not start",
+            }
+        )
         await websocket.close(1011, "the call could not start")
 
 

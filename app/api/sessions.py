@@ -7,12 +7,12 @@ from fastapi import APIRouter, Body, Query, Request
 from pydantic import BaseModel, ConfigDict, Field
 
 from app.api.agents import load_agent
-from app.deps import CallerDep, DbDep, StateDep
-from app.errors import DRAINING_RESPONSES, ERROR_RESPONSES, not_found
-from app.state import AppState
 from app.calls import admission
 from app.calls.latency import summarize
 from app.cost import SessionCost
+from app.deps import CallerDep, DbDep, StateDep
+from app.errors import DRAINING_RESPONSES, ERROR_RESPONSES, not_found
+from app.state import AppState
 from app.storage import analysis as analysis_store
 from app.storage import latency as latency_store
 from app.storage import sessions as session_store
@@ -28,7 +28,9 @@ class SessionCreate(BaseModel):
 
     metadata: dict[str, Any] = Field(default_factory=dict)
     initial_message: str | None = Field(
-        default=None, max_length=2000, description="What the agent says first; overrides its greeting"
+        default=None,
+        max_length=2000,
+        description="What the agent says first; overrides its greeting",
     )
 
 
@@ -39,7 +41,9 @@ class RecordingOut(BaseModel):
     )
     size_bytes: int | None
     stored_at: datetime | None
-    expires_at: datetime | None = Field(description="When the retention period deletes it (null: kept)")
+    expires_at: datetime | None = Field(
+        description="When the retention period deletes it (null: kept)"
+    )
     reason: str | None = Field(description="Why it was not recorded or is gone")
 
 
@@ -48,7 +52,9 @@ class SessionOut(BaseModel):
     agent_id: str | None = Field(description="null for an inline call (POST /v1/calls/inline)")
     status: SessionStatus
     connection_type: str
-    websocket_url: str | None = Field(description="Where a client joins; null once the session can't be joined")
+    websocket_url: str | None = Field(
+        description="Where a client joins; null once the session can't be joined"
+    )
     metadata: dict[str, Any]
     initial_message: str | None
     created_at: datetime
@@ -59,16 +65,20 @@ class SessionOut(BaseModel):
     end_reason: str | None
     error: str | None
     resumable_until: datetime | None = Field(
-        default=None, description="Set while the session's client has dropped: reconnect to its websocket_url by then"
+        default=None,
+        description="Set while the session's client has dropped: reconnect to its websocket_url by then",
     )
     latency: dict[str, Any] | None = Field(
-        default=None, description="Greeting latency, per-turn voice-to-voice and its parts, p50/p90, barge-in stops"
+        default=None,
+        description="Greeting latency, per-turn voice-to-voice and its parts, p50/p90, barge-in stops",
     )
     cost: SessionCost | None = Field(
         default=None,
         description="Once ended: `total` (USD) and a `breakdown` per stage/provider/model with its usage and amount",
     )
-    recording: RecordingOut | None = Field(default=None, description="The call's recording; null if not recorded")
+    recording: RecordingOut | None = Field(
+        default=None, description="The call's recording; null if not recorded"
+    )
 
 
 class SessionList(BaseModel):
@@ -106,7 +116,11 @@ def session_token(state: AppState, session: Session) -> str:
 
 
 def session_out(
-    state: AppState, request: Request, session: Session, latency: dict | None = None, cost: dict | None = None
+    state: AppState,
+    request: Request,
+    session: Session,
+    latency: dict | None = None,
+    cost: dict | None = None,
 ) -> SessionOut:
     url = None
     joinable = session.status == "created" or session.resume_deadline is not None
@@ -140,16 +154,25 @@ def recording_out(state: AppState, session: Session) -> RecordingOut | None:
     retention = state.settings.recording_retention_days
     expires = (
         session.recording_stored_at + timedelta(days=retention)
-        if retention is not None and session.recording_stored_at and session.recording_status == "available" else None
+        if retention is not None
+        and session.recording_stored_at
+        and session.recording_status == "available"
+        else None
     )
     return RecordingOut(
-        status=session.recording_status, size_bytes=session.recording_bytes, stored_at=session.recording_stored_at,
-        expires_at=expires, reason=session.recording_reason,
+        status=session.recording_status,
+        size_bytes=session.recording_bytes,
+        stored_at=session.recording_stored_at,
+        expires_at=expires,
+        reason=session.recording_reason,
     )
 
 
 @router.post(
-    "/v1/agents/{agent_id}/sessions", status_code=201, response_model=SessionOut, summary="Start a session",
+    "/v1/agents/{agent_id}/sessions",
+    status_code=201,
+    response_model=SessionOut,
+    summary="Start a session",
     responses=DRAINING_RESPONSES,
 )
 async def create_session(
@@ -163,8 +186,13 @@ async def create_session(
     body = body or SessionCreate()
     agent = await load_agent(db, caller, agent_id)
     session = await admission.start_session(
-        state, db, agent, connection_type="websocket", live=False,
-        metadata=body.metadata, initial_message=body.initial_message,
+        state,
+        db,
+        agent,
+        connection_type="websocket",
+        live=False,
+        metadata=body.metadata,
+        initial_message=body.initial_message,
     )
     return session_out(state, request, session)
 
@@ -186,8 +214,12 @@ async def list_sessions(
     latencies = await latency_store.load(db, [s.id for s in items])
     costs = await analysis_store.load_costs(db, [s.id for s in items])
     return {
-        "items": [session_out(state, request, s, latencies.get(s.id), costs.get(s.id)) for s in items],
-        "total": total, "limit": limit, "offset": offset,
+        "items": [
+            session_out(state, request, s, latencies.get(s.id), costs.get(s.id)) for s in items
+        ],
+        "total": total,
+        "limit": limit,
+        "offset": offset,
     }
 
 
@@ -199,14 +231,20 @@ async def load_session(db, caller, session_id: str) -> Session:
 
 
 @router.get("/v1/sessions/{session_id}", response_model=SessionOut, summary="Get a session")
-async def get_session(session_id: str, request: Request, state: StateDep, db: DbDep, caller: CallerDep) -> SessionOut:
+async def get_session(
+    session_id: str, request: Request, state: StateDep, db: DbDep, caller: CallerDep
+) -> SessionOut:
     session = await load_session(db, caller, session_id)
     latencies = await latency_store.load(db, [session.id])
     costs = await analysis_store.load_costs(db, [session.id])
     return session_out(state, request, session, latencies.get(session.id), costs.get(session.id))
 
 
-@router.get("/v1/sessions/{session_id}/transcript", response_model=Transcript, summary="Get a session's transcript")
+@router.get(
+    "/v1/sessions/{session_id}/transcript",
+    response_model=Transcript,
+    summary="Get a session's transcript",
+)
 async def get_transcript(session_id: str, db: DbDep, caller: CallerDep) -> dict:
     session = await load_session(db, caller, session_id)
     return {"session_id": session.id, "items": await session_store.transcript(db, session.id)}

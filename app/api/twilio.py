@@ -30,8 +30,12 @@ from app.telephony.stream import CARRIERS, serve_stream
 
 router = APIRouter(tags=["telephony"], responses=ERROR_RESPONSES)
 
-BUSY_APOLOGY = "We're sorry, all our lines are busy right now. Please call again in a few minutes. Goodbye."
-TWIML_RESPONSES = {200: {"content": {"text/xml": {}}, "description": "TwiML that connects the call to the agent"}}
+BUSY_APOLOGY = (
+    "We're sorry, all our lines are busy right now. Please call again in a few minutes. Goodbye."
+)
+TWIML_RESPONSES = {
+    200: {"content": {"text/xml": {}}, "description": "TwiML that connects the call to the agent"}
+}
 
 
 class PhoneSessionCreate(BaseModel):
@@ -54,7 +58,8 @@ class OutboundCallCreate(BaseModel):
     agent_id: str = Field(alias="agentId")
     to_number: DialNumber = Field(alias="to")
     from_number: PhoneNumber | None = Field(
-        default=None, alias="from",
+        default=None,
+        alias="from",
         description="Caller ID: a number of the caller's account (an agent's phone_numbers) or the server's "
         "TWILIO_FROM_NUMBER; defaults to the agent's first phone number, then TWILIO_FROM_NUMBER",
     )
@@ -77,7 +82,9 @@ class CallTaskOut(BaseModel):
     created_at: datetime
 
 
-def stream_twiml(state: AppState, request: Request, session: Session, instance_id: str | None) -> str:
+def stream_twiml(
+    state: AppState, request: Request, session: Session, instance_id: str | None
+) -> str:
     url = f"{websocket_base(state, request)}{twilio.STREAM_PATH}"
     return twilio.connect_twiml(url, issue_relay_token(state, session, instance_id))
 
@@ -99,16 +106,22 @@ STORED_FIELD_MAX = 64
 
 async def signed_form(state: AppState, request: Request) -> dict[str, str]:
     """Twilio's form fields, after checking the request's signature (422 for a field too long to store)."""
-    form = dict(parse_qsl((await request.body()).decode("utf-8", errors="replace"), keep_blank_values=True))
+    form = dict(
+        parse_qsl((await request.body()).decode("utf-8", errors="replace"), keep_blank_values=True)
+    )
     check_twilio(state.settings, request, form)
     for name in STORED_FIELDS:
         if len(form.get(name, "")) > STORED_FIELD_MAX:
-            raise APIError(422, "validation_error", f"{name}: at most {STORED_FIELD_MAX} characters")
+            raise APIError(
+                422, "validation_error", f"{name}: at most {STORED_FIELD_MAX} characters"
+            )
     return form
 
 
 @router.post(
-    "/v1/sessions/twilio", response_model=TwilioSessionOut, summary="Create a Twilio session (TwiML)",
+    "/v1/sessions/twilio",
+    response_model=TwilioSessionOut,
+    summary="Create a Twilio session (TwiML)",
     responses={**TWIML_RESPONSES, **DRAINING_RESPONSES},
 )
 async def create_twilio_session(
@@ -118,8 +131,14 @@ async def create_twilio_session(
     with `Accept: application/json`."""
     agent = await load_agent(db, caller, body.agent_id)
     session, _call = await start_phone_session(
-        state, db, agent, carrier="twilio", direction="inbound",
-        from_number=body.from_number, to_number=body.to_number, instance_id=body.instance_id,
+        state,
+        db,
+        agent,
+        carrier="twilio",
+        direction="inbound",
+        from_number=body.from_number,
+        to_number=body.to_number,
+        instance_id=body.instance_id,
     )
     twiml = stream_twiml(state, request, session, body.instance_id)
     if "application/json" in request.headers.get("accept", ""):
@@ -130,16 +149,24 @@ async def create_twilio_session(
 
 
 @router.post(
-    "/v1/twilio/voice", summary="Twilio number webhook: a call comes in",
+    "/v1/twilio/voice",
+    summary="Twilio number webhook: a call comes in",
     responses={**TWIML_RESPONSES, **SIGNED_RESPONSES, **DRAINING_RESPONSES},
     response_class=Response,
 )
-async def twilio_voice(request: Request, state: StateDep, db: DbDep, agentId: str | None = None) -> Response:
+async def twilio_voice(
+    request: Request, state: StateDep, db: DbDep, agentId: str | None = None
+) -> Response:
     """Set this as the number's "A call comes in" webhook. The agent is the one the
     dialled number (`To`) is assigned to, or `?agentId=`."""
     form = await signed_form(state, request)
     session = await start_inbound(
-        state, db, "twilio", agentId, to_number=form.get("To", ""), from_number=form.get("From", ""),
+        state,
+        db,
+        "twilio",
+        agentId,
+        to_number=form.get("To", ""),
+        from_number=form.get("From", ""),
         call_id=form.get("CallSid"),
     )
     if session is None:
@@ -148,19 +175,38 @@ async def twilio_voice(request: Request, state: StateDep, db: DbDep, agentId: st
 
 
 async def start_inbound(
-    state: AppState, db, carrier: str, agent_id: str | None, *, to_number: str, from_number: str, call_id: str | None
+    state: AppState,
+    db,
+    carrier: str,
+    agent_id: str | None,
+    *,
+    to_number: str,
+    from_number: str,
+    call_id: str | None,
 ) -> Session | None:
     """The session for a call coming in to `to_number`'s agent (or `agent_id`'s); None when the
     account is at its cap or the server drains, so the caller hears an apology, not a dead line."""
-    agent = await (store.agent_by_id(db, agent_id) if agent_id else store.agent_for_number(db, to_number))
+    agent = await (
+        store.agent_by_id(db, agent_id) if agent_id else store.agent_for_number(db, to_number)
+    )
     if agent is None:
-        raise not_found("agent", agent_id) if agent_id else APIError(
-            404, "number_not_assigned", f"no active agent has the phone number '{to_number}'"
+        raise (
+            not_found("agent", agent_id)
+            if agent_id
+            else APIError(
+                404, "number_not_assigned", f"no active agent has the phone number '{to_number}'"
+            )
         )
     try:
         session, _call = await start_phone_session(
-            state, db, agent, carrier=carrier, direction="inbound",
-            from_number=from_number, to_number=to_number, call_sid=call_id,
+            state,
+            db,
+            agent,
+            carrier=carrier,
+            direction="inbound",
+            from_number=from_number,
+            to_number=to_number,
+            call_sid=call_id,
         )
     except APIError as exc:
         if exc.status not in (429, 503):
@@ -171,8 +217,11 @@ async def start_inbound(
 
 
 @router.post(
-    "/v1/twilio/status", status_code=204, summary="Twilio call-status callback",
-    responses=SIGNED_RESPONSES, response_class=Response,
+    "/v1/twilio/status",
+    status_code=204,
+    summary="Twilio call-status callback",
+    responses=SIGNED_RESPONSES,
+    response_class=Response,
 )
 async def twilio_status(request: Request, state: StateDep, db: DbDep) -> Response:
     form = await signed_form(state, request)
@@ -184,10 +233,14 @@ async def twilio_status(request: Request, state: StateDep, db: DbDep) -> Respons
 
 
 @router.post(
-    "/v1/calls/outbound", status_code=201, response_model=CallTaskOut, summary="Place an outbound call",
+    "/v1/calls/outbound",
+    status_code=201,
+    response_model=CallTaskOut,
+    summary="Place an outbound call",
     responses={
         403: {"model": ErrorBody, "description": "`from` is not a number of the caller's account"},
-        502: {"model": ErrorBody, "description": "Twilio refused the call"}, **DRAINING_RESPONSES,
+        502: {"model": ErrorBody, "description": "Twilio refused the call"},
+        **DRAINING_RESPONSES,
     },
 )
 async def create_outbound_call(
@@ -197,37 +250,61 @@ async def create_outbound_call(
     the task's `connect` callback when the callee answers; the agent speaks first."""
     twilio.require_credentials(state.settings)
     agent = await load_agent(db, caller, body.agent_id)
-    from_number = body.from_number or next(iter(agent.phone_numbers), None) or state.settings.twilio_from_number
+    from_number = (
+        body.from_number
+        or next(iter(agent.phone_numbers), None)
+        or state.settings.twilio_from_number
+    )
     if not from_number:
-        raise APIError(422, "missing_from", "no caller ID: pass `from`, give the agent a phone number, or set TWILIO_FROM_NUMBER")
+        raise APIError(
+            422,
+            "missing_from",
+            "no caller ID: pass `from`, give the agent a phone number, or set TWILIO_FROM_NUMBER",
+        )
     if from_number != state.settings.twilio_from_number and not await store.account_holds_number(
         db, caller.account_id, from_number
     ):
         raise APIError(
-            403, "from_not_owned", f"from: {from_number} is not a number of this account (an agent's phone_numbers)",
+            403,
+            "from_not_owned",
+            f"from: {from_number} is not a number of this account (an agent's phone_numbers)",
             {"field": "from", "number": from_number},
         )
     session, call = await start_phone_session(
-        state, db, agent, carrier="twilio", direction="outbound",
-        from_number=from_number, to_number=body.to_number, instance_id=body.instance_id,
+        state,
+        db,
+        agent,
+        carrier="twilio",
+        direction="outbound",
+        from_number=from_number,
+        to_number=body.to_number,
+        instance_id=body.instance_id,
     )
     base = twilio.http_base(state.settings, request)
     try:
         call.call_sid = await twilio.place_call(
-            state.settings, to=body.to_number, from_=from_number,
+            state.settings,
+            to=body.to_number,
+            from_=from_number,
             url=f"{base}/v1/sessions/twilio/task/{call.id}/connect",
             status_callback=f"{base}/v1/sessions/twilio/task/{call.id}/status",
         )
     except APIError as exc:
         call.status, call.error = "failed", exc.body.message
         await db.commit()
-        await session_store.finish(db, session.id, status="failed", end_reason="call_failed", error=exc.body.message)
+        await session_store.finish(
+            db, session.id, status="failed", end_reason="call_failed", error=exc.body.message
+        )
         raise
     await db.commit()
     return call
 
 
-@router.get("/v1/calls/{call_id}", response_model=CallTaskOut, summary="Get a phone call (inbound or outbound)")
+@router.get(
+    "/v1/calls/{call_id}",
+    response_model=CallTaskOut,
+    summary="Get a phone call (inbound or outbound)",
+)
 async def get_call(call_id: str, db: DbDep, caller: CallerDep) -> PhoneCall:
     call = await store.get_call(db, call_id)
     if call is None or call.account_id != caller.account_id:
@@ -243,23 +320,30 @@ async def _task(db, task_id: str) -> PhoneCall:
 
 
 @router.post(
-    "/v1/sessions/twilio/task/{task_id}/connect", summary="Twilio callback: the outbound call was answered",
-    responses={**TWIML_RESPONSES, **SIGNED_RESPONSES}, response_class=Response,
+    "/v1/sessions/twilio/task/{task_id}/connect",
+    summary="Twilio callback: the outbound call was answered",
+    responses={**TWIML_RESPONSES, **SIGNED_RESPONSES},
+    response_class=Response,
 )
 async def task_connect(task_id: str, request: Request, state: StateDep, db: DbDep) -> Response:
     form = await signed_form(state, request)
     call = await _task(db, task_id)
     session = await session_store.get_session(db, call.account_id, call.session_id)
     if session.status not in session_store.ACTIVE_STATUSES:
-        raise APIError(409, f"session_{session.status}", f"session '{session.id}' is {session.status}")
+        raise APIError(
+            409, f"session_{session.status}", f"session '{session.id}' is {session.status}"
+        )
     call.call_sid = call.call_sid or form.get("CallSid")
     await db.commit()
     return twiml_response(stream_twiml(state, request, session, call.instance_id))
 
 
 @router.post(
-    "/v1/sessions/twilio/task/{task_id}/status", status_code=204, summary="Twilio callback: outbound call status",
-    responses=SIGNED_RESPONSES, response_class=Response,
+    "/v1/sessions/twilio/task/{task_id}/status",
+    status_code=204,
+    summary="Twilio callback: outbound call status",
+    responses=SIGNED_RESPONSES,
+    response_class=Response,
 )
 async def task_status(task_id: str, request: Request, state: StateDep, db: DbDep) -> Response:
     form = await signed_form(state, request)
@@ -271,4 +355,3 @@ async def task_status(task_id: str, request: Request, state: StateDep, db: DbDep
 @router.websocket(twilio.STREAM_PATH)
 async def twilio_stream(websocket: WebSocket):
     await serve_stream(websocket, CARRIERS["twilio"])
-

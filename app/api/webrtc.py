@@ -59,8 +59,12 @@ class WebRTCAnswer(BaseModel):
 class IceCandidateIn(BaseModel):
     """One candidate as the browser's `RTCIceCandidate.toJSON()` gives it (snake_case also accepted)."""
 
-    candidate: str = Field(max_length=2000, description="An empty string marks the end of candidates")
-    sdp_mid: str | None = Field(default=None, max_length=64, validation_alias=AliasChoices("sdp_mid", "sdpMid"))
+    candidate: str = Field(
+        max_length=2000, description="An empty string marks the end of candidates"
+    )
+    sdp_mid: str | None = Field(
+        default=None, max_length=64, validation_alias=AliasChoices("sdp_mid", "sdpMid")
+    )
     sdp_mline_index: int | None = Field(
         default=None, ge=0, le=64, validation_alias=AliasChoices("sdp_mline_index", "sdpMLineIndex")
     )
@@ -109,7 +113,9 @@ class WebRTCPeers:
     def check_owner(self, pc_id: str, account_id: str, agent_id: str) -> None:
         """404 unless `pc_id` is a live call of this account's agent."""
         if self._peers.get(pc_id) != _Peer(account_id, agent_id):
-            raise APIError(404, "peer_connection_not_found", f"no live WebRTC call '{pc_id}' for this agent")
+            raise APIError(
+                404, "peer_connection_not_found", f"no live WebRTC call '{pc_id}' for this agent"
+            )
 
     def start_call(self, state: AppState, session: Session, agent: Agent):
         """The callback that runs the call once Pipecat has made the peer connection."""
@@ -138,7 +144,9 @@ class WebRTCPeers:
                 self._calls.discard(task)
                 self._peers.pop(pc_id, None)
                 if not task.cancelled() and task.exception() is not None:
-                    logger.opt(exception=task.exception()).error(f"session {session.id}: WebRTC call failed")
+                    logger.opt(exception=task.exception()).error(
+                        f"session {session.id}: WebRTC call failed"
+                    )
 
             task.add_done_callback(forget)
 
@@ -150,7 +158,9 @@ def _peers(request: Request) -> WebRTCPeers:
     app_state = request.app.state
     if not hasattr(app_state, "webrtc_peers"):
         settings = app_state.switchboard.settings
-        app_state.webrtc_peers = WebRTCPeers([IceServer(**s.model_dump()) for s in settings.webrtc_ice_servers])
+        app_state.webrtc_peers = WebRTCPeers(
+            [IceServer(**s.model_dump()) for s in settings.webrtc_ice_servers]
+        )
     return app_state.webrtc_peers
 
 
@@ -164,24 +174,37 @@ PeersDep = Annotated[WebRTCPeers, Depends(_peers)]
     responses=DRAINING_RESPONSES,
 )
 async def webrtc_offer(
-    agent_id: str, body: WebRTCOffer, state: StateDep, db: DbDep, caller: KeyOrLoginCallerDep, peers: PeersDep
+    agent_id: str,
+    body: WebRTCOffer,
+    state: StateDep,
+    db: DbDep,
+    caller: KeyOrLoginCallerDep,
+    peers: PeersDep,
 ) -> WebRTCAnswer:
     """Send the browser's offer; the answer starts the call. Authenticate with `X-API-Key`
     or the dashboard's log-in cookie."""
     lines = body.sdp.splitlines()
     if not lines or lines[0] != "v=0" or not any(line.startswith("m=audio ") for line in lines):
-        raise APIError(400, "invalid_offer", "the offer must be SDP (starting v=0) with an audio media section")
+        raise APIError(
+            400, "invalid_offer", "the offer must be SDP (starting v=0) with an audio media section"
+        )
     agent = await load_agent(db, caller, agent_id)
     session = await admission.start_session(state, db, agent, connection_type="webrtc", live=True)
     request = SmallWebRTCRequest(sdp=body.sdp, type=body.type)
     try:
-        answer = await peers.handler.handle_web_request(request, peers.start_call(state, session, agent))
+        answer = await peers.handler.handle_web_request(
+            request, peers.start_call(state, session, agent)
+        )
     except Exception as exc:  # aiortc rejects an unusable SDP with assorted exception types
         message = f"the SDP offer could not be used: {exc}"
         logger.info(f"session {session.id}: {message} ({type(exc).__name__})")
-        await session_store.finish(db, session.id, status="failed", end_reason="error", error=message)
+        await session_store.finish(
+            db, session.id, status="failed", end_reason="error", error=message
+        )
         raise APIError(400, "invalid_offer", message) from None
-    return WebRTCAnswer(sdp=answer["sdp"], type=answer["type"], pc_id=answer["pc_id"], session_id=session.id)
+    return WebRTCAnswer(
+        sdp=answer["sdp"], type=answer["type"], pc_id=answer["pc_id"], session_id=session.id
+    )
 
 
 @router.patch(
@@ -197,7 +220,8 @@ async def webrtc_ice_candidates(
     request = SmallWebRTCPatchRequest(
         pc_id=body.pc_id,
         candidates=[
-            IceCandidate(c.candidate.removeprefix("candidate:"), c.sdp_mid, c.sdp_mline_index) for c in body.candidates
+            IceCandidate(c.candidate.removeprefix("candidate:"), c.sdp_mid, c.sdp_mline_index)
+            for c in body.candidates
         ],
     )
     try:

@@ -24,11 +24,16 @@ def check_agent(state: AppState, agent: Agent | None, agent_id: str | None = Non
     """409 for a paused or deleted agent; 422 when its pipeline lacks credentials."""
     if agent is None or agent.status != "active":
         status = agent.status if agent else "deleted"
-        raise APIError(409, f"agent_{status}", f"agent '{agent.id if agent else agent_id}' is {status} and cannot start a session")
+        raise APIError(
+            409,
+            f"agent_{status}",
+            f"agent '{agent.id if agent else agent_id}' is {status} and cannot start a session",
+        )
     missing = state.catalog.get(agent.pipeline).missing_env()
     if missing:
         raise APIError(
-            422, "missing_credentials",
+            422,
+            "missing_credentials",
             f"pipeline '{agent.pipeline}' needs {', '.join(missing)} set in the server's environment",
             {"missing": missing},
         )
@@ -36,7 +41,12 @@ def check_agent(state: AppState, agent: Agent | None, agent_id: str | None = Non
 
 def refuse_while_draining(state: AppState) -> None:
     if state.draining:
-        raise APIError(503, "server_draining", "the server is shutting down; try again shortly", headers={"Retry-After": "10"})
+        raise APIError(
+            503,
+            "server_draining",
+            "the server is shutting down; try again shortly",
+            headers={"Retry-After": "10"},
+        )
 
 
 async def start_session(
@@ -81,7 +91,9 @@ async def start_session(
     return session
 
 
-async def join_session(state: AppState, db: AsyncSession, session: Session, agent: Agent | None) -> bool:
+async def join_session(
+    state: AppState, db: AsyncSession, session: Session, agent: Agent | None
+) -> bool:
     """Claim a `created` session for this node under the cap; False if another connection
     claimed it first. 409/422/429/503 refusals."""
     check_agent(state, agent, session.agent_id)
@@ -97,18 +109,24 @@ async def claim_under_cap(state: AppState, db: AsyncSession, session: Session) -
 
 
 @asynccontextmanager
-async def _under_cap(state: AppState, db: AsyncSession, account_id: str, besides: str | None = None):
+async def _under_cap(
+    state: AppState, db: AsyncSession, account_id: str, besides: str | None = None
+):
     """One transaction holding the account's lock: 429 if its calls (but `besides`) fill its
     cap; otherwise what the block adds or claims is committed before the lock is let go."""
     await db.commit()  # whatever the request did so far; the lock starts a fresh transaction
     try:
-        cap = await session_store.lock_account(db, account_id) or state.settings.max_concurrent_calls
+        cap = (
+            await session_store.lock_account(db, account_id) or state.settings.max_concurrent_calls
+        )
         live = await session_store.count_live(db, account_id, besides=besides)
         if live >= cap:
             raise APIError(
-                429, "concurrent_call_limit",
+                429,
+                "concurrent_call_limit",
                 f"this account already has {live} live calls, its limit is {cap}; try again when one ends",
-                {"limit": cap, "active": live}, headers={"Retry-After": "30"},
+                {"limit": cap, "active": live},
+                headers={"Retry-After": "30"},
             )
         yield
         await db.commit()

@@ -35,7 +35,9 @@ class RealTimeAudioGate:
         """The frame if it is within real time; else None (dropped), a protocol error on the
         first drop, or a cancel once the flood persists."""
         now = time.monotonic()
-        self._credit = min(self._burst, self._credit + (now - self._last if self._last is not None else 0.0))
+        self._credit = min(
+            self._burst, self._credit + (now - self._last if self._last is not None else 0.0)
+        )
         self._last = now
         secs = len(frame.audio) / 2 / frame.num_channels / frame.sample_rate
         if secs <= self._credit:
@@ -51,7 +53,8 @@ class RealTimeAudioGate:
         if first_drop:
             logger.warning("caller audio is arriving faster than real time: dropping the excess")
             return ClientProtocolErrorFrame(
-                "audio_too_fast", "audio is arriving faster than real time; the excess is dropped (send it as it is spoken)"
+                "audio_too_fast",
+                "audio is arriving faster than real time; the excess is dropped (send it as it is spoken)",
             )
         return None
 

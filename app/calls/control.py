@@ -8,6 +8,7 @@ from loguru import logger
 
 from app.calls.registry import CallRegistry
 
+
 class CallControl:
     def __init__(self, registry: CallRegistry, redis=None, redis_prefix: str = "switchboard"):
         self._registry = registry
@@ -27,7 +28,9 @@ class CallControl:
         if self._redis is None:
             await self._registry.end_agent_calls(agent_id, reason)
         else:
-            await self._redis.publish(self._channel, json.dumps({"agent_id": agent_id, "reason": reason}))
+            await self._redis.publish(
+                self._channel, json.dumps({"agent_id": agent_id, "reason": reason})
+            )
 
     async def _listen(self, pubsub) -> None:
         try:

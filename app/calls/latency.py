@@ -12,17 +12,35 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from pipecat.frames.frames import BotStartedSpeakingFrame, BotStoppedSpeakingFrame, VADUserStartedSpeakingFrame
+from pipecat.frames.frames import (
+    BotStartedSpeakingFrame,
+    BotStoppedSpeakingFrame,
+    VADUserStartedSpeakingFrame,
+)
 from pipecat.observers.base_observer import BaseObserver, FramePushed
 from pipecat.observers.user_bot_latency_observer import LatencyBreakdown, UserBotLatencyObserver
 from prometheus_client import Counter, Gauge, Histogram
 
 _BUCKETS = (0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.25, 1.5, 2.0, 3.0, 5.0, 10.0)
-VOICE_TO_VOICE = Histogram("switchboard_voice_to_voice_seconds", "Caller end of speech to first agent audio", buckets=_BUCKETS)
-GREETING = Histogram("switchboard_greeting_seconds", "Client connected to first agent audio", buckets=_BUCKETS)
-BARGE_IN = Histogram("switchboard_barge_in_stop_seconds", "Caller speech start to agent audio stopped", buckets=_BUCKETS)
-ACTIVE_SESSIONS = Gauge("switchboard_active_sessions", "Calls running on this node", multiprocess_mode="livesum")
-SESSIONS_ENDED = Counter("switchboard_sessions_ended_total", "Finished calls by end reason", ["end_reason"])
+VOICE_TO_VOICE = Histogram(
+    "switchboard_voice_to_voice_seconds",
+    "Caller end of speech to first agent audio",
+    buckets=_BUCKETS,
+)
+GREETING = Histogram(
+    "switchboard_greeting_seconds", "Client connected to first agent audio", buckets=_BUCKETS
+)
+BARGE_IN = Histogram(
+    "switchboard_barge_in_stop_seconds",
+    "Caller speech start to agent audio stopped",
+    buckets=_BUCKETS,
+)
+ACTIVE_SESSIONS = Gauge(
+    "switchboard_active_sessions", "Calls running on this node", multiprocess_mode="livesum"
+)
+SESSIONS_ENDED = Counter(
+    "switchboard_sessions_ended_total", "Finished calls by end reason", ["end_reason"]
+)
 
 
 def _round(value: float | None) -> float | None:
@@ -81,7 +99,10 @@ class CallLatencyTracker(BaseObserver):
             parts[contribution.key] = parts.get(contribution.key, 0.0) + contribution.duration_secs
         VOICE_TO_VOICE.observe(breakdown.total_secs)
         self.record["turns"].append(
-            {"voice_to_voice_secs": _round(breakdown.total_secs), "parts": {k: _round(v) for k, v in parts.items()}}
+            {
+                "voice_to_voice_secs": _round(breakdown.total_secs),
+                "parts": {k: _round(v) for k, v in parts.items()},
+            }
         )
         await self._on_change(self.record)
 
@@ -89,7 +110,11 @@ class CallLatencyTracker(BaseObserver):
         frame = data.frame
         if isinstance(frame, BotStartedSpeakingFrame):
             self._bot_speaking = True
-        elif isinstance(frame, VADUserStartedSpeakingFrame) and self._bot_speaking and self._barge_in_at is None:
+        elif (
+            isinstance(frame, VADUserStartedSpeakingFrame)
+            and self._bot_speaking
+            and self._barge_in_at is None
+        ):
             # The caller began speaking `start_secs` before the VAD was sure of it.
             self._barge_in_at = frame.timestamp - frame.start_secs
         elif isinstance(frame, BotStoppedSpeakingFrame):

@@ -8,8 +8,7 @@ from loguru import logger
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app import analysis as analyser
-from app import recordings
-from app import webhooks
+from app import recordings, webhooks
 from app.cost import UsageObserver, merged_pricing, session_cost
 from app.state import AppState
 from app.storage import analysis as analysis_store
@@ -29,11 +28,23 @@ async def session_started(state: AppState, agent: Agent, session_id: str) -> Non
 
 
 def turn_recorded(
-    state: AppState, db: AsyncSession, agent: Agent, session_id: str, speaker: str, content: str, interrupted: bool
+    state: AppState,
+    db: AsyncSession,
+    agent: Agent,
+    session_id: str,
+    speaker: str,
+    content: str,
+    interrupted: bool,
 ) -> None:
     """Add the `transcript.updated` webhook to the transaction that stores the turn."""
-    webhooks.send(state, db, agent, "transcript.updated", session_id,
-                  {"speaker": speaker, "content": content, "interrupted": interrupted})
+    webhooks.send(
+        state,
+        db,
+        agent,
+        "transcript.updated",
+        session_id,
+        {"speaker": speaker, "content": content, "interrupted": interrupted},
+    )
 
 
 async def session_finished(
@@ -46,8 +57,11 @@ async def session_finished(
         async with state.db.sessions() as db:
             session = await db.get(Session, session_id)
             cost = session_cost(
-                config, merged_pricing(config, state.settings.pricing), usage,
-                connection_type=session.connection_type, duration_secs=session.duration_secs,
+                config,
+                merged_pricing(config, state.settings.pricing),
+                usage,
+                connection_type=session.connection_type,
+                duration_secs=session.duration_secs,
             )
             analysis_store.add_cost(db, session.account_id, session_id, cost)
             analysis_store.start_analysis(db, session.account_id, session_id)
@@ -74,13 +88,20 @@ async def store_recording(state: AppState, session_id: str) -> None:
             recorded = await recording_store.status(db, session_id) == "recording"
         if recorded:
             await recordings.finalise_recording(
-                state.settings, state.db, session_id, recordings.live_path(state.settings, session_id)
+                state.settings,
+                state.db,
+                session_id,
+                recordings.live_path(state.settings, session_id),
             )
     except Exception:
-        logger.exception(f"session {session_id}: could not store its recording (kept on this node's disk)")
+        logger.exception(
+            f"session {session_id}: could not store its recording (kept on this node's disk)"
+        )
 
 
-async def analysis_target(state: AppState, db: AsyncSession, session: Session) -> tuple[Agent, PipelineConfig]:
+async def analysis_target(
+    state: AppState, db: AsyncSession, session: Session
+) -> tuple[Agent, PipelineConfig]:
     """The agent a session ran (a stand-in if it is gone) and the pipeline config that analyses
     it; UnknownPipelineError if that config no longer exists."""
     agent = await call_agent(db, session) or Agent(
@@ -108,12 +129,19 @@ async def run_analysis(state: AppState, job: Job) -> None:
         if job.attempts >= job.max_attempts:
             async with state.db.sessions() as db:
                 await analysis_store.finish_analysis(
-                    db, session_id, result=None, error=f"{type(exc).__name__}: {exc}", attempts=0, model=None
+                    db,
+                    session_id,
+                    result=None,
+                    error=f"{type(exc).__name__}: {exc}",
+                    attempts=0,
+                    model=None,
                 )
                 await db.commit()
         raise
     async with state.db.sessions() as db:
-        await analysis_store.finish_analysis(db, session_id, result=result, error=error, attempts=attempts, model=model)
+        await analysis_store.finish_analysis(
+            db, session_id, result=result, error=error, attempts=attempts, model=model
+        )
         if result is not None:
             webhooks.send(state, db, agent, "analysis.completed", session_id, {"analysis": result})
         await db.commit()
@@ -125,8 +153,11 @@ async def run_analysis(state: AppState, job: Job) -> None:
 
 def _ended(session: Session, cost: dict | None) -> dict:
     return {
-        "status": session.status, "end_reason": session.end_reason, "duration_secs": session.duration_secs,
+        "status": session.status,
+        "end_reason": session.end_reason,
+        "duration_secs": session.duration_secs,
         "started_at": session.started_at.isoformat() if session.started_at else None,
         "ended_at": session.ended_at.isoformat() if session.ended_at else None,
-        "error": session.error, "cost": cost,
+        "error": session.error,
+        "cost": cost,
     }

@@ -30,20 +30,30 @@ CLIENT_EVENTS = ("input.text", "tool.result", "session.end")
 def check_client_event(text: str) -> dict | ClientProtocolErrorFrame:
     """The event a text frame carries, or the protocol error it is."""
     if len(text) > MAX_TEXT_CHARS:
-        return ClientProtocolErrorFrame("message_too_large", f"text frames are limited to {MAX_TEXT_CHARS} characters")
+        return ClientProtocolErrorFrame(
+            "message_too_large", f"text frames are limited to {MAX_TEXT_CHARS} characters"
+        )
     try:
         event = json.loads(text)
     except ValueError:
         return ClientProtocolErrorFrame("invalid_json", "text frames must be JSON events")
     if not isinstance(event, dict) or not isinstance(event.get("type"), str):
-        return ClientProtocolErrorFrame("invalid_event", 'an event must be a JSON object with a string "type"')
+        return ClientProtocolErrorFrame(
+            "invalid_event", 'an event must be a JSON object with a string "type"'
+        )
     kind = event["type"]
     if kind not in CLIENT_EVENTS:
-        return ClientProtocolErrorFrame("unknown_event", f"unknown event type '{kind}' (known: {', '.join(CLIENT_EVENTS)})")
+        return ClientProtocolErrorFrame(
+            "unknown_event", f"unknown event type '{kind}' (known: {', '.join(CLIENT_EVENTS)})"
+        )
     if kind == "input.text" and not (isinstance(event.get("text"), str) and event["text"].strip()):
-        return ClientProtocolErrorFrame("invalid_event", "'input.text' needs a non-empty string 'text'")
+        return ClientProtocolErrorFrame(
+            "invalid_event", "'input.text' needs a non-empty string 'text'"
+        )
     if kind == "tool.result" and not (isinstance(event.get("call_id"), str) and "result" in event):
-        return ClientProtocolErrorFrame("invalid_event", "'tool.result' needs a string 'call_id' and a 'result'")
+        return ClientProtocolErrorFrame(
+            "invalid_event", "'tool.result' needs a string 'call_id' and a 'result'"
+        )
     return event
 
 
@@ -74,7 +84,9 @@ class SessionProtocolSerializer(FrameSerializer):
     async def deserialize(self, data: str | bytes) -> Frame | None:
         if isinstance(data, bytes):
             if len(data) % 2:
-                return ClientProtocolErrorFrame("invalid_audio", "audio frames must hold whole 16-bit samples (even length)")
+                return ClientProtocolErrorFrame(
+                    "invalid_audio", "audio frames must hold whole 16-bit samples (even length)"
+                )
             if not data:
                 return None
             audio = data

@@ -11,7 +11,7 @@ if TYPE_CHECKING:
 
 class CallRegistry:
     def __init__(self):
-        self._calls: dict[str, "CallSession"] = {}
+        self._calls: dict[str, CallSession] = {}
 
     def add(self, call: "CallSession") -> None:
         self._calls[call.session_id] = call

@@ -13,15 +13,14 @@ from pipecat.services.llm_service import FunctionCallParams, FunctionCallResultP
 from pipecat.transports.base_transport import BaseTransport
 from pipecat.workers.runner import WorkerRunner
 
-from app.calls.latency import ACTIVE_SESSIONS, SESSIONS_ENDED, CallLatencyTracker
-from app.calls import tools
-from app.calls import post_call
 from app import recordings
+from app.calls import post_call, tools
+from app.calls.latency import ACTIVE_SESSIONS, SESSIONS_ENDED, CallLatencyTracker
 from app.cost import UsageObserver
 from app.errors import current_session
 from app.state import AppState
-from app.storage import latency as latency_store
 from app.storage import calls as call_store
+from app.storage import latency as latency_store
 from app.storage import sessions as session_store
 from app.storage import telephony as telephony_store
 from app.storage.ids import utcnow
@@ -42,7 +41,10 @@ def agent_spec(agent: Agent) -> AgentSpec:
         system_prompt=agent.system_prompt,
         voice=agent.voice_id,
         language=agent.language,
-        tools=[ToolDefinition(**{k: t[k] for k in ("name", "description", "parameters") if k in t}) for t in agent.tools],
+        tools=[
+            ToolDefinition(**{k: t[k] for k in ("name", "description", "parameters") if k in t})
+            for t in agent.tools
+        ],
         max_turns=agent.max_turns,
         interruptible=agent.interruptible,
         max_duration_secs=agent.max_duration,
@@ -90,7 +92,9 @@ class CallSession:
         self._tools = {t["name"]: t for t in agent.tools}
         self._transferred = False
         inline = session.inline_config or {}
-        self._llm_options = {k: inline[k] for k in ("model", "temperature") if inline.get(k) is not None}
+        self._llm_options = {
+            k: inline[k] for k in ("model", "temperature") if inline.get(k) is not None
+        }
         """An inline call's own LLM model and temperature."""
         self._worker: PipelineWorker | None = None
         self._end_requested: str | None = None
@@ -183,7 +187,11 @@ class CallSession:
                     future.set_result(result)
                 elif call.events:
                     await call.events.send(
-                        {"type": "session.error", "code": "unknown_call_id", "message": f"no pending tool call '{call_id}'"}
+                        {
+                            "type": "session.error",
+                            "code": "unknown_call_id",
+                            "message": f"no pending tool call '{call_id}'",
+                        }
                     )
 
         if call.provider_errors:
@@ -209,19 +217,30 @@ class CallSession:
         async with self.state.db.sessions() as db:
             await latency_store.save(db, self.session_id, record)
 
-    async def _record(self, speaker: str, content: str, timestamp: str, interrupted: bool = False) -> None:
+    async def _record(
+        self, speaker: str, content: str, timestamp: str, interrupted: bool = False
+    ) -> None:
         """Store a finished turn at once, and tell a session client about it. Entries are
         written one at a time, in the order they were recorded (a caller's turn before the
         tool call it led to, however fast the tool)."""
         async with self._record_lock, self.state.db.sessions() as db:
             if speaker != "TOOL":
-                post_call.turn_recorded(self.state, db, self._agent, self.session_id, speaker, content, interrupted)
+                post_call.turn_recorded(
+                    self.state, db, self._agent, self.session_id, speaker, content, interrupted
+                )
             await session_store.add_transcript_entry(  # commits the turn with its webhook
-                db, self.session_id, speaker=speaker, content=content,
-                timestamp=_parse_time(timestamp), interrupted=interrupted,
+                db,
+                self.session_id,
+                speaker=speaker,
+                content=content,
+                timestamp=_parse_time(timestamp),
+                interrupted=interrupted,
             )
         if self._call.events and speaker != "TOOL":
-            event = {"type": "transcript.user" if speaker == "USER" else "transcript.agent", "text": content}
+            event = {
+                "type": "transcript.user" if speaker == "USER" else "transcript.agent",
+                "text": content,
+            }
             if speaker == "AGENT":
                 event["interrupted"] = interrupted
             await self._call.events.send(event)
@@ -235,16 +254,25 @@ class CallSession:
         then = None
         if tool is None:
             result = {"error": f"unknown tool '{params.function_name}'"}
-        elif problem := tools.argument_errors(tool.get("parameters") or {"type": "object"}, arguments):
+        elif problem := tools.argument_errors(
+            tool.get("parameters") or {"type": "object"}, arguments
+        ):
             result = {"error": f"invalid arguments for tool '{tool['name']}': {problem}"}
         else:
             result, then = await self._dispatch(tool, arguments, params.tool_call_id)
-        entry = {"call_id": params.tool_call_id, "name": params.function_name, "arguments": arguments, "result": result}
+        entry = {
+            "call_id": params.tool_call_id,
+            "name": params.function_name,
+            "arguments": arguments,
+            "result": result,
+        }
         await self._record("TOOL", json.dumps(entry), utcnow().isoformat())
         if then is None:
             await params.result_callback(result)
         else:
-            await params.result_callback(result, properties=FunctionCallResultProperties(run_llm=False))
+            await params.result_callback(
+                result, properties=FunctionCallResultProperties(run_llm=False)
+            )
             await then()
 
     async def _dispatch(self, tool: dict, arguments: dict, call_id: str):
@@ -255,14 +283,21 @@ class CallSession:
                 self.state.settings, tool, arguments, session_id=self.session_id, call_id=call_id
             ), None
         if kind == "end_call":
-            return {"ok": True, "status": "ending the call"}, lambda: self.end_with_goodbye("agent_ended", GOODBYE)
+            return {"ok": True, "status": "ending the call"}, lambda: self.end_with_goodbye(
+                "agent_ended", GOODBYE
+            )
         if kind == "transfer_call":
             error = await self._transfer(tool["phone_number"])
             if error:
                 return {"error": error}, None
-            return {"ok": True, "status": f"transferred to {tool['phone_number']}"}, lambda: self.end("transferred")
+            return {
+                "ok": True,
+                "status": f"transferred to {tool['phone_number']}",
+            }, lambda: self.end("transferred")
         if not self._session_protocol:
-            return {"error": f"tool '{tool['name']}' runs on the client, and this connection has none"}, None
+            return {
+                "error": f"tool '{tool['name']}' runs on the client, and this connection has none"
+            }, None
         return await self._run_client_tool(tool, arguments, call_id), None
 
     def _serializer(self):
@@ -291,7 +326,9 @@ class CallSession:
         name, timeout = tool["name"], tool.get("timeout_secs") or tools.DEFAULT_TIMEOUT_SECS
         future = asyncio.get_running_loop().create_future()
         self._pending_tools[call_id] = future
-        await self._call.events.send({"type": "tool.call", "call_id": call_id, "name": name, "arguments": arguments})
+        await self._call.events.send(
+            {"type": "tool.call", "call_id": call_id, "name": name, "arguments": arguments}
+        )
         try:
             return await asyncio.wait_for(future, timeout)
         except TimeoutError:
@@ -352,8 +389,12 @@ class CallSession:
                 logger.exception(f"session {self.session_id}: could not store its recording so far")
         async with self.state.db.sessions() as db:
             await call_store.suspend(db, self.session_id, utcnow() + timedelta(seconds=grace))
-        logger.info(f"session {self.session_id}: client dropped; waiting {grace:g}s for it to reconnect")
-        task = asyncio.create_task(self._fail_unless_resumed(grace), name=f"resume-grace-{self.session_id}")
+        logger.info(
+            f"session {self.session_id}: client dropped; waiting {grace:g}s for it to reconnect"
+        )
+        task = asyncio.create_task(
+            self._fail_unless_resumed(grace), name=f"resume-grace-{self.session_id}"
+        )
         _GRACE_TIMERS.add(task)
         task.add_done_callback(_GRACE_TIMERS.discard)
 
@@ -365,9 +406,13 @@ class CallSession:
             if self.state.calls.get(self.session_id) is None:  # on another node, with the recording
                 recordings.live_path(self.state.settings, self.session_id).unlink(missing_ok=True)
             return
-        logger.info(f"session {self.session_id}: not resumed within {grace:g}s, ended failed (disconnected)")
+        logger.info(
+            f"session {self.session_id}: not resumed within {grace:g}s, ended failed (disconnected)"
+        )
         SESSIONS_ENDED.labels(end_reason="disconnected").inc()
-        await post_call.session_finished(self.state, self._agent, self._config, self.session_id, self._usage)
+        await post_call.session_finished(
+            self.state, self._agent, self._config, self.session_id, self._usage
+        )
 
     async def _finish(self) -> None:
         frame = self._final_frame
@@ -381,8 +426,12 @@ class CallSession:
         logger.info(f"session {self.session_id}: ended {status} ({reason})")
         SESSIONS_ENDED.labels(end_reason=reason).inc()
         async with self.state.db.sessions() as db:
-            await session_store.finish(db, self.session_id, status=status, end_reason=reason, error=self._error)
-        await post_call.session_finished(self.state, self._agent, self._config, self.session_id, self._usage)
+            await session_store.finish(
+                db, self.session_id, status=status, end_reason=reason, error=self._error
+            )
+        await post_call.session_finished(
+            self.state, self._agent, self._config, self.session_id, self._usage
+        )
 
 
 def _parse_time(value: str) -> datetime:

@@ -42,18 +42,28 @@ class TokenSigner:
         return hmac.new(key, payload.encode(), hashlib.sha256).digest()
 
     def issue(self, kind: str, claims: dict[str, Any], expires_at: float) -> str:
-        payload = _b64(json.dumps({**claims, "kind": kind, "exp": int(expires_at)}, separators=(",", ":")).encode())
+        payload = _b64(
+            json.dumps(
+                {**claims, "kind": kind, "exp": int(expires_at)}, separators=(",", ":")
+            ).encode()
+        )
         return f"{payload}.{_b64(self._sign(self._keys[0], payload))}"
 
     def verify(self, token: str, kind: str) -> dict[str, Any]:
-        if not isinstance(token, str) or len(token) > MAX_TOKEN_CHARS or not _SHAPE.fullmatch(token):
+        if (
+            not isinstance(token, str)
+            or len(token) > MAX_TOKEN_CHARS
+            or not _SHAPE.fullmatch(token)
+        ):
             raise TokenError("malformed token")
         payload, signature = token.split(".")
         try:
             signature_bytes = _unb64(signature)
         except (binascii.Error, ValueError):
             raise TokenError("malformed token") from None
-        if not any(hmac.compare_digest(signature_bytes, self._sign(key, payload)) for key in self._keys):
+        if not any(
+            hmac.compare_digest(signature_bytes, self._sign(key, payload)) for key in self._keys
+        ):
             raise TokenError("bad token signature")
         try:
             claims = json.loads(_unb64(payload))

@@ -29,14 +29,23 @@ DEFAULT_TIMEOUT_SECS = 10.0
 
 def argument_errors(schema: dict[str, Any], arguments: Any) -> str | None:
     """Why `arguments` don't fit the tool's JSON Schema; None when they do."""
-    errors = sorted(Draft202012Validator(schema).iter_errors(arguments), key=lambda e: list(e.absolute_path))
+    errors = sorted(
+        Draft202012Validator(schema).iter_errors(arguments), key=lambda e: list(e.absolute_path)
+    )
     if not errors:
         return None
-    return "; ".join(f"{'/'.join(map(str, e.absolute_path)) or 'arguments'}: {e.message}" for e in errors)
+    return "; ".join(
+        f"{'/'.join(map(str, e.absolute_path)) or 'arguments'}: {e.message}" for e in errors
+    )
 
 
 async def call_webhook(
-    settings: Settings, tool: dict[str, Any], arguments: dict[str, Any], *, session_id: str, call_id: str
+    settings: Settings,
+    tool: dict[str, Any],
+    arguments: dict[str, Any],
+    *,
+    session_id: str,
+    call_id: str,
 ) -> Any:
     """POST the arguments as JSON to the tool's URL (through the outbound policy); its JSON
     answer, or an error for the LLM."""
@@ -62,7 +71,10 @@ async def call_webhook(
             return {"error": f"tool '{tool['name']}' has an address the server may not reach"}
         return {"error": f"tool '{tool['name']}' could not be reached"}
     if response.status_code >= 400:
-        return {"error": f"tool '{tool['name']}' failed with HTTP {response.status_code}", "body": response.text[:500]}
+        return {
+            "error": f"tool '{tool['name']}' failed with HTTP {response.status_code}",
+            "body": response.text[:500],
+        }
     try:
         return response.json()
     except ValueError:

@@ -26,7 +26,9 @@ async def ensure_default_account(db: AsyncSession) -> None:
         await db.commit()
 
 
-async def add_key(db: AsyncSession, account_id: str, name: str, secret: str, *, is_admin: bool = False) -> ApiKey:
+async def add_key(
+    db: AsyncSession, account_id: str, name: str, secret: str, *, is_admin: bool = False
+) -> ApiKey:
     key = ApiKey(
         id=new_id("key"),
         account_id=account_id,
@@ -40,7 +42,9 @@ async def add_key(db: AsyncSession, account_id: str, name: str, secret: str, *, 
     return key
 
 
-async def find_key(db: AsyncSession, secret: str, *, include_revoked: bool = False) -> ApiKey | None:
+async def find_key(
+    db: AsyncSession, secret: str, *, include_revoked: bool = False
+) -> ApiKey | None:
     """The live key whose hash matches `secret`, compared in constant time."""
     digest = hash_key(secret)
     key = await db.scalar(select(ApiKey).where(ApiKey.key_hash == digest))
@@ -52,7 +56,12 @@ async def find_key(db: AsyncSession, secret: str, *, include_revoked: bool = Fal
 
 
 async def has_admin_key(db: AsyncSession) -> bool:
-    return await db.scalar(select(ApiKey.id).where(ApiKey.is_admin, ApiKey.revoked_at.is_(None)).limit(1)) is not None
+    return (
+        await db.scalar(
+            select(ApiKey.id).where(ApiKey.is_admin, ApiKey.revoked_at.is_(None)).limit(1)
+        )
+        is not None
+    )
 
 
 async def ensure_bootstrap_key(db: AsyncSession, configured: str | None) -> str | None:
@@ -62,7 +71,13 @@ async def ensure_bootstrap_key(db: AsyncSession, configured: str | None) -> str 
         await ensure_default_account(db)
         if configured:
             if await find_key(db, configured, include_revoked=True) is None:
-                await add_key(db, DEFAULT_ACCOUNT_ID, "bootstrap (SWITCHBOARD_API_KEY)", configured, is_admin=True)
+                await add_key(
+                    db,
+                    DEFAULT_ACCOUNT_ID,
+                    "bootstrap (SWITCHBOARD_API_KEY)",
+                    configured,
+                    is_admin=True,
+                )
             return None
         if await has_admin_key(db):
             return None
@@ -100,7 +115,10 @@ async def create_account(
     db: AsyncSession, name: str, max_concurrent_calls: int | None, recording_quota_bytes: int | None
 ) -> Account:
     account = Account(
-        id=new_id("acc"), name=name, max_concurrent_calls=max_concurrent_calls, recording_quota_bytes=recording_quota_bytes
+        id=new_id("acc"),
+        name=name,
+        max_concurrent_calls=max_concurrent_calls,
+        recording_quota_bytes=recording_quota_bytes,
     )
     db.add(account)
     await db.commit()
@@ -109,16 +127,22 @@ async def create_account(
 
 async def list_accounts(db: AsyncSession, *, limit: int, offset: int) -> tuple[list[Account], int]:
     total = await db.scalar(select(func.count()).select_from(Account))
-    rows = await db.scalars(select(Account).order_by(Account.created_at, Account.id).limit(limit).offset(offset))
+    rows = await db.scalars(
+        select(Account).order_by(Account.created_at, Account.id).limit(limit).offset(offset)
+    )
     return list(rows), total or 0
 
 
-async def list_keys(db: AsyncSession, account_id: str | None, *, limit: int, offset: int) -> tuple[list[ApiKey], int]:
+async def list_keys(
+    db: AsyncSession, account_id: str | None, *, limit: int, offset: int
+) -> tuple[list[ApiKey], int]:
     query = select(ApiKey)
     if account_id:
         query = query.where(ApiKey.account_id == account_id)
     total = await db.scalar(select(func.count()).select_from(query.subquery()))
-    rows = await db.scalars(query.order_by(ApiKey.created_at, ApiKey.id).limit(limit).offset(offset))
+    rows = await db.scalars(
+        query.order_by(ApiKey.created_at, ApiKey.id).limit(limit).offset(offset)
+    )
     return list(rows), total or 0
 
 

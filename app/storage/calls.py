@@ -29,19 +29,27 @@ async def call_agent(db: AsyncSession, session: Session) -> Agent | None:
 
 async def suspend(db: AsyncSession, session_id: str, deadline: datetime) -> None:
     """The client dropped: the session waits, still active, for a reconnect until `deadline`."""
-    await db.execute(update(Session).where(Session.id == session_id).values(resume_deadline=deadline))
+    await db.execute(
+        update(Session).where(Session.id == session_id).values(resume_deadline=deadline)
+    )
     await db.commit()
 
 
 def can_resume(session: Session) -> bool:
-    return session.status == "active" and session.resume_deadline is not None and session.resume_deadline > utcnow()
+    return (
+        session.status == "active"
+        and session.resume_deadline is not None
+        and session.resume_deadline > utcnow()
+    )
 
 
 async def resume(db: AsyncSession, session: Session, host: str | None) -> bool:
     """Take a waiting session for a reconnecting client; False if it can't be (anymore)."""
     result = await db.execute(
         update(Session)
-        .where(Session.id == session.id, Session.status == "active", Session.resume_deadline > utcnow())
+        .where(
+            Session.id == session.id, Session.status == "active", Session.resume_deadline > utcnow()
+        )
         .values(resume_deadline=None, host=host)
     )
     await db.commit()
@@ -53,13 +61,19 @@ async def fail_unresumed(db: AsyncSession, session_id: str) -> bool:
     """Nobody reconnected in time: the session ends `failed` / `disconnected`. False if it was resumed."""
     result = await db.execute(
         update(Session)
-        .where(Session.id == session_id, Session.status == "active", Session.resume_deadline.is_not(None))
+        .where(
+            Session.id == session_id,
+            Session.status == "active",
+            Session.resume_deadline.is_not(None),
+        )
         .values(resume_deadline=None)
     )
     await db.commit()
     if result.rowcount != 1:
         return False
-    await session_store.finish(db, session_id, status="failed", end_reason="disconnected", error=None)
+    await session_store.finish(
+        db, session_id, status="failed", end_reason="disconnected", error=None
+    )
     return True
 
 

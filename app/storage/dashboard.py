@@ -14,7 +14,9 @@ from app.storage.models import Agent, ApiKey, DashboardSession
 async def agent_names(db: AsyncSession, account_id: str) -> dict[str, str]:
     """Every agent's name by id, deleted ones included (their calls stay in the logs)."""
     rows = await db.execute(
-        select(Agent.id, Agent.name, Agent.status).where(Agent.account_id == account_id).order_by(Agent.name, Agent.id)
+        select(Agent.id, Agent.name, Agent.status)
+        .where(Agent.account_id == account_id)
+        .order_by(Agent.name, Agent.id)
     )
     return {id_: f"{name} (deleted)" if status == "deleted" else name for id_, name, status in rows}
 
@@ -25,10 +27,15 @@ async def start_login(db: AsyncSession, key_id: str, account_id: str, ttl_secs: 
     now = utcnow()
     await db.execute(delete(DashboardSession).where(DashboardSession.expires_at <= now))
     session_id = secrets.token_urlsafe(32)
-    db.add(DashboardSession(
-        id_hash=hash_key(session_id), account_id=account_id, key_id=key_id,
-        created_at=now, expires_at=now + timedelta(seconds=ttl_secs),
-    ))
+    db.add(
+        DashboardSession(
+            id_hash=hash_key(session_id),
+            account_id=account_id,
+            key_id=key_id,
+            created_at=now,
+            expires_at=now + timedelta(seconds=ttl_secs),
+        )
+    )
     await db.commit()
     return session_id
 
@@ -43,5 +50,7 @@ async def login_key(db: AsyncSession, session_id: str) -> ApiKey | None:
 
 
 async def end_login(db: AsyncSession, session_id: str) -> None:
-    await db.execute(delete(DashboardSession).where(DashboardSession.id_hash == hash_key(session_id)))
+    await db.execute(
+        delete(DashboardSession).where(DashboardSession.id_hash == hash_key(session_id))
+    )
     await db.commit()

@@ -28,5 +28,7 @@ async def save(db: AsyncSession, session_id: str, record: dict) -> None:
 
 
 async def load(db: AsyncSession, session_ids: list[str]) -> dict[str, dict]:
-    rows = await db.scalars(select(SessionLatency).where(SessionLatency.session_id.in_(session_ids)))
+    rows = await db.scalars(
+        select(SessionLatency).where(SessionLatency.session_id.in_(session_ids))
+    )
     return {row.session_id: row.record for row in rows}

@@ -1,10 +1,19 @@
 """SQLAlchemy tables. Every resource belongs to an account."""
 
-from datetime import datetime
+from datetime import UTC, datetime
 
-from datetime import UTC
-
-from sqlalchemy import JSON, BigInteger, Boolean, DateTime, Float, ForeignKey, Index, Integer, String, Text
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
 
@@ -122,7 +131,9 @@ class Session(Base):
     """One call between a caller and an agent."""
 
     __tablename__ = "sessions"
-    __table_args__ = (Index("ix_sessions_recording_expiry", "recording_status", "recording_stored_at"),)
+    __table_args__ = (
+        Index("ix_sessions_recording_expiry", "recording_status", "recording_stored_at"),
+    )
 
     id: Mapped[str] = mapped_column(String(40), primary_key=True)
     account_id: Mapped[str] = mapped_column(ForeignKey("accounts.id"), index=True)

@@ -11,14 +11,26 @@ from app.storage.ids import utcnow
 from app.storage.models import Node, Session
 
 
-async def renew(db: AsyncSession, node_id: str, started_at: datetime, *, live_calls: int, load: float) -> None:
+async def renew(
+    db: AsyncSession, node_id: str, started_at: datetime, *, live_calls: int, load: float
+) -> None:
     """Register the node, or renew its lease (registering it again if a peer reaped it)."""
     now = utcnow()
     result = await db.execute(
-        update(Node).where(Node.id == node_id).values(heartbeat_at=now, live_calls=live_calls, load=load)
+        update(Node)
+        .where(Node.id == node_id)
+        .values(heartbeat_at=now, live_calls=live_calls, load=load)
     )
     if result.rowcount == 0:
-        db.add(Node(id=node_id, started_at=started_at, heartbeat_at=now, live_calls=live_calls, load=load))
+        db.add(
+            Node(
+                id=node_id,
+                started_at=started_at,
+                heartbeat_at=now,
+                live_calls=live_calls,
+                load=load,
+            )
+        )
     await db.commit()
 
 
@@ -37,9 +49,9 @@ async def fail_lost_calls(
     now = utcnow()
     live_nodes = select(Node.id).where(Node.heartbeat_at >= now - timedelta(seconds=lease_secs))
     lost = await db.execute(
-        select(Session.id, Session.started_at).where(
-            Session.status == "active", Session.host.is_(None) | Session.host.not_in(live_nodes)
-        ).order_by(Session.id)
+        select(Session.id, Session.started_at)
+        .where(Session.status == "active", Session.host.is_(None) | Session.host.not_in(live_nodes))
+        .order_by(Session.id)
     )
     ended = []
     for session_id, started_at in lost.all():
@@ -47,14 +59,19 @@ async def fail_lost_calls(
             update(Session)
             .where(Session.id == session_id, Session.status == "active")
             .values(
-                status="failed", end_reason="node_lost", ended_at=now, resume_deadline=None,
+                status="failed",
+                end_reason="node_lost",
+                ended_at=now,
+                resume_deadline=None,
                 duration_secs=round((now - started_at).total_seconds(), 3) if started_at else None,
             )
         )
         if result.rowcount == 1:
             await on_ended(db, session_id)
             ended.append(session_id)
-        await db.commit()  # one call at a time: reapers running at once never wait on each other's locks
+        await (
+            db.commit()
+        )  # one call at a time: reapers running at once never wait on each other's locks
     await db.execute(delete(Node).where(Node.heartbeat_at < now - timedelta(seconds=lease_secs)))
     await db.commit()
     return ended

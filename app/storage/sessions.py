@@ -25,11 +25,19 @@ async def expire_stale(db: AsyncSession) -> None:
 
 async def get_session(db: AsyncSession, account_id: str, session_id: str) -> Session | None:
     await expire_stale(db)
-    return await db.scalar(select(Session).where(Session.id == session_id, Session.account_id == account_id))
+    return await db.scalar(
+        select(Session).where(Session.id == session_id, Session.account_id == account_id)
+    )
 
 
 async def list_sessions(
-    db: AsyncSession, account_id: str, *, agent_id: str | None, status: str | None, limit: int, offset: int
+    db: AsyncSession,
+    account_id: str,
+    *,
+    agent_id: str | None,
+    status: str | None,
+    limit: int,
+    offset: int,
 ) -> tuple[list[Session], int]:
     await expire_stale(db)
     query = select(Session).where(Session.account_id == account_id)
@@ -38,7 +46,9 @@ async def list_sessions(
     if status:
         query = query.where(Session.status == status)
     total = await db.scalar(select(func.count()).select_from(query.subquery()))
-    rows = await db.scalars(query.order_by(Session.created_at.desc(), Session.id).limit(limit).offset(offset))
+    rows = await db.scalars(
+        query.order_by(Session.created_at.desc(), Session.id).limit(limit).offset(offset)
+    )
     return list(rows), total or 0
 
 
@@ -46,7 +56,9 @@ async def lock_account(db: AsyncSession, account_id: str) -> int | None:
     """Take the account's row lock until this transaction ends, so admissions to it queue up
     (a row lock on PostgreSQL, the database's write lock on SQLite); the account's own call cap."""
     await db.execute(
-        update(Account).where(Account.id == account_id).values(max_concurrent_calls=Account.max_concurrent_calls)
+        update(Account)
+        .where(Account.id == account_id)
+        .values(max_concurrent_calls=Account.max_concurrent_calls)
     )
     return await db.scalar(select(Account.max_concurrent_calls).where(Account.id == account_id))
 
@@ -54,11 +66,15 @@ async def lock_account(db: AsyncSession, account_id: str) -> int | None:
 async def count_live(db: AsyncSession, account_id: str, *, besides: str | None = None) -> int:
     """The account's calls that hold a place under its cap: live ones, and carrier calls still
     ringing (created, not yet answered or expired)."""
-    ringing = (Session.status == "created") & Session.connection_type.in_(CARRIER_CONNECTIONS) & (
-        Session.expires_at > utcnow()
+    ringing = (
+        (Session.status == "created")
+        & Session.connection_type.in_(CARRIER_CONNECTIONS)
+        & (Session.expires_at > utcnow())
     )
-    query = select(func.count()).select_from(Session).where(
-        Session.account_id == account_id, (Session.status == "active") | ringing
+    query = (
+        select(func.count())
+        .select_from(Session)
+        .where(Session.account_id == account_id, (Session.status == "active") | ringing)
     )
     if besides:
         query = query.where(Session.id != besides)
@@ -83,14 +99,18 @@ async def claim(db: AsyncSession, session: Session, node_id: str) -> bool:
 async def move_to(db: AsyncSession, session: Session, node_id: str) -> bool:
     """An `active` session's call now runs on node `node_id`; False if it is no longer active."""
     result = await db.execute(
-        update(Session).where(Session.id == session.id, Session.status == "active").values(host=node_id)
+        update(Session)
+        .where(Session.id == session.id, Session.status == "active")
+        .values(host=node_id)
     )
     await db.commit()
     session.host = node_id
     return result.rowcount == 1
 
 
-async def finish(db: AsyncSession, session_id: str, *, status: str, end_reason: str, error: str | None) -> None:
+async def finish(
+    db: AsyncSession, session_id: str, *, status: str, end_reason: str, error: str | None
+) -> None:
     session = await db.get(Session, session_id)
     ended = utcnow()
     session.status = status
@@ -103,11 +123,21 @@ async def finish(db: AsyncSession, session_id: str, *, status: str, end_reason: 
 
 
 async def add_transcript_entry(
-    db: AsyncSession, session_id: str, *, speaker: str, content: str, timestamp: datetime, interrupted: bool = False
+    db: AsyncSession,
+    session_id: str,
+    *,
+    speaker: str,
+    content: str,
+    timestamp: datetime,
+    interrupted: bool = False,
 ) -> None:
     db.add(
         TranscriptEntry(
-            session_id=session_id, speaker=speaker, content=content, timestamp=timestamp, interrupted=interrupted
+            session_id=session_id,
+            speaker=speaker,
+            content=content,
+            timestamp=timestamp,
+            interrupted=interrupted,
         )
     )
     await db.commit()
@@ -115,7 +145,9 @@ async def add_transcript_entry(
 
 async def transcript(db: AsyncSession, session_id: str) -> list[TranscriptEntry]:
     rows = await db.scalars(
-        select(TranscriptEntry).where(TranscriptEntry.session_id == session_id).order_by(TranscriptEntry.id)
+        select(TranscriptEntry)
+        .where(TranscriptEntry.session_id == session_id)
+        .order_by(TranscriptEntry.id)
     )
     return list(rows)
 

@@ -12,10 +12,14 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.storage.models import Agent, AgentInstance, PhoneCall, PhoneNumber, UsedRelayToken
 
 
-async def get_instance(db: AsyncSession, account_id: str, agent_id: str, instance_id: str) -> AgentInstance | None:
+async def get_instance(
+    db: AsyncSession, account_id: str, agent_id: str, instance_id: str
+) -> AgentInstance | None:
     return await db.scalar(
         select(AgentInstance).where(
-            AgentInstance.id == instance_id, AgentInstance.agent_id == agent_id, AgentInstance.account_id == account_id
+            AgentInstance.id == instance_id,
+            AgentInstance.agent_id == agent_id,
+            AgentInstance.account_id == account_id,
         )
     )
 
@@ -48,7 +52,9 @@ async def _check_free(db: AsyncSession, agent: Agent, numbers: list[str]) -> dic
     for number in numbers:
         held = holders.get(number)
         if held is not None and held.agent_id != agent.id:
-            raise NumberTaken(number, held.agent_id if held.account_id == agent.account_id else None)
+            raise NumberTaken(
+                number, held.agent_id if held.account_id == agent.account_id else None
+            )
     return holders
 
 
@@ -58,10 +64,15 @@ async def assign_numbers(db: AsyncSession, agent: Agent, numbers: list[str]) -> 
     primary key on the number decides between concurrent claims, and the loser's
     transaction is rolled back."""
     held = await _check_free(db, agent, numbers)
-    await db.execute(delete(PhoneNumber).where(PhoneNumber.agent_id == agent.id, PhoneNumber.number.not_in(numbers)))
+    await db.execute(
+        delete(PhoneNumber).where(
+            PhoneNumber.agent_id == agent.id, PhoneNumber.number.not_in(numbers)
+        )
+    )
     db.add_all(
         PhoneNumber(number=number, account_id=agent.account_id, agent_id=agent.id)
-        for number in numbers if number not in held
+        for number in numbers
+        if number not in held
     )
     agent.phone_numbers = numbers
     try:
@@ -78,15 +89,21 @@ async def release_numbers(db: AsyncSession, agent_id: str) -> None:
 
 
 async def account_holds_number(db: AsyncSession, account_id: str, number: str) -> bool:
-    return await db.scalar(
-        select(PhoneNumber.number).where(PhoneNumber.number == number, PhoneNumber.account_id == account_id)
-    ) is not None
+    return (
+        await db.scalar(
+            select(PhoneNumber.number).where(
+                PhoneNumber.number == number, PhoneNumber.account_id == account_id
+            )
+        )
+        is not None
+    )
 
 
 async def agent_for_number(db: AsyncSession, number: str) -> Agent | None:
     """The active agent a dialled number (E.164) reaches: the one that holds it."""
     return await db.scalar(
-        select(Agent).join(PhoneNumber, PhoneNumber.agent_id == Agent.id)
+        select(Agent)
+        .join(PhoneNumber, PhoneNumber.agent_id == Agent.id)
         .where(PhoneNumber.number == number, Agent.status == "active")
     )
 
@@ -119,7 +136,9 @@ async def use_relay_token(db: AsyncSession, jti: str, session_id: str) -> bool:
     return True
 
 
-async def stream_started(db: AsyncSession, session_id: str, carrier: str, call_sid: str | None) -> None:
+async def stream_started(
+    db: AsyncSession, session_id: str, carrier: str, call_sid: str | None
+) -> None:
     """The carrier's stream joined: the call is in progress (and now we know its call id)."""
     call = await call_for_session(db, session_id)
     if call is None:

@@ -8,12 +8,26 @@ from app.storage.models import WebhookDelivery
 
 
 def add_delivery(
-    db: AsyncSession, *, account_id: str, agent_id: str, session_id: str | None, event: str, url: str, payload: dict
+    db: AsyncSession,
+    *,
+    account_id: str,
+    agent_id: str,
+    session_id: str | None,
+    event: str,
+    url: str,
+    payload: dict,
 ) -> str:
     """Add a pending delivery to `db`'s transaction; returns its id (the event's id)."""
     delivery = WebhookDelivery(
-        id=new_id("whd"), account_id=account_id, agent_id=agent_id, session_id=session_id,
-        event=event, url=url, payload=payload, status="pending", attempts=0,
+        id=new_id("whd"),
+        account_id=account_id,
+        agent_id=agent_id,
+        session_id=session_id,
+        event=event,
+        url=url,
+        payload=payload,
+        status="pending",
+        attempts=0,
     )
     db.add(delivery)
     return delivery.id
@@ -39,6 +53,8 @@ async def list_deliveries(
     )
     total = await db.scalar(select(func.count()).select_from(query.subquery()))
     rows = await db.scalars(
-        query.order_by(WebhookDelivery.created_at.desc(), WebhookDelivery.id).limit(limit).offset(offset)
+        query.order_by(WebhookDelivery.created_at.desc(), WebhookDelivery.id)
+        .limit(limit)
+        .offset(offset)
     )
     return list(rows), total or 0

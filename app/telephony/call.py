@@ -22,7 +22,11 @@ class PhoneCallSession(CallSession):
         self._keypad = KeypadToText()
         self._marks = marks
         super().__init__(
-            state, session_protocol=False, extra_input=[self._keypad], extra_output=[marks] if marks else None, **kwargs
+            state,
+            session_protocol=False,
+            extra_input=[self._keypad],
+            extra_output=[marks] if marks else None,
+            **kwargs,
         )
 
     def _wire_events(self, transport) -> None:
@@ -38,14 +42,18 @@ class PhoneCallSession(CallSession):
         @self._marks.event_handler("on_agent_heard")
         async def on_agent_heard(_processor, name, heard_at):
             how = f"{name} played" if name else "cut off by the caller"
-            logger.debug(f"session {self.session_id}: agent finished speaking ({how} at {heard_at:%H:%M:%S.%f})")
+            logger.debug(
+                f"session {self.session_id}: agent finished speaking ({how} at {heard_at:%H:%M:%S.%f})"
+            )
 
         @self._marks.event_handler("on_stream_stopped")
         async def on_stream_stopped(_processor):
             logger.info(f"session {self.session_id}: the carrier stopped the stream")
             await self._worker.cancel(reason="caller_hangup")
 
-    async def _record(self, speaker: str, content: str, timestamp: str, interrupted: bool = False) -> None:
+    async def _record(
+        self, speaker: str, content: str, timestamp: str, interrupted: bool = False
+    ) -> None:
         if speaker == "AGENT" and self._marks is not None:
             heard_at = await self._marks.wait_heard(MARK_ECHO_TIMEOUT_SECS)
             if heard_at is not None:

@@ -26,7 +26,9 @@ def e164(value: str) -> str:
     except phonenumbers.NumberParseException:
         number = None
     if number is None or not value.startswith("+") or not phonenumbers.is_possible_number(number):
-        raise PydanticCustomError("phone_number", "must be a phone number in E.164 form, like +14155550123")
+        raise PydanticCustomError(
+            "phone_number", "must be a phone number in E.164 form, like +14155550123"
+        )
     return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
 
 
@@ -35,16 +37,26 @@ def dial_refusal(settings: Settings, target: str, *, sip: bool = False) -> str |
     if SIP_URI.match(target):
         if sip and settings.allow_sip_transfer:
             return None
-        return "SIP URIs are not allowed on this server" if sip else "must be a phone number, not a SIP URI"
+        return (
+            "SIP URIs are not allowed on this server"
+            if sip
+            else "must be a phone number, not a SIP URI"
+        )
     try:
         number = phonenumbers.parse(target, None)
     except phonenumbers.NumberParseException:
         return "must be a phone number in E.164 form, like +14155550123"
-    region = phonenumbers.region_code_for_number(number) if phonenumbers.is_valid_number(number) else None
+    region = (
+        phonenumbers.region_code_for_number(number)
+        if phonenumbers.is_valid_number(number)
+        else None
+    )
     if region is None:
         return f"{target} is not a valid phone number"
     if region not in settings.dial_countries:
-        return f"{target} is in {region}; this server dials only {', '.join(settings.dial_countries)}"
+        return (
+            f"{target} is in {region}; this server dials only {', '.join(settings.dial_countries)}"
+        )
     if phonenumbers.number_type(number) == phonenumbers.PhoneNumberType.PREMIUM_RATE:
         return f"{target} is a premium-rate number"
     return None
@@ -58,16 +70,26 @@ def _dialable(value: str, sip: bool = False) -> str:
 
 
 PhoneNumber = Annotated[
-    str, Field(min_length=2, max_length=32, description="E.164, like +14155550123"), AfterValidator(e164)
+    str,
+    Field(min_length=2, max_length=32, description="E.164, like +14155550123"),
+    AfterValidator(e164),
 ]
 DialNumber = Annotated[
     str,
-    Field(min_length=2, max_length=32, description="E.164 number in one of the server's dial countries"),
+    Field(
+        min_length=2,
+        max_length=32,
+        description="E.164 number in one of the server's dial countries",
+    ),
     AfterValidator(_dialable),
 ]
 TransferTarget = Annotated[
     str,
-    Field(min_length=2, max_length=200, description="E.164 number in one of the server's dial countries "
-          "(or a SIP URI where the server allows SIP transfers)"),
+    Field(
+        min_length=2,
+        max_length=200,
+        description="E.164 number in one of the server's dial countries "
+        "(or a SIP URI where the server allows SIP transfers)",
+    ),
     AfterValidator(lambda value: _dialable(value, sip=True)),
 ]

@@ -12,7 +12,12 @@ from app.storage.ids import new_id
 from app.storage.models import Agent, PhoneCall, Session
 from app.telephony.variables import check_variables
 
-FAILED_STATUSES = {"busy": "busy", "no-answer": "no_answer", "failed": "call_failed", "canceled": "canceled"}
+FAILED_STATUSES = {
+    "busy": "busy",
+    "no-answer": "no_answer",
+    "failed": "call_failed",
+    "canceled": "canceled",
+}
 """Twilio call statuses that end a session as `failed`, and the end reason each gives."""
 
 
@@ -73,12 +78,22 @@ async def apply_status(state: AppState, db: AsyncSession, call: PhoneCall, statu
         try:
             await admission.claim_under_cap(state, db, session)
         except APIError as exc:
-            await session_store.finish(db, session.id, status="failed", end_reason=exc.body.code, error=exc.body.message)
+            await session_store.finish(
+                db, session.id, status="failed", end_reason=exc.body.code, error=exc.body.message
+            )
     elif session.status in session_store.ACTIVE_STATUSES and not running:
         if status == "completed":
-            await session_store.finish(db, session.id, status="completed", end_reason="completed", error=None)
+            await session_store.finish(
+                db, session.id, status="completed", end_reason="completed", error=None
+            )
         elif status in FAILED_STATUSES:
             await session_store.finish(
-                db, session.id, status="failed", end_reason=FAILED_STATUSES[status], error=f"the call ended {status}"
+                db,
+                session.id,
+                status="failed",
+                end_reason=FAILED_STATUSES[status],
+                error=f"the call ended {status}",
             )
-    logger.info(f"call {call.id} ({call.call_sid}): {status}; session {session.id} is {session.status}")
+    logger.info(
+        f"call {call.id} ({call.call_sid}): {status}; session {session.id} is {session.status}"
+    )

@@ -50,7 +50,11 @@ async def open_relay(state: AppState, token: str | None) -> tuple[Session, Agent
             raise Refusal(4404, "session_not_found", f"session '{claims['sid']}' not found")
         # `active` is fine if Twilio's in-progress callback got there first: the token is single-use.
         if session.status not in session_store.ACTIVE_STATUSES or state.calls.get(session.id):
-            raise Refusal(4409, f"session_{session.status}", f"session '{session.id}' is {session.status} and cannot be joined")
+            raise Refusal(
+                4409,
+                f"session_{session.status}",
+                f"session '{session.id}' is {session.status} and cannot be joined",
+            )
         agent = await call_store.call_agent(db, session)  # stored, or an inline call's own
         if agent is None or agent.status != "active":
             status = agent.status if agent else "deleted"
@@ -59,7 +63,9 @@ async def open_relay(state: AppState, token: str | None) -> tuple[Session, Agent
         if claims.get("inst"):
             instance = await store.get_instance(db, session.account_id, agent.id, claims["inst"])
             if instance is None:
-                raise Refusal(4404, "instance_not_found", f"agent instance '{claims['inst']}' not found")
+                raise Refusal(
+                    4404, "instance_not_found", f"agent instance '{claims['inst']}' not found"
+                )
             variables = instance.variables
         try:
             agent = personalized(agent, variables)
@@ -68,7 +74,9 @@ async def open_relay(state: AppState, token: str | None) -> tuple[Session, Agent
             else:  # answered on some node before its stream started here
                 joined = await session_store.move_to(db, session, state.node.id)
         except APIError as exc:
-            await session_store.finish(db, session.id, status="failed", end_reason=exc.body.code, error=exc.body.message)
+            await session_store.finish(
+                db, session.id, status="failed", end_reason=exc.body.code, error=exc.body.message
+            )
             raise refusal_for(exc) from None
         if not joined:
             raise Refusal(4409, "session_active", f"session '{session.id}' already has a stream")

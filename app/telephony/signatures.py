@@ -30,8 +30,17 @@ from app.settings import Settings
 
 TELNYX_TIMESTAMP_TOLERANCE_SECS = 300
 INSECURE_SETTING = "SWITCHBOARD_INSECURE_UNSIGNED_CARRIER_WEBHOOKS"
-CREDENTIALS = {"twilio": "TWILIO_AUTH_TOKEN", "telnyx": "TELNYX_PUBLIC_KEY", "plivo": "PLIVO_AUTH_TOKEN"}
-SIGNED_RESPONSES = {403: {"model": ErrorBody, "description": "Missing or invalid carrier signature, or none configured"}}
+CREDENTIALS = {
+    "twilio": "TWILIO_AUTH_TOKEN",
+    "telnyx": "TELNYX_PUBLIC_KEY",
+    "plivo": "PLIVO_AUTH_TOKEN",
+}
+SIGNED_RESPONSES = {
+    403: {
+        "model": ErrorBody,
+        "description": "Missing or invalid carrier signature, or none configured",
+    }
+}
 
 
 def webhook_url(settings: Settings, request: Request) -> str:
@@ -56,11 +65,16 @@ def _configured(settings: Settings, carrier: str, credential: str | None, reques
     if credential:
         return True
     if settings.insecure_unsigned_carrier_webhooks:
-        logger.warning(f"accepting an unsigned {carrier.capitalize()} webhook {request.url.path} ({INSECURE_SETTING} is on)")
+        logger.warning(
+            f"accepting an unsigned {carrier.capitalize()} webhook {request.url.path} ({INSECURE_SETTING} is on)"
+        )
         return False
-    logger.warning(f"refused {carrier.capitalize()} webhook {request.url.path}: {CREDENTIALS[carrier]} is not set")
+    logger.warning(
+        f"refused {carrier.capitalize()} webhook {request.url.path}: {CREDENTIALS[carrier]} is not set"
+    )
     raise APIError(
-        403, "webhook_signing_not_configured",
+        403,
+        "webhook_signing_not_configured",
         f"{carrier.capitalize()} webhooks are refused until the server can check their signatures: set {CREDENTIALS[carrier]} "
         f"(or, for local development only, {INSECURE_SETTING}=true)",
         {"carrier": carrier, "setting": CREDENTIALS[carrier]},
@@ -78,8 +92,12 @@ def check_twilio(settings: Settings, request: Request, form: dict[str, str]) -> 
         return
     signature = request.headers.get("x-twilio-signature")
     url = webhook_url(settings, request)
-    if not signature or not RequestValidator(settings.twilio_auth_token).validate(url, form, signature):
-        raise _refuse("twilio", request, "X-Twilio-Signature", "missing" if not signature else "invalid")
+    if not signature or not RequestValidator(settings.twilio_auth_token).validate(
+        url, form, signature
+    ):
+        raise _refuse(
+            "twilio", request, "X-Twilio-Signature", "missing" if not signature else "invalid"
+        )
 
 
 def check_telnyx(settings: Settings, request: Request, body: bytes) -> None:
@@ -87,10 +105,16 @@ def check_telnyx(settings: Settings, request: Request, body: bytes) -> None:
     the timestamp being recent."""
     if not _configured(settings, "telnyx", settings.telnyx_public_key, request):
         return
-    signature, timestamp = request.headers.get("telnyx-signature-ed25519"), request.headers.get("telnyx-timestamp")
+    signature, timestamp = (
+        request.headers.get("telnyx-signature-ed25519"),
+        request.headers.get("telnyx-timestamp"),
+    )
     if not signature or not timestamp:
         raise _refuse("telnyx", request, "telnyx-signature-ed25519 / telnyx-timestamp", "missing")
-    if not timestamp.isdigit() or abs(time.time() - int(timestamp)) > TELNYX_TIMESTAMP_TOLERANCE_SECS:
+    if (
+        not timestamp.isdigit()
+        or abs(time.time() - int(timestamp)) > TELNYX_TIMESTAMP_TOLERANCE_SECS
+    ):
         raise _refuse("telnyx", request, "telnyx-timestamp", "stale or invalid")
     try:
         key = Ed25519PublicKey.from_public_bytes(base64.b64decode(settings.telnyx_public_key))
@@ -104,7 +128,9 @@ def plivo_signature(auth_token: str, url: str, form: dict[str, list[str]], nonce
     parts = urlsplit(url)
     query = parse_qs(parts.query, keep_blank_values=True)
     signed = urlunsplit((parts.scheme, parts.netloc, parts.path, "", ""))
-    sorted_query = "&".join(f"{key}={value}" for key in sorted(query) for value in sorted(query[key]))
+    sorted_query = "&".join(
+        f"{key}={value}" for key in sorted(query) for value in sorted(query[key])
+    )
     if sorted_query or form:
         signed += f"?{sorted_query}"
     if sorted_query and form:
@@ -112,16 +138,28 @@ def plivo_signature(auth_token: str, url: str, form: dict[str, list[str]], nonce
     signed += "".join(f"{key}{value}" for key in sorted(form) for value in sorted(form[key]))
     # The SDK reads the UTF-8 bytes back one character per byte before signing them.
     message = f"{signed.encode().decode('latin-1')}.{nonce.encode().decode('latin-1')}".encode()
-    return base64.b64encode(hmac.new(auth_token.encode(), message, hashlib.sha256).digest()).decode()
+    return base64.b64encode(
+        hmac.new(auth_token.encode(), message, hashlib.sha256).digest()
+    ).decode()
 
 
 def check_plivo(settings: Settings, request: Request, form: dict[str, list[str]]) -> None:
     """403 unless one of `X-Plivo-Signature-V3`'s signatures signs this request with its nonce."""
     if not _configured(settings, "plivo", settings.plivo_auth_token, request):
         return
-    signatures, nonce = request.headers.get("x-plivo-signature-v3"), request.headers.get("x-plivo-signature-v3-nonce")
+    signatures, nonce = (
+        request.headers.get("x-plivo-signature-v3"),
+        request.headers.get("x-plivo-signature-v3-nonce"),
+    )
     if not signatures or not nonce:
-        raise _refuse("plivo", request, "X-Plivo-Signature-V3 / X-Plivo-Signature-V3-Nonce", "missing")
-    expected = plivo_signature(settings.plivo_auth_token, webhook_url(settings, request), form, nonce)
-    if not any(hmac.compare_digest(expected.encode(), given.strip().encode()) for given in signatures.split(",")):
+        raise _refuse(
+            "plivo", request, "X-Plivo-Signature-V3 / X-Plivo-Signature-V3-Nonce", "missing"
+        )
+    expected = plivo_signature(
+        settings.plivo_auth_token, webhook_url(settings, request), form, nonce
+    )
+    if not any(
+        hmac.compare_digest(expected.encode(), given.strip().encode())
+        for given in signatures.split(",")
+    ):
         raise _refuse("plivo", request, "X-Plivo-Signature-V3", "invalid")

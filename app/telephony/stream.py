@@ -74,22 +74,36 @@ def _telnyx_start(message: dict, websocket: WebSocket) -> StreamStart | None:
     start = message.get("start") or {}
     encoding = ((start.get("media_format") or {}).get("encoding") or "PCMU").upper()
     if encoding not in ("PCMU", "PCMA"):
-        raise Refusal(4400, "unsupported_encoding", f"media encoding {encoding} is not supported (PCMU or PCMA)")
-    token = (start.get("custom_parameters") or {}).get("token") or websocket.query_params.get("token")
-    return StreamStart(message.get("stream_id") or "", start.get("call_control_id"), token, encoding)
+        raise Refusal(
+            4400,
+            "unsupported_encoding",
+            f"media encoding {encoding} is not supported (PCMU or PCMA)",
+        )
+    token = (start.get("custom_parameters") or {}).get("token") or websocket.query_params.get(
+        "token"
+    )
+    return StreamStart(
+        message.get("stream_id") or "", start.get("call_control_id"), token, encoding
+    )
 
 
 def _plivo_start(message: dict, websocket: WebSocket) -> StreamStart | None:
     if message.get("event") != "start":
         return None
     start = message.get("start") or {}
-    return StreamStart(start.get("streamId") or "", start.get("callId"), websocket.query_params.get("token"))
+    return StreamStart(
+        start.get("streamId") or "", start.get("callId"), websocket.query_params.get("token")
+    )
 
 
 def _telnyx_serializer(settings: Settings, start: StreamStart) -> FrameSerializer:
     hang_up = bool(settings.telnyx_api_key and start.call_id)
     return TelnyxFrameSerializer(
-        start.stream_id, start.encoding, start.encoding, start.call_id, settings.telnyx_api_key,
+        start.stream_id,
+        start.encoding,
+        start.encoding,
+        start.call_id,
+        settings.telnyx_api_key,
         params=TelnyxFrameSerializer.InputParams(auto_hang_up=hang_up),
     )
 
@@ -97,7 +111,10 @@ def _telnyx_serializer(settings: Settings, start: StreamStart) -> FrameSerialize
 def _plivo_serializer(settings: Settings, start: StreamStart) -> FrameSerializer:
     hang_up = bool(settings.plivo_auth_id and settings.plivo_auth_token and start.call_id)
     return PlivoFrameSerializer(
-        start.stream_id, start.call_id, settings.plivo_auth_id, settings.plivo_auth_token,
+        start.stream_id,
+        start.call_id,
+        settings.plivo_auth_id,
+        settings.plivo_auth_token,
         params=PlivoFrameSerializer.InputParams(auto_hang_up=hang_up),
     )
 
@@ -117,7 +134,10 @@ def with_prompt_caller_audio(serializer: FrameSerializer) -> FrameSerializer:
 
 CARRIERS = {
     "twilio": Carrier(
-        "twilio", _twilio_start, lambda settings, s: twilio.stream_serializer(settings, s.stream_id, s.call_id), True
+        "twilio",
+        _twilio_start,
+        lambda settings, s: twilio.stream_serializer(settings, s.stream_id, s.call_id),
+        True,
     ),
     "telnyx": Carrier("telnyx", _telnyx_start, _telnyx_serializer),
     "plivo": Carrier("plivo", _plivo_start, _plivo_serializer),
@@ -130,7 +150,9 @@ async def _read_start(websocket: WebSocket, carrier: Carrier) -> StreamStart | N
         try:
             message = await asyncio.wait_for(websocket.receive(), START_TIMEOUT_SECS)
         except TimeoutError:
-            raise Refusal(4400, "no_start", f"no start message within {START_TIMEOUT_SECS:.0f}s") from None
+            raise Refusal(
+                4400, "no_start", f"no start message within {START_TIMEOUT_SECS:.0f}s"
+            ) from None
         if message["type"] == "websocket.disconnect":
             return None
         try:
@@ -145,7 +167,11 @@ async def _read_start(websocket: WebSocket, carrier: Carrier) -> StreamStart | N
             if not start.stream_id or not isinstance(start.stream_id, str):
                 raise Refusal(4400, "invalid_start", "the start message names no stream")
             return start
-    raise Refusal(4400, "no_start", f"expected a start message within the first {MAX_MESSAGES_BEFORE_START} messages")
+    raise Refusal(
+        4400,
+        "no_start",
+        f"expected a start message within the first {MAX_MESSAGES_BEFORE_START} messages",
+    )
 
 
 async def serve_stream(websocket: WebSocket, carrier: Carrier) -> None:
@@ -165,7 +191,9 @@ async def serve_stream(websocket: WebSocket, carrier: Carrier) -> None:
     current_session.set(session.id)
     async with state.db.sessions() as db:
         await store.stream_started(db, session.id, carrier.name, start.call_id)
-    logger.info(f"{carrier.name} stream {start.stream_id} (call {start.call_id}) joined session {session.id}")
+    logger.info(
+        f"{carrier.name} stream {start.stream_id} (call {start.call_id}) joined session {session.id}"
+    )
     marks = TwilioMarks(start.stream_id) if carrier.marks else None
     transport = FastAPIWebsocketTransport(
         websocket,
@@ -175,7 +203,9 @@ async def serve_stream(websocket: WebSocket, carrier: Carrier) -> None:
             add_wav_header=False,
             # 20 ms media frames, as carriers send and expect them.
             audio_out_10ms_chunks=2,
-            serializer=with_real_time_audio(with_prompt_caller_audio(carrier.serializer(state.settings, start))),
+            serializer=with_real_time_audio(
+                with_prompt_caller_audio(carrier.serializer(state.settings, start))
+            ),
         ),
     )
     call = PhoneCallSession(

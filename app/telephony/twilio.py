@@ -49,7 +49,10 @@ def credentials(settings: Settings) -> dict[str, str] | None:
     if not settings.twilio_account_sid:
         return None
     if settings.twilio_api_key_sid and settings.twilio_api_key_secret:
-        return {"api_key_sid": settings.twilio_api_key_sid, "api_key_secret": settings.twilio_api_key_secret}
+        return {
+            "api_key_sid": settings.twilio_api_key_sid,
+            "api_key_secret": settings.twilio_api_key_secret,
+        }
     if settings.twilio_auth_token:
         return {"auth_token": settings.twilio_auth_token}
     return None
@@ -57,9 +60,14 @@ def credentials(settings: Settings) -> dict[str, str] | None:
 
 def require_credentials(settings: Settings) -> None:
     if credentials(settings) is None:
-        missing = ["TWILIO_ACCOUNT_SID", "TWILIO_AUTH_TOKEN (or TWILIO_API_KEY_SID + TWILIO_API_KEY_SECRET)"]
+        missing = [
+            "TWILIO_ACCOUNT_SID",
+            "TWILIO_AUTH_TOKEN (or TWILIO_API_KEY_SID + TWILIO_API_KEY_SECRET)",
+        ]
         raise APIError(
-            422, "missing_credentials", "outbound calls need Twilio credentials in the server's environment",
+            422,
+            "missing_credentials",
+            "outbound calls need Twilio credentials in the server's environment",
             {"missing": missing},
         )
 
@@ -81,27 +89,49 @@ async def rest_client(settings: Settings, creds: dict[str, str]):
         await http_client.close()
 
 
-async def place_call(settings: Settings, *, to: str, from_: str, url: str, status_callback: str) -> str:
+async def place_call(
+    settings: Settings, *, to: str, from_: str, url: str, status_callback: str
+) -> str:
     """Ask Twilio's REST API to place a call; its Call SID. 502 if Twilio refuses."""
     require_credentials(settings)
     try:
         async with rest_client(settings, credentials(settings)) as client:
             call = await client.calls.create_async(
-                to=to, from_=from_, url=url, method="POST",
-                status_callback=status_callback, status_callback_method="POST", status_callback_event=STATUS_EVENTS,
+                to=to,
+                from_=from_,
+                url=url,
+                method="POST",
+                status_callback=status_callback,
+                status_callback_method="POST",
+                status_callback_event=STATUS_EVENTS,
             )
     except TwilioRestException as exc:
         logger.warning(f"Twilio refused the outbound call to {to}: {exc.status} {exc.msg}")
-        raise APIError(502, "twilio_error", f"Twilio refused the call: {exc.msg}", {"twilio_status": exc.status}) from None
+        raise APIError(
+            502,
+            "twilio_error",
+            f"Twilio refused the call: {exc.msg}",
+            {"twilio_status": exc.status},
+        ) from None
     return call.sid
 
 
-def stream_serializer(settings: Settings, stream_sid: str, call_sid: str | None) -> TwilioStreamSerializer:
+def stream_serializer(
+    settings: Settings, stream_sid: str, call_sid: str | None
+) -> TwilioStreamSerializer:
     """Pipecat's Twilio serializer (with marks); it hangs up through the REST API when it can."""
     creds = credentials(settings)
     if creds is None or not call_sid:
-        logger.warning("no Twilio credentials or call SID: the server can't hang up this call itself")
-        return TwilioStreamSerializer(stream_sid, params=TwilioStreamSerializer.InputParams(auto_hang_up=False))
+        logger.warning(
+            "no Twilio credentials or call SID: the server can't hang up this call itself"
+        )
+        return TwilioStreamSerializer(
+            stream_sid, params=TwilioStreamSerializer.InputParams(auto_hang_up=False)
+        )
     return TwilioStreamSerializer(
-        stream_sid, call_sid, settings.twilio_account_sid, base_url=settings.twilio_api_base_url, **creds
+        stream_sid,
+        call_sid,
+        settings.twilio_account_sid,
+        base_url=settings.twilio_api_base_url,
+        **creds,
     )

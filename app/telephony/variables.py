@@ -25,7 +25,8 @@ def check_variables(agent: Agent, variables: dict) -> None:
     missing = sorted(placeholders(agent.system_prompt, agent.greeting) - set(variables))
     if missing:
         raise APIError(
-            422, "missing_variables",
+            422,
+            "missing_variables",
             f"agent '{agent.id}' needs variables {', '.join(missing)}; pass an instanceId whose variables set them",
             {"missing": missing},
         )

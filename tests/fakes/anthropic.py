@@ -40,7 +40,9 @@ Reply = str | ToolCall | list[ToolCall] | Failure | Stall
 
 
 class FakeAnthropic(ThreadedServer):
-    def __init__(self, api_key: str = "sk-ant-test-key", default_reply: str = "Sure, I can help with that."):
+    def __init__(
+        self, api_key: str = "sk-ant-test-key", default_reply: str = "Sure, I can help with that."
+    ):
         super().__init__()
         self.api_key = api_key
         self.default_reply = default_reply
@@ -91,13 +93,20 @@ class FakeAnthropic(ThreadedServer):
             self.usages.append(usage)
         stop_reason = "tool_use" if any(b["type"] == "tool_use" for b in blocks) else "end_turn"
         message = {
-            "id": f"msg_{uuid.uuid4().hex[:24]}", "type": "message", "role": "assistant",
-            "model": body.get("model", "claude"), "content": blocks,
-            "stop_reason": stop_reason, "stop_sequence": None, "usage": usage,
+            "id": f"msg_{uuid.uuid4().hex[:24]}",
+            "type": "message",
+            "role": "assistant",
+            "model": body.get("model", "claude"),
+            "content": blocks,
+            "stop_reason": stop_reason,
+            "stop_sequence": None,
+            "usage": usage,
         }
         if not stream:
             return web.json_response(message)
-        response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
+        response = web.StreamResponse(
+            headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
+        )
         await response.prepare(request)
         for event in _events(message):
             await response.write(f"event: {event['type']}\ndata: {json.dumps(event)}\n\n".encode())
@@ -105,14 +114,21 @@ class FakeAnthropic(ThreadedServer):
 
 
 def _error(status: int, error_type: str, message: str) -> web.Response:
-    return web.json_response({"type": "error", "error": {"type": error_type, "message": message}}, status=status)
+    return web.json_response(
+        {"type": "error", "error": {"type": error_type, "message": message}}, status=status
+    )
 
 
 def _blocks(reply: Reply) -> list[dict]:
     calls = [reply] if isinstance(reply, ToolCall) else reply if isinstance(reply, list) else []
     if calls:
         return [
-            {"type": "tool_use", "id": f"toolu_{uuid.uuid4().hex[:20]}", "name": c.name, "input": c.arguments}
+            {
+                "type": "tool_use",
+                "id": f"toolu_{uuid.uuid4().hex[:20]}",
+                "name": c.name,
+                "input": c.arguments,
+            }
             for c in calls
         ]
     return [{"type": "text", "text": str(reply)}]
@@ -124,7 +140,8 @@ def _usage(body: dict, blocks: list[dict]) -> dict:
     cached = "cache_control" in system
     output = sum(len(json.dumps(b.get("input") or b.get("text"))) for b in blocks) // 4 + 1
     return {
-        "input_tokens": len(json.dumps(body.get("messages", []))) // 4 + (0 if cached else len(system) // 4),
+        "input_tokens": len(json.dumps(body.get("messages", []))) // 4
+        + (0 if cached else len(system) // 4),
         "output_tokens": output,
         "cache_creation_input_tokens": 0,
         "cache_read_input_tokens": len(system) // 4 if cached else 0,
@@ -138,19 +155,41 @@ def _events(message: dict):
     yield {"type": "ping"}
     for index, block in enumerate(message["content"]):
         if block["type"] == "text":
-            yield {"type": "content_block_start", "index": index, "content_block": {"type": "text", "text": ""}}
+            yield {
+                "type": "content_block_start",
+                "index": index,
+                "content_block": {"type": "text", "text": ""},
+            }
             words = block["text"].split(" ")
             for i, word in enumerate(words):
                 text = word if i == 0 else " " + word
-                yield {"type": "content_block_delta", "index": index, "delta": {"type": "text_delta", "text": text}}
+                yield {
+                    "type": "content_block_delta",
+                    "index": index,
+                    "delta": {"type": "text_delta", "text": text},
+                }
         else:
-            yield {"type": "content_block_start", "index": index,
-                   "content_block": {"type": "tool_use", "id": block["id"], "name": block["name"], "input": {}}}
+            yield {
+                "type": "content_block_start",
+                "index": index,
+                "content_block": {
+                    "type": "tool_use",
+                    "id": block["id"],
+                    "name": block["name"],
+                    "input": {},
+                },
+            }
             arguments = json.dumps(block["input"])
             for i in range(0, len(arguments), 12):
-                yield {"type": "content_block_delta", "index": index,
-                       "delta": {"type": "input_json_delta", "partial_json": arguments[i:i + 12]}}
+                yield {
+                    "type": "content_block_delta",
+                    "index": index,
+                    "delta": {"type": "input_json_delta", "partial_json": arguments[i : i + 12]},
+                }
         yield {"type": "content_block_stop", "index": index}
-    yield {"type": "message_delta", "delta": {"stop_reason": message["stop_reason"], "stop_sequence": None},
-           "usage": {"output_tokens": usage["output_tokens"]}}
+    yield {
+        "type": "message_delta",
+        "delta": {"stop_reason": message["stop_reason"], "stop_sequence": None},
+        "usage": {"output_tokens": usage["output_tokens"]},
+    }
     yield {"type": "message_stop"}

@@ -35,11 +35,17 @@ class TelnyxSigner:
     def headers(self, body: bytes, timestamp: int | None = None) -> dict[str, str]:
         timestamp = str(int(time.time()) if timestamp is None else timestamp)
         signature = self._private.sign(timestamp.encode() + b"|" + body)
-        return {"telnyx-signature-ed25519": base64.b64encode(signature).decode(), "telnyx-timestamp": timestamp}
+        return {
+            "telnyx-signature-ed25519": base64.b64encode(signature).decode(),
+            "telnyx-timestamp": timestamp,
+        }
 
     def post(self, url: str, form: dict[str, str], timestamp: int | None = None) -> httpx.Response:
         body = urlencode(form).encode()
-        headers = {"Content-Type": "application/x-www-form-urlencoded", **self.headers(body, timestamp)}
+        headers = {
+            "Content-Type": "application/x-www-form-urlencoded",
+            **self.headers(body, timestamp),
+        }
         return httpx.post(url, content=body, headers=headers, timeout=30)
 
 
@@ -63,6 +69,8 @@ def plivo_v3_signature(url: str, form: dict[str, str], nonce: str, auth_token: s
 
 def plivo_post(url: str, form: dict[str, str], auth_token: str) -> httpx.Response:
     nonce = uuid.uuid4().hex
-    headers = {"X-Plivo-Signature-V3": plivo_v3_signature(url, form, nonce, auth_token),
-               "X-Plivo-Signature-V3-Nonce": nonce}
+    headers = {
+        "X-Plivo-Signature-V3": plivo_v3_signature(url, form, nonce, auth_token),
+        "X-Plivo-Signature-V3-Nonce": nonce,
+    }
     return httpx.post(url, data=form, headers=headers, timeout=30)

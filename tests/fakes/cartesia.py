@@ -46,7 +46,9 @@ class FakeCartesia(WebSocketFake):
         return [r["transcript"] for r in self.requests if r.get("transcript")]
 
     async def _socket(self, request: web.Request) -> web.StreamResponse:
-        if request.headers.get("X-API-Key") != self.api_key or not request.headers.get("Cartesia-Version"):
+        if request.headers.get("X-API-Key") != self.api_key or not request.headers.get(
+            "Cartesia-Version"
+        ):
             self.rejected += 1
             return web.json_response({"error": "Invalid API key"}, status=401)
         ws = web.WebSocketResponse()
@@ -71,7 +73,9 @@ class FakeCartesia(WebSocketFake):
             self._sockets.discard(ws)
         return ws
 
-    async def _speak(self, ws, queue: asyncio.Queue, cancelled: set[str], offsets: dict[str, float]) -> None:
+    async def _speak(
+        self, ws, queue: asyncio.Queue, cancelled: set[str], offsets: dict[str, float]
+    ) -> None:
         """Answer one connection's requests in order; `offsets` is each context's audio so far."""
         while True:
             data = await queue.get()
@@ -81,11 +85,17 @@ class FakeCartesia(WebSocketFake):
             text = data.get("transcript", "")
             if text.strip():
                 self.characters += len(text)
-                offsets[ctx] = await self._synthesize(ws, data, text, cancelled, offsets.get(ctx, 0.0))
+                offsets[ctx] = await self._synthesize(
+                    ws, data, text, cancelled, offsets.get(ctx, 0.0)
+                )
             if not data.get("continue", True) and ctx not in cancelled:
-                await ws.send_json({"type": "done", "done": True, "status_code": 206, "context_id": ctx})
+                await ws.send_json(
+                    {"type": "done", "done": True, "status_code": 206, "context_id": ctx}
+                )
 
-    async def _synthesize(self, ws, data: dict, text: str, cancelled: set[str], offset: float) -> float:
+    async def _synthesize(
+        self, ws, data: dict, text: str, cancelled: set[str], offset: float
+    ) -> float:
         """Send `text`'s word timings (from the context's start, as Cartesia does) and audio."""
         ctx = data["context_id"]
         rate = int(data["output_format"]["sample_rate"])
@@ -94,18 +104,29 @@ class FakeCartesia(WebSocketFake):
         secs = len(pcm) / 2 / rate
         starts = [round(offset + secs * i / len(words), 3) for i in range(len(words))]
         ends = starts[1:] + [round(offset + secs, 3)]
-        await ws.send_json({
-            "type": "timestamps", "context_id": ctx, "status_code": 206, "done": False,
-            "word_timestamps": {"words": words, "start": starts, "end": ends},
-        })
+        await ws.send_json(
+            {
+                "type": "timestamps",
+                "context_id": ctx,
+                "status_code": 206,
+                "done": False,
+                "word_timestamps": {"words": words, "start": starts, "end": ends},
+            }
+        )
         step = int(rate * CHUNK_SECS) * 2
         for start in range(0, len(pcm), step):
             if ctx in cancelled or ws.closed:
                 break
-            await ws.send_json({
-                "type": "chunk", "context_id": ctx, "status_code": 206, "done": False,
-                "data": base64.b64encode(pcm[start:start + step]).decode(), "step_time": CHUNK_SECS,
-            })
+            await ws.send_json(
+                {
+                    "type": "chunk",
+                    "context_id": ctx,
+                    "status_code": 206,
+                    "done": False,
+                    "data": base64.b64encode(pcm[start : start + step]).decode(),
+                    "step_time": CHUNK_SECS,
+                }
+            )
         return offset + secs
 
     def _pcm(self, text: str, rate: int) -> bytes:

@@ -65,11 +65,19 @@ class FakeDeepgram(WebSocketFake):
         if sample_rate != 16000:
             samples = soxr.resample(samples, sample_rate, 16000)
         audio = samples.astype(np.float32) / 32768.0
-        segments, _info = self._model.transcribe(audio, language="en", beam_size=1, word_timestamps=True)
+        segments, _info = self._model.transcribe(
+            audio, language="en", beam_size=1, word_timestamps=True
+        )
         words = [
-            {"word": w.word.strip().strip(".,?!").lower(), "punctuated_word": w.word.strip(),
-             "start": round(w.start, 3), "end": round(w.end, 3), "confidence": round(w.probability, 3)}
-            for segment in segments for w in (segment.words or [])
+            {
+                "word": w.word.strip().strip(".,?!").lower(),
+                "punctuated_word": w.word.strip(),
+                "start": round(w.start, 3),
+                "end": round(w.end, 3),
+                "confidence": round(w.probability, 3),
+            }
+            for segment in segments
+            for w in (segment.words or [])
         ]
         return " ".join(w["punctuated_word"] for w in words).strip(), words
 
@@ -100,10 +108,16 @@ class _Stream:
                     await self._final(from_finalize=True)
                 elif kind == "CloseStream":
                     await self._final(from_finalize=False)
-                    await self.ws.send_json({
-                        "type": "Metadata", "transaction_key": "deprecated", "request_id": self.request_id,
-                        "created": "2026-01-01T00:00:00.000Z", "duration": self.received_secs, "channels": 1,
-                    })
+                    await self.ws.send_json(
+                        {
+                            "type": "Metadata",
+                            "transaction_key": "deprecated",
+                            "request_id": self.request_id,
+                            "created": "2026-01-01T00:00:00.000Z",
+                            "duration": self.received_secs,
+                            "channels": 1,
+                        }
+                    )
                     await self.ws.close()
 
     async def _audio(self, data: bytes) -> None:
@@ -136,14 +150,22 @@ class _Stream:
             if not pcm and not from_finalize:
                 return
             transcript = await self._send_results(
-                pcm, is_final=True, speech_final=speech_final or from_finalize, from_finalize=from_finalize
+                pcm,
+                is_final=True,
+                speech_final=speech_final or from_finalize,
+                from_finalize=from_finalize,
             )
             if transcript:
-                await self._send({"type": "UtteranceEnd", "channel": [0, 1], "last_word_end": self.received_secs})
+                await self._send(
+                    {"type": "UtteranceEnd", "channel": [0, 1], "last_word_end": self.received_secs}
+                )
 
-    async def _send_results(self, pcm: bytes, *, is_final: bool, speech_final: bool = False,
-                            from_finalize: bool = False) -> str:
-        transcript, words = ("", []) if not pcm else await asyncio.to_thread(self.server.transcribe, pcm, self.rate)
+    async def _send_results(
+        self, pcm: bytes, *, is_final: bool, speech_final: bool = False, from_finalize: bool = False
+    ) -> str:
+        transcript, words = (
+            ("", []) if not pcm else await asyncio.to_thread(self.server.transcribe, pcm, self.rate)
+        )
         for word in words:
             word["start"] += self.utterance_start
             word["end"] += self.utterance_start
@@ -154,7 +176,11 @@ class _Stream:
             "start": round(self.utterance_start, 3),
             "is_final": is_final,
             "speech_final": speech_final,
-            "channel": {"alternatives": [{"transcript": transcript, "confidence": 0.9 if words else 0.0, "words": words}]},
+            "channel": {
+                "alternatives": [
+                    {"transcript": transcript, "confidence": 0.9 if words else 0.0, "words": words}
+                ]
+            },
             "metadata": {
                 "request_id": self.request_id,
                 "model_info": {"name": "2-general-nova", "version": "2024-01-01", "arch": "nova-3"},

@@ -82,7 +82,9 @@ class ScriptedLLM(ThreadedServer):
         app.router.add_get("/v1/models", self._models)
 
     async def _models(self, request: web.Request) -> web.Response:
-        return web.json_response({"object": "list", "data": [{"id": "scripted", "object": "model"}]})
+        return web.json_response(
+            {"object": "list", "data": [{"id": "scripted", "object": "model"}]}
+        )
 
     async def _completions(self, request: web.Request) -> web.StreamResponse:
         body = await request.json()
@@ -103,7 +105,6 @@ class ScriptedLLM(ThreadedServer):
             await response.write(f"data: {json.dumps(chunk)}\n\n".encode())
         await response.write(b"data: [DONE]\n\n")
         return response
-
 
     def _oneshot_reply(self, body: dict) -> Reply:
         text = json.dumps(body.get("messages", []))
@@ -135,10 +136,21 @@ def _chunks(reply: Reply):
     calls = _tool_calls(reply)
     if calls:
         for index, call in enumerate(calls):
-            yield _envelope({"tool_calls": [{
-                "index": index, "id": f"call_{uuid.uuid4().hex[:12]}", "type": "function",
-                "function": {"name": call.name, "arguments": json.dumps(call.arguments)},
-            }]})
+            yield _envelope(
+                {
+                    "tool_calls": [
+                        {
+                            "index": index,
+                            "id": f"call_{uuid.uuid4().hex[:12]}",
+                            "type": "function",
+                            "function": {
+                                "name": call.name,
+                                "arguments": json.dumps(call.arguments),
+                            },
+                        }
+                    ]
+                }
+            )
         yield _envelope({}, "tool_calls")
         return
     words = str(reply).split(" ")
@@ -152,12 +164,20 @@ def _whole(reply: Reply) -> dict:
     message: dict[str, Any] = {"role": "assistant", "content": None if calls else str(reply)}
     if calls:
         message["tool_calls"] = [
-            {"id": f"call_{uuid.uuid4().hex[:12]}", "type": "function",
-             "function": {"name": c.name, "arguments": json.dumps(c.arguments)}}
+            {
+                "id": f"call_{uuid.uuid4().hex[:12]}",
+                "type": "function",
+                "function": {"name": c.name, "arguments": json.dumps(c.arguments)},
+            }
             for c in calls
         ]
     return {
-        "id": "chatcmpl-scripted", "object": "chat.completion", "created": int(time.time()), "model": "scripted",
-        "choices": [{"index": 0, "message": message, "finish_reason": "tool_calls" if calls else "stop"}],
+        "id": "chatcmpl-scripted",
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": "scripted",
+        "choices": [
+            {"index": 0, "message": message, "finish_reason": "tool_calls" if calls else "stop"}
+        ],
         "usage": {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15},
     }

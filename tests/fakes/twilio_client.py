@@ -51,8 +51,14 @@ def parse_twiml(twiml: str) -> tuple[str, dict[str, str]]:
 
 
 class TwilioMediaStreamsClient:
-    def __init__(self, stream_url: str, parameters: dict[str, str], *, call_sid: str | None = None,
-                 account_sid: str = "AC" + "0" * 32):
+    def __init__(
+        self,
+        stream_url: str,
+        parameters: dict[str, str],
+        *,
+        call_sid: str | None = None,
+        account_sid: str = "AC" + "0" * 32,
+    ):
         self.stream_url = stream_url
         self.parameters = parameters
         self.call_sid = call_sid or "CA" + uuid.uuid4().hex
@@ -95,24 +101,33 @@ class TwilioMediaStreamsClient:
     async def open(self, start: bool = True) -> None:
         self._ws = await connect(self.stream_url, max_size=None)
         self._started = time.monotonic()
-        self._tasks = [asyncio.create_task(self._receive()), asyncio.create_task(self._play_marks())]
+        self._tasks = [
+            asyncio.create_task(self._receive()),
+            asyncio.create_task(self._play_marks()),
+        ]
         await self._send({"event": "connected", "protocol": "Call", "version": "1.0.0"})
         if start:
             await self.send_start()
 
     async def send_start(self, parameters: dict[str, str] | None = None) -> None:
-        await self._send({
-            "event": "start",
-            "start": {
-                "accountSid": self.account_sid,
+        await self._send(
+            {
+                "event": "start",
+                "start": {
+                    "accountSid": self.account_sid,
+                    "streamSid": self.stream_sid,
+                    "callSid": self.call_sid,
+                    "tracks": ["inbound"],
+                    "mediaFormat": {
+                        "encoding": "audio/x-mulaw",
+                        "sampleRate": SAMPLE_RATE,
+                        "channels": 1,
+                    },
+                    "customParameters": self.parameters if parameters is None else parameters,
+                },
                 "streamSid": self.stream_sid,
-                "callSid": self.call_sid,
-                "tracks": ["inbound"],
-                "mediaFormat": {"encoding": "audio/x-mulaw", "sampleRate": SAMPLE_RATE, "channels": 1},
-                "customParameters": self.parameters if parameters is None else parameters,
-            },
-            "streamSid": self.stream_sid,
-        })
+            }
+        )
 
     async def close(self) -> None:
         for task in self._tasks:
@@ -132,15 +147,18 @@ class TwilioMediaStreamsClient:
         for i in range(0, len(payload), FRAME_BYTES):
             self._chunk += 1
             try:
-                await self._send({
-                    "event": "media",
-                    "streamSid": self.stream_sid,
-                    "media": {
-                        "track": "inbound", "chunk": str(self._chunk),
-                        "timestamp": str(int((time.monotonic() - self._started) * 1000)),
-                        "payload": base64.b64encode(payload[i:i + FRAME_BYTES]).decode(),
-                    },
-                })
+                await self._send(
+                    {
+                        "event": "media",
+                        "streamSid": self.stream_sid,
+                        "media": {
+                            "track": "inbound",
+                            "chunk": str(self._chunk),
+                            "timestamp": str(int((time.monotonic() - self._started) * 1000)),
+                            "payload": base64.b64encode(payload[i : i + FRAME_BYTES]).decode(),
+                        },
+                    }
+                )
             except ConnectionClosed:
                 return  # the call ended
             delay = start + (i // FRAME_BYTES + 1) * 0.02 - time.monotonic()
@@ -151,11 +169,22 @@ class TwilioMediaStreamsClient:
         await self.send_audio(b"\x00\x00" * int(SAMPLE_RATE * secs))
 
     async def send_dtmf(self, digit: str) -> None:
-        await self._send({"event": "dtmf", "streamSid": self.stream_sid, "dtmf": {"track": "inbound_track", "digit": digit}})
+        await self._send(
+            {
+                "event": "dtmf",
+                "streamSid": self.stream_sid,
+                "dtmf": {"track": "inbound_track", "digit": digit},
+            }
+        )
 
     async def stop(self) -> None:
-        await self._send({"event": "stop", "streamSid": self.stream_sid,
-                          "stop": {"accountSid": self.account_sid, "callSid": self.call_sid}})
+        await self._send(
+            {
+                "event": "stop",
+                "streamSid": self.stream_sid,
+                "stop": {"accountSid": self.account_sid, "callSid": self.call_sid},
+            }
+        )
 
     async def _receive(self) -> None:
         try:
@@ -172,8 +201,13 @@ class TwilioMediaStreamsClient:
                     continue
                 self.received.append((now, message))
                 if event == "mark":
-                    self.marks_received[message["mark"]["name"]] = (time.time(), len(self.agent_audio))
-                    self._pending_marks.append((max(now, self._playback_end), message["mark"]["name"]))
+                    self.marks_received[message["mark"]["name"]] = (
+                        time.time(),
+                        len(self.agent_audio),
+                    )
+                    self._pending_marks.append(
+                        (max(now, self._playback_end), message["mark"]["name"])
+                    )
                 elif event == "clear":
                     self._playback_end = now
                     self._pending_marks = [(now, name) for _, name in self._pending_marks]
@@ -192,7 +226,9 @@ class TwilioMediaStreamsClient:
             for mark in due:
                 self._pending_marks.remove(mark)
                 try:
-                    await self._send({"event": "mark", "streamSid": self.stream_sid, "mark": {"name": mark[1]}})
+                    await self._send(
+                        {"event": "mark", "streamSid": self.stream_sid, "mark": {"name": mark[1]}}
+                    )
                 except ConnectionClosed:
                     return
                 self.marks_echoed.append((mark[1], time.time()))
@@ -204,11 +240,15 @@ class TwilioMediaStreamsClient:
         deadline = time.monotonic() + timeout
         while not condition():
             if time.monotonic() > deadline:
-                raise TimeoutError(f"{what} not met within {timeout}s; received {[m.get('event') for _, m in self.received]}")
+                raise TimeoutError(
+                    f"{what} not met within {timeout}s; received {[m.get('event') for _, m in self.received]}"
+                )
             await asyncio.sleep(0.02)
 
     async def wait_closed(self, timeout: float) -> None:
         await self.wait_until(lambda: self.closed_at is not None, timeout, "socket closed")
 
     async def wait_marks(self, count: int, timeout: float) -> None:
-        await self.wait_until(lambda: len(self.marks_echoed) >= count, timeout, f"{count} marks echoed")
+        await self.wait_until(
+            lambda: len(self.marks_echoed) >= count, timeout, f"{count} marks echoed"
+        )

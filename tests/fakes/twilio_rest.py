@@ -50,7 +50,13 @@ class FakeTwilioRest:
                 auth = self.headers.get("authorization", "")
                 if auth.startswith("Basic "):
                     username, _, password = base64.b64decode(auth[6:]).decode().partition(":")
-                request = RestRequest(self.path, parse_qs(body, keep_blank_values=True), username, password, time.time())
+                request = RestRequest(
+                    self.path,
+                    parse_qs(body, keep_blank_values=True),
+                    username,
+                    password,
+                    time.time(),
+                )
                 fake.requests.append(request)
                 status, answer = fake._answer(request)
                 data = json.dumps(answer).encode()
@@ -78,18 +84,35 @@ class FakeTwilioRest:
         prefix = f"/2010-04-01/Accounts/{self.account_sid}/Calls"
         if request.path == f"{prefix}.json":
             sid = "CA" + uuid.uuid4().hex
-            return 201, {"sid": sid, "account_sid": self.account_sid, "status": "queued",
-                         "to": request.value("To"), "from": request.value("From")}
+            return 201, {
+                "sid": sid,
+                "account_sid": self.account_sid,
+                "status": "queued",
+                "to": request.value("To"),
+                "from": request.value("From"),
+            }
         match = re.fullmatch(re.escape(prefix) + r"/(CA[0-9a-f]+)\.json", request.path)
         if match:
-            return 200, {"sid": match.group(1), "account_sid": self.account_sid, "status": request.value("Status")}
-        return 404, {"code": 20404, "message": "The requested resource was not found", "status": 404}
+            return 200, {
+                "sid": match.group(1),
+                "account_sid": self.account_sid,
+                "status": request.value("Status"),
+            }
+        return 404, {
+            "code": 20404,
+            "message": "The requested resource was not found",
+            "status": 404,
+        }
 
     def created_calls(self) -> list[RestRequest]:
         return [r for r in self.requests if r.path.endswith("/Calls.json")]
 
     def hang_ups(self, call_sid: str) -> list[RestRequest]:
-        return [r for r in self.requests if r.path.endswith(f"/Calls/{call_sid}.json") and r.value("Status") == "completed"]
+        return [
+            r
+            for r in self.requests
+            if r.path.endswith(f"/Calls/{call_sid}.json") and r.value("Status") == "completed"
+        ]
 
     def wait_for_hang_up(self, call_sid: str, timeout: float = 30) -> RestRequest:
         deadline = time.monotonic() + timeout
@@ -98,4 +121,6 @@ class FakeTwilioRest:
             if found:
                 return found[0]
             time.sleep(0.05)
-        raise TimeoutError(f"no hang-up for {call_sid} within {timeout}s; requests: {[r.path for r in self.requests]}")
+        raise TimeoutError(
+            f"no hang-up for {call_sid} within {timeout}s; requests: {[r.path for r in self.requests]}"
+        )

@@ -36,7 +36,12 @@ class WebhookReceiver(ThreadedServer):
 
     async def _receive(self, request: web.Request) -> web.Response:
         body = await request.read()
-        record = {"path": request.path, "headers": dict(request.headers), "body": body, "time": time.monotonic()}
+        record = {
+            "path": request.path,
+            "headers": dict(request.headers),
+            "body": body,
+            "time": time.monotonic(),
+        }
         if request.path == "/hang" or request.path in self.held:
             self.held.discard(request.path)
             self.received.append({**record, "status": None})

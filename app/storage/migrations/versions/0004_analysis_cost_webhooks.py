@@ -22,8 +22,16 @@ def upgrade() -> None:
         batch.add_column(sa.Column("webhook_events", sa.JSON(), nullable=True))
     op.create_table(
         "session_analyses",
-        sa.Column("session_id", sa.String(length=40), sa.ForeignKey("sessions.id"), primary_key=True),
-        sa.Column("account_id", sa.String(length=40), sa.ForeignKey("accounts.id"), nullable=False, index=True),
+        sa.Column(
+            "session_id", sa.String(length=40), sa.ForeignKey("sessions.id"), primary_key=True
+        ),
+        sa.Column(
+            "account_id",
+            sa.String(length=40),
+            sa.ForeignKey("accounts.id"),
+            nullable=False,
+            index=True,
+        ),
         sa.Column("status", sa.String(length=16), nullable=False),
         sa.Column("result", sa.JSON(), nullable=True),
         sa.Column("error", sa.Text(), nullable=True),
@@ -34,16 +42,32 @@ def upgrade() -> None:
     )
     op.create_table(
         "session_costs",
-        sa.Column("session_id", sa.String(length=40), sa.ForeignKey("sessions.id"), primary_key=True),
-        sa.Column("account_id", sa.String(length=40), sa.ForeignKey("accounts.id"), nullable=False, index=True),
+        sa.Column(
+            "session_id", sa.String(length=40), sa.ForeignKey("sessions.id"), primary_key=True
+        ),
+        sa.Column(
+            "account_id",
+            sa.String(length=40),
+            sa.ForeignKey("accounts.id"),
+            nullable=False,
+            index=True,
+        ),
         sa.Column("cost", sa.JSON(), nullable=False),
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
     )
     op.create_table(
         "webhook_deliveries",
         sa.Column("id", sa.String(length=40), primary_key=True),
-        sa.Column("account_id", sa.String(length=40), sa.ForeignKey("accounts.id"), nullable=False, index=True),
-        sa.Column("agent_id", sa.String(length=40), sa.ForeignKey("agents.id"), nullable=False, index=True),
+        sa.Column(
+            "account_id",
+            sa.String(length=40),
+            sa.ForeignKey("accounts.id"),
+            nullable=False,
+            index=True,
+        ),
+        sa.Column(
+            "agent_id", sa.String(length=40), sa.ForeignKey("agents.id"), nullable=False, index=True
+        ),
         sa.Column("session_id", sa.String(length=40), nullable=True),
         sa.Column("event", sa.String(length=40), nullable=False),
         sa.Column("url", sa.String(length=2000), nullable=False),

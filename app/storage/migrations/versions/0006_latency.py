@@ -17,7 +17,9 @@ depends_on = None
 def upgrade() -> None:
     op.create_table(
         "session_latency",
-        sa.Column("session_id", sa.String(length=40), sa.ForeignKey("sessions.id"), primary_key=True),
+        sa.Column(
+            "session_id", sa.String(length=40), sa.ForeignKey("sessions.id"), primary_key=True
+        ),
         sa.Column("record", sa.JSON(), nullable=False),
         sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
     )

@@ -9,7 +9,13 @@ Create Date: 2026-11-22
 """
 
 revision = "0007_merge"
-down_revision = ("0002_telephony", "0003_calls", "0004_analysis_cost_webhooks", "0005_account_limits", "0006_latency")
+down_revision = (
+    "0002_telephony",
+    "0003_calls",
+    "0004_analysis_cost_webhooks",
+    "0005_account_limits",
+    "0006_latency",
+)
 branch_labels = None
 depends_on = None
 

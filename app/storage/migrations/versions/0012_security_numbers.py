@@ -33,11 +33,18 @@ def upgrade() -> None:
     op.create_index("ix_phone_numbers_agent_id", "phone_numbers", ["agent_id"])
 
     connection = op.get_bind()
-    agents = sa.table("agents", sa.column("id"), sa.column("account_id"), sa.column("phone_numbers", sa.JSON),
-                      sa.column("status"), sa.column("created_at"))
+    agents = sa.table(
+        "agents",
+        sa.column("id"),
+        sa.column("account_id"),
+        sa.column("phone_numbers", sa.JSON),
+        sa.column("status"),
+        sa.column("created_at"),
+    )
     rows = connection.execute(
         sa.select(agents.c.id, agents.c.account_id, agents.c.phone_numbers)
-        .where(agents.c.status != "deleted").order_by(agents.c.created_at.desc())
+        .where(agents.c.status != "deleted")
+        .order_by(agents.c.created_at.desc())
     ).all()
     held: set[str] = set()
     now = datetime.now(UTC)
@@ -46,11 +53,22 @@ def upgrade() -> None:
         kept = [number for number in dict.fromkeys(numbers) if number not in held]
         held.update(kept)
         if kept:
-            connection.execute(phone_numbers.insert(), [
-                {"number": number, "account_id": account_id, "agent_id": agent_id, "created_at": now} for number in kept
-            ])
+            connection.execute(
+                phone_numbers.insert(),
+                [
+                    {
+                        "number": number,
+                        "account_id": account_id,
+                        "agent_id": agent_id,
+                        "created_at": now,
+                    }
+                    for number in kept
+                ],
+            )
         if kept != numbers:
-            connection.execute(agents.update().where(agents.c.id == agent_id).values(phone_numbers=kept))
+            connection.execute(
+                agents.update().where(agents.c.id == agent_id).values(phone_numbers=kept)
+            )
 
 
 def downgrade() -> None:
