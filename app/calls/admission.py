@@ -118,17 +118,12 @@ async def start_session(
     current_session.set(session.id)
     if live:
         session.status, session.started_at, session.host = "active", now, state.node.id
-        state.calls.hold(session.id)
-    try:
-        async with _under_cap(state, db, agent.account_id):
-            db.add(session)
-            await db.flush()  # the session first: the rows belonging to it reference it
-            for row in belonging or ():
-                row.session_id = session.id
-                db.add(row)
-    except BaseException:
-        state.calls.release(session.id)
-        raise
+    async with _under_cap(state, db, agent.account_id, hold=session.id if live else None):
+        db.add(session)
+        await db.flush()  # the session first: the rows belonging to it reference it (foreign keys)
+        for row in belonging or ():
+            row.session_id = session.id
+            db.add(row)
     return session
 
 
@@ -140,10 +135,10 @@ async def join_session(
     check_agent(state, agent, session.agent_id)
     refuse_while_draining(state)
     refuse_while_full(state, besides=session.id)
-    state.calls.hold(session.id)
     joined = False
     try:
-        joined = await claim_under_cap(state, db, session)
+        async with _under_cap(state, db, session.account_id, besides=session.id, hold=session.id):
+            joined = await session_store.claim(db, session, state.node.id)
     finally:
         if not joined:
             state.calls.release(session.id)
@@ -159,10 +154,16 @@ async def claim_under_cap(state: AppState, db: AsyncSession, session: Session) -
 
 @asynccontextmanager
 async def _under_cap(
-    state: AppState, db: AsyncSession, account_id: str, besides: str | None = None
+    state: AppState,
+    db: AsyncSession,
+    account_id: str,
+    besides: str | None = None,
+    hold: str | None = None,
 ):
     """One transaction holding the account's lock: 429 if its calls (but `besides`) fill its
-    cap; otherwise what the block adds or claims is committed before the lock is let go."""
+    cap; otherwise what the block adds or claims is committed before the lock is let go. With
+    `hold`, that session's place on this node is checked (503) and held once the account has
+    room (so calls the account cap turns away never crowd this node), given back on failure."""
     await db.commit()  # whatever the request did so far; the lock starts a fresh transaction
     try:
         cap = (
@@ -177,8 +178,13 @@ async def _under_cap(
                 {"limit": cap, "active": live},
                 headers={"Retry-After": "30"},
             )
+        if hold:
+            refuse_while_full(state, besides=hold)
+            state.calls.hold(hold)
         yield
         await db.commit()
     except BaseException:
         await db.rollback()
+        if hold:
+            state.calls.release(hold)
         raise
