@@ -134,14 +134,15 @@ async def join_session(
     claimed it first. 409/422/429/503 refusals."""
     check_agent(state, agent, session.agent_id)
     refuse_while_draining(state)
-    refuse_while_full(state, besides=session.id)
+    session_id = session.id  # a failed transaction expires the row's attributes
+    refuse_while_full(state, besides=session_id)
     joined = False
     try:
-        async with _under_cap(state, db, session.account_id, besides=session.id, hold=session.id):
+        async with _under_cap(state, db, session.account_id, besides=session_id, hold=session_id):
             joined = await session_store.claim(db, session, state.node.id)
     finally:
         if not joined:
-            state.calls.release(session.id)
+            state.calls.release(session_id)
     return joined
 
 
