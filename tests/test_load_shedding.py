@@ -166,3 +166,15 @@ def test_a_worker_above_its_load_threshold_refuses_new_calls(tmp_path, scripted_
         assert "too busy" in response.json()["message"] and response.headers["Retry-After"]
     finally:
         server.stop()
+
+
+def test_openapi_documents_busy_refusals_and_health(full_server):
+    spec = httpx.get(full_server.url + "/openapi.json").json()
+    busy = spec["paths"]["/v1/agents/{agent_id}/sessions"]["post"]["responses"]["503"]
+    assert "Retry-After" in busy["headers"]
+    body = busy["content"]["application/json"]
+    assert (
+        body["schema"]["$ref"].endswith("/ErrorBody") and body["example"]["code"] == "server_busy"
+    )
+    health = spec["components"]["schemas"]["Health"]
+    assert {"load", "accepting"} <= set(health["required"])
