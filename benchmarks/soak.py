@@ -100,7 +100,7 @@ async def main() -> None:
     question = speech("What time do you open tomorrow?", sample_rate=8000, tail_secs=0.1)
     rows = []
     try:
-        agent = await asyncio.to_thread(
+        created = await asyncio.to_thread(
             httpx.post,
             f"{server.url}/v1/agents",
             headers=server.headers,
@@ -111,7 +111,8 @@ async def main() -> None:
                 "greeting": "Hello, thanks for calling.",
                 "system_prompt": "You are a receptionist.",
             },
-        ).json()
+        )
+        agent = created.json()
         print(
             f"\nSoak — pipeline 'instant', one worker, {args.calls} calls × {args.secs:.0f} s a round"
         )
