@@ -59,6 +59,14 @@ async def wait_until_idle(server) -> None:
     await asyncio.sleep(2)  # post-call work (recording, summary jobs) settles
 
 
+def show(row: dict) -> None:
+    print(
+        f"{row['round']:>5} {row['calls']:>6} {row['failed']:>6} {row['rss_mib']:>5.0f} MiB "
+        f"{row['fds']:>5} {row['threads']:>7} {row['tasks']:>5}",
+        flush=True,
+    )
+
+
 def mib_per_round(rows: list[dict]) -> float:
     """Least-squares slope of RSS over these rounds."""
     if len(rows) < 2:
@@ -123,6 +131,7 @@ async def main() -> None:
         print(
             f"{'round':>5} {'calls':>6} {'failed':>6} {'rss':>9} {'fds':>5} {'threads':>7} {'tasks':>5}"
         )
+        show(start)
         total = failed = 0
         for number in range(1, args.rounds + 1):
             twimls = [twilio_session(server, agent["id"])[0] for _ in range(args.calls)]
@@ -136,11 +145,7 @@ async def main() -> None:
             row |= process_counts(server.process.pid)
             row["tasks"] = asyncio_tasks(server)
             rows.append(row)
-        for row in rows:
-            print(
-                f"{row['round']:>5} {row['calls']:>6} {row['failed']:>6} {row['rss_mib']:>5.0f} MiB "
-                f"{row['fds']:>5} {row['threads']:>7} {row['tasks']:>5}"
-            )
+            show(row)
     finally:
         server.stop()
         llm.stop()
