@@ -121,6 +121,7 @@ async def step(
             await asyncio.sleep(1)
 
     sampler = asyncio.create_task(sample_memory())
+    spread = asyncio.create_task(calls_per_worker(server, secs / 2))
     loop = asyncio.get_running_loop()
     shares = await asyncio.gather(
         *(
@@ -129,6 +130,7 @@ async def step(
         )
     )
     sampler.cancel()
+    worker_calls = await spread
     elapsed = time.monotonic() - started
     cpu_after, _ = cpu_seconds_and_rss(pids)
     worker_cpu = [
@@ -151,12 +153,24 @@ async def step(
         "cpu_percent": cpu_percent,
         "cpu_percent_per_call": cpu_percent / calls,
         "worker_cpu_percent": [100 * cpu / elapsed for cpu in worker_cpu],
+        "worker_calls": worker_calls,
         "rss_mib": peak_rss,
         "per_call_mib": max(0.0, peak_rss - rss_idle) / calls,
         "client_cpu_percent": 100 * client_cpu / elapsed / (os.cpu_count() or 1),
     }
     result["holds"] = holds(result)
     return result
+
+
+async def calls_per_worker(server, after: float) -> list[int]:
+    """Live calls of each worker `after` seconds into the step, busiest first: /health asked on
+    new connections until every worker has answered (each answers for itself)."""
+    await asyncio.sleep(after)
+    seen: dict[str, int] = {}
+    for _ in range(40):
+        health = (await asyncio.to_thread(httpx.get, f"{server.url}/health", timeout=10)).json()
+        seen[health["node_id"]] = health["live_calls"]
+    return sorted(seen.values(), reverse=True)
 
 
 def holds(result: dict) -> bool:
@@ -234,7 +248,7 @@ async def main() -> None:
         print(f"machine: {machine()}")
         print(
             f"{'calls':>5} {'fail':>4} {'gap p50':>8} {'gap p99':>8} {'v2v p50':>8} {'v2v p95':>8} "
-            f"{'cpu':>6} {'cpu/call':>8} {'workers cpu':>13} {'rss':>9} {'rss/call':>9} "
+            f"{'cpu':>6} {'cpu/call':>8} {'workers cpu':>13} {'calls/worker':>12} {'rss':>9} {'rss/call':>9} "
             f"{'callers cpu':>11} holds"
         )
         best = None
@@ -251,7 +265,8 @@ async def main() -> None:
             print(
                 f"{r['calls']:>5} {r['failures']:>4} {fmt(r['gap_p50']):>8} {fmt(r['gap_p99']):>8} "
                 f"{fmt(r['v2v_p50']):>8} {fmt(r['v2v_p95']):>8} {r['cpu_percent']:>5.0f}% "
-                f"{r['cpu_percent_per_call']:>7.1f}% {split + ' %':>13} {r['rss_mib']:>5.0f} MiB "
+                f"{r['cpu_percent_per_call']:>7.1f}% {split + ' %':>13} "
+                f"{'/'.join(map(str, r['worker_calls'])):>12} {r['rss_mib']:>5.0f} MiB "
                 f"{r['per_call_mib']:>5.1f} MiB {r['client_cpu_percent']:>10.0f}% "
                 f"{'yes' if r['holds'] else 'no'}"
             )
