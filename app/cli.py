@@ -5,6 +5,7 @@ import asyncio
 import os
 import shutil
 import signal
+import socket
 import sys
 import tempfile
 from pathlib import Path
@@ -54,8 +55,7 @@ def serve(args: argparse.Namespace) -> None:
             if config.llm.local_server:
                 alias = config.llm.options.get("model", "local")
                 llm_servers.append(local_llm.start(config.llm.local_server, alias))
-        uvicorn.run(
-            "app.main:create_app",
+        options = dict(
             factory=True,
             host=args.host or settings.host,
             port=args.port or settings.port,
@@ -65,6 +65,12 @@ def serve(args: argparse.Namespace) -> None:
             log_level="info",
             log_config=UVICORN_LOG_CONFIG,
         )
+        if args.workers > 1 and hasattr(socket, "SO_REUSEPORT"):
+            from app.workers import run_workers
+
+            run_workers(uvicorn.Config("app.main:create_app", **options))
+        else:
+            uvicorn.run("app.main:create_app", **options)
     finally:
         for process in llm_servers:
             local_llm.stop(process)

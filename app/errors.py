@@ -56,7 +56,23 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
 }
 ADMIN_RESPONSES = {403: {"model": ErrorBody, "description": "Needs the admin key"}}
 DRAINING_RESPONSES = {
-    503: {"model": ErrorBody, "description": "The server is shutting down (see Retry-After)"}
+    503: {
+        "model": ErrorBody,
+        "description": "The server is shutting down (`server_draining`) or full (`server_busy`: "
+        "at its calls per worker or load threshold); try again after Retry-After",
+        "headers": {
+            "Retry-After": {"description": "Seconds to wait", "schema": {"type": "integer"}}
+        },
+        "content": {
+            "application/json": {
+                "example": {
+                    "code": "server_busy",
+                    "message": "this server is running its limit of 5 calls; try again shortly",
+                    "details": {"limit": 5, "calls": 5, "load": 0.42, "load_threshold": 0.9},
+                }
+            }
+        },
+    }
 }
 
 _STATUS_CODES = {

@@ -34,12 +34,15 @@ class Node:
         self.id = f"{settings.node_id}-{secrets.token_hex(4)}"
         self.started_at = utcnow()
         self.load = 0.0
-        """CPU use of this process since the last heartbeat, as a share of the machine (0–1)."""
+        """How busy this process was over the last heartbeat (0–1): its event loop's CPU time as
+        a share of one core (the loop runs every call's frames) or the whole process's as a share
+        of the machine (model threads too), whichever is higher."""
         self._settings = settings
         self._db = db
         self._calls = calls
         self._on_call_lost = on_call_lost
-        self._last_cpu = (time.monotonic(), time.process_time())
+        self._last_cpu: tuple[float, float, float] | None = None
+        """Wall clock, process CPU time and event-loop thread CPU time at the last heartbeat."""
         self._heartbeats: asyncio.Task | None = None
 
     async def start(self) -> None:
@@ -83,9 +86,12 @@ class Node:
             )
 
     def _measure_load(self) -> float:
-        wall, cpu = time.monotonic(), time.process_time()
-        last_wall, last_cpu = self._last_cpu
-        self._last_cpu = (wall, cpu)
-        if wall <= last_wall:
+        """Sampled on the event loop's thread, so `thread_time` is the loop's own CPU time."""
+        now = (time.monotonic(), time.process_time(), time.thread_time())
+        last, self._last_cpu = self._last_cpu, now
+        if last is None or now[0] <= last[0]:
             return self.load
-        return round(min(1.0, (cpu - last_cpu) / (wall - last_wall) / (os.cpu_count() or 1)), 3)
+        wall = now[0] - last[0]
+        process_share = (now[1] - last[1]) / wall / (os.cpu_count() or 1)
+        loop_share = (now[2] - last[2]) / wall
+        return round(min(1.0, max(process_share, loop_share)), 3)

@@ -50,6 +50,15 @@ class Settings(BaseSettings):
     """Requests per API key per minute on the REST API (0 turns the limit off)."""
     max_concurrent_calls: int = 20
     """Live calls per account unless the account sets its own cap."""
+    max_calls_per_worker: int = Field(default=5, ge=0)
+    """Live calls one server process (worker) takes before it refuses new ones (503
+    `server_busy`, WebSocket 1013, a Twilio call rejected busy); 0 turns the cap off. The default
+    is what the capacity benchmark holds per worker on 2 cores with instant services
+    (10 calls on `--workers 2`; see the README's performance section)."""
+    load_threshold: float = Field(default=0.9, gt=0)
+    """A worker whose load (`/health` `load`: its event loop's CPU share of a core, or the process's
+    share of the machine, whichever is higher, over the last heartbeat) is above this refuses new
+    calls as when it is at `max_calls_per_worker`; 1 or more turns this check off."""
     redis_url: str | None = None
     """Shares rate-limit windows and call control between server processes when set."""
     redis_prefix: str = "switchboard"

@@ -5,20 +5,29 @@ The server runs as the README tells users to run it in production (`switchboard 
 LLM; real VAD and turn detection). For each step, N callers dial in at once; each
 talks and listens at real time for `--secs`. Reported per step: outbound media pacing
 (p50/p99 gap between consecutive agent media frames within an utterance),
-voice-to-voice p95, server CPU and resident memory (all processes), memory per call,
-and failed calls. The answer is the largest N with p99 gap ≤ 60 ms and no failures.
+voice-to-voice p50/p95, server CPU (of the machine, per call, and each worker's share of the
+workers' CPU: how evenly calls spread) and resident memory (all processes, per call), and
+failed calls. A step holds if no call failed, the p99 gap ≤ 60 ms and voice-to-voice
+p95 ≤ 1.5 s; the answer is the largest step that holds. The table is also written as JSON
+to `benchmarks/results/<date>-<machine>.json` (`--json` to choose the path).
+
+The server's own load shedding is off (`SWITCHBOARD_MAX_CALLS_PER_WORKER=0`,
+`SWITCHBOARD_LOAD_THRESHOLD=1`), so the steps measure what the machine carries.
 
 The callers run in `--client-processes` processes (one per core by default), so one
 Python process's event loop doesn't delay the arrivals it timestamps. They share the
 machine's cores with the server; their CPU is reported too.
 
-    .venv/bin/python -m benchmarks.capacity --steps 10 25 50 100
+    .venv/bin/python -m benchmarks.capacity --steps 10 25 50 100 --workers 2
 """
 
 import argparse
 import asyncio
+import datetime
+import json
 import multiprocessing
 import os
+import platform
 import resource
 import tempfile
 import time
@@ -43,6 +52,8 @@ from tests.fakes.scripted_llm import ScriptedLLM
 from tests.fakes.twilio_client import TwilioMediaStreamsClient
 
 GAP_TARGET = 0.060
+V2V_P95_TARGET = 1.5
+RESULTS = Path(__file__).parent / "results"
 UTTERANCE_BREAK = 0.5  # a longer gap between agent frames is a pause between utterances
 
 
@@ -97,6 +108,8 @@ async def step(
 ) -> dict:
     twimls = [twilio_session(server, agent_id)[0] for _ in range(calls)]
     pids = process_tree(server.process.pid)
+    workers = worker_pids(server.process.pid) or [server.process.pid]
+    workers_before = [cpu_seconds_and_rss([pid])[0] for pid in workers]
     cpu_before, rss_idle = cpu_seconds_and_rss(pids)
     started = time.monotonic()
     peak_rss = 0.0
@@ -108,6 +121,7 @@ async def step(
             await asyncio.sleep(1)
 
     sampler = asyncio.create_task(sample_memory())
+    spread = asyncio.create_task(calls_per_worker(server, secs / 2))
     loop = asyncio.get_running_loop()
     shares = await asyncio.gather(
         *(
@@ -116,25 +130,67 @@ async def step(
         )
     )
     sampler.cancel()
+    worker_calls = await spread
     elapsed = time.monotonic() - started
     cpu_after, _ = cpu_seconds_and_rss(pids)
+    worker_cpu = [
+        cpu_seconds_and_rss([pid])[0] - b for pid, b in zip(workers, workers_before, strict=True)
+    ]
     results = [r for share, _ in shares for r in share]
     client_cpu = sum(cpu for _, cpu in shares)
     ok = [r for r in results if isinstance(r, dict) and r["turns"]]
     gaps = [g for r in ok for g in r["gaps"]]
     turns = [t for r in ok for t in r["turns"]]
-    return {
+    cpu_percent = 100 * (cpu_after - cpu_before) / elapsed / (os.cpu_count() or 1)
+    result = {
         "calls": calls,
         "failures": calls - len(ok),
         "errors": sorted({r for r in results if isinstance(r, str)}),
         "gap_p50": percentile(gaps, 50),
         "gap_p99": percentile(gaps, 99),
+        "v2v_p50": percentile(turns, 50),
         "v2v_p95": percentile(turns, 95),
-        "cpu_percent": 100 * (cpu_after - cpu_before) / elapsed / (os.cpu_count() or 1),
+        "cpu_percent": cpu_percent,
+        "cpu_percent_per_call": cpu_percent / calls,
+        "worker_cpu_percent": [100 * cpu / elapsed for cpu in worker_cpu],
+        "worker_calls": worker_calls,
         "rss_mib": peak_rss,
         "per_call_mib": max(0.0, peak_rss - rss_idle) / calls,
         "client_cpu_percent": 100 * client_cpu / elapsed / (os.cpu_count() or 1),
     }
+    result["holds"] = holds(result)
+    return result
+
+
+async def calls_per_worker(server, after: float) -> list[int]:
+    """Live calls of each worker `after` seconds into the step, busiest first: /health asked on
+    new connections until every worker has answered (each answers for itself)."""
+    await asyncio.sleep(after)
+    seen: dict[str, int] = {}
+    for _ in range(40):
+        health = (await asyncio.to_thread(httpx.get, f"{server.url}/health", timeout=10)).json()
+        seen[health["node_id"]] = health["live_calls"]
+    return sorted(seen.values(), reverse=True)
+
+
+def holds(result: dict) -> bool:
+    """No call failed, p99 gap ≤ 60 ms and voice-to-voice p95 ≤ 1.5 s."""
+    return (
+        result["failures"] == 0
+        and result["gap_p99"] is not None
+        and result["gap_p99"] <= GAP_TARGET
+        and result["v2v_p95"] is not None
+        and result["v2v_p95"] <= V2V_P95_TARGET
+    )
+
+
+def worker_pids(pid: int) -> list[int]:
+    """The server's uvicorn worker processes (children started by multiprocessing's spawn)."""
+    return [
+        child
+        for child in process_tree(pid)[1:]
+        if "spawn_main" in Path(f"/proc/{child}/cmdline").read_bytes().decode(errors="replace")
+    ]
 
 
 async def main() -> None:
@@ -145,7 +201,15 @@ async def main() -> None:
     parser.add_argument("--secs", type=float, default=30, help="how long each caller keeps talking")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--client-processes", type=int, default=os.cpu_count() or 1)
+    parser.add_argument(
+        "--json",
+        type=Path,
+        help="where to write the results (default benchmarks/results/<date>-<machine>.json)",
+    )
     args = parser.parse_args()
+    json_path = args.json or RESULTS / (
+        f"{datetime.date.today().isoformat()}-{platform.node() or 'machine'}.json"
+    )
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, 65536)), hard))
 
@@ -160,6 +224,8 @@ async def main() -> None:
             "SCRIPTED_LLM_URL": llm.url,
             "SWITCHBOARD_MAX_CONCURRENT_CALLS": "100000",
             "SWITCHBOARD_RATE_LIMIT_PER_MINUTE": "0",
+            "SWITCHBOARD_MAX_CALLS_PER_WORKER": "0",
+            "SWITCHBOARD_LOAD_THRESHOLD": "1",
         },
     )
     question = speech("What time do you open tomorrow?", sample_rate=8000, tail_secs=0.1)
@@ -181,10 +247,13 @@ async def main() -> None:
         )
         print(f"machine: {machine()}")
         print(
-            f"{'calls':>5} {'fail':>4} {'gap p50':>8} {'gap p99':>8} {'v2v p95':>8} {'cpu':>6} {'rss':>9} "
-            f"{'per call':>9} {'callers cpu':>11}"
+            f"{'calls':>5} {'fail':>4} {'gap p50':>8} {'gap p99':>8} {'v2v p50':>8} {'v2v p95':>8} "
+            f"{'cpu':>6} {'cpu/call':>8} {'workers cpu':>13} {'calls/worker':>12} {'rss':>9} {'rss/call':>9} "
+            f"{'callers cpu':>11} holds"
         )
         best = None
+        steps = []
+        load_at_start = os.getloadavg()
         pool = ProcessPoolExecutor(
             args.client_processes, mp_context=multiprocessing.get_context("spawn")
         )
@@ -192,20 +261,47 @@ async def main() -> None:
             r = await step(
                 server, agent["id"], calls, args.secs, question, pool, args.client_processes
             )
+            split = "/".join(f"{c:.0f}" for c in r["worker_cpu_percent"])
             print(
                 f"{r['calls']:>5} {r['failures']:>4} {fmt(r['gap_p50']):>8} {fmt(r['gap_p99']):>8} "
-                f"{fmt(r['v2v_p95']):>8} {r['cpu_percent']:>5.0f}% {r['rss_mib']:>6.0f} MiB {r['per_call_mib']:>5.1f} MiB "
-                f"{r['client_cpu_percent']:>10.0f}%"
+                f"{fmt(r['v2v_p50']):>8} {fmt(r['v2v_p95']):>8} {r['cpu_percent']:>5.0f}% "
+                f"{r['cpu_percent_per_call']:>7.1f}% {split + ' %':>13} "
+                f"{'/'.join(map(str, r['worker_calls'])):>12} {r['rss_mib']:>5.0f} MiB "
+                f"{r['per_call_mib']:>5.1f} MiB {r['client_cpu_percent']:>10.0f}% "
+                f"{'yes' if r['holds'] else 'no'}"
             )
             for error in r["errors"]:
                 print(f"      {error}")
-            if r["failures"] == 0 and r["gap_p99"] is not None and r["gap_p99"] <= GAP_TARGET:
+            steps.append(r)
+            if r["holds"]:
                 best = calls
             await asyncio.sleep(3)
         print(
-            f"largest N with p99 gap ≤ {GAP_TARGET * 1000:.0f} ms and no failures: {best if best else 'none'}"
+            f"largest step that holds (no failures, p99 gap ≤ {GAP_TARGET * 1000:.0f} ms, "
+            f"voice-to-voice p95 ≤ {V2V_P95_TARGET} s): {best if best else 'none'}"
         )
         pool.shutdown()
+        json_path.parent.mkdir(parents=True, exist_ok=True)
+        json_path.write_text(
+            json.dumps(
+                {
+                    "benchmark": "capacity",
+                    "at": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+                    "machine": machine(),
+                    "load_average_at_start": load_at_start,
+                    "pipeline": "instant",
+                    "workers": args.workers,
+                    "client_processes": args.client_processes,
+                    "secs": args.secs,
+                    "targets": {"gap_p99": GAP_TARGET, "v2v_p95": V2V_P95_TARGET},
+                    "largest_step_that_holds": best,
+                    "steps": steps,
+                },
+                indent=2,
+            )
+            + "\n"
+        )
+        print(f"results: {json_path}")
     finally:
         server.stop()
         llm.stop()

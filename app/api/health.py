@@ -5,6 +5,7 @@ from typing import Literal
 from fastapi import APIRouter
 from pydantic import BaseModel, Field
 
+from app.calls.admission import busy_refusal
 from app.deps import CallerDep, StateDep
 from app.errors import ERROR_RESPONSES
 
@@ -22,7 +23,12 @@ class Health(BaseModel):
     load: float = Field(
         ge=0,
         le=1,
-        description="CPU use of this node over its last heartbeat, as a share of the machine",
+        description="How busy this node was over its last heartbeat: its event loop's CPU share of "
+        "a core or the process's share of the machine, whichever is higher",
+    )
+    accepting: bool = Field(
+        description="False while the node drains, holds `SWITCHBOARD_MAX_CALLS_PER_WORKER` calls or "
+        "is above `SWITCHBOARD_LOAD_THRESHOLD`: new calls would be refused (503 `server_busy`)"
     )
 
 
@@ -45,6 +51,7 @@ async def health(state: StateDep) -> Health:
         node_id=state.node.id,
         live_calls=len(state.calls),
         load=state.node.load,
+        accepting=not state.draining and busy_refusal(state) is None,
     )
 
 

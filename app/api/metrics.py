@@ -5,6 +5,7 @@ in `PROMETHEUS_MULTIPROC_DIR` and a scrape of any worker sums them all; the live
 counts live workers only.
 """
 
+import asyncio
 import os
 from pathlib import Path
 
@@ -14,11 +15,18 @@ from prometheus_client import (
     CONTENT_TYPE_LATEST,
     REGISTRY,
     CollectorRegistry,
+    Gauge,
     generate_latest,
     multiprocess,
 )
 
 router = APIRouter()
+
+ASYNCIO_TASKS = Gauge(
+    "switchboard_asyncio_tasks",
+    "asyncio tasks alive in a worker, as of its last scrape (a slow leak shows as growth)",
+    multiprocess_mode="liveall",
+)
 
 
 @router.get(
@@ -29,6 +37,7 @@ router = APIRouter()
     responses={200: {"content": {"text/plain": {}}, "description": "Prometheus text format"}},
 )
 async def metrics() -> Response:
+    ASYNCIO_TASKS.set(len(asyncio.all_tasks()))
     directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
     if not directory:
         return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)

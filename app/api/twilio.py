@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from app.api.agents import load_agent
 from app.api.sessions import SessionOut, session_out, websocket_base
+from app.calls.admission import busy_refusal
 from app.deps import CallerDep, DbDep, StateDep
 from app.errors import DRAINING_RESPONSES, ERROR_RESPONSES, APIError, ErrorBody, not_found
 from app.state import AppState
@@ -158,7 +159,8 @@ async def twilio_voice(
     request: Request, state: StateDep, db: DbDep, agentId: str | None = None
 ) -> Response:
     """Set this as the number's "A call comes in" webhook. The agent is the one the
-    dialled number (`To`) is assigned to, or `?agentId=`."""
+    dialled number (`To`) is assigned to, or `?agentId=`. A full node (`server_busy`) rejects
+    the call busy; an account at its cap or a draining server apologises and hangs up."""
     form = await signed_form(state, request)
     session = await start_inbound(
         state,
@@ -170,6 +172,8 @@ async def twilio_voice(
         call_id=form.get("CallSid"),
     )
     if session is None:
+        if busy_refusal(state) is not None and not state.draining:
+            return twiml_response(twilio.busy_twiml())
         return twiml_response(twilio.apology_twiml(BUSY_APOLOGY))
     return twiml_response(stream_twiml(state, request, session, None))
 

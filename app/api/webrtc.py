@@ -198,6 +198,7 @@ async def webrtc_offer(
     except Exception as exc:  # aiortc rejects an unusable SDP with assorted exception types
         message = f"the SDP offer could not be used: {exc}"
         logger.info(f"session {session.id}: {message} ({type(exc).__name__})")
+        state.calls.release(session.id)
         await session_store.finish(
             db, session.id, status="failed", end_reason="error", error=message
         )

@@ -1,6 +1,12 @@
 """The one way into a call, whatever the entry point (sessions and calls REST, the session
 WebSocket, WebRTC, phone calls, carrier streams): check the agent, refuse while this node
-drains, and create or claim the session under the account's concurrent-call cap.
+drains or is full, and create or claim the session under the account's concurrent-call cap.
+
+A node is full at `max_calls_per_worker` calls (running or admitted here and about to run: the
+place is held from the moment of admission, so a burst cannot slip past the cap) or when its
+load is above `load_threshold`. A full node refuses a new call before it starts (503
+`server_busy` with `Retry-After`; entry points turn it into WebSocket close 1013 or a Twilio
+`<Reject reason="busy"/>`), so the calls already running keep their pace.
 
 The cap is checked and taken in one transaction that first locks the account's row (on SQLite,
 the database's write lock), so admissions to one account queue up across every worker and
@@ -49,6 +55,35 @@ def refuse_while_draining(state: AppState) -> None:
         )
 
 
+BUSY_RETRY_AFTER_SECS = 5
+
+
+def busy_refusal(state: AppState, besides: str | None = None) -> APIError | None:
+    """The 503 `server_busy` a full node gives a new call (`besides`: the call being admitted,
+    if it already holds a place), or None while there is room."""
+    settings = state.settings
+    cap, taken, load = settings.max_calls_per_worker, state.calls.taken(besides), state.node.load
+    if cap and taken >= cap:
+        reason = f"this server is running its limit of {cap} calls"
+    elif load > settings.load_threshold:
+        reason = f"this server is too busy (load {load:.2f})"
+    else:
+        return None
+    return APIError(
+        503,
+        "server_busy",
+        f"{reason}; try again shortly",
+        {"limit": cap, "calls": taken, "load": load, "load_threshold": settings.load_threshold},
+        headers={"Retry-After": str(BUSY_RETRY_AFTER_SECS)},
+    )
+
+
+def refuse_while_full(state: AppState, besides: str | None = None) -> None:
+    refusal = busy_refusal(state, besides)
+    if refusal:
+        raise refusal
+
+
 async def start_session(
     state: AppState,
     db: AsyncSession,
@@ -62,10 +97,11 @@ async def start_session(
     belonging: list | None = None,
 ) -> Session:
     """A new session for `agent`, committed with the rows `belonging` to it (their `session_id`
-    is set): `live` (claimed by this node at once) or `created`, for a client or carrier to join.
-    409/422/429/503 refusals."""
+    is set): `live` (claimed by this node at once, its place held here) or `created`, for a
+    client or carrier to join. 409/422/429/503 refusals."""
     check_agent(state, agent)
     refuse_while_draining(state)
+    refuse_while_full(state)
     now = utcnow()
     session = Session(
         id=new_id("ses"),
@@ -82,7 +118,7 @@ async def start_session(
     current_session.set(session.id)
     if live:
         session.status, session.started_at, session.host = "active", now, state.node.id
-    async with _under_cap(state, db, agent.account_id):
+    async with _under_cap(state, db, agent.account_id, hold=session.id if live else None):
         db.add(session)
         await db.flush()  # the session first: the rows belonging to it reference it (foreign keys)
         for row in belonging or ():
@@ -98,7 +134,16 @@ async def join_session(
     claimed it first. 409/422/429/503 refusals."""
     check_agent(state, agent, session.agent_id)
     refuse_while_draining(state)
-    return await claim_under_cap(state, db, session)
+    session_id = session.id  # a failed transaction expires the row's attributes
+    refuse_while_full(state, besides=session_id)
+    joined = False
+    try:
+        async with _under_cap(state, db, session.account_id, besides=session_id, hold=session_id):
+            joined = await session_store.claim(db, session, state.node.id)
+    finally:
+        if not joined:
+            state.calls.release(session_id)
+    return joined
 
 
 async def claim_under_cap(state: AppState, db: AsyncSession, session: Session) -> bool:
@@ -110,10 +155,16 @@ async def claim_under_cap(state: AppState, db: AsyncSession, session: Session) -
 
 @asynccontextmanager
 async def _under_cap(
-    state: AppState, db: AsyncSession, account_id: str, besides: str | None = None
+    state: AppState,
+    db: AsyncSession,
+    account_id: str,
+    besides: str | None = None,
+    hold: str | None = None,
 ):
     """One transaction holding the account's lock: 429 if its calls (but `besides`) fill its
-    cap; otherwise what the block adds or claims is committed before the lock is let go."""
+    cap; otherwise what the block adds or claims is committed before the lock is let go. With
+    `hold`, that session's place on this node is checked (503) and held once the account has
+    room (so calls the account cap turns away never crowd this node), given back on failure."""
     await db.commit()  # whatever the request did so far; the lock starts a fresh transaction
     try:
         cap = (
@@ -128,8 +179,13 @@ async def _under_cap(
                 {"limit": cap, "active": live},
                 headers={"Retry-After": "30"},
             )
+        if hold:
+            refuse_while_full(state, besides=hold)
+            state.calls.hold(hold)
         yield
         await db.commit()
     except BaseException:
         await db.rollback()
+        if hold:
+            state.calls.release(hold)
         raise

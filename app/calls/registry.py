@@ -1,6 +1,8 @@
-"""The calls running in this process, so an API request or a shutdown can end them."""
+"""The calls running in this process, so an API request or a shutdown can end them, and the
+places admission holds for calls about to start here (the per-worker cap counts both)."""
 
 import asyncio
+import time
 from typing import TYPE_CHECKING
 
 from loguru import logger
@@ -10,14 +12,37 @@ if TYPE_CHECKING:
 
 
 class CallRegistry:
+    HOLD_SECS = 30
+    """How long a place held for a call stays taken if the call never starts here."""
+
     def __init__(self):
         self._calls: dict[str, CallSession] = {}
+        self._held: dict[str, float] = {}
+        """Session id → when its place lapses: admitted here, not running yet."""
 
     def add(self, call: "CallSession") -> None:
         self._calls[call.session_id] = call
+        self._held.pop(call.session_id, None)
 
     def remove(self, call: "CallSession") -> None:
         self._calls.pop(call.session_id, None)
+        self._held.pop(call.session_id, None)
+
+    def hold(self, session_id: str) -> None:
+        """Keep a place for a call admitted to this process until it runs (or `HOLD_SECS`)."""
+        self._held[session_id] = time.monotonic() + self.HOLD_SECS
+
+    def release(self, session_id: str) -> None:
+        """Give back the place of a call that will not start here after all."""
+        self._held.pop(session_id, None)
+
+    def taken(self, besides: str | None = None) -> int:
+        """Places taken by running calls and held ones, but `besides`'s."""
+        now = time.monotonic()
+        for session_id in [s for s, lapses in self._held.items() if lapses <= now]:
+            del self._held[session_id]
+        places = self._calls.keys() | self._held.keys()
+        return len(places - {besides})
 
     def get(self, session_id: str) -> "CallSession | None":
         return self._calls.get(session_id)

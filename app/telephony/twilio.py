@@ -44,6 +44,13 @@ def apology_twiml(message: str) -> str:
     return str(response)
 
 
+def busy_twiml() -> str:
+    """`<Response><Reject reason="busy"/></Response>`: the caller hears a busy signal, unbilled."""
+    response = VoiceResponse()
+    response.reject(reason="busy")
+    return str(response)
+
+
 def credentials(settings: Settings) -> dict[str, str] | None:
     """Serializer-style credentials: the account SID with an auth token or an API key pair."""
     if not settings.twilio_account_sid:
