@@ -12,12 +12,17 @@ if TYPE_CHECKING:
 class CallRegistry:
     def __init__(self):
         self._calls: dict[str, CallSession] = {}
+        self._empty = asyncio.Event()
+        self._empty.set()
 
     def add(self, call: "CallSession") -> None:
         self._calls[call.session_id] = call
+        self._empty.clear()
 
     def remove(self, call: "CallSession") -> None:
         self._calls.pop(call.session_id, None)
+        if not self._calls:
+            self._empty.set()
 
     def get(self, session_id: str) -> "CallSession | None":
         return self._calls.get(session_id)
@@ -46,7 +51,7 @@ class CallRegistry:
         await self._wait_until_empty(5)
 
     async def _wait_until_empty(self, timeout: float) -> None:
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        while self._calls and loop.time() < deadline:
-            await asyncio.sleep(0.1)
+        try:
+            await asyncio.wait_for(self._empty.wait(), timeout)
+        except TimeoutError:
+            pass
