@@ -15,7 +15,7 @@ from pipecat.audio.turn.smart_turn.base_smart_turn import BaseSmartTurn
 from pipecat.audio.turn.smart_turn.local_smart_turn_v3 import LocalSmartTurnAnalyzerV3
 from pipecat.audio.vad.silero import SileroOnnxModel, SileroVADAnalyzer
 from pipecat.audio.vad.vad_analyzer import VADAnalyzer, VADParams
-from pipecat.services.piper.tts import PiperTTSService
+from pipecat.services.piper.tts import PiperTTSService, PiperTTSSettings
 from pipecat.services.tts_service import TTSService
 from pipecat.services.whisper.stt import WhisperSTTService
 from pipecat.transcriptions.language import Language
@@ -74,7 +74,7 @@ class SharedPiperTTSService(PiperTTSService):
     with its first clause (Piper synthesizes a chunk of text whole, so a shorter first
     chunk is heard sooner)."""
 
-    def __init__(self, *, voice, settings: PiperTTSService.Settings, **kwargs):
+    def __init__(self, *, voice, settings: PiperTTSSettings, **kwargs):
         TTSService.__init__(
             self, push_start_frame=True, push_stop_frames=True, settings=settings, **kwargs
         )
@@ -137,7 +137,7 @@ def _anthropic(stage: StageConfig, ctx: ServiceContext):
         max_retries=int(options.pop("max_retries", 1)),
     )
     return AnthropicLLMService(
-        api_key=api_key,
+        api_key=api_key,  # type: ignore[arg-type]  # None when unset: the provider then refuses
         client=client,
         settings=AnthropicLLMService.Settings(system_instruction=ctx.system_prompt, **options),
     )
@@ -149,7 +149,7 @@ def _deepgram(stage: StageConfig, ctx: ServiceContext):
     options = dict(stage.options)
     base_url = options.pop("base_url", None) or ""
     return DeepgramSTTService(
-        api_key=_env_key(stage),
+        api_key=_env_key(stage),  # type: ignore[arg-type]  # None when unset: the provider then refuses
         base_url=base_url,
         settings=DeepgramSTTService.Settings(language=Language(ctx.language), **options),
     )
@@ -160,7 +160,7 @@ def _cartesia(stage: StageConfig, ctx: ServiceContext):
 
     options = dict(stage.options)
     return CartesiaTTSService(
-        api_key=_env_key(stage),
+        api_key=_env_key(stage),  # type: ignore[arg-type]  # None when unset: the provider then refuses
         url=options.pop("url"),
         settings=CartesiaTTSService.Settings(
             voice=ctx.voice_id, language=Language(ctx.language), **options

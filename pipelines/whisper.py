@@ -15,7 +15,7 @@ import numpy as np
 from loguru import logger
 from pipecat.frames.frames import InputAudioRawFrame, VADUserStartedSpeakingFrame
 from pipecat.processors.frame_processor import FrameDirection
-from pipecat.services.whisper.stt import WhisperSTTService
+from pipecat.services.whisper.stt import WhisperSTTService, WhisperSTTSettings
 from pipecat.utils.types import assert_given
 
 from pipelines import models
@@ -86,6 +86,7 @@ class SharedWhisperSTTService(WhisperSTTService):
     about a third faster than Whisper's 5 on a CPU) without timestamps (a turn's transcript
     doesn't use them), and transcribing speculatively once the caller falls quiet."""
 
+    _settings: WhisperSTTSettings  # Pipecat's `_settings: Settings` names a class attribute
     SPECULATE_AFTER_SECS = 0.1
     QUIET_RATIO = 0.03
     """A frame ~30 dB below the turn's loudest is quiet."""

@@ -68,5 +68,5 @@ def with_real_time_audio(serializer: FrameSerializer) -> FrameSerializer:
         frame = await deserialize(data)
         return gate.check(frame) if isinstance(frame, InputAudioRawFrame) else frame
 
-    serializer.deserialize = gated
+    serializer.deserialize = gated  # type: ignore[method-assign]  # this instance's method, wrapped
     return serializer

@@ -128,7 +128,7 @@ def with_prompt_caller_audio(serializer: FrameSerializer) -> FrameSerializer:
     makes the same words of it (`benchmarks/whisper_window.py` on both: 8.2 % word errors).
     The agent's audio keeps Pipecat's resampler: it comes in whole sentences and the caller hears it.
     """
-    serializer._input_resampler = SOXRStreamAudioResampler(quality="QQ")
+    serializer._input_resampler = SOXRStreamAudioResampler(quality="QQ")  # type: ignore[attr-defined]  # every carrier serializer has one
     return serializer
 
 
