@@ -7,7 +7,7 @@ RUN apt-get update \
  && rm -rf /var/lib/apt/lists/*
 
 WORKDIR /srv/switchboard
-COPY pyproject.toml constraints.txt README.md ./
+COPY pyproject.toml constraints.txt requirements-nodeps.txt README.md ./
 COPY app ./app
 COPY pipelines ./pipelines
 COPY processors ./processors
@@ -15,7 +15,6 @@ COPY processors ./processors
 # llama-cpp-python compiles here (several minutes), for AVX2 rather than the build host's CPU
 # (see `run`: a native build crashed on another CPU).
 ARG CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON"
-COPY requirements-nodeps.txt ./
 RUN pip install --no-cache-dir -c constraints.txt . \
  && pip install --no-cache-dir --no-deps -r requirements-nodeps.txt \
  && apt-get purge -y build-essential cmake && apt-get autoremove -y
