@@ -7,7 +7,7 @@ RUN apt-get update \
  && rm -rf /var/lib/apt/lists/*
 
 WORKDIR /srv/switchboard
-COPY pyproject.toml constraints.txt README.md ./
+COPY pyproject.toml constraints.txt requirements-nodeps.txt README.md ./
 COPY app ./app
 COPY pipelines ./pipelines
 COPY processors ./processors
@@ -16,6 +16,7 @@ COPY processors ./processors
 # (see `run`: a native build crashed on another CPU).
 ARG CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON"
 RUN pip install --no-cache-dir -c constraints.txt . \
+ && pip install --no-cache-dir --no-deps -r requirements-nodeps.txt \
  && apt-get purge -y build-essential cmake && apt-get autoremove -y
 
 ENV SWITCHBOARD_HOST=0.0.0.0 \

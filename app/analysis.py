@@ -50,12 +50,12 @@ class AnalysisFailed(Exception):
 
 def result_model(fields: list[AnalysisField]) -> type[BaseModel]:
     """The pydantic model an answer must validate against."""
-    custom = create_model(
+    custom = create_model(  # type: ignore[call-overload]  # the fields are made at run time
         "CustomFields",
         __config__=ConfigDict(extra="forbid"),
         **{
             f.name: (
-                Literal[tuple(f.options)] if f.type == "enum" else _FIELD_TYPES[f.type],
+                Literal[tuple(f.options or ())] if f.type == "enum" else _FIELD_TYPES[f.type],
                 Field(description=f.description),
             )
             for f in fields
@@ -71,8 +71,8 @@ def result_model(fields: list[AnalysisField]) -> type[BaseModel]:
                 description="Two or three sentences on what the call was about and how it went",
             ),
         ),
-        sentiment=(
-            Literal["positive", "neutral", "negative"],
+        sentiment=(  # type: ignore[arg-type]  # mypy can't yet take a Literal as a value
+            Literal["positive", "neutral", "negative"],  # type: ignore[maybe-unrecognized-str-typeform]
             Field(description="The caller's overall sentiment"),
         ),
         topics=(list[str], Field(description="Short topics the call covered")),

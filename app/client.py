@@ -4,6 +4,7 @@ import asyncio
 import json
 import time
 import wave
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -48,10 +49,10 @@ class SessionClient:
         """(arrival time, bytes) of every agent audio frame."""
         self.close_code: int | None = None
         self.close_reason: str | None = None
-        self._ws = None
+        self._ws: websockets.ClientConnection | None = None
         self._reader: asyncio.Task | None = None
         self._new_event = asyncio.Event()
-        self.on_event = None
+        self.on_event: Callable[[dict], None] | None = None
 
     async def __aenter__(self):
         self._ws = await websockets.connect(
@@ -63,9 +64,15 @@ class SessionClient:
     async def __aexit__(self, *exc):
         await self.close()
 
+    @property
+    def _connection(self) -> websockets.ClientConnection:
+        if self._ws is None:
+            raise RuntimeError("not connected: use the client as `async with`")
+        return self._ws
+
     async def _read(self):
         try:
-            async for message in self._ws:
+            async for message in self._connection:
                 if isinstance(message, bytes):
                     now = time.monotonic()
                     self.first_audio_at = self.first_audio_at or now
@@ -81,8 +88,8 @@ class SessionClient:
         except websockets.ConnectionClosed:
             pass
         finally:
-            self.close_code = self._ws.close_code
-            self.close_reason = self._ws.close_reason
+            self.close_code = self._connection.close_code
+            self.close_reason = self._connection.close_reason
             self._new_event.set()
 
     @property
@@ -113,10 +120,10 @@ class SessionClient:
         return self.of_type(kind)[count - 1]
 
     async def send_event(self, event: dict) -> None:
-        await self._ws.send(json.dumps(event))
+        await self._connection.send(json.dumps(event))
 
     async def send_raw(self, data: str | bytes) -> None:
-        await self._ws.send(data)
+        await self._connection.send(data)
 
     async def stream(self, pcm: bytes, realtime: bool = True) -> None:
         """Send caller audio in 20 ms frames, paced like a live microphone."""
@@ -125,7 +132,7 @@ class SessionClient:
         for index, offset in enumerate(range(0, len(pcm), chunk)):
             if self.closed:
                 return
-            await self._ws.send(pcm[offset : offset + chunk])
+            await self._connection.send(pcm[offset : offset + chunk])
             if realtime:
                 await asyncio.sleep(max(0.0, start + (index + 1) * CHUNK_SECS - time.monotonic()))
 

@@ -54,8 +54,10 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
         "description": "Internal error (`internal_error`), logged with its traceback",
     },
 }
-ADMIN_RESPONSES = {403: {"model": ErrorBody, "description": "Needs the admin key"}}
-DRAINING_RESPONSES = {
+ADMIN_RESPONSES: dict[int | str, dict[str, Any]] = {
+    403: {"model": ErrorBody, "description": "Needs the admin key"}
+}
+DRAINING_RESPONSES: dict[int | str, dict[str, Any]] = {
     503: {
         "model": ErrorBody,
         "description": "The server is shutting down (`server_draining`) or full (`server_busy`: "

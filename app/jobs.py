@@ -125,7 +125,7 @@ class JobQueue:
                     attempts=Job.attempts + 1,
                 )
             )
-            job = await db.get(Job, job_id) if claimed.rowcount == 1 else None
+            job = await db.get(Job, job_id) if claimed.rowcount == 1 else None  # type: ignore[attr-defined]  # an UPDATE's Result is a CursorResult
             await db.commit()
             return job
 

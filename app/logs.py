@@ -55,4 +55,4 @@ def install_log_redaction() -> None:
     local variables (loguru's default shows them, and they can hold keys, tokens and secrets)."""
     logger.remove()
     logger.add(sys.stderr, diagnose=False)
-    logger.configure(patcher=lambda record: record.update(message=redact(record["message"])))
+    logger.configure(patcher=lambda record: record.update({"message": redact(record["message"])}))

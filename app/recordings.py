@@ -90,12 +90,12 @@ class LocalRecordingStore(RecordingStore):
 
     async def size(self, key: str) -> int | None:
         try:
-            return (self.root / key).stat().st_size
+            return (await asyncio.to_thread((self.root / key).stat)).st_size
         except FileNotFoundError:
             return None
 
     async def delete(self, key: str) -> None:
-        (self.root / key).unlink(missing_ok=True)
+        await asyncio.to_thread((self.root / key).unlink, missing_ok=True)
 
 
 class S3RecordingStore(RecordingStore):
@@ -186,7 +186,7 @@ def _store(url: str, endpoint_url, region, access_key_id, secret_access_key) -> 
 async def open_file(path: Path) -> StoredRecording | None:
     """A file's bytes as a stream, as big as it was when opened (a live recording grows)."""
     try:
-        file = open(path, "rb")  # noqa: SIM115 - closed when the stream ends
+        file = await asyncio.to_thread(open, path, "rb")  # closed when the stream ends
     except FileNotFoundError:
         return None
     size = os.fstat(file.fileno()).st_size
@@ -271,24 +271,27 @@ async def _continue(settings: Settings, session_id: str) -> None:
     """A call resumed on this node carries on its recording: what another node recorded before
     the client dropped was stored then, and comes here to be appended to."""
     path = live_path(settings, session_id)
-    if path.exists():
+    if await asyncio.to_thread(path.exists):
         return  # it was recorded here
     stored = await recording_store(settings).open(recording_key(session_id))
     if stored is None:
         return
-    path.parent.mkdir(parents=True, exist_ok=True)
+    await asyncio.to_thread(path.parent.mkdir, parents=True, exist_ok=True)
     partial = path.with_suffix(".partial")
-    with open(partial, "wb") as file:
+    file = await asyncio.to_thread(open, partial, "wb")
+    try:
         async for chunk in stored.chunks:
             await asyncio.to_thread(file.write, chunk)
-    os.replace(partial, path)
+    finally:
+        await asyncio.to_thread(file.close)
+    await asyncio.to_thread(os.replace, partial, path)
 
 
 async def store_so_far(settings: Settings, session_id: str) -> None:
     """Store what a call has recorded so far, keeping the local file: its client dropped and may
     reconnect on another node (see `_continue`), or here."""
     path = live_path(settings, session_id)
-    if path.exists():
+    if await asyncio.to_thread(path.exists):
         await recording_store(settings).put(recording_key(session_id), path)
 
 
@@ -300,7 +303,7 @@ async def finalise_recording(
     is left and changes nothing else."""
     key = recording_key(session_id)
     try:
-        size = local_path.stat().st_size
+        size = (await asyncio.to_thread(local_path.stat)).st_size
     except FileNotFoundError:
         size = None
     if size is not None:
@@ -311,7 +314,7 @@ async def finalise_recording(
         )  # moved by an earlier run, or never written
     async with db.sessions() as s:
         await recording_db.mark_stored(s, session_id, size)
-    local_path.unlink(missing_ok=True)
+    await asyncio.to_thread(local_path.unlink, missing_ok=True)
     if size is not None:
         logger.info(f"session {session_id}: recording stored ({size} bytes)")
 
@@ -325,7 +328,7 @@ async def finalise_left_behind(settings: Settings, db: Database) -> None:
             async with db.sessions() as s:
                 session = await s.get(Session, path.stem)
             if session is not None and session.status == "active":
-                path.unlink()
+                await asyncio.to_thread(path.unlink)
                 continue
             await finalise_recording(settings, db, path.stem, path)
         except Exception:

@@ -76,8 +76,8 @@ async def deliver(state: AppState, job: Job) -> None:
     """One attempt at a delivery (the job): its outcome is recorded on the delivery, and a
     failure raised so the job is retried."""
     async with state.db.sessions() as db:
-        delivery = await db.get(WebhookDelivery, job.payload["delivery_id"])
-        agent = await db.get(Agent, delivery.agent_id)
+        delivery = await db.get_one(WebhookDelivery, job.payload["delivery_id"])
+        agent = await db.get_one(Agent, delivery.agent_id)
     if delivery.status != "pending":
         return  # settled by a node that died before it could close the job
     body = json.dumps({"id": delivery.id, **delivery.payload}).encode()

@@ -37,5 +37,5 @@ class ReusePortWorker(multiprocess.Process):
 
 
 def run_workers(config: Config) -> None:
-    multiprocess.Process = ReusePortWorker  # what the supervisor starts for each worker
+    multiprocess.Process = ReusePortWorker  # type: ignore[misc]  # what the supervisor starts per worker
     multiprocess.Multiprocess(config, sockets=[]).run()

@@ -76,7 +76,7 @@ async def caller(twiml: str, secs: float, question: bytes) -> dict:
             silence.cancel()
         await client.stop()
     arrivals = [at for at, _ in client.media_log]
-    gaps = [b - a for a, b in zip(arrivals, arrivals[1:]) if b - a < UTTERANCE_BREAK]
+    gaps = [b - a for a, b in zip(arrivals, arrivals[1:], strict=False) if b - a < UTTERANCE_BREAK]
     return {"turns": turns, "gaps": gaps, "frames": len(arrivals)}
 
 

@@ -105,12 +105,14 @@ def main() -> None:
         transcribe(model, audio[0])  # warm up
         results = [transcribe(model, a) for a in audio]
         times = [secs for secs, _ in results]
-        errors = [word_errors(text, said) for text, (_, said) in zip(SENTENCES, results)]
+        errors = [
+            word_errors(text, said) for text, (_, said) in zip(SENTENCES, results, strict=True)
+        ]
         print(
             f"{name}: p50 {fmt(percentile(times, 50))}, max {fmt(max(times))}, "
             f"word error rate {sum(errors) / total_words:.1%}"
         )
-        for text, (_, said), wrong in zip(SENTENCES, results, errors):
+        for text, (_, said), wrong in zip(SENTENCES, results, errors, strict=True):
             if wrong:
                 print(f"    {text[:60]!r} → {said[:60]!r}")
 

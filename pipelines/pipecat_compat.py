@@ -21,7 +21,7 @@ from pipecat.audio.vad.silero import SileroOnnxModel, SileroVADAnalyzer
 from pipecat.audio.vad.vad_analyzer import VADAnalyzer, VADParams
 from pipecat.frames.frames import Frame
 from pipecat.serializers.base_serializer import FrameSerializer
-from pipecat.services.piper.tts import PiperTTSService
+from pipecat.services.piper.tts import PiperTTSService, PiperTTSSettings
 from pipecat.services.stt_service import SegmentedSTTService, STTService
 from pipecat.services.tts_service import TTSService
 from pipecat.services.whisper.stt import WhisperSTTService
@@ -43,7 +43,7 @@ def set_input_resampler(serializer: FrameSerializer, resampler: BaseAudioResampl
     `resampler`."""
     # The carrier serializers build their input resampler in `__init__` (soxr at very high
     # quality) and take no option for its quality; they read `_input_resampler` per message.
-    serializer._input_resampler = resampler
+    serializer._input_resampler = resampler  # type: ignore[attr-defined]  # every carrier serializer has one
 
 
 def filter_deserialized(
@@ -61,7 +61,7 @@ def filter_deserialized(
         frame = await deserialize(data)
         return check(frame) if frame is not None else None
 
-    serializer.deserialize = checked
+    serializer.deserialize = checked  # type: ignore[method-assign]  # this instance's method
     return serializer
 
 
@@ -108,7 +108,7 @@ def smart_turn_v3(session, executor: ThreadPoolExecutor) -> LocalSmartTurnAnalyz
     return _SmartTurnV3OnSharedModel(session=session, executor=executor)
 
 
-def piper_tts_service(*, voice, settings: PiperTTSService.Settings, **kwargs) -> PiperTTSService:
+def piper_tts_service(*, voice, settings: PiperTTSSettings, **kwargs) -> PiperTTSService:
     """A `PiperTTSService` speaking with an already loaded `PiperVoice`."""
     # PiperTTSService.__init__ loads (or downloads) the voice itself and takes no loaded one:
     # skip it, make the TTSService it makes, and give it the voice it reads in `run_tts`.
@@ -124,7 +124,7 @@ def set_tts_text_aggregator(tts: TTSService, aggregator: BaseTextAggregator) -> 
     """Make a TTS service cut the LLM's text into chunks with `aggregator`."""
     # TTSService builds a SimpleTextAggregator in `__init__`; the `text_aggregator` option
     # that once replaced it is gone in 1.14.
-    tts._text_aggregator = aggregator
+    tts._text_aggregator = aggregator  # type: ignore[assignment]  # any BaseTextAggregator works
 
 
 class WhisperSTTServiceOnModel(WhisperSTTService):

@@ -91,7 +91,7 @@ def _anthropic(stage: StageConfig, ctx: ServiceContext):
         max_retries=int(options.pop("max_retries", 1)),
     )
     return AnthropicLLMService(
-        api_key=api_key,
+        api_key=api_key,  # type: ignore[arg-type]  # None when unset: the provider then refuses
         client=client,
         settings=AnthropicLLMService.Settings(system_instruction=ctx.system_prompt, **options),
     )
@@ -103,7 +103,7 @@ def _deepgram(stage: StageConfig, ctx: ServiceContext):
     options = dict(stage.options)
     base_url = options.pop("base_url", None) or ""
     return DeepgramSTTService(
-        api_key=_env_key(stage),
+        api_key=_env_key(stage),  # type: ignore[arg-type]  # None when unset: the provider refuses
         base_url=base_url,
         settings=DeepgramSTTService.Settings(language=Language(ctx.language), **options),
     )
@@ -114,7 +114,7 @@ def _cartesia(stage: StageConfig, ctx: ServiceContext):
 
     options = dict(stage.options)
     return CartesiaTTSService(
-        api_key=_env_key(stage),
+        api_key=_env_key(stage),  # type: ignore[arg-type]  # None when unset: the provider refuses
         url=options.pop("url"),
         settings=CartesiaTTSService.Settings(
             voice=ctx.voice_id, language=Language(ctx.language), **options

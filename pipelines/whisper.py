@@ -10,6 +10,7 @@ usually finished by then.
 
 import concurrent.futures
 import os
+from typing import cast
 
 import numpy as np
 from loguru import logger
@@ -20,7 +21,7 @@ from pipecat.frames.frames import (
     VADUserStoppedSpeakingFrame,
 )
 from pipecat.processors.frame_processor import FrameDirection
-from pipecat.services.whisper.stt import WhisperSTTService
+from pipecat.services.whisper.stt import WhisperSTTSettings
 from pipecat.utils.types import assert_given
 
 from pipelines import models
@@ -92,6 +93,7 @@ class SharedWhisperSTTService(WhisperSTTServiceOnModel):
     about a third faster than Whisper's 5 on a CPU) without timestamps (a turn's transcript
     doesn't use them), and transcribing speculatively once the caller falls quiet."""
 
+    _settings: WhisperSTTSettings  # Pipecat's `_settings: Settings` names a class attribute
     SPECULATE_AFTER_SECS = 0.1
     QUIET_RATIO = 0.03
     """A frame ~30 dB below the turn's loudest is quiet."""
@@ -99,7 +101,7 @@ class SharedWhisperSTTService(WhisperSTTServiceOnModel):
     def __init__(
         self,
         *,
-        settings: WhisperSTTService.Settings,
+        settings: WhisperSTTSettings,
         beam_size: int = 5,
         device: str = "cpu",
         compute_type: str = "int8",
@@ -147,7 +149,7 @@ class SharedWhisperSTTService(WhisperSTTServiceOnModel):
         ):
             # The same audio and options `WhisperSTTService.run_stt` will transcribe, minus the
             # quiet tail still to come, padded with silence as SegmentedSTTService pads a segment.
-            settings = self.settings
+            settings = cast(WhisperSTTSettings, self.settings)
             self._decoding.speculate(
                 _float_audio(segment_audio(self)),
                 np.zeros(int(self.sample_rate * self._padding_secs), dtype=np.float32),

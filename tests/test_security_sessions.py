@@ -730,7 +730,9 @@ async def test_websocket_entry_points_fuzz(secure_server, api):
                 secure_server.ws_url(f"{path}?{query}"), messages, protocols, timeout=20
             )
         except TimeoutError:
-            raise AssertionError(("timeout", case, path, query[:300], protocols, messages[0][:100]))
+            raise AssertionError(
+                ("timeout", case, path, query[:300], protocols, messages[0][:100])
+            ) from None
         except (
             InvalidStatus
         ) as exc:  # refused before the WebSocket opened (e.g. an unparseable URL)

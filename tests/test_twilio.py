@@ -145,7 +145,7 @@ async def test_inbound_call_hears_the_caller_answers_and_completes(twilio_server
     assert "open" in items[1]["content"].lower() and "tomorrow" in items[1]["content"].lower()
     assert items[2]["content"] == "We open at nine tomorrow morning."
     # Agent turns are stamped when Twilio echoed their mark (the caller had heard them).
-    for entry, (_name, echoed_at) in zip([items[0], items[2]], client.marks_echoed):
+    for entry, (_name, echoed_at) in zip([items[0], items[2]], client.marks_echoed, strict=False):
         assert abs(datetime.fromisoformat(entry["timestamp"]).timestamp() - echoed_at) < 0.5
     # Caller hung up: no REST hang-up needed.
     assert not twilio_rest_hang_ups(twilio_server, client.call_sid)

@@ -88,7 +88,9 @@ class WebRTCCaller:
         candidates = [line.removeprefix("a=") for line in lines if line.startswith("a=candidate:")]
         sdp = (
             "\r\n".join(
-                l for l in lines if not l.startswith(("a=candidate:", "a=end-of-candidates"))
+                line
+                for line in lines
+                if not line.startswith(("a=candidate:", "a=end-of-candidates"))
             )
             + "\r\n"
         )

@@ -1,7 +1,7 @@
 """Agents: create, list, read, update, delete."""
 
 import secrets
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
@@ -132,7 +132,7 @@ def new_secret() -> str:
     return f"whsec_{secrets.token_urlsafe(24)}"
 
 
-def stored_tools(tools: list[ToolDefinition], current: list[dict] = ()) -> list[dict]:
+def stored_tools(tools: list[ToolDefinition], current: Sequence[dict] = ()) -> list[dict]:
     """The tools as stored: a webhook tool without a secret keeps its same-named current one, or gets a new one."""
     kept = {tool["name"]: tool.get("secret") for tool in current if tool.get("type") == "webhook"}
     stored = [tool.model_dump() for tool in tools]
@@ -467,7 +467,7 @@ async def update_agent(
     )
     shown_before = _secrets(agent)
     if "tools" in changes:
-        changes["tools"] = stored_tools(body.tools, agent.tools)
+        changes["tools"] = stored_tools(body.tools or [], agent.tools)  # null refused above
     numbers = changes.pop("phone_numbers", None)
     for field, value in changes.items():
         setattr(agent, field, value)

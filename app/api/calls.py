@@ -2,7 +2,6 @@
 back where the client or carrier connects (and, for carriers, the markup that does it).
 Also serves a session's recording."""
 
-from collections.abc import Callable
 from typing import Annotated, Any, Literal
 from urllib.parse import quote
 
@@ -30,7 +29,7 @@ INLINE_MAX_TURNS = 50
 ConnectionType = Literal["twilio", "telnyx", "plivo", "websocket", "webrtc"]
 
 
-def _between(low: int | float, high: int | float, unit: str = "") -> Callable:
+def _between(low: int | float, high: int | float, unit: str = "") -> AfterValidator:
     """A range check whose error names the whole range (the field name comes with the error)."""
 
     def check(value):
@@ -147,7 +146,9 @@ def _connection(state: AppState, request: Request, session: Session) -> tuple[st
     """The URL to connect to, and the carrier markup that connects to it."""
     base = websocket_base(state, request)
     if session.connection_type == "websocket":
-        return session_out(state, request, session).websocket_url, None
+        url = session_out(state, request, session).websocket_url
+        assert url is not None  # a created session's URL is set
+        return url, None
     if session.connection_type == "twilio":
         return f"{base}{twilio.STREAM_PATH}", stream_twiml(state, request, session, None)
     carrier = session.connection_type

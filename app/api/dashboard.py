@@ -11,7 +11,7 @@ import json
 from datetime import datetime
 from math import ceil
 from pathlib import Path
-from typing import Annotated, get_args
+from typing import Annotated, Any, TypeVar, get_args
 from urllib.parse import parse_qs, quote, urlencode
 
 from fastapi import APIRouter, Depends, Query, Request
@@ -205,7 +205,7 @@ def _agent_form_context(state, values: dict, errors: list[str] | None = None) ->
 
 def _agent_fields(form: dict[str, str]) -> dict:
     """The agent fields a dashboard form sent, in the API's shape (validated by its models)."""
-    fields = {
+    fields: dict[str, Any] = {
         name: form.get(name, "").strip()
         for name in ("name", "voice_id", "system_prompt", "language", "pipeline")
     }
@@ -229,7 +229,10 @@ class _FormError(Exception):
         self.errors = errors
 
 
-def _validate(model: type[BaseModel], fields: dict) -> BaseModel:
+Model = TypeVar("Model", bound=BaseModel)
+
+
+def _validate(model: type[Model], fields: dict) -> Model:
     try:
         return model.model_validate(fields)
     except ValidationError as exc:

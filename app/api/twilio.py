@@ -6,6 +6,7 @@ webhook, status and task callbacks) carry no API key: they must carry a valid
 """
 
 from datetime import datetime
+from typing import Any
 from urllib.parse import parse_qsl
 
 from fastapi import APIRouter, Request, WebSocket
@@ -34,7 +35,7 @@ router = APIRouter(tags=["telephony"], responses=ERROR_RESPONSES)
 BUSY_APOLOGY = (
     "We're sorry, all our lines are busy right now. Please call again in a few minutes. Goodbye."
 )
-TWIML_RESPONSES = {
+TWIML_RESPONSES: dict[int | str, dict[str, Any]] = {
     200: {"content": {"text/xml": {}}, "description": "TwiML that connects the call to the agent"}
 }
 
@@ -333,6 +334,8 @@ async def task_connect(task_id: str, request: Request, state: StateDep, db: DbDe
     form = await signed_form(state, request)
     call = await _task(db, task_id)
     session = await session_store.get_session(db, call.account_id, call.session_id)
+    if session is None:
+        raise not_found("session", call.session_id)
     if session.status not in session_store.ACTIVE_STATUSES:
         raise APIError(
             409, f"session_{session.status}", f"session '{session.id}' is {session.status}"

@@ -203,6 +203,7 @@ async def webrtc_offer(
             db, session.id, status="failed", end_reason="error", error=message
         )
         raise APIError(400, "invalid_offer", message) from None
+    assert answer is not None  # Pipecat's handler returns an answer or raises
     return WebRTCAnswer(
         sdp=answer["sdp"], type=answer["type"], pc_id=answer["pc_id"], session_id=session.id
     )
@@ -221,7 +222,7 @@ async def webrtc_ice_candidates(
     request = SmallWebRTCPatchRequest(
         pc_id=body.pc_id,
         candidates=[
-            IceCandidate(c.candidate.removeprefix("candidate:"), c.sdp_mid, c.sdp_mline_index)
+            IceCandidate(c.candidate.removeprefix("candidate:"), c.sdp_mid, c.sdp_mline_index)  # type: ignore[arg-type]  # aiortc takes either as None
             for c in body.candidates
         ],
     )

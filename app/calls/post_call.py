@@ -55,7 +55,7 @@ async def session_finished(
     await store_recording(state, session_id)
     try:
         async with state.db.sessions() as db:
-            session = await db.get(Session, session_id)
+            session = await db.get_one(Session, session_id)
             cost = session_cost(
                 config,
                 merged_pricing(config, state.settings.pricing),
@@ -75,7 +75,7 @@ async def session_finished(
 async def call_lost(state: AppState, db: AsyncSession, session_id: str) -> None:
     """A call whose node was lost ended `node_lost`: add its `session.ended` webhook to `db`'s
     transaction (no cost or analysis: the node that measured the call is gone)."""
-    session = await db.get(Session, session_id)
+    session = await db.get_one(Session, session_id)
     agent = await call_agent(db, session)
     if agent is not None:
         webhooks.send(state, db, agent, "session.ended", session_id, _ended(session, None))
@@ -116,9 +116,9 @@ async def run_analysis(state: AppState, job: Job) -> None:
     session_id = job.payload["session_id"]
     try:
         async with state.db.sessions() as db:
-            if (await db.get(SessionAnalysis, session_id)).status != "pending":
+            if (await db.get_one(SessionAnalysis, session_id)).status != "pending":
                 return  # stored by a node that died before it could close the job
-            session = await db.get(Session, session_id)
+            session = await db.get_one(Session, session_id)
             agent, config = await analysis_target(state, db, session)
             entries = await session_store.transcript(db, session_id)
         fields = [analyser.AnalysisField(**f) for f in agent.analysis_fields or []]

@@ -68,7 +68,7 @@ class SessionProtocolSerializer(FrameSerializer):
         self.hung_up = False
         """The client sent `session.end`: its socket closing next is a hang-up, not a drop."""
 
-    async def setup(self, setup: FrameProcessorSetup):
+    async def setup(self, setup: FrameProcessorSetup):  # type: ignore[override]  # as Pipecat's FrameSerializer
         self._pipeline_rate = setup.audio_in_sample_rate
 
     async def serialize(self, frame: Frame) -> str | bytes | None:

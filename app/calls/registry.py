@@ -19,14 +19,19 @@ class CallRegistry:
         self._calls: dict[str, CallSession] = {}
         self._held: dict[str, float] = {}
         """Session id → when its place lapses: admitted here, not running yet."""
+        self._empty = asyncio.Event()
+        self._empty.set()
 
     def add(self, call: "CallSession") -> None:
         self._calls[call.session_id] = call
         self._held.pop(call.session_id, None)
+        self._empty.clear()
 
     def remove(self, call: "CallSession") -> None:
         self._calls.pop(call.session_id, None)
         self._held.pop(call.session_id, None)
+        if not self._calls:
+            self._empty.set()
 
     def hold(self, session_id: str) -> None:
         """Keep a place for a call admitted to this process until it runs (or `HOLD_SECS`)."""
@@ -71,7 +76,7 @@ class CallRegistry:
         await self._wait_until_empty(5)
 
     async def _wait_until_empty(self, timeout: float) -> None:
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        while self._calls and loop.time() < deadline:
-            await asyncio.sleep(0.1)
+        try:
+            await asyncio.wait_for(self._empty.wait(), timeout)
+        except TimeoutError:
+            pass

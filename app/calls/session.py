@@ -238,7 +238,7 @@ class CallSession:
                 interrupted=interrupted,
             )
         if self._call.events and speaker != "TOOL":
-            event = {
+            event: dict[str, str | bool] = {
                 "type": "transcript.user" if speaker == "USER" else "transcript.agent",
                 "text": content,
             }
@@ -418,8 +418,8 @@ class CallSession:
     async def _finish(self) -> None:
         frame = self._final_frame
         reason = end_reason(frame) if isinstance(frame, (EndFrame, CancelFrame)) else "error"
-        if reason == "error" and frame is not None and frame.reason:
-            self._error = self._error or str(frame.reason)
+        if reason == "error" and (error := getattr(frame, "reason", None)):
+            self._error = self._error or str(error)
         if reason == "disconnected" and self._resumable:
             await self._await_reconnect()
             return

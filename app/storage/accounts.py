@@ -99,7 +99,7 @@ async def server_secret(db: AsyncSession, name: str) -> str:
             await db.commit()
         except IntegrityError:  # another process created it first
             await db.rollback()
-            row = await db.get(ServerSecret, name)
+            row = await db.get_one(ServerSecret, name)
     return row.value
 
 

@@ -46,7 +46,7 @@ async def rerun_analysis(
         )
         .values(**pending)
     )
-    if claimed.rowcount == 0:
+    if claimed.rowcount == 0:  # type: ignore[attr-defined]  # an UPDATE's Result is a CursorResult
         if await get_analysis(db, account_id, session_id) is not None:
             return None  # pending already
         db.add(SessionAnalysis(session_id=session_id, account_id=account_id, **pending))
@@ -72,7 +72,7 @@ async def finish_analysis(
     model: str | None,
 ) -> None:
     """Store the analysis' outcome in `db`'s transaction."""
-    analysis = await db.get(SessionAnalysis, session_id)
+    analysis = await db.get_one(SessionAnalysis, session_id)
     analysis.status = "completed" if result is not None else "failed"
     analysis.result, analysis.error, analysis.attempts, analysis.model = (
         result,

@@ -24,6 +24,8 @@ async def call_agent(db: AsyncSession, session: Session) -> Agent | None:
     """The agent a session runs: its stored agent (scoped by account), or its inline one."""
     if session.inline_config is not None:
         return inline_agent(session.account_id, session.inline_config)
+    if session.agent_id is None:
+        return None
     return await agent_store.get_agent(db, session.account_id, session.agent_id)
 
 
@@ -54,7 +56,7 @@ async def resume(db: AsyncSession, session: Session, host: str | None) -> bool:
     )
     await db.commit()
     session.resume_deadline, session.host = None, host
-    return result.rowcount == 1
+    return result.rowcount == 1  # type: ignore[attr-defined]  # an UPDATE's Result is a CursorResult
 
 
 async def fail_unresumed(db: AsyncSession, session_id: str) -> bool:
@@ -69,7 +71,7 @@ async def fail_unresumed(db: AsyncSession, session_id: str) -> bool:
         .values(resume_deadline=None)
     )
     await db.commit()
-    if result.rowcount != 1:
+    if result.rowcount != 1:  # type: ignore[attr-defined]  # an UPDATE's Result is a CursorResult
         return False
     await session_store.finish(
         db, session_id, status="failed", end_reason="disconnected", error=None

@@ -21,7 +21,7 @@ async def renew(
         .where(Node.id == node_id)
         .values(heartbeat_at=now, live_calls=live_calls, load=load)
     )
-    if result.rowcount == 0:
+    if result.rowcount == 0:  # type: ignore[attr-defined]  # an UPDATE's Result is a CursorResult
         db.add(
             Node(
                 id=node_id,
@@ -66,7 +66,7 @@ async def fail_lost_calls(
                 duration_secs=round((now - started_at).total_seconds(), 3) if started_at else None,
             )
         )
-        if result.rowcount == 1:
+        if result.rowcount == 1:  # type: ignore[attr-defined]  # an UPDATE's Result is a CursorResult
             await on_ended(db, session_id)
             ended.append(session_id)
         await (

@@ -25,7 +25,7 @@ async def usage_and_quota(
             Session.account_id == account_id, Session.recording_status == "available"
         )
     )
-    return int(used), quota
+    return int(used or 0), quota
 
 
 async def status(db: AsyncSession, session_id: str) -> str | None:
@@ -78,4 +78,4 @@ async def mark_expired(db: AsyncSession, session_id: str, reason: str) -> bool:
         .values(recording_status="expired", recording_reason=reason)
     )
     await db.commit()
-    return result.rowcount == 1
+    return result.rowcount == 1  # type: ignore[attr-defined]  # an UPDATE's Result is a CursorResult

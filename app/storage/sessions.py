@@ -78,7 +78,7 @@ async def count_live(db: AsyncSession, account_id: str, *, besides: str | None =
     )
     if besides:
         query = query.where(Session.id != besides)
-    return await db.scalar(query)
+    return await db.scalar(query) or 0
 
 
 async def claim(db: AsyncSession, session: Session, node_id: str) -> bool:
@@ -90,7 +90,7 @@ async def claim(db: AsyncSession, session: Session, node_id: str) -> bool:
         .values(status="active", started_at=started, host=node_id)
     )
     await db.commit()
-    if result.rowcount != 1:
+    if result.rowcount != 1:  # type: ignore[attr-defined]  # an UPDATE's Result is a CursorResult
         return False
     session.status, session.started_at, session.host = "active", started, node_id
     return True
@@ -105,13 +105,13 @@ async def move_to(db: AsyncSession, session: Session, node_id: str) -> bool:
     )
     await db.commit()
     session.host = node_id
-    return result.rowcount == 1
+    return result.rowcount == 1  # type: ignore[attr-defined]  # an UPDATE's Result is a CursorResult
 
 
 async def finish(
     db: AsyncSession, session_id: str, *, status: str, end_reason: str, error: str | None
 ) -> None:
-    session = await db.get(Session, session_id)
+    session = await db.get_one(Session, session_id)
     ended = utcnow()
     session.status = status
     session.end_reason = end_reason

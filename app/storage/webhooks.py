@@ -36,7 +36,7 @@ def add_delivery(
 async def record_attempt(
     db: AsyncSession, delivery_id: str, *, status: str, status_code: int | None, error: str | None
 ) -> None:
-    delivery = await db.get(WebhookDelivery, delivery_id)
+    delivery = await db.get_one(WebhookDelivery, delivery_id)
     delivery.attempts += 1
     delivery.status, delivery.last_status_code, delivery.last_error = status, status_code, error
     delivery.updated_at = utcnow()

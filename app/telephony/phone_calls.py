@@ -72,7 +72,7 @@ async def apply_status(state: AppState, db: AsyncSession, call: PhoneCall, statu
     """
     call.status = status[:16]
     await db.commit()
-    session = await db.get(Session, call.session_id)
+    session = await db.get_one(Session, call.session_id)
     running = state.calls.get(session.id) is not None
     if status == "in-progress" and session.status == "created":
         try:

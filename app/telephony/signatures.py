@@ -17,6 +17,7 @@ import binascii
 import hashlib
 import hmac
 import time
+from typing import Any
 from urllib.parse import parse_qs, urlsplit, urlunsplit
 
 from cryptography.exceptions import InvalidSignature
@@ -35,7 +36,7 @@ CREDENTIALS = {
     "telnyx": "TELNYX_PUBLIC_KEY",
     "plivo": "PLIVO_AUTH_TOKEN",
 }
-SIGNED_RESPONSES = {
+SIGNED_RESPONSES: dict[int | str, dict[str, Any]] = {
     403: {
         "model": ErrorBody,
         "description": "Missing or invalid carrier signature, or none configured",
@@ -117,7 +118,7 @@ def check_telnyx(settings: Settings, request: Request, body: bytes) -> None:
     ):
         raise _refuse("telnyx", request, "telnyx-timestamp", "stale or invalid")
     try:
-        key = Ed25519PublicKey.from_public_bytes(base64.b64decode(settings.telnyx_public_key))
+        key = Ed25519PublicKey.from_public_bytes(base64.b64decode(settings.telnyx_public_key or ""))
         key.verify(base64.b64decode(signature, validate=True), timestamp.encode() + b"|" + body)
     except (InvalidSignature, ValueError, binascii.Error):
         raise _refuse("telnyx", request, "telnyx-signature-ed25519", "invalid") from None
@@ -156,7 +157,7 @@ def check_plivo(settings: Settings, request: Request, form: dict[str, list[str]]
             "plivo", request, "X-Plivo-Signature-V3 / X-Plivo-Signature-V3-Nonce", "missing"
         )
     expected = plivo_signature(
-        settings.plivo_auth_token, webhook_url(settings, request), form, nonce
+        settings.plivo_auth_token or "", webhook_url(settings, request), form, nonce
     )
     if not any(
         hmac.compare_digest(expected.encode(), given.strip().encode())

@@ -65,8 +65,10 @@ def credentials(settings: Settings) -> dict[str, str] | None:
     return None
 
 
-def require_credentials(settings: Settings) -> None:
-    if credentials(settings) is None:
+def require_credentials(settings: Settings) -> dict[str, str]:
+    """The configured credentials; 422 when there are none."""
+    creds = credentials(settings)
+    if creds is None:
         missing = [
             "TWILIO_ACCOUNT_SID",
             "TWILIO_AUTH_TOKEN (or TWILIO_API_KEY_SID + TWILIO_API_KEY_SECRET)",
@@ -77,6 +79,7 @@ def require_credentials(settings: Settings) -> None:
             "outbound calls need Twilio credentials in the server's environment",
             {"missing": missing},
         )
+    return creds
 
 
 @asynccontextmanager
@@ -100,9 +103,9 @@ async def place_call(
     settings: Settings, *, to: str, from_: str, url: str, status_callback: str
 ) -> str:
     """Ask Twilio's REST API to place a call; its Call SID. 502 if Twilio refuses."""
-    require_credentials(settings)
+    creds = require_credentials(settings)
     try:
-        async with rest_client(settings, credentials(settings)) as client:
+        async with rest_client(settings, creds) as client:
             call = await client.calls.create_async(
                 to=to,
                 from_=from_,

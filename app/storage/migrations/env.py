@@ -21,7 +21,7 @@ def run_sync_migrations(connection) -> None:
 
 
 async def run_async_migrations() -> None:
-    engine = create_async_engine(context.config.get_main_option("sqlalchemy.url"))
+    engine = create_async_engine(context.config.get_main_option("sqlalchemy.url", ""))
     async with engine.connect() as connection:
         await connection.run_sync(run_sync_migrations)
     await engine.dispose()
