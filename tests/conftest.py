@@ -27,6 +27,9 @@ ADMIN_KEY = "sk_test_admin_key_0123456789"
 LOOPBACK_TOOLS_ENV = {"SWITCHBOARD_OUTBOUND_ALLOW": '["127.0.0.1"]'}
 """Test servers may reach the tests' loopback fakes (webhook tools, webhook receivers); an
 attack test starts its server with `SWITCHBOARD_OUTBOUND_ALLOW=[]` instead."""
+NO_LOAD_SHEDDING_ENV = {"SWITCHBOARD_LOAD_THRESHOLD": "1"}
+"""Test servers refuse no call for CPU load: on a shared CI machine a busy moment of another
+test would refuse calls at random. `tests/test_load_shedding.py` sets its own threshold."""
 
 TEST_BACKEND = os.environ.get("SWITCHBOARD_TEST_BACKEND", "sqlite")
 """`sqlite` (one SQLite file per server, no Redis) or `postgres` (a fresh PostgreSQL database
@@ -256,6 +259,7 @@ def start_server(
         "SWITCHBOARD_PIPELINES_PATH": f'["{TEST_PIPELINES}"]',
         "SWITCHBOARD_PRELOAD_PIPELINES": str(preload or []).replace("'", '"'),
         **LOOPBACK_TOOLS_ENV,
+        **NO_LOAD_SHEDDING_ENV,
         **env,
     }
     with open(log_path, "ab") as log:
