@@ -18,8 +18,8 @@ from app.deps import LOGIN_COOKIE
 from app.main import create_app
 from app.settings import Settings
 from tests.audio import speech
-from tests.conftest import ADMIN_KEY, TEST_PIPELINES, make_agent
-from tests.test_session_websocket import wait_for_status
+from tests.helpers.calls import wait_for_status
+from tests.helpers.servers import ADMIN_KEY, TEST_PIPELINES, make_agent
 
 RATE = 16000
 FRAME_SAMPLES = RATE // 50  # 20 ms
