@@ -65,6 +65,9 @@ def api(secure_server):
 
 
 def assert_clean_log(server) -> None:
+    """Nothing crashed: every unhandled or logged exception writes a traceback (loguru's
+    `logger.exception`, tests/test_internal_errors.py proves it), and uvicorn reports errors
+    escaping the app as `Exception in ASGI application`."""
     log = server.log()
     assert "Traceback" not in log and "Exception in ASGI" not in log, log[-4000:]
 
