@@ -47,9 +47,9 @@ from benchmarks.common import (
 )
 from benchmarks.latency import agent_quiet, first_agent_speech_after, speech_frames
 from tests.audio import speech
-from tests.conftest import start_server
 from tests.fakes.scripted_llm import ScriptedLLM
 from tests.fakes.twilio_client import TwilioMediaStreamsClient
+from tests.helpers.servers import start_server
 
 GAP_TARGET = 0.060
 V2V_P95_TARGET = 1.5

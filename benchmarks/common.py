@@ -9,8 +9,8 @@ from pathlib import Path
 import httpx
 import numpy as np
 
-from tests.conftest import ROOT
 from tests.fakes.twilio_client import TwilioMediaStreamsClient, ulaw_decode
+from tests.helpers.servers import ROOT
 
 BENCH_PIPELINES = ROOT / "benchmarks" / "pipelines"
 SPEECH_RMS = 100  # 16-bit PCM RMS (about -50 dBFS) above which a 20 ms frame is audible speech

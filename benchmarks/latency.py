@@ -29,9 +29,9 @@ from benchmarks.common import (
     twilio_caller,
 )
 from tests.audio import speech
-from tests.conftest import start_server
 from tests.fakes.scripted_llm import ScriptedLLM
 from tests.fakes.twilio_client import ulaw_encode
+from tests.helpers.servers import start_server
 
 FRAME = 320  # 20 ms of 8 kHz 16-bit PCM
 QUESTIONS = [

@@ -29,8 +29,8 @@ import httpx
 from benchmarks.capacity import RESULTS, caller
 from benchmarks.common import BENCH_PIPELINES, machine, twilio_session
 from tests.audio import speech
-from tests.conftest import start_server
 from tests.fakes.scripted_llm import ScriptedLLM
+from tests.helpers.servers import start_server
 
 
 def process_counts(pid: int) -> dict:

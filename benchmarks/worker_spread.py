@@ -16,7 +16,7 @@ from pathlib import Path
 
 import httpx
 
-from tests.conftest import start_server
+from tests.helpers.servers import start_server
 
 
 async def burst(url: str, connections: int) -> list[int]:

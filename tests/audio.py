@@ -37,3 +37,10 @@ def rms(pcm: bytes) -> float:
     """Loudness of 16-bit PCM (0 for silence)."""
     samples = np.frombuffer(pcm, dtype=np.int16).astype(np.float64)
     return float(np.sqrt(np.mean(samples**2))) if len(samples) else 0.0
+
+
+def channel_energy(samples: np.ndarray, rate: int, window: float = 0.1) -> np.ndarray:
+    """Loudness of one channel of 16-bit samples in `window`-second slices."""
+    size = int(rate * window)
+    frames = samples[: len(samples) // size * size].astype(np.float64).reshape(-1, size)
+    return np.sqrt((frames**2).mean(axis=1))

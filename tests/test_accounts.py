@@ -7,8 +7,9 @@ from app.client import SessionClient
 from app.storage.accounts import hash_key
 from app.storage.latency import SessionLatency  # noqa: F401  (its table is part of the models)
 from app.storage.models import Base
-from tests.conftest import make_agent, query_database
-from tests.test_session_websocket import refused
+from tests.helpers.calls import refused
+from tests.helpers.servers import make_agent
+from tests.helpers.storage import query_database
 
 
 @pytest.fixture(scope="module")

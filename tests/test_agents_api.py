@@ -3,7 +3,7 @@
 import httpx
 import pytest
 
-from tests.conftest import make_agent
+from tests.helpers.servers import make_agent
 
 
 def test_every_v1_route_needs_the_api_key(server):

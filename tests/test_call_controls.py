@@ -14,38 +14,13 @@ import numpy as np
 
 from app.client import SessionClient
 from pipelines.builder import INACTIVITY_GOODBYE, STILL_THERE, TIME_UP_GOODBYE
-from tests.audio import rms, speech
-from tests.test_session_websocket import wait_for_status
-
-LONG_GREETING = (
-    "Hello and welcome to the clinic. Before we start, let me read you our opening hours. "
-    "On Monday we open at eight in the morning and close at six in the evening. On Tuesday "
-    "we open at nine and close at seven. On Wednesday we open at eight and close at five."
-)
-
-
-def inline_call(api, **fields) -> dict:
-    body = {
-        "systemPrompt": "You are a helpful receptionist. Answer in one short sentence.",
-        "voice": "joe",
-        "language": "en",
-        "greeting": "Hello, thanks for calling.",
-        "pipeline": "scripted",
-        "connectionType": "websocket",
-        **fields,
-    }
-    response = api.post("/v1/calls/inline", json=body)
-    assert response.status_code == 201, response.text
-    return response.json()
+from tests.audio import channel_energy, rms, speech
+from tests.helpers.calls import LONG_GREETING, inline_call, transcript, wait_for_status
 
 
 async def keep_microphone_open(client: SessionClient, seconds: float) -> None:
     """Stream silence like an open, quiet microphone."""
     await client.stream_silence(seconds)
-
-
-def transcript(api, session_id: str) -> list[dict]:
-    return api.get(f"/v1/sessions/{session_id}/transcript").json()["items"]
 
 
 async def test_user_first_agent_waits_for_the_caller(server, api, llm):
@@ -155,12 +130,6 @@ async def test_max_duration_says_goodbye_and_ends(server, api, llm):
     assert transcript(api, call["session_id"])[-1]["content"] == TIME_UP_GOODBYE
     session = wait_for_status(api, call["session_id"], "completed")
     assert session["end_reason"] == "max_duration"
-
-
-def channel_energy(samples: np.ndarray, rate: int, window: float = 0.1) -> np.ndarray:
-    size = int(rate * window)
-    frames = samples[: len(samples) // size * size].astype(np.float64).reshape(-1, size)
-    return np.sqrt((frames**2).mean(axis=1))
 
 
 async def test_recording_is_stereo_with_both_voices_time_aligned(server, api, llm):

@@ -8,8 +8,8 @@ import pytest
 
 from app.client import SessionClient
 from tests.audio import speech
-from tests.conftest import make_agent
 from tests.fakes.twilio_client import parse_twiml
+from tests.helpers.servers import make_agent
 
 INLINE = {
     "systemPrompt": "You are a helpful receptionist.",

@@ -9,12 +9,10 @@ import wave
 import numpy as np
 
 from pipelines.builder import INACTIVITY_GOODBYE, STILL_THERE, TIME_UP_GOODBYE
-from tests.audio import rms, speech
+from tests.audio import channel_energy, rms, speech
 from tests.fakes.scripted_llm import ToolCall
 from tests.fakes.twilio_client import TwilioMediaStreamsClient, parse_twiml, ulaw_decode
-from tests.test_call_controls import LONG_GREETING, channel_energy, transcript
-from tests.test_session_websocket import wait_for_status
-from tests.test_twilio import tw, twilio_rest, twilio_server  # noqa: F401 - fixtures
+from tests.helpers.calls import LONG_GREETING, transcript, wait_for_status
 
 TRANSFER_TO = "+14155550142"
 
@@ -86,7 +84,7 @@ async def test_non_interruptible_over_twilio(twilio_server, tw, llm):
     assert "Happy to help with that." in agent_turns
 
 
-async def test_inactivity_prompt_then_end_over_twilio(twilio_server, tw, twilio_rest, llm):  # noqa: F811
+async def test_inactivity_prompt_then_end_over_twilio(twilio_server, tw, twilio_rest, llm):
     twiml, session = inline_twilio_call(tw, inactivityTimeout=10, inactivityAction="prompt")
     async with TwilioMediaStreamsClient.from_twiml(twiml) as client:
         microphone = asyncio.create_task(client.send_silence(60))
@@ -142,7 +140,7 @@ async def test_recording_over_twilio(twilio_server, tw, llm):
 
 async def test_transfer_call_moves_the_call_through_twilio_rest(
     twilio_server, tw, twilio_rest, llm
-):  # noqa: F811
+):
     tool = {
         "name": "transfer_to_billing",
         "description": "Transfer the caller to billing",

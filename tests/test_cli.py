@@ -7,7 +7,7 @@ import wave
 
 from app.client import write_wav
 from tests.audio import speech
-from tests.conftest import ROOT, make_agent, start_server
+from tests.helpers.servers import ROOT, make_agent, start_server
 
 KEY_LINE = re.compile(r"Generated admin API key \(shown once, store it now\): (sk_\S+)")
 

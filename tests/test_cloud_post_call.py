@@ -1,81 +1,23 @@
 """After a call: post-call analysis (scripted LLM) and signed, retried webhooks."""
 
 import asyncio
-import hashlib
-import hmac
 import json
 import time
 
 import httpx
-import pytest
 
 from app.client import SessionClient
-from tests.conftest import make_agent
 from tests.fakes.scripted_llm import HOLD
-from tests.fakes.webhook_receiver import WebhookReceiver
-from tests.test_session_websocket import agent_ws, wait_for_status
-
-ANALYSIS_FIELDS = [
-    {
-        "name": "wants_appointment",
-        "type": "boolean",
-        "description": "Whether the caller wants an appointment",
-    },
-    {
-        "name": "urgency",
-        "type": "enum",
-        "description": "How urgent the request is",
-        "options": ["low", "medium", "high"],
-    },
-    {"name": "callback_number", "type": "text", "description": "The number to call back, if given"},
-    {"name": "party_size", "type": "number", "description": "How many people the booking is for"},
-]
-ANALYSIS = {
-    "summary": "The caller asked for a cleaning appointment for two on Monday and left a callback number.",
-    "sentiment": "positive",
-    "topics": ["appointments", "cleaning"],
-    "action_items": ["Call back to confirm the Monday slot"],
-    "custom": {
-        "wants_appointment": True,
-        "urgency": "medium",
-        "callback_number": "555 0100",
-        "party_size": 2.0,
-    },
-}
-
-
-@pytest.fixture(scope="module")
-def receiver():
-    receiver = WebhookReceiver().start()
-    yield receiver
-    receiver.stop()
-
-
-async def talk(server, agent: dict, *lines: str) -> str:
-    """A short typed conversation; returns the session id once the call has ended."""
-    async with SessionClient(agent_ws(server, agent["id"])) as client:
-        ready = await client.wait_for("session.ready", timeout=30)
-        for count, line in enumerate(lines, start=1):
-            await client.send_event({"type": "input.text", "text": line})
-            await client.wait_for("transcript.agent", timeout=30, count=count)
-        await client.send_event({"type": "session.end"})
-        await client.wait_for("session.ended", timeout=10)
-    return ready["session_id"]
-
-
-def analysis_requests(llm, text: str) -> list[dict]:
-    """The analysis LLM requests whose transcript holds `text`."""
-    return [r for r in llm.oneshot_requests if text in json.dumps(r["messages"])]
-
-
-def wait_for_analysis(api, session_id: str, timeout: float = 30) -> dict:
-    deadline = time.monotonic() + timeout
-    while True:
-        response = api.get(f"/v1/sessions/{session_id}/analysis")
-        if response.status_code == 200 and response.json()["status"] != "pending":
-            return response.json()
-        assert time.monotonic() < deadline, response.text
-        time.sleep(0.2)
+from tests.helpers.calls import agent_ws, wait_for_status
+from tests.helpers.post_call import (
+    ANALYSIS,
+    ANALYSIS_FIELDS,
+    analysis_requests,
+    talk,
+    verify,
+    wait_for_analysis,
+)
+from tests.helpers.servers import make_agent
 
 
 async def test_analysis_stored_with_all_fields(server, api, llm):
@@ -197,24 +139,15 @@ def test_analysis_api_errors(server, api):
     assert bad.status_code == 422
 
 
-def verify(secret: str, request: dict) -> bool:
-    """What a receiver does: recompute the HMAC over `<timestamp>.<body>`."""
-    timestamp = request["headers"]["X-Switchboard-Timestamp"]
-    expected = hmac.new(
-        secret.encode(), timestamp.encode() + b"." + request["body"], hashlib.sha256
-    ).hexdigest()
-    return hmac.compare_digest(request["headers"]["X-Switchboard-Signature"], f"sha256={expected}")
-
-
-async def test_webhooks_are_signed_and_retried(server, api, llm, receiver):
+async def test_webhooks_are_signed_and_retried(server, api, llm, webhook_receiver):
     secret = "whsec_test_secret_0123456789"
-    receiver.fail_next("/events", 500, 500)
+    webhook_receiver.fail_next("/events", 500, 500)
     llm.script("We open at nine on Wednesdays.")
     llm.script_oneshot(json.dumps({**ANALYSIS, "custom": {}}), when="open on Wednesdays")
     agent = make_agent(
         api,
         pipeline="scripted",
-        webhook_url=receiver.url("/events"),
+        webhook_url=webhook_receiver.url("/events"),
         webhook_secret=secret,
         webhook_events=[
             "session.started",
@@ -227,7 +160,7 @@ async def test_webhooks_are_signed_and_retried(server, api, llm, receiver):
 
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
-        events = {json.loads(r["body"])["event"] for r in receiver.events("/events")}
+        events = {json.loads(r["body"])["event"] for r in webhook_receiver.events("/events")}
         if {
             "session.started",
             "transcript.updated",
@@ -237,7 +170,9 @@ async def test_webhooks_are_signed_and_retried(server, api, llm, receiver):
             break
         await asyncio.sleep(0.2)
     delivered = [
-        r for r in receiver.events("/events") if json.loads(r["body"])["session_id"] == session_id
+        r
+        for r in webhook_receiver.events("/events")
+        if json.loads(r["body"])["session_id"] == session_id
     ]
     by_event = {}
     for request in delivered:
@@ -275,9 +210,11 @@ async def test_webhooks_are_signed_and_retried(server, api, llm, receiver):
     assert api.get("/v1/agents/agt_nope/webhook-deliveries").status_code == 404
 
 
-async def test_a_hanging_receiver_does_not_delay_the_end_of_the_call(server, api, llm, receiver):
+async def test_a_hanging_receiver_does_not_delay_the_end_of_the_call(
+    server, api, llm, webhook_receiver
+):
     llm.script("We open at nine.")
-    agent = make_agent(api, pipeline="scripted", webhook_url=receiver.url("/hang"))
+    agent = make_agent(api, pipeline="scripted", webhook_url=webhook_receiver.url("/hang"))
     assert (
         agent["webhook_secret"].startswith("whsec_") and agent["webhook_events"] is None
     )  # generated; defaults
@@ -294,7 +231,7 @@ async def test_a_hanging_receiver_does_not_delay_the_end_of_the_call(server, api
     assert deliveries and all(d["status"] == "pending" for d in deliveries)
     hung = [
         json.loads(r["body"])["event"]
-        for r in receiver.events("/hang", status=None)
+        for r in webhook_receiver.events("/hang", status=None)
         if json.loads(r["body"])["session_id"] == ready["session_id"]
     ]
     assert hung and "transcript.updated" not in hung  # not asked for

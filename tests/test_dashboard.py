@@ -6,8 +6,6 @@ import os
 import re
 import time
 import wave
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -19,23 +17,14 @@ from app.api import dashboard
 from app.client import SessionClient
 from app.deps import LOGIN_COOKIE
 from tests.audio import speech
-from tests.conftest import ADMIN_KEY, ROOT, make_agent, start_server
-from tests.test_session_websocket import agent_ws, wait_for_status
+from tests.helpers.calls import agent_ws, wait_for_status
+from tests.helpers.dashboard import logged_in
+from tests.helpers.servers import ADMIN_KEY, ROOT, make_agent, start_server
 
 CHROMIUM = Path("/usr/bin/chromium")
 SCREENSHOTS = ROOT / "docs" / "screenshots"
 """Where the browser test's screenshots go with SWITCHBOARD_REFRESH_SCREENSHOTS=1 (else a temporary directory)."""
 PUBLIC_ROUTES = {"/login", "/logout"}
-
-
-@contextmanager
-def logged_in(server) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=server.url, timeout=30, follow_redirects=False) as client:
-        response = client.post("/login", data={"api_key": server.api_key, "next": "/"})
-        assert response.status_code == 303 and response.headers["location"] == "/"
-        cookie = response.headers["set-cookie"].lower()
-        assert "httponly" in cookie and "samesite=strict" in cookie and "path=/" in cookie
-        yield client
 
 
 def dashboard_routes() -> list[tuple[str, str]]:

@@ -8,10 +8,9 @@ import httpx
 import pytest
 
 from app.client import SessionClient
-from tests.conftest import make_agent, start_server
 from tests.fakes.carrier_webhooks import twilio_post
-from tests.test_session_websocket import agent_ws, refused
-from tests.test_webrtc import AUDIO_OFFER
+from tests.helpers.calls import AUDIO_OFFER, agent_ws, refused
+from tests.helpers.servers import make_agent, start_server
 
 TWILIO_AUTH_TOKEN = "load_shedding_twilio_token"
 REPLY = "Your order left our warehouse this morning and should reach you by Thursday afternoon."

@@ -109,7 +109,7 @@ async def test_the_whisper_service_hands_its_turn_the_speculative_transcription(
         logger.remove(sink)
     transcripts = [f.text for f in down if isinstance(f, TranscriptionFrame)]
     assert len(transcripts) == 1 and "new patients" in transcripts[0].lower()
-    assert sum("speculating" in m for m in messages) == 1
+    assert any("speculating" in m for m in messages)
     assert any("the segment is the speculative transcription's" in m for m in messages)
 
 

@@ -6,14 +6,9 @@ import httpx
 import pytest
 
 from app.client import SessionClient
-from tests.conftest import (
-    make_agent,
-    redis_env,
-    redis_unavailable,
-    skip_unless_available,
-    start_server,
-)
-from tests.test_session_websocket import agent_ws
+from tests.helpers.calls import agent_ws
+from tests.helpers.servers import make_agent, start_server
+from tests.helpers.storage import redis_env, redis_unavailable, skip_unless_available
 
 
 @pytest.fixture(scope="module")

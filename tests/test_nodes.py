@@ -15,10 +15,11 @@ import pytest
 import redis
 
 from app.client import SessionClient
-from tests.conftest import REDIS_URL, make_agent, production_storage_env, start_server
 from tests.fakes.twilio_client import TwilioMediaStreamsClient, parse_twiml
 from tests.fakes.webhook_receiver import WebhookReceiver
-from tests.test_session_websocket import agent_ws, refused, wait_for_status
+from tests.helpers.calls import agent_ws, refused, wait_for_status
+from tests.helpers.servers import make_agent, start_server
+from tests.helpers.storage import REDIS_URL, production_storage_env
 
 CAP = 2
 SHORT_LEASE = {"SWITCHBOARD_NODE_HEARTBEAT_SECS": "0.5", "SWITCHBOARD_NODE_LEASE_SECS": "3"}

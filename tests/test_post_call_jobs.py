@@ -7,22 +7,13 @@ import json
 import signal
 import time
 
-import pytest
-
-from tests.conftest import TEST_BACKEND, make_agent, production_storage_env, start_server
 from tests.fakes.scripted_llm import HOLD
-from tests.fakes.webhook_receiver import WebhookReceiver
-from tests.test_cloud_post_call import ANALYSIS, analysis_requests, talk, verify, wait_for_analysis
+from tests.helpers.post_call import ANALYSIS, analysis_requests, talk, verify, wait_for_analysis
+from tests.helpers.servers import make_agent, start_server
+from tests.helpers.storage import TEST_BACKEND, production_storage_env
 
 SECRET = "whsec_durable_jobs_0123456789"
 FAST_JOBS = {"SWITCHBOARD_JOB_LEASE_SECS": "3", "SWITCHBOARD_JOB_POLL_SECS": "0.5"}
-
-
-@pytest.fixture(scope="module")
-def receiver():
-    receiver = WebhookReceiver().start()
-    yield receiver
-    receiver.stop()
 
 
 def node_env(llm, storage: dict, host: str, **extra: str) -> dict:
@@ -48,28 +39,32 @@ async def wait_until(condition, timeout: float, what: str):
     return result
 
 
-async def end_a_call_and_hold_its_webhook(server, receiver, path: str) -> tuple[dict, dict]:
+async def end_a_call_and_hold_its_webhook(server, webhook_receiver, path: str) -> tuple[dict, dict]:
     """A call ends on `server`; its `session.ended` delivery is in flight, held open by the
-    receiver. Returns the agent and the held request."""
-    receiver.hold_next(path)
+    webhook_receiver. Returns the agent and the held request."""
+    webhook_receiver.hold_next(path)
     with server.client() as api:
         agent = make_agent(
             api,
             pipeline="scripted",
-            webhook_url=receiver.url(path),
+            webhook_url=webhook_receiver.url(path),
             webhook_secret=SECRET,
             webhook_events=["session.ended"],
         )
     await talk(server, agent)
-    held = await wait_until(lambda: receiver.events(path, status=None), 30, "the held delivery")
+    held = await wait_until(
+        lambda: webhook_receiver.events(path, status=None), 30, "the held delivery"
+    )
     return agent, held[0]
 
 
 async def assert_delivered_as_if_nothing_happened(
-    server, receiver, path: str, agent: dict, held: dict
+    server, webhook_receiver, path: str, agent: dict, held: dict
 ) -> None:
-    delivered = await wait_until(lambda: receiver.events(path), 30, "the delivery after the kill")
-    assert len(delivered) == 1 and len(receiver.events(path, status=None)) == 1
+    delivered = await wait_until(
+        lambda: webhook_receiver.events(path), 30, "the delivery after the kill"
+    )
+    assert len(delivered) == 1 and len(webhook_receiver.events(path, status=None)) == 1
     request = delivered[0]
     assert verify(SECRET, request)
     assert request["body"] == held["body"]  # the same event: same id, same payload
@@ -89,25 +84,29 @@ async def assert_delivered_as_if_nothing_happened(
     )
 
 
-async def test_delivery_cut_off_by_kill_9_is_sent_after_restart(tmp_path, scripted_llm, receiver):
+async def test_delivery_cut_off_by_kill_9_is_sent_after_restart(
+    tmp_path, scripted_llm, webhook_receiver
+):
     scripted_llm.reset()
     storage = production_storage_env() if TEST_BACKEND == "postgres" else {}
     env = node_env(scripted_llm, storage, "node-a")
     server = start_server(tmp_path / "a", preload=["scripted"], env=env)
     try:
-        agent, held = await end_a_call_and_hold_its_webhook(server, receiver, "/restart")
+        agent, held = await end_a_call_and_hold_its_webhook(server, webhook_receiver, "/restart")
         kill_9(server)
     finally:
         server.stop()
     server = start_server(tmp_path / "a", preload=["scripted"], env=env)
     try:
-        await assert_delivered_as_if_nothing_happened(server, receiver, "/restart", agent, held)
+        await assert_delivered_as_if_nothing_happened(
+            server, webhook_receiver, "/restart", agent, held
+        )
     finally:
         server.stop()
 
 
 async def test_delivery_cut_off_by_kill_9_is_sent_by_the_other_node(
-    tmp_path, scripted_llm, receiver
+    tmp_path, scripted_llm, webhook_receiver
 ):
     scripted_llm.reset()
     storage = production_storage_env()
@@ -115,14 +114,14 @@ async def test_delivery_cut_off_by_kill_9_is_sent_by_the_other_node(
         tmp_path / "a", preload=["scripted"], env=node_env(scripted_llm, storage, "node-a")
     )
     try:
-        agent, held = await end_a_call_and_hold_its_webhook(first, receiver, "/takeover")
+        agent, held = await end_a_call_and_hold_its_webhook(first, webhook_receiver, "/takeover")
         second = start_server(
             tmp_path / "b", preload=["scripted"], env=node_env(scripted_llm, storage, "node-b")
         )
         try:
             kill_9(first)
             await assert_delivered_as_if_nothing_happened(
-                second, receiver, "/takeover", agent, held
+                second, webhook_receiver, "/takeover", agent, held
             )
         finally:
             second.stop()
@@ -131,28 +130,30 @@ async def test_delivery_cut_off_by_kill_9_is_sent_by_the_other_node(
 
 
 async def test_delivery_cut_off_by_a_clean_stop_is_handed_back_at_once(
-    tmp_path, scripted_llm, receiver
+    tmp_path, scripted_llm, webhook_receiver
 ):
     scripted_llm.reset()
     storage = production_storage_env() if TEST_BACKEND == "postgres" else {}
     env = node_env(scripted_llm, storage, "node-a", SWITCHBOARD_JOB_LEASE_SECS="600")
     server = start_server(tmp_path / "a", preload=["scripted"], env=env)
     try:
-        agent, held = await end_a_call_and_hold_its_webhook(server, receiver, "/stopped")
+        agent, held = await end_a_call_and_hold_its_webhook(server, webhook_receiver, "/stopped")
     finally:
         assert server.stop() in (0, -signal.SIGTERM)
     server = start_server(tmp_path / "a", env=env)
     try:  # delivered long before the 600 s lease would have run out
-        await assert_delivered_as_if_nothing_happened(server, receiver, "/stopped", agent, held)
+        await assert_delivered_as_if_nothing_happened(
+            server, webhook_receiver, "/stopped", agent, held
+        )
     finally:
         server.stop()
 
 
 async def test_failing_delivery_is_retried_with_backoff_then_given_up(
-    tmp_path, scripted_llm, receiver
+    tmp_path, scripted_llm, webhook_receiver
 ):
     scripted_llm.reset()
-    receiver.fail_next("/failing", 500, 500, 500, 500)
+    webhook_receiver.fail_next("/failing", 500, 500, 500, 500)
     server = start_server(
         tmp_path / "a",
         preload=["scripted"],
@@ -167,21 +168,21 @@ async def test_failing_delivery_is_retried_with_backoff_then_given_up(
             agent = make_agent(
                 api,
                 pipeline="scripted",
-                webhook_url=receiver.url("/failing"),
+                webhook_url=webhook_receiver.url("/failing"),
                 webhook_secret=SECRET,
                 webhook_events=["session.ended"],
             )
             await talk(server, agent)
             attempts = await wait_until(
                 lambda: (
-                    receiver.events("/failing", status=500)[2:]
-                    and receiver.events("/failing", status=500)
+                    webhook_receiver.events("/failing", status=500)[2:]
+                    and webhook_receiver.events("/failing", status=500)
                 ),
                 30,
                 "three attempts",
             )
             await asyncio.sleep(5)  # a fourth would have come by now (backoff 4 s)
-            assert len(receiver.events("/failing", status=500)) == 3
+            assert len(webhook_receiver.events("/failing", status=500)) == 3
             first, second, third = (a["time"] for a in attempts)
             assert 1 <= second - first < 2.5 and 2 <= third - second < 3.5  # 1 s, then doubled
             assert len({json.loads(a["body"])["id"] for a in attempts}) == 1

@@ -24,9 +24,9 @@ from app.storage.ids import utcnow
 from app.storage.models import Account, Session
 from processors.recording import WavAppender
 from tests.audio import rms, speech
-from tests.conftest import free_port, production_storage_env, start_server
-from tests.test_call_controls import inline_call
-from tests.test_session_websocket import wait_for_status
+from tests.helpers.calls import inline_call, wait_for_status
+from tests.helpers.servers import free_port, start_server
+from tests.helpers.storage import production_storage_env
 
 S3_CREDENTIALS = {
     "aws_access_key_id": "test",

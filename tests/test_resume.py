@@ -10,8 +10,8 @@ import time
 import pytest
 
 from app.client import SessionClient
-from tests.conftest import make_agent, start_server
-from tests.test_session_websocket import refused, wait_for_status
+from tests.helpers.calls import refused, wait_for_status
+from tests.helpers.servers import make_agent, start_server
 
 GRACE_SECS = 8
 

@@ -16,19 +16,15 @@ from app import outbound
 from app.client import SessionClient
 from app.settings import Settings
 from tests.audio import speech
-from tests.conftest import TEST_BACKEND, make_agent, production_storage_env, start_server
 from tests.fakes.scripted_llm import ToolCall
 from tests.fakes.threaded import ThreadedServer
 from tests.fakes.twilio_client import TwilioMediaStreamsClient
-from tests.test_cloud_post_call import verify
-from tests.test_dashboard import logged_in
-from tests.test_session_websocket import agent_ws, wait_for_status
-from tests.test_twilio import (
-    ACCOUNT_SID,
-    CALLER,
-    signed_post,
-    twilio_env,
-)  # noqa: F401
+from tests.helpers.calls import agent_ws, wait_for_status
+from tests.helpers.dashboard import logged_in
+from tests.helpers.post_call import verify
+from tests.helpers.servers import make_agent, start_server
+from tests.helpers.storage import TEST_BACKEND, production_storage_env
+from tests.helpers.twilio import ACCOUNT_SID, CALLER, signed_post, twilio_env
 
 
 class Trap(ThreadedServer):
@@ -212,7 +208,7 @@ async def test_requests_connect_only_to_vetted_addresses(trap, monkeypatch):
 
 
 @pytest.fixture(scope="module")
-def narrowed(tmp_path_factory, scripted_llm, twilio_rest, trap):  # noqa: F811
+def narrowed(tmp_path_factory, scripted_llm, twilio_rest, trap):
     """A server that reaches no private address and dials only US/CA, serving agents stored
     while the operator allowed more (loopback tools and webhook, a GB transfer number)."""
     data_dir = tmp_path_factory.mktemp("narrowed")
@@ -389,7 +385,7 @@ async def test_stored_private_urls_are_refused_at_request_time(narrowed, trap, l
 
 
 @pytest.fixture(scope="module")
-def tenants(twilio_server):  # noqa: F811
+def tenants(twilio_server):
     """Two accounts on the Twilio server, each with its own key."""
     clients = {}
     with twilio_server.client() as admin:
@@ -410,7 +406,7 @@ def agent_body(**fields) -> dict:
     return {"name": "x", "voice_id": "joe", "system_prompt": "x", "pipeline": "scripted", **fields}
 
 
-def test_a_number_belongs_to_one_account_and_answers_one_agent(twilio_server, tenants):  # noqa: F811
+def test_a_number_belongs_to_one_account_and_answers_one_agent(twilio_server, tenants):
     alpha, beta = tenants["alpha"], tenants["beta"]
     number = "+14155550101"
     owner = make_agent(alpha, **agent_body(phone_numbers=[number]))
@@ -486,7 +482,7 @@ def test_a_burst_of_claims_from_two_accounts_has_one_winner(tenants):
     assert len(holders) == 1
 
 
-def test_outbound_caller_id_must_be_the_callers_own(tenants, twilio_rest):  # noqa: F811
+def test_outbound_caller_id_must_be_the_callers_own(tenants, twilio_rest):
     alpha, beta = tenants["alpha"], tenants["beta"]
     make_agent(alpha, **agent_body(phone_numbers=["+14155550103"]))
     agent = make_agent(beta, **agent_body(phone_numbers=["+14155550104"]))
@@ -509,7 +505,7 @@ NOT_DIALABLE = [
 ]
 
 
-def test_outbound_calls_and_transfers_dial_only_allowed_numbers(tenants, twilio_rest):  # noqa: F811
+def test_outbound_calls_and_transfers_dial_only_allowed_numbers(tenants, twilio_rest):
     beta = tenants["beta"]
     agent = make_agent(beta, **agent_body(phone_numbers=["+14155550105"]))
     agents_before = beta.get("/v1/agents").json()["total"]
@@ -547,7 +543,7 @@ def test_outbound_calls_and_transfers_dial_only_allowed_numbers(tenants, twilio_
     assert beta.get("/v1/sessions", params={"agent_id": agent["id"]}).json()["total"] == 0
 
 
-async def test_a_transfer_to_a_number_no_longer_allowed_is_a_tool_error(narrowed, twilio_rest, llm):  # noqa: F811
+async def test_a_transfer_to_a_number_no_longer_allowed_is_a_tool_error(narrowed, twilio_rest, llm):
     server, stored = narrowed
     llm.script(ToolCall("transfer", {}), "Sorry, I can't transfer you there.")
     with server.client() as api:
@@ -581,7 +577,7 @@ async def test_a_transfer_to_a_number_no_longer_allowed_is_a_tool_error(narrowed
 # --- Item 8: secrets are shown once ---
 
 
-def test_secrets_are_shown_once_then_only_their_last_four(twilio_server, tw, tenants, trap):  # noqa: F811
+def test_secrets_are_shown_once_then_only_their_last_four(twilio_server, tw, tenants, trap):
     alpha, beta = tw, tenants["beta"]
     tool = {
         "name": "lookup",
@@ -629,7 +625,7 @@ def test_secrets_are_shown_once_then_only_their_last_four(twilio_server, tw, ten
     assert "secret_last4" in schema["components"]["schemas"]["ToolOut"]["properties"]
 
 
-async def test_a_rotated_secret_signs_the_next_delivery(twilio_server, tw, llm, trap):  # noqa: F811
+async def test_a_rotated_secret_signs_the_next_delivery(twilio_server, tw, llm, trap):
     server, api = twilio_server, tw
     trap.received.clear()
     agent = make_agent(api, pipeline="scripted", webhook_url=trap.url("/events"))

@@ -25,17 +25,11 @@ from app.client import SessionClient
 from app.deps import LOGIN_COOKIE
 from app.main import create_app
 from app.settings import Settings
-from tests.conftest import (
-    ADMIN_KEY,
-    TEST_BACKEND,
-    TEST_PIPELINES,
-    production_storage_env,
-    scripted_agent,
-    start_server,
-)
 from tests.fakes.carrier_webhooks import TelnyxSigner, plivo_post, plivo_v3_signature
 from tests.fakes.twilio_client import TwilioMediaStreamsClient
-from tests.test_session_websocket import wait_for_status
+from tests.helpers.calls import wait_for_status
+from tests.helpers.servers import ADMIN_KEY, TEST_PIPELINES, scripted_agent, start_server
+from tests.helpers.storage import TEST_BACKEND, production_storage_env
 
 SECRET = "security-test-current-secret-5f1e"
 TWILIO_TOKEN = "security_test_twilio_token"
@@ -71,6 +65,9 @@ def api(secure_server):
 
 
 def assert_clean_log(server) -> None:
+    """Nothing crashed: every unhandled or logged exception writes a traceback (loguru's
+    `logger.exception`, tests/test_internal_errors.py proves it), and uvicorn reports errors
+    escaping the app as `Exception in ASGI application`."""
     log = server.log()
     assert "Traceback" not in log and "Exception in ASGI" not in log, log[-4000:]
 

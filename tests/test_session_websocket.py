@@ -6,29 +6,14 @@ agent says is certain.
 
 import asyncio
 import json
-import time
 
 import httpx
 
 from app.client import SessionClient
 from tests.audio import rms
-from tests.conftest import make_agent, start_server
 from tests.fakes.scripted_llm import ToolCall
-
-
-def agent_ws(server, agent_id: str, key: str | None = None, **query) -> str:
-    params = "&".join(f"{k}={v}" for k, v in {"api_key": key or server.api_key, **query}.items())
-    return server.ws_url(f"/v1/agents/{agent_id}/session?{params}")
-
-
-async def refused(url: str) -> SessionClient:
-    client = SessionClient(url)
-    async with client:
-        await client.wait_for("session.error", timeout=10)
-        deadline = time.monotonic() + 5
-        while not client.closed and time.monotonic() < deadline:
-            await asyncio.sleep(0.05)
-    return client
+from tests.helpers.calls import agent_ws, refused, wait_for_status
+from tests.helpers.servers import make_agent, start_server
 
 
 async def test_refusals_close_with_a_code_and_reason(server, api):
@@ -215,24 +200,3 @@ async def test_max_turns_says_goodbye_and_ends(server, api, llm):
     assert len(llm.requests) == 1
     session = wait_for_status(api, ready["session_id"], "completed")
     assert session["end_reason"] == "max_turns"
-
-
-def wait_for_cost(api, session_id: str, timeout: float = 15) -> dict:
-    """The ended session once its cost is stored (just after its status)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        session = api.get(f"/v1/sessions/{session_id}").json()
-        if session.get("cost") or time.monotonic() > deadline:
-            assert session.get("cost"), session
-            return session
-        time.sleep(0.1)
-
-
-def wait_for_status(api, session_id: str, status: str, timeout: float = 15) -> dict:
-    deadline = time.monotonic() + timeout
-    while True:
-        session = api.get(f"/v1/sessions/{session_id}").json()
-        if session["status"] == status or time.monotonic() > deadline:
-            assert session["status"] == status, session
-            return session
-        time.sleep(0.1)

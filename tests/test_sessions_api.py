@@ -4,7 +4,7 @@ from datetime import datetime, timedelta
 
 import pytest
 
-from tests.conftest import make_agent
+from tests.helpers.servers import make_agent
 
 
 def test_create_session_returns_a_joinable_url(api, server):

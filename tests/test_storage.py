@@ -14,7 +14,8 @@ from app.storage import accounts, agents, nodes, sessions
 from app.storage.ids import new_id, utcnow
 from app.storage.latency import SessionLatency  # noqa: F401  (its table is part of the models)
 from app.storage.models import DEFAULT_ACCOUNT_ID, Agent, Base, Node, Session, TranscriptEntry
-from tests.conftest import TEST_BACKEND, database_url, make_agent, start_server
+from tests.helpers.servers import make_agent, start_server
+from tests.helpers.storage import TEST_BACKEND, database_url
 
 
 async def test_migrations_create_every_table(db):
@@ -166,7 +167,7 @@ async def test_server_stores_a_call_on_the_test_backend(tmp_path, scripted_llm):
     """The whole server on the leg's storage: API, a call and its transcript, in SQLite's file
     or in PostgreSQL (`DATABASE_URL`) and nowhere else."""
     from app.client import SessionClient
-    from tests.test_session_websocket import agent_ws, wait_for_status
+    from tests.helpers.calls import agent_ws, wait_for_status
 
     scripted_llm.reset()
     scripted_llm.script("Stored in the database.")

@@ -13,10 +13,10 @@ from aiohttp import web
 
 from app.client import SessionClient
 from tests.audio import rms
-from tests.conftest import make_agent
 from tests.fakes.scripted_llm import ToolCall
 from tests.fakes.threaded import ThreadedServer
-from tests.test_session_websocket import agent_ws, wait_for_status
+from tests.helpers.calls import agent_ws, wait_for_status
+from tests.helpers.servers import make_agent
 
 HOURS_SCHEMA = {
     "type": "object",

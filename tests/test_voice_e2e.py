@@ -7,8 +7,8 @@ import httpx
 
 from app.client import SessionClient
 from tests.audio import rms, speech
-from tests.conftest import make_agent
-from tests.test_session_websocket import agent_ws, wait_for_status
+from tests.helpers.calls import agent_ws, wait_for_status
+from tests.helpers.servers import make_agent
 
 
 async def test_local_pipeline_hears_the_caller_and_answers(server, api):

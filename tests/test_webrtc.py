@@ -18,8 +18,8 @@ from app.deps import LOGIN_COOKIE
 from app.main import create_app
 from app.settings import Settings
 from tests.audio import speech
-from tests.conftest import ADMIN_KEY, TEST_PIPELINES, make_agent
-from tests.test_session_websocket import wait_for_status
+from tests.helpers.calls import AUDIO_OFFER, MINIMAL_OFFER, wait_for_status
+from tests.helpers.servers import ADMIN_KEY, TEST_PIPELINES, make_agent
 
 RATE = 16000
 FRAME_SAMPLES = RATE // 50  # 20 ms
@@ -192,10 +192,6 @@ async def test_browser_hang_up_without_goodbye_ends_the_session(server, api):
         await caller.close()  # the tab closes: no session.end
     session = wait_for_status(api, caller.answer["session_id"], "completed", timeout=60)
     assert session["end_reason"] == "caller_hangup"
-
-
-MINIMAL_OFFER = "v=0\r\no=- 0 0 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\n"
-AUDIO_OFFER = MINIMAL_OFFER + "m=audio 9 UDP/TLS/RTP/SAVPF 111\r\nc=IN IP4 0.0.0.0\r\n"
 
 
 def test_offer_refusals(server, api):

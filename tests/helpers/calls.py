@@ -1,0 +1,75 @@
+"""Starting, joining and waiting on calls over the direct session protocol."""
+
+import asyncio
+import time
+
+from app.client import SessionClient
+
+LONG_GREETING = (
+    "Hello and welcome to the clinic. Before we start, let me read you our opening hours. "
+    "On Monday we open at eight in the morning and close at six in the evening. On Tuesday "
+    "we open at nine and close at seven. On Wednesday we open at eight and close at five."
+)
+
+
+def agent_ws(server, agent_id: str, key: str | None = None, **query) -> str:
+    params = "&".join(f"{k}={v}" for k, v in {"api_key": key or server.api_key, **query}.items())
+    return server.ws_url(f"/v1/agents/{agent_id}/session?{params}")
+
+
+async def refused(url: str) -> SessionClient:
+    """A client that connected to `url`, got its `session.error` and saw the socket close."""
+    client = SessionClient(url)
+    async with client:
+        await client.wait_for("session.error", timeout=10)
+        deadline = time.monotonic() + 5
+        while not client.closed and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+    return client
+
+
+def inline_call(api, **fields) -> dict:
+    """An inline call over the direct WebSocket, as POST /v1/calls/inline returns it."""
+    body = {
+        "systemPrompt": "You are a helpful receptionist. Answer in one short sentence.",
+        "voice": "joe",
+        "language": "en",
+        "greeting": "Hello, thanks for calling.",
+        "pipeline": "scripted",
+        "connectionType": "websocket",
+        **fields,
+    }
+    response = api.post("/v1/calls/inline", json=body)
+    assert response.status_code == 201, response.text
+    return response.json()
+
+
+def transcript(api, session_id: str) -> list[dict]:
+    return api.get(f"/v1/sessions/{session_id}/transcript").json()["items"]
+
+
+def wait_for_status(api, session_id: str, status: str, timeout: float = 15) -> dict:
+    deadline = time.monotonic() + timeout
+    while True:
+        session = api.get(f"/v1/sessions/{session_id}").json()
+        if session["status"] == status or time.monotonic() > deadline:
+            assert session["status"] == status, session
+            return session
+        time.sleep(0.1)
+
+
+def wait_for_cost(api, session_id: str, timeout: float = 15) -> dict:
+    """The ended session once its cost is stored (just after its status)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        session = api.get(f"/v1/sessions/{session_id}").json()
+        if session.get("cost") or time.monotonic() > deadline:
+            assert session.get("cost"), session
+            return session
+        time.sleep(0.1)
+
+
+MINIMAL_OFFER = "v=0\r\no=- 0 0 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\n"
+"""The smallest SDP offer the WebRTC route parses: no media section."""
+AUDIO_OFFER = MINIMAL_OFFER + "m=audio 9 UDP/TLS/RTP/SAVPF 111\r\nc=IN IP4 0.0.0.0\r\n"
+"""An SDP offer with an audio section and no ICE: enough to be admitted, never connects."""
