@@ -15,6 +15,8 @@ from pipecat.services.stt_service import SegmentedSTTService
 from pipecat.services.tts_service import TTSService
 from pipecat.utils.time import time_now_iso8601
 
+from pipelines.spoken_words import AudioTimedWords
+
 TONE_RATE = 16000
 SECS_PER_CHAR = 0.06
 
@@ -32,11 +34,12 @@ class CannedSTTService(SegmentedSTTService):
         yield TranscriptionFrame(self._text, self._user_id, time_now_iso8601())
 
 
-class CannedTTSService(TTSService):
+class CannedTTSService(AudioTimedWords, TTSService):
     def __init__(self, **kwargs):
         super().__init__(
             push_start_frame=True,
             push_stop_frames=True,
+            push_text_frames=False,
             settings=TTSSettings(model=None, voice="tone", language=None),
             **kwargs,
         )

@@ -23,6 +23,7 @@ from pipecat.transcriptions.language import Language
 from pipelines import models
 from pipelines.config import PipelineConfig, StageConfig, resolve_path
 from pipelines.first_clause import FirstClauseTextAggregator
+from pipelines.spoken_words import AudioTimedWords
 from pipelines.whisper import SharedWhisperSTTService
 
 
@@ -69,14 +70,19 @@ class SharedSmartTurnAnalyzerV3(LocalSmartTurnAnalyzerV3):
         return models.background_executor()
 
 
-class SharedPiperTTSService(PiperTTSService):
-    """`PiperTTSService` speaking with a process-wide `PiperVoice`, and starting each reply
+class SharedPiperTTSService(AudioTimedWords, PiperTTSService):
+    """`PiperTTSService` speaking with a process-wide `PiperVoice`, starting each reply
     with its first clause (Piper synthesizes a chunk of text whole, so a shorter first
-    chunk is heard sooner)."""
+    chunk is heard sooner), and timing its words from their audio (`AudioTimedWords`)."""
 
     def __init__(self, *, voice, settings: PiperTTSService.Settings, **kwargs):
         TTSService.__init__(
-            self, push_start_frame=True, push_stop_frames=True, settings=settings, **kwargs
+            self,
+            push_start_frame=True,
+            push_stop_frames=True,
+            push_text_frames=False,
+            settings=settings,
+            **kwargs,
         )
         self._voice = voice
         self._text_aggregator = FirstClauseTextAggregator(language=self._text_aggregator.language)
