@@ -1,9 +1,9 @@
 """An agent reply the caller cuts off is kept as far as the caller heard it: stored as an
 interrupted AGENT entry, sent as `transcript.agent` with `interrupted: true`, and left in
-the LLM context truncated, on the session WebSocket and on a Twilio stream.
+the LLM context truncated, on the session WebSocket, a Twilio stream and WebRTC.
 
-One call per transport: a long scripted reply, cut off 0.3 s, 1 s and 3 s after its audio
-starts by Piper speech (the caller), three times over.
+A long scripted reply is cut off by Piper speech (the caller) 0.3 s, 1 s and 3 s after its
+audio starts, in one call on the WebSocket and one on Twilio; 1 s in over WebRTC.
 """
 
 import asyncio
@@ -16,6 +16,7 @@ from tests.conftest import scripted_agent
 from tests.fakes.twilio_client import TwilioMediaStreamsClient
 from tests.test_session_websocket import agent_ws, wait_for_status
 from tests.test_twilio import tw, twilio_rest, twilio_server, twilio_session  # noqa: F401
+from tests.test_webrtc import WebRTCCaller
 
 LONG_REPLY = (
     "Let me tell you everything about our opening hours this week. On Monday we open at "
@@ -27,6 +28,8 @@ BARGE_IN_AFTER_SECS = (0.3, 1.0, 3.0)
 BARGE_IN = "Hold on a moment please"
 WORDS_PER_SEC = 3.8
 """How fast the test voice speaks `LONG_REPLY` (68 words in 17.8 s)."""
+WORDS_PER_LOUD_SEC = 4.8
+"""The same, counting only the audio loud enough to be speech (68 words in 14.2 s)."""
 SLACK_SECS = 0.7
 """How far the words kept may be from the words spoken before the caller was heard."""
 
@@ -38,14 +41,16 @@ def heard_words(text: str) -> int:
     return len(words)
 
 
-def check_cut_offs(heard: list[str], heard_after: list[float]) -> None:
+def check_cut_offs(
+    heard: list[str], heard_after: list[float], words_per_sec: float = WORDS_PER_SEC
+) -> None:
     """Each cut-off reply holds about the words spoken before the caller was heard
     (`heard_after`, seconds into the reply): none empty, none whole, later ones more."""
     counts = [heard_words(text) for text in heard]
     for count, secs in zip(counts, heard_after, strict=True):
         assert 1 <= count < len(LONG_REPLY.split()), (heard, heard_after)
-        assert count <= WORDS_PER_SEC * (secs + SLACK_SECS) + 1, (heard, heard_after)
-        assert count >= WORDS_PER_SEC * (secs - SLACK_SECS), (heard, heard_after)
+        assert count <= words_per_sec * (secs + SLACK_SECS) + 1, (heard, heard_after)
+        assert count >= words_per_sec * (secs - SLACK_SECS), (heard, heard_after)
     for i, j in combinations(range(len(counts)), 2):
         if abs(heard_after[j] - heard_after[i]) > 1.0:
             i, j = sorted((i, j), key=lambda k: heard_after[k])
@@ -138,3 +143,35 @@ async def test_twilio_stream_keeps_what_the_caller_heard(twilio_server, tw, llm)
     heard = [i["content"] for i in cut_offs]
     check_cut_offs(heard, heard_after)
     check_context(llm, 1, heard)
+
+
+async def test_browser_call_keeps_what_the_caller_heard(server, api, llm):
+    llm.script(LONG_REPLY, "Okay.")
+    agent = scripted_agent(api)
+    caller = WebRTCCaller(server, agent["id"], server.headers)
+    try:
+        await caller.connect()
+        caller.mic.say(speech("What are your hours?", tail_secs=1.0))
+        started = await caller.wait_for("agent.speech.started", timeout=60)
+        await asyncio.sleep(max(0.0, started["_at"] + 1.0 - time.monotonic()))
+        caller.mic.say(speech(BARGE_IN, lead_secs=0.0, tail_secs=1.5))
+        cut_off = await caller.wait_for("transcript.agent", timeout=15)
+        assert cut_off["interrupted"] is True, cut_off
+        await asyncio.sleep(0.5)  # the audio already under way arrives
+        # What reached the caller's speaker, rather than the clock: under load the data
+        # channel's events can lag the audio by seconds.
+        heard_secs = caller.loud_audio_secs
+        reply = await caller.wait_for("transcript.agent", timeout=60, count=2)
+        assert reply == {**reply, "text": "Okay.", "interrupted": False}
+        caller.send({"type": "session.end"})
+        await caller.wait_for("session.ended", timeout=15)
+    finally:
+        await caller.close()
+
+    check_cut_offs([cut_off["text"]], [heard_secs], WORDS_PER_LOUD_SEC)
+    check_context(llm, 1, [cut_off["text"]])
+    session_id = caller.answer["session_id"]
+    wait_for_status(api, session_id, "completed", timeout=30)
+    items = api.get(f"/v1/sessions/{session_id}/transcript").json()["items"]
+    stored = [(i["content"], i["interrupted"]) for i in items if i["speaker"] == "AGENT"]
+    assert stored == [(cut_off["text"], True), ("Okay.", False)], items
