@@ -81,6 +81,10 @@ class SharedPiperTTSService(AudioTimedWords, PiperTTSService):
             push_start_frame=True,
             push_stop_frames=True,
             push_text_frames=False,
+            # A sentence's words come once it is synthesized; on a loaded CPU that can take
+            # longer than Pipecat's 3 s, which would end the reply's audio context and send
+            # the words not yet timed all at once.
+            stop_frame_timeout_s=10.0,
             settings=settings,
             **kwargs,
         )
