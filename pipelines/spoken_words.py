@@ -74,6 +74,9 @@ class AudioTimedWords:
         if not audio:
             return
         times = word_times(text, bytes(audio), self.sample_rate)
+        if not times:  # nothing to say, yet some sound
+            yield TTSAudioRawFrame(bytes(audio), self.sample_rate, 1, context_id=context_id)
+            return
         cuts = [2 * int(t * self.sample_rate) for _, t in times[1:]] + [len(audio)]
         start = 0
         for (word, secs), end in zip(times, cuts, strict=True):
