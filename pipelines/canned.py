@@ -15,6 +15,7 @@ from pipecat.services.stt_service import SegmentedSTTService
 from pipecat.services.tts_service import TTSService
 from pipecat.utils.time import time_now_iso8601
 
+from pipelines.pipecat_compat import stt_user_id
 from pipelines.spoken_words import AudioTimedWords
 
 TONE_RATE = 16000
@@ -31,7 +32,7 @@ class CannedSTTService(SegmentedSTTService):
         return False
 
     async def run_stt(self, audio: bytes) -> AsyncGenerator[Frame, None]:
-        yield TranscriptionFrame(self._text, self._user_id, time_now_iso8601())
+        yield TranscriptionFrame(self._text, stt_user_id(self), time_now_iso8601())
 
 
 class CannedTTSService(AudioTimedWords, TTSService):

@@ -30,7 +30,8 @@ class FirstClauseTextAggregator(SimpleTextAggregator):
             return
         for char in text:
             if self._first_chunk and char.isspace() and self._ends_first_clause():
-                clause, self._text = self._text.strip(" "), ""
+                clause = self.text.text
+                await self.reset()
                 self._first_chunk = False
                 yield Aggregation(text=clause, type=TextType.SENTENCE)
                 continue
@@ -39,7 +40,8 @@ class FirstClauseTextAggregator(SimpleTextAggregator):
                 yield aggregation
 
     def _ends_first_clause(self) -> bool:
-        return self._text[-1:] in self.CLAUSE_MARKS and len(self._text.split()) >= self.MIN_WORDS
+        text = self.text.text
+        return text[-1:] in self.CLAUSE_MARKS and len(text.split()) >= self.MIN_WORDS
 
     async def flush(self) -> Aggregation | None:
         self._first_chunk = True

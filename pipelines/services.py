@@ -1,26 +1,21 @@
 """Service factories: a stage's `service:` name in a config → a Pipecat service.
 
-Local services reuse the process-wide models from `pipelines/models.py`; the
-subclasses below exist only to hand Pipecat's services a shared model instead of
-letting each call load its own.
+Local services reuse the process-wide models from `pipelines/models.py`, handed to
+Pipecat's services by `pipelines/pipecat_compat.py` instead of letting each call load its own.
 """
 
 import os
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
 from pipecat.audio.turn.smart_turn.base_smart_turn import BaseSmartTurn
-from pipecat.audio.turn.smart_turn.local_smart_turn_v3 import LocalSmartTurnAnalyzerV3
-from pipecat.audio.vad.silero import SileroOnnxModel, SileroVADAnalyzer
 from pipecat.audio.vad.vad_analyzer import VADAnalyzer, VADParams
 from pipecat.services.piper.tts import PiperTTSService
-from pipecat.services.tts_service import TTSService
 from pipecat.services.whisper.stt import WhisperSTTService
 from pipecat.transcriptions.language import Language
 
-from pipelines import models
+from pipelines import models, pipecat_compat
 from pipelines.config import PipelineConfig, StageConfig, resolve_path
 from pipelines.first_clause import FirstClauseTextAggregator
 from pipelines.spoken_words import AudioTimedWords
@@ -37,67 +32,12 @@ class ServiceContext:
     language: str = "en"
 
 
-class SharedSileroOnnxModel(SileroOnnxModel):
-    """Silero's per-stream state around a process-wide ONNX session."""
-
-    def __init__(self, session):
-        self.session = session
-        self.reset_states()
-        self.sample_rates = [8000, 16000]
-
-
-class SharedSileroVADAnalyzer(SileroVADAnalyzer):
-    """`SileroVADAnalyzer` that reuses the shared session instead of loading one per call."""
-
-    def __init__(self, *, params: VADParams | None = None):
-        VADAnalyzer.__init__(self, params=params)
-        self._model = SharedSileroOnnxModel(models.silero_session())
-        self._windows_since_reset = 0
-        self._low_confidence_windows = 0
-
-
-class SharedSmartTurnAnalyzerV3(LocalSmartTurnAnalyzerV3):
-    """`LocalSmartTurnAnalyzerV3` over the shared ONNX session, predicting on the process's
-    low-priority model threads instead of a thread of its own (see `models.background_executor`)."""
-
-    def __init__(self, **kwargs):
-        BaseSmartTurn.__init__(self, **kwargs)
-        self._log_data = False
-        self._session = models.smart_turn_session()
-
-    @property
-    def _model_executor(self) -> ThreadPoolExecutor:
-        return models.background_executor()
-
-
-class SharedPiperTTSService(AudioTimedWords, PiperTTSService):
-    """`PiperTTSService` speaking with a process-wide `PiperVoice`, starting each reply
-    with its first clause (Piper synthesizes a chunk of text whole, so a shorter first
-    chunk is heard sooner), and timing its words from their audio (`AudioTimedWords`)."""
-
-    def __init__(self, *, voice, settings: PiperTTSService.Settings, **kwargs):
-        TTSService.__init__(
-            self,
-            push_start_frame=True,
-            push_stop_frames=True,
-            push_text_frames=False,
-            # A sentence's words come once it is synthesized; on a loaded CPU that can take
-            # longer than Pipecat's 3 s, which would end the reply's audio context and send
-            # the words not yet timed all at once.
-            stop_frame_timeout_s=10.0,
-            settings=settings,
-            **kwargs,
-        )
-        self._voice = voice
-        self._text_aggregator = FirstClauseTextAggregator(language=self._text_aggregator.language)
-
-
 def _silero(stage: StageConfig, ctx: ServiceContext) -> VADAnalyzer:
-    return SharedSileroVADAnalyzer(params=VADParams(**stage.options))
+    return pipecat_compat.silero_vad_analyzer(models.silero_session(), VADParams(**stage.options))
 
 
 def _smart_turn_v3(stage: StageConfig, ctx: ServiceContext) -> BaseSmartTurn:
-    return SharedSmartTurnAnalyzerV3()
+    return pipecat_compat.smart_turn_v3(models.smart_turn_session(), models.background_executor())
 
 
 def _whisper(stage: StageConfig, ctx: ServiceContext):
@@ -115,12 +55,28 @@ def _whisper(stage: StageConfig, ctx: ServiceContext):
     )
 
 
+class AudioTimedPiperTTSService(AudioTimedWords, PiperTTSService):
+    """Piper, its words timed from their audio (`AudioTimedWords`), so an interrupted reply
+    keeps the words the caller heard."""
+
+
 def _piper(stage: StageConfig, ctx: ServiceContext):
     model_dir = resolve_path(stage.options["model_dir"])
-    return SharedPiperTTSService(
+    tts = pipecat_compat.piper_tts_service(
         voice=models.piper_voice(model_dir, ctx.voice_id),
         settings=PiperTTSService.Settings(voice=ctx.voice_id),
+        service_class=AudioTimedPiperTTSService,
+        push_text_frames=False,
+        # A sentence's words come once it is synthesized; on a loaded CPU that can take
+        # longer than Pipecat's 3 s, which would end the reply's audio context and send
+        # the words not yet timed all at once.
+        stop_frame_timeout_s=10.0,
     )
+    # Piper synthesizes a chunk of text whole: a shorter first chunk is heard sooner.
+    pipecat_compat.set_tts_text_aggregator(
+        tts, FirstClauseTextAggregator(language=tts.text_aggregation_language)
+    )
+    return tts
 
 
 def _openai(stage: StageConfig, ctx: ServiceContext):

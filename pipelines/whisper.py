@@ -13,13 +13,19 @@ import os
 
 import numpy as np
 from loguru import logger
-from pipecat.frames.frames import InputAudioRawFrame, VADUserStartedSpeakingFrame
+from pipecat.frames.frames import (
+    Frame,
+    InputAudioRawFrame,
+    VADUserStartedSpeakingFrame,
+    VADUserStoppedSpeakingFrame,
+)
 from pipecat.processors.frame_processor import FrameDirection
 from pipecat.services.whisper.stt import WhisperSTTService
 from pipecat.utils.types import assert_given
 
 from pipelines import models
 from pipelines.config import resolve_path
+from pipelines.pipecat_compat import WhisperSTTServiceOnModel, segment_audio
 
 # Speculative transcriptions of every call in the process; CTranslate2 releases the GIL.
 _speculations = concurrent.futures.ThreadPoolExecutor(
@@ -81,7 +87,7 @@ class WhisperDecoding:
         return list(segments), info
 
 
-class SharedWhisperSTTService(WhisperSTTService):
+class SharedWhisperSTTService(WhisperSTTServiceOnModel):
     """`WhisperSTTService` over the process-wide model, decoding greedily (`beam_size` 1 is
     about a third faster than Whisper's 5 on a CPU) without timestamps (a turn's transcript
     doesn't use them), and transcribing speculatively once the caller falls quiet."""
@@ -90,44 +96,62 @@ class SharedWhisperSTTService(WhisperSTTService):
     QUIET_RATIO = 0.03
     """A frame ~30 dB below the turn's loudest is quiet."""
 
-    def __init__(self, *, beam_size: int = 5, **kwargs):
-        self._beam_size = beam_size
-        super().__init__(**kwargs)
+    def __init__(
+        self,
+        *,
+        settings: WhisperSTTService.Settings,
+        beam_size: int = 5,
+        device: str = "cpu",
+        compute_type: str = "int8",
+        trailing_silence_secs: float = 0.5,
+        **kwargs,
+    ):
+        model = models.whisper_model(resolve_path(str(settings.model)), device, compute_type)
+        self._decoding = WhisperDecoding(model, beam_size=beam_size, without_timestamps=True)
+        self._padding_secs = trailing_silence_secs
+        super().__init__(
+            whisper_model=self._decoding,
+            settings=settings,
+            device=device,
+            compute_type=compute_type,
+            trailing_silence_secs=trailing_silence_secs,
+            **kwargs,
+        )
+        self._speaking = False
         self._loudest = 0.0
         self._quiet_bytes = 0
 
-    def _load(self):
-        model = models.whisper_model(
-            resolve_path(str(self._settings.model)), self._device, self._compute_type
-        )
-        self._model = WhisperDecoding(model, beam_size=self._beam_size, without_timestamps=True)
-
-    async def _handle_user_started_speaking(self, frame: VADUserStartedSpeakingFrame):
-        self._loudest, self._quiet_bytes = 0.0, 0
-        if self._model:
-            self._model.cancel_speculation()
-        await super()._handle_user_started_speaking(frame)
+    async def process_frame(self, frame: Frame, direction: FrameDirection):
+        if isinstance(frame, VADUserStartedSpeakingFrame):
+            self._speaking = True
+            self._loudest, self._quiet_bytes = 0.0, 0
+            self._decoding.cancel_speculation()
+        elif isinstance(frame, VADUserStoppedSpeakingFrame):
+            self._speaking = False
+        await super().process_frame(frame, direction)
 
     async def process_audio_frame(self, frame: InputAudioRawFrame, direction: FrameDirection):
         await super().process_audio_frame(frame, direction)
-        if not self._user_speaking or not self._model:
+        if not self._speaking:
             return
         level = _rms(frame.audio)
         self._loudest = max(self._loudest, level)
         if level >= self._loudest * self.QUIET_RATIO:
             self._quiet_bytes = 0
-            self._model.cancel_speculation()
+            self._decoding.cancel_speculation()
             return
         self._quiet_bytes += len(frame.audio)
         if (
             self._quiet_bytes >= self.SPECULATE_AFTER_SECS * self.sample_rate * 2
-            and not self._model.speculating
+            and not self._decoding.speculating
         ):
-            # The same audio and options `WhisperSTTService.run_stt` will transcribe, minus the quiet tail.
-            self._model.speculate(
-                _float_audio(bytes(self._audio_buffer)),
-                _float_audio(self._trailing_silence()),
-                language=assert_given(self._settings.language),
-                hotwords=assert_given(self._settings.hotwords),
-                initial_prompt=assert_given(self._settings.initial_prompt),
+            # The same audio and options `WhisperSTTService.run_stt` will transcribe, minus the
+            # quiet tail still to come, padded with silence as SegmentedSTTService pads a segment.
+            settings = self.settings
+            self._decoding.speculate(
+                _float_audio(segment_audio(self)),
+                np.zeros(int(self.sample_rate * self._padding_secs), dtype=np.float32),
+                language=assert_given(settings.language),
+                hotwords=assert_given(settings.hotwords),
+                initial_prompt=assert_given(settings.initial_prompt),
             )

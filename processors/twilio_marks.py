@@ -29,11 +29,28 @@ from app.storage.ids import utcnow
 
 
 class TwilioStreamSerializer(TwilioFrameSerializer):
-    """Pipecat's Twilio serializer, plus inbound ``mark`` and ``stop`` events as messages.
+    """Pipecat's Twilio serializer, plus inbound ``mark`` and ``stop`` events as messages,
+    and a way to skip its hang-up.
 
     After ``stop`` the call is already over on Twilio's side, so the auto hang-up
-    (a REST request) is skipped.
+    (a REST request) is skipped; so it is after a transfer (:meth:`skip_hang_up`).
     """
+
+    def __init__(self, stream_sid: str, call_sid: str | None = None, *args, **kwargs):
+        super().__init__(stream_sid, call_sid, *args, **kwargs)
+        self.call_sid = call_sid
+        self.hang_up_skipped = False
+
+    def skip_hang_up(self) -> None:
+        """Never hang the call up: it is over, or lives on elsewhere."""
+        self.hang_up_skipped = True
+
+    async def serialize(self, frame: Frame) -> str | bytes | None:
+        # Pipecat hangs up when it serializes the EndFrame or CancelFrame; without a
+        # hang-up it sends nothing for them.
+        if self.hang_up_skipped and isinstance(frame, (EndFrame, CancelFrame)):
+            return None
+        return await super().serialize(frame)
 
     async def deserialize(self, data: str | bytes) -> Frame | None:
         try:
@@ -42,7 +59,7 @@ class TwilioStreamSerializer(TwilioFrameSerializer):
             return await super().deserialize(data)
         event = message.get("event") if isinstance(message, dict) else None
         if event == "stop":
-            self._hangup_attempted = True
+            self.skip_hang_up()
         if event in ("mark", "stop"):
             return InputTransportMessageFrame(message=message)
         return await super().deserialize(data)

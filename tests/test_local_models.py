@@ -5,11 +5,22 @@ import numpy as np
 import pytest
 import soxr
 from faster_whisper import WhisperModel
+from loguru import logger
+from pipecat.frames.frames import (
+    InputAudioRawFrame,
+    TranscriptionFrame,
+    VADUserStartedSpeakingFrame,
+    VADUserStoppedSpeakingFrame,
+)
+from pipecat.pipeline.worker import PipelineParams
+from pipecat.services.whisper.stt import WhisperSTTService
+from pipecat.tests.utils import run_test
+from pipecat.transcriptions.language import Language
 
 from pipelines.config import resolve_path
 from pipelines.first_clause import FirstClauseTextAggregator
 from pipelines.models import whisper_model
-from pipelines.whisper import WhisperDecoding
+from pipelines.whisper import SharedWhisperSTTService, WhisperDecoding
 from tests.audio import speech
 
 pytestmark = pytest.mark.storage_free
@@ -73,6 +84,33 @@ def test_a_speculative_transcription_serves_the_segment_it_was_started_on():
     decoding.speculate(spoken, padding, language="en")
     decoding.cancel_speculation()
     assert not decoding.speculating
+
+
+async def test_the_whisper_service_hands_its_turn_the_speculative_transcription():
+    stt = SharedWhisperSTTService(
+        settings=WhisperSTTService.Settings(model=str(WHISPER_DIR), language=Language.EN),
+        beam_size=1,
+    )
+    pcm = (phone_audio("Do you take new patients?") * 32767).astype(np.int16).tobytes()
+    audio = [pcm[i : i + 640] for i in range(0, len(pcm), 640)] + [bytes(640)] * 15
+    messages = []
+    sink = logger.add(lambda m: messages.append(m.record["message"]), level="DEBUG")
+    try:
+        down, _ = await run_test(
+            stt,
+            frames_to_send=[
+                VADUserStartedSpeakingFrame(),
+                *(InputAudioRawFrame(chunk, 16000, 1) for chunk in audio),
+                VADUserStoppedSpeakingFrame(),
+            ],
+            pipeline_params=PipelineParams(audio_in_sample_rate=16000),
+        )
+    finally:
+        logger.remove(sink)
+    transcripts = [f.text for f in down if isinstance(f, TranscriptionFrame)]
+    assert len(transcripts) == 1 and "new patients" in transcripts[0].lower()
+    assert sum("speculating" in m for m in messages) == 1
+    assert any("the segment is the speculative transcription's" in m for m in messages)
 
 
 async def aggregate(aggregator: FirstClauseTextAggregator, reply: str) -> list[str]:

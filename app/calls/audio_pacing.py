@@ -15,6 +15,7 @@ from loguru import logger
 from pipecat.frames.frames import CancelWorkerFrame, Frame, InputAudioRawFrame
 from pipecat.serializers.base_serializer import FrameSerializer
 
+from pipelines import pipecat_compat
 from processors.frames import ClientProtocolErrorFrame
 
 BURST_SECS = 5.0
@@ -62,11 +63,7 @@ class RealTimeAudioGate:
 def with_real_time_audio(serializer: FrameSerializer) -> FrameSerializer:
     """The serializer, its caller audio passed through a `RealTimeAudioGate`."""
     gate = RealTimeAudioGate()
-    deserialize = serializer.deserialize
-
-    async def gated(data: str | bytes) -> Frame | None:
-        frame = await deserialize(data)
-        return gate.check(frame) if isinstance(frame, InputAudioRawFrame) else frame
-
-    serializer.deserialize = gated
-    return serializer
+    return pipecat_compat.filter_deserialized(
+        serializer,
+        lambda frame: gate.check(frame) if isinstance(frame, InputAudioRawFrame) else frame,
+    )

@@ -8,7 +8,6 @@ from loguru import logger
 from pipecat.frames.frames import CancelFrame, EndFrame, Frame, TTSSpeakFrame
 from pipecat.pipeline.worker import PipelineParams, PipelineWorker
 from pipecat.processors.frame_processor import FrameProcessor
-from pipecat.serializers.twilio import TwilioFrameSerializer
 from pipecat.services.llm_service import FunctionCallParams, FunctionCallResultProperties
 from pipecat.transports.base_transport import BaseTransport
 from pipecat.workers.runner import WorkerRunner
@@ -25,9 +24,11 @@ from app.storage import sessions as session_store
 from app.storage import telephony as telephony_store
 from app.storage.ids import utcnow
 from app.storage.models import Agent, Session
+from pipelines import pipecat_compat
 from pipelines.builder import GOODBYE, AgentSpec, ToolDefinition, build_pipeline
 from pipelines.config import PipelineConfig
 from processors.session_events import end_reason
+from processors.twilio_marks import TwilioStreamSerializer
 
 SHUTDOWN_GOODBYE = "I'm sorry, I have to end the call now. Please call back in a moment. Goodbye."
 IDLE_TIMEOUT_SECS = 300.0
@@ -302,22 +303,22 @@ class CallSession:
 
     def _serializer(self):
         """The transport's frame serializer, for WebSocket transports; else None."""
-        return getattr(getattr(self._transport, "_params", None), "serializer", None)
+        return pipecat_compat.transport_serializer(self._transport)
 
     async def _transfer(self, number: str) -> str | None:
         """Move this Twilio call to `number`; an error for the LLM, or None."""
         serializer = self._serializer()
-        if not isinstance(serializer, TwilioFrameSerializer):
+        if not isinstance(serializer, TwilioStreamSerializer):
             return "transfer_call only works on Twilio calls"
         async with self.state.db.sessions() as db:
             phone_call = await telephony_store.call_for_session(db, self.session_id)
-        call_sid = (phone_call.call_sid if phone_call else None) or serializer._call_sid
+        call_sid = (phone_call.call_sid if phone_call else None) or serializer.call_sid
         if not call_sid:
             return "this call has no Twilio call SID"
         error = await tools.transfer_twilio_call(self.state.settings, call_sid, number)
         if error is None:
             self._transferred = True
-            serializer._hangup_attempted = True  # the call lives on at `number`: never hang it up
+            serializer.skip_hang_up()  # the call lives on at `number`: never hang it up
             logger.info(f"session {self.session_id}: transferred call {call_sid} to {number}")
         return error
 

@@ -32,6 +32,7 @@ from app.storage import telephony as store
 from app.telephony import twilio
 from app.telephony.call import PhoneCallSession
 from app.telephony.relay import open_relay
+from pipelines import pipecat_compat
 from processors.twilio_marks import TwilioMarks
 
 START_TIMEOUT_SECS = 10.0
@@ -128,7 +129,7 @@ def with_prompt_caller_audio(serializer: FrameSerializer) -> FrameSerializer:
     makes the same words of it (`benchmarks/whisper_window.py` on both: 8.2 % word errors).
     The agent's audio keeps Pipecat's resampler: it comes in whole sentences and the caller hears it.
     """
-    serializer._input_resampler = SOXRStreamAudioResampler(quality="QQ")
+    pipecat_compat.set_input_resampler(serializer, SOXRStreamAudioResampler(quality="QQ"))
     return serializer
 
 
