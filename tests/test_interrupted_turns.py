@@ -44,8 +44,8 @@ def heard_words(text: str) -> int:
 def check_cut_offs(
     heard: list[str], heard_after: list[float], words_per_sec: float = WORDS_PER_SEC
 ) -> None:
-    """Each cut-off reply holds about the words spoken before the caller was heard
-    (`heard_after`, seconds into the reply): none empty, none whole, later ones more."""
+    """Each cut-off reply holds about the words of the audio the caller got before the
+    cut-off (`heard_after` seconds of it): none empty, none whole, later ones more."""
     counts = [heard_words(text) for text in heard]
     for count, secs in zip(counts, heard_after, strict=True):
         assert 1 <= count < len(LONG_REPLY.split()), (heard, heard_after)
@@ -89,7 +89,13 @@ async def test_session_websocket_keeps_what_the_caller_heard(server, api, llm):
             caller_heard = next(
                 e["_at"] for e in client.of_type("input.speech.started") if e["_at"] > barged_at
             )
-            heard_after.append(caller_heard - first_audio)
+            await asyncio.sleep(0.5)  # the audio already under way arrives
+            # The server sends audio as it plays: the reply's audio received is what was heard.
+            heard_after.append(
+                sum(n for at, n in client.audio_log if first_audio <= at <= caller_heard + 0.5)
+                / 2
+                / 16000
+            )
             await barge
             await client.wait_for("transcript.user", timeout=30, count=turn + 1)
         await client.wait_for("transcript.agent", timeout=30, count=len(heard) + 1)
@@ -124,9 +130,10 @@ async def test_twilio_stream_keeps_what_the_caller_heard(twilio_server, tw, llm)
                 speech(BARGE_IN, sample_rate=8000, lead_secs=0.0, tail_secs=0.3)
             )
             await client.wait_until(lambda n=turn: len(client.events("clear")) >= n, 10, "clear")
-            # Twilio stops playing the agent at its `clear`.
+            # Twilio plays what it was sent (the server sends it as it plays) until its `clear`.
             cleared_at = [at for at, m in client.received if m.get("event") == "clear"][-1]
-            heard_after.append(cleared_at - first_audio)
+            sent = [audio for at, audio in client.media_log[seen:] if at <= cleared_at]
+            heard_after.append(sum(map(len, sent)) / 8000)
             seen = len(client.media_log)  # the cut-off reply's audio ends before its `clear`
         idle = asyncio.create_task(client.send_silence(30))
         await client.wait_marks(2, timeout=60)  # the last answer has played
