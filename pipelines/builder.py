@@ -27,6 +27,7 @@ from pipelines import services
 from pipelines.config import PipelineConfig
 from processors.call_limits import InactivityMonitor, MaxDurationLimiter
 from processors.client_events import ClientEventReceiver
+from processors.heard_text import LateWordFilter
 from processors.provider_errors import ProviderErrorMonitor
 from processors.recording import CallRecorder
 from processors.session_events import SessionEventEmitter
@@ -175,6 +176,7 @@ def build_pipeline(
         CallRecorder(agent.recording_path, agent.recording_sample_rate)
         if agent.recording_path
         else None,
+        LateWordFilter(),
         aggregators.assistant(),
     ]
     return CallPipeline(

@@ -16,6 +16,7 @@ from pipecat.services.tts_service import TTSService
 from pipecat.utils.time import time_now_iso8601
 
 from pipelines.pipecat_compat import stt_user_id
+from pipelines.spoken_words import AudioTimedWords
 
 TONE_RATE = 16000
 SECS_PER_CHAR = 0.06
@@ -34,11 +35,12 @@ class CannedSTTService(SegmentedSTTService):
         yield TranscriptionFrame(self._text, stt_user_id(self), time_now_iso8601())
 
 
-class CannedTTSService(TTSService):
+class CannedTTSService(AudioTimedWords, TTSService):
     def __init__(self, **kwargs):
         super().__init__(
             push_start_frame=True,
             push_stop_frames=True,
+            push_text_frames=False,
             settings=TTSSettings(model=None, voice="tone", language=None),
             **kwargs,
         )

@@ -108,11 +108,18 @@ def smart_turn_v3(session, executor: ThreadPoolExecutor) -> LocalSmartTurnAnalyz
     return _SmartTurnV3OnSharedModel(session=session, executor=executor)
 
 
-def piper_tts_service(*, voice, settings: PiperTTSSettings, **kwargs) -> PiperTTSService:
-    """A `PiperTTSService` speaking with an already loaded `PiperVoice`."""
+def piper_tts_service(
+    *,
+    voice,
+    settings: PiperTTSSettings,
+    service_class: type[PiperTTSService] = PiperTTSService,
+    **kwargs,
+) -> PiperTTSService:
+    """A `PiperTTSService` (or `service_class`, a subclass) speaking with an already loaded
+    `PiperVoice`; `kwargs` go to `TTSService`."""
     # PiperTTSService.__init__ loads (or downloads) the voice itself and takes no loaded one:
     # skip it, make the TTSService it makes, and give it the voice it reads in `run_tts`.
-    tts = PiperTTSService.__new__(PiperTTSService)
+    tts = service_class.__new__(service_class)
     TTSService.__init__(
         tts, push_start_frame=True, push_stop_frames=True, settings=settings, **kwargs
     )

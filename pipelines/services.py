@@ -18,6 +18,7 @@ from pipecat.transcriptions.language import Language
 from pipelines import models, pipecat_compat
 from pipelines.config import PipelineConfig, StageConfig, resolve_path
 from pipelines.first_clause import FirstClauseTextAggregator
+from pipelines.spoken_words import AudioTimedWords
 from pipelines.whisper import SharedWhisperSTTService
 
 
@@ -54,11 +55,22 @@ def _whisper(stage: StageConfig, ctx: ServiceContext):
     )
 
 
+class AudioTimedPiperTTSService(AudioTimedWords, PiperTTSService):
+    """Piper, its words timed from their audio (`AudioTimedWords`), so an interrupted reply
+    keeps the words the caller heard."""
+
+
 def _piper(stage: StageConfig, ctx: ServiceContext):
     model_dir = resolve_path(stage.options["model_dir"])
     tts = pipecat_compat.piper_tts_service(
         voice=models.piper_voice(model_dir, ctx.voice_id),
         settings=PiperTTSService.Settings(voice=ctx.voice_id),
+        service_class=AudioTimedPiperTTSService,
+        push_text_frames=False,
+        # A sentence's words come once it is synthesized; on a loaded CPU that can take
+        # longer than Pipecat's 3 s, which would end the reply's audio context and send
+        # the words not yet timed all at once.
+        stop_frame_timeout_s=10.0,
     )
     # Piper synthesizes a chunk of text whole: a shorter first chunk is heard sooner.
     pipecat_compat.set_tts_text_aggregator(

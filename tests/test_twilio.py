@@ -35,20 +35,8 @@ from tests.helpers.twilio import (
     SECRET,
     signed_post,
     twilio_env,
+    twilio_session,
 )
-
-
-def twilio_session(api, agent_id: str, **fields) -> tuple[str, dict]:
-    """TwiML and session for a call, as an API client gets them."""
-    response = api.post(
-        "/v1/sessions/twilio",
-        json={"agentId": agent_id, "from": CALLER, "to": NUMBER, **fields},
-        headers={"Accept": "application/json"},
-    )
-    assert response.status_code == 200, response.text
-    session = response.json()["session"]
-    assert session["status"] == "created" and session["websocket_url"] is None
-    return response.json()["twiml"], session
 
 
 def active_calls(server) -> int:

@@ -32,3 +32,16 @@ def twilio_env(scripted_llm, twilio_rest) -> dict[str, str]:
 def signed_post(server, path: str, form: dict[str, str], token: str = AUTH_TOKEN) -> httpx.Response:
     """A form POST to the server signed as Twilio signs its webhooks."""
     return twilio_post(server.url + path, form, token)
+
+
+def twilio_session(api, agent_id: str, **fields) -> tuple[str, dict]:
+    """TwiML and session for a call, as an API client gets them."""
+    response = api.post(
+        "/v1/sessions/twilio",
+        json={"agentId": agent_id, "from": CALLER, "to": NUMBER, **fields},
+        headers={"Accept": "application/json"},
+    )
+    assert response.status_code == 200, response.text
+    session = response.json()["session"]
+    assert session["status"] == "created" and session["websocket_url"] is None
+    return response.json()["twiml"], session
