@@ -19,12 +19,12 @@ from pipecat.processors.frame_processor import FrameProcessor
 from pipecat.services.llm_service import FunctionCallParams, LLMService
 from pipecat.transports.base_transport import BaseTransport
 from pipecat.turns.user_start import TranscriptionUserTurnStartStrategy, VADUserTurnStartStrategy
-from pipecat.turns.user_stop import TurnAnalyzerUserTurnStopStrategy
 from pipecat.turns.user_turn_strategies import UserTurnStrategies
 from pipecat.utils.types import NOT_GIVEN, NotGiven
 
 from pipelines import services
 from pipelines.config import PipelineConfig
+from pipelines.endpointing import POLICIES, AdaptiveTurnStopStrategy
 from processors.call_limits import InactivityMonitor, MaxDurationLimiter
 from processors.client_events import ClientEventReceiver
 from processors.provider_errors import ProviderErrorMonitor
@@ -69,6 +69,8 @@ class AgentSpec:
     recording_sample_rate: int = 16000
     llm_options: dict[str, Any] = field(default_factory=dict)
     """Overrides of the LLM stage's options for this call (e.g. `model`, `temperature`)."""
+    endpointing: str | None = None
+    """`fast`, `balanced` or `patient`; None takes the pipeline's `turn.endpointing`."""
 
 
 @dataclass
@@ -116,7 +118,11 @@ def build_pipeline(
     stop_strategies = None
     if config.turn:
         stop_strategies = [
-            TurnAnalyzerUserTurnStopStrategy(turn_analyzer=services.create(config.turn, ctx))
+            AdaptiveTurnStopStrategy(
+                turn_analyzer=services.create(config.turn, ctx),
+                policy=POLICIES[agent.endpointing or config.turn.endpointing],
+                transcript_confirms=config.turn.transcript_confirms,
+            )
         ]
 
     context = LLMContext(

@@ -5,6 +5,7 @@ subclasses below exist only to hand Pipecat's services a shared model instead of
 letting each call load its own.
 """
 
+import asyncio
 import os
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -15,6 +16,7 @@ from pipecat.audio.turn.smart_turn.base_smart_turn import BaseSmartTurn
 from pipecat.audio.turn.smart_turn.local_smart_turn_v3 import LocalSmartTurnAnalyzerV3
 from pipecat.audio.vad.silero import SileroOnnxModel, SileroVADAnalyzer
 from pipecat.audio.vad.vad_analyzer import VADAnalyzer, VADParams
+from pipecat.metrics.metrics import TurnMetricsData
 from pipecat.services.piper.tts import PiperTTSService
 from pipecat.services.tts_service import TTSService
 from pipecat.services.whisper.stt import WhisperSTTService
@@ -67,6 +69,15 @@ class SharedSmartTurnAnalyzerV3(LocalSmartTurnAnalyzerV3):
     @property
     def _model_executor(self) -> ThreadPoolExecutor:
         return models.background_executor()
+
+    async def completion(self) -> TurnMetricsData | None:
+        """Smart Turn's verdict on the caller's speech so far, keeping it buffered (unlike
+        `analyze_end_of_turn`, which drops it once complete) so it can be asked again."""
+        loop = asyncio.get_running_loop()
+        _, metrics = await loop.run_in_executor(
+            self._model_executor, self._process_speech_segment, list(self._audio_buffer)
+        )
+        return metrics
 
 
 class SharedPiperTTSService(PiperTTSService):
