@@ -96,3 +96,23 @@ async def test_a_pause_mid_sentence_gets_one_answer_after_the_continuation(
         assert len(session["latency"]["turns"]) == 1
     finally:
         await client.close()
+
+
+def test_an_agent_s_endpointing_is_one_of_three_or_the_pipeline_s(instant_api):
+    bad = instant_api.post(
+        "/v1/agents",
+        json={
+            "name": "A",
+            "voice_id": "tone",
+            "system_prompt": "x",
+            "pipeline": "instant",
+            "endpointing": "sometimes",
+        },
+    )
+    assert bad.status_code == 422
+    assert bad.json()["code"] == "validation_error"
+    agent = make_agent(instant_api, pipeline="instant", voice_id="tone", endpointing="fast")
+    assert agent["endpointing"] == "fast"
+    updated = instant_api.patch(f"/v1/agents/{agent['id']}", json={"endpointing": None})
+    assert updated.status_code == 200 and updated.json()["endpointing"] is None
+    assert instant_api.get(f"/v1/agents/{agent['id']}").json()["endpointing"] is None
