@@ -8,8 +8,11 @@ silence timeout. Smart Turn's verdict on the same words rises with the silence a
 0.4 s), so a single early look often lands just under the bar and the caller hears
 nothing for three seconds. Here the model is asked again every `recheck_secs` while the
 caller stays quiet, and the probability it must reach falls from `threshold` to zero at
-`max_silence_secs`. A transcript that reads as a finished sentence lowers the bar; one
-that ends on a filler or a word that needs more ("for", "and", "um") raises it.
+`max_silence_secs`. Where the STT transcribes during the VAD wait (local Whisper), the
+transcript is a second opinion: one that reads as a finished sentence lowers the bar; one
+that ends on a filler or a word that needs more ("for", "and", "um") holds the turn open
+whatever Smart Turn says (on Piper's speech Smart Turn calls ~3/4 of the corpus's
+unfinished fragments complete), until a longer fallback.
 """
 
 import asyncio
@@ -38,13 +41,16 @@ class EndpointingPolicy:
     """Silence after the caller's last word that ends the turn whatever the model says."""
     recheck_secs: float = 0.15
     transcript_weight: float = 0.3
-    """How far a transcript that reads finished (or unfinished) moves the bar down (or up)."""
+    """How far a transcript that reads as a finished sentence lowers the bar."""
+    trailing_factor: float = 1.6
+    """A transcript that trails off ("for", "and", "um") holds the turn open until
+    `max_silence_secs` × this, whatever Smart Turn says."""
 
-    def bar(self, silence_secs: float, vad_stop_secs: float, cue: int) -> float:
-        """The probability needed after `silence_secs` of silence, given the transcript's cue."""
+    def bar(self, silence_secs: float, vad_stop_secs: float, finished_sentence: bool) -> float:
+        """The probability needed after `silence_secs` of silence."""
         span = max(self.max_silence_secs - vad_stop_secs, 1e-3)
         left = min(max((self.max_silence_secs - silence_secs) / span, 0.0), 1.0)
-        return self.threshold * left - cue * self.transcript_weight
+        return self.threshold * left - (self.transcript_weight if finished_sentence else 0.0)
 
 
 POLICIES: dict[str, EndpointingPolicy] = {
@@ -53,12 +59,15 @@ POLICIES: dict[str, EndpointingPolicy] = {
     "patient": EndpointingPolicy(threshold=0.6, max_silence_secs=2.5),
 }
 
-_NEEDS_MORE = set(
-    """a an the and or but so because for to of at in on with from by about as than then if
-    whether that which who my your our their his her its is are was were be am i we you
-    um uh er erm hmm like also just well actually basically""".split()
+_TRAILING = set(
+    """a an the and or but so because if whether than to for of about my your our their his
+    her its is are was were be am we i um uh er erm hmm like also just well actually
+    basically""".split()
 )
-_WORD = re.compile(r"[a-z']+")
+"""Last words that leave any sentence open."""
+_TRAILING_STATEMENT = _TRAILING | set("at in on with from by as under into".split())
+"""And those that leave a statement open (a question may end on them: "Who am I speaking with?")."""
+_WORD = re.compile(r"[a-z0-9'-]+")
 
 
 def transcript_cue(text: str) -> int:
@@ -69,7 +78,8 @@ def transcript_cue(text: str) -> int:
     if text.endswith(("...", "…", ",", "-", "—")):
         return -1
     words = _WORD.findall(text.lower())
-    if words and words[-1] in _NEEDS_MORE:
+    trailing = _TRAILING if text.endswith("?") else _TRAILING_STATEMENT
+    if words and words[-1] in trailing:
         return -1
     return 1 if text[-1] in ".?!" else 0
 
@@ -119,12 +129,15 @@ class AdaptiveTurnStopStrategy(TurnAnalyzerUserTurnStopStrategy):
         heard_lately = now - self._last_sound_at < self.ONSET_GUARD_SECS
         if heard_lately and silence < self._policy.max_silence_secs + self.ONSET_GUARD_MAX_SECS:
             return False
-        if silence >= self._policy.max_silence_secs:
-            return True
-        if self._probability is None:
-            return False
         cue = transcript_cue(self._text) if self._transcript_confirms else 0
-        return self._probability >= self._policy.bar(silence, self._stop_secs, cue)
+        fallback = self._policy.max_silence_secs * (self._policy.trailing_factor if cue < 0 else 1)
+        if silence >= fallback:
+            return True
+        if cue < 0 or self._probability is None:
+            return False
+        if self._transcript_confirms and not self._text:
+            return False  # the transcript is on its way (Whisper runs during the VAD wait)
+        return self._probability >= self._policy.bar(silence, self._stop_secs, cue > 0)
 
     async def _handle_vad_user_stopped_speaking(self, frame: VADUserStoppedSpeakingFrame):
         self._vad_user_speaking = False
@@ -145,10 +158,7 @@ class AdaptiveTurnStopStrategy(TurnAnalyzerUserTurnStopStrategy):
                     await self.push_frame(MetricsFrame(data=[metrics]))
                 if self._finished():
                     break
-                deadline = self._speech_ended_at + self._policy.max_silence_secs
-                await asyncio.sleep(
-                    max(0.03, min(self._policy.recheck_secs, deadline - time.time()))
-                )
+                await asyncio.sleep(self._policy.recheck_secs)
         except asyncio.CancelledError:
             return
         self._timeout_task = None
