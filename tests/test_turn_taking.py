@@ -78,10 +78,12 @@ async def test_a_finished_question_is_answered_before_the_silence_fallback(
 async def test_a_pause_mid_sentence_gets_one_answer_after_the_continuation(
     instant_server, instant_api, llm
 ):
-    llm.script("Four at eight, booked.")
+    """Smart Turn hears "my number is five five five, um" as unfinished; the silence fallback
+    is longer than the caller's one-second pause, so the number is answered once, whole."""
+    llm.script("Thanks, I have it.")
     agent = make_agent(instant_api, pipeline="instant", voice_id="tone", greeting="Hello.")
-    start = speech("I'd like to book a table for", sample_rate=8000, tail_secs=0.7)
-    rest = speech("four at eight.", sample_rate=8000)
+    start = speech("My number is five five five, um", sample_rate=8000, tail_secs=0.7)
+    rest = speech("one two three four.", sample_rate=8000)
     client, started = await call(instant_server, agent["id"], start + rest, listen_secs=3)
     try:
         continued_at = started + len(start) / 2 / 8000
