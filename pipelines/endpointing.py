@@ -17,7 +17,6 @@ unfinished fragments complete), until a longer fallback.
 
 import asyncio
 import re
-import time
 from dataclasses import dataclass
 from typing import Literal
 
@@ -102,6 +101,9 @@ class AdaptiveTurnStopStrategy(TurnAnalyzerUserTurnStopStrategy):
         self._speech_ended_at = 0.0
         self._probability: float | None = None
         self._loudest = 0.0
+        self._heard_secs = 0.0
+        """Seconds of caller audio seen: silence is counted in audio, not wall-clock, time, so a
+        pipeline running behind never decides on audio it hasn't looked at yet."""
         self._last_sound_at = 0.0
 
     async def handle_user_turn_started(self):
@@ -112,9 +114,10 @@ class AdaptiveTurnStopStrategy(TurnAnalyzerUserTurnStopStrategy):
         await super()._handle_input_audio(frame)
         samples = np.frombuffer(frame.audio, dtype=np.int16).astype(np.float32)
         level = float(np.sqrt(np.mean(samples**2))) if len(samples) else 0.0
+        self._heard_secs += len(samples) / frame.sample_rate
         self._loudest = max(self._loudest, level)
         if level >= self._loudest * self.SOUND_RATIO:
-            self._last_sound_at = time.time()
+            self._last_sound_at = self._heard_secs
 
     async def _discard_pending_end_of_turn(self):
         await super()._discard_pending_end_of_turn()
@@ -124,7 +127,7 @@ class AdaptiveTurnStopStrategy(TurnAnalyzerUserTurnStopStrategy):
         """Whether the silence so far, Smart Turn's last verdict and the transcript say the
         turn is over; never while the caller is making sound the VAD hasn't yet called speech
         (the first `start_secs` of a continuation)."""
-        now = time.time()
+        now = self._heard_secs
         silence = now - self._speech_ended_at
         heard_lately = now - self._last_sound_at < self.ONSET_GUARD_SECS
         if heard_lately and silence < self._policy.max_silence_secs + self.ONSET_GUARD_MAX_SECS:
@@ -143,7 +146,7 @@ class AdaptiveTurnStopStrategy(TurnAnalyzerUserTurnStopStrategy):
         self._vad_user_speaking = False
         self._vad_stopped = True
         self._stop_secs = frame.stop_secs
-        self._speech_ended_at = frame.timestamp - frame.stop_secs
+        self._speech_ended_at = self._heard_secs - frame.stop_secs
         self._timeout_task = self.task_manager.create_task(
             self._watch_silence(), f"{self}::_watch_silence"
         )
