@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
+from loguru import logger
 from pipecat.frames.frames import (
     InputAudioRawFrame,
     MetricsFrame,
@@ -176,6 +177,10 @@ class AdaptiveTurnStopStrategy(TurnAnalyzerUserTurnStopStrategy):
                 await self._end_turn()
 
     async def _end_turn(self):
+        logger.debug(
+            f"{self}: turn over after {self._heard_secs - self._speech_ended_at:.2f} s of silence "
+            f"(Smart Turn {self._probability}, transcript {self._text!r})"
+        )
         self._turn_complete = True
         self._timeout_expired = True
         await self._maybe_trigger_user_turn_stopped()
