@@ -272,6 +272,12 @@ async def main() -> None:
     )
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--endpointing", choices=["fast", "balanced", "patient"])
+    parser.add_argument(
+        "--pipelines-path",
+        type=Path,
+        help="another directory of pipeline configs, overriding same-named ones (e.g. a local.yaml "
+        "whose llama.cpp server uses a port another server already holds)",
+    )
     args = parser.parse_args()
     pipelines = args.pipeline or ["instant", "local"]
     transports = args.transport or list(TRANSPORTS)
@@ -286,7 +292,12 @@ async def main() -> None:
     server = start_server(
         data,
         preload=pipelines,
-        env={"SWITCHBOARD_PIPELINES_PATH": f'["{BENCH_PIPELINES}"]', "SCRIPTED_LLM_URL": llm.url},
+        env={
+            "SWITCHBOARD_PIPELINES_PATH": json.dumps(
+                [str(BENCH_PIPELINES)] + ([str(args.pipelines_path)] if args.pipelines_path else [])
+            ),
+            "SCRIPTED_LLM_URL": llm.url,
+        },
     )
     rows, report = [], {"machine": machine(), "started": time.time(), "runs": []}
     try:
