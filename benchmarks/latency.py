@@ -1,8 +1,9 @@
 """Latency as a caller on a Twilio line feels it, measured on the wire.
 
 A Twilio Media Streams caller (the tests' client) dials an agent, waits for the
-greeting, then says several Piper-synthesized sentences, each after the agent's
-reply has finished, and finally barges in on a reply. Reported:
+greeting, then says several complete utterances of the turn-taking corpus
+(`benchmarks/turns_corpus.py`; each call takes the next ones, at rotating Piper speeds),
+each after the agent's reply has finished, and finally barges in on a reply. Reported:
 
 - greeting: stream start → first agent media frame with speech;
 - voice-to-voice per turn: last caller frame with speech → first agent media frame with speech;
@@ -20,6 +21,7 @@ from pathlib import Path
 
 import httpx
 
+from benchmarks import turns_corpus
 from benchmarks.common import (
     BENCH_PIPELINES,
     fmt,
@@ -34,17 +36,18 @@ from tests.fakes.twilio_client import ulaw_encode
 from tests.helpers.servers import start_server
 
 FRAME = 320  # 20 ms of 8 kHz 16-bit PCM
-QUESTIONS = [
-    "What time do you open tomorrow?",
-    "Do you take new patients?",
-    "Where is your office?",
-    "Can I book a cleaning next week?",
-    "How much does a checkup cost?",
-]
 BARGE_IN = "Sorry, wait, one more question."
 LONG_REPLY = " ".join(
     ["We are open from eight in the morning until six in the evening on weekdays."] * 4
 )
+
+
+def corpus_turns(call: int, turns: int) -> list[tuple[str, bytes]]:
+    """The `call`-th call's utterances: the next `turns` complete ones of the corpus, as 8 kHz audio."""
+    texts = [u.text for u in turns_corpus.utterances() if u.complete]
+    speeds = turns_corpus.SPEEDS
+    picked = [(call * turns + i) % len(texts) for i in range(turns)]
+    return [(texts[i], turns_corpus.audio(texts[i], speeds[i % len(speeds)], 8000)) for i in picked]
 
 
 def speech_frames(pcm: bytes) -> list[int]:
@@ -88,26 +91,22 @@ async def speak_then_silence(client, pcm: bytes) -> tuple[float, asyncio.Task]:
     return last_speech_at, asyncio.create_task(client.send_silence(30))
 
 
-async def one_call(server, agent_id: str, questions: list[str]) -> dict:
+async def one_call(server, agent_id: str, questions: list[tuple[str, bytes]]) -> dict:
     client = twilio_caller(server, agent_id)
     result = {"turns": []}
     async with client:
         opened = time.monotonic()
         result["greeting"] = await first_agent_speech_after(client, opened, 30) - opened
         await agent_quiet(client)
-        for text in questions:
-            last_speech_at, silence = await speak_then_silence(
-                client, speech(text, sample_rate=8000)
-            )
+        for text, pcm in questions:
+            last_speech_at, silence = await speak_then_silence(client, pcm)
             answered = await first_agent_speech_after(client, last_speech_at, 60)
             result["turns"].append((text, answered - last_speech_at))
             await agent_quiet(client)
             silence.cancel()
 
         # Barge-in: ask, and talk over the answer once it has started.
-        last_speech_at, silence = await speak_then_silence(
-            client, speech(QUESTIONS[0], sample_rate=8000)
-        )
+        last_speech_at, silence = await speak_then_silence(client, questions[0][1])
         answered = await first_agent_speech_after(client, last_speech_at, 60)
         silence.cancel()
         await asyncio.sleep(max(0.0, answered + 0.4 - time.monotonic()))
@@ -189,7 +188,8 @@ async def main() -> None:
             },
         ).json()
         calls = [
-            await one_call(server, agent["id"], QUESTIONS[: args.turns]) for _ in range(args.calls)
+            await one_call(server, agent["id"], corpus_turns(call, args.turns))
+            for call in range(args.calls)
         ]
         report(args.pipeline, calls)
     finally:

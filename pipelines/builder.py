@@ -19,12 +19,13 @@ from pipecat.processors.frame_processor import FrameProcessor
 from pipecat.services.llm_service import FunctionCallParams, LLMService
 from pipecat.transports.base_transport import BaseTransport
 from pipecat.turns.user_start import TranscriptionUserTurnStartStrategy, VADUserTurnStartStrategy
-from pipecat.turns.user_stop import BaseUserTurnStopStrategy, TurnAnalyzerUserTurnStopStrategy
+from pipecat.turns.user_stop import BaseUserTurnStopStrategy
 from pipecat.turns.user_turn_strategies import UserTurnStrategies
 from pipecat.utils.types import NOT_GIVEN, NotGiven
 
 from pipelines import services
 from pipelines.config import PipelineConfig
+from pipelines.endpointing import POLICIES, AdaptiveTurnStopStrategy
 from processors.call_limits import InactivityMonitor, MaxDurationLimiter
 from processors.client_events import ClientEventReceiver
 from processors.heard_text import LateWordFilter
@@ -70,6 +71,8 @@ class AgentSpec:
     recording_sample_rate: int = 16000
     llm_options: dict[str, Any] = field(default_factory=dict)
     """Overrides of the LLM stage's options for this call (e.g. `model`, `temperature`)."""
+    endpointing: str | None = None
+    """`fast`, `balanced` or `patient`; None takes the pipeline's `turn.endpointing`."""
 
 
 @dataclass
@@ -117,7 +120,11 @@ def build_pipeline(
     stop_strategies: list[BaseUserTurnStopStrategy] | None = None
     if config.turn:
         stop_strategies = [
-            TurnAnalyzerUserTurnStopStrategy(turn_analyzer=services.create(config.turn, ctx))
+            AdaptiveTurnStopStrategy(
+                turn_analyzer=services.create(config.turn, ctx),
+                policy=POLICIES[agent.endpointing or config.turn.endpointing],
+                transcript_confirms=config.turn.transcript_confirms,
+            )
         ]
 
     context = LLMContext(

@@ -10,7 +10,7 @@ import importlib.util
 import os
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, Field
@@ -47,11 +47,20 @@ class TTSStageConfig(StageConfig):
     """Voice name (what an agent's `voice_id` says) → the provider's voice id."""
 
 
+class TurnStageConfig(StageConfig):
+    """The turn detector, and how eager the call is to decide the caller has finished."""
+
+    endpointing: Literal["fast", "balanced", "patient"] = "balanced"
+    """The default for agents that don't set their own (see `pipelines/endpointing.py`)."""
+    transcript_confirms: bool = True
+    """Let the transcript's wording move the bar; off where the STT's text isn't the caller's."""
+
+
 class PipelineConfig(BaseModel):
     name: str
     description: str = ""
     vad: StageConfig
-    turn: StageConfig | None = None
+    turn: TurnStageConfig | None = None
     stt: StageConfig
     llm: LLMStageConfig
     tts: TTSStageConfig

@@ -11,8 +11,10 @@ in its own (`_register_event_handler`, `_call_event_handler`,
 `TTSService._stream_audio_frames_from_iterator`); the test checks those too.
 """
 
+import asyncio
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from typing import cast
 
 from pipecat.audio.resamplers.base_audio_resampler import BaseAudioResampler
 from pipecat.audio.turn.smart_turn.base_smart_turn import BaseSmartTurn
@@ -20,6 +22,7 @@ from pipecat.audio.turn.smart_turn.local_smart_turn_v3 import LocalSmartTurnAnal
 from pipecat.audio.vad.silero import SileroOnnxModel, SileroVADAnalyzer
 from pipecat.audio.vad.vad_analyzer import VADAnalyzer, VADParams
 from pipecat.frames.frames import Frame
+from pipecat.metrics.metrics import TurnMetricsData
 from pipecat.serializers.base_serializer import FrameSerializer
 from pipecat.services.piper.tts import PiperTTSService, PiperTTSSettings
 from pipecat.services.stt_service import SegmentedSTTService, STTService
@@ -101,6 +104,17 @@ class _SmartTurnV3OnSharedModel(LocalSmartTurnAnalyzerV3):
         # BaseSmartTurn predicts on a one-thread pool of its own, built here, and takes no
         # executor; it shuts `_executor` down in `cleanup`, so the shared pool is never put there.
         return self._shared_executor
+
+    async def completion(self) -> TurnMetricsData | None:
+        """Smart Turn's verdict on the caller's speech so far, keeping it buffered, so it can
+        be asked again as the silence grows (`pipelines/endpointing.py`)."""
+        # `analyze_end_of_turn` drops the buffered speech once it judges the turn complete and
+        # asks nothing else; the prediction itself is the private `_process_speech_segment`.
+        loop = asyncio.get_running_loop()
+        _, metrics = await loop.run_in_executor(
+            self._model_executor, self._process_speech_segment, list(self._audio_buffer)
+        )
+        return cast(TurnMetricsData | None, metrics)  # Smart Turn reports TurnMetricsData
 
 
 def smart_turn_v3(session, executor: ThreadPoolExecutor) -> LocalSmartTurnAnalyzerV3:

@@ -175,6 +175,34 @@ async def test_smart_turn_v3_predicts_on_the_shared_model_and_threads():
     executor.shutdown()
 
 
+async def test_smart_turn_completion_asks_again_without_dropping_the_speech():
+    executor = ThreadPoolExecutor(max_workers=1)
+    analyzer = pipecat_compat.smart_turn_v3(models.smart_turn_session(), executor)
+    analyzer.set_sample_rate(16000)
+    speech = (np.sin(np.arange(16000) / 3) * 8000).astype(np.int16).tobytes()
+    analyzer.append_audio(speech, is_speech=True)
+    buffered = len(analyzer._audio_buffer)
+    first, again = await analyzer.completion(), await analyzer.completion()
+    assert first is not None and again is not None and 0 <= first.probability <= 1
+    assert again.probability == first.probability and len(analyzer._audio_buffer) == buffered > 0
+    executor.shutdown()
+
+
+def test_the_turn_stop_hooks_endpointing_overrides_exist():
+    from pipecat.turns.user_stop import TurnAnalyzerUserTurnStopStrategy
+
+    for hook in (
+        "_handle_input_audio",
+        "_discard_pending_end_of_turn",
+        "_handle_vad_user_stopped_speaking",
+        "_handle_transcription",
+        "_maybe_trigger_user_turn_stopped",
+    ):
+        assert inspect.iscoroutinefunction(getattr(TurnAnalyzerUserTurnStopStrategy, hook)), hook
+    strategy = TurnAnalyzerUserTurnStopStrategy(turn_analyzer=LocalSmartTurnAnalyzerV3())
+    assert strategy._text == "" and strategy._turn_analyzer is not None
+
+
 def test_piper_tts_service_has_what_its_constructor_would_have_set():
     voice = models.piper_voice(PIPER_DIR, PIPER_VOICE)
     settings = PiperTTSService.Settings(voice=PIPER_VOICE)
@@ -250,6 +278,8 @@ OUR_SUBCLASSES = {
         "_log_data",
         "_session",
         "_model_executor",
+        "_audio_buffer",
+        "_process_speech_segment",
     },
     FirstClauseTextAggregator: set(),
     TwilioStreamSerializer: set(),

@@ -163,6 +163,13 @@ InactivityAction = Annotated[
     Literal["end_call", "prompt"],
     Field(description="end_call, or prompt: ask once if the caller is there, then end"),
 ]
+Endpointing = Annotated[
+    Literal["fast", "balanced", "patient"],
+    Field(
+        description="How soon a pause ends the caller's turn: fast, balanced or patient; "
+        "null: the pipeline's default"
+    ),
+]
 PhoneNumbers = Annotated[
     list[PhoneNumber],
     Field(
@@ -238,6 +245,7 @@ class AgentCreate(BaseModel):
     inactivity_timeout: InactivityTimeout | None = None
     inactivity_action: InactivityAction = "end_call"
     recording_enabled: bool = True
+    endpointing: Endpointing | None = None
 
 
 class AgentUpdate(BaseModel):
@@ -263,6 +271,7 @@ class AgentUpdate(BaseModel):
     inactivity_timeout: InactivityTimeout | None = None
     inactivity_action: InactivityAction | None = None
     recording_enabled: bool | None = None
+    endpointing: Endpointing | None = None
 
 
 class AgentOut(BaseModel):
@@ -297,6 +306,7 @@ class AgentOut(BaseModel):
     inactivity_timeout: int | None
     inactivity_action: InactivityAction
     recording_enabled: bool
+    endpointing: Endpointing | None = None
     status: Literal["active", "paused", "deleted"]
     created_at: datetime
     updated_at: datetime

@@ -51,6 +51,7 @@ def agent_spec(agent: Agent) -> AgentSpec:
         max_duration_secs=agent.max_duration,
         inactivity_timeout_secs=agent.inactivity_timeout,
         inactivity_action=agent.inactivity_action,
+        endpointing=agent.endpointing,
     )
 
 

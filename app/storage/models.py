@@ -115,6 +115,8 @@ class Agent(Base):
     """Seconds of caller silence before `inactivity_action`; None turns it off."""
     inactivity_action: Mapped[str] = mapped_column(String(16), default="end_call")
     recording_enabled: Mapped[bool] = mapped_column(Boolean, default=True)
+    endpointing: Mapped[str | None] = mapped_column(String(16))
+    """`fast`, `balanced` or `patient`; None takes the pipeline's `turn.endpointing`."""
     status: Mapped[str] = mapped_column(String(16), default="active", index=True)
     created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)

@@ -1,0 +1,186 @@
+"""Deciding when the caller has finished: Smart Turn, re-asked as the silence grows, with a
+bar that falls as it does, and the transcript as a second opinion.
+
+Pipecat's `TurnAnalyzerUserTurnStopStrategy` asks Smart Turn once, when the VAD hears
+`stop_secs` of silence, and if the answer is "not finished" waits Smart Turn's own 3 s
+silence timeout. Smart Turn's verdict on the same words rises with the silence after them
+("Are you open tonight?" over a phone line: 0.36 after 0.1 s, 0.77 after 0.2 s, 0.95 after
+0.4 s), so a single early look often lands just under the bar and the caller hears
+nothing for three seconds. Here the model is asked again every `recheck_secs` while the
+caller stays quiet, and the probability it must reach falls from `threshold` to zero at
+`max_silence_secs`. Where the STT transcribes during the VAD wait (local Whisper), the
+transcript is a second opinion: one that reads as a finished sentence lowers the bar; one
+that ends on a filler or a word that needs more ("for", "and", "um") holds the turn open
+whatever Smart Turn says (on Piper's speech Smart Turn calls ~3/4 of the corpus's
+unfinished fragments complete), until a longer fallback.
+"""
+
+import asyncio
+import re
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+from loguru import logger
+from pipecat.frames.frames import (
+    InputAudioRawFrame,
+    MetricsFrame,
+    TranscriptionFrame,
+    VADUserStoppedSpeakingFrame,
+)
+from pipecat.turns.user_stop import TurnAnalyzerUserTurnStopStrategy
+
+Endpointing = Literal["fast", "balanced", "patient"]
+
+
+@dataclass(frozen=True)
+class EndpointingPolicy:
+    threshold: float
+    """Smart Turn probability a turn needs when the VAD first reports silence."""
+    max_silence_secs: float
+    """Silence after the caller's last word that ends the turn whatever the model says."""
+    recheck_secs: float = 0.15
+    transcript_weight: float = 0.3
+    """How far a transcript that reads as a finished sentence lowers the bar."""
+    trailing_factor: float = 1.6
+    """A transcript that trails off ("for", "and", "um") holds the turn open until
+    `max_silence_secs` × this, whatever Smart Turn says."""
+
+    def bar(self, silence_secs: float, vad_stop_secs: float, finished_sentence: bool) -> float:
+        """The probability needed after `silence_secs` of silence."""
+        span = max(self.max_silence_secs - vad_stop_secs, 1e-3)
+        left = min(max((self.max_silence_secs - silence_secs) / span, 0.0), 1.0)
+        return self.threshold * left - (self.transcript_weight if finished_sentence else 0.0)
+
+
+POLICIES: dict[str, EndpointingPolicy] = {
+    "fast": EndpointingPolicy(threshold=0.4, max_silence_secs=0.9),
+    "balanced": EndpointingPolicy(threshold=0.5, max_silence_secs=1.3),
+    "patient": EndpointingPolicy(threshold=0.6, max_silence_secs=2.5),
+}
+
+_TRAILING = set(
+    """a an the and or but so because if whether than to for of about my your our their his
+    her its is are was were be am we i um uh er erm hmm like also just well actually
+    basically""".split()
+)
+"""Last words that leave any sentence open."""
+_TRAILING_STATEMENT = _TRAILING | set("at in on with from by as under into".split())
+"""And those that leave a statement open (a question may end on them: "Who am I speaking with?")."""
+_WORD = re.compile(r"[a-z0-9'-]+")
+
+
+def transcript_cue(text: str) -> int:
+    """+1 when `text` reads as a finished sentence, -1 when it trails off, 0 when it can't tell."""
+    text = text.strip()
+    if not text:
+        return 0
+    if text.endswith(("...", "…", ",", "-", "—")):
+        return -1
+    words = _WORD.findall(text.lower())
+    trailing = _TRAILING if text.endswith("?") else _TRAILING_STATEMENT
+    if words and words[-1] in trailing:
+        return -1
+    return 1 if text[-1] in ".?!" else 0
+
+
+class AdaptiveTurnStopStrategy(TurnAnalyzerUserTurnStopStrategy):
+    """Ends the caller's turn when Smart Turn's probability clears a bar that falls with
+    the silence (see the module's docstring); a final transcript is still required, as in
+    Pipecat's strategy, so the LLM gets the caller's words."""
+
+    ONSET_GUARD_SECS = 0.1
+    ONSET_GUARD_MAX_SECS = 0.4
+    """How long past `max_silence_secs` sound (steady line noise, say) may hold the turn open."""
+    SOUND_RATIO = 0.1
+    """A frame within 20 dB of the turn's loudest is the caller making sound."""
+
+    def __init__(self, *, turn_analyzer, policy: EndpointingPolicy, transcript_confirms: bool):
+        super().__init__(turn_analyzer=turn_analyzer)
+        self._policy = policy
+        self._transcript_confirms = transcript_confirms
+        self._speech_ended_at = 0.0
+        self._probability: float | None = None
+        self._loudest = 0.0
+        self._heard_secs = 0.0
+        """Seconds of caller audio seen: silence is counted in audio, not wall-clock, time, so a
+        pipeline running behind never decides on audio it hasn't looked at yet."""
+        self._last_sound_at = 0.0
+
+    async def handle_user_turn_started(self):
+        await super().handle_user_turn_started()
+        self._loudest = 0.0
+
+    async def _handle_input_audio(self, frame: InputAudioRawFrame):
+        await super()._handle_input_audio(frame)
+        samples = np.frombuffer(frame.audio, dtype=np.int16).astype(np.float32)
+        level = float(np.sqrt(np.mean(samples**2))) if len(samples) else 0.0
+        self._heard_secs += len(samples) / frame.sample_rate
+        self._loudest = max(self._loudest, level)
+        if level >= self._loudest * self.SOUND_RATIO:
+            self._last_sound_at = self._heard_secs
+
+    async def _discard_pending_end_of_turn(self):
+        await super()._discard_pending_end_of_turn()
+        self._probability = None
+
+    def _finished(self) -> bool:
+        """Whether the silence so far, Smart Turn's last verdict and the transcript say the
+        turn is over; never while the caller is making sound the VAD hasn't yet called speech
+        (the first `start_secs` of a continuation)."""
+        now = self._heard_secs
+        silence = now - self._speech_ended_at
+        heard_lately = now - self._last_sound_at < self.ONSET_GUARD_SECS
+        if heard_lately and silence < self._policy.max_silence_secs + self.ONSET_GUARD_MAX_SECS:
+            return False
+        cue = transcript_cue(self._text) if self._transcript_confirms else 0
+        fallback = self._policy.max_silence_secs * (self._policy.trailing_factor if cue < 0 else 1)
+        if silence >= fallback:
+            return True
+        if cue < 0 or self._probability is None:
+            return False
+        if self._transcript_confirms and not self._text:
+            return False  # the transcript is on its way (Whisper runs during the VAD wait)
+        return self._probability >= self._policy.bar(silence, self._stop_secs, cue > 0)
+
+    async def _handle_vad_user_stopped_speaking(self, frame: VADUserStoppedSpeakingFrame):
+        self._vad_user_speaking = False
+        self._vad_stopped = True
+        self._stop_secs = frame.stop_secs
+        self._speech_ended_at = self._heard_secs - frame.stop_secs
+        self._timeout_task = self.task_manager.create_task(
+            self._watch_silence(), f"{self}::_watch_silence"
+        )
+
+    async def _watch_silence(self):
+        """Ask Smart Turn, then again every `recheck_secs`, until the turn is over."""
+        try:
+            while True:
+                metrics = await self._turn_analyzer.completion()  # type: ignore[attr-defined]  # pipecat_compat.smart_turn_v3's
+                if metrics is not None:
+                    self._probability = metrics.probability
+                    await self.push_frame(MetricsFrame(data=[metrics]))
+                if self._finished():
+                    break
+                await asyncio.sleep(self._policy.recheck_secs)
+        except asyncio.CancelledError:
+            return
+        self._timeout_task = None
+        await self._end_turn()
+
+    async def _handle_transcription(self, frame: TranscriptionFrame):
+        await super()._handle_transcription(frame)
+        if self._timeout_task and self._vad_stopped and not self._turn_complete:
+            if self._finished():
+                await self.task_manager.cancel_task(self._timeout_task)
+                self._timeout_task = None
+                await self._end_turn()
+
+    async def _end_turn(self):
+        logger.debug(
+            f"{self}: turn over after {self._heard_secs - self._speech_ended_at:.2f} s of silence "
+            f"(Smart Turn {self._probability}, transcript {self._text!r})"
+        )
+        self._turn_complete = True
+        self._timeout_expired = True
+        await self._maybe_trigger_user_turn_stopped()
