@@ -6,7 +6,7 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Query
 from pydantic import BaseModel, ConfigDict
 
-from app.api.agents import load_agent
+from app.agents import load_agent
 from app.api.sessions import load_session
 from app.calls import post_call
 from app.deps import CallerDep, DbDep, StateDep

@@ -10,9 +10,9 @@ from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
-from app.api.agents import Prompt, Tools, check_pipeline_and_voice, load_agent, stored_tools
+from app.agents import Prompt, Tools, check_pipeline_and_voice, load_agent, stored_tools
 from app.api.carriers import ANSWERS
-from app.api.sessions import SessionOut, load_session, session_out, websocket_base
+from app.api.sessions import SessionOut, load_session, session_out
 from app.api.twilio import stream_twiml
 from app.calls import admission
 from app.deps import CallerDep, DbDep, StateDep
@@ -23,6 +23,7 @@ from app.storage.calls import inline_agent
 from app.storage.models import Agent, Session
 from app.telephony import twilio
 from app.telephony.relay import issue_relay_token
+from app.urls import public_base_url, websocket_base
 
 router = APIRouter(tags=["calls"], responses=ERROR_RESPONSES)
 
@@ -145,7 +146,7 @@ async def _start(
 
 def _connection(state: AppState, request: Request, session: Session) -> tuple[str, str | None]:
     """The URL to connect to, and the carrier markup that connects to it."""
-    base = websocket_base(state, request)
+    base = websocket_base(state.settings, request)
     if session.connection_type == "websocket":
         return session_out(state, request, session).websocket_url, None
     if session.connection_type == "twilio":
@@ -175,8 +176,7 @@ async def create_call(
     agent = await load_agent(db, caller, body.agentId)
     if body.connectionType == "webrtc":
         admission.check_agent(state, agent)
-        base = (state.settings.public_base_url or str(request.base_url)).rstrip("/")
-        url = f"{base}/v1/agents/{agent.id}/webrtc/offer"
+        url = f"{public_base_url(state.settings, request)}/v1/agents/{agent.id}/webrtc/offer"
         return CallOut(
             session_id=None, connection_type="webrtc", url=url, markup=None, session=None
         )
@@ -200,7 +200,7 @@ async def create_inline_call(
             "connectionType webrtc needs a stored agent: create one and POST its /v1/agents/{id}/webrtc/offer",
         )
     pipeline = body.pipeline or state.settings.default_pipeline
-    check_pipeline_and_voice(state, pipeline, body.voice)
+    check_pipeline_and_voice(state.catalog, pipeline, body.voice)
     config = inline_config(body, pipeline)
     agent = inline_agent(caller.account_id, config)
     return await _start(state, request, db, agent, body.connectionType, config)

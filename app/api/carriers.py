@@ -15,8 +15,8 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel
 from twilio.twiml.voice_response import Connect, VoiceResponse
 
-from app.api.agents import load_agent
-from app.api.sessions import SessionOut, websocket_base
+from app.agents import load_agent
+from app.api.sessions import SessionOut
 from app.api.twilio import (
     BUSY_APOLOGY,
     TWIML_RESPONSES,
@@ -34,6 +34,7 @@ from app.telephony.phone_calls import start_phone_session
 from app.telephony.relay import issue_relay_token
 from app.telephony.signatures import SIGNED_RESPONSES, check_plivo, check_telnyx
 from app.telephony.stream import CARRIERS, serve_stream
+from app.urls import websocket_base
 
 router = APIRouter(tags=["telephony"], responses=ERROR_RESPONSES)
 
@@ -88,7 +89,7 @@ def answer_xml(
     """The carrier's XML connecting the call to its stream, the relay token in the URL."""
     token = issue_relay_token(state, session, instance_id)
     return ANSWERS[carrier](
-        f"{websocket_base(state, request)}/v1/sessions/{carrier}/stream?token={quote(token)}"
+        f"{websocket_base(state.settings, request)}/v1/sessions/{carrier}/stream?token={quote(token)}"
     )
 
 

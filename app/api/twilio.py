@@ -13,8 +13,8 @@ from fastapi.responses import JSONResponse, Response
 from loguru import logger
 from pydantic import BaseModel, ConfigDict, Field
 
-from app.api.agents import load_agent
-from app.api.sessions import SessionOut, session_out, websocket_base
+from app.agents import load_agent
+from app.api.sessions import SessionOut, session_out
 from app.deps import CallerDep, DbDep, StateDep
 from app.errors import DRAINING_RESPONSES, ERROR_RESPONSES, APIError, ErrorBody, not_found
 from app.state import AppState
@@ -27,6 +27,7 @@ from app.telephony.phone_calls import apply_status, start_phone_session
 from app.telephony.relay import issue_relay_token
 from app.telephony.signatures import SIGNED_RESPONSES, check_twilio
 from app.telephony.stream import CARRIERS, serve_stream
+from app.urls import public_base_url, websocket_base
 
 router = APIRouter(tags=["telephony"], responses=ERROR_RESPONSES)
 
@@ -85,7 +86,7 @@ class CallTaskOut(BaseModel):
 def stream_twiml(
     state: AppState, request: Request, session: Session, instance_id: str | None
 ) -> str:
-    url = f"{websocket_base(state, request)}{twilio.STREAM_PATH}"
+    url = f"{websocket_base(state.settings, request)}{twilio.STREAM_PATH}"
     return twilio.connect_twiml(url, issue_relay_token(state, session, instance_id))
 
 
@@ -280,7 +281,7 @@ async def create_outbound_call(
         to_number=body.to_number,
         instance_id=body.instance_id,
     )
-    base = twilio.http_base(state.settings, request)
+    base = public_base_url(state.settings, request)
     try:
         call.call_sid = await twilio.place_call(
             state.settings,

@@ -1,0 +1,43 @@
+"""The one rule for request bodies' field names: snake_case on every route. Routes the seed
+API served in camelCase (the Calls API, the Twilio session and outbound-call bodies) accept
+those names too, as aliases; /openapi.json shows the snake_case names."""
+
+from pydantic import (
+    AliasChoices,
+    AliasGenerator,
+    BaseModel,
+    ConfigDict,
+    ValidationError,
+    model_validator,
+)
+from pydantic.alias_generators import to_camel
+
+
+def _snake_or_camel(name: str) -> AliasChoices:
+    return AliasChoices(name, to_camel(name))
+
+
+class CamelCaseAccepted(BaseModel):
+    """A request body that also takes each field's camelCase name (or the alias the field
+    names itself, e.g. ``validation_alias=AliasChoices("to_number", "to")``)."""
+
+    model_config = ConfigDict(
+        extra="forbid", alias_generator=AliasGenerator(validation_alias=_snake_or_camel)
+    )
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _missing_fields_name_their_aliases(cls, data, handler):
+        """A missing field's error names every name it is accepted under, not just the first."""
+        try:
+            return handler(data)
+        except ValidationError as exc:
+            errors = []
+            for error in exc.errors(include_url=False):
+                field = cls.model_fields.get(error["loc"][0]) if len(error["loc"]) == 1 else None
+                if error["type"] == "missing" and field is not None:
+                    choices = getattr(field.validation_alias, "choices", ())
+                    names = [n for n in choices if n != error["loc"][0]]
+                    error["loc"] = (f"{error['loc'][0]} (or {', '.join(names)})",)
+                errors.append({k: error[k] for k in ("type", "loc", "input", "ctx") if k in error})
+            raise ValidationError.from_exception_data(exc.title, errors) from None
