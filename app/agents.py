@@ -200,6 +200,9 @@ InactivityTimeout = Annotated[
     ),
     _between(10, 300, " s"),
 ]
+Temperature = Annotated[
+    float, Field(json_schema_extra={"minimum": 0, "maximum": 1}), _between(0, 1)
+]
 InactivityAction = Annotated[
     Literal["end_call", "prompt"],
     Field(description="end_call, or prompt: ask once if the caller is there, then end"),

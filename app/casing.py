@@ -1,7 +1,11 @@
 """The one rule for request bodies' field names: snake_case on every route. Routes the seed
 API served in camelCase (the Calls API, the Twilio session and outbound-call bodies) accept
-those names too, as aliases; /openapi.json shows the snake_case names."""
+those names too, as aliases (and carrier webhooks `?agentId=` as well as `?agent_id=`);
+/openapi.json shows the snake_case names."""
 
+from typing import Annotated
+
+from fastapi import Depends, Query
 from pydantic import (
     AliasChoices,
     AliasGenerator,
@@ -41,3 +45,14 @@ class CamelCaseAccepted(BaseModel):
                     error["loc"] = (f"{error['loc'][0]} (or {', '.join(names)})",)
                 errors.append({k: error[k] for k in ("type", "loc", "input", "ctx") if k in error})
             raise ValidationError.from_exception_data(exc.title, errors) from None
+
+
+def _agent_id_query(
+    agent_id: str | None = None,
+    agentId: Annotated[str | None, Query(include_in_schema=False)] = None,  # noqa: N803
+) -> str | None:
+    return agent_id or agentId
+
+
+AgentIdQuery = Annotated[str | None, Depends(_agent_id_query)]
+"""`?agent_id=`, or the seed's `?agentId=` (carrier webhook URLs)."""

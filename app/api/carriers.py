@@ -25,6 +25,7 @@ from app.api.twilio import (
     start_inbound,
     twiml_response,
 )
+from app.casing import AgentIdQuery
 from app.deps import CallerDep, DbDep, StateDep
 from app.errors import DRAINING_RESPONSES, ERROR_RESPONSES
 from app.state import AppState
@@ -164,15 +165,15 @@ async def _answer_inbound(
     response_class=Response,
 )
 async def telnyx_voice(
-    request: Request, state: StateDep, db: DbDep, agentId: str | None = None
+    request: Request, state: StateDep, db: DbDep, agent_id: AgentIdQuery
 ) -> Response:
     """Set this as the TeXML application's voice URL. The agent is the one the dialled number
-    (`To`) is assigned to, or `?agentId=`. Needs `telnyx-signature-ed25519`."""
+    (`To`) is assigned to, or `?agent_id=`. Needs `telnyx-signature-ed25519`."""
     body = await request.body()
     check_telnyx(state.settings, request, body)
     fields = parse_qs(body.decode("utf-8", errors="replace"), keep_blank_values=True)
     form = {name: values[0] for name, values in fields.items()}
-    return await _answer_inbound("telnyx", request, state, db, agentId, form, "CallSid")
+    return await _answer_inbound("telnyx", request, state, db, agent_id, form, "CallSid")
 
 
 @router.post(
@@ -182,16 +183,16 @@ async def telnyx_voice(
     response_class=Response,
 )
 async def plivo_voice(
-    request: Request, state: StateDep, db: DbDep, agentId: str | None = None
+    request: Request, state: StateDep, db: DbDep, agent_id: AgentIdQuery
 ) -> Response:
     """Set this as the Plivo application's answer URL (POST). The agent is the one the dialled
-    number (`To`) is assigned to, or `?agentId=`. Needs `X-Plivo-Signature-V3`."""
+    number (`To`) is assigned to, or `?agent_id=`. Needs `X-Plivo-Signature-V3`."""
     fields = parse_qs(
         (await request.body()).decode("utf-8", errors="replace"), keep_blank_values=True
     )
     check_plivo(state.settings, request, fields)
     form = {name: values[0] for name, values in fields.items()}
-    return await _answer_inbound("plivo", request, state, db, agentId, form, "CallUUID")
+    return await _answer_inbound("plivo", request, state, db, agent_id, form, "CallUUID")
 
 
 @router.websocket("/v1/sessions/telnyx/stream")

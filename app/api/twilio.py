@@ -11,10 +11,11 @@ from urllib.parse import parse_qsl
 from fastapi import APIRouter, Request, WebSocket
 from fastapi.responses import JSONResponse, Response
 from loguru import logger
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field
 
 from app.agents import load_agent
 from app.api.sessions import SessionOut, session_out
+from app.casing import AgentIdQuery, CamelCaseAccepted
 from app.deps import CallerDep, DbDep, StateDep
 from app.errors import DRAINING_RESPONSES, ERROR_RESPONSES, APIError, ErrorBody, not_found
 from app.state import AppState
@@ -39,13 +40,16 @@ TWIML_RESPONSES = {
 }
 
 
-class PhoneSessionCreate(BaseModel):
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+_FROM = AliasChoices("from_number", "from")
+_TO = AliasChoices("to_number", "to")
+"""The seed API's names for the numbers."""
 
-    agent_id: str = Field(alias="agentId")
-    from_number: str = Field(alias="from", min_length=1, max_length=64)
-    to_number: str = Field(alias="to", min_length=1, max_length=64)
-    instance_id: str | None = Field(default=None, alias="instanceId")
+
+class PhoneSessionCreate(CamelCaseAccepted):
+    agent_id: str
+    from_number: str = Field(validation_alias=_FROM, min_length=1, max_length=64)
+    to_number: str = Field(validation_alias=_TO, min_length=1, max_length=64)
+    instance_id: str | None = None
 
 
 class TwilioSessionOut(BaseModel):
@@ -53,18 +57,16 @@ class TwilioSessionOut(BaseModel):
     session: SessionOut
 
 
-class OutboundCallCreate(BaseModel):
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
-
-    agent_id: str = Field(alias="agentId")
-    to_number: DialNumber = Field(alias="to")
+class OutboundCallCreate(CamelCaseAccepted):
+    agent_id: str
+    to_number: DialNumber = Field(validation_alias=_TO)
     from_number: PhoneNumber | None = Field(
         default=None,
-        alias="from",
+        validation_alias=_FROM,
         description="Caller ID: a number of the caller's account (an agent's phone_numbers) or the server's "
         "TWILIO_FROM_NUMBER; defaults to the agent's first phone number, then TWILIO_FROM_NUMBER",
     )
-    instance_id: str | None = Field(default=None, alias="instanceId")
+    instance_id: str | None = None
 
 
 class CallTaskOut(BaseModel):
@@ -156,16 +158,16 @@ async def create_twilio_session(
     response_class=Response,
 )
 async def twilio_voice(
-    request: Request, state: StateDep, db: DbDep, agentId: str | None = None
+    request: Request, state: StateDep, db: DbDep, agent_id: AgentIdQuery
 ) -> Response:
     """Set this as the number's "A call comes in" webhook. The agent is the one the
-    dialled number (`To`) is assigned to, or `?agentId=`."""
+    dialled number (`To`) is assigned to, or `?agent_id=`."""
     form = await signed_form(state, request)
     session = await start_inbound(
         state,
         db,
         "twilio",
-        agentId,
+        agent_id,
         to_number=form.get("To", ""),
         from_number=form.get("From", ""),
         call_id=form.get("CallSid"),

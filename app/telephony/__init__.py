@@ -5,7 +5,7 @@ Call flow, inbound:
 1. Twilio receives a call on a number and POSTs its form to ``/v1/twilio/voice``
    (or an API client POSTs ``/v1/sessions/twilio``). The server checks the
    ``X-Twilio-Signature``, finds the agent (the number ``To`` is assigned to, or
-   ``?agentId=``), creates a session and a :class:`~app.storage.models.PhoneCall`
+   ``?agent_id=``), creates a session and a :class:`~app.storage.models.PhoneCall`
    row, and answers TwiML: ``<Connect><Stream url="wss://HOST/v1/sessions/twilio/stream">``
    with a signed, single-use relay token as a ``<Parameter>`` (Twilio strips query
    strings from Stream URLs). See :mod:`app.telephony.twilio` and :mod:`app.telephony.relay`.
