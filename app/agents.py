@@ -30,7 +30,7 @@ from app.storage import sessions as session_store
 from app.storage import telephony as telephony_store
 from app.storage.ids import new_id, utcnow
 from app.storage.models import Agent
-from app.telephony.numbers import PhoneNumber, TransferTarget
+from app.telephony.numbers import E164Number, TransferTarget
 from pipelines.config import PipelineCatalog, UnknownPipelineError
 
 
@@ -208,7 +208,7 @@ InactivityAction = Annotated[
     Field(description="end_call, or prompt: ask once if the caller is there, then end"),
 ]
 PhoneNumbers = Annotated[
-    list[PhoneNumber],
+    list[E164Number],
     Field(
         max_length=20,
         description="E.164 numbers whose inbound calls reach this agent (Twilio voice webhook); "

@@ -9,7 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from app.agents import load_agent
 from app.calls import admission
 from app.calls.latency import summarize
-from app.cost import SessionCost
+from app.cost import SessionCostOut
 from app.deps import CallerDep, DbDep, StateDep
 from app.errors import DRAINING_RESPONSES, ERROR_RESPONSES, not_found
 from app.state import AppState
@@ -73,7 +73,7 @@ class SessionOut(BaseModel):
         default=None,
         description="Greeting latency, per-turn voice-to-voice and its parts, p50/p90, barge-in stops",
     )
-    cost: SessionCost | None = Field(
+    cost: SessionCostOut | None = Field(
         default=None,
         description="Once ended: `total` (USD) and a `breakdown` per stage/provider/model with its usage and amount",
     )

@@ -23,7 +23,7 @@ from app.storage import sessions as session_store
 from app.storage import telephony as store
 from app.storage.models import PhoneCall, Session
 from app.telephony import twilio
-from app.telephony.numbers import DialNumber, PhoneNumber
+from app.telephony.numbers import DialNumber, E164Number
 from app.telephony.phone_calls import apply_status, start_phone_session
 from app.telephony.relay import issue_relay_token
 from app.telephony.signatures import SIGNED_RESPONSES, check_twilio
@@ -60,7 +60,7 @@ class TwilioSessionOut(BaseModel):
 class OutboundCallCreate(CamelCaseAccepted):
     agent_id: str
     to_number: DialNumber = Field(validation_alias=_TO)
-    from_number: PhoneNumber | None = Field(
+    from_number: E164Number | None = Field(
         default=None,
         validation_alias=_FROM,
         description="Caller ID: a number of the caller's account (an agent's phone_numbers) or the server's "

@@ -28,5 +28,6 @@ Twilio's REST API to place the call; Twilio then fetches
 to ``/v1/sessions/twilio/task/{id}/status``. The agent speaks first (its greeting).
 
 Telnyx and Plivo work the same way with their own serializers and XML dialects
-(:mod:`app.telephony.carriers`).
+(their XML and webhooks: :mod:`app.api.carriers`; their serializers:
+:data:`app.telephony.stream.CARRIERS`).
 """
