@@ -1,15 +1,12 @@
 """Runs one call from connect to teardown, whatever the transport."""
 
 import asyncio
-import json
 from datetime import datetime, timedelta
 
 from loguru import logger
 from pipecat.frames.frames import CancelFrame, EndFrame, Frame, TTSSpeakFrame
 from pipecat.pipeline.worker import PipelineParams, PipelineWorker
 from pipecat.processors.frame_processor import FrameProcessor
-from pipecat.serializers.twilio import TwilioFrameSerializer
-from pipecat.services.llm_service import FunctionCallParams, FunctionCallResultProperties
 from pipecat.transports.base_transport import BaseTransport
 from pipecat.workers.runner import WorkerRunner
 
@@ -22,10 +19,9 @@ from app.state import AppState
 from app.storage import calls as call_store
 from app.storage import latency as latency_store
 from app.storage import sessions as session_store
-from app.storage import telephony as telephony_store
 from app.storage.ids import utcnow
 from app.storage.models import Agent, Session
-from pipelines.builder import GOODBYE, AgentSpec, ToolDefinition, build_pipeline
+from pipelines.builder import AgentSpec, ToolDefinition, build_pipeline
 from pipelines.config import PipelineConfig
 from processors.session_events import end_reason
 
@@ -89,8 +85,15 @@ class CallSession:
         self._extra_output = extra_output
         self._resumable = resumable
         self._history = history or []
-        self._tools = {t["name"]: t for t in agent.tools}
+        self._tools = tools.ToolRunner(
+            state.settings,
+            self,
+            agent.tools,
+            record=self._record,
+            send_event=self._send_event if session_protocol else None,
+        )
         self._transferred = False
+        """Set once the call lives on elsewhere (a transfer): its end is `transferred`."""
         inline = session.inline_config or {}
         self._llm_options = {
             k: inline[k] for k in ("model", "temperature") if inline.get(k) is not None
@@ -101,7 +104,6 @@ class CallSession:
         """An end asked for before the pipeline was built."""
         self._final_frame: Frame | None = None
         self._error: str | None = None
-        self._pending_tools: dict[str, asyncio.Future] = {}
         self._record_lock = asyncio.Lock()
         self._usage = UsageObserver()
         self._recording = False
@@ -113,7 +115,7 @@ class CallSession:
             self._config,
             self._spec(),
             self._transport,
-            tool_handler=self._run_tool,
+            tool_handler=self._tools.run,
             session_protocol=self._session_protocol,
             extra_input=self._extra_input,
             extra_output=self._extra_output,
@@ -182,10 +184,7 @@ class CallSession:
 
             @call.client_events.event_handler("on_tool_result")
             async def on_tool_result(_processor, call_id, result):
-                future = self._pending_tools.get(call_id)
-                if future and not future.done():
-                    future.set_result(result)
-                elif call.events:
+                if not self._tools.client_result(call_id, result) and call.events:
                     await call.events.send(
                         {
                             "type": "session.error",
@@ -245,96 +244,16 @@ class CallSession:
                 event["interrupted"] = interrupted
             await self._call.events.send(event)
 
-    async def _run_tool(self, params: FunctionCallParams) -> None:
-        """Every tool call: check the arguments against the tool's schema, run the tool
-        by its type, record call and result in the transcript (speaker TOOL), and answer
-        the LLM. Failures go back to the LLM as ``{"error": ...}``."""
-        tool = self._tools.get(params.function_name)
-        arguments = dict(params.arguments)
-        then = None
-        if tool is None:
-            result = {"error": f"unknown tool '{params.function_name}'"}
-        elif problem := tools.argument_errors(
-            tool.get("parameters") or {"type": "object"}, arguments
-        ):
-            result = {"error": f"invalid arguments for tool '{tool['name']}': {problem}"}
-        else:
-            result, then = await self._dispatch(tool, arguments, params.tool_call_id)
-        entry = {
-            "call_id": params.tool_call_id,
-            "name": params.function_name,
-            "arguments": arguments,
-            "result": result,
-        }
-        await self._record("TOOL", json.dumps(entry), utcnow().isoformat())
-        if then is None:
-            await params.result_callback(result)
-        else:
-            await params.result_callback(
-                result, properties=FunctionCallResultProperties(run_llm=False)
-            )
-            await then()
+    async def _send_event(self, event: dict) -> None:
+        await self._call.events.send(event)
 
-    async def _dispatch(self, tool: dict, arguments: dict, call_id: str):
-        """Run one tool: its result, and what to do once the LLM has it (built-ins end the call)."""
-        kind = tool.get("type", "client")
-        if kind == "webhook":
-            return await tools.call_webhook(
-                self.state.settings, tool, arguments, session_id=self.session_id, call_id=call_id
-            ), None
-        if kind == "end_call":
-            return {"ok": True, "status": "ending the call"}, lambda: self.end_with_goodbye(
-                "agent_ended", GOODBYE
-            )
-        if kind == "transfer_call":
-            error = await self._transfer(tool["phone_number"])
-            if error:
-                return {"error": error}, None
-            return {
-                "ok": True,
-                "status": f"transferred to {tool['phone_number']}",
-            }, lambda: self.end("transferred")
-        if not self._session_protocol:
-            return {
-                "error": f"tool '{tool['name']}' runs on the client, and this connection has none"
-            }, None
-        return await self._run_client_tool(tool, arguments, call_id), None
+    async def transfer(self, number: str) -> str | None:
+        """Move the call to `number` (the transfer_call tool); an error for the LLM, or None."""
+        return "transfer_call only works on Twilio calls"
 
     def _serializer(self):
         """The transport's frame serializer, for WebSocket transports; else None."""
         return getattr(getattr(self._transport, "_params", None), "serializer", None)
-
-    async def _transfer(self, number: str) -> str | None:
-        """Move this Twilio call to `number`; an error for the LLM, or None."""
-        serializer = self._serializer()
-        if not isinstance(serializer, TwilioFrameSerializer):
-            return "transfer_call only works on Twilio calls"
-        async with self.state.db.sessions() as db:
-            phone_call = await telephony_store.call_for_session(db, self.session_id)
-        call_sid = (phone_call.call_sid if phone_call else None) or serializer._call_sid
-        if not call_sid:
-            return "this call has no Twilio call SID"
-        error = await tools.transfer_twilio_call(self.state.settings, call_sid, number)
-        if error is None:
-            self._transferred = True
-            serializer._hangup_attempted = True  # the call lives on at `number`: never hang it up
-            logger.info(f"session {self.session_id}: transferred call {call_sid} to {number}")
-        return error
-
-    async def _run_client_tool(self, tool: dict, arguments: dict, call_id: str):
-        """A tool the WebSocket client runs: send `tool.call`, wait for its `tool.result`."""
-        name, timeout = tool["name"], tool.get("timeout_secs") or tools.DEFAULT_TIMEOUT_SECS
-        future = asyncio.get_running_loop().create_future()
-        self._pending_tools[call_id] = future
-        await self._call.events.send(
-            {"type": "tool.call", "call_id": call_id, "name": name, "arguments": arguments}
-        )
-        try:
-            return await asyncio.wait_for(future, timeout)
-        except TimeoutError:
-            return {"error": f"the client did not answer tool '{name}' within {timeout:g}s"}
-        finally:
-            self._pending_tools.pop(call_id, None)
 
     async def end(self, reason: str) -> None:
         """End the call (for example, its agent was deleted) with an `EndFrame`, which ends it
@@ -371,8 +290,7 @@ class CallSession:
         finally:
             ACTIVE_SESSIONS.dec()
             self.state.calls.remove(self)
-            for future in self._pending_tools.values():
-                future.cancel()
+            self._tools.cancel_pending()
             try:
                 await self._finish()
             except Exception:

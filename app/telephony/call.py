@@ -1,8 +1,11 @@
 """A call over a carrier's media stream: the common call, plus keypad input and Twilio marks."""
 
 from loguru import logger
+from pipecat.serializers.twilio import TwilioFrameSerializer
 
+from app.calls import tools
 from app.calls.session import CallSession
+from app.storage import telephony as telephony_store
 from app.storage.ids import utcnow
 from processors.keypad import KeypadToText
 from processors.twilio_marks import TwilioMarks
@@ -15,7 +18,8 @@ class PhoneCallSession(CallSession):
 
     Keypad presses reach the LLM as text and the transcript. With ``marks`` (Twilio),
     an agent turn enters the transcript once the caller has heard it, stamped with
-    the time Twilio echoed the turn's mark; a ``stop`` message ends the call.
+    the time Twilio echoed the turn's mark; a ``stop`` message ends the call. A Twilio
+    call can be transferred (the transfer_call tool).
     """
 
     def __init__(self, state, *, marks: TwilioMarks | None = None, **kwargs):
@@ -59,3 +63,20 @@ class PhoneCallSession(CallSession):
             if heard_at is not None:
                 timestamp = heard_at.isoformat()
         await super()._record(speaker, content, timestamp, interrupted)
+
+    async def transfer(self, number: str) -> str | None:
+        """Move this Twilio call to `number`; an error for the LLM, or None."""
+        serializer = self._serializer()
+        if not isinstance(serializer, TwilioFrameSerializer):
+            return "transfer_call only works on Twilio calls"
+        async with self.state.db.sessions() as db:
+            phone_call = await telephony_store.call_for_session(db, self.session_id)
+        call_sid = (phone_call.call_sid if phone_call else None) or serializer._call_sid
+        if not call_sid:
+            return "this call has no Twilio call SID"
+        error = await tools.transfer_twilio_call(self.state.settings, call_sid, number)
+        if error is None:
+            self._transferred = True
+            serializer._hangup_attempted = True  # the call lives on at `number`: never hang it up
+            logger.info(f"session {self.session_id}: transferred call {call_sid} to {number}")
+        return error
