@@ -130,7 +130,7 @@ def _connection(state: AppState, request: Request, session: Session) -> tuple[st
     if session.connection_type == "twilio":
         return f"{base}{twilio.STREAM_PATH}", stream_twiml(state, request, session, None)
     carrier = session.connection_type
-    url = f"{base}/v1/sessions/{carrier}/stream?token={quote(issue_relay_token(state, session, None))}"
+    url = f"{base}/v1/sessions/{carrier}/stream?token={quote(issue_relay_token(state.tokens, session, None))}"
     return url, ANSWERS[carrier](url)
 
 

@@ -88,7 +88,7 @@ def answer_xml(
     carrier: str, state: AppState, request: Request, session: Session, instance_id: str | None
 ) -> str:
     """The carrier's XML connecting the call to its stream, the relay token in the URL."""
-    token = issue_relay_token(state, session, instance_id)
+    token = issue_relay_token(state.tokens, session, instance_id)
     return ANSWERS[carrier](
         f"{websocket_base(state.settings, request)}/v1/sessions/{carrier}/stream?token={quote(token)}"
     )

@@ -9,6 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from app.agents import load_agent
 from app.calls import admission
 from app.calls.latency import summarize
+from app.calls.tokens import TokenSigner
 from app.cost import SessionCostOut
 from app.deps import CallerDep, DbDep, StateDep
 from app.errors import DRAINING_RESPONSES, ERROR_RESPONSES, not_found
@@ -104,8 +105,8 @@ class Transcript(BaseModel):
     items: list[TranscriptEntryOut]
 
 
-def session_token(state: AppState, session: Session) -> str:
-    return state.tokens.issue(
+def session_token(tokens: TokenSigner, session: Session) -> str:
+    return tokens.issue(
         "session", {"sid": session.id, "acc": session.account_id}, session.expires_at.timestamp()
     )
 
@@ -120,7 +121,7 @@ def session_out(
     url = None
     joinable = session.status == "created" or session.resume_deadline is not None
     if joinable and session.connection_type == "websocket":
-        url = f"{websocket_base(state.settings, request)}/v1/sessions/{session.id}/ws?token={session_token(state, session)}"
+        url = f"{websocket_base(state.settings, request)}/v1/sessions/{session.id}/ws?token={session_token(state.tokens, session)}"
     return SessionOut(
         session_id=session.id,
         agent_id=session.agent_id,

@@ -89,7 +89,7 @@ def stream_twiml(
     state: AppState, request: Request, session: Session, instance_id: str | None
 ) -> str:
     url = f"{websocket_base(state.settings, request)}{twilio.STREAM_PATH}"
-    return twilio.connect_twiml(url, issue_relay_token(state, session, instance_id))
+    return twilio.connect_twiml(url, issue_relay_token(state.tokens, session, instance_id))
 
 
 def phone_session_out(state: AppState, request: Request, session: Session) -> SessionOut:

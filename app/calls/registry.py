@@ -1,25 +1,33 @@
 """The calls running in this process, so an API request or a shutdown can end them."""
 
 import asyncio
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from loguru import logger
 
-if TYPE_CHECKING:
-    from app.calls.session import CallSession
+
+class LiveCall(Protocol):
+    """What the registry needs of a running call (`app.calls.session.CallSession`)."""
+
+    session_id: str
+    agent_id: str | None
+
+    async def end(self, reason: str) -> None: ...
+
+    async def end_with_goodbye(self, reason: str) -> None: ...
 
 
 class CallRegistry:
     def __init__(self):
-        self._calls: dict[str, CallSession] = {}
+        self._calls: dict[str, LiveCall] = {}
 
-    def add(self, call: "CallSession") -> None:
+    def add(self, call: LiveCall) -> None:
         self._calls[call.session_id] = call
 
-    def remove(self, call: "CallSession") -> None:
+    def remove(self, call: LiveCall) -> None:
         self._calls.pop(call.session_id, None)
 
-    def get(self, session_id: str) -> "CallSession | None":
+    def get(self, session_id: str) -> LiveCall | None:
         return self._calls.get(session_id)
 
     def __len__(self) -> int:

@@ -225,7 +225,7 @@ class CallSession:
         async with self._record_lock, self.state.db.sessions() as db:
             if speaker != "TOOL":
                 post_call.turn_recorded(
-                    self.state, db, self._agent, self.session_id, speaker, content, interrupted
+                    self.state.jobs, db, self._agent, self.session_id, speaker, content, interrupted
                 )
             await session_store.add_transcript_entry(  # commits the turn with its webhook
                 db,
@@ -272,7 +272,9 @@ class CallSession:
     async def run(self) -> None:
         """Run the call to its end and record how it ended. The session must be claimed."""
         self.state.calls.add(self)
-        await post_call.session_started(self.state, self._agent, self.session_id)
+        await post_call.session_started(
+            self.state.db, self.state.jobs, self._agent, self.session_id
+        )
         ACTIVE_SESSIONS.inc()
         try:
             self._recording = self._agent.recording_enabled and await recordings.start_recording(
@@ -328,8 +330,17 @@ class CallSession:
             f"session {self.session_id}: not resumed within {grace:g}s, ended failed (disconnected)"
         )
         SESSIONS_ENDED.labels(end_reason="disconnected").inc()
+        await self._post_call_finished()
+
+    async def _post_call_finished(self) -> None:
         await post_call.session_finished(
-            self.state, self._agent, self._config, self.session_id, self._usage
+            self.state.settings,
+            self.state.db,
+            self.state.jobs,
+            self._agent,
+            self._config,
+            self.session_id,
+            self._usage,
         )
 
     async def _finish(self) -> None:
@@ -347,9 +358,7 @@ class CallSession:
             await session_store.finish(
                 db, self.session_id, status=status, end_reason=reason, error=self._error
             )
-        await post_call.session_finished(
-            self.state, self._agent, self._config, self.session_id, self._usage
-        )
+        await self._post_call_finished()
 
 
 def _parse_time(value: str) -> datetime:

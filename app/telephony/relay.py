@@ -9,7 +9,7 @@ after a restart.
 import secrets
 
 from app.calls import admission
-from app.calls.tokens import TokenError
+from app.calls.tokens import TokenError, TokenSigner
 from app.errors import APIError, Refusal
 from app.state import AppState
 from app.storage import calls as call_store
@@ -21,7 +21,7 @@ from app.telephony.variables import personalized
 KIND = "relay"
 
 
-def issue_relay_token(state: AppState, session: Session, instance_id: str | None) -> str:
+def issue_relay_token(tokens: TokenSigner, session: Session, instance_id: str | None) -> str:
     claims = {
         "agt": session.agent_id,
         "sid": session.id,
@@ -29,7 +29,7 @@ def issue_relay_token(state: AppState, session: Session, instance_id: str | None
         "acc": session.account_id,
         "jti": secrets.token_urlsafe(16),
     }
-    return state.tokens.issue(KIND, claims, session.expires_at.timestamp())
+    return tokens.issue(KIND, claims, session.expires_at.timestamp())
 
 
 async def open_relay(state: AppState, token: str | None) -> tuple[Session, Agent]:
