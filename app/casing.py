@@ -15,6 +15,7 @@ from pydantic import (
     model_validator,
 )
 from pydantic.alias_generators import to_camel
+from pydantic_core import PydanticCustomError
 
 
 def _snake_or_camel(name: str) -> AliasChoices:
@@ -36,14 +37,21 @@ class CamelCaseAccepted(BaseModel):
         try:
             return handler(data)
         except ValidationError as exc:
+            if not any(error["type"] == "missing" for error in exc.errors()):
+                raise
             errors = []
             for error in exc.errors(include_url=False):
                 field = cls.model_fields.get(error["loc"][0]) if len(error["loc"]) == 1 else None
                 if error["type"] == "missing" and field is not None:
                     choices = getattr(field.validation_alias, "choices", ())
-                    names = [n for n in choices if n != error["loc"][0]]
-                    error["loc"] = (f"{error['loc'][0]} (or {', '.join(names)})",)
-                errors.append({k: error[k] for k in ("type", "loc", "input", "ctx") if k in error})
+                    names = [n for n in dict.fromkeys(choices) if n != error["loc"][0]]
+                    loc = (f"{error['loc'][0]} (or {', '.join(names)})",) if names else error["loc"]
+                    errors.append({"type": "missing", "loc": loc, "input": error["input"]})
+                else:  # kept as it was (its type may be a custom one pydantic can't rebuild)
+                    kind = PydanticCustomError(
+                        error["type"], "{message}", {"message": error["msg"]}
+                    )
+                    errors.append({"type": kind, "loc": error["loc"], "input": error["input"]})
             raise ValidationError.from_exception_data(exc.title, errors) from None
 
 

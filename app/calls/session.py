@@ -85,7 +85,7 @@ class CallSession:
         self._extra_output = extra_output
         self._resumable = resumable
         self._history = history or []
-        self._tools = tools.ToolRunner(
+        self._tool_runner = tools.ToolRunner(
             state.settings,
             self,
             agent.tools,
@@ -115,7 +115,7 @@ class CallSession:
             self._config,
             self._spec(),
             self._transport,
-            tool_handler=self._tools.run,
+            tool_handler=self._tool_runner.run,
             session_protocol=self._session_protocol,
             extra_input=self._extra_input,
             extra_output=self._extra_output,
@@ -184,7 +184,7 @@ class CallSession:
 
             @call.client_events.event_handler("on_tool_result")
             async def on_tool_result(_processor, call_id, result):
-                if not self._tools.client_result(call_id, result) and call.events:
+                if not self._tool_runner.client_result(call_id, result) and call.events:
                     await call.events.send(
                         {
                             "type": "session.error",
@@ -292,7 +292,7 @@ class CallSession:
         finally:
             ACTIVE_SESSIONS.dec()
             self.state.calls.remove(self)
-            self._tools.cancel_pending()
+            self._tool_runner.cancel_pending()
             try:
                 await self._finish()
             except Exception:
