@@ -23,12 +23,15 @@ from tests.fakes.twilio_client import TwilioMediaStreamsClient
 from tests.test_cloud_post_call import verify
 from tests.test_dashboard import logged_in
 from tests.test_session_websocket import agent_ws, wait_for_status
-from tests.test_twilio import (
+from tests.test_twilio import (  # noqa: F401  (twilio_rest, twilio_server, tw: fixtures)
     ACCOUNT_SID,
     CALLER,
     signed_post,
+    tw,
     twilio_env,
-)  # noqa: F401
+    twilio_rest,
+    twilio_server,
+)
 
 
 class Trap(ThreadedServer):
