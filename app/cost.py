@@ -29,7 +29,7 @@ class CostLine(BaseModel):
     amount: float
 
 
-class SessionCost(BaseModel):
+class SessionCostOut(BaseModel):
     """What a finished session cost, in USD, with a line per stage and provider."""
 
     currency: str

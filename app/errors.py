@@ -34,6 +34,25 @@ current_session: ContextVar[str | None] = ContextVar("current_session", default=
 """The session the running request or call is about (set when it is created or opened), for the error log."""
 
 
+CLOSE_CODES = {400: 4400, 401: 4401, 404: 4404, 409: 4409, 422: 4422, 429: 4429, 503: 1013}
+"""The WebSocket close code for each HTTP status a refusal can have (1013: try again later)."""
+
+
+class Refusal(Exception):
+    """Raise while opening a WebSocket call to close the socket with `close_code` and a reason."""
+
+    def __init__(self, close_code: int, code: str, message: str):
+        super().__init__(message)
+        self.close_code = close_code
+        self.code = code
+        self.message = message
+
+    @classmethod
+    def from_api_error(cls, exc: APIError) -> "Refusal":
+        """The same refusal for a WebSocket: its status mapped to a close code."""
+        return cls(CLOSE_CODES[exc.status], exc.body.code, exc.body.message)
+
+
 def not_found(kind: str, ident: str) -> APIError:
     return APIError(404, f"{kind}_not_found", f"{kind} '{ident}' not found")
 

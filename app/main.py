@@ -90,9 +90,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             settings,
             db,
             calls,
-            on_call_lost=lambda db, session_id: post_call.call_lost(state, db, session_id),
+            on_call_lost=partial(post_call.call_lost, jobs),
         )
-        state = app.state.switchboard = AppState(
+        app.state.switchboard = AppState(
             settings=settings,
             db=db,
             catalog=catalog,
@@ -111,8 +111,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         await node.start()
         jobs.start(
             {
-                webhooks.JOB_KIND: partial(webhooks.deliver, state),
-                post_call.ANALYSIS_JOB: partial(post_call.run_analysis, state),
+                webhooks.JOB_KIND: partial(webhooks.deliver, settings, db),
+                post_call.ANALYSIS_JOB: partial(
+                    post_call.run_analysis, settings, db, catalog, jobs
+                ),
             }
         )
         install_drain_on_signals(app.state.switchboard)

@@ -22,8 +22,10 @@ from loguru import logger
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app import outbound
-from app.state import AppState
+from app.jobs import JobQueue
+from app.settings import Settings
 from app.storage import webhooks as webhook_store
+from app.storage.db import Database
 from app.storage.ids import utcnow
 from app.storage.models import Agent, Job, WebhookDelivery
 
@@ -47,7 +49,7 @@ def signature(secret: str, timestamp: str, body: bytes) -> str:
 
 
 def send(
-    state: AppState, db: AsyncSession, agent: Agent, event: str, session_id: str | None, data: dict
+    jobs: JobQueue, db: AsyncSession, agent: Agent, event: str, session_id: str | None, data: dict
 ) -> None:
     """Add `event` for the agent's webhook to `db`'s transaction, if it has one and wants the
     event; it is sent once that commits."""
@@ -69,13 +71,13 @@ def send(
         url=agent.webhook_url,
         payload=payload,
     )
-    state.jobs.enqueue(db, JOB_KIND, {"delivery_id": delivery_id})
+    jobs.enqueue(db, JOB_KIND, {"delivery_id": delivery_id})
 
 
-async def deliver(state: AppState, job: Job) -> None:
+async def deliver(settings: Settings, database: Database, job: Job) -> None:
     """One attempt at a delivery (the job): its outcome is recorded on the delivery, and a
     failure raised so the job is retried."""
-    async with state.db.sessions() as db:
+    async with database.sessions() as db:
         delivery = await db.get_one(WebhookDelivery, job.payload["delivery_id"])
         agent = await db.get_one(Agent, delivery.agent_id)
     if delivery.status != "pending":
@@ -91,7 +93,7 @@ async def deliver(state: AppState, job: Job) -> None:
     }
     status_code, error = None, None
     try:
-        async with outbound.client(state.settings, state.settings.webhook_timeout_secs) as client:
+        async with outbound.client(settings, settings.webhook_timeout_secs) as client:
             response = await client.post(delivery.url, content=body, headers=headers)
         status_code = response.status_code
         if not response.is_success:
@@ -105,7 +107,7 @@ async def deliver(state: AppState, job: Job) -> None:
         if job.attempts >= job.max_attempts
         else "pending"
     )
-    async with state.db.sessions() as db:
+    async with database.sessions() as db:
         await webhook_store.record_attempt(
             db, delivery.id, status=status, status_code=status_code, error=error
         )

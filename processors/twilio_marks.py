@@ -10,7 +10,7 @@ once everything before it has played (or at once when a ``clear`` drops it).
 
 import asyncio
 import json
-from datetime import datetime
+from datetime import UTC, datetime
 
 from loguru import logger
 from pipecat.frames.frames import (
@@ -24,8 +24,6 @@ from pipecat.frames.frames import (
 )
 from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
 from pipecat.serializers.twilio import TwilioFrameSerializer
-
-from app.storage.ids import utcnow
 
 
 class TwilioStreamSerializer(TwilioFrameSerializer):
@@ -118,7 +116,7 @@ class TwilioMarks(FrameProcessor):
             # The output transport drops queued marks along with the audio, and Twilio's
             # `clear` cuts off what it was playing: the caller has heard all they will.
             self._pending.clear()
-            await self._heard(utcnow())
+            await self._heard(datetime.now(UTC))
         elif isinstance(frame, (EndFrame, CancelFrame)):
             self._all_heard.set()  # no more echoes will come; release waiters
 
@@ -130,7 +128,7 @@ class TwilioMarks(FrameProcessor):
             name = str((message.get("mark") or {}).get("name", ""))
             if name in self._pending:
                 self._pending.discard(name)
-                await self._heard(utcnow(), name)
+                await self._heard(datetime.now(UTC), name)
 
     async def _heard(self, at: datetime, name: str | None = None) -> None:
         self._last_heard_at = at

@@ -5,7 +5,6 @@ import pytest
 
 from app.client import SessionClient
 from app.storage.accounts import hash_key
-from app.storage.latency import SessionLatency  # noqa: F401  (its table is part of the models)
 from app.storage.models import Base
 from tests.helpers.calls import refused
 from tests.helpers.servers import make_agent

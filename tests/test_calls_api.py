@@ -100,6 +100,35 @@ def test_inline_call_other_refusals(server, api):
     assert unknown.status_code == 422 and "colour" in unknown.json()["message"]
 
 
+def test_call_bodies_take_snake_case_names_and_camel_case_aliases(server, api):
+    agent = make_agent(api, pipeline="scripted")
+    stored = api.post("/v1/calls", json={"agent_id": agent["id"], "connection_type": "websocket"})
+    assert stored.status_code == 201 and stored.json()["connection_type"] == "websocket"
+    snake = {
+        "system_prompt": INLINE["systemPrompt"],
+        "voice_id": INLINE["voice"],
+        "language": "en",
+        "greeting": "Hello.",
+        "pipeline": "scripted",
+        "max_duration": 120,
+        "connection_type": "websocket",
+    }
+    inline = api.post("/v1/calls/inline", json=snake)
+    assert inline.status_code == 201, inline.text
+    session = api.get(f"/v1/sessions/{inline.json()['session_id']}").json()
+    assert session["connection_type"] == "websocket"
+    missing = api.post("/v1/calls/inline", json={k: v for k, v in snake.items() if k != "voice_id"})
+    assert missing.status_code == 422
+    assert "voice_id (or voice)" in missing.json()["message"], missing.json()["message"]
+    schemas = api.get("/openapi.json").json()["components"]["schemas"]
+    inline_names = set(schemas["InlineCallCreate"]["properties"])
+    assert {"system_prompt", "voice_id", "max_duration", "connection_type"} <= inline_names
+    assert not {"systemPrompt", "voice", "maxDuration"} & inline_names
+    assert {"agent_id", "from_number", "to_number"} <= set(
+        schemas["PhoneSessionCreate"]["properties"]
+    )
+
+
 def test_inline_call_session_has_no_stored_agent(server, api):
     response = api.post("/v1/calls/inline", json={**INLINE, "connectionType": "websocket"})
     assert response.status_code == 201, response.text
@@ -179,7 +208,7 @@ def test_openapi_documents_the_calls_api(server, api):
     ):
         assert path in spec["paths"], path
     inline = spec["components"]["schemas"]["InlineCallCreate"]["properties"]
-    assert (inline["maxDuration"]["minimum"], inline["maxDuration"]["maximum"]) == (60, 7200)
+    assert (inline["max_duration"]["minimum"], inline["max_duration"]["maximum"]) == (60, 7200)
 
 
 async def test_inline_model_and_temperature_reach_the_llm(server, api, llm):

@@ -12,7 +12,6 @@ from sqlalchemy.exc import IntegrityError
 
 from app.storage import accounts, agents, nodes, sessions
 from app.storage.ids import new_id, utcnow
-from app.storage.latency import SessionLatency  # noqa: F401  (its table is part of the models)
 from app.storage.models import DEFAULT_ACCOUNT_ID, Agent, Base, Node, Session, TranscriptEntry
 from tests.helpers.servers import make_agent, start_server
 from tests.helpers.storage import TEST_BACKEND, database_url

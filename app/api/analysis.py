@@ -6,7 +6,7 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Query
 from pydantic import BaseModel, ConfigDict
 
-from app.api.agents import load_agent
+from app.agents import load_agent
 from app.api.sessions import load_session
 from app.calls import post_call
 from app.deps import CallerDep, DbDep, StateDep
@@ -95,7 +95,7 @@ async def rerun_analysis(session_id: str, state: StateDep, db: DbDep, caller: Ca
             f"session '{session_id}' is {session.status}; analyse it once it has ended",
         )
     try:
-        await post_call.analysis_target(state, db, session)
+        await post_call.analysis_target(state.catalog, state.settings.default_pipeline, db, session)
     except UnknownPipelineError as exc:
         raise APIError(
             409, "unknown_pipeline", f"the agent's pipeline '{exc.name}' no longer exists"

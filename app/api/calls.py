@@ -2,18 +2,35 @@
 back where the client or carrier connects (and, for carriers, the markup that does it).
 Also serves a session's recording."""
 
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 from urllib.parse import quote
 
 from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import AliasChoices, BaseModel, Field
 
-from app.api.agents import Prompt, Tools, check_pipeline_and_voice, load_agent, stored_tools
+from app.agents import (
+    FirstSpeaker,
+    Greeting,
+    InactivityAction,
+    InactivityTimeout,
+    Interruptible,
+    Language,
+    MaxDuration,
+    PipelineName,
+    Prompt,
+    Temperature,
+    Tools,
+    VoiceId,
+    check_pipeline_and_voice,
+    load_agent,
+    stored_tools,
+)
 from app.api.carriers import ANSWERS
-from app.api.sessions import SessionOut, load_session, session_out, websocket_base
+from app.api.sessions import SessionOut, load_session, session_out
 from app.api.twilio import stream_twiml
 from app.calls import admission
+from app.casing import CamelCaseAccepted
 from app.deps import CallerDep, DbDep, StateDep
 from app.errors import DRAINING_RESPONSES, ERROR_RESPONSES, APIError
 from app.recordings import recording_response
@@ -22,6 +39,7 @@ from app.storage.calls import inline_agent
 from app.storage.models import Agent, Session
 from app.telephony import twilio
 from app.telephony.relay import issue_relay_token
+from app.urls import public_base_url, websocket_base
 
 router = APIRouter(tags=["calls"], responses=ERROR_RESPONSES)
 
@@ -29,65 +47,39 @@ INLINE_MAX_TURNS = 50
 ConnectionType = Literal["twilio", "telnyx", "plivo", "websocket", "webrtc"]
 
 
-def _between(low: int | float, high: int | float, unit: str = "") -> AfterValidator:
-    """A range check whose error names the whole range (the field name comes with the error)."""
-
-    def check(value):
-        if value is not None and not low <= value <= high:
-            raise ValueError(f"must be between {low} and {high}{unit} (got {value})")
-        return value
-
-    return AfterValidator(check)
-
-
-class CallCreate(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    agentId: str = Field(
+class CallCreate(CamelCaseAccepted):
+    agent_id: str = Field(
         min_length=1, max_length=40, description="The stored agent that takes the call"
     )
-    connectionType: ConnectionType = Field(
+    connection_type: ConnectionType = Field(
         default="twilio", description="Who connects: a carrier, or a client"
     )
 
 
-class InlineCallCreate(BaseModel):
-    """A call with its whole agent configuration in the body (no stored agent)."""
+class InlineCallCreate(CamelCaseAccepted):
+    """A call with its whole agent configuration in the body (no stored agent); the fields
+    and rules of a stored agent's, some with other defaults."""
 
-    model_config = ConfigDict(extra="forbid")
-
-    systemPrompt: Prompt
-    voice: str = Field(min_length=1, max_length=200, description="A voice the pipeline offers")
-    language: str = Field(pattern=r"^[a-z]{2}(-[A-Z]{2})?$")
-    greeting: str = Field(
-        max_length=2000, description="What the agent says first (when it speaks first)"
-    )
+    system_prompt: Prompt
+    voice_id: VoiceId = Field(validation_alias=AliasChoices("voice_id", "voice"))
+    language: Language
+    greeting: Greeting
     model: str | None = Field(
         default=None,
         min_length=1,
         max_length=200,
         description="The LLM model; the pipeline's own if omitted",
     )
-    temperature: Annotated[
-        float, Field(json_schema_extra={"minimum": 0, "maximum": 1}), _between(0, 1)
-    ] = 0
-    firstSpeaker: Literal["agent", "user"] = "agent"
-    interruptible: bool = False
-    maxDuration: Annotated[
-        int, Field(json_schema_extra={"minimum": 60, "maximum": 7200}), _between(60, 7200, " s")
-    ] = 3000
-    inactivityTimeout: Annotated[
-        int | None,
-        Field(json_schema_extra={"minimum": 10, "maximum": 300}),
-        _between(10, 300, " s"),
-    ] = None
-    inactivityAction: Literal["end_call", "prompt"] = "end_call"
-    recordingEnabled: bool = True
-    connectionType: ConnectionType = "twilio"
+    temperature: Temperature = 0
+    first_speaker: FirstSpeaker = "agent"
+    interruptible: Interruptible = False
+    max_duration: MaxDuration = 3000
+    inactivity_timeout: InactivityTimeout | None = None
+    inactivity_action: InactivityAction = "end_call"
+    recording_enabled: bool = True
+    connection_type: ConnectionType = "twilio"
     tools: Tools = Field(default_factory=list)
-    pipeline: str | None = Field(
-        default=None, description="Pipeline config name; the server default if omitted"
-    )
+    pipeline: PipelineName | None = None
 
 
 class CallOut(BaseModel):
@@ -102,22 +94,10 @@ class CallOut(BaseModel):
 
 def inline_config(body: InlineCallCreate, pipeline: str) -> dict[str, Any]:
     """The inline body as agent columns (plus what has no column), stored on the session."""
-    return {
-        "system_prompt": body.systemPrompt,
-        "voice_id": body.voice,
-        "language": body.language,
-        "greeting": body.greeting,
+    return body.model_dump(exclude={"connection_type", "tools", "pipeline"}) | {
         "tools": stored_tools(body.tools),
         "max_turns": INLINE_MAX_TURNS,
         "pipeline": pipeline,
-        "first_speaker": body.firstSpeaker,
-        "interruptible": body.interruptible,
-        "max_duration": body.maxDuration,
-        "inactivity_timeout": body.inactivityTimeout,
-        "inactivity_action": body.inactivityAction,
-        "recording_enabled": body.recordingEnabled,
-        "model": body.model,
-        "temperature": body.temperature,
     }
 
 
@@ -144,7 +124,7 @@ async def _start(
 
 def _connection(state: AppState, request: Request, session: Session) -> tuple[str, str | None]:
     """The URL to connect to, and the carrier markup that connects to it."""
-    base = websocket_base(state, request)
+    base = websocket_base(state.settings, request)
     if session.connection_type == "websocket":
         url = session_out(state, request, session).websocket_url
         assert url is not None  # a created session's URL is set
@@ -152,7 +132,7 @@ def _connection(state: AppState, request: Request, session: Session) -> tuple[st
     if session.connection_type == "twilio":
         return f"{base}{twilio.STREAM_PATH}", stream_twiml(state, request, session, None)
     carrier = session.connection_type
-    url = f"{base}/v1/sessions/{carrier}/stream?token={quote(issue_relay_token(state, session, None))}"
+    url = f"{base}/v1/sessions/{carrier}/stream?token={quote(issue_relay_token(state.tokens, session, None))}"
     return url, ANSWERS[carrier](url)
 
 
@@ -173,15 +153,14 @@ def _connection(state: AppState, request: Request, session: Session) -> tuple[st
 async def create_call(
     body: CallCreate, request: Request, state: StateDep, db: DbDep, caller: CallerDep
 ) -> CallOut:
-    agent = await load_agent(db, caller, body.agentId)
-    if body.connectionType == "webrtc":
+    agent = await load_agent(db, caller, body.agent_id)
+    if body.connection_type == "webrtc":
         admission.check_agent(state, agent)
-        base = (state.settings.public_base_url or str(request.base_url)).rstrip("/")
-        url = f"{base}/v1/agents/{agent.id}/webrtc/offer"
+        url = f"{public_base_url(state.settings, request)}/v1/agents/{agent.id}/webrtc/offer"
         return CallOut(
             session_id=None, connection_type="webrtc", url=url, markup=None, session=None
         )
-    return await _start(state, request, db, agent, body.connectionType)
+    return await _start(state, request, db, agent, body.connection_type)
 
 
 @router.post(
@@ -194,17 +173,17 @@ async def create_call(
 async def create_inline_call(
     body: InlineCallCreate, request: Request, state: StateDep, db: DbDep, caller: CallerDep
 ) -> CallOut:
-    if body.connectionType == "webrtc":
+    if body.connection_type == "webrtc":
         raise APIError(
             422,
             "unsupported_connection_type",
-            "connectionType webrtc needs a stored agent: create one and POST its /v1/agents/{id}/webrtc/offer",
+            "connection_type webrtc needs a stored agent: create one and POST its /v1/agents/{id}/webrtc/offer",
         )
     pipeline = body.pipeline or state.settings.default_pipeline
-    check_pipeline_and_voice(state, pipeline, body.voice)
+    check_pipeline_and_voice(state.catalog, pipeline, body.voice_id)
     config = inline_config(body, pipeline)
     agent = inline_agent(caller.account_id, config)
-    return await _start(state, request, db, agent, body.connectionType, config)
+    return await _start(state, request, db, agent, body.connection_type, config)
 
 
 @router.get(

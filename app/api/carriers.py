@@ -15,8 +15,8 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel
 from twilio.twiml.voice_response import Connect, VoiceResponse
 
-from app.api.agents import load_agent
-from app.api.sessions import SessionOut, websocket_base
+from app.agents import load_agent
+from app.api.sessions import SessionOut
 from app.api.twilio import (
     BUSY_APOLOGY,
     TWIML_RESPONSES,
@@ -25,6 +25,7 @@ from app.api.twilio import (
     start_inbound,
     twiml_response,
 )
+from app.casing import AgentIdQuery
 from app.deps import CallerDep, DbDep, StateDep
 from app.errors import DRAINING_RESPONSES, ERROR_RESPONSES
 from app.state import AppState
@@ -34,6 +35,7 @@ from app.telephony.phone_calls import start_phone_session
 from app.telephony.relay import issue_relay_token
 from app.telephony.signatures import SIGNED_RESPONSES, check_plivo, check_telnyx
 from app.telephony.stream import CARRIERS, serve_stream
+from app.urls import websocket_base
 
 router = APIRouter(tags=["telephony"], responses=ERROR_RESPONSES)
 
@@ -86,9 +88,9 @@ def answer_xml(
     carrier: str, state: AppState, request: Request, session: Session, instance_id: str | None
 ) -> str:
     """The carrier's XML connecting the call to its stream, the relay token in the URL."""
-    token = issue_relay_token(state, session, instance_id)
+    token = issue_relay_token(state.tokens, session, instance_id)
     return ANSWERS[carrier](
-        f"{websocket_base(state, request)}/v1/sessions/{carrier}/stream?token={quote(token)}"
+        f"{websocket_base(state.settings, request)}/v1/sessions/{carrier}/stream?token={quote(token)}"
     )
 
 
@@ -163,15 +165,15 @@ async def _answer_inbound(
     response_class=Response,
 )
 async def telnyx_voice(
-    request: Request, state: StateDep, db: DbDep, agentId: str | None = None
+    request: Request, state: StateDep, db: DbDep, agent_id: AgentIdQuery
 ) -> Response:
     """Set this as the TeXML application's voice URL. The agent is the one the dialled number
-    (`To`) is assigned to, or `?agentId=`. Needs `telnyx-signature-ed25519`."""
+    (`To`) is assigned to, or `?agent_id=`. Needs `telnyx-signature-ed25519`."""
     body = await request.body()
     check_telnyx(state.settings, request, body)
     fields = parse_qs(body.decode("utf-8", errors="replace"), keep_blank_values=True)
     form = {name: values[0] for name, values in fields.items()}
-    return await _answer_inbound("telnyx", request, state, db, agentId, form, "CallSid")
+    return await _answer_inbound("telnyx", request, state, db, agent_id, form, "CallSid")
 
 
 @router.post(
@@ -181,16 +183,16 @@ async def telnyx_voice(
     response_class=Response,
 )
 async def plivo_voice(
-    request: Request, state: StateDep, db: DbDep, agentId: str | None = None
+    request: Request, state: StateDep, db: DbDep, agent_id: AgentIdQuery
 ) -> Response:
     """Set this as the Plivo application's answer URL (POST). The agent is the one the dialled
-    number (`To`) is assigned to, or `?agentId=`. Needs `X-Plivo-Signature-V3`."""
+    number (`To`) is assigned to, or `?agent_id=`. Needs `X-Plivo-Signature-V3`."""
     fields = parse_qs(
         (await request.body()).decode("utf-8", errors="replace"), keep_blank_values=True
     )
     check_plivo(state.settings, request, fields)
     form = {name: values[0] for name, values in fields.items()}
-    return await _answer_inbound("plivo", request, state, db, agentId, form, "CallUUID")
+    return await _answer_inbound("plivo", request, state, db, agent_id, form, "CallUUID")
 
 
 @router.websocket("/v1/sessions/telnyx/stream")

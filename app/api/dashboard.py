@@ -20,7 +20,7 @@ from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 from pydantic import BaseModel, ValidationError
 
-from app.api import agents as agents_api
+from app import agents
 from app.api.sessions import SessionStatus
 from app.deps import LOGIN_COOKIE, Caller, DbDep, StateDep, authenticate, login_caller, same_origin
 from app.errors import APIError, not_found
@@ -29,6 +29,7 @@ from app.storage import agents as agent_store
 from app.storage import analysis as analysis_store
 from app.storage import dashboard as dashboard_store
 from app.storage import sessions as session_store
+from app.urls import public_base_url
 
 WEB_DIR = Path(__file__).resolve().parent.parent / "web"
 PAGE_SIZE = 20
@@ -144,7 +145,7 @@ async def login(request: Request, state: StateDep, db: DbDep) -> Response:
     session_id = await dashboard_store.start_login(
         db, caller.key_id, caller.account_id, state.settings.dashboard_session_secs
     )
-    public_base = state.settings.public_base_url or str(request.base_url)
+    public_base = public_base_url(state.settings, request)
     response = _redirect(target)
     response.set_cookie(
         LOGIN_COOKIE,
@@ -191,10 +192,10 @@ def _pager(path: str, filters: dict[str, str], page: int, total: int) -> dict:
 async def agents_page(
     request: Request, db: DbDep, caller: PageCallerDep, page: PageNumber = 1
 ) -> Response:
-    agents, total = await agent_store.list_agents(
+    items, total = await agent_store.list_agents(
         db, caller.account_id, status=None, limit=PAGE_SIZE, offset=(page - 1) * PAGE_SIZE
     )
-    return _render(request, "agents.html", agents=agents, **_pager("/", {}, page, total))
+    return _render(request, "agents.html", agents=items, **_pager("/", {}, page, total))
 
 
 def _agent_form_context(state, values: dict, errors: list[str] | None = None) -> dict:
@@ -288,8 +289,10 @@ async def create_agent(
 ) -> Response:
     form = await _form(request)
     try:
-        body = _validate(agents_api.AgentCreate, _agent_fields(form))
-        agent = await agents_api.create_agent(body, state, db, caller)
+        body = _validate(agents.AgentCreate, _agent_fields(form))
+        agent = await agents.create_agent(
+            db, state.catalog, state.settings.default_pipeline, caller.account_id, body
+        )
     except _FormError as exc:
         return _render(
             request,
@@ -314,7 +317,7 @@ async def create_agent(
 async def agent_page(
     agent_id: str, request: Request, state: StateDep, db: DbDep, caller: PageCallerDep
 ) -> Response:
-    agent = await agents_api.load_agent(db, caller, agent_id)
+    agent = await agents.load_agent(db, caller, agent_id)
     return _render(
         request, "agent_form.html", agent=agent, **_agent_form_context(state, _form_values(agent))
     )
@@ -324,11 +327,11 @@ async def agent_page(
 async def update_agent(
     agent_id: str, request: Request, state: StateDep, db: DbDep, caller: PageCallerDep
 ) -> Response:
-    agent = await agents_api.load_agent(db, caller, agent_id)
+    agent = await agents.load_agent(db, caller, agent_id)
     form = await _form(request)
     try:
-        body = _validate(agents_api.AgentUpdate, _agent_fields(form))
-        await agents_api.update_agent(agent_id, body, state, db, caller)
+        body = _validate(agents.AgentUpdate, _agent_fields(form))
+        await agents.update_agent(db, state.catalog, agent, body)
     except _FormError as exc:
         return _render(
             request,
@@ -351,8 +354,9 @@ async def update_agent(
 
 @router.post("/agents/{agent_id}/pause")
 async def pause_agent(agent_id: str, state: StateDep, db: DbDep, caller: PageCallerDep) -> Response:
-    await agents_api.update_agent(
-        agent_id, agents_api.AgentUpdate(status="paused"), state, db, caller
+    agent = await agents.load_agent(db, caller, agent_id)
+    await agents.update_agent(
+        db, state.catalog, agent, agents.AgentUpdate.model_validate({"status": "paused"})
     )
     return _redirect("/")
 
@@ -361,8 +365,9 @@ async def pause_agent(agent_id: str, state: StateDep, db: DbDep, caller: PageCal
 async def resume_agent(
     agent_id: str, state: StateDep, db: DbDep, caller: PageCallerDep
 ) -> Response:
-    await agents_api.update_agent(
-        agent_id, agents_api.AgentUpdate(status="active"), state, db, caller
+    agent = await agents.load_agent(db, caller, agent_id)
+    await agents.update_agent(
+        db, state.catalog, agent, agents.AgentUpdate.model_validate({"status": "active"})
     )
     return _redirect("/")
 
@@ -371,7 +376,7 @@ async def resume_agent(
 async def delete_agent(
     agent_id: str, state: StateDep, db: DbDep, caller: PageCallerDep
 ) -> Response:
-    await agents_api.delete_agent(agent_id, state, db, caller)
+    await agents.delete_agent(db, state.control, await agents.load_agent(db, caller, agent_id))
     return _redirect("/")
 
 
@@ -379,7 +384,7 @@ async def delete_agent(
 async def preview_page(
     agent_id: str, request: Request, state: StateDep, db: DbDep, caller: PageCallerDep
 ) -> Response:
-    agent = await agents_api.load_agent(db, caller, agent_id)
+    agent = await agents.load_agent(db, caller, agent_id)
     ice_servers = [s.model_dump(exclude_none=True) for s in state.settings.webrtc_ice_servers]
     return _render(request, "call.html", agent=agent, ice_servers=ice_servers)
 

@@ -10,7 +10,7 @@ from typing import Any
 from fastapi import APIRouter
 from pydantic import BaseModel, ConfigDict, Field
 
-from app.api.agents import load_agent
+from app.agents import load_agent
 from app.deps import CallerDep, DbDep
 from app.errors import ERROR_RESPONSES, APIError, not_found
 from app.storage import telephony as store

@@ -24,7 +24,7 @@ from app.calls.protocol import SAMPLE_RATES, SessionProtocolSerializer
 from app.calls.session import CallSession
 from app.calls.tokens import TokenError
 from app.deps import authenticate
-from app.errors import APIError
+from app.errors import APIError, Refusal
 from app.state import AppState
 from app.storage import agents as agent_store
 from app.storage import calls as call_store
@@ -36,15 +36,6 @@ router = APIRouter()
 SUBPROTOCOL = "switchboard"
 ID_SHAPE = re.compile(r"[A-Za-z0-9_]{1,40}")
 """What our ids look like (`new_id`); anything else is refused before it reaches the database."""
-_CLOSE_CODES = {400: 4400, 401: 4401, 404: 4404, 409: 4409, 422: 4422, 429: 4429, 503: 1013}
-
-
-class Refusal(Exception):
-    def __init__(self, close_code: int, code: str, message: str):
-        super().__init__(message)
-        self.close_code = close_code
-        self.code = code
-        self.message = message
 
 
 def _sample_rate(websocket: WebSocket) -> int:
@@ -104,7 +95,7 @@ async def _agent_session(
                 state, db, agent, connection_type="websocket", live=True
             )
         except APIError as exc:
-            raise _refusal(exc) from None
+            raise Refusal.from_api_error(exc) from None
         return session, agent
 
 
@@ -160,14 +151,10 @@ async def _existing_session(
         try:
             joined = await admission.join_session(state, db, session, agent)
         except APIError as exc:
-            raise _refusal(exc) from None
+            raise Refusal.from_api_error(exc) from None
         if not joined:
             raise Refusal(4409, "session_active", f"session '{session.id}' already has a client")
         return session, agent
-
-
-def _refusal(exc: APIError) -> Refusal:
-    return Refusal(_CLOSE_CODES[exc.status], exc.body.code, exc.body.message)
 
 
 async def _serve(websocket: WebSocket, open_session) -> None:

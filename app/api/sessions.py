@@ -6,10 +6,11 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Body, Query, Request
 from pydantic import BaseModel, ConfigDict, Field
 
-from app.api.agents import load_agent
+from app.agents import load_agent
 from app.calls import admission
 from app.calls.latency import summarize
-from app.cost import SessionCost
+from app.calls.tokens import TokenSigner
+from app.cost import SessionCostOut
 from app.deps import CallerDep, DbDep, StateDep
 from app.errors import DRAINING_RESPONSES, ERROR_RESPONSES, not_found
 from app.state import AppState
@@ -17,6 +18,7 @@ from app.storage import analysis as analysis_store
 from app.storage import latency as latency_store
 from app.storage import sessions as session_store
 from app.storage.models import Session
+from app.urls import websocket_base
 
 router = APIRouter(tags=["sessions"], responses=ERROR_RESPONSES)
 
@@ -72,7 +74,7 @@ class SessionOut(BaseModel):
         default=None,
         description="Greeting latency, per-turn voice-to-voice and its parts, p50/p90, barge-in stops",
     )
-    cost: SessionCost | None = Field(
+    cost: SessionCostOut | None = Field(
         default=None,
         description="Once ended: `total` (USD) and a `breakdown` per stage/provider/model with its usage and amount",
     )
@@ -103,14 +105,8 @@ class Transcript(BaseModel):
     items: list[TranscriptEntryOut]
 
 
-def websocket_base(state: AppState, request: Request) -> str:
-    """`ws(s)://host` of this server as clients reach it."""
-    base = (state.settings.public_base_url or str(request.base_url)).rstrip("/")
-    return "ws" + base.removeprefix("http") if base.startswith("http") else base
-
-
-def session_token(state: AppState, session: Session) -> str:
-    return state.tokens.issue(
+def session_token(tokens: TokenSigner, session: Session) -> str:
+    return tokens.issue(
         "session", {"sid": session.id, "acc": session.account_id}, session.expires_at.timestamp()
     )
 
@@ -125,7 +121,7 @@ def session_out(
     url = None
     joinable = session.status == "created" or session.resume_deadline is not None
     if joinable and session.connection_type == "websocket":
-        url = f"{websocket_base(state, request)}/v1/sessions/{session.id}/ws?token={session_token(state, session)}"
+        url = f"{websocket_base(state.settings, request)}/v1/sessions/{session.id}/ws?token={session_token(state.tokens, session)}"
     return SessionOut(
         session_id=session.id,
         agent_id=session.agent_id,

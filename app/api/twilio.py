@@ -12,11 +12,12 @@ from urllib.parse import parse_qsl
 from fastapi import APIRouter, Request, WebSocket
 from fastapi.responses import JSONResponse, Response
 from loguru import logger
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field
 
-from app.api.agents import load_agent
-from app.api.sessions import SessionOut, session_out, websocket_base
+from app.agents import load_agent
+from app.api.sessions import SessionOut, session_out
 from app.calls.admission import busy_refusal
+from app.casing import AgentIdQuery, CamelCaseAccepted
 from app.deps import CallerDep, DbDep, StateDep
 from app.errors import DRAINING_RESPONSES, ERROR_RESPONSES, APIError, ErrorBody, not_found
 from app.state import AppState
@@ -24,11 +25,12 @@ from app.storage import sessions as session_store
 from app.storage import telephony as store
 from app.storage.models import PhoneCall, Session
 from app.telephony import twilio
-from app.telephony.numbers import DialNumber, PhoneNumber
+from app.telephony.numbers import DialNumber, E164Number
 from app.telephony.phone_calls import apply_status, start_phone_session
 from app.telephony.relay import issue_relay_token
 from app.telephony.signatures import SIGNED_RESPONSES, check_twilio
 from app.telephony.stream import CARRIERS, serve_stream
+from app.urls import public_base_url, websocket_base
 
 router = APIRouter(tags=["telephony"], responses=ERROR_RESPONSES)
 
@@ -40,13 +42,16 @@ TWIML_RESPONSES: dict[int | str, dict[str, Any]] = {
 }
 
 
-class PhoneSessionCreate(BaseModel):
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+_FROM = AliasChoices("from_number", "from")
+_TO = AliasChoices("to_number", "to")
+"""The seed API's names for the numbers."""
 
-    agent_id: str = Field(alias="agentId")
-    from_number: str = Field(alias="from", min_length=1, max_length=64)
-    to_number: str = Field(alias="to", min_length=1, max_length=64)
-    instance_id: str | None = Field(default=None, alias="instanceId")
+
+class PhoneSessionCreate(CamelCaseAccepted):
+    agent_id: str
+    from_number: str = Field(validation_alias=_FROM, min_length=1, max_length=64)
+    to_number: str = Field(validation_alias=_TO, min_length=1, max_length=64)
+    instance_id: str | None = None
 
 
 class TwilioSessionOut(BaseModel):
@@ -54,18 +59,16 @@ class TwilioSessionOut(BaseModel):
     session: SessionOut
 
 
-class OutboundCallCreate(BaseModel):
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
-
-    agent_id: str = Field(alias="agentId")
-    to_number: DialNumber = Field(alias="to")
-    from_number: PhoneNumber | None = Field(
+class OutboundCallCreate(CamelCaseAccepted):
+    agent_id: str
+    to_number: DialNumber = Field(validation_alias=_TO)
+    from_number: E164Number | None = Field(
         default=None,
-        alias="from",
+        validation_alias=_FROM,
         description="Caller ID: a number of the caller's account (an agent's phone_numbers) or the server's "
         "TWILIO_FROM_NUMBER; defaults to the agent's first phone number, then TWILIO_FROM_NUMBER",
     )
-    instance_id: str | None = Field(default=None, alias="instanceId")
+    instance_id: str | None = None
 
 
 class CallTaskOut(BaseModel):
@@ -87,8 +90,8 @@ class CallTaskOut(BaseModel):
 def stream_twiml(
     state: AppState, request: Request, session: Session, instance_id: str | None
 ) -> str:
-    url = f"{websocket_base(state, request)}{twilio.STREAM_PATH}"
-    return twilio.connect_twiml(url, issue_relay_token(state, session, instance_id))
+    url = f"{websocket_base(state.settings, request)}{twilio.STREAM_PATH}"
+    return twilio.connect_twiml(url, issue_relay_token(state.tokens, session, instance_id))
 
 
 def phone_session_out(state: AppState, request: Request, session: Session) -> SessionOut:
@@ -157,17 +160,17 @@ async def create_twilio_session(
     response_class=Response,
 )
 async def twilio_voice(
-    request: Request, state: StateDep, db: DbDep, agentId: str | None = None
+    request: Request, state: StateDep, db: DbDep, agent_id: AgentIdQuery
 ) -> Response:
     """Set this as the number's "A call comes in" webhook. The agent is the one the
-    dialled number (`To`) is assigned to, or `?agentId=`. A full node (`server_busy`) rejects
+    dialled number (`To`) is assigned to, or `?agent_id=`. A full node (`server_busy`) rejects
     the call busy; an account at its cap or a draining server apologises and hangs up."""
     form = await signed_form(state, request)
     session = await start_inbound(
         state,
         db,
         "twilio",
-        agentId,
+        agent_id,
         to_number=form.get("To", ""),
         from_number=form.get("From", ""),
         call_id=form.get("CallSid"),
@@ -285,7 +288,7 @@ async def create_outbound_call(
         to_number=body.to_number,
         instance_id=body.instance_id,
     )
-    base = twilio.http_base(state.settings, request)
+    base = public_base_url(state.settings, request)
     try:
         call.call_sid = await twilio.place_call(
             state.settings,

@@ -26,7 +26,7 @@ from pipecat.transports.smallwebrtc.request_handler import (
 from pipecat.transports.smallwebrtc.transport import SmallWebRTCTransport
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, model_validator
 
-from app.api.agents import load_agent
+from app.agents import load_agent
 from app.calls import admission
 from app.calls.protocol import check_client_event
 from app.calls.session import CallSession

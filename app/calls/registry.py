@@ -3,12 +3,23 @@ places admission holds for calls about to start here (the per-worker cap counts 
 
 import asyncio
 import time
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from loguru import logger
 
-if TYPE_CHECKING:
-    from app.calls.session import CallSession
+
+class LiveCall(Protocol):
+    """What the registry needs of a running call (`app.calls.session.CallSession`)."""
+
+    @property
+    def session_id(self) -> str: ...
+
+    @property
+    def agent_id(self) -> str | None: ...
+
+    async def end(self, reason: str) -> None: ...
+
+    async def end_with_goodbye(self, reason: str) -> None: ...
 
 
 class CallRegistry:
@@ -16,18 +27,18 @@ class CallRegistry:
     """How long a place held for a call stays taken if the call never starts here."""
 
     def __init__(self):
-        self._calls: dict[str, CallSession] = {}
+        self._calls: dict[str, LiveCall] = {}
         self._held: dict[str, float] = {}
         """Session id → when its place lapses: admitted here, not running yet."""
         self._empty = asyncio.Event()
         self._empty.set()
 
-    def add(self, call: "CallSession") -> None:
+    def add(self, call: LiveCall) -> None:
         self._calls[call.session_id] = call
         self._held.pop(call.session_id, None)
         self._empty.clear()
 
-    def remove(self, call: "CallSession") -> None:
+    def remove(self, call: LiveCall) -> None:
         self._calls.pop(call.session_id, None)
         self._held.pop(call.session_id, None)
         if not self._calls:
@@ -49,7 +60,7 @@ class CallRegistry:
         places = self._calls.keys() | self._held.keys()
         return len(places - {besides})
 
-    def get(self, session_id: str) -> "CallSession | None":
+    def get(self, session_id: str) -> LiveCall | None:
         return self._calls.get(session_id)
 
     def __len__(self) -> int:

@@ -1,14 +1,12 @@
 """Runs one call from connect to teardown, whatever the transport."""
 
 import asyncio
-import json
 from datetime import datetime, timedelta
 
 from loguru import logger
 from pipecat.frames.frames import CancelFrame, EndFrame, Frame, TTSSpeakFrame
 from pipecat.pipeline.worker import PipelineParams, PipelineWorker
 from pipecat.processors.frame_processor import FrameProcessor
-from pipecat.services.llm_service import FunctionCallParams, FunctionCallResultProperties
 from pipecat.transports.base_transport import BaseTransport
 from pipecat.workers.runner import WorkerRunner
 
@@ -21,14 +19,12 @@ from app.state import AppState
 from app.storage import calls as call_store
 from app.storage import latency as latency_store
 from app.storage import sessions as session_store
-from app.storage import telephony as telephony_store
 from app.storage.ids import utcnow
 from app.storage.models import Agent, Session
 from pipelines import pipecat_compat
-from pipelines.builder import GOODBYE, AgentSpec, ToolDefinition, build_pipeline
+from pipelines.builder import AgentSpec, ToolDefinition, build_pipeline
 from pipelines.config import PipelineConfig
 from processors.session_events import end_reason
-from processors.twilio_marks import TwilioStreamSerializer
 
 SHUTDOWN_GOODBYE = "I'm sorry, I have to end the call now. Please call back in a moment. Goodbye."
 IDLE_TIMEOUT_SECS = 300.0
@@ -91,8 +87,15 @@ class CallSession:
         self._extra_output = extra_output
         self._resumable = resumable
         self._history = history or []
-        self._tools = {t["name"]: t for t in agent.tools}
+        self._tool_runner = tools.ToolRunner(
+            state.settings,
+            self,
+            agent.tools,
+            record=self._record,
+            send_event=self._send_event if session_protocol else None,
+        )
         self._transferred = False
+        """Set once the call lives on elsewhere (a transfer): its end is `transferred`."""
         inline = session.inline_config or {}
         self._llm_options = {
             k: inline[k] for k in ("model", "temperature") if inline.get(k) is not None
@@ -103,24 +106,23 @@ class CallSession:
         """An end asked for before the pipeline was built."""
         self._final_frame: Frame | None = None
         self._error: str | None = None
-        self._pending_tools: dict[str, asyncio.Future] = {}
         self._record_lock = asyncio.Lock()
         self._usage = UsageObserver()
         self._recording = False
         """Whether this call records (its agent asks for it and the account is under its cap)."""
 
-    def _build(self) -> None:
+    def _build(self) -> PipelineWorker:
         self._latency = CallLatencyTracker(self._save_latency)
         self._call = build_pipeline(
             self._config,
             self._spec(),
             self._transport,
-            tool_handler=self._run_tool,
+            tool_handler=self._tool_runner.run,
             session_protocol=self._session_protocol,
             extra_input=self._extra_input,
             extra_output=self._extra_output,
         )
-        self._worker = PipelineWorker(
+        worker = self._worker = PipelineWorker(
             self._call.pipeline,
             params=PipelineParams(
                 audio_in_sample_rate=self._config.audio_in_sample_rate,
@@ -132,7 +134,8 @@ class CallSession:
             idle_timeout_secs=IDLE_TIMEOUT_SECS,
             observers=[*self._latency.observers, self._usage],
         )
-        self._wire_events(self._transport)
+        self._wire_events(self._transport, worker)
+        return worker
 
     def _spec(self) -> AgentSpec:
         spec = agent_spec(self._agent)
@@ -147,14 +150,14 @@ class CallSession:
             spec.recording_sample_rate = RECORDING_SAMPLE_RATE
         return spec
 
-    def _wire_events(self, transport: BaseTransport) -> None:
+    def _wire_events(self, transport: BaseTransport, worker: PipelineWorker) -> None:
         call = self._call
 
         @transport.event_handler("on_client_connected")
         async def on_connected(_transport, _client):
             # A resumed call carries on where it was; a user-first agent waits for the caller.
             if self._greeting and not self._history and self._agent.first_speaker != "user":
-                await self._worker.queue_frame(TTSSpeakFrame(self._greeting))
+                await worker.queue_frame(TTSSpeakFrame(self._greeting))
 
         @transport.event_handler("on_client_disconnected")
         async def on_disconnected(_transport, _client):
@@ -164,7 +167,7 @@ class CallSession:
                 reason = "disconnected"
             else:
                 reason = "caller_hangup"
-            await self._worker.cancel(reason=reason)
+            await worker.cancel(reason=reason)
 
         @call.user_aggregator.event_handler("on_user_turn_stopped")
         async def on_user_turn(_aggregator, _strategy, message):
@@ -184,10 +187,7 @@ class CallSession:
 
             @call.client_events.event_handler("on_tool_result")
             async def on_tool_result(_processor, call_id, result):
-                future = self._pending_tools.get(call_id)
-                if future and not future.done():
-                    future.set_result(result)
-                elif call.events:
+                if not self._tool_runner.client_result(call_id, result) and call.events:
                     await call.events.send(
                         {
                             "type": "session.error",
@@ -202,16 +202,16 @@ class CallSession:
             async def on_provider_error(_monitor, service, error):
                 logger.warning(f"session {self.session_id}: provider failure in {service}: {error}")
 
-        @self._worker.event_handler("on_pipeline_finished")
+        @worker.event_handler("on_pipeline_finished")
         async def on_finished(_worker, frame):
             self._final_frame = frame
 
-        @self._worker.event_handler("on_pipeline_error")
+        @worker.event_handler("on_pipeline_error")
         async def on_error(_worker, frame):
             logger.error(f"session {self.session_id}: pipeline error: {frame.error}")
             self._error = str(frame.error)
 
-        @self._worker.event_handler("on_idle_timeout")
+        @worker.event_handler("on_idle_timeout")
         async def on_idle(_worker):
             logger.info(f"session {self.session_id}: idle for {IDLE_TIMEOUT_SECS}s, ending")
 
@@ -228,7 +228,7 @@ class CallSession:
         async with self._record_lock, self.state.db.sessions() as db:
             if speaker != "TOOL":
                 post_call.turn_recorded(
-                    self.state, db, self._agent, self.session_id, speaker, content, interrupted
+                    self.state.jobs, db, self._agent, self.session_id, speaker, content, interrupted
                 )
             await session_store.add_transcript_entry(  # commits the turn with its webhook
                 db,
@@ -247,96 +247,17 @@ class CallSession:
                 event["interrupted"] = interrupted
             await self._call.events.send(event)
 
-    async def _run_tool(self, params: FunctionCallParams) -> None:
-        """Every tool call: check the arguments against the tool's schema, run the tool
-        by its type, record call and result in the transcript (speaker TOOL), and answer
-        the LLM. Failures go back to the LLM as ``{"error": ...}``."""
-        tool = self._tools.get(params.function_name)
-        arguments = dict(params.arguments)
-        then = None
-        if tool is None:
-            result = {"error": f"unknown tool '{params.function_name}'"}
-        elif problem := tools.argument_errors(
-            tool.get("parameters") or {"type": "object"}, arguments
-        ):
-            result = {"error": f"invalid arguments for tool '{tool['name']}': {problem}"}
-        else:
-            result, then = await self._dispatch(tool, arguments, params.tool_call_id)
-        entry = {
-            "call_id": params.tool_call_id,
-            "name": params.function_name,
-            "arguments": arguments,
-            "result": result,
-        }
-        await self._record("TOOL", json.dumps(entry), utcnow().isoformat())
-        if then is None:
-            await params.result_callback(result)
-        else:
-            await params.result_callback(
-                result, properties=FunctionCallResultProperties(run_llm=False)
-            )
-            await then()
+    async def _send_event(self, event: dict) -> None:
+        if self._call.events:
+            await self._call.events.send(event)
 
-    async def _dispatch(self, tool: dict, arguments: dict, call_id: str):
-        """Run one tool: its result, and what to do once the LLM has it (built-ins end the call)."""
-        kind = tool.get("type", "client")
-        if kind == "webhook":
-            return await tools.call_webhook(
-                self.state.settings, tool, arguments, session_id=self.session_id, call_id=call_id
-            ), None
-        if kind == "end_call":
-            return {"ok": True, "status": "ending the call"}, lambda: self.end_with_goodbye(
-                "agent_ended", GOODBYE
-            )
-        if kind == "transfer_call":
-            error = await self._transfer(tool["phone_number"])
-            if error:
-                return {"error": error}, None
-            return {
-                "ok": True,
-                "status": f"transferred to {tool['phone_number']}",
-            }, lambda: self.end("transferred")
-        if not self._session_protocol:
-            return {
-                "error": f"tool '{tool['name']}' runs on the client, and this connection has none"
-            }, None
-        return await self._run_client_tool(tool, arguments, call_id), None
+    async def transfer(self, number: str) -> str | None:
+        """Move the call to `number` (the transfer_call tool); an error for the LLM, or None."""
+        return "transfer_call only works on Twilio calls"
 
     def _serializer(self):
         """The transport's frame serializer, for WebSocket transports; else None."""
         return pipecat_compat.transport_serializer(self._transport)
-
-    async def _transfer(self, number: str) -> str | None:
-        """Move this Twilio call to `number`; an error for the LLM, or None."""
-        serializer = self._serializer()
-        if not isinstance(serializer, TwilioStreamSerializer):
-            return "transfer_call only works on Twilio calls"
-        async with self.state.db.sessions() as db:
-            phone_call = await telephony_store.call_for_session(db, self.session_id)
-        call_sid = (phone_call.call_sid if phone_call else None) or serializer.call_sid
-        if not call_sid:
-            return "this call has no Twilio call SID"
-        error = await tools.transfer_twilio_call(self.state.settings, call_sid, number)
-        if error is None:
-            self._transferred = True
-            serializer.skip_hang_up()  # the call lives on at `number`: never hang it up
-            logger.info(f"session {self.session_id}: transferred call {call_sid} to {number}")
-        return error
-
-    async def _run_client_tool(self, tool: dict, arguments: dict, call_id: str):
-        """A tool the WebSocket client runs: send `tool.call`, wait for its `tool.result`."""
-        name, timeout = tool["name"], tool.get("timeout_secs") or tools.DEFAULT_TIMEOUT_SECS
-        future = asyncio.get_running_loop().create_future()
-        self._pending_tools[call_id] = future
-        await self._call.events.send(
-            {"type": "tool.call", "call_id": call_id, "name": name, "arguments": arguments}
-        )
-        try:
-            return await asyncio.wait_for(future, timeout)
-        except TimeoutError:
-            return {"error": f"the client did not answer tool '{name}' within {timeout:g}s"}
-        finally:
-            self._pending_tools.pop(call_id, None)
 
     async def end(self, reason: str) -> None:
         """End the call (for example, its agent was deleted) with an `EndFrame`, which ends it
@@ -355,17 +276,19 @@ class CallSession:
     async def run(self) -> None:
         """Run the call to its end and record how it ended. The session must be claimed."""
         self.state.calls.add(self)
-        await post_call.session_started(self.state, self._agent, self.session_id)
+        await post_call.session_started(
+            self.state.db, self.state.jobs, self._agent, self.session_id
+        )
         ACTIVE_SESSIONS.inc()
         try:
             self._recording = self._agent.recording_enabled and await recordings.start_recording(
                 self.state.settings, self.state.db, self.session_id, self._agent.account_id
             )
-            self._build()
+            worker = self._build()
             if self._end_requested:
-                await self._worker.queue_frame(EndFrame(reason=self._end_requested))
+                await worker.queue_frame(EndFrame(reason=self._end_requested))
             runner = WorkerRunner(handle_sigint=False)
-            await runner.add_workers(self._worker)
+            await runner.add_workers(worker)
             await runner.run()
         except Exception as exc:
             logger.exception(f"session {self.session_id}: call failed")
@@ -373,8 +296,7 @@ class CallSession:
         finally:
             ACTIVE_SESSIONS.dec()
             self.state.calls.remove(self)
-            for future in self._pending_tools.values():
-                future.cancel()
+            self._tool_runner.cancel_pending()
             try:
                 await self._finish()
             except Exception:
@@ -412,8 +334,17 @@ class CallSession:
             f"session {self.session_id}: not resumed within {grace:g}s, ended failed (disconnected)"
         )
         SESSIONS_ENDED.labels(end_reason="disconnected").inc()
+        await self._post_call_finished()
+
+    async def _post_call_finished(self) -> None:
         await post_call.session_finished(
-            self.state, self._agent, self._config, self.session_id, self._usage
+            self.state.settings,
+            self.state.db,
+            self.state.jobs,
+            self._agent,
+            self._config,
+            self.session_id,
+            self._usage,
         )
 
     async def _finish(self) -> None:
@@ -431,9 +362,7 @@ class CallSession:
             await session_store.finish(
                 db, self.session_id, status=status, end_reason=reason, error=self._error
             )
-        await post_call.session_finished(
-            self.state, self._agent, self._config, self.session_id, self._usage
-        )
+        await self._post_call_finished()
 
 
 def _parse_time(value: str) -> datetime:

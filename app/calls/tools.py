@@ -1,4 +1,5 @@
-"""What the agent's tools do: argument checks, webhook calls, the Twilio transfer.
+"""What the agent's tools do: running a call's tool calls (:class:`ToolRunner`), argument
+checks, webhook calls, the Twilio transfer.
 
 A tool definition (stored on the agent, or in an inline call's body) has ``name``,
 ``description``, ``parameters`` (JSON Schema) and ``type``: ``client`` (the WebSocket
@@ -7,22 +8,27 @@ built-in, ``end_call`` or ``transfer_call`` (to ``phone_number``). A failure nev
 raises: it becomes ``{"error": ...}`` for the LLM, so the agent can say so.
 """
 
+import asyncio
 import json
 import time
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol
 
 import httpx
 from jsonschema import Draft202012Validator
 from loguru import logger
+from pipecat.services.llm_service import FunctionCallParams, FunctionCallResultProperties
 from twilio.base.exceptions import TwilioRestException
 from twilio.twiml.voice_response import VoiceResponse
 
 from app import outbound
 from app.settings import Settings
+from app.storage.ids import utcnow
 from app.telephony.numbers import SIP_URI, dial_refusal
 from app.telephony.twilio import credentials as twilio_credentials
 from app.telephony.twilio import rest_client
 from app.webhooks import SIGNATURE_HEADER, TIMESTAMP_HEADER, signature
+from pipelines.builder import GOODBYE
 
 DEFAULT_TIMEOUT_SECS = 10.0
 
@@ -107,3 +113,126 @@ async def transfer_twilio_call(settings: Settings, call_sid: str, number: str) -
         logger.warning(f"Twilio refused to transfer call {call_sid}: {exc.status} {exc.msg}")
         return f"Twilio refused the transfer: {exc.msg}"
     return None
+
+
+class CallActions(Protocol):
+    """What the built-in tools do to the call they run in."""
+
+    session_id: str
+
+    async def end(self, reason: str) -> None: ...
+
+    async def end_with_goodbye(self, reason: str, goodbye: str) -> None: ...
+
+    async def transfer(self, number: str) -> str | None:
+        """Move the call to `number`; an error for the LLM, or None."""
+
+
+Record = Callable[[str, str, str], Awaitable[None]]
+SendEvent = Callable[[dict], Awaitable[None]]
+
+
+class ToolRunner:
+    """Runs one call's tool calls: checks the arguments against the tool's schema, runs the
+    tool by its type, records call and result in the transcript (speaker TOOL), and answers
+    the LLM. Failures go back to the LLM as ``{"error": ...}``.
+
+    ``send_event``: how to reach the session client that runs ``client`` tools; None when
+    the connection has none."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        call: CallActions,
+        tools: list[dict],
+        *,
+        record: Record,
+        send_event: SendEvent | None,
+    ):
+        self._settings = settings
+        self._call = call
+        self._tools = {t["name"]: t for t in tools}
+        self._record = record
+        self._send_event = send_event
+        self._pending: dict[str, asyncio.Future] = {}
+
+    async def run(self, params: FunctionCallParams) -> None:
+        """One tool call from the LLM (the pipeline's tool handler)."""
+        tool = self._tools.get(params.function_name)
+        arguments = dict(params.arguments)
+        then = None
+        if tool is None:
+            result = {"error": f"unknown tool '{params.function_name}'"}
+        elif problem := argument_errors(tool.get("parameters") or {"type": "object"}, arguments):
+            result = {"error": f"invalid arguments for tool '{tool['name']}': {problem}"}
+        else:
+            result, then = await self._dispatch(tool, arguments, params.tool_call_id)
+        entry = {
+            "call_id": params.tool_call_id,
+            "name": params.function_name,
+            "arguments": arguments,
+            "result": result,
+        }
+        await self._record("TOOL", json.dumps(entry), utcnow().isoformat())
+        if then is None:
+            await params.result_callback(result)
+        else:
+            await params.result_callback(
+                result, properties=FunctionCallResultProperties(run_llm=False)
+            )
+            await then()
+
+    async def _dispatch(self, tool: dict, arguments: dict, call_id: str):
+        """Run one tool: its result, and what to do once the LLM has it (built-ins end the call)."""
+        kind = tool.get("type", "client")
+        call = self._call
+        if kind == "webhook":
+            return await call_webhook(
+                self._settings, tool, arguments, session_id=call.session_id, call_id=call_id
+            ), None
+        if kind == "end_call":
+            return {"ok": True, "status": "ending the call"}, lambda: call.end_with_goodbye(
+                "agent_ended", GOODBYE
+            )
+        if kind == "transfer_call":
+            error = await call.transfer(tool["phone_number"])
+            if error:
+                return {"error": error}, None
+            return {
+                "ok": True,
+                "status": f"transferred to {tool['phone_number']}",
+            }, lambda: call.end("transferred")
+        if self._send_event is None:
+            return {
+                "error": f"tool '{tool['name']}' runs on the client, and this connection has none"
+            }, None
+        return await self._run_client_tool(tool, arguments, call_id), None
+
+    async def _run_client_tool(self, tool: dict, arguments: dict, call_id: str):
+        """A tool the WebSocket client runs: send `tool.call`, wait for its `tool.result`."""
+        name, timeout = tool["name"], tool.get("timeout_secs") or DEFAULT_TIMEOUT_SECS
+        future = asyncio.get_running_loop().create_future()
+        self._pending[call_id] = future
+        assert self._send_event is not None  # checked by the caller
+        await self._send_event(
+            {"type": "tool.call", "call_id": call_id, "name": name, "arguments": arguments}
+        )
+        try:
+            return await asyncio.wait_for(future, timeout)
+        except TimeoutError:
+            return {"error": f"the client did not answer tool '{name}' within {timeout:g}s"}
+        finally:
+            self._pending.pop(call_id, None)
+
+    def client_result(self, call_id: str, result: Any) -> bool:
+        """The client's `tool.result`; False if no tool call is waiting for it."""
+        future = self._pending.get(call_id)
+        if future is None or future.done():
+            return False
+        future.set_result(result)
+        return True
+
+    def cancel_pending(self) -> None:
+        """The call ended: stop waiting for client tools."""
+        for future in self._pending.values():
+            future.cancel()

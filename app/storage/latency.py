@@ -1,21 +1,9 @@
 """Each call's latency record, rewritten after every measurement."""
 
-from datetime import datetime
-
-from sqlalchemy import ForeignKey, String, select
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
-from sqlalchemy.orm import Mapped, mapped_column
 
-from app.storage.ids import utcnow
-from app.storage.models import Base
-
-
-class SessionLatency(Base):
-    __tablename__ = "session_latency"
-
-    session_id: Mapped[str] = mapped_column(String(40), ForeignKey("sessions.id"), primary_key=True)
-    record: Mapped[dict]
-    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+from app.storage.models import SessionLatency
 
 
 async def save(db: AsyncSession, session_id: str, record: dict) -> None:

@@ -263,6 +263,14 @@ class SessionCost(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
+class SessionLatency(Base):
+    __tablename__ = "session_latency"
+
+    session_id: Mapped[str] = mapped_column(String(40), ForeignKey("sessions.id"), primary_key=True)
+    record: Mapped[dict]
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+
 class WebhookDelivery(Base):
     """One event POSTed (or being retried) to an agent's webhook."""
 

@@ -5,7 +5,7 @@ Call flow, inbound:
 1. Twilio receives a call on a number and POSTs its form to ``/v1/twilio/voice``
    (or an API client POSTs ``/v1/sessions/twilio``). The server checks the
    ``X-Twilio-Signature``, finds the agent (the number ``To`` is assigned to, or
-   ``?agentId=``), creates a session and a :class:`~app.storage.models.PhoneCall`
+   ``?agent_id=``), creates a session and a :class:`~app.storage.models.PhoneCall`
    row, and answers TwiML: ``<Connect><Stream url="wss://HOST/v1/sessions/twilio/stream">``
    with a signed, single-use relay token as a ``<Parameter>`` (Twilio strips query
    strings from Stream URLs). See :mod:`app.telephony.twilio` and :mod:`app.telephony.relay`.
@@ -28,5 +28,6 @@ Twilio's REST API to place the call; Twilio then fetches
 to ``/v1/sessions/twilio/task/{id}/status``. The agent speaks first (its greeting).
 
 Telnyx and Plivo work the same way with their own serializers and XML dialects
-(:mod:`app.telephony.carriers`).
+(their XML and webhooks: :mod:`app.api.carriers`; their serializers:
+:data:`app.telephony.stream.CARRIERS`).
 """

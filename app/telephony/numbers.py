@@ -69,7 +69,7 @@ def _dialable(value: str, sip: bool = False) -> str:
     return target
 
 
-PhoneNumber = Annotated[
+E164Number = Annotated[
     str,
     Field(min_length=2, max_length=32, description="E.164, like +14155550123"),
     AfterValidator(e164),

@@ -8,11 +8,9 @@ after a restart.
 
 import secrets
 
-from app.api.session_ws import Refusal
-from app.api.session_ws import _refusal as refusal_for
 from app.calls import admission
-from app.calls.tokens import TokenError
-from app.errors import APIError
+from app.calls.tokens import TokenError, TokenSigner
+from app.errors import APIError, Refusal
 from app.state import AppState
 from app.storage import calls as call_store
 from app.storage import sessions as session_store
@@ -23,7 +21,7 @@ from app.telephony.variables import personalized
 KIND = "relay"
 
 
-def issue_relay_token(state: AppState, session: Session, instance_id: str | None) -> str:
+def issue_relay_token(tokens: TokenSigner, session: Session, instance_id: str | None) -> str:
     claims = {
         "agt": session.agent_id,
         "sid": session.id,
@@ -31,7 +29,7 @@ def issue_relay_token(state: AppState, session: Session, instance_id: str | None
         "acc": session.account_id,
         "jti": secrets.token_urlsafe(16),
     }
-    return state.tokens.issue(KIND, claims, session.expires_at.timestamp())
+    return tokens.issue(KIND, claims, session.expires_at.timestamp())
 
 
 async def open_relay(state: AppState, token: str | None) -> tuple[Session, Agent]:
@@ -77,7 +75,7 @@ async def open_relay(state: AppState, token: str | None) -> tuple[Session, Agent
             await session_store.finish(
                 db, session.id, status="failed", end_reason=exc.body.code, error=exc.body.message
             )
-            raise refusal_for(exc) from None
+            raise Refusal.from_api_error(exc) from None
         if not joined:
             raise Refusal(4409, "session_active", f"session '{session.id}' already has a stream")
         return session, agent

@@ -23,9 +23,8 @@ from pipecat.serializers.telnyx import TelnyxFrameSerializer
 from pipecat.transports.websocket.fastapi import FastAPIWebsocketParams, FastAPIWebsocketTransport
 from starlette.websockets import WebSocketState
 
-from app.api.session_ws import Refusal
 from app.calls.audio_pacing import with_real_time_audio
-from app.errors import current_session
+from app.errors import Refusal, current_session
 from app.settings import Settings
 from app.state import AppState
 from app.storage import telephony as store

@@ -6,7 +6,6 @@ TwiML goes through Twilio's own SDK (webhook signatures: :mod:`app.telephony.sig
 
 from contextlib import asynccontextmanager
 
-from fastapi import Request
 from loguru import logger
 from twilio.base.exceptions import TwilioRestException
 from twilio.http.async_http_client import AsyncTwilioHttpClient
@@ -20,10 +19,6 @@ from processors.twilio_marks import TwilioStreamSerializer
 STREAM_PATH = "/v1/sessions/twilio/stream"
 TOKEN_PARAMETER = "token"
 STATUS_EVENTS = ["initiated", "ringing", "answered", "completed"]
-
-
-def http_base(settings: Settings, request: Request) -> str:
-    return (settings.public_base_url or str(request.base_url)).rstrip("/")
 
 
 def connect_twiml(stream_url: str, token: str) -> str:
