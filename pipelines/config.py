@@ -92,8 +92,9 @@ class UnknownPipelineError(LookupError):
 
 
 def expand_env(text: str) -> str:
-    """Replace `${VAR}` / `${VAR:-default}` with the environment's values."""
-    return _ENV_PATTERN.sub(lambda m: os.environ.get(m.group(1), m.group(2) or ""), text)
+    """Replace `${VAR}` / `${VAR:-default}` with the environment's values; as in the shell,
+    the default stands in for a variable that is unset or empty."""
+    return _ENV_PATTERN.sub(lambda m: os.environ.get(m.group(1)) or m.group(2) or "", text)
 
 
 def resolve_path(value: str) -> Path:

@@ -36,6 +36,8 @@ def environment(monkeypatch):
         ("x-${SB_TEST_A}-${SB_TEST_A}-y", "x-alpha-alpha-y"),
         ("${SB_TEST_A:-fallback}", "alpha"),
         ("${SB_TEST_B:-fallback}", "fallback"),  # unset: the default
+        ("${SB_TEST_EMPTY:-fallback}", "fallback"),  # empty: the default, as in the shell
+        ("${SB_TEST_EMPTY}", ""),
         ("${SB_TEST_B:-}", ""),
         ("${SB_TEST_B}", ""),  # unset, no default: empty, not the placeholder
         ("${SB_TEST_B:-http://host:80/v1}", "http://host:80/v1"),  # colons in a default
@@ -47,6 +49,7 @@ def environment(monkeypatch):
 )
 def test_environment_references_expand(environment, text, expanded):
     environment.setenv("SB_TEST_A", "alpha")
+    environment.setenv("SB_TEST_EMPTY", "")
     assert expand_env(text) == expanded
 
 
