@@ -170,7 +170,9 @@ def test_caddy_sends_no_new_requests_to_a_draining_node():
     )
     ready, draining = (
         JSONResponse(
-            Health(status=s, node_id="node-1", live_calls=3, load=0.2).model_dump()
+            Health(
+                status=s, node_id="node-1", live_calls=3, load=0.2, accepting=s == "ok"
+            ).model_dump()
         ).body.decode()
         for s in ("ok", "draining")
     )

@@ -315,8 +315,12 @@ async def test_health_and_metrics_of_a_node_with_two_workers(tmp_path, scripted_
         env={"SCRIPTED_LLM_URL": scripted_llm.url},
     )
     try:
-        # A new connection per request, so the kernel spreads them over both workers.
-        seen = [httpx.get(f"{server.url}/health", timeout=10).json() for _ in range(30)]
+        # A new connection per request, so the kernel spreads them over both workers (each
+        # listens on its own SO_REUSEPORT socket once it has started: the second may be later).
+        seen: list[dict] = []
+        deadline = time.monotonic() + 60
+        while len({h["node_id"] for h in seen}) < 2 and time.monotonic() < deadline:
+            seen.append(httpx.get(f"{server.url}/health", timeout=10).json())
         for health in seen:
             assert (
                 health["status"] == "ok" and health["live_calls"] == 0 and 0 <= health["load"] <= 1

@@ -6,7 +6,7 @@ from datetime import timedelta
 
 from alembic import command
 from alembic.script import ScriptDirectory
-from sqlalchemy import inspect, select
+from sqlalchemy import MetaData, Table, inspect, select
 
 from app.storage import telephony
 from app.storage.db import Database, alembic_config, upgrade_to_head
@@ -54,6 +54,21 @@ async def test_a_number_routes_to_the_active_agent_that_has_it(db):
         assert await telephony.agent_for_number(s, "+15559999999") is None
 
 
+def insert_as_it_was(connection, table: Table, rows: list[dict]) -> None:
+    """Insert `rows` into `table` as the database has it now: only the columns it has, each
+    missing value from the model's default."""
+    stored = Table(table.name, MetaData(), autoload_with=connection)
+    for row in rows:
+        values = {}
+        for column in stored.columns:
+            default = table.columns[column.name].default
+            if column.name in row:
+                values[column.name] = row[column.name]
+            elif default is not None:
+                values[column.name] = default.arg(None) if default.is_callable else default.arg
+        connection.execute(stored.insert().values(values))
+
+
 async def test_the_ownership_migration_gives_a_shared_number_to_the_newest_live_agent(
     empty_database_url,
 ):
@@ -70,20 +85,23 @@ async def test_the_ownership_migration_gives_a_shared_number_to_the_newest_live_
     }
     async with database.sessions() as s:
         s.add(Account(id=DEFAULT_ACCOUNT_ID, name="default"))
-        for age, (key, (numbers, status)) in enumerate(rows.items()):
-            s.add(
-                Agent(
-                    id=f"agt_{key}",
-                    account_id=DEFAULT_ACCOUNT_ID,
-                    name=key,
-                    voice_id="joe",
-                    system_prompt="p",
-                    phone_numbers=numbers,
-                    status=status,
-                    created_at=now + timedelta(seconds=age),
-                )
-            )
         await s.commit()
+    # The agents table as it was before the migration (today's model has columns added since).
+    agents = [
+        {
+            "id": f"agt_{key}",
+            "account_id": DEFAULT_ACCOUNT_ID,
+            "name": key,
+            "voice_id": "joe",
+            "system_prompt": "p",
+            "phone_numbers": numbers,
+            "status": status,
+            "created_at": now + timedelta(seconds=age),
+        }
+        for age, (key, (numbers, status)) in enumerate(rows.items())
+    ]
+    async with database.engine.begin() as connection:
+        await connection.run_sync(insert_as_it_was, Agent.__table__, agents)
     await asyncio.to_thread(upgrade_to_head, url)
     async with database.sessions() as s:
         held = {row.number: row.agent_id for row in await s.scalars(select(PhoneNumber))}

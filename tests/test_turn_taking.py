@@ -79,10 +79,13 @@ async def test_a_finished_question_is_answered_before_the_silence_fallback(
 async def test_a_pause_mid_sentence_gets_one_answer_after_the_continuation(
     instant_server, instant_api, llm
 ):
-    """Smart Turn hears "my number is five five five, um" as unfinished; the silence fallback
-    is longer than the caller's one-second pause, so the number is answered once, whole."""
+    """Smart Turn hears "my number is five five five, um" as unfinished (0.01); a `patient`
+    agent's silence fallback (2.5 s) is well past the caller's pause (0.7 s, and the VAD's
+    own start and stop), so the number is answered once, whole."""
     llm.script("Thanks, I have it.")
-    agent = make_agent(instant_api, pipeline="instant", voice_id="tone", greeting="Hello.")
+    agent = make_agent(
+        instant_api, pipeline="instant", voice_id="tone", greeting="Hello.", endpointing="patient"
+    )
     start = speech("My number is five five five, um", sample_rate=8000, tail_secs=0.7)
     rest = speech("one two three four.", sample_rate=8000)
     client, started = await call(instant_server, agent["id"], start + rest, listen_secs=3)
