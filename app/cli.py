@@ -33,11 +33,12 @@ async def prepare(settings) -> None:
 def serve(args: argparse.Namespace) -> None:
     import uvicorn
 
-    from app.logs import UVICORN_LOG_CONFIG
+    from app.logs import UVICORN_LOG_CONFIG, configure_logging
     from pipelines import local_llm
     from pipelines.config import PipelineCatalog
 
     settings = get_settings()
+    configure_logging(settings.log_level, settings.log_format)
     asyncio.run(prepare(settings))
     catalog = PipelineCatalog(settings.pipelines_path)
     llm_servers = []
@@ -62,7 +63,7 @@ def serve(args: argparse.Namespace) -> None:
             workers=args.workers,
             ws_max_size=1 << 20,
             h11_max_incomplete_event_size=1 << 16,
-            log_level="info",
+            log_level=settings.log_level.lower(),
             log_config=UVICORN_LOG_CONFIG,
         )
         if args.workers > 1 and hasattr(socket, "SO_REUSEPORT"):

@@ -1,7 +1,6 @@
 """One error shape for every refusal: `{"code": ..., "message": ..., "details": ...}`."""
 
 from contextlib import suppress
-from contextvars import ContextVar
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -10,6 +9,8 @@ from fastapi.responses import JSONResponse
 from loguru import logger
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from app.logs import current_call
 
 
 class ErrorBody(BaseModel):
@@ -28,10 +29,6 @@ class APIError(Exception):
         self.status = status
         self.body = ErrorBody(code=code, message=message, details=details)
         self.headers = headers
-
-
-current_session: ContextVar[str | None] = ContextVar("current_session", default=None)
-"""The session the running request or call is about (set when it is created or opened), for the error log."""
 
 
 CLOSE_CODES = {400: 4400, 401: 4401, 404: 4404, 409: 4409, 422: 4422, 429: 4429, 503: 1013}
@@ -131,11 +128,14 @@ class InternalErrorMiddleware:
             closed = closed or message["type"] == "websocket.close"
             await send(message)
 
-        reset = current_session.set(None)
+        reset = current_call.set(None)
         try:
             await self.app(scope, receive, tracking_send)
         except Exception:
-            session = (scope.get("path_params") or {}).get("session_id") or current_session.get()
+            call = current_call.get()
+            session = (scope.get("path_params") or {}).get("session_id") or (
+                call.session_id if call else None
+            )
             route = getattr(scope.get("route"), "path", None) or scope["path"]
             method = scope.get("method", "WEBSOCKET")
             logger.exception(
@@ -143,7 +143,7 @@ class InternalErrorMiddleware:
             )
             await self._answer(scope, send, started, closed)
         finally:
-            current_session.reset(reset)
+            current_call.reset(reset)
 
     @staticmethod
     async def _answer(scope, send, started: bool, closed: bool) -> None:

@@ -23,10 +23,12 @@ from loguru import logger
 from sqlalchemy import delete, event, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app.logs import bind_call
 from app.settings import Settings
 from app.storage.db import Database
 from app.storage.ids import new_id, utcnow
 from app.storage.models import Job
+from app.tracing import tracer
 
 Handler = Callable[[Job], Awaitable[None]]
 CONCURRENCY = 16
@@ -132,7 +134,13 @@ class JobQueue:
     async def _run(self, job: Job) -> None:
         renewing = asyncio.create_task(self._renew(job.id))
         try:
-            await self._handlers[job.kind](job)
+            attributes: dict[str, str | int] = {"job.id": job.id, "job.attempt": job.attempts}
+            with tracer.start_as_current_span(f"job {job.kind}", attributes=attributes):
+                if session_id := job.payload.get("session_id"):  # a call's job: tag its lines
+                    bind_call(
+                        session_id, job.payload.get("agent_id"), job.payload.get("account_id")
+                    )
+                await self._handlers[job.kind](job)
         except asyncio.CancelledError:
             await self._settle(
                 job, values={"locked_until": None, "run_at": utcnow(), "attempts": Job.attempts - 1}

@@ -31,14 +31,15 @@ from app.calls.tokens import TokenSigner
 from app.errors import install_error_handlers
 from app.jobs import JobQueue
 from app.limits import BodySizeLimitMiddleware, RateLimiter
-from app.logs import install_log_redaction
-from app.nodes import Node
+from app.logs import configure_logging
+from app.nodes import Node, new_node_id
 from app.settings import Settings, get_settings
 from app.shutdown import install_drain_on_signals
 from app.state import AppState
 from app.storage import accounts
 from app.storage.db import Database
 from app.telephony.signatures import warn_if_insecure
+from app.tracing import start_tracing, stop_tracing
 from pipelines import services
 from pipelines.config import PipelineCatalog, UnknownPipelineError
 
@@ -72,11 +73,12 @@ async def prepare_storage(db: Database, settings: Settings) -> TokenSigner:
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
+    configure_logging(settings.log_level, settings.log_format)
+    node_id = new_node_id(settings)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         db = Database(settings.resolved_database_url())
-        install_log_redaction()
         warn_if_insecure(settings)
         tokens = await prepare_storage(db, settings)
         catalog = PipelineCatalog(settings.pipelines_path)
@@ -87,6 +89,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         await control.start()
         jobs = JobQueue(db, settings)
         node = Node(
+            node_id,
             settings,
             db,
             calls,
@@ -132,6 +135,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             if redis is not None:
                 await redis.aclose()
             await db.dispose()
+            stop_tracing()
 
     app = FastAPI(
         title="Switchboard",
@@ -140,6 +144,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     install_error_handlers(app)
+    start_tracing(app, node_id)
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.include_router(health.router)
     app.include_router(metrics.router)

@@ -27,11 +27,21 @@ CallLost = Callable[[AsyncSession, str], Awaitable[None]]
 """Adds what follows the end of a lost node's call to the transaction that ends it."""
 
 
+def new_node_id(settings: Settings) -> str:
+    """This process's node id: `SWITCHBOARD_NODE_ID` and a random suffix, so ids never repeat."""
+    return f"{settings.node_id}-{secrets.token_hex(4)}"
+
+
 class Node:
     def __init__(
-        self, settings: Settings, db: Database, calls: CallRegistry, on_call_lost: CallLost
+        self,
+        node_id: str,
+        settings: Settings,
+        db: Database,
+        calls: CallRegistry,
+        on_call_lost: CallLost,
     ):
-        self.id = f"{settings.node_id}-{secrets.token_hex(4)}"
+        self.id = node_id
         self.started_at = utcnow()
         self.load = 0.0
         """How busy this process was over the last heartbeat (0–1): its event loop's CPU time as

@@ -3,8 +3,9 @@
 import socket
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -59,6 +60,11 @@ class Settings(BaseSettings):
     """A worker whose load (`/health` `load`: its event loop's CPU share of a core, or the process's
     share of the machine, whichever is higher, over the last heartbeat) is above this refuses new
     calls as when it is at `max_calls_per_worker`; 1 or more turns this check off."""
+    log_level: Literal["TRACE", "DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
+    """The least severe log line written; what callers and agents say is logged only at DEBUG."""
+    log_format: Literal["text", "json"] = "text"
+    """`json`: one JSON object per line (for log shippers), with the call's ids as fields."""
+
     redis_url: str | None = None
     """Shares rate-limit windows and call control between server processes when set."""
     redis_prefix: str = "switchboard"
@@ -138,6 +144,11 @@ class Settings(BaseSettings):
     plivo_auth_id: str | None = Field(default=None, alias="PLIVO_AUTH_ID")
     plivo_auth_token: str | None = Field(default=None, alias="PLIVO_AUTH_TOKEN")
     """Also checks `X-Plivo-Signature-V3` on Plivo's webhooks."""
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _level_in_capitals(cls, value):
+        return value.upper() if isinstance(value, str) else value
 
     def resolved_database_url(self) -> str:
         """The SQLAlchemy async URL: `DATABASE_URL` if set, else a SQLite file in the data dir."""

@@ -71,7 +71,8 @@ def send(
         url=agent.webhook_url,
         payload=payload,
     )
-    jobs.enqueue(db, JOB_KIND, {"delivery_id": delivery_id})
+    call = {"session_id": session_id, "agent_id": agent.id, "account_id": agent.account_id}
+    jobs.enqueue(db, JOB_KIND, {"delivery_id": delivery_id, **call})
 
 
 async def deliver(settings: Settings, database: Database, job: Job) -> None:

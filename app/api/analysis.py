@@ -107,7 +107,7 @@ async def rerun_analysis(session_id: str, state: StateDep, db: DbDep, caller: Ca
             "analysis_in_progress",
             f"session '{session_id}' is being analysed; wait until it is done",
         )
-    state.jobs.enqueue(db, post_call.ANALYSIS_JOB, {"session_id": session.id})
+    post_call.enqueue_analysis(state.jobs, db, session)
     await db.commit()
     return analysis
 

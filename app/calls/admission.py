@@ -19,11 +19,13 @@ from datetime import timedelta
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.errors import APIError, current_session
+from app.errors import APIError
+from app.logs import bind_call
 from app.state import AppState
 from app.storage import sessions as session_store
 from app.storage.ids import new_id, utcnow
 from app.storage.models import Agent, Session
+from app.tracing import tracer
 
 
 def check_agent(state: AppState, agent: Agent | None, agent_id: str | None = None) -> None:
@@ -84,6 +86,7 @@ def refuse_while_full(state: AppState, besides: str | None = None) -> None:
         raise refusal
 
 
+@tracer.start_as_current_span("session.start")
 async def start_session(
     state: AppState,
     db: AsyncSession,
@@ -115,7 +118,7 @@ async def start_session(
         created_at=now,
         expires_at=now + timedelta(seconds=state.settings.session_connect_ttl_secs),
     )
-    current_session.set(session.id)
+    bind_call(session.id, agent.id, agent.account_id)
     if live:
         session.status, session.started_at, session.host = "active", now, state.node.id
     async with _under_cap(state, db, agent.account_id, hold=session.id if live else None):
@@ -127,11 +130,13 @@ async def start_session(
     return session
 
 
+@tracer.start_as_current_span("session.join")
 async def join_session(
     state: AppState, db: AsyncSession, session: Session, agent: Agent | None
 ) -> bool:
     """Claim a `created` session for this node under the cap; False if another connection
     claimed it first. 409/422/429/503 refusals."""
+    bind_call(session.id, session.agent_id, session.account_id)
     check_agent(state, agent, session.agent_id)
     refuse_while_draining(state)
     session_id = session.id  # a failed transaction expires the row's attributes

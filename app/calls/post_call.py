@@ -76,7 +76,7 @@ async def session_finished(
             analysis_store.add_cost(db, session.account_id, session_id, cost)
             analysis_store.start_analysis(db, session.account_id, session_id)
             webhooks.send(jobs, db, agent, "session.ended", session_id, _ended(session, cost))
-            jobs.enqueue(db, ANALYSIS_JOB, {"session_id": session_id})
+            enqueue_analysis(jobs, db, session)
             await db.commit()
     except Exception:
         logger.exception(f"session {session_id}: could not store its cost and post-call jobs")
@@ -115,6 +115,12 @@ async def analysis_target(
         account_id=session.account_id, language="en", pipeline=default_pipeline
     )
     return agent, catalog.get(agent.pipeline or default_pipeline)
+
+
+def enqueue_analysis(jobs: JobQueue, db: AsyncSession, session: Session) -> None:
+    """Add the job that analyses `session` to `db`'s transaction."""
+    call = {"agent_id": session.agent_id, "account_id": session.account_id}
+    jobs.enqueue(db, ANALYSIS_JOB, {"session_id": session.id, **call})
 
 
 async def run_analysis(

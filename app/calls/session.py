@@ -10,11 +10,11 @@ from pipecat.processors.frame_processor import FrameProcessor
 from pipecat.transports.base_transport import BaseTransport
 from pipecat.workers.runner import WorkerRunner
 
-from app import recordings
+from app import recordings, tracing
 from app.calls import post_call, tools
 from app.calls.latency import ACTIVE_SESSIONS, SESSIONS_ENDED, CallLatencyTracker
 from app.cost import UsageObserver
-from app.errors import current_session
+from app.logs import bind_call
 from app.state import AppState
 from app.storage import calls as call_store
 from app.storage import latency as latency_store
@@ -74,7 +74,7 @@ class CallSession:
         (the direct WebSocket). ``history``: the conversation so far, when resuming."""
         self.state = state
         self.session_id = session.id
-        current_session.set(session.id)
+        bind_call(session.id, agent.id, agent.account_id)
         self._started_at = session.started_at
         self.agent_id = agent.id
         self._agent = agent
@@ -131,6 +131,13 @@ class CallSession:
                 enable_usage_metrics=True,
             ),
             enable_rtvi=False,
+            enable_tracing=tracing.exporting(),
+            conversation_id=self.session_id,
+            additional_span_attributes={
+                "session.id": self.session_id,
+                "agent.id": self.agent_id,
+                "account.id": self._agent.account_id,
+            },
             idle_timeout_secs=IDLE_TIMEOUT_SECS,
             observers=[*self._latency.observers, self._usage],
         )

@@ -27,6 +27,7 @@ from app.storage.ids import utcnow
 from app.telephony.numbers import SIP_URI, dial_refusal
 from app.telephony.twilio import credentials as twilio_credentials
 from app.telephony.twilio import rest_client
+from app.tracing import tracer
 from app.webhooks import SIGNATURE_HEADER, TIMESTAMP_HEADER, signature
 from pipelines.builder import GOODBYE
 
@@ -166,7 +167,13 @@ class ToolRunner:
         elif problem := argument_errors(tool.get("parameters") or {"type": "object"}, arguments):
             result = {"error": f"invalid arguments for tool '{tool['name']}': {problem}"}
         else:
-            result, then = await self._dispatch(tool, arguments, params.tool_call_id)
+            attributes = {
+                "tool.name": tool["name"],
+                "tool.type": tool.get("type", "client"),
+                "session.id": self._call.session_id,
+            }
+            with tracer.start_as_current_span("tool.call", attributes=attributes):
+                result, then = await self._dispatch(tool, arguments, params.tool_call_id)
         entry = {
             "call_id": params.tool_call_id,
             "name": params.function_name,

@@ -24,7 +24,8 @@ from pipecat.transports.websocket.fastapi import FastAPIWebsocketParams, FastAPI
 from starlette.websockets import WebSocketState
 
 from app.calls.audio_pacing import with_real_time_audio
-from app.errors import Refusal, current_session
+from app.errors import Refusal
+from app.logs import bind_call
 from app.settings import Settings
 from app.state import AppState
 from app.storage import telephony as store
@@ -188,7 +189,7 @@ async def serve_stream(websocket: WebSocket, carrier: Carrier) -> None:
         await websocket.close(refusal.close_code, refusal.message[:120])
         return
 
-    current_session.set(session.id)
+    bind_call(session.id, session.agent_id, session.account_id)
     async with state.db.sessions() as db:
         await store.stream_started(db, session.id, carrier.name, start.call_id)
     logger.info(
