@@ -214,6 +214,14 @@ Endpointing = Annotated[
         "null: the pipeline's default"
     ),
 ]
+OverflowNumber = Annotated[
+    TransferTarget,
+    Field(
+        description="Where an inbound call goes when the agent can't take it (server busy, the "
+        "account at its cap, or the server draining): dialled instead of a busy signal or an "
+        "apology. null: no overflow"
+    ),
+]
 PhoneNumbers = Annotated[
     list[E164Number],
     Field(
@@ -288,6 +296,7 @@ class AgentCreate(BaseModel):
     inactivity_action: InactivityAction = "end_call"
     recording_enabled: bool = True
     endpointing: Endpointing | None = None
+    overflow_number: OverflowNumber | None = None
 
 
 def _all_optional(model: type[BaseModel], name: str, **more: Any) -> type[BaseModel]:
@@ -349,6 +358,7 @@ class AgentOut(BaseModel):
     inactivity_action: InactivityAction
     recording_enabled: bool
     endpointing: Endpointing | None = None
+    overflow_number: OverflowNumber | None = None
     status: Literal["active", "paused", "deleted"]
     created_at: datetime
     updated_at: datetime

@@ -102,6 +102,19 @@ def test_create_alias_and_tools(api):
             "tools",
         ),
         ({"name": "a", "voice_id": "joe", "system_prompt": "x", "unexpected": 1}, "unexpected"),
+        (
+            {"name": "a", "voice_id": "joe", "system_prompt": "x", "overflow_number": "911"},
+            "overflow_number",
+        ),
+        (  # premium rate
+            {
+                "name": "a",
+                "voice_id": "joe",
+                "system_prompt": "x",
+                "overflow_number": "+19005550100",
+            },
+            "overflow_number",
+        ),
     ],
 )
 def test_invalid_bodies_are_422_naming_the_field(api, body, field):

@@ -9,11 +9,13 @@ import httpx
 import pytest
 
 from app.client import SessionClient
-from tests.fakes.carrier_webhooks import twilio_post
+from tests.fakes.carrier_webhooks import plivo_post, twilio_post
 from tests.helpers.calls import AUDIO_OFFER, agent_ws, refused
 from tests.helpers.servers import make_agent, start_server
 
 TWILIO_AUTH_TOKEN = "load_shedding_twilio_token"
+PLIVO_AUTH_TOKEN = "load_shedding_plivo_token"
+OVERFLOW = "+14155550199"
 REPLY = "Your order left our warehouse this morning and should reach you by Thursday afternoon."
 MAX_STRETCH = 1.25
 """How much longer than its own duration the agent's reply may take to arrive: the frames keep
@@ -29,6 +31,7 @@ def full_server(tmp_path_factory, scripted_llm):
             "SWITCHBOARD_MAX_CALLS_PER_WORKER": "2",
             "SCRIPTED_LLM_URL": scripted_llm.url,
             "TWILIO_AUTH_TOKEN": TWILIO_AUTH_TOKEN,
+            "PLIVO_AUTH_TOKEN": PLIVO_AUTH_TOKEN,
         },
     )
     yield server
@@ -71,6 +74,8 @@ async def test_a_full_worker_refuses_a_burst_on_every_entry_point_while_live_cal
     scripted_llm.script(REPLY, REPLY)
     api = full_server.client()
     agent = make_agent(api, pipeline="scripted")
+    staffed = make_agent(api, pipeline="scripted", overflow_number=OVERFLOW)
+    assert staffed["overflow_number"] == OVERFLOW
     assert api.get("/health").json()["accepting"] is True
 
     # Five calls at once on an empty worker: exactly its two places are taken.
@@ -101,11 +106,18 @@ async def test_a_full_worker_refuses_a_burst_on_every_entry_point_while_live_cal
                 f"/v1/agents/{agent['id']}/webrtc/offer", json={"sdp": AUDIO_OFFER, "type": "offer"}
             )
 
-        def twilio_call(n: int):
+        def twilio_call(n: int, agent_id: str = agent["id"]):
             return twilio_post(
-                f"{full_server.url}/v1/twilio/voice?agentId={agent['id']}",
+                f"{full_server.url}/v1/twilio/voice?agentId={agent_id}",
                 {"CallSid": f"CA{n:032d}", "From": "+15550001111", "To": "+15550002222"},
                 TWILIO_AUTH_TOKEN,
+            )
+
+        def plivo_call(n: int):
+            return plivo_post(
+                f"{full_server.url}/v1/plivo/voice?agentId={staffed['id']}",
+                {"CallUUID": f"call-{n}", "From": "+15550001111", "To": "+15550002222"},
+                PLIVO_AUTH_TOKEN,
             )
 
         burst = await asyncio.gather(
@@ -113,8 +125,11 @@ async def test_a_full_worker_refuses_a_burst_on_every_entry_point_while_live_cal
             *(asyncio.to_thread(rest_session) for _ in range(2)),
             *(asyncio.to_thread(webrtc_offer) for _ in range(2)),
             *(asyncio.to_thread(twilio_call, n) for n in range(2)),
+            *(asyncio.to_thread(twilio_call, n, staffed["id"]) for n in range(2, 4)),
+            *(asyncio.to_thread(plivo_call, n) for n in range(2)),
         )
-        sockets, sessions, offers, phone_calls = burst[:3], burst[3:5], burst[5:7], burst[7:]
+        sockets, sessions, offers = burst[:3], burst[3:5], burst[5:7]
+        phone_calls, overflowed, plivo_overflowed = burst[7:9], burst[9:11], burst[11:]
         for client in sockets:
             assert client.close_code == 1013
             assert client.of_type("session.error")[0]["code"] == "server_busy"
@@ -123,6 +138,11 @@ async def test_a_full_worker_refuses_a_burst_on_every_entry_point_while_live_cal
         for response in phone_calls:
             assert response.status_code == 200, response.text
             assert '<Reject reason="busy"' in response.text and "<Stream" not in response.text
+        # An agent with an overflow number sends the calls it can't take there.
+        for response in [*overflowed, *plivo_overflowed]:
+            assert response.status_code == 200, response.text
+            assert f"<Dial><Number>{OVERFLOW}</Number></Dial>" in response.text, response.text
+            assert "<Stream" not in response.text
 
         # Both live calls answer, their audio paced as ever.
         for client in live:

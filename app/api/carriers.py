@@ -31,6 +31,7 @@ from app.errors import DRAINING_RESPONSES, ERROR_RESPONSES
 from app.state import AppState
 from app.storage.models import Session
 from app.telephony import twilio
+from app.telephony.numbers import SIP_URI
 from app.telephony.phone_calls import start_phone_session
 from app.telephony.relay import issue_relay_token
 from app.telephony.signatures import SIGNED_RESPONSES, check_plivo, check_telnyx
@@ -80,8 +81,20 @@ def plivo_apology(message: str) -> str:
     )
 
 
+def plivo_overflow(target: str) -> str:
+    """Plivo XML that dials `target` (a SIP URI as a `<User>`)."""
+    response = ElementTree.Element("Response")
+    dial = ElementTree.SubElement(response, "Dial")
+    ElementTree.SubElement(dial, "User" if SIP_URI.match(target) else "Number").text = target
+    return '<?xml version="1.0" encoding="UTF-8"?>' + ElementTree.tostring(
+        response, encoding="unicode"
+    )
+
+
 ANSWERS = {"telnyx": texml, "plivo": plivo_xml}
-APOLOGIES = {"telnyx": twilio.apology_twiml, "plivo": plivo_apology}  # TeXML speaks TwiML's <Say>
+# TeXML speaks TwiML's <Say> and <Dial>.
+APOLOGIES = {"telnyx": twilio.apology_twiml, "plivo": plivo_apology}
+OVERFLOWS = {"telnyx": twilio.overflow_twiml, "plivo": plivo_overflow}
 
 
 def answer_xml(
@@ -144,7 +157,7 @@ async def create_plivo_session(
 async def _answer_inbound(
     carrier: str, request: Request, state, db, agent_id: str | None, form: dict, call_id_field: str
 ) -> Response:
-    session = await start_inbound(
+    session, agent = await start_inbound(
         state,
         db,
         carrier,
@@ -154,6 +167,8 @@ async def _answer_inbound(
         call_id=form.get(call_id_field),
     )
     if session is None:
+        if agent.overflow_number:
+            return twiml_response(OVERFLOWS[carrier](agent.overflow_number))
         return twiml_response(APOLOGIES[carrier](BUSY_APOLOGY))
     return twiml_response(answer_xml(carrier, state, request, session, None))
 

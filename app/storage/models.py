@@ -117,6 +117,8 @@ class Agent(Base):
     recording_enabled: Mapped[bool] = mapped_column(Boolean, default=True)
     endpointing: Mapped[str | None] = mapped_column(String(16))
     """`fast`, `balanced` or `patient`; None takes the pipeline's `turn.endpointing`."""
+    overflow_number: Mapped[str | None] = mapped_column(String(200))
+    """Dialled for an inbound call the agent can't take (instead of busy or an apology)."""
     status: Mapped[str] = mapped_column(String(16), default="active", index=True)
     created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)

@@ -10,10 +10,11 @@ from loguru import logger
 from twilio.base.exceptions import TwilioRestException
 from twilio.http.async_http_client import AsyncTwilioHttpClient
 from twilio.rest import Client
-from twilio.twiml.voice_response import Connect, VoiceResponse
+from twilio.twiml.voice_response import Connect, Dial, VoiceResponse
 
 from app.errors import APIError
 from app.settings import Settings
+from app.telephony.numbers import SIP_URI
 from processors.twilio_marks import TwilioStreamSerializer
 
 STREAM_PATH = "/v1/sessions/twilio/stream"
@@ -43,6 +44,19 @@ def busy_twiml() -> str:
     """`<Response><Reject reason="busy"/></Response>`: the caller hears a busy signal, unbilled."""
     response = VoiceResponse()
     response.reject(reason="busy")
+    return str(response)
+
+
+def overflow_twiml(target: str) -> str:
+    """`<Response><Dial>target</Dial></Response>` (a SIP URI in `<Sip>`): the call goes on to a
+    person instead of a busy signal. Telnyx's TeXML reads it as well."""
+    response = VoiceResponse()
+    dial = Dial()
+    if SIP_URI.match(target):
+        dial.sip(target)
+    else:
+        dial.number(target)
+    response.append(dial)
     return str(response)
 
 
