@@ -52,7 +52,7 @@ def services_server(tmp_path_factory, providers):
 
 
 @pytest.fixture
-def api(services_server, providers):
+def services_api(services_server, providers):
     providers[2].reset()
     with services_server.client() as client:
         yield client
@@ -81,10 +81,10 @@ def _cost_line(api, session_id: str, stage: str) -> dict:
     return next(line for line in breakdown if line["stage"] == stage)
 
 
-async def test_assemblyai_streaming_hears_the_caller(services_server, api, providers):
+async def test_assemblyai_streaming_hears_the_caller(services_server, services_api, providers):
     assemblyai, _elevenlabs, openai = providers
     openai.script("On Monday we open at nine.")
-    agent = make_agent(api, pipeline="assemblyai_elevenlabs", voice_id="rachel")
+    agent = make_agent(services_api, pipeline="assemblyai_elevenlabs", voice_id="rachel")
     audio_before = assemblyai.audio_secs
     client, session_id = await _call(
         services_server, agent, said="What time do you open on Monday?"
@@ -106,18 +106,18 @@ async def test_assemblyai_streaming_hears_the_caller(services_server, api, provi
     kinds = [m["type"] for m in assemblyai.received]
     assert "ForceEndpoint" in kinds and kinds[-1] == "Terminate"
 
-    stt = _cost_line(api, session_id, "stt")
+    stt = _cost_line(services_api, session_id, "stt")
     audio_secs = assemblyai.audio_secs - audio_before
     assert (stt["provider"], stt["model"]) == ("assemblyai", "universal-streaming-english")
     assert stt["usage"]["audio_seconds"] == pytest.approx(audio_secs, abs=1.0) and audio_secs > 1
     assert stt["amount"] == pytest.approx(stt["usage"]["audio_seconds"] / 60 * 0.0025, abs=1e-6)
 
 
-async def test_elevenlabs_speaks_the_reply(services_server, api, providers):
+async def test_elevenlabs_speaks_the_reply(services_server, services_api, providers):
     _assemblyai, elevenlabs, openai = providers
     reply = "Yes, we have a free slot on Friday."
     openai.script(reply)
-    agent = make_agent(api, pipeline="assemblyai_elevenlabs", voice_id="rachel")
+    agent = make_agent(services_api, pipeline="assemblyai_elevenlabs", voice_id="rachel")
     characters_before, spoken_before = elevenlabs.characters, len(elevenlabs.spoken)
     client, session_id = await _call(
         services_server, agent, typed="Do you have a free slot on Friday?"
@@ -135,16 +135,16 @@ async def test_elevenlabs_speaks_the_reply(services_server, api, providers):
     assert "".join(elevenlabs.spoken[spoken_before:]).strip() == reply
     assert any(m.get("close_context") for m in elevenlabs.messages)
 
-    tts = _cost_line(api, session_id, "tts")
+    tts = _cost_line(services_api, session_id, "tts")
     characters = elevenlabs.characters - characters_before
     assert (tts["provider"], tts["usage"]["characters"]) == ("elevenlabs", characters)
     assert tts["amount"] == pytest.approx(characters / 1000 * 0.05, abs=1e-6)
 
 
-async def test_openai_transcription_hears_the_caller(services_server, api, providers):
+async def test_openai_transcription_hears_the_caller(services_server, services_api, providers):
     *_, openai = providers
     openai.script("We are open until six tonight.")
-    agent = make_agent(api, pipeline="openai_voice", voice_id="coral")
+    agent = make_agent(services_api, pipeline="openai_voice", voice_id="coral")
     transcriptions_before = len(openai.transcriptions)
     client, session_id = await _call(services_server, agent, said="How late are you open tonight?")
 
@@ -156,17 +156,17 @@ async def test_openai_transcription_hears_the_caller(services_server, api, provi
     }
     assert heard in str(openai.requests[-1]["messages"])
 
-    stt = _cost_line(api, session_id, "stt")
+    stt = _cost_line(services_api, session_id, "stt")
     assert (stt["provider"], stt["model"]) == ("openai_stt", "gpt-4o-transcribe")
     assert stt["usage"]["audio_seconds"] > 1
     assert stt["amount"] == pytest.approx(stt["usage"]["audio_seconds"] / 60 * 0.006, abs=1e-6)
 
 
-async def test_openai_speech_speaks_the_reply(services_server, api, providers):
+async def test_openai_speech_speaks_the_reply(services_server, services_api, providers):
     *_, openai = providers
     reply = "Your appointment is confirmed for Tuesday."
     openai.script(reply)
-    agent = make_agent(api, pipeline="openai_voice", voice_id="coral")
+    agent = make_agent(services_api, pipeline="openai_voice", voice_id="coral")
     speech_before = len(openai.speech_requests)
     client, session_id = await _call(services_server, agent, typed="Please confirm Tuesday.")
 
@@ -181,17 +181,17 @@ async def test_openai_speech_speaks_the_reply(services_server, api, providers):
     ]
     assert requests[0]["input"] == reply
 
-    tts = _cost_line(api, session_id, "tts")
+    tts = _cost_line(services_api, session_id, "tts")
     assert (tts["provider"], tts["usage"]["characters"]) == ("openai_tts", len(reply))
     assert tts["amount"] == pytest.approx(len(reply) / 1000 * 0.015, abs=1e-6)
 
 
 async def test_an_ollama_config_talks_to_an_openai_compatible_server(
-    services_server, api, providers
+    services_server, services_api, providers
 ):
     *_, openai = providers
     openai.script("Hello from the local model.")
-    agent = make_agent(api, pipeline="ollama")
+    agent = make_agent(services_api, pipeline="ollama")
     client, _session_id = await _call(services_server, agent, typed="Hello?")
     assert client.of_type("transcript.agent")[0]["text"] == "Hello from the local model."
     request = openai.requests[-1]
@@ -217,3 +217,25 @@ def test_openai_compatible_examples_build_pipecats_openai_llm(monkeypatch, name,
     assert isinstance(llm, OpenAILLMService)
     assert (str(llm._client.base_url), llm._settings.model) == (base_url, model)
     assert config.missing_env() == []
+
+
+async def test_a_rejected_assemblyai_key_ends_the_call_with_provider_error(
+    services_server, services_api, providers
+):
+    assemblyai, *_ = providers
+    agent = make_agent(
+        services_api, pipeline="assemblyai_elevenlabs", voice_id="rachel", greeting="Hello."
+    )
+    key, assemblyai.api_key = assemblyai.api_key, "a-key-the-server-does-not-have"
+    rejected = assemblyai.rejected
+    try:
+        async with SessionClient(agent_ws(services_server, agent["id"])) as client:
+            ready = await client.wait_for("session.ready", timeout=30)
+            ended = await client.wait_for("session.ended", timeout=30)
+    finally:
+        assemblyai.api_key = key
+    assert ended["reason"] == "provider_error" and assemblyai.rejected > rejected
+    assert (
+        f"session {ready['session_id']}: provider failure in AssemblyAISTTService"
+        in services_server.log()
+    )
