@@ -224,6 +224,23 @@ FACTORIES: dict[str, Callable[[StageConfig, ServiceContext], Any]] = {
 }
 
 
+NARROWBAND_RATE = 8000
+NARROWBAND_SERVICES = frozenset(
+    {"silero", "smart_turn_v3", "deepgram", "assemblyai", "openai_stt", "canned_stt"}
+)
+"""Services that take a phone caller's 8 kHz audio as it is (Smart Turn brings a turn's audio to
+its model's 16 kHz itself); Whisper needs 16 kHz."""
+
+
+def phone_input_rate(config: PipelineConfig) -> int:
+    """The pipeline's input rate on a phone call: the carriers' own 8 kHz when every service that
+    hears the caller takes it, so the caller's audio is never resampled; else the config's rate."""
+    hearing = [s for s in (config.vad, config.turn, config.stt) if s]
+    if all(s.service in NARROWBAND_SERVICES for s in hearing):
+        return NARROWBAND_RATE
+    return config.audio_in_sample_rate
+
+
 def create(stage: StageConfig, ctx: ServiceContext):
     """Build the service a stage names."""
     try:
