@@ -90,6 +90,34 @@ def _openai(stage: StageConfig, ctx: ServiceContext):
     )
 
 
+def _openai_stt(stage: StageConfig, ctx: ServiceContext):
+    """OpenAI's transcription API (`gpt-4o-transcribe`, `whisper-1`, ...), one request per
+    utterance; `base_url` may name any server speaking it."""
+    from pipecat.services.openai.stt import OpenAISTTService
+
+    options = dict(stage.options)
+    return OpenAISTTService(
+        base_url=options.pop("base_url", None) or None,
+        api_key=options.pop("api_key", None) or _env_key(stage),
+        settings=OpenAISTTService.Settings(language=Language(ctx.language), **options),
+    )
+
+
+def _openai_tts(stage: StageConfig, ctx: ServiceContext):
+    """OpenAI's speech API (`gpt-4o-mini-tts`, `tts-1`, ...), one request per sentence."""
+    from pipecat.services.openai._constants import OPENAI_SAMPLE_RATE
+    from pipecat.services.openai.tts import OpenAITTSService
+
+    options = dict(stage.options)
+    return OpenAITTSService(
+        base_url=options.pop("base_url", None) or None,
+        api_key=options.pop("api_key", None) or _env_key(stage),
+        # The API speaks 24 kHz only; the output transport resamples for the caller.
+        sample_rate=OPENAI_SAMPLE_RATE,
+        settings=OpenAITTSService.Settings(voice=ctx.voice_id, **options),
+    )
+
+
 def _anthropic(stage: StageConfig, ctx: ServiceContext):
     from anthropic import AsyncAnthropic
     from pipecat.services.anthropic.llm import AnthropicLLMService
@@ -134,6 +162,34 @@ def _cartesia(stage: StageConfig, ctx: ServiceContext):
     )
 
 
+def _assemblyai(stage: StageConfig, ctx: ServiceContext):
+    """AssemblyAI Universal-Streaming over its v3 WebSocket (`url`, default AssemblyAI's)."""
+    from pipecat.services.assemblyai.stt import AssemblyAISTTService
+
+    options = dict(stage.options)
+    url = options.pop("url", None)
+    return AssemblyAISTTService(
+        api_key=_env_key(stage),  # type: ignore[arg-type]  # None when unset: the provider refuses
+        **({"api_endpoint_base_url": url} if url else {}),
+        settings=AssemblyAISTTService.Settings(language=Language(ctx.language), **options),
+    )
+
+
+def _elevenlabs(stage: StageConfig, ctx: ServiceContext):
+    """ElevenLabs over its multi-context WebSocket (`url`, default `wss://api.elevenlabs.io`)."""
+    from pipecat.services.elevenlabs.tts import ElevenLabsTTSService
+
+    options = dict(stage.options)
+    url = options.pop("url", None)
+    return ElevenLabsTTSService(
+        api_key=_env_key(stage),  # type: ignore[arg-type]  # None when unset: the provider refuses
+        **({"url": url} if url else {}),
+        settings=ElevenLabsTTSService.Settings(
+            voice=ctx.voice_id, language=Language(ctx.language), **options
+        ),
+    )
+
+
 def _env_key(stage: StageConfig) -> str | None:
     return os.environ.get(stage.api_key_env) if stage.api_key_env else None
 
@@ -156,12 +212,33 @@ FACTORIES: dict[str, Callable[[StageConfig, ServiceContext], Any]] = {
     "whisper": _whisper,
     "piper": _piper,
     "openai": _openai,
+    "openai_stt": _openai_stt,
+    "openai_tts": _openai_tts,
     "anthropic": _anthropic,
     "deepgram": _deepgram,
     "cartesia": _cartesia,
+    "assemblyai": _assemblyai,
+    "elevenlabs": _elevenlabs,
     "canned_stt": _canned_stt,
     "canned_tts": _canned_tts,
 }
+
+
+NARROWBAND_RATE = 8000
+NARROWBAND_SERVICES = frozenset(
+    {"silero", "smart_turn_v3", "deepgram", "assemblyai", "openai_stt", "canned_stt"}
+)
+"""Services that take a phone caller's 8 kHz audio as it is (Smart Turn brings a turn's audio to
+its model's 16 kHz itself); Whisper needs 16 kHz."""
+
+
+def phone_input_rate(config: PipelineConfig) -> int:
+    """The pipeline's input rate on a phone call: the carriers' own 8 kHz when every service that
+    hears the caller takes it, so the caller's audio is never resampled; else the config's rate."""
+    hearing = [s for s in (config.vad, config.turn, config.stt) if s]
+    if all(s.service in NARROWBAND_SERVICES for s in hearing):
+        return NARROWBAND_RATE
+    return config.audio_in_sample_rate
 
 
 def create(stage: StageConfig, ctx: ServiceContext):

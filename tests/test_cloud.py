@@ -328,7 +328,7 @@ async def test_cost_is_the_usage_times_the_price_table(cloud_server, cloud_api, 
 
 
 async def test_cloud_call_over_twilio_media_streams(cloud_server, cloud_api, providers):
-    _deepgram, anthropic, _cartesia = providers
+    deepgram, anthropic, cartesia = providers
     anthropic.script("We open at nine tomorrow morning.")
     agent = cloud_agent(cloud_api, greeting="Hello, you have reached the clinic.")
     response = cloud_api.post(
@@ -350,6 +350,9 @@ async def test_cloud_call_over_twilio_media_streams(cloud_server, cloud_api, pro
         await client.stop()
         await client.wait_closed(timeout=5)
 
+    # Deepgram and Cartesia take 8 kHz: the caller's audio and the agent's go unresampled.
+    assert deepgram.connections[-1]["sample_rate"] == "8000"
+    assert cartesia.requests[-1]["output_format"]["sample_rate"] == 8000
     wait_for_status(cloud_api, session_id, "completed")
     session = wait_for_cost(cloud_api, session_id)
     assert session["end_reason"] == "caller_hangup" and session["connection_type"] == "twilio"

@@ -65,13 +65,15 @@ class CallSession:
         transport: BaseTransport,
         session_protocol: bool,
         audio_out_sample_rate: int,
+        audio_in_sample_rate: int | None = None,
         extra_input: list[FrameProcessor] | None = None,
         extra_output: list[FrameProcessor] | None = None,
         resumable: bool = False,
         history: list[dict] | None = None,
     ):
         """``resumable``: a dropped connection leaves the session open for a reconnect
-        (the direct WebSocket). ``history``: the conversation so far, when resuming."""
+        (the direct WebSocket). ``history``: the conversation so far, when resuming.
+        ``audio_in_sample_rate``: the pipeline's input rate, if not the config's."""
         self.state = state
         self.session_id = session.id
         bind_call(session.id, agent.id, agent.account_id)
@@ -83,6 +85,7 @@ class CallSession:
         self._transport = transport
         self._session_protocol = session_protocol
         self._audio_out_sample_rate = audio_out_sample_rate
+        self._audio_in_sample_rate = audio_in_sample_rate or config.audio_in_sample_rate
         self._extra_input = extra_input
         self._extra_output = extra_output
         self._resumable = resumable
@@ -125,7 +128,7 @@ class CallSession:
         worker = self._worker = PipelineWorker(
             self._call.pipeline,
             params=PipelineParams(
-                audio_in_sample_rate=self._config.audio_in_sample_rate,
+                audio_in_sample_rate=self._audio_in_sample_rate,
                 audio_out_sample_rate=self._audio_out_sample_rate,
                 enable_metrics=True,
                 enable_usage_metrics=True,

@@ -4,8 +4,9 @@ The carrier connects and sends its ``start`` message (Twilio sends ``connected``
 first). We read it ourselves, take the relay token (Twilio:
 ``start.customParameters.token``; Telnyx and Plivo: the stream URL's ``token``
 query, which they keep), open the relay (:func:`app.telephony.relay.open_relay`)
-and run the call with the carrier's Pipecat serializer: 8 kHz on the wire, the
-pipeline's own rate (16 kHz, what Whisper needs) inside. A refusal closes the
+and run the call with the carrier's Pipecat serializer: 8 kHz on the wire, and inside
+8 kHz too when every service hearing the caller takes it (`services.phone_input_rate`: no
+resampling), else the pipeline's own rate (16 kHz, what Whisper needs). A refusal closes the
 socket with a code and reason and logs why; nothing has been started by then.
 """
 
@@ -32,7 +33,7 @@ from app.storage import telephony as store
 from app.telephony import twilio
 from app.telephony.call import PhoneCallSession
 from app.telephony.relay import open_relay
-from pipelines import pipecat_compat
+from pipelines import pipecat_compat, services
 from processors.twilio_marks import TwilioMarks
 
 START_TIMEOUT_SECS = 10.0
@@ -209,12 +210,14 @@ async def serve_stream(websocket: WebSocket, carrier: Carrier) -> None:
             ),
         ),
     )
+    config = state.catalog.get(agent.pipeline)
     call = PhoneCallSession(
         state,
         session=session,
         agent=agent,
-        config=state.catalog.get(agent.pipeline),
+        config=config,
         transport=transport,
+        audio_in_sample_rate=services.phone_input_rate(config),
         audio_out_sample_rate=CARRIER_SAMPLE_RATE,
         marks=marks,
     )

