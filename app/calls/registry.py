@@ -73,6 +73,13 @@ class CallRegistry:
             await call.end(reason)
         return len(calls)
 
+    async def end_call(self, session_id: str, reason: str) -> bool:
+        """End the call of `session_id` if it runs here; returns whether it did."""
+        call = self._calls.get(session_id)
+        if call is not None:
+            await call.end(reason)
+        return call is not None
+
     async def drain(self, grace_secs: float, goodbye_secs: float = 20) -> None:
         """Let live calls finish for `grace_secs`; then each gets a goodbye and ends
         `server_shutdown`; any still running `goodbye_secs` later is cancelled."""
