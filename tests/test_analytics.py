@@ -2,57 +2,15 @@
 cost per bucket, the agent filter, refusals of bad windows, and accounts that never see each
 other's calls."""
 
-import json
 import statistics
 from datetime import UTC, datetime, timedelta
 
 import httpx
 import pytest
 
-from app.client import SessionClient
-from tests.audio import speech
-from tests.helpers.calls import agent_ws, wait_for_cost
+from tests.helpers.calls import spoken_call, wait_for_cost
 from tests.helpers.post_call import talk
-from tests.helpers.servers import scripted_agent, start_server
-
-PRICING = {"openai": {"scripted": {"input_mtok": 3000.0, "output_mtok": 15000.0}}}
-"""Prices for the scripted pipeline's LLM, so its calls cost something."""
-
-
-@pytest.fixture(scope="module")
-def priced_server(tmp_path_factory, scripted_llm):
-    """A server of its own (so the default account holds only this module's calls), with prices."""
-    server = start_server(
-        tmp_path_factory.mktemp("analytics"),
-        preload=["scripted"],
-        env={"SCRIPTED_LLM_URL": scripted_llm.url, "SWITCHBOARD_PRICING": json.dumps(PRICING)},
-    )
-    yield server
-    server.stop()
-
-
-def account_client(server, name: str) -> httpx.Client:
-    """A client with the key of a new account."""
-    with server.client() as admin:
-        account = admin.post("/v1/accounts", json={"name": name}).json()
-        key = admin.post(
-            "/v1/api-keys", json={"account_id": account["id"], "name": f"{name} key"}
-        ).json()
-    return httpx.Client(base_url=server.url, headers={"X-API-Key": key["secret"]}, timeout=30)
-
-
-async def spoken_call(server, agent: dict, key: str, *questions: str) -> str:
-    """A call where the caller speaks each question after the agent stops; the session id."""
-    async with SessionClient(agent_ws(server, agent["id"], key=key)) as client:
-        ready = await client.wait_for("session.ready", timeout=30)
-        await client.wait_for("agent.speech.stopped", timeout=30)
-        for count, question in enumerate(questions, start=2):
-            await client.stream(speech(question))
-            await client.stream_silence(1.0)
-            await client.wait_for("agent.speech.stopped", timeout=60, count=count)
-        await client.send_event({"type": "session.end"})
-        await client.wait_for("session.ended", timeout=10)
-    return ready["session_id"]
+from tests.helpers.servers import account_client, scripted_agent
 
 
 def percentile(values: list[float], q: int) -> float:
@@ -72,7 +30,7 @@ async def calls(priced_server, scripted_llm):
     beta_agent = scripted_agent(beta, name="Beta desk")
     alpha_key = alpha.headers["X-API-Key"]
     spoken = await spoken_call(
-        priced_server, spoken_agent, alpha_key, "How is the weather today?", "Thanks, goodbye."
+        priced_server, spoken_agent, "How is the weather today?", "Thanks, goodbye.", key=alpha_key
     )
     typed = await talk(priced_server, typed_agent, "When do you open?", key=alpha_key)
     beta_call = await talk(priced_server, beta_agent, "Hi?", key=beta.headers["X-API-Key"])
