@@ -86,7 +86,10 @@ class WindowOut(BaseModel):
 class CallsBucket(BaseModel):
     start: datetime = Field(description="The bucket's start (UTC)")
     calls: int = Field(description="Calls created in the bucket")
-    failed: int = Field(description="Of those, how many ended `failed`")
+    failed: int = Field(
+        description="Of those, how many failed: ended `failed` (an error, a dropped connection) "
+        "or on a provider's failure (`provider_error`)"
+    )
     end_reasons: dict[str, int] = Field(description="Ended calls by end reason")
 
 
@@ -143,10 +146,10 @@ async def calls(db: AsyncSession, account_id: str, window: Window) -> CallsAnaly
         start: CallsBucket(start=start, calls=0, failed=0, end_reasons={})
         for start in window.bucket_starts()
     }
-    for created, status, end_reason in rows:
+    for created, failed, end_reason in rows:
         bucket = buckets[window.floor(created)]
         bucket.calls += 1
-        bucket.failed += status == "failed"
+        bucket.failed += failed
         if end_reason:
             bucket.end_reasons[end_reason] = bucket.end_reasons.get(end_reason, 0) + 1
     reasons: Counter[str] = Counter()

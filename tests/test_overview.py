@@ -238,7 +238,7 @@ async def test_operator_hangs_up_a_live_call(priced_server):
             assert refused.status_code == 404 and refused.json()["code"] == "session_not_found"
             overview = intruder.get("/", params={"agent_id": agent["id"]})
             assert (
-                "choose one of your agents" in overview.text and "Long talker" not in overview.text
+                "Choose one of your agents." in overview.text and "Long talker" not in overview.text
             )
 
         node = query_database(

@@ -48,6 +48,8 @@ WindowDep = Annotated[Window, Depends(analytics_window)]
 
 @router.get("/calls", response_model=CallsAnalytics, summary="Calls per bucket and end reasons")
 async def calls(db: DbDep, caller: KeyOrLoginCallerDep, window: WindowDep) -> CallsAnalytics:
+    """The account's calls created in the window, failed ones and end reasons: in all and per
+    bucket (a call counts in the bucket it was created in)."""
     return await analytics.calls(db, caller.account_id, window)
 
 
@@ -57,6 +59,8 @@ async def calls(db: DbDep, caller: KeyOrLoginCallerDep, window: WindowDep) -> Ca
     summary="Voice-to-voice latency p50/p95 per bucket",
 )
 async def latency(db: DbDep, caller: KeyOrLoginCallerDep, window: WindowDep) -> LatencyAnalytics:
+    """Voice-to-voice latency (caller's end of speech → agent's first audio) of the turns of
+    the calls created in the window: how many, and their p50 and p95, in all and per bucket."""
     return await analytics.latency(db, caller.account_id, window)
 
 
@@ -64,4 +68,6 @@ async def latency(db: DbDep, caller: KeyOrLoginCallerDep, window: WindowDep) -> 
     "/cost", response_model=CostAnalytics, summary="Cost per bucket, by agent and by stage (USD)"
 )
 async def cost(db: DbDep, caller: KeyOrLoginCallerDep, window: WindowDep) -> CostAnalytics:
+    """What the ended calls created in the window cost (USD), in all and per bucket, by agent
+    and by stage."""
     return await analytics.cost(db, caller.account_id, window)

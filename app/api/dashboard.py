@@ -421,16 +421,18 @@ async def overview_page(request: Request, db: DbDep, caller: PageCallerDep) -> R
     filters = {name: request.query_params.get(name) or value for name, value in defaults.items()}
     agent_names = await dashboard_store.agent_names(db, caller.account_id)
     error = None
-    try:
-        if filters["agent_id"] and filters["agent_id"] not in agent_names:
-            raise APIError(422, "agent_not_found", "choose one of your agents")
-        window = _overview_window(filters, now)
-    except ValueError:
-        error, filters = "Dates are written YYYY-MM-DD.", defaults
-        window = _overview_window(filters, now)
-    except APIError as exc:
-        error, filters = exc.body.message, defaults
-        window = _overview_window(filters, now)
+    if filters["agent_id"] and filters["agent_id"] not in agent_names:
+        error = "Choose one of your agents."
+    else:
+        try:
+            window = _overview_window(filters, now)
+        except ValueError:
+            error = "Dates are written YYYY-MM-DD."
+        except APIError as exc:
+            error = exc.body.message
+    if error:
+        filters = defaults
+        window = _overview_window(defaults, now)
     args = (db, caller.account_id, window.start, window.end, window.agent_id, FAILURES_SHOWN)
     return _render(
         request,

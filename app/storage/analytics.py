@@ -9,6 +9,9 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.storage.models import Session, SessionCost, SessionLatency, WebhookDelivery
 
+FAILED = (Session.status == "failed") | (Session.end_reason == "provider_error")
+"""A call that failed: it ended `failed` (an error, a dropped connection) or on a provider's failure."""
+
 
 def _in_window(
     query: Select, account_id: str, start: datetime, end: datetime, agent_id: str | None
@@ -21,11 +24,11 @@ def _in_window(
 
 async def calls(
     db: AsyncSession, account_id: str, start: datetime, end: datetime, agent_id: str | None
-) -> list[tuple[datetime, str, str | None]]:
-    """Each call's `(created_at, status, end_reason)`."""
-    query = select(Session.created_at, Session.status, Session.end_reason)
+) -> list[tuple[datetime, bool, str | None]]:
+    """Each call's `(created_at, whether it failed, end_reason)`."""
+    query = select(Session.created_at, FAILED, Session.end_reason)
     rows = await db.execute(_in_window(query, account_id, start, end, agent_id))
-    return [(created, status, reason) for created, status, reason in rows]
+    return [(created, bool(failed), reason) for created, failed, reason in rows]
 
 
 async def latencies(
@@ -58,11 +61,9 @@ async def failed_calls(
     agent_id: str | None,
     limit: int,
 ) -> list[Session]:
-    """The latest calls that ended `failed`, newest first."""
+    """The latest calls that failed, newest first."""
     query = _in_window(select(Session), account_id, start, end, agent_id)
-    rows = await db.scalars(
-        query.where(Session.status == "failed").order_by(Session.created_at.desc()).limit(limit)
-    )
+    rows = await db.scalars(query.where(FAILED).order_by(Session.created_at.desc()).limit(limit))
     return list(rows)
 
 
