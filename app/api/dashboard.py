@@ -473,6 +473,9 @@ async def hang_up(session_id: str, state: StateDep, db: DbDep, caller: PageCalle
 
 # --- call logs ---------------------------------------------------------------------------
 
+WAVEFORM_MAX_BYTES = 40_000_000
+"""The session page draws the waveform of a stored recording up to this size (the browser
+loads it whole: about 10 minutes of 16 kHz stereo)."""
 STATUSES = get_args(SessionStatus)
 
 
@@ -532,6 +535,8 @@ async def session_page(
         analysis=analysis,
         cost=cost,
         has_recording=session.recording_status in ("recording", "available"),
+        waveform=session.recording_status == "available"
+        and (session.recording_bytes or 0) <= WAVEFORM_MAX_BYTES,
     )
 
 
