@@ -366,6 +366,17 @@ def test_browser_call_from_the_dashboard(fresh_server, llm, tmp_path):
             assert received["packets"] > 100 and received["energy"] > 0.01, received
             page.screenshot(path=str(shots / "live-call.png"))
 
+            # The call is listed under Live calls, with what was said so far.
+            live = context.new_page()
+            live.goto("/live")
+            live_row = live.locator("#live-calls tbody tr")
+            expect(live_row).to_have_count(1)
+            expect(live_row).to_contain_text("Clinic receptionist")
+            expect(live_row).to_contain_text("We open at nine tomorrow morning.")
+            expect(live_row.locator("button", has_text="Hang up")).to_be_visible()
+            live.screenshot(path=str(shots / "live-calls.png"))
+            live.close()
+
             page.click("#stop")
             expect(page.locator("#status")).to_contain_text("Call ended", timeout=15_000)
             session_id = page.locator("#call").get_attribute("data-session-id")
