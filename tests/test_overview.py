@@ -99,6 +99,7 @@ async def calls(priced_server, scripted_llm):
         return {
             "agents": {"front": front, "bookings": bookings, "hooked": hooked},
             "barge_in": barge_in,
+            "typed": typed,
             "dropped": dropped,
             "webhook": webhook,
             "latency": api.get(f"/v1/sessions/{barge_in}").json()["latency"],
@@ -216,12 +217,16 @@ def test_browser_draws_the_overview_and_session_charts(priced_server, calls, tmp
             position = page.evaluate("document.getElementById('recording').currentTime")
             assert abs(position - offset) < 1.0, (position, offset)
             page.screenshot(path=str(shots / "session-latency.png"), full_page=True)
+
+            page.goto(f"/calls/{calls['typed']}")  # no spoken turns: nothing to chart
+            expect(page.locator("#latency")).to_have_attribute("data-state", "drawn")
+            expect(page.locator("#latency")).to_contain_text("No turns were measured on this call.")
             assert violations == []
         finally:
             browser.close()
 
 
-async def test_operator_hangs_up_a_live_call(priced_server):
+async def test_operator_hangs_up_a_live_call(priced_server, calls):
     owner, stranger = (account_client(priced_server, name) for name in ("owner", "stranger"))
     agent = scripted_agent(owner, name="Long talker", greeting="Hello, I am listening.")
     key = owner.headers["X-API-Key"]
@@ -234,6 +239,10 @@ async def test_operator_hangs_up_a_live_call(priced_server):
 
         with logged_in(priced_server, stranger.headers["X-API-Key"]) as intruder:
             assert session_id not in intruder.get("/live").text
+            # Nor does another account's overview list the default account's failures.
+            failures = intruder.get("/").text
+            assert calls["dropped"] not in failures and calls["webhook"] not in failures
+            assert "No failed calls or webhooks in this period." in failures
             refused = intruder.post(f"/live/{session_id}/hangup")
             assert refused.status_code == 404 and refused.json()["code"] == "session_not_found"
             overview = intruder.get("/", params={"agent_id": agent["id"]})
