@@ -73,12 +73,10 @@ class CallRegistry:
             await call.end(reason)
         return len(calls)
 
-    async def end_call(self, session_id: str, reason: str) -> bool:
-        """End the call of `session_id` if it runs here; returns whether it did."""
-        call = self._calls.get(session_id)
-        if call is not None:
+    async def end_call(self, session_id: str, reason: str) -> None:
+        """End the call of `session_id` if it runs here."""
+        if call := self._calls.get(session_id):
             await call.end(reason)
-        return call is not None
 
     async def drain(self, grace_secs: float, goodbye_secs: float = 20) -> None:
         """Let live calls finish for `grace_secs`; then each gets a goodbye and ends
