@@ -12,6 +12,7 @@ from app import recordings, webhooks
 from app.api import accounts as accounts_api
 from app.api import (
     agents,
+    analytics,
     calls,
     carriers,
     dashboard,
@@ -152,6 +153,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(agents.router)
     app.include_router(sessions.router)
     app.include_router(analysis_api.router)
+    app.include_router(analytics.router)
     app.include_router(calls.router)
     app.include_router(session_ws.router)
     app.include_router(instances.router)

@@ -68,6 +68,7 @@ KNOWN_END_REASONS = {
     "max_duration",
     "inactivity",
     "agent_deleted",
+    "hung_up",
     "disconnected",
     "transferred",
     "server_shutdown",

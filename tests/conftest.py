@@ -1,6 +1,8 @@
 """Shared fixtures and hooks: real server processes, a scripted LLM, carrier and webhook fakes,
 HTTP clients, the storage leg. Helper functions live in `tests/helpers/`."""
 
+import json
+
 import pytest
 
 from app.storage.db import Database
@@ -95,6 +97,25 @@ def server(tmp_path_factory, scripted_llm):
 def api(server):
     with server.client() as client:
         yield client
+
+
+@pytest.fixture(scope="module")
+def priced_server(tmp_path_factory, scripted_llm):
+    """A server of the module's own (its default account holds only the module's calls) whose
+    scripted pipeline's LLM has prices; a dropped call fails after 1 s, a webhook after 1 attempt."""
+    pricing = {"openai": {"scripted": {"input_mtok": 3000.0, "output_mtok": 15000.0}}}
+    server = start_server(
+        tmp_path_factory.mktemp("priced"),
+        preload=["scripted"],
+        env={
+            "SCRIPTED_LLM_URL": scripted_llm.url,
+            "SWITCHBOARD_PRICING": json.dumps(pricing),
+            "SWITCHBOARD_RESUME_GRACE_SECS": "1",
+            "SWITCHBOARD_WEBHOOK_MAX_ATTEMPTS": "1",
+        },
+    )
+    yield server
+    server.stop()
 
 
 @pytest.fixture(scope="module")

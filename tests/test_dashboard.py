@@ -2,7 +2,6 @@
 Chromium (Debian's package) with its fake microphone playing Piper speech."""
 
 import json
-import os
 import re
 import time
 import wave
@@ -18,12 +17,15 @@ from app.client import SessionClient
 from app.deps import LOGIN_COOKIE
 from tests.audio import speech
 from tests.helpers.calls import agent_ws, wait_for_status
-from tests.helpers.dashboard import logged_in
-from tests.helpers.servers import ADMIN_KEY, ROOT, make_agent, start_server
+from tests.helpers.dashboard import (
+    CHROMIUM,
+    CHROMIUM_FLAGS,
+    logged_in,
+    need_chromium,
+    screenshot_dir,
+)
+from tests.helpers.servers import ADMIN_KEY, make_agent, start_server
 
-CHROMIUM = Path("/usr/bin/chromium")
-SCREENSHOTS = ROOT / "docs" / "screenshots"
-"""Where the browser test's screenshots go with SWITCHBOARD_REFRESH_SCREENSHOTS=1 (else a temporary directory)."""
 PUBLIC_ROUTES = {"/login", "/logout"}
 
 
@@ -105,11 +107,13 @@ async def test_caller_and_llm_text_is_escaped(server, api, llm):
 
     with logged_in(server) as client:
         pages = [
-            client.get("/"),
+            client.get("/agents"),
             client.get("/calls"),
             client.get(f"/calls/{ready['session_id']}"),
             client.get(f"/agents/{agent['id']}"),
             client.get(f"/agents/{agent['id']}/preview"),
+            client.get("/"),
+            client.get("/live"),
         ]
         for page in pages:
             assert page.status_code == 200, page.text
@@ -192,7 +196,7 @@ def test_agent_forms(server, api):
         assert api.get(f"/v1/agents/{agent_id}").json()["status"] == "active"
         assert client.post(f"/agents/{agent_id}/delete").status_code == 303
         assert api.get(f"/v1/agents/{agent_id}").json()["status"] == "deleted"
-        assert agent_id not in client.get("/").text
+        assert agent_id not in client.get("/agents").text
 
 
 def test_call_log_filters_and_pages(server, api):
@@ -220,7 +224,7 @@ def test_call_log_filters_and_pages(server, api):
         for number in range(21):
             make_agent(api, pipeline="scripted", name=f"Agent {number}")
         total = api.get("/v1/agents", params={"limit": 1}).json()["total"]
-        pages = [client.get("/", params={"page": page}).text for page in (1, 2)]
+        pages = [client.get("/agents", params={"page": page}).text for page in (1, 2)]
         assert f"Page 1 of {(total + 19) // 20} · {total} agents" in pages[0]
         assert [len(re.findall(r'data-agent-id="', page)) for page in pages] == [
             20,
@@ -230,19 +234,6 @@ def test_call_log_filters_and_pages(server, api):
 
 # --- a real browser call ---------------------------------------------------------------
 
-CHROMIUM_FLAGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--use-fake-ui-for-media-stream",
-    "--use-fake-device-for-media-stream",
-    "--autoplay-policy=no-user-gesture-required",
-]
 
 # Counts what the page's peer connections receive, for the assertions below.
 RECORD_PEER_CONNECTIONS = """
@@ -305,8 +296,7 @@ def fresh_server(llm, tmp_path):
 
 def test_browser_call_from_the_dashboard(fresh_server, llm, tmp_path):
     server = fresh_server
-    if not CHROMIUM.exists():
-        pytest.fail("Debian's chromium is needed for the browser test: apt-get install -y chromium")
+    need_chromium()
 
     llm.script("We open at nine tomorrow morning.")
     llm.script_oneshot(json.dumps(ANALYSIS))  # the post-call analysis
@@ -317,7 +307,7 @@ def test_browser_call_from_the_dashboard(fresh_server, llm, tmp_path):
         speech("What time do you open tomorrow morning?", 48000, lead_secs=8, tail_secs=30),
         48000,
     )
-    shots = SCREENSHOTS if os.environ.get("SWITCHBOARD_REFRESH_SCREENSHOTS") == "1" else tmp_path
+    shots = screenshot_dir(tmp_path)
 
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(
@@ -336,8 +326,9 @@ def test_browser_call_from_the_dashboard(fresh_server, llm, tmp_path):
             expect(page).to_have_url(re.compile(r"/login\?next=/$"))
             page.fill("#api_key", ADMIN_KEY)
             page.click("button[type=submit]")
-            expect(page.locator("h1")).to_have_text("Agents")
+            expect(page.locator("h1")).to_have_text("Overview")
 
+            page.click("nav >> text=Agents")
             page.click("text=New agent")
             page.fill("#name", "Clinic receptionist")
             page.select_option("#pipeline", "scripted")
@@ -351,7 +342,7 @@ def test_browser_call_from_the_dashboard(fresh_server, llm, tmp_path):
             expect(page.locator("h1")).to_contain_text("Clinic receptionist")
             agent_id = page.url.rsplit("/", 1)[1]
 
-            page.click("text=Agents")
+            page.click("nav >> text=Agents")
             row = page.locator(f'tr[data-agent-id="{agent_id}"]')
             expect(row).to_contain_text("Clinic receptionist")
             page.screenshot(path=str(shots / "agents.png"))
@@ -375,6 +366,17 @@ def test_browser_call_from_the_dashboard(fresh_server, llm, tmp_path):
             assert received["packets"] > 100 and received["energy"] > 0.01, received
             page.screenshot(path=str(shots / "live-call.png"))
 
+            # The call is listed under Live calls, with what was said so far.
+            live = context.new_page()
+            live.goto("/live")
+            live_row = live.locator("#live-calls tbody tr")
+            expect(live_row).to_have_count(1)
+            expect(live_row).to_contain_text("Clinic receptionist")
+            expect(live_row).to_contain_text("We open at nine tomorrow morning.")
+            expect(live_row.locator("button", has_text="Hang up")).to_be_visible()
+            live.screenshot(path=str(shots / "live-calls.png"))
+            live.close()
+
             page.click("#stop")
             expect(page.locator("#status")).to_contain_text("Call ended", timeout=15_000)
             session_id = page.locator("#call").get_attribute("data-session-id")
@@ -388,7 +390,8 @@ def test_browser_call_from_the_dashboard(fresh_server, llm, tmp_path):
             expect(page.locator("dl.meta").first).to_contain_text("caller_hangup")
             expect(page.locator("#analysis")).to_contain_text(ANALYSIS["summary"])
             expect(page.locator("#cost")).to_contain_text("USD")
-            recording = page.request.get(page.locator("audio#recording").get_attribute("src"))
+            expect(page.locator("audio#recording")).to_have_attribute("src", re.compile("^blob:"))
+            recording = page.request.get(f"/calls/{session_id}/recording")
             assert (
                 recording.ok
                 and recording.headers["content-type"] == "audio/wav"

@@ -7,6 +7,7 @@ import pytest
 
 from app.client import SessionClient
 from tests.helpers.calls import agent_ws
+from tests.helpers.dashboard import logged_in
 from tests.helpers.servers import make_agent, start_server
 from tests.helpers.storage import redis_env, redis_unavailable, skip_unless_available
 
@@ -56,3 +57,16 @@ async def test_deleting_an_agent_ends_its_call_in_whichever_worker_runs_it(worke
             assert response.status_code == 200
             ended = await client.wait_for("session.ended", timeout=15)
             assert ended["reason"] == "agent_deleted"
+
+
+async def test_hanging_up_ends_the_call_in_whichever_worker_runs_it(workers_server):
+    with workers_server.client() as api:
+        agent = make_agent(api, pipeline="scripted")
+    for _ in range(4):
+        async with SessionClient(agent_ws(workers_server, agent["id"])) as client:
+            ready = await client.wait_for("session.ready", timeout=60)
+            with logged_in(workers_server) as operator:  # a new connection: either worker
+                hung_up = operator.post(f"/live/{ready['session_id']}/hangup")
+                assert hung_up.status_code == 303
+            ended = await client.wait_for("session.ended", timeout=15)
+            assert ended["reason"] == "hung_up"

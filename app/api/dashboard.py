@@ -1,4 +1,5 @@
-"""The dashboard: server-rendered pages at `/` for agents, browser calls and call logs.
+"""The dashboard: server-rendered pages at `/` for the overview (charts drawn in the page from
+`/v1/analytics`), live calls, agents, browser calls and call logs.
 
 Log-in takes an API key and starts a server-side log-in whose random id is kept in an
 HttpOnly, SameSite=Strict cookie (`Secure` when the public base URL is https); every page
@@ -8,7 +9,7 @@ from another origin are refused as well. Templates autoescape everything they re
 """
 
 import json
-from datetime import datetime
+from datetime import UTC, date, datetime, time, timedelta
 from math import ceil
 from pathlib import Path
 from typing import Annotated, Any, TypeVar, get_args
@@ -21,14 +22,17 @@ from fastapi.templating import Jinja2Templates
 from pydantic import BaseModel, ValidationError
 
 from app import agents
+from app.analytics import Bucket, Window
 from app.api.sessions import SessionStatus
 from app.deps import LOGIN_COOKIE, Caller, DbDep, StateDep, authenticate, login_caller, same_origin
 from app.errors import APIError, not_found
 from app.recordings import recording_response
 from app.storage import agents as agent_store
 from app.storage import analysis as analysis_store
+from app.storage import analytics as analytics_store
 from app.storage import dashboard as dashboard_store
 from app.storage import sessions as session_store
+from app.storage.ids import utcnow
 from app.urls import public_base_url
 
 WEB_DIR = Path(__file__).resolve().parent.parent / "web"
@@ -188,14 +192,14 @@ def _pager(path: str, filters: dict[str, str], page: int, total: int) -> dict:
     }
 
 
-@router.get("/")
+@router.get("/agents")
 async def agents_page(
     request: Request, db: DbDep, caller: PageCallerDep, page: PageNumber = 1
 ) -> Response:
     items, total = await agent_store.list_agents(
         db, caller.account_id, status=None, limit=PAGE_SIZE, offset=(page - 1) * PAGE_SIZE
     )
-    return _render(request, "agents.html", agents=items, **_pager("/", {}, page, total))
+    return _render(request, "agents.html", agents=items, **_pager("/agents", {}, page, total))
 
 
 def _agent_form_context(state, values: dict, errors: list[str] | None = None) -> dict:
@@ -358,7 +362,7 @@ async def pause_agent(agent_id: str, state: StateDep, db: DbDep, caller: PageCal
     await agents.update_agent(
         db, state.catalog, agent, agents.AgentUpdate.model_validate({"status": "paused"})
     )
-    return _redirect("/")
+    return _redirect("/agents")
 
 
 @router.post("/agents/{agent_id}/resume")
@@ -369,7 +373,7 @@ async def resume_agent(
     await agents.update_agent(
         db, state.catalog, agent, agents.AgentUpdate.model_validate({"status": "active"})
     )
-    return _redirect("/")
+    return _redirect("/agents")
 
 
 @router.post("/agents/{agent_id}/delete")
@@ -377,7 +381,7 @@ async def delete_agent(
     agent_id: str, state: StateDep, db: DbDep, caller: PageCallerDep
 ) -> Response:
     await agents.delete_agent(db, state.control, await agents.load_agent(db, caller, agent_id))
-    return _redirect("/")
+    return _redirect("/agents")
 
 
 @router.get("/agents/{agent_id}/preview")
@@ -389,8 +393,89 @@ async def preview_page(
     return _render(request, "call.html", agent=agent, ice_servers=ice_servers)
 
 
+# --- overview and live calls ------------------------------------------------------------
+
+FAILURES_SHOWN = 10
+HANG_UP_REASON = "hung_up"
+
+
+def _overview_window(filters: dict[str, str], now: datetime) -> Window:
+    """The analytics window of the overview's filter form: whole UTC days, `to` included."""
+    first, last = date.fromisoformat(filters["from"]), date.fromisoformat(filters["to"])
+    start = datetime.combine(first, time(), UTC)
+    end = datetime.combine(last + timedelta(days=1), time(), UTC)
+    bucket: Bucket = "hour" if filters["bucket"] == "hour" else "day"
+    return Window.parse(start, end, bucket, filters["agent_id"], now)
+
+
+@router.get("/")
+async def overview_page(request: Request, db: DbDep, caller: PageCallerDep) -> Response:
+    now = utcnow()
+    today = now.date()
+    defaults = {
+        "from": str(today - timedelta(days=6)),
+        "to": str(today),
+        "agent_id": "",
+        "bucket": "day",
+    }
+    filters = {name: request.query_params.get(name) or value for name, value in defaults.items()}
+    agent_names = await dashboard_store.agent_names(db, caller.account_id)
+    error = None
+    if filters["agent_id"] and filters["agent_id"] not in agent_names:
+        error = "Choose one of your agents."
+    else:
+        try:
+            window = _overview_window(filters, now)
+        except ValueError:
+            error = "Dates are written YYYY-MM-DD."
+        except APIError as exc:
+            error = exc.body.message
+    if error:
+        filters = defaults
+        window = _overview_window(defaults, now)
+    args = (db, caller.account_id, window.start, window.end, window.agent_id, FAILURES_SHOWN)
+    return _render(
+        request,
+        "overview.html",
+        filters=filters,
+        error=error,
+        window=window,
+        agent_names=agent_names,
+        live_calls=len(await analytics_store.live_calls(db, caller.account_id)),
+        failed_calls=await analytics_store.failed_calls(*args),
+        failed_webhooks=await analytics_store.failed_webhooks(*args),
+    )
+
+
+@router.get("/live")
+async def live_page(request: Request, db: DbDep, caller: PageCallerDep) -> Response:
+    calls = await analytics_store.live_calls(db, caller.account_id)
+    return _render(
+        request,
+        "live.html",
+        calls=calls,
+        transcripts={call.id: await session_store.transcript(db, call.id) for call in calls},
+        agent_names=await dashboard_store.agent_names(db, caller.account_id),
+        now=utcnow(),
+    )
+
+
+@router.post("/live/{session_id}/hangup")
+async def hang_up(session_id: str, state: StateDep, db: DbDep, caller: PageCallerDep) -> Response:
+    """End a live call of the account, on whichever node runs it (one already over: nothing to do)."""
+    session = await session_store.get_session(db, caller.account_id, session_id)
+    if session is None:
+        raise not_found("session", session_id)
+    if session.status == "active":
+        await state.control.end_call(session.id, HANG_UP_REASON)
+    return _redirect("/live")
+
+
 # --- call logs ---------------------------------------------------------------------------
 
+WAVEFORM_MAX_BYTES = 40_000_000
+"""The session page draws the waveform of a stored recording up to this size (the browser
+loads it whole: about 10 minutes of 16 kHz stereo)."""
 STATUSES = get_args(SessionStatus)
 
 
@@ -450,6 +535,8 @@ async def session_page(
         analysis=analysis,
         cost=cost,
         has_recording=session.recording_status in ("recording", "available"),
+        waveform=session.recording_status == "available"
+        and (session.recording_bytes or 0) <= WAVEFORM_MAX_BYTES,
     )
 
 

@@ -11,7 +11,7 @@ from app.calls import admission
 from app.calls.latency import summarize
 from app.calls.tokens import TokenSigner
 from app.cost import SessionCostOut
-from app.deps import CallerDep, DbDep, StateDep
+from app.deps import CallerDep, DbDep, KeyOrLoginCallerDep, StateDep
 from app.errors import DRAINING_RESPONSES, ERROR_RESPONSES, not_found
 from app.state import AppState
 from app.storage import analysis as analysis_store
@@ -72,7 +72,8 @@ class SessionOut(BaseModel):
     )
     latency: dict[str, Any] | None = Field(
         default=None,
-        description="Greeting latency, per-turn voice-to-voice and its parts, p50/p90, barge-in stops",
+        description="Greeting latency, per-turn voice-to-voice and its parts in order, p50/p90, "
+        "barge-in stops; turns and barge-ins carry `at`, when they began (Unix seconds)",
     )
     cost: SessionCostOut | None = Field(
         default=None,
@@ -228,7 +229,7 @@ async def load_session(db, caller, session_id: str) -> Session:
 
 @router.get("/v1/sessions/{session_id}", response_model=SessionOut, summary="Get a session")
 async def get_session(
-    session_id: str, request: Request, state: StateDep, db: DbDep, caller: CallerDep
+    session_id: str, request: Request, state: StateDep, db: DbDep, caller: KeyOrLoginCallerDep
 ) -> SessionOut:
     session = await load_session(db, caller, session_id)
     latencies = await latency_store.load(db, [session.id])

@@ -32,6 +32,15 @@ class CallControl:
                 self._channel, json.dumps({"agent_id": agent_id, "reason": reason})
             )
 
+    async def end_call(self, session_id: str, reason: str) -> None:
+        """End one live call, in whichever process runs it."""
+        if self._redis is None:
+            await self._registry.end_call(session_id, reason)
+        else:
+            await self._redis.publish(
+                self._channel, json.dumps({"session_id": session_id, "reason": reason})
+            )
+
     async def _listen(self, pubsub) -> None:
         try:
             async for message in pubsub.listen():
@@ -39,7 +48,10 @@ class CallControl:
                     continue
                 try:
                     order = json.loads(message["data"])
-                    await self._registry.end_agent_calls(order["agent_id"], order["reason"])
+                    if "session_id" in order:
+                        await self._registry.end_call(order["session_id"], order["reason"])
+                    else:
+                        await self._registry.end_agent_calls(order["agent_id"], order["reason"])
                 except (ValueError, KeyError, TypeError) as exc:
                     logger.warning(f"ignoring malformed call-control message: {exc}")
         finally:

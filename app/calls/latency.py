@@ -1,10 +1,12 @@
 """Latency measured by the product on every call, and the process's Prometheus metrics.
 
 Per turn: the caller's end of speech → the agent's first audio out (voice-to-voice),
-split into its parts (endpointing wait, transcription, turn detection, LLM, speech
+split into its parts in order (endpointing wait, transcription, turn detection, LLM, speech
 synthesis, …) by Pipecat's `UserBotLatencyObserver`. Per call: the greeting latency
 (client connected → first agent audio) and each barge-in's stop latency (caller
-speech start → agent audio stopped, which is when Twilio's `clear` is sent).
+speech start → agent audio stopped, which is when Twilio's `clear` is sent). Turns and
+barge-ins carry `at`, when they began (Unix seconds: the caller's end of speech, the
+caller's start of speech).
 """
 
 import statistics
@@ -47,7 +49,8 @@ def _round(value: float | None) -> float | None:
     return None if value is None else round(value, 3)
 
 
-def _percentile(values: list[float], q: int) -> float | None:
+def percentile(values: list[float], q: int) -> float | None:
+    """The `q`th percentile of `values` (inclusive method), rounded to the millisecond; None if empty."""
     if not values:
         return None
     if len(values) == 1:
@@ -61,9 +64,9 @@ def summarize(latency: dict[str, Any]) -> dict[str, Any]:
     stops = [i["stop_secs"] for i in latency.get("interruptions", [])]
     return {
         "greeting_secs": latency.get("greeting_secs"),
-        "voice_to_voice_p50_secs": _percentile(turns, 50),
-        "voice_to_voice_p90_secs": _percentile(turns, 90),
-        "barge_in_stop_p50_secs": _percentile(stops, 50),
+        "voice_to_voice_p50_secs": percentile(turns, 50),
+        "voice_to_voice_p90_secs": percentile(turns, 90),
+        "barge_in_stop_p50_secs": percentile(stops, 50),
         "turns": latency.get("turns", []),
         "interruptions": latency.get("interruptions", []),
     }
@@ -100,6 +103,7 @@ class CallLatencyTracker(BaseObserver):
         VOICE_TO_VOICE.observe(breakdown.total_secs)
         self.record["turns"].append(
             {
+                "at": _round(breakdown.user_turn_start_time),
                 "voice_to_voice_secs": _round(breakdown.total_secs),
                 "parts": {k: _round(v) for k, v in parts.items()},
             }
@@ -120,8 +124,10 @@ class CallLatencyTracker(BaseObserver):
         elif isinstance(frame, BotStoppedSpeakingFrame):
             self._bot_speaking = False
             if self._barge_in_at is not None:
-                stop = time.time() - self._barge_in_at
-                self._barge_in_at = None
+                barged_in, self._barge_in_at = self._barge_in_at, None
+                stop = time.time() - barged_in
                 BARGE_IN.observe(stop)
-                self.record["interruptions"].append({"stop_secs": _round(stop)})
+                self.record["interruptions"].append(
+                    {"at": _round(barged_in), "stop_secs": _round(stop)}
+                )
                 await self._on_change(self.record)

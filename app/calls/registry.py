@@ -73,6 +73,11 @@ class CallRegistry:
             await call.end(reason)
         return len(calls)
 
+    async def end_call(self, session_id: str, reason: str) -> None:
+        """End the call of `session_id` if it runs here."""
+        if call := self._calls.get(session_id):
+            await call.end(reason)
+
     async def drain(self, grace_secs: float, goodbye_secs: float = 20) -> None:
         """Let live calls finish for `grace_secs`; then each gets a goodbye and ends
         `server_shutdown`; any still running `goodbye_secs` later is cancelled."""

@@ -101,6 +101,8 @@ class ScriptedLLM(ThreadedServer):
         chunks = list(_chunks(reply))
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await response.prepare(request)
+        if (body.get("stream_options") or {}).get("include_usage"):
+            chunks.append(_usage(body, reply))
         for chunk in chunks:
             await response.write(f"data: {json.dumps(chunk)}\n\n".encode())
         await response.write(b"data: [DONE]\n\n")
@@ -122,6 +124,22 @@ def _envelope(delta: dict, finish: str | None = None) -> dict:
         "created": int(time.time()),
         "model": "scripted",
         "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+    }
+
+
+def _usage(body: dict, reply: Reply) -> dict:
+    """The last chunk of a stream asked for `include_usage`: no choices, the token counts
+    (about four characters a token, as for English)."""
+    prompt = len(json.dumps(body.get("messages", []))) // 4
+    completion = max(len(str(reply)) // 4, 1)
+    return {
+        **_envelope({}),
+        "choices": [],
+        "usage": {
+            "prompt_tokens": prompt,
+            "completion_tokens": completion,
+            "total_tokens": prompt + completion,
+        },
     }
 
 

@@ -4,6 +4,7 @@ import asyncio
 import time
 
 from app.client import SessionClient
+from tests.audio import speech
 
 LONG_GREETING = (
     "Hello and welcome to the clinic. Before we start, let me read you our opening hours. "
@@ -26,6 +27,21 @@ async def refused(url: str) -> SessionClient:
         while not client.closed and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
     return client
+
+
+async def spoken_call(server, agent: dict, *questions: str, key: str | None = None) -> str:
+    """A call in which the caller speaks each question once the agent has stopped (so each is
+    a measured turn), then hangs up; returns the session id."""
+    async with SessionClient(agent_ws(server, agent["id"], key)) as client:
+        ready = await client.wait_for("session.ready", timeout=30)
+        await client.wait_for("agent.speech.stopped", timeout=30)
+        for count, question in enumerate(questions, start=2):
+            await client.stream(speech(question))
+            await client.stream_silence(1.0)
+            await client.wait_for("agent.speech.stopped", timeout=60, count=count)
+        await client.send_event({"type": "session.end"})
+        await client.wait_for("session.ended", timeout=10)
+    return ready["session_id"]
 
 
 def inline_call(api, **fields) -> dict:

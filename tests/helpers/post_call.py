@@ -39,9 +39,10 @@ ANALYSIS = {
 """A valid analysis of a call about a cleaning appointment, with `ANALYSIS_FIELDS` filled."""
 
 
-async def talk(server, agent: dict, *lines: str) -> str:
-    """A short typed conversation; returns the session id once the call has ended."""
-    async with SessionClient(agent_ws(server, agent["id"])) as client:
+async def talk(server, agent: dict, *lines: str, key: str | None = None) -> str:
+    """A short typed conversation (with `key`, else the server's); returns the session id once
+    the call has ended."""
+    async with SessionClient(agent_ws(server, agent["id"], key)) as client:
         ready = await client.wait_for("session.ready", timeout=30)
         for count, line in enumerate(lines, start=1):
             await client.send_event({"type": "input.text", "text": line})

@@ -134,3 +134,13 @@ def make_agent(api: httpx.Client, **fields) -> dict:
 def scripted_agent(api: httpx.Client, **fields) -> dict:
     """An agent on the `scripted` test pipeline (its words come from the scripted LLM)."""
     return make_agent(api, pipeline="scripted", **fields)
+
+
+def account_client(server, name: str) -> httpx.Client:
+    """A client with the key of a new account."""
+    with server.client() as admin:
+        account = admin.post("/v1/accounts", json={"name": name}).json()
+        key = admin.post(
+            "/v1/api-keys", json={"account_id": account["id"], "name": f"{name} key"}
+        ).json()
+    return httpx.Client(base_url=server.url, headers={"X-API-Key": key["secret"]}, timeout=30)
