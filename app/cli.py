@@ -1,7 +1,9 @@
-"""`switchboard serve` runs the server; `switchboard talk` is the reference session client."""
+"""`switchboard serve` runs the server; `switchboard talk` is the reference session client;
+`switchboard pipelines` checks config files."""
 
 import argparse
 import asyncio
+import json
 import os
 import shutil
 import signal
@@ -34,12 +36,17 @@ def serve(args: argparse.Namespace) -> None:
     import uvicorn
 
     from app.logs import UVICORN_LOG_CONFIG
+    from app.main import check_pipelines
     from pipelines import local_llm
-    from pipelines.config import PipelineCatalog
+    from pipelines.config import PipelineCatalog, PipelineConfigError
 
     settings = get_settings()
-    asyncio.run(prepare(settings))
     catalog = PipelineCatalog(settings.pipelines_path)
+    try:
+        check_pipelines(catalog, settings.preload_pipelines)
+    except PipelineConfigError as exc:
+        sys.exit(f"switchboard: not starting, a pipeline to preload does not load: {exc}")
+    asyncio.run(prepare(settings))
     llm_servers = []
     metrics_dir = None
     if (
@@ -134,6 +141,29 @@ async def converse(client, caller: bytes, args: argparse.Namespace) -> None:
                 pass
 
 
+def pipelines_command(args: argparse.Namespace) -> int:
+    """`pipelines check FILE`: validate a config and say what it builds; `pipelines schema`:
+    print the config files' JSON Schema (`pipelines/pipeline-config.schema.json`)."""
+    from pipelines import registry
+    from pipelines.config import PipelineConfigError, load_config
+
+    if args.pipelines_command == "schema":
+        print(json.dumps(registry.json_schema(with_installed=args.installed), indent=2))
+        return 0
+    path = Path(args.file)
+    try:
+        config = load_config(path)
+    except PipelineConfigError as exc:
+        print(f"{path}: does not load:", file=sys.stderr)
+        for problem in exc.problems:
+            print(f"  - {problem}", file=sys.stderr)
+        return 1
+    print("\n".join(registry.describe(config)))
+    if missing := config.missing_env():
+        print(f"note: calls need {', '.join(missing)} set in the server's environment")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="switchboard", description="Switchboard voice-agent server"
@@ -157,9 +187,26 @@ def main(argv: list[str] | None = None) -> None:
     talk_cmd.add_argument("--reply-timeout", type=float, default=30)
     talk_cmd.add_argument("--wait-greeting", action=argparse.BooleanOptionalAction, default=True)
 
+    pipelines_cmd = commands.add_parser("pipelines", help="pipeline config files")
+    pipelines_sub = pipelines_cmd.add_subparsers(dest="pipelines_command", required=True)
+    check_cmd = pipelines_sub.add_parser(
+        "check", help="validate a config file and print what it builds, without a server"
+    )
+    check_cmd.add_argument("file")
+    schema_cmd = pipelines_sub.add_parser("schema", help="print the JSON Schema of config files")
+    schema_cmd.add_argument(
+        "--installed",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="include processors from installed packages (--no-installed: the built-in ones, "
+        "as committed in pipelines/pipeline-config.schema.json)",
+    )
+
     args = parser.parse_args(argv)
     if args.command == "serve":
         serve(args)
+    elif args.command == "pipelines":
+        sys.exit(pipelines_command(args))
     else:
         sys.exit(asyncio.run(talk(args)))
 

@@ -32,6 +32,7 @@ from app.telephony import twilio
 from app.telephony.call import PhoneCallSession
 from app.telephony.relay import open_relay
 from pipelines import pipecat_compat
+from pipelines.registry import build_processors
 from processors.twilio_marks import TwilioMarks
 
 START_TIMEOUT_SECS = 10.0
@@ -195,6 +196,8 @@ async def serve_stream(websocket: WebSocket, carrier: Carrier) -> None:
         f"{carrier.name} stream {start.stream_id} (call {start.call_id}) joined session {session.id}"
     )
     marks = TwilioMarks(start.stream_id) if carrier.marks else None
+    config = state.catalog.get(agent.pipeline)
+    processors = build_processors(config)
     transport = FastAPIWebsocketTransport(
         websocket,
         FastAPIWebsocketParams(
@@ -206,13 +209,15 @@ async def serve_stream(websocket: WebSocket, carrier: Carrier) -> None:
             serializer=with_real_time_audio(
                 with_prompt_caller_audio(carrier.serializer(state.settings, start))
             ),
+            **processors.transport_params(),
         ),
     )
     call = PhoneCallSession(
         state,
         session=session,
         agent=agent,
-        config=state.catalog.get(agent.pipeline),
+        config=config,
+        processors=processors,
         transport=transport,
         audio_out_sample_rate=CARRIER_SAMPLE_RATE,
         marks=marks,

@@ -1,0 +1,285 @@
+"""Processors named in pipeline configs, each shown doing its job in a real call: the built-in
+ones, and `shout` from the example package `examples/switchboard-shout`, pip-installed into a
+directory the server finds it in (its entry point, read from the dist-info).
+
+One server runs the `scripted` pipeline and variants of it that add processors."""
+
+import asyncio
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import yaml
+
+from app.client import SessionClient
+from tests.audio import rms, speech
+from tests.fakes.scripted_llm import Slow
+from tests.helpers.calls import LONG_GREETING, agent_ws, transcript, wait_for_status
+from tests.helpers.servers import ROOT, TEST_PIPELINES, make_agent, start_server
+
+VARIANTS = {
+    "muted_greeting": {
+        "after_stt": [{"name": "stt_mute", "options": {"strategies": ["first_speech"]}}]
+    },
+    "filler": {
+        "after_llm": [
+            {"name": "thinking_filler", "options": {"after_ms": 700, "text": "One moment please."}}
+        ]
+    },
+    "redacted": {
+        "after_llm": [{"name": "pii_redactor", "options": {"entities": ["phone", "email", "card"]}}]
+    },
+    "denoised": {"before_stt": [{"name": "noise_filter"}]},
+    "ambience": {"before_output": [{"name": "background_audio", "options": {"volume": 0.3}}]},
+    "shouting": {"after_llm": [{"name": "shout", "options": {"exclaim": True}}]},
+}
+
+
+def install_example(target) -> None:
+    """`pip install` the example processor package into `target` (from a copy: the build
+    leaves files next to the sources)."""
+    source = target.parent / "switchboard-shout"
+    shutil.copytree(ROOT / "examples" / "switchboard-shout", source)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--no-deps",
+            "--no-build-isolation",
+            "--no-index",
+            "--target",
+            str(target),
+            str(source),
+        ],
+        check=True,
+    )
+
+
+@pytest.fixture(scope="module")
+def processor_server(tmp_path_factory, scripted_llm):
+    base = tmp_path_factory.mktemp("processors")
+    plugins = base / "site"
+    install_example(plugins)
+    configs = base / "pipelines"
+    configs.mkdir()
+    scripted = yaml.safe_load((TEST_PIPELINES / "scripted.yaml").read_text())
+    for name, processors in VARIANTS.items():
+        (configs / f"{name}.yaml").write_text(
+            yaml.safe_dump({**scripted, "processors": processors})
+        )
+    server = start_server(
+        base / "server",
+        preload=["scripted"],
+        env={
+            "SCRIPTED_LLM_URL": scripted_llm.url,
+            "SWITCHBOARD_PIPELINES_PATH": json.dumps([str(TEST_PIPELINES), str(configs)]),
+            "PYTHONPATH": os.pathsep.join([str(plugins), os.environ.get("PYTHONPATH", "")]),
+        },
+    )
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def papi(processor_server):
+    with processor_server.client() as client:
+        yield client
+
+
+async def ask(client: SessionClient, text: str, reply_number: int) -> dict:
+    await client.send_event({"type": "input.text", "text": text})
+    return await client.wait_for("transcript.agent", timeout=60, count=reply_number)
+
+
+async def end(client: SessionClient) -> None:
+    await client.send_event({"type": "session.end"})
+    await client.wait_for("session.ended", timeout=10)
+
+
+async def test_an_installed_package_s_processor_runs_in_a_call(processor_server, papi, llm):
+    listed = {p["name"]: p for p in papi.get("/v1/pipelines").json()}
+    assert listed["shouting"]["error"] is None
+    schema = papi.get("/v1/pipelines/schema").json()
+    names = [
+        c["properties"]["name"]["const"]
+        for c in schema["properties"]["processors"]["properties"]["after_llm"]["items"]["oneOf"]
+    ]
+    assert "shout" in names and "thinking_filler" in names
+
+    llm.script("We open at nine. See you soon.", "We open at nine. See you soon.")
+    for pipeline, expected in (
+        ("scripted", "We open at nine. See you soon."),
+        ("shouting", "WE OPEN AT NINE! SEE YOU SOON!"),
+    ):
+        agent = make_agent(papi, pipeline=pipeline)
+        async with SessionClient(agent_ws(processor_server, agent["id"])) as client:
+            ready = await client.wait_for("session.ready", timeout=30)
+            reply = await ask(client, "When do you open?", 1)
+            await client.wait_for("agent.speech.stopped", timeout=30)
+            assert rms(bytes(client.agent_audio)) > 300  # the shouted words were spoken
+            await end(client)
+        assert reply["text"] == expected
+        assert [
+            t["content"] for t in transcript(papi, ready["session_id"]) if t["speaker"] == "AGENT"
+        ] == [expected]
+
+
+async def test_stt_mute_opens_no_turn_while_the_greeting_plays(processor_server, papi, llm):
+    """The caller talks over the greeting: unmuted, that interrupts it and is answered; with
+    `stt_mute` (first_speech) it opens no turn, and once the greeting is over speech does."""
+    heard = {}
+    for pipeline in ("scripted", "muted_greeting"):
+        llm.script("We open at nine.", "We open at nine.")
+        agent = make_agent(papi, pipeline=pipeline, greeting=LONG_GREETING)
+        async with SessionClient(agent_ws(processor_server, agent["id"])) as client:
+            ready = await client.wait_for("session.ready", timeout=30)
+            await client.wait_for("agent.speech.started", timeout=30)
+            await asyncio.sleep(1.0)
+            await client.stream(speech("What time do you open tomorrow?", tail_secs=1.5))
+            greeting = await client.wait_for("transcript.agent", timeout=60)
+            heard[pipeline] = {
+                "interrupted": greeting["interrupted"],
+                "caller_heard": bool(client.of_type("input.speech.started")),
+            }
+            if pipeline == "muted_greeting":
+                await client.wait_for("agent.speech.stopped", timeout=60)
+                await client.stream(speech("What time do you open tomorrow?", tail_secs=1.5))
+                await client.wait_for("input.speech.started", timeout=30)
+                await client.wait_for("transcript.agent", timeout=60, count=2)
+            await end(client)
+        heard[pipeline]["entries"] = [t["speaker"] for t in transcript(papi, ready["session_id"])]
+    assert heard["scripted"]["interrupted"] and heard["scripted"]["caller_heard"], heard
+    assert not heard["muted_greeting"]["interrupted"], heard
+    assert not heard["muted_greeting"]["caller_heard"], heard
+    # The words said over the greeting never became a turn; the ones after it did.
+    assert heard["muted_greeting"]["entries"] == ["AGENT", "USER", "AGENT"], heard
+
+
+async def test_thinking_filler_speaks_once_while_the_llm_is_slow(processor_server, papi, llm):
+    agent = make_agent(papi, pipeline="filler")
+    llm.script(Slow(3.0, "We open at nine."), "We close at five.")
+    async with SessionClient(agent_ws(processor_server, agent["id"])) as client:
+        ready = await client.wait_for("session.ready", timeout=30)
+        asked = time.monotonic()
+        await client.send_event({"type": "input.text", "text": "When do you open?"})
+        started = await client.wait_for("agent.speech.started", timeout=30)
+        first = await client.wait_for("transcript.agent", timeout=60, count=2)
+        await client.wait_for("agent.speech.stopped", timeout=30, count=2)
+        fast = await ask(client, "And when do you close?", 3)
+        await client.wait_for("agent.speech.stopped", timeout=30, count=3)
+        await end(client)
+    # The filler was spoken before the slow reply's words existed, then the reply.
+    assert started["_at"] - asked < 3.0
+    agent_turns = [
+        t["content"] for t in transcript(papi, ready["session_id"]) if t["speaker"] == "AGENT"
+    ]
+    assert agent_turns == ["One moment please.", "We open at nine.", "We close at five."]
+    assert first["text"] == "We open at nine." and fast["text"] == "We close at five."
+    assert len(client.of_type("agent.speech.started")) == 3  # no filler before the fast reply
+
+
+async def test_pii_is_redacted_from_what_is_stored_but_not_from_the_llm(
+    processor_server, papi, llm, webhook_receiver
+):
+    said = "My card is 4111 1111 1111 1111 and my email is jane.doe@example.com."
+    reply = "Thanks, we will call you back on 415 555 0132."
+    agent = make_agent(
+        papi,
+        pipeline="redacted",
+        webhook_url=webhook_receiver.url("/pii"),
+        webhook_events=["transcript.updated"],
+    )
+    llm.script(reply)
+    async with SessionClient(agent_ws(processor_server, agent["id"])) as client:
+        ready = await client.wait_for("session.ready", timeout=30)
+        live = await ask(client, said, 1)
+        await end(client)
+    session_id = ready["session_id"]
+    # The live conversation had the real text: the LLM was asked with it, the client heard it.
+    assert said in json.dumps(llm.requests[-1]["messages"])
+    assert live["text"] == reply
+    stored = [(t["speaker"], t["content"]) for t in transcript(papi, session_id)]
+    assert stored == [
+        ("USER", "My card is [CARD] and my email is [EMAIL]."),
+        ("AGENT", "Thanks, we will call you back on [PHONE]."),
+    ]
+    deadline = time.monotonic() + 15
+    while len(webhook_receiver.events("/pii")) < 2 and time.monotonic() < deadline:
+        await asyncio.sleep(0.1)
+    hooks = [json.loads(r["body"])["data"]["content"] for r in webhook_receiver.events("/pii")]
+    assert hooks == [content for _, content in stored]
+    wait_for_status(papi, session_id, "completed")
+    deadline = time.monotonic() + 30
+    while not any("[CARD]" in json.dumps(r) for r in llm.oneshot_requests):
+        assert time.monotonic() < deadline, "no analysis request"
+        await asyncio.sleep(0.2)
+    analysed = json.dumps(
+        [r["messages"] for r in llm.oneshot_requests if "[CARD]" in json.dumps(r)]
+    )
+    assert "4111" not in analysed and "jane.doe" not in analysed and "555 0132" not in analysed
+
+
+def noise(seconds: float, level: float, seed: int = 7) -> np.ndarray:
+    """Steady fan-like noise (low-passed white noise) at RMS `level`, 16 kHz."""
+    rng = np.random.default_rng(seed)
+    white = rng.standard_normal(int(16000 * seconds))
+    kernel = np.ones(8) / 8
+    shaped = np.convolve(white, kernel, mode="same")
+    return shaped * level / np.sqrt(np.mean(shaped**2))
+
+
+def with_noise(pcm: bytes, level: float) -> bytes:
+    voice = np.frombuffer(pcm, dtype=np.int16).astype(np.float64)
+    mixed = voice + noise(len(voice) / 16000, level)[: len(voice)]
+    return np.clip(mixed, -32768, 32767).astype(np.int16).tobytes()
+
+
+async def test_noise_filter_hears_speech_through_noise_and_no_turn_in_noise_alone(
+    processor_server, papi, llm
+):
+    agent = make_agent(papi, pipeline="denoised", greeting="")
+    llm.script("We open at nine.")
+    async with SessionClient(agent_ws(processor_server, agent["id"])) as client:
+        ready = await client.wait_for("session.ready", timeout=30)
+        noise_only = np.clip(noise(4.0, 2500, seed=3), -32768, 32767).astype(np.int16).tobytes()
+        await client.stream(noise_only)
+        await asyncio.sleep(1.0)
+        assert not client.of_type("input.speech.started") and not client.of_type("transcript.user")
+        await client.stream(
+            with_noise(
+                speech("What time do you open on Monday?", lead_secs=0.5, tail_secs=1.5), 2500
+            )
+        )
+        said = await client.wait_for("transcript.user", timeout=60)
+        await client.wait_for("transcript.agent", timeout=60)
+        await end(client)
+    assert "open" in said["text"].lower() and "monday" in said["text"].lower(), said
+    assert [t["speaker"] for t in transcript(papi, ready["session_id"])] == ["USER", "AGENT"]
+
+
+async def test_background_audio_plays_under_the_agent_between_replies(processor_server, papi, llm):
+    quiet = {}
+    for pipeline in ("scripted", "ambience"):
+        agent = make_agent(papi, pipeline=pipeline, greeting="Hello there.")
+        async with SessionClient(agent_ws(processor_server, agent["id"])) as client:
+            await client.wait_for("session.ready", timeout=30)
+            await client.wait_for("agent.speech.stopped", timeout=30)
+            await asyncio.sleep(0.5)
+            before = len(client.agent_audio)
+            await asyncio.sleep(2.0)
+            quiet[pipeline] = bytes(client.agent_audio[before:])
+            await end(client)
+    # Between replies a plain call sends nothing; with background audio, a soft, steady room tone.
+    assert len(quiet["scripted"]) == 0
+    seconds = len(quiet["ambience"]) / 2 / 16000
+    assert 1.5 < seconds < 2.5, seconds
+    level = rms(quiet["ambience"])
+    assert 150 < level < 1000, level
