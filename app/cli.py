@@ -144,6 +144,10 @@ async def converse(client, caller: bytes, args: argparse.Namespace) -> None:
 def pipelines_command(args: argparse.Namespace) -> int:
     """`pipelines check FILE`: validate a config and say what it builds; `pipelines schema`:
     print the config files' JSON Schema (`pipelines/pipeline-config.schema.json`)."""
+    from loguru import logger
+
+    logger.remove()  # Pipecat's banner and info logs would bury the answer
+    logger.add(sys.stderr, level="WARNING")
     from pipelines import registry
     from pipelines.config import PipelineConfigError, load_config
 

@@ -203,11 +203,11 @@ def load_config(path: Path, name: str | None = None) -> PipelineConfig:
     return config
 
 
-def validation_problems(exc: ValidationError) -> list[str]:
-    """pydantic's errors as `key.path: what is wrong`, an unknown key said as such."""
+def validation_problems(exc: ValidationError, prefix: str = "") -> list[str]:
+    """pydantic's errors as `key.path: what is wrong` (under `prefix`), an unknown key said as such."""
     problems = []
     for error in exc.errors():
-        key = ".".join(str(part) for part in error["loc"])
+        key = prefix + ".".join(str(part) for part in error["loc"])
         if error["type"] == "extra_forbidden":
             problems.append(f"unknown key '{key}'")
         else:

@@ -260,7 +260,7 @@ def build_processors(config: PipelineConfig) -> CallProcessors:
             try:
                 options = kind.options.model_validate(entry.options)
             except ValidationError as exc:
-                problems.extend(f"{where}.options.{p}" for p in validation_problems(exc))
+                problems.extend(validation_problems(exc, prefix=f"{where}.options."))
                 continue
             try:
                 built = kind.build(options)
