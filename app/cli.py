@@ -36,14 +36,13 @@ def serve(args: argparse.Namespace) -> None:
     import uvicorn
 
     from app.logs import UVICORN_LOG_CONFIG
-    from app.main import check_pipelines
     from pipelines import local_llm
     from pipelines.config import PipelineCatalog, PipelineConfigError
 
     settings = get_settings()
     catalog = PipelineCatalog(settings.pipelines_path)
     try:
-        check_pipelines(catalog, settings.preload_pipelines)
+        preloaded = [catalog.get(name) for name in settings.preload_pipelines]
     except PipelineConfigError as exc:
         sys.exit(f"switchboard: not starting, a pipeline to preload does not load: {exc}")
     asyncio.run(prepare(settings))
@@ -57,8 +56,7 @@ def serve(args: argparse.Namespace) -> None:
     # uvicorn re-raises SIGTERM once it has shut down; exit through `finally` instead of dying on it.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     try:
-        for name in settings.preload_pipelines:
-            config = catalog.get(name)
+        for config in preloaded:
             if config.llm.local_server:
                 alias = config.llm.options.get("model", "local")
                 llm_servers.append(local_llm.start(config.llm.local_server, alias))

@@ -19,6 +19,7 @@ from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any, Literal, get_args
 
+from loguru import logger
 from pipecat.audio.filters.base_audio_filter import BaseAudioFilter
 from pipecat.audio.mixers.base_audio_mixer import BaseAudioMixer
 from pipecat.processors.frame_processor import FrameProcessor
@@ -200,17 +201,29 @@ BUILTIN_PROCESSORS: dict[str, ProcessorType] = {
 # --- Lookup ---
 
 
+class PluginLoadError(Exception):
+    """An installed package's entry point that fails to import: configs naming it don't load."""
+
+
 @cache
 def installed(group: str) -> dict[str, Any]:
-    """The objects installed packages register under an entry-point group, by name."""
-    return {point.name: point.load() for point in entry_points(group=group)}
+    """The objects installed packages register under an entry-point group, by name (a
+    `PluginLoadError` for one that fails to import)."""
+    found: dict[str, Any] = {}
+    for point in entry_points(group=group):
+        try:
+            found[point.name] = point.load()
+        except Exception as exc:
+            logger.error(f"entry point {group}:{point.name} ({point.value}) does not load: {exc}")
+            found[point.name] = PluginLoadError(f"{point.value} does not load: {exc}")
+    return found
 
 
-def processor_types() -> dict[str, ProcessorType]:
+def processor_types() -> dict[str, ProcessorType | PluginLoadError]:
     return {**installed(PROCESSOR_GROUP), **BUILTIN_PROCESSORS}
 
 
-def service_factories() -> dict[str, Callable]:
+def service_factories() -> dict[str, Callable | PluginLoadError]:
     return {**installed(SERVICE_GROUP), **services.FACTORIES}
 
 
@@ -221,10 +234,15 @@ def check(config: PipelineConfig) -> list[str]:
     factories = service_factories()
     for key in ("vad", "turn", "stt", "llm", "tts", "analysis"):
         stage = getattr(config, key)
-        if stage and stage.service not in factories:
+        if not stage:
+            continue
+        factory = factories.get(stage.service)
+        if factory is None:
             problems.append(
                 f"{key}.service: unknown service '{stage.service}' (known: {', '.join(sorted(factories))})"
             )
+        elif isinstance(factory, PluginLoadError):
+            problems.append(f"{key}.service: '{stage.service}': {factory}")
     try:
         build_processors(config)
     except ProcessorConfigError as exc:
@@ -251,6 +269,9 @@ def build_processors(config: PipelineConfig) -> CallProcessors:
                 problems.append(
                     f"{where}.name: unknown processor '{entry.name}' (known: {', '.join(sorted(types))})"
                 )
+                continue
+            if not isinstance(kind, ProcessorType):
+                problems.append(f"{where}.name: '{entry.name}': {kind}")
                 continue
             if point not in kind.points:
                 problems.append(
@@ -283,8 +304,10 @@ def describe(config: PipelineConfig) -> list[str]:
     def processors(point: Point) -> list[str]:
         lines = []
         for entry in at[point]:
-            options = types[entry.name].options.model_validate(entry.options).model_dump()
-            lines.append(f"  {point}: {entry.name} {options} — {types[entry.name].summary}")
+            kind = types[entry.name]
+            assert isinstance(kind, ProcessorType)  # the config loaded
+            options = kind.options.model_validate(entry.options).model_dump()
+            lines.append(f"  {point}: {entry.name} {options} — {kind.summary}")
         return lines
 
     def stage(key: str) -> list[str]:
@@ -330,7 +353,7 @@ def json_schema(with_installed: bool = True) -> dict[str, Any]:
     for point in POINTS:
         choices = []
         for name, kind in sorted(types.items()):
-            if point not in kind.points:
+            if not isinstance(kind, ProcessorType) or point not in kind.points:
                 continue
             options = kind.options.model_json_schema(ref_template="#/$defs/{model}")
             defs.update(options.pop("$defs", {}))

@@ -169,7 +169,9 @@ def create(stage: StageConfig, ctx: ServiceContext):
     a config naming neither does not load)."""
     from pipelines.registry import service_factories  # the registry imports this module
 
-    return service_factories()[stage.service](stage, ctx)
+    factory = service_factories()[stage.service]
+    assert callable(factory)  # a config naming a plugin that fails to import doesn't load
+    return factory(stage, ctx)
 
 
 def preload(config: PipelineConfig) -> None:

@@ -1,6 +1,7 @@
 """Processors named in pipeline configs, each shown doing its job in a real call: the built-in
-ones, and `shout` from the example package `examples/switchboard-shout`, pip-installed into a
-directory the server finds it in (its entry point, read from the dist-info).
+ones, and the processor `shout` and service `local_openai` from the example package
+`examples/switchboard-shout`, pip-installed into a directory the server finds it in (its entry
+points, read from the dist-info).
 
 One server runs the `scripted` pipeline and variants of it that add processors."""
 
@@ -82,6 +83,13 @@ def processor_server(tmp_path_factory, scripted_llm):
         (configs / f"{name}.yaml").write_text(
             yaml.safe_dump({**scripted, "processors": processors})
         )
+    # The shouting pipeline's LLM is the example package's service, on the scripted LLM.
+    shouting = {**scripted, "processors": VARIANTS["shouting"]}
+    shouting["llm"] = {
+        "service": "local_openai",
+        "options": {"base_url": scripted_llm.url, "model": "scripted"},
+    }
+    (configs / "shouting.yaml").write_text(yaml.safe_dump(shouting))
     server = start_server(
         base / "server",
         preload=["scripted"],
@@ -111,7 +119,9 @@ async def end(client: SessionClient) -> None:
     await client.wait_for("session.ended", timeout=10)
 
 
-async def test_an_installed_package_s_processor_runs_in_a_call(processor_server, papi, llm):
+async def test_an_installed_package_s_processor_and_service_run_in_a_call(
+    processor_server, papi, llm
+):
     listed = {p["name"]: p for p in papi.get("/v1/pipelines").json()}
     assert listed["shouting"]["error"] is None
     schema = papi.get("/v1/pipelines/schema").json()

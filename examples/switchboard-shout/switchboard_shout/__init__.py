@@ -1,7 +1,7 @@
-"""An example Switchboard processor: `shout` upper-cases what the agent says.
+"""An example Switchboard plugin: the processor `shout` upper-cases what the agent says, and
+the service `local_openai` is an LLM on an OpenAI-compatible server at a local address.
 
-A config names it at a point where the LLM's words pass:
-
+    llm: {service: local_openai, options: {model: llama3.2}}
     processors:
       after_llm: [{name: shout, options: {exclaim: true}}]
 """
@@ -11,6 +11,9 @@ from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
 from pydantic import BaseModel, ConfigDict
 
 from pipelines.registry import ProcessorType
+from pipelines.services import FACTORIES
+
+OLLAMA_URL = "http://127.0.0.1:11434/v1"
 
 
 class ShoutOptions(BaseModel):
@@ -41,3 +44,9 @@ SHOUT = ProcessorType(
     points=("after_llm", "before_tts"),
     summary="upper-cases the agent's words",
 )
+
+
+def local_openai(stage, ctx):
+    """Switchboard's `openai` LLM service, its `base_url` Ollama's local address unless set."""
+    options = {"base_url": OLLAMA_URL, "api_key": "local", **stage.options}
+    return FACTORIES["openai"](stage.model_copy(update={"options": options}), ctx)
