@@ -19,7 +19,7 @@ import yaml
 
 from app.client import SessionClient
 from tests.audio import rms, speech
-from tests.fakes.scripted_llm import Slow
+from tests.fakes.scripted_llm import Slow, ToolCall
 from tests.helpers.calls import (
     LONG_GREETING,
     agent_ws,
@@ -180,9 +180,25 @@ async def test_stt_mute_opens_no_turn_while_the_greeting_plays(processor_server,
     assert heard["muted_greeting"]["entries"] == ["AGENT", "USER", "AGENT"], heard
 
 
-async def test_thinking_filler_speaks_once_while_the_llm_is_slow(processor_server, papi, llm):
-    agent = make_agent(papi, pipeline="filler")
-    llm.script(Slow(3.0, "We open at nine."), "We close at five.")
+ORDER_TOOL = {
+    "name": "lookup_order",
+    "description": "Find an order",
+    "parameters": {"type": "object", "properties": {"order_id": {"type": "string"}}},
+}
+
+
+async def test_thinking_filler_speaks_once_while_the_llm_or_a_tool_is_slow(
+    processor_server, papi, llm
+):
+    """A slow LLM, a fast one, then a slow tool (a client tool answered after 2.5 s): the
+    filler is said once in each slow reply, before its words, and never in the fast one."""
+    agent = make_agent(papi, pipeline="filler", tools=[ORDER_TOOL])
+    llm.script(
+        Slow(3.0, "We open at nine."),
+        "We close at five.",
+        ToolCall("lookup_order", {"order_id": "A1"}),
+        "Your order ships today.",
+    )
     async with SessionClient(agent_ws(processor_server, agent["id"])) as client:
         ready = await client.wait_for("session.ready", timeout=30)
         asked = time.monotonic()
@@ -192,17 +208,28 @@ async def test_thinking_filler_speaks_once_while_the_llm_is_slow(processor_serve
         await client.wait_for("agent.speech.stopped", timeout=30, count=2)
         fast = await ask(client, "And when do you close?", 2)
         await client.wait_for("agent.speech.stopped", timeout=30, count=3)
+        await client.send_event({"type": "input.text", "text": "Where is my order A1?"})
+        call = await client.wait_for("tool.call", timeout=30)
+        filler_in_tool = await client.wait_for("agent.speech.started", timeout=10, count=4)
+        await asyncio.sleep(max(0.0, call["_at"] + 2.5 - time.monotonic()))
+        await client.send_event(
+            {"type": "tool.result", "call_id": call["call_id"], "result": {"status": "shipping"}}
+        )
+        tool_reply = await client.wait_for("transcript.agent", timeout=60, count=4)
+        await client.wait_for("agent.speech.stopped", timeout=30, count=5)
         await end(client)
-    # The filler was spoken before the slow reply's words existed (3 s), then the reply, in
-    # one agent turn; the fast reply came without one.
+    # Each filler was spoken before the slow words existed (3 s; the tool's 2.5 s).
     assert filler["_at"] - asked < 2.5
+    assert filler_in_tool["_at"] - call["_at"] < 2.0
     assert slow["text"] == "One moment please. We open at nine."
     assert fast["text"] == "We close at five."
-    assert len(client.of_type("agent.speech.started")) == 3
+    assert tool_reply["text"] == "Your order ships today."
+    assert len(client.of_type("agent.speech.started")) == 5  # 2 + 1 + 2
     agent_turns = [
         t["content"] for t in transcript(papi, ready["session_id"]) if t["speaker"] == "AGENT"
     ]
-    assert agent_turns == [slow["text"], fast["text"]]
+    # The tool call closed the agent's turn: the filler said during it is a turn of its own.
+    assert agent_turns == [slow["text"], fast["text"], "One moment please.", tool_reply["text"]]
 
 
 async def test_pii_is_redacted_from_what_is_stored_but_not_from_the_llm(
