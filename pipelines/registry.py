@@ -16,7 +16,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cache
 from importlib.metadata import entry_points
-from pathlib import Path
 from typing import Any, Literal, get_args
 
 from loguru import logger
@@ -375,6 +374,3 @@ def json_schema(with_installed: bool = True) -> dict[str, Any]:
     }
     defs.pop("ProcessorConfig", None)
     return schema
-
-
-SCHEMA_PATH = Path(__file__).parent / "pipeline-config.schema.json"
