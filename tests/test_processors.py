@@ -325,20 +325,22 @@ async def test_noise_filter_hears_speech_through_noise_and_no_turn_in_noise_alon
 
 
 async def test_background_audio_plays_under_the_agent_between_replies(processor_server, papi, llm):
+    """Two seconds after the greeting: a plain call sends nothing; with background audio, a
+    soft, steady room tone, at whatever rate the client asked for."""
     quiet = {}
-    for pipeline in ("scripted", "ambience"):
+    for pipeline, rate in (("scripted", 16000), ("ambience", 16000), ("ambience", 8000)):
         agent = make_agent(papi, pipeline=pipeline, greeting="Hello there.")
-        async with SessionClient(agent_ws(processor_server, agent["id"])) as client:
+        url = agent_ws(processor_server, agent["id"], sample_rate=rate)
+        async with SessionClient(url, sample_rate=rate) as client:
             await client.wait_for("session.ready", timeout=30)
             await client.wait_for("agent.speech.stopped", timeout=30)
             await asyncio.sleep(0.5)
             before = len(client.agent_audio)
             await asyncio.sleep(2.0)
-            quiet[pipeline] = bytes(client.agent_audio[before:])
+            quiet[pipeline, rate] = bytes(client.agent_audio[before:])
             await end(client)
-    # Between replies a plain call sends nothing; with background audio, a soft, steady room tone.
-    assert len(quiet["scripted"]) == 0
-    seconds = len(quiet["ambience"]) / 2 / 16000
-    assert 1.5 < seconds < 2.5, seconds
-    level = rms(quiet["ambience"])
-    assert 150 < level < 1000, level
+    assert len(quiet["scripted", 16000]) == 0
+    for rate in (16000, 8000):
+        ambience = quiet["ambience", rate]
+        assert 1.5 < len(ambience) / 2 / rate < 2.5, (rate, len(ambience))
+        assert 150 < rms(ambience) < 1000, (rate, rms(ambience))
