@@ -63,6 +63,7 @@ class BackgroundAudioMixer(BaseAudioMixer):
     and its sample rate is known (SoundfileMixer needs a file at exactly that rate)."""
 
     def __init__(self, source: Path | None, volume: float):
+        super().__init__()
         self._source = source
         self._volume = volume
         self._mixer: SoundfileMixer | None = None
