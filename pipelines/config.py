@@ -207,7 +207,8 @@ def validation_problems(exc: ValidationError, prefix: str = "") -> list[str]:
     """pydantic's errors as `key.path: what is wrong` (under `prefix`), an unknown key said as such."""
     problems = []
     for error in exc.errors():
-        key = prefix + ".".join(str(part) for part in error["loc"])
+        # A mapping's bad key (a misspelt point) is located at `key.[key]`.
+        key = prefix + ".".join(str(part) for part in error["loc"] if part != "[key]")
         if error["type"] == "extra_forbidden":
             problems.append(f"unknown key '{key}'")
         else:

@@ -83,6 +83,13 @@ def test_unknown_keys_services_and_processors_are_errors_naming_key_and_file(tmp
     assert service.startswith("stt.service: unknown service 'whispr' (known: ")
     assert [p.split(" (known")[0] for p in processors] == PROCESSOR_PROBLEMS
 
+    misplaced = {**WITH_PROCESSORS, "processors": {"befor_stt": [{"name": "noise_filter"}]}}
+    with pytest.raises(PipelineConfigError) as raised:
+        load_config(write(tmp_path / "misplaced.yaml", misplaced))
+    assert raised.value.problems[0].startswith(
+        "processors.befor_stt: Input should be 'after_input', 'before_stt',"
+    )
+
     config = load_config(write(tmp_path / "fine.yaml", WITH_PROCESSORS))
     assert [p.name for p in config.processors["after_stt"]] == ["stt_mute", "pii_redactor"]
 
