@@ -226,6 +226,14 @@ def service_factories() -> dict[str, Callable | PluginLoadError]:
     return {**installed(SERVICE_GROUP), **services.FACTORIES}
 
 
+class ProcessorConfigError(ValueError):
+    """A config's processors that can't be built, each problem naming its key."""
+
+    def __init__(self, problems: list[str]):
+        super().__init__("; ".join(problems))
+        self.problems = problems
+
+
 def check(config: PipelineConfig) -> list[str]:
     """What in `config` names no registered service or processor, puts a processor at a point
     it can't run at, or gives it options it refuses (one trial build per processor)."""
@@ -247,12 +255,6 @@ def check(config: PipelineConfig) -> list[str]:
     except ProcessorConfigError as exc:
         problems.extend(exc.problems)
     return problems
-
-
-class ProcessorConfigError(ValueError):
-    def __init__(self, problems: list[str]):
-        super().__init__("; ".join(problems))
-        self.problems = problems
 
 
 def build_processors(config: PipelineConfig) -> CallProcessors:
