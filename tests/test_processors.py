@@ -3,7 +3,8 @@ ones, and the processor `shout` and service `local_openai` from the example pack
 `examples/switchboard-shout`, pip-installed into a directory the server finds it in (its entry
 points, read from the dist-info).
 
-One server runs the `scripted` pipeline and variants of it that add processors."""
+One server (with Twilio's credentials) runs the `scripted` pipeline and variants of it that
+add processors."""
 
 import asyncio
 import json
@@ -20,6 +21,7 @@ import yaml
 from app.client import SessionClient
 from tests.audio import rms, speech
 from tests.fakes.scripted_llm import Slow, ToolCall
+from tests.fakes.twilio_client import TwilioMediaStreamsClient, ulaw_decode
 from tests.helpers.calls import (
     LONG_GREETING,
     agent_ws,
@@ -29,6 +31,7 @@ from tests.helpers.calls import (
     wav_samples,
 )
 from tests.helpers.servers import ROOT, TEST_PIPELINES, make_agent, start_server
+from tests.helpers.twilio import twilio_env, twilio_session
 
 VARIANTS = {
     "muted_greeting": {
@@ -72,7 +75,7 @@ def install_example(target) -> None:
 
 
 @pytest.fixture(scope="module")
-def processor_server(tmp_path_factory, scripted_llm):
+def processor_server(tmp_path_factory, scripted_llm, twilio_rest):
     base = tmp_path_factory.mktemp("processors")
     plugins = base / "site"
     install_example(plugins)
@@ -94,7 +97,7 @@ def processor_server(tmp_path_factory, scripted_llm):
         base / "server",
         preload=["scripted"],
         env={
-            "SCRIPTED_LLM_URL": scripted_llm.url,
+            **twilio_env(scripted_llm, twilio_rest),
             "SWITCHBOARD_PIPELINES_PATH": json.dumps([str(TEST_PIPELINES), str(configs)]),
             "PYTHONPATH": os.pathsep.join([str(plugins), os.environ.get("PYTHONPATH", "")]),
         },
@@ -344,3 +347,20 @@ async def test_background_audio_plays_under_the_agent_between_replies(processor_
         ambience = quiet["ambience", rate]
         assert 1.5 < len(ambience) / 2 / rate < 2.5, (rate, len(ambience))
         assert 150 < rms(ambience) < 1000, (rate, rms(ambience))
+
+
+async def test_background_audio_plays_on_a_phone_call(processor_server, papi, llm):
+    agent = make_agent(papi, pipeline="ambience", greeting="Hello there.")
+    twiml, session = twilio_session(papi, agent["id"])
+    async with TwilioMediaStreamsClient.from_twiml(twiml) as client:
+        await client.wait_marks(1, timeout=30)  # the greeting has played
+        await asyncio.sleep(0.5)
+        seen = len(client.media_log)
+        await client.send_silence(2.0)
+        quiet = b"".join(audio for _, audio in client.media_log[seen:])
+        await client.stop()
+        await client.wait_closed(timeout=5)
+    wait_for_status(papi, session["session_id"], "completed")
+    # μ-law at 8 kHz: one byte a sample.
+    assert 1.5 < len(quiet) / 8000 < 2.5, len(quiet)
+    assert 150 < rms(ulaw_decode(quiet)) < 1000, rms(ulaw_decode(quiet))
