@@ -222,8 +222,8 @@ async def test_thinking_filler_speaks_once_while_the_llm_or_a_tool_is_slow(
         await client.wait_for("agent.speech.stopped", timeout=30, count=5)
         await end(client)
     # Each filler was spoken before the slow words existed (3 s; the tool's 2.5 s).
-    assert filler["_at"] - asked < 2.5
-    assert filler_in_tool["_at"] - call["_at"] < 2.0
+    assert filler["_at"] - asked < 3.0
+    assert filler_in_tool["_at"] - call["_at"] < 2.5
     assert slow["text"] == "One moment please. We open at nine."
     assert fast["text"] == "We close at five."
     assert tool_reply["text"] == "Your order ships today."
@@ -301,8 +301,8 @@ async def test_noise_filter_hears_speech_through_noise_and_no_turn_in_noise_alon
     processor_server, papi, llm
 ):
     """Fan noise, then a question said over it: the noise opens no turn and the question is
-    heard, and the recording's caller track (the audio after the input transport) shows the
-    noise taken out — against the same call on the plain pipeline."""
+    heard; the recording's caller track (the audio after the input transport) shows the noise
+    taken out, against the same noise on the plain pipeline."""
     noise_level = {}
     for pipeline in ("scripted", "denoised"):
         agent = make_agent(papi, pipeline=pipeline, greeting="")
@@ -311,18 +311,19 @@ async def test_noise_filter_hears_speech_through_noise_and_no_turn_in_noise_alon
             ready = await client.wait_for("session.ready", timeout=30)
             await client.stream(pcm(noise(3.0, NOISE_RMS)))
             await asyncio.sleep(1.0)
-            assert not client.of_type("input.speech.started")
-            question = speech("What time do you open on Monday?", lead_secs=0.5, tail_secs=1.5)
-            await client.stream(with_noise(question, NOISE_RMS))
-            said = await client.wait_for("transcript.user", timeout=60)
-            await client.wait_for("transcript.agent", timeout=60)
+            if pipeline == "denoised":
+                assert not client.of_type("input.speech.started")
+                question = speech("What time do you open on Monday?", lead_secs=0.5, tail_secs=1.5)
+                await client.stream(with_noise(question, NOISE_RMS))
+                said = await client.wait_for("transcript.user", timeout=60)
+                await client.wait_for("transcript.agent", timeout=60)
             await end(client)
-        assert "open" in said["text"].lower() and "monday" in said["text"].lower(), said
         session_id = ready["session_id"]
-        assert [t["speaker"] for t in transcript(papi, session_id)] == ["USER", "AGENT"]
         wait_for_recording(papi, session_id, "available")
         caller = wav_samples(papi.get(f"/v1/sessions/{session_id}/recording").content)[:, 0]
         noise_level[pipeline] = rms(caller[int(0.5 * 16000) : int(2.5 * 16000)].tobytes())
+    assert "open" in said["text"].lower() and "monday" in said["text"].lower(), said
+    assert [t["speaker"] for t in transcript(papi, session_id)] == ["USER", "AGENT"]
     assert noise_level["scripted"] > 0.7 * NOISE_RMS, noise_level
     assert noise_level["denoised"] < 0.2 * noise_level["scripted"], noise_level
 
