@@ -31,7 +31,12 @@ from app.storage import telephony as telephony_store
 from app.storage.ids import new_id, utcnow
 from app.storage.models import Agent
 from app.telephony.numbers import E164Number, TransferTarget
-from pipelines.config import PipelineCatalog, UnknownPipelineError
+from pipelines.config import (
+    PipelineCatalog,
+    PipelineConfig,
+    PipelineConfigError,
+    UnknownPipelineError,
+)
 
 
 def _between(low: int | float, high: int | float, unit: str = "") -> Any:
@@ -395,10 +400,10 @@ def secrets_of(agent: Agent) -> set[str]:
     return {s for s in [agent.webhook_secret, *(tool.get("secret") for tool in agent.tools)] if s}
 
 
-def check_pipeline_and_voice(catalog: PipelineCatalog, pipeline: str, voice_id: str) -> None:
-    """422 unless the pipeline exists and offers the voice (names are case-sensitive)."""
+def pipeline_config(catalog: PipelineCatalog, pipeline: str) -> PipelineConfig:
+    """The named pipeline config; 422 if there is none or its file does not load."""
     try:
-        config = catalog.get(pipeline)
+        return catalog.get(pipeline)
     except UnknownPipelineError as exc:
         raise APIError(
             422,
@@ -406,6 +411,18 @@ def check_pipeline_and_voice(catalog: PipelineCatalog, pipeline: str, voice_id: 
             f"unknown pipeline '{pipeline}'; known pipelines: {', '.join(exc.known)}",
             {"pipelines": exc.known},
         ) from None
+    except PipelineConfigError as exc:
+        raise APIError(
+            422,
+            "invalid_pipeline",
+            f"pipeline '{pipeline}' does not load: {'; '.join(exc.problems)}",
+            {"problems": exc.problems},
+        ) from None
+
+
+def check_pipeline_and_voice(catalog: PipelineCatalog, pipeline: str, voice_id: str) -> None:
+    """422 unless the pipeline exists, loads and offers the voice (names are case-sensitive)."""
+    config = pipeline_config(catalog, pipeline)
     voices = sorted(config.tts.voices)
     if voice_id not in voices:
         raise APIError(

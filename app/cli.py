@@ -1,7 +1,9 @@
-"""`switchboard serve` runs the server; `switchboard talk` is the reference session client."""
+"""`switchboard serve` runs the server; `switchboard talk` is the reference session client;
+`switchboard pipelines` checks config files."""
 
 import argparse
 import asyncio
+import json
 import os
 import shutil
 import signal
@@ -35,12 +37,16 @@ def serve(args: argparse.Namespace) -> None:
 
     from app.logs import UVICORN_LOG_CONFIG, configure_logging
     from pipelines import local_llm
-    from pipelines.config import PipelineCatalog
+    from pipelines.config import PipelineCatalog, PipelineConfigError
 
     settings = get_settings()
     configure_logging(settings.log_level, settings.log_format)
-    asyncio.run(prepare(settings))
     catalog = PipelineCatalog(settings.pipelines_path)
+    try:
+        preloaded = [catalog.get(name) for name in settings.preload_pipelines]
+    except PipelineConfigError as exc:
+        sys.exit(f"switchboard: not starting, a pipeline to preload does not load: {exc}")
+    asyncio.run(prepare(settings))
     llm_servers = []
     metrics_dir = None
     if (
@@ -51,8 +57,7 @@ def serve(args: argparse.Namespace) -> None:
     # uvicorn re-raises SIGTERM once it has shut down; exit through `finally` instead of dying on it.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     try:
-        for name in settings.preload_pipelines:
-            config = catalog.get(name)
+        for config in preloaded:
             if config.llm.local_server:
                 alias = config.llm.options.get("model", "local")
                 llm_servers.append(local_llm.start(config.llm.local_server, alias))
@@ -135,6 +140,33 @@ async def converse(client, caller: bytes, args: argparse.Namespace) -> None:
                 pass
 
 
+def pipelines_command(args: argparse.Namespace) -> int:
+    """`pipelines check FILE`: validate a config and say what it builds; `pipelines schema`:
+    print the config files' JSON Schema (`pipelines/pipeline-config.schema.json`)."""
+    from loguru import logger
+
+    logger.remove()  # Pipecat's banner and info logs would bury the answer
+    logger.add(sys.stderr, level="WARNING")
+    from pipelines import registry
+    from pipelines.config import PipelineConfigError, load_config
+
+    if args.pipelines_command == "schema":
+        print(json.dumps(registry.json_schema(with_installed=args.installed), indent=2))
+        return 0
+    path = Path(args.file)
+    try:
+        config = load_config(path)
+    except PipelineConfigError as exc:
+        print(f"{path}: does not load:", file=sys.stderr)
+        for problem in exc.problems:
+            print(f"  - {problem}", file=sys.stderr)
+        return 1
+    print("\n".join(registry.describe(config)))
+    if missing := config.missing_env():
+        print(f"note: calls need {', '.join(missing)} set in the server's environment")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="switchboard", description="Switchboard voice-agent server"
@@ -158,9 +190,26 @@ def main(argv: list[str] | None = None) -> None:
     talk_cmd.add_argument("--reply-timeout", type=float, default=30)
     talk_cmd.add_argument("--wait-greeting", action=argparse.BooleanOptionalAction, default=True)
 
+    pipelines_cmd = commands.add_parser("pipelines", help="pipeline config files")
+    pipelines_sub = pipelines_cmd.add_subparsers(dest="pipelines_command", required=True)
+    check_cmd = pipelines_sub.add_parser(
+        "check", help="validate a config file and print what it builds, without a server"
+    )
+    check_cmd.add_argument("file")
+    schema_cmd = pipelines_sub.add_parser("schema", help="print the JSON Schema of config files")
+    schema_cmd.add_argument(
+        "--installed",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="include processors from installed packages (--no-installed: the built-in ones, "
+        "as committed in pipelines/pipeline-config.schema.json)",
+    )
+
     args = parser.parse_args(argv)
     if args.command == "serve":
         serve(args)
+    elif args.command == "pipelines":
+        sys.exit(pipelines_command(args))
     else:
         sys.exit(asyncio.run(talk(args)))
 

@@ -42,7 +42,18 @@ from app.storage.db import Database
 from app.telephony.signatures import warn_if_insecure
 from app.tracing import start_tracing, stop_tracing
 from pipelines import services
-from pipelines.config import PipelineCatalog, UnknownPipelineError
+from pipelines.config import PipelineCatalog, PipelineConfigError, UnknownPipelineError
+
+
+def check_pipelines(catalog: PipelineCatalog, preload: list[str]) -> None:
+    """Load every pipeline config: one the server is told to preload that doesn't load stops
+    it (PipelineConfigError); others that don't are logged, listed with their error by
+    `GET /v1/pipelines`, and refuse their calls before they start."""
+    for name, loaded in catalog.load_all().items():
+        if isinstance(loaded, PipelineConfigError):
+            if name in preload:
+                raise loaded
+            logger.error(f"pipeline '{name}' does not load; its calls are refused: {loaded}")
 
 
 def preload_models(catalog: PipelineCatalog, names: list[str]) -> None:
@@ -83,6 +94,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         warn_if_insecure(settings)
         tokens = await prepare_storage(db, settings)
         catalog = PipelineCatalog(settings.pipelines_path)
+        check_pipelines(catalog, settings.preload_pipelines)
         await asyncio.to_thread(preload_models, catalog, settings.preload_pipelines)
         redis = Redis.from_url(settings.redis_url) if settings.redis_url else None
         calls = CallRegistry()

@@ -26,6 +26,7 @@ from pipecat.utils.types import NOT_GIVEN, NotGiven
 from pipelines import services
 from pipelines.config import PipelineConfig
 from pipelines.endpointing import POLICIES, AdaptiveTurnStopStrategy
+from pipelines.registry import CallProcessors, build_processors
 from processors.call_limits import InactivityMonitor, MaxDurationLimiter
 from processors.client_events import ClientEventReceiver
 from processors.heard_text import LateWordFilter
@@ -86,6 +87,8 @@ class CallPipeline:
     events: SessionEventEmitter | None
     client_events: ClientEventReceiver | None
     provider_errors: ProviderErrorMonitor | None = None
+    processors: CallProcessors = field(default_factory=CallProcessors)
+    """The config's processors (`redact` rewrites what the call stores)."""
 
 
 def build_pipeline(
@@ -97,14 +100,19 @@ def build_pipeline(
     session_protocol: bool = False,
     extra_input: list[FrameProcessor] | None = None,
     extra_output: list[FrameProcessor] | None = None,
+    processors: CallProcessors | None = None,
 ) -> CallPipeline:
     """Build: transport in → STT → user aggregator (VAD + turn detection) → turn limit →
-    LLM (with the agent's tools) → TTS → [session events] → transport out → assistant aggregator.
+    LLM (with the agent's tools) → TTS → [session events] → transport out → assistant aggregator,
+    with the config's processors at their points.
 
     ``session_protocol`` adds the processors that speak the direct WebSocket event
     protocol; telephony transports leave it off. ``extra_input`` processors run right
     after the input transport, ``extra_output`` ones right before the output transport.
+    ``processors``: the config's, already built when the transport took their audio filter
+    and mixer (`CallProcessors.transport_params`); built here otherwise.
     """
+    added = processors or build_processors(config)
     ctx = services.ServiceContext(
         system_prompt=agent.system_prompt,
         voice_id=config.tts.voices[agent.voice],
@@ -138,6 +146,7 @@ def build_pipeline(
             user_turn_strategies=UserTurnStrategies(
                 start=_start_strategies(agent.interruptible), stop=stop_strategies
             ),
+            user_mute_strategies=added.user_mute_strategies,
         ),
     )
 
@@ -156,11 +165,14 @@ def build_pipeline(
 
     events = SessionEventEmitter(interruptible=agent.interruptible) if session_protocol else None
     client_events = ClientEventReceiver() if session_protocol else None
-    processors: list[FrameProcessor | None] = [
+    stages: list[FrameProcessor | None] = [
         transport.input(),
         *(extra_input or []),
+        *added.at("after_input"),
         client_events,
+        *added.at("before_stt"),
         stt,
+        *added.at("after_stt"),
         aggregators.user(),
         MaxTurnsLimiter(agent.max_turns, GOODBYE),
         MaxDurationLimiter(agent.max_duration_secs, TIME_UP_GOODBYE)
@@ -175,11 +187,16 @@ def build_pipeline(
         if agent.inactivity_timeout_secs
         else None,
         provider_errors,
+        *added.at("before_llm"),
         llm,
+        *added.at("after_llm"),
+        *added.at("before_tts"),
         tts,
         events,
         *(extra_output or []),
+        *added.at("before_output"),
         transport.output(),
+        *added.at("after_output"),
         CallRecorder(agent.recording_path, agent.recording_sample_rate)
         if agent.recording_path
         else None,
@@ -187,13 +204,14 @@ def build_pipeline(
         aggregators.assistant(),
     ]
     return CallPipeline(
-        pipeline=Pipeline([p for p in processors if p is not None]),
+        pipeline=Pipeline([p for p in stages if p is not None]),
         llm=llm,
         user_aggregator=aggregators.user(),
         assistant_aggregator=aggregators.assistant(),
         events=events,
         client_events=client_events,
         provider_errors=provider_errors,
+        processors=added,
     )
 
 

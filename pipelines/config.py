@@ -13,13 +13,31 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 BUILTIN_DIR = Path(__file__).parent
 _ENV_PATTERN = re.compile(r"\$\{([A-Z0-9_]+)(?::-([^}]*))?\}")
 
+Point = Literal[
+    "after_input",
+    "before_stt",
+    "after_stt",
+    "before_llm",
+    "after_llm",
+    "before_tts",
+    "before_output",
+    "after_output",
+]
+"""The places in a call's pipeline where a config may add processors, in pipeline order."""
 
-class StageConfig(BaseModel):
+
+class ConfigModel(BaseModel):
+    """A part of a config file: a key it doesn't know is an error, never silently dropped."""
+
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
+
+
+class StageConfig(ConfigModel):
     """One stage: a service name from `pipelines/services.py` and its options."""
 
     service: str
@@ -27,7 +45,7 @@ class StageConfig(BaseModel):
     api_key_env: str | None = None
 
 
-class LocalLLMServerConfig(BaseModel):
+class LocalLLMServerConfig(ConfigModel):
     """A llama.cpp OpenAI-compatible server that `switchboard serve` starts for this config."""
 
     model: str
@@ -56,7 +74,14 @@ class TurnStageConfig(StageConfig):
     """Let the transcript's wording move the bar; off where the STT's text isn't the caller's."""
 
 
-class PipelineConfig(BaseModel):
+class ProcessorConfig(ConfigModel):
+    """A processor by its registered name (`pipelines/registry.py`) and its options."""
+
+    name: str
+    options: dict[str, Any] = Field(default_factory=dict)
+
+
+class PipelineConfig(ConfigModel):
     name: str
     description: str = ""
     vad: StageConfig
@@ -71,6 +96,8 @@ class PipelineConfig(BaseModel):
     pricing: dict[str, dict[str, dict[str, float]]] = Field(default_factory=dict)
     """USD per unit, as provider → model → unit (`audio_minute`, `input_mtok`,
     `output_mtok`, `cache_read_mtok`, `cache_write_mtok`, `kchar`, `minute`)."""
+    processors: dict[Point, list[ProcessorConfig]] = Field(default_factory=dict)
+    """Processors added at named points of the call, in the order listed."""
 
     def stages(self) -> list[StageConfig]:
         return [s for s in (self.vad, self.turn, self.stt, self.llm, self.tts) if s]
@@ -82,6 +109,15 @@ class PipelineConfig(BaseModel):
             for s in self.stages()
             if s.api_key_env and not os.environ.get(s.api_key_env)
         ]
+
+
+class PipelineConfigError(ValueError):
+    """A config file that doesn't load: each problem names the key it is about."""
+
+    def __init__(self, path: Path, problems: list[str]):
+        super().__init__(f"{path}: " + "; ".join(problems))
+        self.path = path
+        self.problems = problems
 
 
 class UnknownPipelineError(LookupError):
@@ -127,8 +163,54 @@ class PipelineCatalog:
         return sorted(self._files())
 
     def get(self, name: str) -> PipelineConfig:
+        """The config named `name`; UnknownPipelineError, or PipelineConfigError if it is broken."""
         files = self._files()
         if name not in files:
             raise UnknownPipelineError(name, sorted(files))
-        data = yaml.safe_load(expand_env(files[name].read_text()))
-        return PipelineConfig(name=name, **{k: v for k, v in data.items() if k != "name"})
+        return load_config(files[name])
+
+    def load_all(self) -> dict[str, PipelineConfig | PipelineConfigError]:
+        """Every config by name, or the error it fails to load with."""
+        loaded: dict[str, PipelineConfig | PipelineConfigError] = {}
+        for name, path in self._files().items():
+            try:
+                loaded[name] = load_config(path)
+            except PipelineConfigError as exc:
+                loaded[name] = exc
+        return dict(sorted(loaded.items()))
+
+
+def load_config(path: Path, name: str | None = None) -> PipelineConfig:
+    """Read and check a config file (named after the file unless `name` is given): every key
+    known, every service and processor registered, every processor's options valid at its
+    point. PipelineConfigError lists what is wrong."""
+    from pipelines import registry  # it imports the services, which import this module
+
+    try:
+        data = yaml.safe_load(expand_env(path.read_text()))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        raise PipelineConfigError(path, [f"cannot read it: {exc}"]) from None
+    if not isinstance(data, dict):
+        raise PipelineConfigError(path, ["expected a mapping of keys (vad, stt, llm, tts, ...)"])
+    data.pop("name", None)  # a config is named after its file
+    try:
+        config = PipelineConfig(name=name or path.stem, **data)
+    except ValidationError as exc:
+        raise PipelineConfigError(path, validation_problems(exc)) from None
+    problems = registry.check(config)
+    if problems:
+        raise PipelineConfigError(path, problems)
+    return config
+
+
+def validation_problems(exc: ValidationError, prefix: str = "") -> list[str]:
+    """pydantic's errors as `key.path: what is wrong` (under `prefix`), an unknown key said as such."""
+    problems = []
+    for error in exc.errors():
+        # A mapping's bad key (a misspelt point) is located at `key.[key]`.
+        key = prefix + ".".join(str(part) for part in error["loc"] if part != "[key]")
+        if error["type"] == "extra_forbidden":
+            problems.append(f"unknown key '{key}'")
+        else:
+            problems.append(f"{key}: {error['msg']}")
+    return problems

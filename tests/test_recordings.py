@@ -4,10 +4,8 @@ downloading it from another node, the retention sweep and the per-account storag
 """
 
 import asyncio
-import io
 import time
 import uuid
-import wave
 from pathlib import Path
 
 import boto3
@@ -24,7 +22,7 @@ from app.storage.ids import utcnow
 from app.storage.models import Account, Session
 from processors.recording import WavAppender
 from tests.audio import rms, speech
-from tests.helpers.calls import inline_call, wait_for_status
+from tests.helpers.calls import inline_call, wait_for_recording, wait_for_status, wav_samples
 from tests.helpers.servers import free_port, start_server
 from tests.helpers.storage import production_storage_env
 
@@ -60,13 +58,6 @@ def s3_env(endpoint: str, bucket: str) -> dict[str, str]:
         "SWITCHBOARD_RECORDINGS_S3_ACCESS_KEY_ID": "test",
         "SWITCHBOARD_RECORDINGS_S3_SECRET_ACCESS_KEY": "test",
     }
-
-
-def wav_samples(content: bytes) -> np.ndarray:
-    """A stereo 16-bit WAV's samples, (frames, 2)."""
-    with wave.open(io.BytesIO(content)) as wav:
-        assert wav.getnchannels() == 2 and wav.getsampwidth() == 2 and wav.getnframes() > 0
-        return np.frombuffer(wav.readframes(wav.getnframes()), dtype=np.int16).reshape(-1, 2)
 
 
 @pytest.fixture(params=["local", "s3"])
@@ -150,17 +141,6 @@ async def short_call(api, *, question: bytes | None = None, **fields) -> dict:
         await client.send_event({"type": "session.end"})
         await client.wait_for("session.ended", timeout=10)
     return wait_for_status(api, call["session_id"], "completed")
-
-
-def wait_for_recording(api, session_id: str, status: str, timeout: float = 30) -> dict:
-    deadline = time.monotonic() + timeout
-    while True:
-        session = api.get(f"/v1/sessions/{session_id}").json()
-        recording = session["recording"]
-        if (recording and recording["status"] == status) or time.monotonic() > deadline:
-            assert recording and recording["status"] == status, session
-            return recording
-        time.sleep(0.2)
 
 
 async def test_a_recording_made_on_one_node_downloads_from_another(

@@ -13,7 +13,7 @@ from app.deps import CallerDep, DbDep, StateDep
 from app.errors import ERROR_RESPONSES, APIError, ErrorBody
 from app.storage import analysis as analysis_store
 from app.storage import webhooks as webhook_store
-from pipelines.config import UnknownPipelineError
+from pipelines.config import PipelineConfigError, UnknownPipelineError
 
 router = APIRouter(tags=["analysis"], responses=ERROR_RESPONSES)
 
@@ -81,7 +81,7 @@ async def get_analysis(session_id: str, db: DbDep, caller: CallerDep):
         409: {
             "model": ErrorBody,
             "description": "The session has not ended (`session_not_ended`), its "
-            "pipeline is gone (`unknown_pipeline`), or an analysis of it is already pending or running "
+            "pipeline is gone (`unknown_pipeline`) or does not load (`invalid_pipeline`), or an analysis of it is already pending or running "
             "(`analysis_in_progress`: one at a time per session)",
         }
     },
@@ -99,6 +99,10 @@ async def rerun_analysis(session_id: str, state: StateDep, db: DbDep, caller: Ca
     except UnknownPipelineError as exc:
         raise APIError(
             409, "unknown_pipeline", f"the agent's pipeline '{exc.name}' no longer exists"
+        ) from None
+    except PipelineConfigError as exc:
+        raise APIError(
+            409, "invalid_pipeline", f"the agent's pipeline does not load: {exc}"
         ) from None
     analysis = await analysis_store.rerun_analysis(db, caller.account_id, session.id)
     if analysis is None:

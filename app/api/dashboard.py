@@ -34,6 +34,7 @@ from app.storage import dashboard as dashboard_store
 from app.storage import sessions as session_store
 from app.storage.ids import utcnow
 from app.urls import public_base_url
+from pipelines.config import PipelineConfig
 
 WEB_DIR = Path(__file__).resolve().parent.parent / "web"
 PAGE_SIZE = 20
@@ -203,8 +204,11 @@ async def agents_page(
 
 
 def _agent_form_context(state, values: dict, errors: list[str] | None = None) -> dict:
-    pipelines = state.catalog.names()
-    voices = sorted({voice for name in pipelines for voice in state.catalog.get(name).tts.voices})
+    loaded = state.catalog.load_all()
+    pipelines = list(loaded)
+    voices = sorted(
+        {voice for c in loaded.values() if isinstance(c, PipelineConfig) for voice in c.tts.voices}
+    )
     return {"values": values, "errors": errors or [], "pipelines": pipelines, "voices": voices}
 
 

@@ -1,6 +1,6 @@
 """Liveness (and what a load balancer routes on) and the pipeline catalog."""
 
-from typing import Literal
+from typing import Any, Literal
 
 from fastapi import APIRouter
 from pydantic import BaseModel, Field
@@ -8,6 +8,8 @@ from pydantic import BaseModel, Field
 from app.calls.admission import busy_refusal
 from app.deps import CallerDep, StateDep
 from app.errors import ERROR_RESPONSES
+from pipelines import registry
+from pipelines.config import PipelineConfigError
 
 router = APIRouter()
 
@@ -37,6 +39,10 @@ class PipelineOut(BaseModel):
     description: str
     voices: list[str]
     missing_env: list[str]
+    error: str | None = Field(
+        default=None,
+        description="Why the config file does not load (its calls are refused); null when it does",
+    )
 
 
 @router.get(
@@ -63,13 +69,24 @@ async def health(state: StateDep) -> Health:
     summary="Pipeline configs and the voices each offers",
 )
 async def list_pipelines(state: StateDep, caller: CallerDep) -> list[PipelineOut]:
-    configs = [state.catalog.get(name) for name in state.catalog.names()]
     return [
-        PipelineOut(
-            name=c.name,
+        PipelineOut(name=name, description="", voices=[], missing_env=[], error=str(c))
+        if isinstance(c, PipelineConfigError)
+        else PipelineOut(
+            name=name,
             description=c.description,
             voices=sorted(c.tts.voices),
             missing_env=c.missing_env(),
         )
-        for c in configs
+        for name, c in state.catalog.load_all().items()
     ]
+
+
+@router.get(
+    "/v1/pipelines/schema",
+    tags=["pipelines"],
+    summary="JSON Schema of pipeline config files (for editors' completion and checks)",
+    response_description="A JSON Schema (draft 2020-12), with the processors installed on this server",
+)
+async def pipeline_schema() -> dict[str, Any]:
+    return registry.json_schema()

@@ -30,6 +30,7 @@ from app.storage import agents as agent_store
 from app.storage import calls as call_store
 from app.storage import sessions as session_store
 from app.storage.models import Agent, Session
+from pipelines.registry import build_processors
 
 router = APIRouter()
 
@@ -173,6 +174,8 @@ async def _serve(websocket: WebSocket, open_session) -> None:
         await websocket.close(refusal.close_code, refusal.message[:120])
         return
 
+    config = state.catalog.get(agent.pipeline)
+    processors = build_processors(config)
     transport = FastAPIWebsocketTransport(
         websocket,
         FastAPIWebsocketParams(
@@ -180,6 +183,7 @@ async def _serve(websocket: WebSocket, open_session) -> None:
             audio_out_enabled=True,
             audio_out_sample_rate=sample_rate,
             serializer=with_real_time_audio(SessionProtocolSerializer(sample_rate)),
+            **processors.transport_params(),
         ),
     )
     async with state.db.sessions() as db:
@@ -188,7 +192,8 @@ async def _serve(websocket: WebSocket, open_session) -> None:
         state,
         session=session,
         agent=agent,
-        config=state.catalog.get(agent.pipeline),
+        config=config,
+        processors=processors,
         transport=transport,
         session_protocol=True,
         audio_out_sample_rate=sample_rate,

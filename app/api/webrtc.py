@@ -35,6 +35,7 @@ from app.errors import DRAINING_RESPONSES, ERROR_RESPONSES, APIError
 from app.state import AppState
 from app.storage import sessions as session_store
 from app.storage.models import Agent, Session
+from pipelines.registry import build_processors
 from processors.frames import ClientProtocolErrorFrame
 
 router = APIRouter(tags=["webrtc"], responses=ERROR_RESPONSES)
@@ -121,15 +122,22 @@ class WebRTCPeers:
         """The callback that runs the call once Pipecat has made the peer connection."""
 
         async def on_connection(connection: SmallWebRTCConnection) -> None:
-            transport = SmallWebRTCTransport(
-                connection, TransportParams(audio_in_enabled=True, audio_out_enabled=True)
-            )
             config = state.catalog.get(agent.pipeline)
+            processors = build_processors(config)
+            transport = SmallWebRTCTransport(
+                connection,
+                TransportParams(
+                    audio_in_enabled=True,
+                    audio_out_enabled=True,
+                    **processors.transport_params(),
+                ),
+            )
             call = CallSession(
                 state,
                 session=session,
                 agent=agent,
                 config=config,
+                processors=processors,
                 transport=transport,
                 session_protocol=True,
                 audio_out_sample_rate=config.audio_out_sample_rate,

@@ -19,6 +19,7 @@ from datetime import timedelta
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app.agents import pipeline_config
 from app.errors import APIError
 from app.logs import bind_call
 from app.state import AppState
@@ -29,7 +30,8 @@ from app.tracing import tracer
 
 
 def check_agent(state: AppState, agent: Agent | None, agent_id: str | None = None) -> None:
-    """409 for a paused or deleted agent; 422 when its pipeline lacks credentials."""
+    """409 for a paused or deleted agent; 422 when its pipeline is gone, does not load or lacks
+    credentials."""
     if agent is None or agent.status != "active":
         status = agent.status if agent else "deleted"
         raise APIError(
@@ -37,7 +39,7 @@ def check_agent(state: AppState, agent: Agent | None, agent_id: str | None = Non
             f"agent_{status}",
             f"agent '{agent.id if agent else agent_id}' is {status} and cannot start a session",
         )
-    missing = state.catalog.get(agent.pipeline).missing_env()
+    missing = pipeline_config(state.catalog, agent.pipeline).missing_env()
     if missing:
         raise APIError(
             422,

@@ -24,6 +24,7 @@ from app.storage.models import Agent, Session
 from pipelines import pipecat_compat
 from pipelines.builder import AgentSpec, ToolDefinition, build_pipeline
 from pipelines.config import PipelineConfig
+from pipelines.registry import CallProcessors
 from processors.session_events import end_reason
 
 SHUTDOWN_GOODBYE = "I'm sorry, I have to end the call now. Please call back in a moment. Goodbye."
@@ -62,6 +63,7 @@ class CallSession:
         session: Session,
         agent: Agent,
         config: PipelineConfig,
+        processors: CallProcessors,
         transport: BaseTransport,
         session_protocol: bool,
         audio_out_sample_rate: int,
@@ -71,8 +73,9 @@ class CallSession:
         resumable: bool = False,
         history: list[dict] | None = None,
     ):
-        """``resumable``: a dropped connection leaves the session open for a reconnect
-        (the direct WebSocket). ``history``: the conversation so far, when resuming.
+        """``processors``: the config's, built before the transport (which takes their audio
+        filter and mixer). ``resumable``: a dropped connection leaves the session open for a
+        reconnect (the direct WebSocket). ``history``: the conversation so far, when resuming.
         ``audio_in_sample_rate``: the pipeline's input rate, if not the config's."""
         self.state = state
         self.session_id = session.id
@@ -82,6 +85,7 @@ class CallSession:
         self._agent = agent
         self._greeting = session.initial_message or agent.greeting
         self._config = config
+        self._processors = processors
         self._transport = transport
         self._session_protocol = session_protocol
         self._audio_out_sample_rate = audio_out_sample_rate
@@ -124,6 +128,7 @@ class CallSession:
             session_protocol=self._session_protocol,
             extra_input=self._extra_input,
             extra_output=self._extra_output,
+            processors=self._processors,
         )
         worker = self._worker = PipelineWorker(
             self._call.pipeline,
@@ -234,17 +239,19 @@ class CallSession:
     ) -> None:
         """Store a finished turn at once, and tell a session client about it. Entries are
         written one at a time, in the order they were recorded (a caller's turn before the
-        tool call it led to, however fast the tool)."""
+        tool call it led to, however fast the tool). What is stored, and sent in webhooks,
+        passes the config's redactors; the client hears and sees the call as it was."""
+        stored = self._processors.redact(content)
         async with self._record_lock, self.state.db.sessions() as db:
             if speaker != "TOOL":
                 post_call.turn_recorded(
-                    self.state.jobs, db, self._agent, self.session_id, speaker, content, interrupted
+                    self.state.jobs, db, self._agent, self.session_id, speaker, stored, interrupted
                 )
             await session_store.add_transcript_entry(  # commits the turn with its webhook
                 db,
                 self.session_id,
                 speaker=speaker,
-                content=content,
+                content=stored,
                 timestamp=_parse_time(timestamp),
                 interrupted=interrupted,
             )

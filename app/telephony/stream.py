@@ -34,6 +34,7 @@ from app.telephony import twilio
 from app.telephony.call import PhoneCallSession
 from app.telephony.relay import open_relay
 from pipelines import pipecat_compat, services
+from pipelines.registry import build_processors
 from processors.twilio_marks import TwilioMarks
 
 START_TIMEOUT_SECS = 10.0
@@ -197,6 +198,8 @@ async def serve_stream(websocket: WebSocket, carrier: Carrier) -> None:
         f"{carrier.name} stream {start.stream_id} (call {start.call_id}) joined session {session.id}"
     )
     marks = TwilioMarks(start.stream_id) if carrier.marks else None
+    config = state.catalog.get(agent.pipeline)
+    processors = build_processors(config)
     transport = FastAPIWebsocketTransport(
         websocket,
         FastAPIWebsocketParams(
@@ -208,14 +211,15 @@ async def serve_stream(websocket: WebSocket, carrier: Carrier) -> None:
             serializer=with_real_time_audio(
                 with_prompt_caller_audio(carrier.serializer(state.settings, start))
             ),
+            **processors.transport_params(),
         ),
     )
-    config = state.catalog.get(agent.pipeline)
     call = PhoneCallSession(
         state,
         session=session,
         agent=agent,
         config=config,
+        processors=processors,
         transport=transport,
         audio_in_sample_rate=services.phone_input_rate(config),
         audio_out_sample_rate=CARRIER_SAMPLE_RATE,

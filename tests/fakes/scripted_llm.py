@@ -29,7 +29,17 @@ class Hold:
 
 
 HOLD = Hold()
-Reply = str | ToolCall | list[ToolCall] | Hold
+
+
+@dataclass
+class Slow:
+    """A reply whose first chunk comes only after `secs` (a slow model)."""
+
+    secs: float
+    reply: "str | ToolCall | list[ToolCall]"
+
+
+Reply = str | ToolCall | list[ToolCall] | Hold | Slow
 
 
 class ScriptedLLM(ThreadedServer):
@@ -98,6 +108,9 @@ class ScriptedLLM(ThreadedServer):
             return web.json_response(_whole(reply))
         self.requests.append(body)
         reply = self.replies.popleft() if self.replies else self.default_reply
+        if isinstance(reply, Slow):
+            await asyncio.sleep(reply.secs)
+            reply = reply.reply
         chunks = list(_chunks(reply))
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await response.prepare(request)

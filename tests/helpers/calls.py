@@ -1,7 +1,11 @@
 """Starting, joining and waiting on calls over the direct session protocol."""
 
 import asyncio
+import io
 import time
+import wave
+
+import numpy as np
 
 from app.client import SessionClient
 from tests.audio import speech
@@ -89,3 +93,21 @@ MINIMAL_OFFER = "v=0\r\no=- 0 0 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\n"
 """The smallest SDP offer the WebRTC route parses: no media section."""
 AUDIO_OFFER = MINIMAL_OFFER + "m=audio 9 UDP/TLS/RTP/SAVPF 111\r\nc=IN IP4 0.0.0.0\r\n"
 """An SDP offer with an audio section and no ICE: enough to be admitted, never connects."""
+
+
+def wait_for_recording(api, session_id: str, status: str, timeout: float = 30) -> dict:
+    deadline = time.monotonic() + timeout
+    while True:
+        session = api.get(f"/v1/sessions/{session_id}").json()
+        recording = session["recording"]
+        if (recording and recording["status"] == status) or time.monotonic() > deadline:
+            assert recording and recording["status"] == status, session
+            return recording
+        time.sleep(0.2)
+
+
+def wav_samples(content: bytes) -> np.ndarray:
+    """A stereo 16-bit WAV's samples, (frames, 2)."""
+    with wave.open(io.BytesIO(content)) as wav:
+        assert wav.getnchannels() == 2 and wav.getsampwidth() == 2 and wav.getnframes() > 0
+        return np.frombuffer(wav.readframes(wav.getnframes()), dtype=np.int16).reshape(-1, 2)
