@@ -46,7 +46,13 @@ PAUSE_SECS = 1.0
 """Silence between an unfinished utterance's last word and its continuation's first."""
 REPLY = "Sure, I can help with that."
 UTTERANCES_PER_CALL = 12
-NOT_COUNTED_AS_DECISION = ("endpointing_wait", "transcription", "llm_inference", "speech_synthesis")
+NOT_COUNTED_AS_DECISION = (
+    "endpointing_wait",
+    "transcription",
+    "llm_inference",
+    "sentence_aggregation",  # the LLM writing its first clause
+    "speech_synthesis",
+)
 
 
 def speech_span(pcm: bytes, rate: int) -> tuple[float, float]:
