@@ -13,14 +13,11 @@ import argparse
 import asyncio
 import json
 import platform
-import tempfile
 import time
 from datetime import date
 from pathlib import Path
 
-import httpx
-
-from benchmarks.common import BENCH_PIPELINES, fmt, machine, percentile, twilio_caller
+from benchmarks.common import benchmark_server, fmt, machine, percentile, twilio_caller
 from benchmarks.latency import (
     LONG_REPLY,
     agent_quiet,
@@ -29,8 +26,6 @@ from benchmarks.latency import (
     speech_frames,
 )
 from tests.audio import speech
-from tests.fakes.scripted_llm import ScriptedLLM
-from tests.helpers.servers import start_server
 
 QUESTION = "Can you tell me all about your opening hours and the services you offer?"
 BARGE_IN = "Sorry, wait, one more question."
@@ -103,37 +98,16 @@ async def main() -> None:
     parser.add_argument("--points", type=float, nargs="+", default=[0.3, 0.6, 1.0, 2.0])
     args = parser.parse_args()
 
-    llm = ScriptedLLM(default_reply=LONG_REPLY).start()
-    data = Path(tempfile.mkdtemp(prefix="switchboard-bench-"))
-    server = start_server(
-        data,
-        preload=[args.pipeline],
-        env={"SWITCHBOARD_PIPELINES_PATH": f'["{BENCH_PIPELINES}"]', "SCRIPTED_LLM_URL": llm.url},
-    )
-    try:
-        agent = httpx.post(
-            f"{server.url}/v1/agents",
-            headers=server.headers,
-            json={
-                "name": "Barge-in benchmark",
-                "voice_id": "tone" if args.pipeline == "instant" else "joe",
-                "pipeline": args.pipeline,
-                "greeting": "Hello, thanks for calling.",
-                "system_prompt": "You are a dental clinic's receptionist. Answer in detail, "
-                "in four or five sentences.",
-            },
-        ).json()
+    prompt = "You are a dental clinic's receptionist. Answer in detail, in four or five sentences."
+    with benchmark_server(args.pipeline, LONG_REPLY, prompt) as (server, agent_id):
         barges = []
         for _ in range(args.calls):
-            barges += await one_call(server, agent["id"], args.points)
+            barges += await one_call(server, agent_id, args.points)
         result = report(args.pipeline, args.points, barges)
-        RESULTS.mkdir(exist_ok=True)
-        out = RESULTS / f"{result['date']}-{platform.node()}-barge-in-{args.pipeline}.json"
-        out.write_text(json.dumps(result, indent=2) + "\n")
-        print(f"written to {out}")
-    finally:
-        server.stop()
-        llm.stop()
+    RESULTS.mkdir(exist_ok=True)
+    out = RESULTS / f"{result['date']}-{platform.node()}-barge-in-{args.pipeline}.json"
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"written to {out}")
 
 
 if __name__ == "__main__":

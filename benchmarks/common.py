@@ -4,15 +4,52 @@ import os
 import platform
 import statistics
 import subprocess
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
 import numpy as np
 
+from tests.fakes.scripted_llm import ScriptedLLM
 from tests.fakes.twilio_client import TwilioMediaStreamsClient, ulaw_decode
-from tests.helpers.servers import ROOT
+from tests.helpers.servers import ROOT, ServerProcess, start_server
 
 BENCH_PIPELINES = ROOT / "benchmarks" / "pipelines"
+
+
+@contextmanager
+def benchmark_server(
+    pipeline: str, reply: str, system_prompt: str
+) -> Iterator[tuple[ServerProcess, str]]:
+    """A server preloading `pipeline` (`instant` from `benchmarks/pipelines/` included), the
+    scripted LLM answering `reply`, and an agent on it: the server and the agent's id."""
+    llm = ScriptedLLM(default_reply=reply).start()
+    server = start_server(
+        Path(tempfile.mkdtemp(prefix="switchboard-bench-")),
+        preload=[pipeline],
+        env={"SWITCHBOARD_PIPELINES_PATH": f'["{BENCH_PIPELINES}"]', "SCRIPTED_LLM_URL": llm.url},
+    )
+    try:
+        agent = httpx.post(
+            f"{server.url}/v1/agents",
+            headers=server.headers,
+            json={
+                "name": "Benchmark",
+                "voice_id": "tone" if pipeline == "instant" else "joe",
+                "pipeline": pipeline,
+                "greeting": "Hello, thanks for calling.",
+                "system_prompt": system_prompt,
+            },
+        )
+        agent.raise_for_status()
+        yield server, agent.json()["id"]
+    finally:
+        server.stop()
+        llm.stop()
+
+
 SPEECH_RMS = 100  # 16-bit PCM RMS (about -50 dBFS) above which a 20 ms frame is audible speech
 
 

@@ -15,15 +15,13 @@ each after the agent's reply has finished, and finally barges in on a reply. Rep
 
 import argparse
 import asyncio
-import tempfile
 import time
-from pathlib import Path
 
 import httpx
 
 from benchmarks import turns_corpus
 from benchmarks.common import (
-    BENCH_PIPELINES,
+    benchmark_server,
     fmt,
     is_speech,
     machine,
@@ -31,9 +29,7 @@ from benchmarks.common import (
     twilio_caller,
 )
 from tests.audio import speech
-from tests.fakes.scripted_llm import ScriptedLLM
 from tests.fakes.twilio_client import ulaw_encode
-from tests.helpers.servers import start_server
 
 FRAME = 320  # 20 ms of 8 kHz 16-bit PCM
 BARGE_IN = "Sorry, wait, one more question."
@@ -167,34 +163,13 @@ async def main() -> None:
     parser.add_argument("--turns", type=int, default=4)
     args = parser.parse_args()
 
-    llm = ScriptedLLM(default_reply=LONG_REPLY).start()
-    data = Path(tempfile.mkdtemp(prefix="switchboard-bench-"))
-    server = start_server(
-        data,
-        preload=[args.pipeline],
-        env={"SWITCHBOARD_PIPELINES_PATH": f'["{BENCH_PIPELINES}"]', "SCRIPTED_LLM_URL": llm.url},
-    )
-    try:
-        voice = "tone" if args.pipeline == "instant" else "joe"
-        agent = httpx.post(
-            f"{server.url}/v1/agents",
-            headers=server.headers,
-            json={
-                "name": "Benchmark",
-                "voice_id": voice,
-                "pipeline": args.pipeline,
-                "greeting": "Hello, thanks for calling.",
-                "system_prompt": "You are a dental clinic's receptionist. Answer in one short sentence.",
-            },
-        ).json()
+    prompt = "You are a dental clinic's receptionist. Answer in one short sentence."
+    with benchmark_server(args.pipeline, LONG_REPLY, prompt) as (server, agent_id):
         calls = [
-            await one_call(server, agent["id"], corpus_turns(call, args.turns))
+            await one_call(server, agent_id, corpus_turns(call, args.turns))
             for call in range(args.calls)
         ]
         report(args.pipeline, calls)
-    finally:
-        server.stop()
-        llm.stop()
 
 
 if __name__ == "__main__":
