@@ -406,7 +406,7 @@ def check_pipeline_and_voice(catalog: PipelineCatalog, pipeline: str, voice_id: 
             f"unknown pipeline '{pipeline}'; known pipelines: {', '.join(exc.known)}",
             {"pipelines": exc.known},
         ) from None
-    voices = sorted(config.tts.voices)
+    voices = sorted(config.voices)
     if voice_id not in voices:
         raise APIError(
             422,

@@ -53,7 +53,7 @@ def serve(args: argparse.Namespace) -> None:
     try:
         for name in settings.preload_pipelines:
             config = catalog.get(name)
-            if config.llm.local_server:
+            if config.llm and config.llm.local_server:
                 alias = config.llm.options.get("model", "local")
                 llm_servers.append(local_llm.start(config.llm.local_server, alias))
         options = dict(

@@ -200,7 +200,7 @@ async def agents_page(
 
 def _agent_form_context(state, values: dict, errors: list[str] | None = None) -> dict:
     pipelines = state.catalog.names()
-    voices = sorted({voice for name in pipelines for voice in state.catalog.get(name).tts.voices})
+    voices = sorted({voice for name in pipelines for voice in state.catalog.get(name).voices})
     return {"values": values, "errors": errors or [], "pipelines": pipelines, "voices": voices}
 
 

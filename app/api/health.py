@@ -68,7 +68,7 @@ async def list_pipelines(state: StateDep, caller: CallerDep) -> list[PipelineOut
         PipelineOut(
             name=c.name,
             description=c.description,
-            voices=sorted(c.tts.voices),
+            voices=sorted(c.voices),
             missing_env=c.missing_env(),
         )
         for c in configs
