@@ -3,9 +3,12 @@ STT, LLM and TTS, against a local server speaking the Realtime API's WebSocket e
 calls over the session WebSocket with the caller's speech synthesized by Piper."""
 
 import asyncio
+import io
 import json
 import time
+import wave
 
+import numpy as np
 import pytest
 
 from app.client import SessionClient
@@ -65,6 +68,19 @@ def realtime_agent(api, **fields) -> dict:
     )
 
 
+def recording_channels(api, session_id: str) -> tuple[np.ndarray, np.ndarray]:
+    deadline = time.monotonic() + 30
+    while api.get(f"/v1/sessions/{session_id}").json()["recording"]["status"] != "available":
+        assert time.monotonic() < deadline, "the recording never became available"
+        time.sleep(0.2)
+    response = api.get(f"/v1/sessions/{session_id}/recording")
+    assert response.status_code == 200, response.text
+    with wave.open(io.BytesIO(response.content)) as wav:
+        assert wav.getnchannels() == 2
+        samples = np.frombuffer(wav.readframes(wav.getnframes()), dtype=np.int16).reshape(-1, 2)
+    return samples[:, 0], samples[:, 1]
+
+
 async def ask(client: SessionClient, question: str, replies: int = 1) -> None:
     """Say `question` and wait until the agent's answer has played."""
     await client.stream(speech(question, tail_secs=1.0))
@@ -115,6 +131,10 @@ async def test_a_question_is_answered_in_speech_and_both_sides_are_stored(
     wait_for_status(api, ready["session_id"], "completed")
     items = transcript(api, ready["session_id"])
     assert [(i["speaker"], i["content"]) for i in items] == [("USER", heard), ("AGENT", answer)]
+
+    # Recorded as any call: the caller on the left channel, the agent on the right.
+    caller, agent_side = recording_channels(api, ready["session_id"])
+    assert rms(caller.tobytes()) > 100 and rms(agent_side.tobytes()) > 100
 
 
 async def test_the_greeting_cost_and_latency_are_recorded(realtime_server, realtime_api, api):
