@@ -15,6 +15,7 @@ from app.client import SessionClient
 from tests.audio import rms, speech
 from tests.fakes.openai_realtime import FakeOpenAIRealtime
 from tests.fakes.scripted_llm import ToolCall
+from tests.fakes.twilio_client import TwilioMediaStreamsClient, ulaw_decode
 from tests.fakes.webhook_receiver import WebhookReceiver
 from tests.helpers.calls import agent_ws, transcript, wait_for_cost, wait_for_status
 from tests.helpers.servers import make_agent, start_server
@@ -269,3 +270,31 @@ async def test_caller_speech_stops_the_agent_and_the_cut_off_turn_is_kept(
     assert [i["speaker"] for i in items] == ["USER", "AGENT", "USER", "AGENT"], items
     barge_ins = wait_for_status(api, ready["session_id"], "completed")["latency"]["interruptions"]
     assert len(barge_ins) == 1 and barge_ins[0]["stop_secs"] < 1.5, barge_ins
+
+
+async def test_a_phone_call_reaches_the_realtime_model_at_8_khz(realtime_server, realtime_api, api):
+    answer = "We open at nine tomorrow morning."
+    realtime_api.script(answer)
+    agent = realtime_agent(api)
+    response = api.post(
+        "/v1/sessions/twilio",
+        json={"agentId": agent["id"], "from": "+15550001111", "to": "+15550002222"},
+        headers={"Accept": "application/json"},
+    )
+    assert response.status_code == 200, response.text
+    session_id = response.json()["session"]["session_id"]
+    async with TwilioMediaStreamsClient.from_twiml(response.json()["twiml"]) as client:
+        await client.send_audio(speech("What time do you open tomorrow?", sample_rate=8000))
+        await client.send_silence(1.5)
+        await client.wait_marks(1, timeout=60)  # the answer has played
+        reply = ulaw_decode(bytes(client.agent_audio))
+        await client.stop()
+        await client.wait_closed(timeout=5)
+
+    [played] = realtime_api.responses
+    assert len(reply) / 2 / 8000 == pytest.approx(played["audio_ms"] / 1000, abs=0.3)
+    assert rms(reply) > 300
+    wait_for_status(api, session_id, "completed")
+    items = transcript(api, session_id)
+    assert [i["speaker"] for i in items] == ["USER", "AGENT"], items
+    assert "tomorrow" in items[0]["content"].lower() and items[1]["content"] == answer

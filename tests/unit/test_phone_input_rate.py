@@ -16,7 +16,6 @@ pytestmark = pytest.mark.storage_free
         ("cloud", 8000),  # Silero, Smart Turn, Deepgram
         ("assemblyai_elevenlabs", 8000),
         ("openai_voice", 8000),
-        ("realtime", 8000),  # OpenAI Realtime resamples to its 24 kHz itself
         ("hybrid", 16000),  # Whisper
         ("local", 16000),
         ("ollama", 16000),

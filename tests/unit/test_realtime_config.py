@@ -10,6 +10,7 @@ from pydantic import ValidationError
 
 from app.analysis import analyse
 from app.cost import UsageObserver, session_cost
+from pipelines import services
 from pipelines.config import PipelineCatalog, PipelineConfig
 from tests.unit.test_cost import observe
 
@@ -90,3 +91,12 @@ async def test_a_realtime_config_without_an_analysis_llm_says_so():
     assert (result, attempts) == (None, 0)
     assert error == "pipeline 's2s' has no analysis LLM: set `analysis:` in it"
     assert PipelineCatalog().get("realtime").analysis is not None
+
+
+def test_the_realtime_config_needs_only_its_key(monkeypatch):
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    config = PipelineCatalog().get("realtime")
+    assert config.missing_env() == ["OPENAI_API_KEY"]
+    assert services.phone_input_rate(config) == 8000
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
+    assert PipelineCatalog().get("realtime").missing_env() == []
