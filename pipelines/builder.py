@@ -119,9 +119,13 @@ def build_pipeline(
         tools=tools,
     )
     provider_errors = ProviderErrorMonitor()
+    events = SessionEventEmitter(interruptible=agent.interruptible) if session_protocol else None
+    client_events = ClientEventReceiver() if session_protocol else None
     if config.realtime:
         llm = services.create(config.realtime, ctx)
-        hearing: list[FrameProcessor] = []
+        # Typed turns go round the user aggregator, which would keep them from the service.
+        hearing: list[FrameProcessor | None] = []
+        typing: list[FrameProcessor | None] = [client_events]
         # The server VAD finds the caller's turns: the service proposes them to the aggregator.
         user_params = LLMUserAggregatorParams()
         speaking: list[FrameProcessor] = [
@@ -131,7 +135,7 @@ def build_pipeline(
         ]
     else:
         stt, llm, tts = _cascade_services(config, agent, ctx, provider_errors)
-        hearing, speaking = [stt], [llm, tts]
+        hearing, typing, speaking = [client_events, stt], [], [llm, tts]
         user_params = _local_turns(config, agent, ctx)
     aggregators = LLMContextAggregatorPair(context, user_params=user_params)
 
@@ -139,14 +143,12 @@ def build_pipeline(
     async def on_llm_timeout(service):
         await provider_errors.llm_failed(service.name, "completion timed out")
 
-    events = SessionEventEmitter(interruptible=agent.interruptible) if session_protocol else None
-    client_events = ClientEventReceiver() if session_protocol else None
     processors: list[FrameProcessor | None] = [
         transport.input(),
         *(extra_input or []),
-        client_events,
         *hearing,
         aggregators.user(),
+        *typing,
         MaxTurnsLimiter(agent.max_turns, GOODBYE),
         MaxDurationLimiter(agent.max_duration_secs, TIME_UP_GOODBYE)
         if agent.max_duration_secs

@@ -298,3 +298,35 @@ async def test_a_phone_call_reaches_the_realtime_model_at_8_khz(realtime_server,
     items = transcript(api, session_id)
     assert [i["speaker"] for i in items] == ["USER", "AGENT"], items
     assert "tomorrow" in items[0]["content"].lower() and items[1]["content"] == answer
+
+
+async def test_typed_turns_reach_the_model(realtime_server, realtime_api, api):
+    realtime_api.script("No, we are closed on Sundays.", "At nine.", "Yes, at the front desk.")
+    agent = realtime_agent(api)
+    async with SessionClient(agent_ws(realtime_server, agent["id"])) as client:
+        ready = await client.wait_for("session.ready", timeout=30)
+        await client.send_event({"type": "input.text", "text": "Are you open on Sunday?"})
+        await client.wait_for("agent.speech.stopped", timeout=30)
+        await ask(client, "When do you open on Monday?", replies=2)
+        await client.send_event({"type": "input.text", "text": "Can I pay by card?"})
+        await client.wait_for("transcript.agent", timeout=30, count=3)
+        await client.wait_for("agent.speech.stopped", timeout=30, count=3)
+        await end(client)
+
+    sent = [
+        c["text"]
+        for e in realtime_api.of_type("conversation.item.create")
+        for c in e["item"]["content"]
+    ]
+    assert sent == ["Are you open on Sunday?", "Can I pay by card?"], sent
+    assert [r["status"] for r in realtime_api.responses] == ["completed"] * 3
+    wait_for_status(api, ready["session_id"], "completed")
+    items = transcript(api, ready["session_id"])
+    assert [(i["speaker"], i["content"]) for i in items if i["speaker"] == "AGENT"] == [
+        ("AGENT", "No, we are closed on Sundays."),
+        ("AGENT", "At nine."),
+        ("AGENT", "Yes, at the front desk."),
+    ]
+    users = [i["content"] for i in items if i["speaker"] == "USER"]
+    assert users[0] == "Are you open on Sunday?" and users[2] == "Can I pay by card?", users
+    assert "monday" in users[1].lower(), users
