@@ -9,8 +9,13 @@ fixed lines the call speaks (greeting, goodbyes) into instructions for the model
 latency measurements time turns and barge-ins by.
 """
 
+import asyncio
+import contextlib
+
 from pipecat.adapters.llm.schemas.tools_schema import ToolsSchema
 from pipecat.frames.frames import (
+    BotStoppedSpeakingFrame,
+    EndFrame,
     Frame,
     LLMMessagesAppendFrame,
     ProposedUserStartedSpeakingFrame,
@@ -105,11 +110,24 @@ def silence_secs(stage: RealtimeStageConfig) -> float:
 
 class SpokenPrompt(FrameProcessor):
     """Has the model say a fixed line: a `TTSSpeakFrame` (there is no TTS to speak it)
-    becomes an instruction appended to the conversation, answered at once."""
+    becomes an instruction appended to the conversation, answered at once. An `EndFrame`
+    right behind it (a goodbye) waits until the agent has said the line, or `hold_secs`."""
+
+    def __init__(self, hold_secs: float = 15.0, **kwargs):
+        super().__init__(**kwargs)
+        self._hold_secs = hold_secs
+        self._line_said = asyncio.Event()
+        self._line_said.set()
 
     async def process_frame(self, frame: Frame, direction: FrameDirection):
         await super().process_frame(frame, direction)
+        if isinstance(frame, EndFrame) and not self._line_said.is_set():
+            self.create_task(self._release(frame))
+            return
+        if isinstance(frame, BotStoppedSpeakingFrame):
+            self._line_said.set()
         if isinstance(frame, TTSSpeakFrame):
+            self._line_said.clear()
             instruction = f'Say exactly this to the caller, and nothing else: "{frame.text}"'
             # Not `system`: a context's leading system message would become the session's
             # instructions (which the agent's prompt overrides) instead of an item to act on.
@@ -117,6 +135,11 @@ class SpokenPrompt(FrameProcessor):
                 messages=[{"role": "developer", "content": instruction}], run_llm=True
             )
         await self.push_frame(frame, direction)
+
+    async def _release(self, frame: EndFrame) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._line_said.wait(), self._hold_secs)
+        await self.push_frame(frame)
 
 
 class ServerVADFrames(FrameProcessor):

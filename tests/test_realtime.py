@@ -330,3 +330,30 @@ async def test_typed_turns_reach_the_model(realtime_server, realtime_api, api):
     users = [i["content"] for i in items if i["speaker"] == "USER"]
     assert users[0] == "Are you open on Sunday?" and users[2] == "Can I pay by card?", users
     assert "monday" in users[1].lower(), users
+
+
+async def test_the_goodbye_is_said_before_the_call_ends(realtime_server, realtime_api, api):
+    realtime_api.script("We open at nine.", "At five.", "Thank you for calling. Goodbye!")
+    agent = realtime_agent(api, max_turns=1)
+    async with SessionClient(agent_ws(realtime_server, agent["id"])) as client:
+        ready = await client.wait_for("session.ready", timeout=30)
+        await ask(client, "When do you open?")
+        await client.stream(speech("And when do you close?", tail_secs=1.0))
+        ended = await client.wait_for("session.ended", timeout=60)
+
+    assert ended["reason"] == "max_turns", ended
+    # The server VAD answers the turn past the limit itself; then the goodbye is said, whole,
+    # and only then does the call end.
+    assert [(r["transcript"], r["status"]) for r in realtime_api.responses] == [
+        ("We open at nine.", "completed"),
+        ("At five.", "completed"),
+        ("Thank you for calling. Goodbye!", "completed"),
+    ]
+    assert client.of_type("agent.speech.stopped")[-1]["_at"] <= ended["_at"]
+    [told] = realtime_api.of_type("conversation.item.create")
+    assert "Thank you for calling. Goodbye!" in told["item"]["content"][0]["text"]
+    wait_for_status(api, ready["session_id"], "completed")
+    agent_turns = [
+        i["content"] for i in transcript(api, ready["session_id"]) if i["speaker"] == "AGENT"
+    ]
+    assert agent_turns[-1] == "Thank you for calling. Goodbye!", agent_turns
