@@ -6,13 +6,14 @@ import re
 import pytest
 from pipecat.frames.frames import MetricsFrame
 from pipecat.metrics.metrics import LLMTokenUsage, LLMUsageMetricsData
+from pipecat.observers.base_observer import FramePushed
+from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
 from pydantic import ValidationError
 
 from app.analysis import analyse
 from app.cost import UsageObserver, session_cost
 from pipelines import services
 from pipelines.config import PipelineCatalog, PipelineConfig
-from tests.unit.test_cost import observe
 
 pytestmark = pytest.mark.storage_free
 
@@ -62,12 +63,11 @@ async def test_realtime_cost_prices_text_and_audio_tokens():
         output_audio_tokens=250,
         cache_read_input_audio_tokens=100,
     )
-    await observe(
-        usage,
-        MetricsFrame(
-            data=[LLMUsageMetricsData(processor="rt", model="gpt-realtime", value=tokens)]
-        ),
+    metrics = MetricsFrame(
+        data=[LLMUsageMetricsData(processor="rt", model="gpt-realtime", value=tokens)]
     )
+    source = FrameProcessor()
+    await usage.on_push_frame(FramePushed(source, source, metrics, FrameDirection.DOWNSTREAM, 0))
     cost = session_cost(
         config, config.pricing, usage, connection_type="websocket", duration_secs=10
     )
