@@ -423,7 +423,7 @@ def pipeline_config(catalog: PipelineCatalog, pipeline: str) -> PipelineConfig:
 def check_pipeline_and_voice(catalog: PipelineCatalog, pipeline: str, voice_id: str) -> None:
     """422 unless the pipeline exists, loads and offers the voice (names are case-sensitive)."""
     config = pipeline_config(catalog, pipeline)
-    voices = sorted(config.tts.voices)
+    voices = sorted(config.voices)
     if voice_id not in voices:
         raise APIError(
             422,

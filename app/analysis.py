@@ -1,6 +1,7 @@
 """Post-call analysis: the transcript, read by an LLM into validated structured output.
 
-The analysis LLM is the config's `analysis` stage, or the call's own `llm`. It is asked
+The analysis LLM is the config's `analysis` stage, or the call's own `llm` (a realtime
+config, whose model speaks rather than writes JSON, needs an `analysis` stage). It is asked
 for JSON matching a schema (enforced by the provider where Pipecat can ask for that) and
 its answer is validated with pydantic; an invalid answer is retried once, then the
 failure is stored: no value is ever made up.
@@ -135,6 +136,8 @@ async def analyse(
 ) -> tuple[dict[str, Any] | None, str | None, int, str | None]:
     """Run the analysis: (result, error, attempts, model); exactly one of result and error is set."""
     stage = config.analysis or config.llm
+    if stage is None:
+        return None, f"pipeline '{config.name}' has no analysis LLM: set `analysis:` in it", 0, None
     model_name = stage.options.get("model")
     if not transcript.strip():
         return None, "the call has no transcript to analyse", 0, model_name

@@ -58,7 +58,7 @@ def serve(args: argparse.Namespace) -> None:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     try:
         for config in preloaded:
-            if config.llm.local_server:
+            if config.llm and config.llm.local_server:
                 alias = config.llm.options.get("model", "local")
                 llm_servers.append(local_llm.start(config.llm.local_server, alias))
         options = dict(

@@ -3,8 +3,10 @@
 Prices are USD per unit, as provider → model → unit in the pipeline config's `pricing`
 (`SWITCHBOARD_PRICING` overrides entries). Units: `audio_minute` (STT), `input_mtok`,
 `output_mtok`, `cache_read_mtok`, `cache_write_mtok` (LLM, per million tokens), `kchar`
-(TTS, per thousand characters) and `minute` (telephony, model `voice`). A service or unit
-with no price costs zero; its usage is still reported.
+(TTS, per thousand characters) and `minute` (telephony, model `voice`); a realtime
+(speech-to-speech) stage prices its text tokens as an LLM does and its audio tokens by
+`audio_input_mtok` and `audio_output_mtok`. A service or unit with no price costs zero; its
+usage is still reported.
 """
 
 from typing import Any, Literal
@@ -20,12 +22,12 @@ Pricing = dict[str, dict[str, dict[str, float]]]
 
 
 class CostLine(BaseModel):
-    stage: Literal["stt", "llm", "tts", "telephony"]
+    stage: Literal["stt", "llm", "tts", "realtime", "telephony"]
     provider: str
     model: str | None
     usage: dict[str, float]
-    """`audio_seconds`; `input_tokens`, `output_tokens`, `cache_read_tokens`, `cache_write_tokens`;
-    `characters`; or `minutes`."""
+    """`audio_seconds`; `input_tokens`, `output_tokens`, `cache_read_tokens`, `cache_write_tokens`
+    (and `audio_input_tokens`, `audio_output_tokens` for realtime); `characters`; or `minutes`."""
     amount: float
 
 
@@ -44,6 +46,9 @@ class UsageObserver(BaseObserver):
         super().__init__(observe_every_push=False, **kwargs)
         self.stt_audio_seconds = 0.0
         self.llm_tokens = {"input": 0, "output": 0, "cache_read": 0, "cache_write": 0}
+        """Text tokens (input net of the cache)."""
+        self.audio_tokens = {"audio_input": 0, "audio_output": 0}
+        """A realtime service's audio tokens (input net of the cache), not in `llm_tokens`."""
         self.tts_characters = 0
         self.models: dict[str, str] = {}
         """The model each stage reported, by stage (`stt`, `llm`, `tts`)."""
@@ -62,10 +67,21 @@ class UsageObserver(BaseObserver):
                 cache_write = usage.cache_creation_input_tokens or 0
                 # Prompt tokens are net of the cache for some providers (Anthropic) and gross
                 # for others (OpenAI); the total always counts the cached ones once.
-                self.llm_tokens["input"] += max(
-                    usage.total_tokens - usage.completion_tokens - cache_read - cache_write, 0
+                audio_in = (usage.input_audio_tokens or 0) - (
+                    usage.cache_read_input_audio_tokens or 0
                 )
-                self.llm_tokens["output"] += usage.completion_tokens
+                audio_out = usage.output_audio_tokens or 0
+                self.llm_tokens["input"] += max(
+                    usage.total_tokens
+                    - usage.completion_tokens
+                    - cache_read
+                    - cache_write
+                    - audio_in,
+                    0,
+                )
+                self.llm_tokens["output"] += usage.completion_tokens - audio_out
+                self.audio_tokens["audio_input"] += audio_in
+                self.audio_tokens["audio_output"] += audio_out
                 self.llm_tokens["cache_read"] += cache_read
                 self.llm_tokens["cache_write"] += cache_write
                 self._model("llm", item.model)
@@ -98,32 +114,42 @@ def session_cost(
     duration_secs: float | None,
 ) -> dict[str, Any]:
     """`{"currency", "total", "breakdown": [{stage, provider, model, usage, amount}]}`."""
-    lines = [
-        _line(
-            pricing,
-            "stt",
-            config.stt.service,
-            usage.models.get("stt") or config.stt.options.get("model"),
-            {"audio_minute": usage.stt_audio_seconds / 60},
-            {"audio_seconds": round(usage.stt_audio_seconds, 3)},
-        ),
-        _line(
-            pricing,
-            "llm",
-            config.llm.service,
-            usage.models.get("llm") or config.llm.options.get("model"),
-            {f"{k}_mtok": v / 1e6 for k, v in usage.llm_tokens.items()},
-            {f"{k}_tokens": v for k, v in usage.llm_tokens.items()},
-        ),
-        _line(
-            pricing,
-            "tts",
-            config.tts.service,
-            usage.models.get("tts") or config.tts.options.get("model"),
-            {"kchar": usage.tts_characters / 1000},
-            {"characters": usage.tts_characters},
-        ),
-    ]
+    lines = []
+    if config.stt:
+        lines.append(
+            _line(
+                pricing,
+                "stt",
+                config.stt.service,
+                usage.models.get("stt") or config.stt.options.get("model"),
+                {"audio_minute": usage.stt_audio_seconds / 60},
+                {"audio_seconds": round(usage.stt_audio_seconds, 3)},
+            )
+        )
+    thinking = config.llm or config.realtime
+    if thinking:
+        tokens = usage.llm_tokens if config.llm else {**usage.llm_tokens, **usage.audio_tokens}
+        lines.append(
+            _line(
+                pricing,
+                "llm" if config.llm else "realtime",
+                thinking.service,
+                usage.models.get("llm") or thinking.options.get("model"),
+                {f"{k}_mtok": v / 1e6 for k, v in tokens.items()},
+                {f"{k}_tokens": v for k, v in tokens.items()},
+            )
+        )
+    if config.tts:
+        lines.append(
+            _line(
+                pricing,
+                "tts",
+                config.tts.service,
+                usage.models.get("tts") or config.tts.options.get("model"),
+                {"kchar": usage.tts_characters / 1000},
+                {"characters": usage.tts_characters},
+            )
+        )
     if connection_type in pricing and duration_secs is not None:
         minutes = duration_secs / 60
         lines.append(

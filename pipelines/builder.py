@@ -23,7 +23,7 @@ from pipecat.turns.user_stop import BaseUserTurnStopStrategy
 from pipecat.turns.user_turn_strategies import UserTurnStrategies
 from pipecat.utils.types import NOT_GIVEN, NotGiven
 
-from pipelines import services
+from pipelines import realtime, services
 from pipelines.config import PipelineConfig
 from pipelines.endpointing import POLICIES, AdaptiveTurnStopStrategy
 from pipelines.registry import CallProcessors, build_processors
@@ -104,7 +104,9 @@ def build_pipeline(
 ) -> CallPipeline:
     """Build: transport in → STT → user aggregator (VAD + turn detection) → turn limit →
     LLM (with the agent's tools) → TTS → [session events] → transport out → assistant aggregator,
-    with the config's processors at their points.
+    with the config's processors at their points. A `realtime` config hears, answers and speaks
+    in one service in the LLM's place, its provider finding the caller's turns
+    (`pipelines/realtime.py`).
 
     ``session_protocol`` adds the processors that speak the direct WebSocket event
     protocol; telephony transports leave it off. ``extra_input`` processors run right
@@ -113,67 +115,51 @@ def build_pipeline(
     and mixer (`CallProcessors.transport_params`); built here otherwise.
     """
     added = processors or build_processors(config)
+    tools = _tools_schema(agent.tools, tool_handler)
     ctx = services.ServiceContext(
         system_prompt=agent.system_prompt,
-        voice_id=config.tts.voices[agent.voice],
+        voice_id=config.voices[agent.voice],
         language=agent.language,
+        tools=tools,
     )
-    stt = services.create(config.stt, ctx)
-    llm_stage = config.llm.model_copy(
-        update={"options": {**config.llm.options, **agent.llm_options}}
-    )
-    llm = services.create(llm_stage, ctx)
-    tts = services.create(config.tts, ctx)
-
-    stop_strategies: list[BaseUserTurnStopStrategy] | None = None
-    if config.turn:
-        stop_strategies = [
-            AdaptiveTurnStopStrategy(
-                turn_analyzer=services.create(config.turn, ctx),
-                policy=POLICIES[agent.endpointing or config.turn.endpointing],
-                transcript_confirms=config.turn.transcript_confirms,
-            )
-        ]
-
     context = LLMContext(
         messages=list(agent.history),  # type: ignore[arg-type]  # stored OpenAI-format messages
-        tools=_tools_schema(agent.tools, tool_handler),
+        tools=tools,
     )
-    aggregators = LLMContextAggregatorPair(
-        context,
-        user_params=LLMUserAggregatorParams(
-            vad_analyzer=services.create(config.vad, ctx),
-            user_turn_strategies=UserTurnStrategies(
-                start=_start_strategies(agent.interruptible), stop=stop_strategies
-            ),
-            user_mute_strategies=added.user_mute_strategies,
-        ),
-    )
-
     provider_errors = ProviderErrorMonitor()
+    events = SessionEventEmitter(interruptible=agent.interruptible) if session_protocol else None
+    client_events = ClientEventReceiver() if session_protocol else None
+    if config.realtime:
+        llm = services.create(config.realtime, ctx)
+        # Typed turns go round the user aggregator, which would keep them from the service.
+        hearing: list[FrameProcessor | None] = []
+        typing: list[FrameProcessor | None] = [client_events]
+        # The server VAD finds the caller's turns: the service proposes them to the aggregator.
+        user_params = LLMUserAggregatorParams()
+        speaking: list[FrameProcessor] = [
+            realtime.SpokenPrompt(),
+            llm,
+            realtime.ServerVADFrames(realtime.silence_secs(config.realtime)),
+        ]
+    else:
+        stt, llm, tts = _cascade_services(config, agent, ctx, provider_errors)
+        hearing, typing = [client_events, *added.at("before_stt"), stt, *added.at("after_stt")], []
+        speaking = [llm, *added.at("after_llm"), *added.at("before_tts"), tts]
+        user_params = _local_turns(config, agent, ctx)
+    user_params.user_mute_strategies = added.user_mute_strategies
+    aggregators = LLMContextAggregatorPair(context, user_params=user_params)
 
     @llm.event_handler("on_completion_timeout")
     async def on_llm_timeout(service):
         await provider_errors.llm_failed(service.name, "completion timed out")
 
-    for speech_service in (stt, tts):
-
-        @speech_service.event_handler("on_usable_changed")
-        async def on_usable_changed(service, usable):
-            if not usable:
-                await provider_errors.service_unusable(service.name)
-
-    events = SessionEventEmitter(interruptible=agent.interruptible) if session_protocol else None
-    client_events = ClientEventReceiver() if session_protocol else None
     stages: list[FrameProcessor | None] = [
         transport.input(),
         *(extra_input or []),
         *added.at("after_input"),
-        client_events,
-        *added.at("before_stt"),
-        stt,
-        *added.at("after_stt"),
+        *hearing,
         aggregators.user(),
+        *typing,
         MaxTurnsLimiter(agent.max_turns, GOODBYE),
         MaxDurationLimiter(agent.max_duration_secs, TIME_UP_GOODBYE)
         if agent.max_duration_secs
@@ -188,10 +174,7 @@ def build_pipeline(
         else None,
         provider_errors,
         *added.at("before_llm"),
-        llm,
-        *added.at("after_llm"),
-        *added.at("before_tts"),
-        tts,
+        *speaking,
         events,
         *(extra_output or []),
         *added.at("before_output"),
@@ -212,6 +195,52 @@ def build_pipeline(
         client_events=client_events,
         provider_errors=provider_errors,
         processors=added,
+    )
+
+
+def _cascade_services(
+    config: PipelineConfig,
+    agent: AgentSpec,
+    ctx: services.ServiceContext,
+    provider_errors: ProviderErrorMonitor,
+) -> tuple[FrameProcessor, LLMService, FrameProcessor]:
+    """The cascade's STT, LLM (with the agent's overrides of its options) and TTS."""
+    assert config.stt and config.llm and config.tts  # PipelineConfig._one_path
+    stt = services.create(config.stt, ctx)
+    llm_stage = config.llm.model_copy(
+        update={"options": {**config.llm.options, **agent.llm_options}}
+    )
+    llm = services.create(llm_stage, ctx)
+    tts = services.create(config.tts, ctx)
+    for speech_service in (stt, tts):
+
+        @speech_service.event_handler("on_usable_changed")
+        async def on_usable_changed(service, usable):
+            if not usable:
+                await provider_errors.service_unusable(service.name)
+
+    return stt, llm, tts
+
+
+def _local_turns(
+    config: PipelineConfig, agent: AgentSpec, ctx: services.ServiceContext
+) -> LLMUserAggregatorParams:
+    """Turns found here: the VAD starts them, the turn detector (if any) ends them."""
+    assert config.vad  # PipelineConfig._one_path
+    stop_strategies: list[BaseUserTurnStopStrategy] | None = None
+    if config.turn:
+        stop_strategies = [
+            AdaptiveTurnStopStrategy(
+                turn_analyzer=services.create(config.turn, ctx),
+                policy=POLICIES[agent.endpointing or config.turn.endpointing],
+                transcript_confirms=config.turn.transcript_confirms,
+            )
+        ]
+    return LLMUserAggregatorParams(
+        vad_analyzer=services.create(config.vad, ctx),
+        user_turn_strategies=UserTurnStrategies(
+            start=_start_strategies(agent.interruptible), stop=stop_strategies
+        ),
     )
 
 

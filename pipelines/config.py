@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 BUILTIN_DIR = Path(__file__).parent
 _ENV_PATTERN = re.compile(r"\$\{([A-Z0-9_]+)(?::-([^}]*))?\}")
@@ -29,6 +29,8 @@ Point = Literal[
     "after_output",
 ]
 """The places in a call's pipeline where a config may add processors, in pipeline order."""
+CASCADE_ONLY_POINTS = {"before_stt", "after_stt", "after_llm", "before_tts"}
+"""Points a `realtime` pipeline (one speech-to-speech service) doesn't have."""
 
 
 class ConfigModel(BaseModel):
@@ -81,14 +83,24 @@ class ProcessorConfig(ConfigModel):
     options: dict[str, Any] = Field(default_factory=dict)
 
 
+class RealtimeStageConfig(StageConfig):
+    """A speech-to-speech service that hears the caller, thinks and speaks in one stage
+    (see `pipelines/realtime.py`); it takes the place of `stt`, `llm` and `tts`."""
+
+    voices: dict[str, str]
+    """Voice name (what an agent's `voice_id` says) → the provider's voice."""
+
+
 class PipelineConfig(ConfigModel):
     name: str
     description: str = ""
-    vad: StageConfig
+    vad: StageConfig | None = None
+    """Required with `stt`/`llm`/`tts`; a `realtime` stage detects speech itself."""
     turn: TurnStageConfig | None = None
-    stt: StageConfig
-    llm: LLMStageConfig
-    tts: TTSStageConfig
+    stt: StageConfig | None = None
+    llm: LLMStageConfig | None = None
+    tts: TTSStageConfig | None = None
+    realtime: RealtimeStageConfig | None = None
     audio_in_sample_rate: int = 16000
     audio_out_sample_rate: int = 24000
     analysis: LLMStageConfig | None = None
@@ -99,8 +111,33 @@ class PipelineConfig(ConfigModel):
     processors: dict[Point, list[ProcessorConfig]] = Field(default_factory=dict)
     """Processors added at named points of the call, in the order listed."""
 
+    @model_validator(mode="after")
+    def _one_path(self) -> "PipelineConfig":
+        """Either the cascade (`vad`, `stt`, `llm`, `tts`) or one `realtime` stage."""
+        cascade = {"vad": self.vad, "stt": self.stt, "llm": self.llm, "tts": self.tts}
+        if self.realtime:
+            clashing = [k for k, v in {**cascade, "turn": self.turn}.items() if v]
+            if clashing:
+                raise ValueError(f"a realtime pipeline has no {', '.join(clashing)} stage")
+            if misplaced := sorted(set(self.processors) & CASCADE_ONLY_POINTS):
+                raise ValueError(
+                    f"a realtime pipeline has no speech-to-text or text-to-speech stage to put "
+                    f"processors around: processors.{', processors.'.join(misplaced)}"
+                )
+        elif missing := [k for k, v in cascade.items() if v is None]:
+            raise ValueError(f"missing stages: {', '.join(missing)} (or one realtime stage)")
+        return self
+
+    @property
+    def voices(self) -> dict[str, str]:
+        """Voice name → the provider's voice id, from whichever stage speaks."""
+        speaker = self.realtime or self.tts
+        assert speaker is not None  # _one_path
+        return speaker.voices
+
     def stages(self) -> list[StageConfig]:
-        return [s for s in (self.vad, self.turn, self.stt, self.llm, self.tts) if s]
+        stages = (self.vad, self.turn, self.stt, self.llm, self.tts, self.realtime)
+        return [s for s in stages if s]
 
     def missing_env(self) -> list[str]:
         """Environment variables this config needs that are not set."""

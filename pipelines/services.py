@@ -9,14 +9,16 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from pipecat.adapters.llm.schemas.tools_schema import ToolsSchema
 from pipecat.audio.turn.smart_turn.base_smart_turn import BaseSmartTurn
 from pipecat.audio.vad.vad_analyzer import VADAnalyzer, VADParams
 from pipecat.services.piper.tts import PiperTTSService
 from pipecat.services.whisper.stt import WhisperSTTService
 from pipecat.transcriptions.language import Language
+from pipecat.utils.types import NOT_GIVEN, NotGiven
 
-from pipelines import models, pipecat_compat
-from pipelines.config import PipelineConfig, StageConfig, resolve_path
+from pipelines import models, pipecat_compat, realtime
+from pipelines.config import PipelineConfig, RealtimeStageConfig, StageConfig, resolve_path
 from pipelines.first_clause import FirstClauseTextAggregator
 from pipelines.spoken_words import AudioTimedWords
 from pipelines.whisper import SharedWhisperSTTService
@@ -30,6 +32,8 @@ class ServiceContext:
     voice_id: str
     """The provider's voice id (already mapped from the agent's voice name)."""
     language: str = "en"
+    tools: ToolsSchema | NotGiven = NOT_GIVEN
+    """The agent's tools, for a service that takes them itself (a realtime one)."""
 
 
 def _silero(stage: StageConfig, ctx: ServiceContext) -> VADAnalyzer:
@@ -190,6 +194,18 @@ def _elevenlabs(stage: StageConfig, ctx: ServiceContext):
     )
 
 
+def _openai_realtime(stage: StageConfig, ctx: ServiceContext):
+    assert isinstance(stage, RealtimeStageConfig)
+    return realtime.openai_realtime(
+        stage,
+        api_key=_env_key(stage),
+        system_prompt=ctx.system_prompt,
+        voice=ctx.voice_id,
+        language=ctx.language,
+        tools=ctx.tools,
+    )
+
+
 def _env_key(stage: StageConfig) -> str | None:
     return os.environ.get(stage.api_key_env) if stage.api_key_env else None
 
@@ -219,6 +235,7 @@ FACTORIES: dict[str, Callable[[StageConfig, ServiceContext], Any]] = {
     "cartesia": _cartesia,
     "assemblyai": _assemblyai,
     "elevenlabs": _elevenlabs,
+    "openai_realtime": _openai_realtime,
     "canned_stt": _canned_stt,
     "canned_tts": _canned_tts,
 }
@@ -226,16 +243,24 @@ FACTORIES: dict[str, Callable[[StageConfig, ServiceContext], Any]] = {
 
 NARROWBAND_RATE = 8000
 NARROWBAND_SERVICES = frozenset(
-    {"silero", "smart_turn_v3", "deepgram", "assemblyai", "openai_stt", "canned_stt"}
+    {
+        "silero",
+        "smart_turn_v3",
+        "deepgram",
+        "assemblyai",
+        "openai_stt",
+        "canned_stt",
+        "openai_realtime",
+    }
 )
 """Services that take a phone caller's 8 kHz audio as it is (Smart Turn brings a turn's audio to
-its model's 16 kHz itself); Whisper needs 16 kHz."""
+its model's 16 kHz itself, OpenAI Realtime to its 24 kHz); Whisper needs 16 kHz."""
 
 
 def phone_input_rate(config: PipelineConfig) -> int:
     """The pipeline's input rate on a phone call: the carriers' own 8 kHz when every service that
     hears the caller takes it, so the caller's audio is never resampled; else the config's rate."""
-    hearing = [s for s in (config.vad, config.turn, config.stt) if s]
+    hearing = [s for s in (config.vad, config.turn, config.stt, config.realtime) if s]
     if all(s.service in NARROWBAND_SERVICES for s in hearing):
         return NARROWBAND_RATE
     return config.audio_in_sample_rate
@@ -254,7 +279,7 @@ def create(stage: StageConfig, ctx: ServiceContext):
 def preload(config: PipelineConfig) -> None:
     """Build each of a config's services once, so the first call pays neither for loading
     models nor for importing service modules. Stages lacking credentials are skipped."""
-    for voice_id in config.tts.voices.values():
+    for voice_id in config.voices.values():
         ctx = ServiceContext(system_prompt="", voice_id=voice_id, language="en")
         for stage in config.stages():
             if not (stage.api_key_env and not os.environ.get(stage.api_key_env)):

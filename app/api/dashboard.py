@@ -207,7 +207,7 @@ def _agent_form_context(state, values: dict, errors: list[str] | None = None) ->
     loaded = state.catalog.load_all()
     pipelines = list(loaded)
     voices = sorted(
-        {voice for c in loaded.values() if isinstance(c, PipelineConfig) for voice in c.tts.voices}
+        {voice for c in loaded.values() if isinstance(c, PipelineConfig) for voice in c.voices}
     )
     return {"values": values, "errors": errors or [], "pipelines": pipelines, "voices": voices}
 

@@ -75,7 +75,7 @@ async def list_pipelines(state: StateDep, caller: CallerDep) -> list[PipelineOut
         else PipelineOut(
             name=name,
             description=c.description,
-            voices=sorted(c.tts.voices),
+            voices=sorted(c.voices),
             missing_env=c.missing_env(),
         )
         for name, c in state.catalog.load_all().items()

@@ -189,6 +189,12 @@ class CallSession:
             if message.content:
                 await self._record("USER", message.content, message.timestamp)
 
+        if self._config.realtime:
+            # A realtime service's caller turn is written once the agent starts answering it.
+            @call.user_aggregator.event_handler("on_user_turn_message_added")
+            async def on_user_message(_aggregator, message):
+                await self._record("USER", message.content, message.timestamp)
+
         @call.assistant_aggregator.event_handler("on_assistant_turn_stopped")
         async def on_agent_turn(_aggregator, message):
             if message.content:
