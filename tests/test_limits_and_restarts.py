@@ -97,6 +97,15 @@ async def test_call_over_the_account_cap_is_refused_while_the_first_carries_on(
         )
         assert twiml.status_code == 200 and twiml.headers["content-type"].startswith("text/xml")
         assert "<Say>" in twiml.text and "<Hangup" in twiml.text and "<Stream" not in twiml.text
+        # An agent of the account with an overflow number sends the call there instead.
+        staffed = make_agent(api, pipeline="scripted", overflow_number="+14155550199")
+        overflowed = twilio_post(
+            f"{limited_server.url}/v1/twilio/voice?agentId={staffed['id']}",
+            {"CallSid": "CA" + "2" * 32, "From": "+15550001111", "To": "+15550002222"},
+            TWILIO_AUTH_TOKEN,
+        )
+        assert overflowed.status_code == 200, overflowed.text
+        assert "<Dial><Number>+14155550199</Number></Dial>" in overflowed.text
         # The first call is unaffected.
         await first.send_event({"type": "input.text", "text": "Are you still there?"})
         assert (await first.wait_for("transcript.agent", timeout=60))[

@@ -157,7 +157,7 @@ async def create_plivo_session(
 async def _answer_inbound(
     carrier: str, request: Request, state, db, agent_id: str | None, form: dict, call_id_field: str
 ) -> Response:
-    session, agent = await start_inbound(
+    session, overflow_number = await start_inbound(
         state,
         db,
         carrier,
@@ -167,8 +167,8 @@ async def _answer_inbound(
         call_id=form.get(call_id_field),
     )
     if session is None:
-        if agent.overflow_number:
-            return twiml_response(OVERFLOWS[carrier](agent.overflow_number))
+        if overflow_number:
+            return twiml_response(OVERFLOWS[carrier](overflow_number))
         return twiml_response(APOLOGIES[carrier](BUSY_APOLOGY))
     return twiml_response(answer_xml(carrier, state, request, session, None))
 

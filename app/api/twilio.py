@@ -23,7 +23,7 @@ from app.errors import DRAINING_RESPONSES, ERROR_RESPONSES, APIError, ErrorBody,
 from app.state import AppState
 from app.storage import sessions as session_store
 from app.storage import telephony as store
-from app.storage.models import Agent, PhoneCall, Session
+from app.storage.models import PhoneCall, Session
 from app.telephony import twilio
 from app.telephony.numbers import DialNumber, E164Number
 from app.telephony.phone_calls import apply_status, start_phone_session
@@ -167,7 +167,7 @@ async def twilio_voice(
     on to its `overflow_number` if it has one; otherwise a full node (`server_busy`) rejects it
     busy, and an account at its cap or a draining server apologises and hangs up."""
     form = await signed_form(state, request)
-    session, agent = await start_inbound(
+    session, overflow_number = await start_inbound(
         state,
         db,
         "twilio",
@@ -177,8 +177,8 @@ async def twilio_voice(
         call_id=form.get("CallSid"),
     )
     if session is None:
-        if agent.overflow_number:
-            return twiml_response(twilio.overflow_twiml(agent.overflow_number))
+        if overflow_number:
+            return twiml_response(twilio.overflow_twiml(overflow_number))
         if busy_refusal(state) is not None and not state.draining:
             return twiml_response(twilio.busy_twiml())
         return twiml_response(twilio.apology_twiml(BUSY_APOLOGY))
@@ -194,10 +194,11 @@ async def start_inbound(
     to_number: str,
     from_number: str,
     call_id: str | None,
-) -> tuple[Session | None, Agent]:
-    """The session for a call coming in to `to_number`'s agent (or `agent_id`'s), and the agent;
-    no session when the server is busy or draining or the account is at its cap, so the caller is
-    sent to the agent's `overflow_number` or hears busy or an apology, never a dead line."""
+) -> tuple[Session | None, str | None]:
+    """The session for a call coming in to `to_number`'s agent (or `agent_id`'s), and the agent's
+    `overflow_number`; no session when the server is busy or draining or the account is at its
+    cap, so the caller is sent to the overflow number or hears busy or an apology, never a dead
+    line."""
     agent = await (
         store.agent_by_id(db, agent_id) if agent_id else store.agent_for_number(db, to_number)
     )
@@ -209,6 +210,7 @@ async def start_inbound(
                 404, "number_not_assigned", f"no active agent has the phone number '{to_number}'"
             )
         )
+    overflow_number = agent.overflow_number  # a refused admission expires the agent's row
     try:
         session, _call = await start_phone_session(
             state,
@@ -224,8 +226,8 @@ async def start_inbound(
         if exc.status not in (429, 503):
             raise
         logger.info(f"{carrier} call {call_id} turned away: {exc.body.message}")
-        return None, agent
-    return session, agent
+        return None, overflow_number
+    return session, overflow_number
 
 
 @router.post(
