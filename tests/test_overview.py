@@ -45,6 +45,11 @@ async def call_with_a_barge_in(server, agent: dict) -> str:
         await client.stream(speech("Wait, stop, I have a question.", tail_secs=1.0))
         await client.wait_for("agent.speech.stopped", timeout=10, count=3)
         await client.wait_for("agent.speech.stopped", timeout=60, count=4)
+        # One more plain spoken turn: whether the barge-in's own reply is measured as a turn
+        # depends on timing, the timeline needs two.
+        await client.stream(speech("And is there parking nearby?"))
+        await client.stream_silence(1.0)
+        await client.wait_for("agent.speech.stopped", timeout=60, count=5)
         await client.send_event({"type": "session.end"})
         await client.wait_for("session.ended", timeout=10)
     return ready["session_id"]
