@@ -167,6 +167,7 @@ async def run_analysis(
 
 
 def _ended(session: Session, cost: dict | None) -> dict:
+    flow = {"flow": session.flow_state} if session.flow_state else {}
     return {
         "status": session.status,
         "end_reason": session.end_reason,
@@ -175,4 +176,5 @@ def _ended(session: Session, cost: dict | None) -> dict:
         "ended_at": session.ended_at.isoformat() if session.ended_at else None,
         "error": session.error,
         "cost": cost,
+        **flow,
     }

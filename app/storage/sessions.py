@@ -143,6 +143,12 @@ async def add_transcript_entry(
     await db.commit()
 
 
+async def save_flow_state(db: AsyncSession, session_id: str, state: dict) -> None:
+    """Store a flow call's path and collected values (committed with the caller's work)."""
+    session = await db.get_one(Session, session_id)
+    session.flow_state = state
+
+
 async def transcript(db: AsyncSession, session_id: str) -> list[TranscriptEntry]:
     rows = await db.scalars(
         select(TranscriptEntry)

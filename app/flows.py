@@ -1,0 +1,130 @@
+"""Conversation flows: an agent's `flow` is a Pipecat flow config (`pipecat.flows.FlowConfig`,
+its JSON Schema `flow_config.schema.json`) whose functions the server can run.
+
+A node's function is either ``transition_only`` (Pipecat's: it moves to ``transition_to``),
+or names one of the agent's tools (webhook, client, collect, end_call, transfer_call), which
+the call's tool runner runs; its ``transition_to`` (a node, or a branch on a field of the
+result) picks the next node. Actions are Pipecat's built-ins that need no code
+(``tts_say``, ``end_conversation``).
+"""
+
+import json
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import pipecat.flows
+from jsonschema import Draft202012Validator
+from pipecat.flows import FlowConfig
+from pydantic import ValidationError
+
+from app.errors import APIError
+
+SERVER_ACTIONS = ("tts_say", "end_conversation")
+"""The action types a stored flow may use: Pipecat's built-ins that take no handler."""
+
+
+@cache
+def flow_schema() -> dict[str, Any]:
+    """Pipecat's JSON Schema of a flow config."""
+    path = Path(pipecat.flows.__file__).with_name("flow_config.schema.json")
+    return json.loads(path.read_text())
+
+
+def _where(path: list) -> tuple[str | None, str]:
+    """The node a schema error is in (None: the top level or global_functions) and its field."""
+    parts = [str(p) for p in path]
+    if len(parts) >= 2 and parts[0] == "nodes":
+        return parts[1], ".".join(parts[2:]) or "(node)"
+    return None, ".".join(parts) or "(flow)"
+
+
+def _problem(node: str | None, field: str, message: str) -> dict[str, Any]:
+    return {"node": node, "field": field, "message": message}
+
+
+def _message(error: Any) -> str:
+    return error["msg"].removeprefix("Value error, ")
+
+
+def flow_problems(flow: Any, tools: list[dict]) -> list[dict[str, Any]]:
+    """What is wrong with `flow` for an agent with `tools`: each problem names its node (None:
+    the flow's top level), field and what is wrong. Empty when the flow can run."""
+    errors = sorted(
+        Draft202012Validator(flow_schema()).iter_errors(flow), key=lambda e: list(e.absolute_path)
+    )
+    if errors:
+        return [_problem(*_where(list(e.absolute_path)), e.message) for e in errors]
+    problems = []
+    nodes: dict[str, FlowConfig.Node] = {}
+    for name, node in flow["nodes"].items():
+        try:
+            nodes[name] = FlowConfig.Node.model_validate(node)
+        except ValidationError as exc:  # beyond the schema: function names unique in a node
+            problems += [_problem(name, "functions", _message(e)) for e in exc.errors()]
+    if flow["initial_node"] not in flow["nodes"]:
+        problems.append(
+            _problem(None, "initial_node", f"'{flow['initial_node']}' is not a node of the flow")
+        )
+    names = sorted(t["name"] for t in tools)
+    global_functions = [
+        FlowConfig.Function.model_validate(f) for f in flow.get("global_functions", [])
+    ]
+    for where, functions in [
+        *((name, node.functions) for name, node in nodes.items()),
+        (None, global_functions),
+    ]:
+        prefix = "functions" if where else "global_functions"
+        for index, function in enumerate(functions):
+            problems += [
+                _problem(
+                    where,
+                    f"{prefix}.{index}.transition_to",
+                    f"'{target}' is not a node of the flow",
+                )
+                for target in function.targets()
+                if target not in flow["nodes"]
+            ]
+            if not function.transition_only and function.name not in names:
+                problems.append(
+                    _problem(
+                        where,
+                        f"{prefix}.{index}.name",
+                        f"function '{function.name}' has no handler: it is not transition_only "
+                        f"and the agent has no tool of that name (tools: {', '.join(names) or 'none'})",
+                    )
+                )
+    for name, node in nodes.items():
+        for kind in ("pre_actions", "post_actions"):
+            for index, action in enumerate(getattr(node, kind)):
+                if action.type not in SERVER_ACTIONS:
+                    problems.append(
+                        _problem(
+                            name,
+                            f"{kind}.{index}.type",
+                            f"action type '{action.type}' has no handler on this server "
+                            f"(allowed: {', '.join(SERVER_ACTIONS)})",
+                        )
+                    )
+    if problems:
+        return problems
+    try:  # what is left: a function both global and a node's, duplicate names
+        FlowConfig.model_validate(flow)
+    except ValidationError as exc:
+        return [
+            _problem(None, "(flow)", e["msg"].removeprefix("Value error, ")) for e in exc.errors()
+        ]
+    return []
+
+
+def check_flow(flow: dict | None, tools: list[dict]) -> None:
+    """422 `invalid_flow` naming each problem's node and field, unless `flow` can run."""
+    if flow is None:
+        return
+    problems = flow_problems(flow, tools)
+    if problems:
+        described = "; ".join(
+            f"{'node ' + repr(p['node']) + ' ' if p['node'] else ''}{p['field']}: {p['message']}"
+            for p in problems
+        )
+        raise APIError(422, "invalid_flow", f"flow: {described}", {"problems": problems})
