@@ -1,0 +1,206 @@
+"""Conversation flows: an agent's flow (examples/flows/) run by Pipecat's FlowManager over
+the direct WebSocket with spoken caller turns, its validation, and its state on the session.
+The scripted LLM answers each node with the function call the node asks for."""
+
+import copy
+import json
+import time
+from pathlib import Path
+
+import pytest
+
+from app.client import SessionClient
+from tests.audio import speech
+from tests.fakes.scripted_llm import ToolCall
+from tests.helpers.calls import agent_ws, transcript, wait_for_status
+from tests.helpers.servers import make_agent
+
+EXAMPLES = Path(__file__).parent.parent / "examples" / "flows"
+CLINIC_PATH = ["greeting", "identify", "collect", "confirm", "book", "end"]
+COLLECTED = {"name": "Alice Smith", "date": "Monday", "time": "10:00"}
+
+
+def example(name: str, **urls: str) -> dict:
+    """An example agent, its webhook tools pointed at `urls` (by tool name)."""
+    agent = json.loads((EXAMPLES / f"{name}.json").read_text())
+    for tool in agent["tools"]:
+        if tool["name"] in urls:
+            tool["url"] = urls[tool["name"]]
+    return agent
+
+
+def clinic_agent(api, webhook_receiver) -> dict:
+    body = example("clinic-appointment", book_appointment=webhook_receiver.url("/book"))
+    return make_agent(api, **body, pipeline="scripted", webhook_url=webhook_receiver.url("/events"))
+
+
+def script_clinic(llm, until: str = "end") -> None:
+    """The LLM's side of the clinic call, node by node, up to `until`."""
+    steps = {
+        "greeting": ["Riverside Clinic, how can I help?", ToolCall("start_booking")],
+        "identify": ["May I have your full name?", ToolCall("save_name", {"name": "Alice Smith"})],
+        "collect": [
+            "Which date and time suit you?",
+            ToolCall("save_slot", {"date": "Monday", "time": "10:00"}),
+        ],
+        "confirm": ["Alice Smith, Monday at 10:00. Is that right?", ToolCall("confirm_booking")],
+        "book": [ToolCall("book_appointment")],  # its arguments come from the collected values
+        "end": [ToolCall("end_call")],
+    }
+    for node in CLINIC_PATH[: CLINIC_PATH.index(until) + 1]:
+        llm.script(*steps[node])
+
+
+CALLER = [
+    "I would like to book an appointment.",
+    "My name is Alice Smith.",
+    "Next Monday at ten in the morning.",
+    "Yes, that is right.",
+]
+
+
+async def say(client: SessionClient, text: str, spoken: int) -> None:
+    """The caller speaks once the agent has stopped for the `spoken`-th time."""
+    await client.wait_for("agent.speech.stopped", timeout=60, count=spoken)
+    await client.stream(speech(text))
+    await client.stream_silence(1.0)
+
+
+async def test_clinic_flow_books_with_the_collected_values(server, api, llm, webhook_receiver):
+    agent = clinic_agent(api, webhook_receiver)
+    script_clinic(llm)
+    async with SessionClient(agent_ws(server, agent["id"])) as client:
+        ready = await client.wait_for("session.ready", timeout=30)
+        for spoken, text in enumerate(CALLER, start=1):
+            await say(client, text, spoken)
+        ended = await client.wait_for("session.ended", timeout=60)
+    assert ended["reason"] == "agent_ended"
+    session_id = ready["session_id"]
+
+    # The webhook tool got the values the earlier nodes collected (the LLM passed none).
+    [booking] = [r for r in webhook_receiver.received if r["path"] == "/book"]
+    assert json.loads(booking["body"]) == COLLECTED
+    assert booking["headers"]["X-Switchboard-Session"] == session_id
+
+    session = wait_for_status(api, session_id, "completed")
+    assert session["flow"] == {"path": CLINIC_PATH, "values": COLLECTED}
+
+    # Each node is marked in the transcript where the call entered it.
+    items = transcript(api, session_id)
+    marks = [
+        (json.loads(t["content"])["node"], i)
+        for i, t in enumerate(items)
+        if t["speaker"] == "SYSTEM"
+    ]
+    assert [node for node, _ in marks] == CLINIC_PATH
+    said = [t["content"] for t in items if t["speaker"] == "USER"]
+    assert len(said) == len(CALLER)
+    first_user = next(i for i, t in enumerate(items) if t["speaker"] == "USER")
+    assert marks[0][1] < first_user < marks[1][1]  # identify begins after the caller's request
+    tools = [json.loads(t["content"])["name"] for t in items if t["speaker"] == "TOOL"]
+    assert tools == ["save_name", "save_slot", "book_appointment", "end_call"]
+
+    # Each node offered the LLM its own functions, and prompts were filled from the values.
+    requests = [r for r in llm.requests if r.get("stream")]
+    offered = [sorted(t["function"]["name"] for t in r.get("tools", [])) for r in requests]
+    assert offered[0] == ["start_booking"]
+    assert ["save_name"] in offered and ["book_appointment"] in offered
+    confirm = next(
+        r for r in requests if r.get("tools", [{}])[0]["function"]["name"] == "confirm_booking"
+    )
+    assert "Read back the appointment: Alice Smith, Monday at 10:00." in json.dumps(confirm)
+
+    # session.ended carries the flow's state.
+    assert ended_hook(webhook_receiver, session_id)["data"]["flow"] == session["flow"]
+
+
+def ended_hook(receiver, session_id: str, timeout: float = 30) -> dict:
+    """The `session.ended` webhook of the session, once delivered."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for request in receiver.events("/events"):
+            body = json.loads(request["body"])
+            if body["event"] == "session.ended" and body["session_id"] == session_id:
+                return body
+        time.sleep(0.1)
+    raise AssertionError(f"no session.ended webhook for {session_id}")
+
+
+def broken(mutate) -> dict:
+    body = example("clinic-appointment")
+    mutate(body["flow"])
+    return body
+
+
+@pytest.mark.parametrize(
+    ("mutate", "problem"),
+    [
+        (
+            lambda f: f.update(initial_node="welcome"),
+            {
+                "node": None,
+                "field": "initial_node",
+                "message": "'welcome' is not a node of the flow",
+            },
+        ),
+        (
+            lambda f: f["nodes"]["confirm"]["functions"][1].update(transition_to="retry"),
+            {
+                "node": "confirm",
+                "field": "functions.1.transition_to",
+                "message": "'retry' is not a node of the flow",
+            },
+        ),
+        (
+            lambda f: f["nodes"]["book"]["functions"][0].update(name="book_it"),
+            {"node": "book", "field": "functions.0.name"},
+        ),
+        (
+            lambda f: f["nodes"]["end"].pop("task_messages"),
+            {"node": "end", "field": "(node)", "message": "'task_messages' is a required property"},
+        ),
+        (
+            lambda f: f["nodes"]["identify"].update(context_strategy="forget"),
+            {"node": "identify", "field": "context_strategy"},
+        ),
+        (
+            lambda f: f["nodes"]["end"].update(post_actions=[{"type": "function", "handler": "x"}]),
+            {"node": "end", "field": "post_actions.0.type"},
+        ),
+    ],
+    ids=["missing-initial-node", "unknown-target", "no-handler", "schema", "enum", "action"],
+)
+def test_invalid_flows_are_refused_naming_node_and_field(api, mutate, problem):
+    response = api.post("/v1/agents", json={**broken(mutate), "pipeline": "scripted"})
+    assert response.status_code == 422, response.text
+    error = response.json()
+    assert error["code"] == "invalid_flow"
+    [found] = error["details"]["problems"]
+    assert problem.items() <= found.items()
+    if problem["node"]:
+        assert f"node '{problem['node']}' {problem['field']}" in error["message"]
+
+
+def test_flow_is_stored_shown_and_checked_against_tool_changes(api):
+    body = example("clinic-appointment")
+    agent = make_agent(api, **body, pipeline="scripted")
+    assert agent["flow"] == body["flow"]
+    assert api.get(f"/v1/agents/{agent['id']}").json()["flow"] == body["flow"]
+    # Dropping a tool the flow names is refused; so is a broken flow in an update.
+    tools = [t for t in body["tools"] if t["name"] != "save_slot"]
+    refused = api.patch(f"/v1/agents/{agent['id']}", json={"tools": tools})
+    assert refused.status_code == 422 and refused.json()["code"] == "invalid_flow"
+    assert "save_slot" in refused.json()["message"]
+    flow = copy.deepcopy(body["flow"])
+    flow["initial_node"] = "nowhere"
+    assert api.patch(f"/v1/agents/{agent['id']}", json={"flow": flow}).status_code == 422
+    cleared = api.patch(f"/v1/agents/{agent['id']}", json={"flow": None, "tools": tools})
+    assert cleared.status_code == 200 and cleared.json()["flow"] is None
+
+
+def test_openapi_documents_flows(api):
+    spec = api.get("/openapi.json").json()
+    flow = spec["components"]["schemas"]["AgentCreate"]["properties"]["flow"]
+    assert "transition_only" in json.dumps(flow)
+    assert "SYSTEM" in json.dumps(spec["components"]["schemas"]["TranscriptEntryOut"])
+    assert "FlowStateOut" in spec["components"]["schemas"]
