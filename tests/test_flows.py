@@ -12,8 +12,10 @@ import pytest
 from app.client import SessionClient
 from tests.audio import speech
 from tests.fakes.scripted_llm import ToolCall
-from tests.helpers.calls import agent_ws, transcript, wait_for_status
+from tests.fakes.twilio_client import TwilioMediaStreamsClient
+from tests.helpers.calls import agent_ws, transcript, wait_for_status, wait_resumable
 from tests.helpers.servers import make_agent
+from tests.helpers.twilio import twilio_session
 
 EXAMPLES = Path(__file__).parent.parent / "examples" / "flows"
 CLINIC_PATH = ["greeting", "identify", "collect", "confirm", "book", "end"]
@@ -124,6 +126,85 @@ def ended_hook(receiver, session_id: str, timeout: float = 30) -> dict:
                 return body
         time.sleep(0.1)
     raise AssertionError(f"no session.ended webhook for {session_id}")
+
+
+async def test_reconnect_mid_flow_resumes_at_the_node_with_its_values(server, api, llm):
+    agent = make_agent(api, **example("clinic-appointment"), pipeline="scripted")
+    session = api.post(f"/v1/agents/{agent['id']}/sessions").json()
+    script_clinic(llm, until="identify")
+    llm.script("Which date and time suit you?")
+    async with SessionClient(session["websocket_url"]) as client:
+        await client.wait_for("transcript.agent", timeout=30)
+        for count, text in enumerate(CALLER[:2], start=2):
+            await client.send_event({"type": "input.text", "text": text})
+            await client.wait_for("transcript.agent", timeout=30, count=count)
+    waiting = wait_resumable(api, session["session_id"])
+    assert waiting["flow"] == {
+        "path": ["greeting", "identify", "collect"],
+        "values": {"name": "Alice Smith"},
+    }
+
+    llm.script(
+        ToolCall("save_slot", {"date": "Monday", "time": "10:00"}),
+        "Alice Smith, Monday at 10:00. Is that right?",
+    )
+    async with SessionClient(session["websocket_url"]) as client:
+        ready = await client.wait_for("session.ready", timeout=30)
+        assert ready["resumed"] is True
+        await client.send_event({"type": "input.text", "text": CALLER[2]})
+        reply = await client.wait_for("transcript.agent", timeout=30)
+        assert reply["text"] == "Alice Smith, Monday at 10:00. Is that right?"
+        await client.send_event({"type": "session.end"})
+        await client.wait_for("session.ended", timeout=10)
+
+    # Back at `collect` (offering its function), with the name to fill the next node's prompt.
+    requests = [r for r in llm.requests if r.get("stream")]
+    assert [t["function"]["name"] for t in requests[-2]["tools"]] == ["save_slot"]
+    assert "Read back the appointment: Alice Smith, Monday at 10:00." in json.dumps(requests[-1])
+    done = wait_for_status(api, session["session_id"], "completed")
+    assert done["flow"] == {"path": CLINIC_PATH[:4], "values": COLLECTED}
+    marks = [
+        t["content"] for t in transcript(api, session["session_id"]) if t["speaker"] == "SYSTEM"
+    ]
+    assert [json.loads(m)["node"] for m in marks] == CLINIC_PATH[:4]
+
+
+async def test_clinic_flow_over_twilio_ends_and_hangs_up(
+    twilio_server, tw, twilio_rest, llm, webhook_receiver
+):
+    agent = clinic_agent(tw, webhook_receiver)
+    script_clinic(llm)
+    twiml, session = twilio_session(tw, agent["id"])
+    async with TwilioMediaStreamsClient.from_twiml(twiml) as client:
+        for spoken, text in enumerate(CALLER, start=1):
+            await client.wait_marks(spoken, timeout=60)
+            await client.send_audio(speech(text, sample_rate=8000))
+            await client.send_silence(1.0)
+        await client.wait_closed(timeout=60)
+    assert twilio_rest.wait_for_hang_up(client.call_sid)
+    done = wait_for_status(tw, session["session_id"], "completed")
+    assert done["end_reason"] == "agent_ended"
+    assert done["flow"] == {"path": CLINIC_PATH, "values": COLLECTED}
+
+
+async def test_restaurant_flow_transfers_to_a_human_from_any_node(
+    twilio_server, tw, twilio_rest, llm
+):
+    body = example("restaurant-reservation")
+    agent = make_agent(tw, **body, pipeline="scripted")
+    llm.script("Welcome to Luigi's. For how many people, and when?", ToolCall("transfer_to_human"))
+    twiml, session = twilio_session(tw, agent["id"])
+    async with TwilioMediaStreamsClient.from_twiml(twiml) as client:
+        await client.wait_marks(1, timeout=60)
+        await client.send_audio(speech("Can I speak to a person, please?", sample_rate=8000))
+        await client.send_silence(1.0)
+        await client.wait_closed(timeout=60)
+    path = f"/2010-04-01/Accounts/{twilio_rest.account_sid}/Calls/{client.call_sid}.json"
+    [update] = [r for r in twilio_rest.requests if r.path == path]
+    assert "<Dial>+14155550142</Dial>" in update.value("Twiml")
+    done = wait_for_status(tw, session["session_id"], "completed")
+    assert done["end_reason"] == "transferred"
+    assert done["flow"] == {"path": ["greeting"], "values": {}}
 
 
 def broken(mutate) -> dict:

@@ -73,10 +73,16 @@ class CallFlow:
         manager.register_action(NODE_ACTION, self._entered)
         await manager.initialize()
         if self.path:
-            node = self._nodes[self.path[-1]]
-            await manager.set_node_from_config(
-                {**node, "pre_actions": [], "post_actions": [], "respond_immediately": False}
-            )
+            node: NodeConfig = {
+                **self._nodes[self.path[-1]],
+                "pre_actions": [],
+                "post_actions": [],
+                "respond_immediately": False,
+            }
+            roles = [self._nodes[n].get("role_message") for n in self.path]
+            if role := next((r for r in reversed(roles) if r), None):
+                node["role_message"] = role  # the role the call had, as a role persists
+            await manager.set_node_from_config(node)
         else:
             await manager.set_node_from_config(self._nodes[self._config.initial_node])
 
