@@ -9,7 +9,9 @@ result) picks the next node. Actions are Pipecat's built-ins that need no code
 """
 
 import json
+from collections.abc import Sequence
 from functools import cache
+from html import escape
 from pathlib import Path
 from typing import Any
 
@@ -123,8 +125,89 @@ def check_flow(flow: dict | None, tools: list[dict]) -> None:
         return
     problems = flow_problems(flow, tools)
     if problems:
-        described = "; ".join(
-            f"{'node ' + repr(p['node']) + ' ' if p['node'] else ''}{p['field']}: {p['message']}"
-            for p in problems
-        )
+        described = "; ".join(describe(p) for p in problems)
         raise APIError(422, "invalid_flow", f"flow: {described}", {"problems": problems})
+
+
+def describe(problem: dict[str, Any]) -> str:
+    """One problem as a line: `node 'x' field: message`."""
+    where = f"node '{problem['node']}' " if problem["node"] else ""
+    return f"{where}{problem['field']}: {problem['message']}"
+
+
+BOX_WIDTH, BOX_HEIGHT, COLUMN, ROW = 150, 36, 180, 80
+
+
+def _edges(flow: dict[str, Any]) -> dict[tuple[str, str], str]:
+    """Every transition between two of the flow's nodes, with the functions that make it."""
+    config = FlowConfig.model_validate(flow)
+    edges: dict[tuple[str, str], str] = {}
+    for name, node in config.nodes.items():
+        for function in node.functions:
+            for target in dict.fromkeys(function.targets()):
+                edges[name, target] = ", ".join(
+                    filter(None, [edges.get((name, target)), function.name])
+                )
+    return edges
+
+
+def flow_svg(flow: dict[str, Any], path: Sequence[str] = ()) -> str:
+    """The flow drawn as SVG: its nodes in rows by their distance from the initial node, an
+    arrow per transition (labelled with its function); the nodes and transitions of `path`
+    (a call's) are marked `taken`."""
+    edges = _edges(flow)
+    depth = {flow["initial_node"]: 0}
+    queue = [flow["initial_node"]]
+    for source in queue:  # breadth first: the queue grows as nodes are reached
+        for start, target in edges:
+            if start == source and target not in depth:
+                depth[target] = depth[source] + 1
+                queue.append(target)
+    for name in flow["nodes"]:  # unreachable nodes go last
+        depth.setdefault(name, max(depth.values()) + 1)
+    rows: dict[int, list[str]] = {}
+    for name in flow["nodes"]:
+        rows.setdefault(depth[name], []).append(name)
+    width = max(len(r) for r in rows.values()) * COLUMN + 20
+    centre = {
+        name: (10 + (index + 0.5) * COLUMN + (width - 20 - len(row) * COLUMN) / 2, 20 + d * ROW)
+        for d, row in rows.items()
+        for index, name in enumerate(row)
+    }
+    taken_edges = set(zip(path, path[1:], strict=False))
+    parts = []
+    for (source, target), function in edges.items():
+        (x1, y1), (x2, y2) = centre[source], centre[target]
+        taken = " taken" if (source, target) in taken_edges else ""
+        if y2 > y1:  # down to a later row
+            line = f"M{x1:.0f},{y1 + BOX_HEIGHT:.0f} L{x2:.0f},{y2:.0f}"
+        else:  # back up, or across: around the right side
+            bend = max(x1, x2) + BOX_WIDTH / 2 + 15
+            line = (
+                f"M{x1 + BOX_WIDTH / 2:.0f},{y1 + BOX_HEIGHT / 2:.0f} C{bend:.0f},{y1:.0f} "
+                f"{bend:.0f},{y2 + BOX_HEIGHT:.0f} {x2 + BOX_WIDTH / 2:.0f},{y2 + BOX_HEIGHT / 2:.0f}"
+            )
+        parts.append(
+            f'<path class="edge{taken}" d="{line}" marker-end="url(#arrow)">'
+            f"<title>{escape(function)}: {escape(source)} → {escape(target)}</title></path>"
+        )
+    for name, (x, y) in centre.items():
+        classes = (
+            "node"
+            + (" taken" if name in path else "")
+            + (" current" if path and name == path[-1] else "")
+        )
+        parts.append(
+            f'<g class="{classes}" data-node="{escape(name)}">'
+            f'<rect x="{x - BOX_WIDTH / 2:.0f}" y="{y:.0f}" width="{BOX_WIDTH}" height="{BOX_HEIGHT}" rx="8"/>'
+            f'<text x="{x:.0f}" y="{y + BOX_HEIGHT / 2 + 5:.0f}" text-anchor="middle">{escape(name)}</text></g>'
+        )
+    height = (max(rows) + 1) * ROW + 10
+    return (
+        f'<svg class="flow-graph" xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {width} {height}" '
+        f'width="{width}" height="{height}" role="img" aria-label="Conversation flow">'
+        '<defs><marker id="arrow" viewBox="0 0 10 10" refX="10" refY="5" markerWidth="7" '
+        'markerHeight="7" orient="auto-start-reverse"><path d="M0,0 L10,5 L0,10 z"/></marker></defs>'
+        + "".join(parts)
+        + "</svg>"
+    )

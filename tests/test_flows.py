@@ -4,6 +4,7 @@ The scripted LLM answers each node with the function call the node asks for."""
 
 import copy
 import json
+import re
 import time
 from pathlib import Path
 
@@ -14,6 +15,7 @@ from tests.audio import speech
 from tests.fakes.scripted_llm import ToolCall
 from tests.fakes.twilio_client import TwilioMediaStreamsClient
 from tests.helpers.calls import agent_ws, transcript, wait_for_status, wait_resumable
+from tests.helpers.dashboard import logged_in
 from tests.helpers.servers import make_agent
 from tests.helpers.twilio import twilio_session
 
@@ -114,6 +116,14 @@ async def test_clinic_flow_books_with_the_collected_values(server, api, llm, web
 
     # session.ended carries the flow's state.
     assert ended_hook(webhook_receiver, session_id)["data"]["flow"] == session["flow"]
+
+    # The dashboard's call page draws the flow with the path taken.
+    with logged_in(server) as dashboard:
+        page = dashboard.get(f"/calls/{session_id}").text
+    assert "greeting → identify → collect → confirm → book → end" in page
+    assert page.count('<g class="node taken') == len(CLINIC_PATH)
+    assert '<g class="node taken current" data-node="end">' in page
+    assert page.count('class="edge taken"') == len(CLINIC_PATH) - 1
 
 
 def ended_hook(receiver, session_id: str, timeout: float = 30) -> dict:
@@ -277,6 +287,43 @@ def test_flow_is_stored_shown_and_checked_against_tool_changes(api):
     assert api.patch(f"/v1/agents/{agent['id']}", json={"flow": flow}).status_code == 422
     cleared = api.patch(f"/v1/agents/{agent['id']}", json={"flow": None, "tools": tools})
     assert cleared.status_code == 200 and cleared.json()["flow"] is None
+
+
+def test_dashboard_edits_and_draws_a_flow(server, api):
+    body = example("clinic-appointment")
+    form = {
+        "name": "Clinic",
+        "pipeline": "scripted",
+        "voice_id": "joe",
+        "language": "en",
+        "system_prompt": body["system_prompt"],
+        "tools": json.dumps(body["tools"]),
+    }
+    flow = copy.deepcopy(body["flow"])
+    flow["nodes"]["confirm"]["functions"][1]["transition_to"] = "retry"
+    with logged_in(server) as client:
+        bad = client.post("/agents/new", data={**form, "flow": json.dumps(flow)})
+        assert bad.status_code == 422
+        assert '<ul class="error" id="flow-errors">' in bad.text
+        assert (
+            "<li>node &#39;confirm&#39; functions.1.transition_to: &#39;retry&#39; is not a node "
+            "of the flow</li>" in bad.text
+        )
+        assert "&#34;retry&#34;" in bad.text  # the form keeps what was typed
+        not_json = client.post("/agents/new", data={**form, "flow": "{"})
+        assert not_json.status_code == 422 and "flow: not valid JSON" in not_json.text
+
+        created = client.post("/agents/new", data={**form, "flow": json.dumps(body["flow"])})
+        assert created.status_code == 303
+        agent_id = created.headers["location"].rsplit("/", 1)[1]
+        assert api.get(f"/v1/agents/{agent_id}").json()["flow"] == body["flow"]
+        page = client.get(f"/agents/{agent_id}").text
+    assert '<svg class="flow-graph"' in page
+    nodes = set(re.findall(r'<g class="node" data-node="(\w+)">', page))
+    assert nodes == set(CLINIC_PATH)
+    # One arrow per pair of nodes a function moves between (book branches to end and collect).
+    assert page.count('<path class="edge"') == 7
+    assert "<title>book_appointment: book → collect</title>" in page
 
 
 def test_openapi_documents_flows(api):
