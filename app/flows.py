@@ -182,7 +182,7 @@ def flow_svg(flow: dict[str, Any], path: Sequence[str] = ()) -> str:
         if y2 > y1:  # down to a later row
             line = f"M{x1:.0f},{y1 + BOX_HEIGHT:.0f} L{x2:.0f},{y2:.0f}"
         else:  # back up, or across: around the right side
-            bend = max(x1, x2) + BOX_WIDTH / 2 + 15
+            bend = max(x1, x2) + BOX_WIDTH / 2 + 15 + 10 * abs(y1 - y2) / ROW
             line = (
                 f"M{x1 + BOX_WIDTH / 2:.0f},{y1 + BOX_HEIGHT / 2:.0f} C{bend:.0f},{y1:.0f} "
                 f"{bend:.0f},{y2 + BOX_HEIGHT:.0f} {x2 + BOX_WIDTH / 2:.0f},{y2 + BOX_HEIGHT / 2:.0f}"

@@ -14,7 +14,7 @@ from app.client import SessionClient
 from tests.audio import speech
 from tests.fakes.scripted_llm import ToolCall
 from tests.fakes.twilio_client import TwilioMediaStreamsClient
-from tests.helpers.calls import agent_ws, transcript, wait_for_status, wait_resumable
+from tests.helpers.calls import agent_ws, inline_call, transcript, wait_for_status, wait_resumable
 from tests.helpers.dashboard import logged_in
 from tests.helpers.servers import make_agent
 from tests.helpers.twilio import twilio_session
@@ -215,6 +215,33 @@ async def test_restaurant_flow_transfers_to_a_human_from_any_node(
     done = wait_for_status(tw, session["session_id"], "completed")
     assert done["end_reason"] == "transferred"
     assert done["flow"] == {"path": ["greeting"], "values": {}}
+
+
+async def test_inline_call_runs_a_flow(server, api, llm):
+    body = example("clinic-appointment")
+    llm.script("Riverside Clinic, how can I help?", ToolCall("start_booking"), "Your name?")
+    call = inline_call(api, flow=body["flow"], tools=body["tools"], greeting="")
+    async with SessionClient(call["url"]) as client:
+        await client.wait_for("transcript.agent", timeout=30)
+        await client.send_event({"type": "input.text", "text": CALLER[0]})
+        await client.wait_for("transcript.agent", timeout=30, count=2)
+        await client.send_event({"type": "session.end"})
+        await client.wait_for("session.ended", timeout=10)
+    done = wait_for_status(api, call["session_id"], "completed")
+    assert done["flow"] == {"path": ["greeting", "identify"], "values": {}}
+    refused = api.post(
+        "/v1/calls/inline",
+        json={
+            "systemPrompt": body["system_prompt"],
+            "voice": "joe",
+            "language": "en",
+            "greeting": "",
+            "pipeline": "scripted",
+            "flow": {**body["flow"], "initial_node": "nope"},
+            "tools": body["tools"],
+        },
+    )
+    assert refused.status_code == 422 and refused.json()["code"] == "invalid_flow"
 
 
 def broken(mutate) -> dict:
