@@ -138,7 +138,7 @@ async def run_analysis(
             entries = await session_store.transcript(db, session_id)
         fields = [analyser.AnalysisField(**f) for f in agent.analysis_fields or []]
         result, error, attempts, model = await analyser.analyse(
-            config, analyser.transcript_text(entries), fields, agent.language
+            config, analyser.transcript_text(entries, session.flow_state), fields, agent.language
         )
     except Exception as exc:
         if job.attempts >= job.max_attempts:
