@@ -153,6 +153,9 @@ async def test_reconnect_mid_flow_resumes_at_the_node_with_its_values(server, ap
         "path": ["greeting", "identify", "collect"],
         "values": {"name": "Alice Smith"},
     }
+    # A flow changed meanwhile is the agent's next calls': this one goes on with its own.
+    other = {"initial_node": "other", "nodes": {"other": {"task_messages": []}}}
+    assert api.patch(f"/v1/agents/{agent['id']}", json={"flow": other}).status_code == 200
 
     llm.script(
         ToolCall("save_slot", {"date": "Monday", "time": "10:00"}),

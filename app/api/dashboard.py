@@ -564,8 +564,8 @@ async def session_page(
         has_recording=session.recording_status in ("recording", "available"),
         waveform=session.recording_status == "available"
         and (session.recording_bytes or 0) <= WAVEFORM_MAX_BYTES,
-        flow_graph=flows.flow_svg(agent.flow, session.flow_state["path"])
-        if agent and agent.flow and session.flow_state
+        flow_graph=flows.flow_svg(session.flow_state["flow"], session.flow_state["path"])
+        if session.flow_state
         else None,
     )
 

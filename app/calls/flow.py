@@ -38,19 +38,21 @@ class CallFlow:
 
     def __init__(
         self,
-        config: dict[str, Any],
+        config: dict[str, Any] | None,
         tools: list[dict],
         runner: ToolRunner,
         save: SaveState,
         state: dict[str, Any] | None = None,
     ):
-        """``state``: a resumed call's stored `{"path": [...], "values": {...}}`."""
-        self._config = FlowConfig.model_validate(config)
+        """``state``: a resumed call's stored state; it goes on with the flow it began with."""
+        state = state or {}
+        self.config: dict[str, Any] = state.get("flow") or config or {}
+        self._config = FlowConfig.model_validate(self.config)
         self._tools = {t["name"]: t for t in tools}
         self._runner = runner
         self._save = save
-        self.path: list[str] = list((state or {}).get("path", []))
-        self.values: dict[str, Any] = dict((state or {}).get("values", {}))
+        self.path: list[str] = list(state.get("path", []))
+        self.values: dict[str, Any] = dict(state.get("values", {}))
         self._nodes: dict[str, NodeConfig] = {
             name: self._node(name, node) for name, node in self._config.nodes.items()
         }
@@ -58,7 +60,8 @@ class CallFlow:
 
     @property
     def state(self) -> dict[str, Any]:
-        return {"path": list(self.path), "values": dict(self.values)}
+        """As stored with the session: the path, the values and the flow the call runs."""
+        return {"path": list(self.path), "values": dict(self.values), "flow": self.config}
 
     async def start(self, worker: PipelineWorker, llm: Any, context_aggregator: Any) -> None:
         """Enter the first node; a resumed call returns to its node without a new turn."""
@@ -119,7 +122,8 @@ class CallFlow:
                 required=[],
                 handler=transition,
             )
-        tool = self._tools[function.name]
+        # A tool removed since the call began answers the LLM with an error.
+        tool = self._tools.get(function.name, {"description": f"{function.name} (unavailable)"})
         parameters = tool.get("parameters") or {}
 
         async def run_tool(args: Mapping, _manager: FlowManager):
@@ -129,11 +133,12 @@ class CallFlow:
             result, then = await self._runner.execute(
                 function.name, arguments, f"flow_{uuid.uuid4().hex[:12]}"
             )
-            if not (isinstance(result, Mapping) and "error" in result):
-                self.values.update(arguments)
-                if self._manager:
-                    self._manager.state.update(arguments)
-                await self._save(self.state, None)
+            if isinstance(result, Mapping) and "error" in result:
+                return result, None  # a failed call stays at the node
+            self.values.update(arguments)
+            if self._manager:
+                self._manager.state.update(arguments)
+            await self._save(self.state, None)
             if then is not None:  # the call ends or moves on: no further turn
                 await then()
                 return result, NO_RESPONSE

@@ -167,7 +167,8 @@ async def run_analysis(
 
 
 def _ended(session: Session, cost: dict | None) -> dict:
-    flow = {"flow": session.flow_state} if session.flow_state else {}
+    state = session.flow_state
+    flow = {"flow": {"path": state["path"], "values": state["values"]}} if state else {}
     return {
         "status": session.status,
         "end_reason": session.end_reason,

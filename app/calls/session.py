@@ -107,10 +107,11 @@ class CallSession:
             CallFlow(
                 agent.flow, agent.tools, self._tool_runner, self._save_flow, session.flow_state
             )
-            if agent.flow
+            if agent.flow or session.flow_state
             else None
         )
-        """The agent's conversation flow; it offers the LLM each node's functions."""
+        """The agent's conversation flow (a resumed call's: the one it began with); it offers
+        the LLM each node's functions."""
         self._transferred = False
         """Set once the call lives on elsewhere (a transfer): its end is `transferred`."""
         inline = session.inline_config or {}

@@ -170,7 +170,8 @@ class Session(Base):
     recording_reason: Mapped[str | None] = mapped_column(String(200))
     """Why the call was not recorded, or why its recording is gone."""
     flow_state: Mapped[dict | None] = mapped_column(JSON)
-    """A flow call's `{"path": [node, ...], "values": {...}}`; None without a flow."""
+    """A flow call's `{"path": [node, ...], "values": {...}, "flow": the flow it runs}`; None
+    without a flow."""
 
 
 class TranscriptEntry(Base):
