@@ -164,8 +164,9 @@ async def test_reconnect_mid_flow_resumes_at_the_node_with_its_values(server, ap
     async with SessionClient(session["websocket_url"]) as client:
         ready = await client.wait_for("session.ready", timeout=30)
         assert ready["resumed"] is True
-        await client.send_event({"type": "input.text", "text": CALLER[2]})
-        reply = await client.wait_for("transcript.agent", timeout=30)
+        await client.stream(speech(CALLER[2]))
+        await client.stream_silence(1.0)
+        reply = await client.wait_for("transcript.agent", timeout=60)
         assert reply["text"] == "Alice Smith, Monday at 10:00. Is that right?"
         await client.send_event({"type": "session.end"})
         await client.wait_for("session.ended", timeout=10)
@@ -180,6 +181,27 @@ async def test_reconnect_mid_flow_resumes_at_the_node_with_its_values(server, ap
         t["content"] for t in transcript(api, session["session_id"]) if t["speaker"] == "SYSTEM"
     ]
     assert [json.loads(m)["node"] for m in marks] == CLINIC_PATH[:4]
+
+
+async def test_a_failed_booking_stays_at_its_node(server, api, llm, webhook_receiver):
+    agent = clinic_agent(api, webhook_receiver)
+    script_clinic(llm, until="book")
+    llm.script("Sorry, I could not book that. Shall I try again?")
+    webhook_receiver.fail_next("/book", 500)
+    async with SessionClient(agent_ws(server, agent["id"])) as client:
+        ready = await client.wait_for("session.ready", timeout=30)
+        await client.wait_for("transcript.agent", timeout=30)
+        for count, text in enumerate(CALLER, start=2):
+            await client.send_event({"type": "input.text", "text": text})
+            await client.wait_for("transcript.agent", timeout=30, count=count)
+        await client.send_event({"type": "session.end"})
+        await client.wait_for("session.ended", timeout=10)
+    done = wait_for_status(api, ready["session_id"], "completed")
+    assert done["flow"] == {"path": CLINIC_PATH[:5], "values": COLLECTED}
+    # The LLM heard the error and still has the booking function to try again.
+    last = [r for r in llm.requests if r.get("stream")][-1]
+    assert [t["function"]["name"] for t in last["tools"]] == ["book_appointment"]
+    assert "failed with HTTP 500" in json.dumps(last["messages"])
 
 
 async def test_clinic_flow_over_twilio_ends_and_hangs_up(
@@ -220,16 +242,24 @@ async def test_restaurant_flow_transfers_to_a_human_from_any_node(
     assert done["flow"] == {"path": ["greeting"], "values": {}}
 
 
-async def test_inline_call_runs_a_flow(server, api, llm):
+async def test_inline_user_first_call_runs_a_flow(server, api, llm):
     body = example("clinic-appointment")
-    llm.script("Riverside Clinic, how can I help?", ToolCall("start_booking"), "Your name?")
-    call = inline_call(api, flow=body["flow"], tools=body["tools"], greeting="")
+    llm.script(ToolCall("start_booking"), "May I have your full name?")
+    call = inline_call(
+        api, flow=body["flow"], tools=body["tools"], greeting="", firstSpeaker="user"
+    )
     async with SessionClient(call["url"]) as client:
-        await client.wait_for("transcript.agent", timeout=30)
-        await client.send_event({"type": "input.text", "text": CALLER[0]})
-        await client.wait_for("transcript.agent", timeout=30, count=2)
+        await client.wait_for("session.ready", timeout=30)
+        await client.stream(speech(CALLER[0]))  # (typed text could beat the node's setup)
+        await client.stream_silence(1.0)
+        reply = await client.wait_for("transcript.agent", timeout=60)
+        assert reply["text"] == "May I have your full name?"
         await client.send_event({"type": "session.end"})
         await client.wait_for("session.ended", timeout=10)
+    # The first node waited for the caller: the LLM's first turn answered them.
+    first = [r for r in llm.requests if r.get("stream")][0]
+    assert first["messages"][-1]["role"] == "user"
+    assert [t["function"]["name"] for t in first["tools"]] == ["start_booking"]
     done = wait_for_status(api, call["session_id"], "completed")
     assert done["flow"] == {"path": ["greeting", "identify"], "values": {}}
     refused = api.post(

@@ -63,8 +63,11 @@ class CallFlow:
         """As stored with the session: the path, the values and the flow the call runs."""
         return {"path": list(self.path), "values": dict(self.values), "flow": self.config}
 
-    async def start(self, worker: PipelineWorker, llm: Any, context_aggregator: Any) -> None:
-        """Enter the first node; a resumed call returns to its node without a new turn."""
+    async def start(
+        self, worker: PipelineWorker, llm: Any, context_aggregator: Any, speak_first: bool = True
+    ) -> None:
+        """Enter the first node (its turn waits for the caller unless `speak_first`); a
+        resumed call returns to its node without a new turn."""
         manager = self._manager = FlowManager(
             worker=worker,
             llm=llm,
@@ -87,7 +90,10 @@ class CallFlow:
                 node["role_message"] = role  # the role the call had, as a role persists
             await manager.set_node_from_config(node)
         else:
-            await manager.set_node_from_config(self._nodes[self._config.initial_node])
+            first = self._nodes[self._config.initial_node]
+            await manager.set_node_from_config(
+                {**first, "respond_immediately": speak_first and first["respond_immediately"]}
+            )
 
     async def _entered(self, action: dict, _manager: FlowManager) -> None:
         self.path.append(action["node"])

@@ -187,7 +187,12 @@ class CallSession:
             if self._greeting and not self._history and self._agent.first_speaker != "user":
                 await worker.queue_frame(TTSSpeakFrame(self._greeting))
             if self._flow:
-                await self._flow.start(worker, call.llm, call.context_aggregator)
+                await self._flow.start(
+                    worker,
+                    call.llm,
+                    call.context_aggregator,
+                    speak_first=self._agent.first_speaker != "user",
+                )
 
         @transport.event_handler("on_client_disconnected")
         async def on_disconnected(_transport, _client):
