@@ -268,12 +268,22 @@ WebhookEvents = Annotated[
 Flow = Annotated[
     dict[str, Any],
     Field(
-        description="A conversation flow: a Pipecat flow config (pipecat/flows/flow_config.schema.json: "
+        description="A conversation flow: a Pipecat flow config (its JSON Schema: GET /v1/flows/schema; "
         "initial_node, nodes with role_message, task_messages, functions, pre_actions/post_actions, "
         "context_strategy; global_functions). A function is transition_only or names one of the "
         "agent's tools; actions are tts_say or end_conversation. Invalid: 422 invalid_flow naming "
         "each problem's node and field. null: the system prompt alone",
-        json_schema_extra={"example": {"initial_node": "greeting", "nodes": {}}},
+        json_schema_extra={
+            "example": {
+                "initial_node": "greeting",
+                "nodes": {
+                    "greeting": {
+                        "task_messages": [{"role": "system", "content": "Greet the caller."}],
+                        "functions": [{"name": "end_call"}],
+                    }
+                },
+            }
+        },
     ),
 ]
 AnalysisFields = Annotated[

@@ -8,6 +8,7 @@ import re
 import time
 from pathlib import Path
 
+import httpx
 import pytest
 
 from app.client import SessionClient
@@ -386,8 +387,11 @@ def test_dashboard_edits_and_draws_a_flow(server, api):
     assert "<title>book_appointment: book → collect</title>" in page
 
 
-def test_openapi_documents_flows(api):
+def test_openapi_documents_flows(server, api):
+    schema = httpx.get(f"{server.url}/v1/flows/schema").json()  # no key needed
+    assert schema["title"] == "FlowConfig" and "transition_only" in json.dumps(schema)
     spec = api.get("/openapi.json").json()
+    assert "/v1/flows/schema" in spec["paths"]
     flow = spec["components"]["schemas"]["AgentCreate"]["properties"]["flow"]
     assert "transition_only" in json.dumps(flow)
     assert "SYSTEM" in json.dumps(spec["components"]["schemas"]["TranscriptEntryOut"])
