@@ -139,6 +139,31 @@ def ended_hook(receiver, session_id: str, timeout: float = 30) -> dict:
     raise AssertionError(f"no session.ended webhook for {session_id}")
 
 
+async def test_pipecat_actions_speak_and_end_the_call(server, api, llm):
+    flow = {
+        "initial_node": "closed",
+        "nodes": {
+            "closed": {
+                "pre_actions": [{"type": "tts_say", "text": "Welcome to Luigi's."}],
+                "task_messages": [{"role": "system", "content": "Say we are closed today."}],
+                "post_actions": [{"type": "end_conversation"}],
+            }
+        },
+    }
+    agent = make_agent(api, pipeline="scripted", flow=flow)
+    llm.script("We are closed today, sorry.")
+    async with SessionClient(agent_ws(server, agent["id"])) as client:
+        ready = await client.wait_for("session.ready", timeout=30)
+        ended = await client.wait_for("session.ended", timeout=60)
+    assert ended["reason"] == "completed"
+    items = transcript(api, ready["session_id"])
+    assert [(t["speaker"], t["content"]) for t in items] == [
+        ("SYSTEM", '{"node": "closed"}'),
+        ("AGENT", "Welcome to Luigi's."),
+        ("AGENT", "We are closed today, sorry."),
+    ]
+
+
 async def test_reconnect_mid_flow_resumes_at_the_node_with_its_values(server, api, llm):
     agent = make_agent(api, **example("clinic-appointment"), pipeline="scripted")
     session = api.post(f"/v1/agents/{agent['id']}/sessions").json()
