@@ -144,7 +144,7 @@ async def add_transcript_entry(
 
 
 async def save_flow_state(db: AsyncSession, session_id: str, state: dict) -> None:
-    """Store a flow call's path and collected values (committed with the caller's work)."""
+    """Set a flow call's state (path, collected values, its flow); the caller commits."""
     session = await db.get_one(Session, session_id)
     session.flow_state = state
 
