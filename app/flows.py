@@ -18,6 +18,7 @@ from typing import Any
 import pipecat.flows
 from jsonschema import Draft202012Validator
 from pipecat.flows import FlowConfig
+from pipecat.flows.manager import _PLACEHOLDER as PLACEHOLDER  # what FlowManager fills in
 from pydantic import ValidationError
 
 from app.errors import APIError
@@ -96,6 +97,7 @@ def flow_problems(flow: Any, tools: list[dict]) -> list[dict[str, Any]]:
                         f"and the agent has no tool of that name (tools: {', '.join(names) or 'none'})",
                     )
                 )
+    problems += _placeholder_problems(nodes, global_functions, {t["name"]: t for t in tools})
     for name, node in nodes.items():
         for kind in ("pre_actions", "post_actions"):
             for index, action in enumerate(getattr(node, kind)):
@@ -117,6 +119,44 @@ def flow_problems(flow: Any, tools: list[dict]) -> list[dict[str, Any]]:
             _problem(None, "(flow)", e["msg"].removeprefix("Value error, ")) for e in exc.errors()
         ]
     return []
+
+
+def _placeholder_problems(
+    nodes: dict[str, FlowConfig.Node],
+    global_functions: list[FlowConfig.Function],
+    tools: dict[str, dict],
+) -> list[dict[str, Any]]:
+    """A `{{ key }}` in a node's prompts must name a value some function of the flow collects
+    (an argument of one of its tools); else entering the node would fail."""
+    functions = [*global_functions, *(f for node in nodes.values() for f in node.functions)]
+    collected = {
+        argument
+        for f in functions
+        if f.name in tools
+        for argument in (tools[f.name].get("parameters") or {}).get("properties", {})
+    }
+    problems = []
+    for name, node in nodes.items():
+        texts = [("role_message", node.role_message or "")]
+        texts += [
+            (f"task_messages.{i}.content", m.content) for i, m in enumerate(node.task_messages)
+        ]
+        for kind in ("pre_actions", "post_actions"):
+            texts += [
+                (f"{kind}.{i}.text", str(a.extras().get("text", "")))
+                for i, a in enumerate(getattr(node, kind))
+            ]
+        for field, text in texts:
+            for escaped, key in PLACEHOLDER.findall(text):
+                if not escaped and key.split(".")[0] not in collected:
+                    problems.append(
+                        _problem(
+                            name,
+                            field,
+                            f"{{{{ {key} }}}} is not a value any function of the flow collects",
+                        )
+                    )
+    return problems
 
 
 def check_flow(flow: dict | None, tools: list[dict]) -> None:

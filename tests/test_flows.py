@@ -347,8 +347,24 @@ def broken(mutate) -> dict:
             lambda f: f["nodes"]["end"].update(post_actions=[{"type": "function", "handler": "x"}]),
             {"node": "end", "field": "post_actions.0.type"},
         ),
+        (
+            lambda f: f["nodes"]["end"]["task_messages"][0].update(content="Bye {{ surname }}."),
+            {
+                "node": "end",
+                "field": "task_messages.0.content",
+                "message": "{{ surname }} is not a value any function of the flow collects",
+            },
+        ),
     ],
-    ids=["missing-initial-node", "unknown-target", "no-handler", "schema", "enum", "action"],
+    ids=[
+        "missing-initial-node",
+        "unknown-target",
+        "no-handler",
+        "schema",
+        "enum",
+        "action",
+        "placeholder",
+    ],
 )
 def test_invalid_flows_are_refused_naming_node_and_field(api, mutate, problem):
     response = api.post("/v1/agents", json={**broken(mutate), "pipeline": "scripted"})
