@@ -24,6 +24,7 @@ from app.analysis import AnalysisField
 from app.calls.control import CallControl
 from app.calls.tools import DEFAULT_TIMEOUT_SECS
 from app.errors import APIError, not_found
+from app.flows import check_flow
 from app.outbound import OutboundUrl
 from app.storage import agents as agent_store
 from app.storage import sessions as session_store
@@ -97,11 +98,12 @@ class ToolFields(BaseModel):
         return value
 
     # Fields left at their defaults are left out of what is stored and shown.
-    type: Literal["client", "webhook", "end_call", "transfer_call"] = Field(
+    type: Literal["client", "webhook", "collect", "end_call", "transfer_call"] = Field(
         default="client",
         exclude_if=lambda v: v == "client",
         description="client: the WebSocket client runs it (tool.call / tool.result); webhook: the server POSTs "
-        "the arguments to url; end_call and transfer_call are built in",
+        "the arguments to url; collect, end_call and transfer_call are built in (collect: the "
+        "arguments are kept as the call's collected values)",
     )
     url: str | None = Field(
         default=None, exclude_if=_is_none, description="webhook: where the arguments are POSTed"
@@ -263,6 +265,27 @@ WebhookEvents = Annotated[
         description="Events the webhook gets; all but transcript.updated (one per turn) if omitted",
     ),
 ]
+Flow = Annotated[
+    dict[str, Any],
+    Field(
+        description="A conversation flow: a Pipecat flow config (its JSON Schema: GET /v1/flows/schema; "
+        "initial_node, nodes with role_message, task_messages, functions, pre_actions/post_actions, "
+        "context_strategy; global_functions). A function is transition_only or names one of the "
+        "agent's tools; actions are tts_say or end_conversation. Invalid: 422 invalid_flow naming "
+        "each problem's node and field. null: the system prompt alone",
+        json_schema_extra={
+            "example": {
+                "initial_node": "greeting",
+                "nodes": {
+                    "greeting": {
+                        "task_messages": [{"role": "system", "content": "Greet the caller."}],
+                        "functions": [{"name": "end_call"}],
+                    }
+                },
+            }
+        },
+    ),
+]
 AnalysisFields = Annotated[
     list[AnalysisField],
     Field(max_length=20, description="Custom values the post-call analysis extracts"),
@@ -302,6 +325,7 @@ class AgentCreate(BaseModel):
     recording_enabled: bool = True
     endpointing: Endpointing | None = None
     overflow_number: OverflowNumber | None = None
+    flow: Flow | None = None
 
 
 def _all_optional(model: type[BaseModel], name: str, **more: Any) -> type[BaseModel]:
@@ -364,6 +388,7 @@ class AgentOut(BaseModel):
     recording_enabled: bool
     endpointing: Endpointing | None = None
     overflow_number: OverflowNumber | None = None
+    flow: dict[str, Any] | None = None
     status: Literal["active", "paused", "deleted"]
     created_at: datetime
     updated_at: datetime
@@ -478,6 +503,7 @@ async def create_agent(
     """Store a new agent (its webhook and webhook tools get secrets if they have none)."""
     pipeline = body.pipeline or default_pipeline
     check_pipeline_and_voice(catalog, pipeline, body.voice_id)
+    check_flow(body.flow, [t.model_dump() for t in body.tools])
     agent = Agent(
         id=new_id("agt"),
         account_id=account_id,
@@ -505,6 +531,10 @@ async def update_agent(
             raise APIError(422, "validation_error", f"{field}: may not be null")
     check_pipeline_and_voice(
         catalog, changes.get("pipeline", agent.pipeline), changes.get("voice_id", agent.voice_id)
+    )
+    check_flow(
+        changes.get("flow", agent.flow),
+        [t.model_dump() for t in body.tools] if "tools" in changes else agent.tools,
     )
     shown_before = secrets_of(agent)
     if "tools" in changes:

@@ -104,13 +104,20 @@ def strict_schema(model: type[BaseModel]) -> dict[str, Any]:
     return fix(schema)
 
 
-def transcript_text(entries: list) -> str:
+def transcript_text(entries: list, flow_state: dict | None = None) -> str:
+    """The call as the analysis reads it: who said what, the conversation flow's node changes
+    and, for a flow call, the values it collected."""
     lines = []
     for entry in entries:
         if entry.speaker == "TOOL":
             continue
+        if entry.speaker == "SYSTEM":
+            lines.append(f"[flow node: {json.loads(entry.content)['node']}]")
+            continue
         speaker = "Agent" if entry.speaker == "AGENT" else "Caller"
         lines.append(f"{speaker}: {entry.content}{' [interrupted]' if entry.interrupted else ''}")
+    if flow_state and flow_state.get("values"):
+        lines.append(f"[collected values: {json.dumps(flow_state['values'])}]")
     return "\n".join(lines)
 
 

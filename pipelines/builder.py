@@ -84,6 +84,7 @@ class CallPipeline:
     llm: LLMService
     user_aggregator: LLMUserAggregator
     assistant_aggregator: LLMAssistantAggregator
+    context_aggregator: LLMContextAggregatorPair
     events: SessionEventEmitter | None
     client_events: ClientEventReceiver | None
     provider_errors: ProviderErrorMonitor | None = None
@@ -191,6 +192,7 @@ def build_pipeline(
         llm=llm,
         user_aggregator=aggregators.user(),
         assistant_aggregator=aggregators.assistant(),
+        context_aggregator=aggregators,
         events=events,
         client_events=client_events,
         provider_errors=provider_errors,

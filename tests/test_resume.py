@@ -10,7 +10,7 @@ import time
 import pytest
 
 from app.client import SessionClient
-from tests.helpers.calls import refused, wait_for_status
+from tests.helpers.calls import refused, wait_for_status, wait_resumable
 from tests.helpers.servers import make_agent, start_server
 
 GRACE_SECS = 8
@@ -34,16 +34,6 @@ def resume_server(tmp_path_factory, scripted_llm):
 def rapi(resume_server):
     with resume_server.client() as client:
         yield client
-
-
-def wait_resumable(api, session_id: str, timeout: float = 10) -> dict:
-    deadline = time.monotonic() + timeout
-    while True:
-        session = api.get(f"/v1/sessions/{session_id}").json()
-        if session["resumable_until"] or time.monotonic() > deadline:
-            assert session["resumable_until"], session
-            return session
-        time.sleep(0.05)
 
 
 async def test_reconnect_within_grace_resumes_with_context(resume_server, rapi, llm):

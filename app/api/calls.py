@@ -11,6 +11,7 @@ from pydantic import AliasChoices, BaseModel, Field
 
 from app.agents import (
     FirstSpeaker,
+    Flow,
     Greeting,
     InactivityAction,
     InactivityTimeout,
@@ -33,6 +34,7 @@ from app.calls import admission
 from app.casing import CamelCaseAccepted
 from app.deps import CallerDep, DbDep, StateDep
 from app.errors import DRAINING_RESPONSES, ERROR_RESPONSES, APIError
+from app.flows import check_flow
 from app.recordings import recording_response
 from app.state import AppState
 from app.storage.calls import inline_agent
@@ -79,6 +81,7 @@ class InlineCallCreate(CamelCaseAccepted):
     recording_enabled: bool = True
     connection_type: ConnectionType = "twilio"
     tools: Tools = Field(default_factory=list)
+    flow: Flow | None = None
     pipeline: PipelineName | None = None
 
 
@@ -182,6 +185,7 @@ async def create_inline_call(
     pipeline = body.pipeline or state.settings.default_pipeline
     check_pipeline_and_voice(state.catalog, pipeline, body.voice_id)
     config = inline_config(body, pipeline)
+    check_flow(body.flow, config["tools"])
     agent = inline_agent(caller.account_id, config)
     return await _start(state, request, db, agent, body.connection_type, config)
 

@@ -21,7 +21,7 @@ from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 from pydantic import BaseModel, ValidationError
 
-from app import agents
+from app import agents, flows
 from app.analytics import Bucket, Window
 from app.api.sessions import SessionStatus
 from app.deps import LOGIN_COOKIE, Caller, DbDep, StateDep, authenticate, login_caller, same_origin
@@ -203,13 +203,32 @@ async def agents_page(
     return _render(request, "agents.html", agents=items, **_pager("/agents", {}, page, total))
 
 
-def _agent_form_context(state, values: dict, errors: list[str] | None = None) -> dict:
+def _agent_form_context(
+    state, values: dict, errors: list[str] | None = None, flow: dict | None = None
+) -> dict:
+    """The agent form's context; `flow`: the agent's saved flow, drawn below the field."""
     loaded = state.catalog.load_all()
     pipelines = list(loaded)
     voices = sorted(
         {voice for c in loaded.values() if isinstance(c, PipelineConfig) for voice in c.voices}
     )
-    return {"values": values, "errors": errors or [], "pipelines": pipelines, "voices": voices}
+    return {
+        "values": values,
+        "errors": errors or [],
+        "pipelines": pipelines,
+        "voices": voices,
+        "flow_graph": flows.flow_svg(flow) if flow else None,
+        "flow_errors": [],
+    }
+
+
+def _refused(state, form: dict, exc: APIError, flow: dict | None) -> dict:
+    """The form's context after the API refused it: a flow's problems go by the flow field."""
+    context = _agent_form_context(state, form, [exc.body.message], flow)
+    if exc.body.code == "invalid_flow":
+        context["errors"] = ["flow: the flow has problems (below)"]
+        context["flow_errors"] = [flows.describe(p) for p in (exc.body.details or {})["problems"]]
+    return context
 
 
 def _agent_fields(form: dict[str, str]) -> dict:
@@ -229,6 +248,11 @@ def _agent_fields(form: dict[str, str]) -> dict:
         fields["tools"] = json.loads(tools) if tools else []
     except ValueError as exc:
         raise _FormError([f"tools: not valid JSON ({exc})"]) from None
+    flow = form.get("flow", "").strip()
+    try:
+        fields["flow"] = json.loads(flow) if flow else None
+    except ValueError as exc:
+        raise _FormError([f"flow: not valid JSON ({exc})"]) from None
     return fields
 
 
@@ -267,6 +291,7 @@ def _form_values(agent=None, form: dict[str, str] | None = None) -> dict:
             "interruptible": "on",
             "recording_enabled": "on",
             "tools": "",
+            "flow": "",
         }
     values = {
         "name": agent.name,
@@ -279,6 +304,7 @@ def _form_values(agent=None, form: dict[str, str] | None = None) -> dict:
         "max_duration": str(agent.max_duration),
         "first_speaker": agent.first_speaker,
         "tools": json.dumps(_tools_without_secrets(agent.tools), indent=2) if agent.tools else "",
+        "flow": json.dumps(agent.flow, indent=2) if agent.flow else "",
     }
     return values | {
         name: "on" for name in ("interruptible", "recording_enabled") if getattr(agent, name)
@@ -310,13 +336,8 @@ async def create_agent(
             **_agent_form_context(state, form, exc.errors),
         )
     except APIError as exc:
-        errors = [exc.body.message]
         return _render(
-            request,
-            "agent_form.html",
-            exc.status,
-            agent=None,
-            **_agent_form_context(state, form, errors),
+            request, "agent_form.html", exc.status, agent=None, **_refused(state, form, exc, None)
         )
     return _redirect(f"/agents/{agent.id}")
 
@@ -327,7 +348,10 @@ async def agent_page(
 ) -> Response:
     agent = await agents.load_agent(db, caller, agent_id)
     return _render(
-        request, "agent_form.html", agent=agent, **_agent_form_context(state, _form_values(agent))
+        request,
+        "agent_form.html",
+        agent=agent,
+        **_agent_form_context(state, _form_values(agent), flow=agent.flow),
     )
 
 
@@ -349,13 +373,12 @@ async def update_agent(
             **_agent_form_context(state, form, exc.errors),
         )
     except APIError as exc:
-        errors = [exc.body.message]
         return _render(
             request,
             "agent_form.html",
             exc.status,
             agent=agent,
-            **_agent_form_context(state, form, errors),
+            **_refused(state, form, exc, agent.flow),
         )
     return _redirect(f"/agents/{agent_id}")
 
@@ -541,6 +564,9 @@ async def session_page(
         has_recording=session.recording_status in ("recording", "available"),
         waveform=session.recording_status == "available"
         and (session.recording_bytes or 0) <= WAVEFORM_MAX_BYTES,
+        flow_graph=flows.flow_svg(session.flow_state["flow"], session.flow_state["path"])
+        if session.flow_state
+        else None,
     )
 
 

@@ -5,6 +5,7 @@ from typing import Any, Literal
 from fastapi import APIRouter
 from pydantic import BaseModel, Field
 
+from app import flows
 from app.calls.admission import busy_refusal
 from app.deps import CallerDep, StateDep
 from app.errors import ERROR_RESPONSES
@@ -90,3 +91,13 @@ async def list_pipelines(state: StateDep, caller: CallerDep) -> list[PipelineOut
 )
 async def pipeline_schema() -> dict[str, Any]:
     return registry.json_schema()
+
+
+@router.get(
+    "/v1/flows/schema",
+    tags=["agents"],
+    summary="JSON Schema of an agent's conversation flow (Pipecat's flow config)",
+    response_description="A JSON Schema (draft 2020-12)",
+)
+async def flow_schema() -> dict[str, Any]:
+    return flows.flow_schema()

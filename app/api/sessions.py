@@ -49,6 +49,13 @@ class RecordingOut(BaseModel):
     reason: str | None = Field(description="Why it was not recorded or is gone")
 
 
+class FlowStateOut(BaseModel):
+    path: list[str] = Field(
+        description="The nodes the call entered, in order (the last: where it is)"
+    )
+    values: dict[str, Any] = Field(description="What the flow's tool calls collected")
+
+
 class SessionOut(BaseModel):
     session_id: str
     agent_id: str | None = Field(description="null for an inline call (POST /v1/calls/inline)")
@@ -82,6 +89,9 @@ class SessionOut(BaseModel):
     recording: RecordingOut | None = Field(
         default=None, description="The call's recording; null if not recorded"
     )
+    flow: FlowStateOut | None = Field(
+        default=None, description="A conversation flow's state; null if the agent has no flow"
+    )
 
 
 class SessionList(BaseModel):
@@ -94,8 +104,9 @@ class SessionList(BaseModel):
 class TranscriptEntryOut(BaseModel):
     model_config = ConfigDict(from_attributes=True)
 
-    speaker: Literal["USER", "AGENT", "TOOL"]
-    """TOOL entries hold a JSON object: the tool call's `call_id`, `name`, `arguments` and `result`."""
+    speaker: Literal["USER", "AGENT", "TOOL", "SYSTEM"]
+    """TOOL entries hold a JSON object: the tool call's `call_id`, `name`, `arguments` and
+    `result`; SYSTEM entries mark a conversation flow's node changes: `{"node": ...}`."""
     content: str
     timestamp: datetime
     interrupted: bool
@@ -142,6 +153,7 @@ def session_out(
         latency=summarize(latency) if latency else None,
         cost=cost,
         recording=recording_out(state, session),
+        flow=FlowStateOut.model_validate(session.flow_state) if session.flow_state else None,
     )
 
 

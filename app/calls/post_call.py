@@ -138,7 +138,7 @@ async def run_analysis(
             entries = await session_store.transcript(db, session_id)
         fields = [analyser.AnalysisField(**f) for f in agent.analysis_fields or []]
         result, error, attempts, model = await analyser.analyse(
-            config, analyser.transcript_text(entries), fields, agent.language
+            config, analyser.transcript_text(entries, session.flow_state), fields, agent.language
         )
     except Exception as exc:
         if job.attempts >= job.max_attempts:
@@ -167,6 +167,8 @@ async def run_analysis(
 
 
 def _ended(session: Session, cost: dict | None) -> dict:
+    state = session.flow_state
+    flow = {"flow": {"path": state["path"], "values": state["values"]}} if state else {}
     return {
         "status": session.status,
         "end_reason": session.end_reason,
@@ -175,4 +177,5 @@ def _ended(session: Session, cost: dict | None) -> dict:
         "ended_at": session.ended_at.isoformat() if session.ended_at else None,
         "error": session.error,
         "cost": cost,
+        **flow,
     }

@@ -1,6 +1,7 @@
 """Runs one call from connect to teardown, whatever the transport."""
 
 import asyncio
+import json
 from datetime import datetime, timedelta
 
 from loguru import logger
@@ -12,6 +13,7 @@ from pipecat.workers.runner import WorkerRunner
 
 from app import recordings, tracing
 from app.calls import post_call, tools
+from app.calls.flow import CallFlow
 from app.calls.latency import ACTIVE_SESSIONS, SESSIONS_ENDED, CallLatencyTracker
 from app.cost import UsageObserver
 from app.logs import bind_call
@@ -101,6 +103,15 @@ class CallSession:
             record=self._record,
             send_event=self._send_event if session_protocol else None,
         )
+        self._flow = (
+            CallFlow(
+                agent.flow, agent.tools, self._tool_runner, self._save_flow, session.flow_state
+            )
+            if agent.flow or session.flow_state
+            else None
+        )
+        """The agent's conversation flow (a resumed call's: the one it began with); it offers
+        the LLM each node's functions."""
         self._transferred = False
         """Set once the call lives on elsewhere (a transfer): its end is `transferred`."""
         inline = session.inline_config or {}
@@ -155,6 +166,8 @@ class CallSession:
     def _spec(self) -> AgentSpec:
         spec = agent_spec(self._agent)
         spec.history = self._history
+        if self._flow:
+            spec.tools = []  # the flow sets each node's own
         spec.llm_options = self._llm_options
         if self._started_at and spec.max_duration_secs:
             # A resumed call keeps the time it had left.
@@ -173,6 +186,13 @@ class CallSession:
             # A resumed call carries on where it was; a user-first agent waits for the caller.
             if self._greeting and not self._history and self._agent.first_speaker != "user":
                 await worker.queue_frame(TTSSpeakFrame(self._greeting))
+            if self._flow:
+                await self._flow.start(
+                    worker,
+                    call.llm,
+                    call.context_aggregator,
+                    speak_first=self._agent.first_speaker != "user",
+                )
 
         @transport.event_handler("on_client_disconnected")
         async def on_disconnected(_transport, _client):
@@ -249,7 +269,7 @@ class CallSession:
         passes the config's redactors; the client hears and sees the call as it was."""
         stored = self._processors.redact(content)
         async with self._record_lock, self.state.db.sessions() as db:
-            if speaker != "TOOL":
+            if speaker in ("USER", "AGENT"):
                 post_call.turn_recorded(
                     self.state.jobs, db, self._agent, self.session_id, speaker, stored, interrupted
                 )
@@ -261,7 +281,7 @@ class CallSession:
                 timestamp=_parse_time(timestamp),
                 interrupted=interrupted,
             )
-        if self._call.events and speaker != "TOOL":
+        if self._call.events and speaker in ("USER", "AGENT"):
             event: dict[str, str | bool] = {
                 "type": "transcript.user" if speaker == "USER" else "transcript.agent",
                 "text": content,
@@ -269,6 +289,14 @@ class CallSession:
             if speaker == "AGENT":
                 event["interrupted"] = interrupted
             await self._call.events.send(event)
+
+    async def _save_flow(self, state: dict, node: str | None) -> None:
+        """Store the flow's state; a node just entered is marked in the transcript too."""
+        async with self._record_lock, self.state.db.sessions() as db:
+            await session_store.save_flow_state(db, self.session_id, state)
+            await db.commit()
+        if node is not None:
+            await self._record("SYSTEM", json.dumps({"node": node}), utcnow().isoformat())
 
     async def _send_event(self, event: dict) -> None:
         if self._call.events:

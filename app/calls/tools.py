@@ -4,7 +4,8 @@ checks, webhook calls, the Twilio transfer.
 A tool definition (stored on the agent, or in an inline call's body) has ``name``,
 ``description``, ``parameters`` (JSON Schema) and ``type``: ``client`` (the WebSocket
 client runs it), ``webhook`` (the server POSTs the arguments to ``url``), or a
-built-in, ``end_call`` or ``transfer_call`` (to ``phone_number``). A failure never
+built-in: ``collect`` (the arguments are the answer: a conversation flow keeps them),
+``end_call`` or ``transfer_call`` (to ``phone_number``). A failure never
 raises: it becomes ``{"error": ...}`` for the LLM, so the agent can say so.
 """
 
@@ -159,11 +160,26 @@ class ToolRunner:
 
     async def run(self, params: FunctionCallParams) -> None:
         """One tool call from the LLM (the pipeline's tool handler)."""
-        tool = self._tools.get(params.function_name)
-        arguments = dict(params.arguments)
+        result, then = await self.execute(
+            params.function_name, dict(params.arguments), params.tool_call_id
+        )
+        if then is None:
+            await params.result_callback(result)
+        else:
+            await params.result_callback(
+                result, properties=FunctionCallResultProperties(run_llm=False)
+            )
+            await then()
+
+    async def execute(
+        self, name: str, arguments: dict, call_id: str
+    ) -> tuple[Any, Callable[[], Awaitable[None]] | None]:
+        """Check and run one tool call and record it: its result, and what to do once the
+        LLM has the result (None, or the built-ins' end of the call)."""
+        tool = self._tools.get(name)
         then = None
         if tool is None:
-            result = {"error": f"unknown tool '{params.function_name}'"}
+            result = {"error": f"unknown tool '{name}'"}
         elif problem := argument_errors(tool.get("parameters") or {"type": "object"}, arguments):
             result = {"error": f"invalid arguments for tool '{tool['name']}': {problem}"}
         else:
@@ -173,21 +189,10 @@ class ToolRunner:
                 "session.id": self._call.session_id,
             }
             with tracer.start_as_current_span("tool.call", attributes=attributes):
-                result, then = await self._dispatch(tool, arguments, params.tool_call_id)
-        entry = {
-            "call_id": params.tool_call_id,
-            "name": params.function_name,
-            "arguments": arguments,
-            "result": result,
-        }
+                result, then = await self._dispatch(tool, arguments, call_id)
+        entry = {"call_id": call_id, "name": name, "arguments": arguments, "result": result}
         await self._record("TOOL", json.dumps(entry), utcnow().isoformat())
-        if then is None:
-            await params.result_callback(result)
-        else:
-            await params.result_callback(
-                result, properties=FunctionCallResultProperties(run_llm=False)
-            )
-            await then()
+        return result, then
 
     async def _dispatch(self, tool: dict, arguments: dict, call_id: str):
         """Run one tool: its result, and what to do once the LLM has it (built-ins end the call)."""
@@ -197,6 +202,8 @@ class ToolRunner:
             return await call_webhook(
                 self._settings, tool, arguments, session_id=call.session_id, call_id=call_id
             ), None
+        if kind == "collect":
+            return {"ok": True, "collected": arguments}, None
         if kind == "end_call":
             return {"ok": True, "status": "ending the call"}, lambda: call.end_with_goodbye(
                 "agent_ended", GOODBYE

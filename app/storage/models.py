@@ -119,6 +119,8 @@ class Agent(Base):
     """`fast`, `balanced` or `patient`; None takes the pipeline's `turn.endpointing`."""
     overflow_number: Mapped[str | None] = mapped_column(String(200))
     """Dialled for an inbound call the agent can't take (instead of busy or an apology)."""
+    flow: Mapped[dict | None] = mapped_column(JSON)
+    """A conversation flow (Pipecat's flow config, `app/flows.py`); None: the system prompt alone."""
     status: Mapped[str] = mapped_column(String(16), default="active", index=True)
     created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
@@ -167,6 +169,9 @@ class Session(Base):
     recording_stored_at: Mapped[datetime | None]
     recording_reason: Mapped[str | None] = mapped_column(String(200))
     """Why the call was not recorded, or why its recording is gone."""
+    flow_state: Mapped[dict | None] = mapped_column(JSON)
+    """A flow call's `{"path": [node, ...], "values": {...}, "flow": the flow it runs}`; None
+    without a flow."""
 
 
 class TranscriptEntry(Base):

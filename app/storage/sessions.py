@@ -143,6 +143,12 @@ async def add_transcript_entry(
     await db.commit()
 
 
+async def save_flow_state(db: AsyncSession, session_id: str, state: dict) -> None:
+    """Set a flow call's state (path, collected values, its flow); the caller commits."""
+    session = await db.get_one(Session, session_id)
+    session.flow_state = state
+
+
 async def transcript(db: AsyncSession, session_id: str) -> list[TranscriptEntry]:
     rows = await db.scalars(
         select(TranscriptEntry)

@@ -78,6 +78,17 @@ def wait_for_status(api, session_id: str, status: str, timeout: float = 15) -> d
         time.sleep(0.1)
 
 
+def wait_resumable(api, session_id: str, timeout: float = 10) -> dict:
+    """The session once its client has dropped and it waits for a reconnect."""
+    deadline = time.monotonic() + timeout
+    while True:
+        session = api.get(f"/v1/sessions/{session_id}").json()
+        if session["resumable_until"] or time.monotonic() > deadline:
+            assert session["resumable_until"], session
+            return session
+        time.sleep(0.05)
+
+
 def wait_for_cost(api, session_id: str, timeout: float = 15) -> dict:
     """The ended session once its cost is stored (just after its status)."""
     deadline = time.monotonic() + timeout

@@ -136,3 +136,17 @@ def test_the_transcript_leaves_out_tool_turns_and_marks_interruptions():
     assert transcript_text(entries) == (
         "Agent: Hello, clinic.\nCaller: Hi, I need\nAgent: We have three slots [interrupted]"
     )
+
+
+def test_the_transcript_shows_a_flows_nodes_and_collected_values():
+    entries = [
+        TranscriptEntry(speaker="SYSTEM", content='{"node": "greeting"}', interrupted=False),
+        TranscriptEntry(speaker="AGENT", content="Hello, clinic.", interrupted=False),
+        TranscriptEntry(speaker="USER", content="Book me in.", interrupted=False),
+        TranscriptEntry(speaker="SYSTEM", content='{"node": "identify"}', interrupted=False),
+    ]
+    state = {"path": ["greeting", "identify"], "values": {"name": "Alice"}}
+    assert transcript_text(entries, state) == (
+        "[flow node: greeting]\nAgent: Hello, clinic.\nCaller: Book me in.\n"
+        '[flow node: identify]\n[collected values: {"name": "Alice"}]'
+    )
