@@ -18,10 +18,10 @@ from typing import Any
 import pipecat.flows
 from jsonschema import Draft202012Validator
 from pipecat.flows import FlowConfig
-from pipecat.flows.manager import _PLACEHOLDER as PLACEHOLDER  # what FlowManager fills in
 from pydantic import ValidationError
 
 from app.errors import APIError
+from pipelines import pipecat_compat
 
 SERVER_ACTIONS = ("tts_say", "end_conversation")
 """The action types a stored flow may use: Pipecat's built-ins that take no handler."""
@@ -147,7 +147,7 @@ def _placeholder_problems(
                 for i, a in enumerate(getattr(node, kind))
             ]
         for field, text in texts:
-            for escaped, key in PLACEHOLDER.findall(text):
+            for escaped, key in pipecat_compat.flow_placeholders(text):
                 if not escaped and key.split(".")[0] not in collected:
                     problems.append(
                         _problem(

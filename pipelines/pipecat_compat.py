@@ -21,6 +21,7 @@ from pipecat.audio.turn.smart_turn.base_smart_turn import BaseSmartTurn
 from pipecat.audio.turn.smart_turn.local_smart_turn_v3 import LocalSmartTurnAnalyzerV3
 from pipecat.audio.vad.silero import SileroOnnxModel, SileroVADAnalyzer
 from pipecat.audio.vad.vad_analyzer import VADAnalyzer, VADParams
+from pipecat.flows import manager as flow_manager
 from pipecat.frames.frames import Frame
 from pipecat.metrics.metrics import TurnMetricsData
 from pipecat.serializers.base_serializer import FrameSerializer
@@ -174,3 +175,10 @@ def stt_user_id(stt: STTService) -> str:
     # STTService keeps it in `_user_id`, set from each audio frame, with no accessor; its own
     # services put it on their TranscriptionFrames.
     return stt._user_id
+
+
+def flow_placeholders(text: str) -> list[tuple[str, str]]:
+    """The `{{ key }}` placeholders FlowManager fills in `text`, as (escape, key) pairs."""
+    # FlowManager fills node messages with its private `_PLACEHOLDER` pattern; checking a flow
+    # before it runs must find exactly the placeholders it will fill.
+    return flow_manager._PLACEHOLDER.findall(text)

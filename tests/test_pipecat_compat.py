@@ -300,3 +300,9 @@ def test_own_attributes_do_not_shadow_pipecats(cls):
         pipecat_names |= set(re.findall(r"self\.(_\w+)", base_source))
         pipecat_names |= set(re.findall(r"def (_\w+)", base_source))
     assert (ours & pipecat_names) - {"__init__"} == OUR_SUBCLASSES[cls]
+
+
+def test_flow_placeholders_are_the_ones_flow_manager_fills():
+    text = "Book for {{ name }} on {{date}}, not {{{ literal }}}."
+    keys = [key for _, key in pipecat_compat.flow_placeholders(text)]
+    assert {"name", "date"} <= set(keys)
