@@ -7,15 +7,16 @@ import asyncio
 import csv
 import io
 import json
+import signal
 import time
 from collections import Counter
 
 from tests.fakes.twilio_client import TwilioMediaStreamsClient
 from tests.helpers.calls import wait_for_status
-from tests.helpers.servers import scripted_agent
-from tests.helpers.twilio import ACCOUNT_SID, CallPlayer, signed_post
+from tests.helpers.servers import scripted_agent, start_server
+from tests.helpers.storage import cluster_storage_env
+from tests.helpers.twilio import ACCOUNT_SID, CallPlayer, signed_post, twilio_env
 
-FROM = "+15550007777"
 ALWAYS_OPEN = {"start": "00:00", "end": "23:59"}
 
 
@@ -23,10 +24,11 @@ def numbers(count: int) -> list[str]:
     return [f"+1415555{index:04d}" for index in range(1, count + 1)]
 
 
-def campaign_body(agent_id: str, contacts: list[dict], **fields) -> dict:
+def campaign_body(agent: dict, contacts: list[dict], **fields) -> dict:
+    """Calls from the agent's own number, 120 a minute, 3 at once."""
     return {
-        "agent_id": agent_id,
-        "from": FROM,
+        "agent_id": agent["id"],
+        "from": agent["phone_numbers"][0],
         "contacts": contacts,
         "calls_per_minute": 120,
         "max_concurrent": 3,
@@ -45,7 +47,7 @@ async def wait_for_campaign(api, campaign_id: str, status: str, timeout: float =
 async def test_a_20_contact_campaign_is_paced_capped_and_retries_no_answers(
     twilio_server, tw, twilio_rest
 ):
-    agent = scripted_agent(tw, greeting="Hi {{name}}.", phone_numbers=[FROM])
+    agent = scripted_agent(tw, greeting="Hi {{name}}.", phone_numbers=["+15550007801"])
     contacts = [{"phone": n, "name": f"Person {i}"} for i, n in enumerate(numbers(20), start=1)]
     never, later = contacts[6]["phone"], {contacts[4]["phone"], contacts[11]["phone"]}
 
@@ -59,7 +61,7 @@ async def test_a_20_contact_campaign_is_paced_capped_and_retries_no_answers(
         created = tw.post(
             "/v1/campaigns",
             json=campaign_body(
-                agent["id"], contacts, max_attempts=2, retry_after_minutes=0.01, window=ALWAYS_OPEN
+                agent, contacts, max_attempts=2, retry_after_minutes=0.01, window=ALWAYS_OPEN
             ),
         )
         assert created.status_code == 201, created.text
@@ -72,7 +74,7 @@ async def test_a_20_contact_campaign_is_paced_capped_and_retries_no_answers(
     # for the one that never answered; from the campaign's number, to the task's callbacks.
     dialled = Counter(r.value("To") for r in placed)
     assert dialled == {c["phone"]: 2 if c["phone"] in {never, *later} else 1 for c in contacts}
-    assert {r.value("From") for r in placed} == {FROM}
+    assert {r.value("From") for r in placed} == set(agent["phone_numbers"])
     # Paced at 120 calls a minute (one every 0.5 s), never more than 3 under way at once.
     times = [r.at for r in placed]
     assert times[-1] - times[0] >= (len(times) - 1) * 0.5 * 0.9
@@ -106,7 +108,9 @@ async def test_a_20_contact_campaign_is_paced_capped_and_retries_no_answers(
 async def test_a_csv_campaign_s_answered_call_greets_with_the_row_s_variables(
     twilio_server, tw, twilio_rest
 ):
-    agent = scripted_agent(tw, greeting="Hi {{name}}, about {{topic}}.", phone_numbers=[FROM])
+    agent = scripted_agent(
+        tw, greeting="Hi {{name}}, about {{topic}}.", phone_numbers=["+15550007802"]
+    )
     upload = "phone,name,topic,timezone\n+14155550199,Ada,your order,Europe/London\n"
     greeted: list[str] = []
 
@@ -123,7 +127,7 @@ async def test_a_csv_campaign_s_answered_call_greets_with_the_row_s_variables(
         greeted.append(path)
 
     async with CallPlayer(twilio_server, twilio_rest, lambda *_: "completed", 0.1, answer):
-        fields = {k: v for k, v in campaign_body(agent["id"], []).items() if k != "contacts"}
+        fields = {k: v for k, v in campaign_body(agent, []).items() if k != "contacts"}
         created = tw.post(
             "/v1/campaigns",
             files={"contacts": ("contacts.csv", upload, "text/csv")},
@@ -138,3 +142,167 @@ async def test_a_csv_campaign_s_answered_call_greets_with_the_row_s_variables(
     transcript = tw.get(f"/v1/sessions/{contact['session_ids'][0]}/transcript").json()["items"]
     assert transcript[0] == {**transcript[0], "speaker": "AGENT"}
     assert transcript[0]["content"] == "Hi Ada, about your order."
+
+
+def refusal(response, status: int, code: str) -> dict:
+    assert response.status_code == status, response.text
+    assert response.json()["code"] == code, response.text
+    return response.json()
+
+
+def test_invalid_campaigns_are_refused_naming_rows_and_fields(tw, twilio_rest):
+    agent = scripted_agent(tw, greeting="Hi {{name}}.", phone_numbers=["+15550007803"])
+    already = len(twilio_rest.created_calls())
+    bad = [
+        {"phone": "+14155550100", "name": "Ok"},
+        {"phone": "12345", "name": "No plus"},
+        {"phone": "+442071838750", "name": "Abroad"},
+        {"phone": "+14155550101"},
+        {"phone": "+14155550102", "name": "Zone", "timezone": "Mars/Olympus"},
+    ]
+    body = refusal(
+        tw.post("/v1/campaigns", json=campaign_body(agent, bad)), 422, "invalid_contacts"
+    )
+    assert [(e["row"], e["field"]) for e in body["details"]] == [
+        (2, "phone"),
+        (3, "phone"),
+        (4, "name"),
+        (5, "timezone"),
+    ]
+    assert "row 3 phone: +442071838750 is in GB" in body["message"]
+
+    ok = [{"phone": "+14155550100", "name": "Ok"}]
+    refusal(tw.post("/v1/campaigns", json=campaign_body(agent, [])), 422, "invalid_contacts")
+    too_many = [{"phone": "+14155550100", "name": "x"}] * 10_001
+    refusal(
+        tw.post("/v1/campaigns", json=campaign_body(agent, too_many)),
+        422,
+        "too_many_contacts",
+    )
+    never = {"start": "09:00", "end": "09:00"}
+    message = refusal(
+        tw.post("/v1/campaigns", json=campaign_body(agent, ok, window=never)),
+        422,
+        "validation_error",
+    )["message"]
+    assert "window" in message and "never opens" in message
+    no_days = {"start": "09:00", "end": "17:00", "days": []}
+    refusal(
+        tw.post("/v1/campaigns", json=campaign_body(agent, ok, window=no_days)),
+        422,
+        "validation_error",
+    )
+    over_cap = refusal(
+        tw.post("/v1/campaigns", json=campaign_body(agent, ok, max_concurrent=21)),
+        422,
+        "validation_error",
+    )
+    assert over_cap["message"].startswith("max_concurrent: 21 is over the account's cap of 20")
+    refusal(
+        tw.post("/v1/campaigns", json=campaign_body(agent, ok, calls_per_minute=0)),
+        422,
+        "validation_error",
+    )
+    fields = json.dumps({k: v for k, v in campaign_body(agent, []).items() if k != "contacts"})
+    no_phone = tw.post(
+        "/v1/campaigns",
+        files={"contacts": ("c.csv", "number,name\n+14155550100,Ok\n", "text/csv")},
+        data={"campaign": fields},
+    )
+    assert "phone" in refusal(no_phone, 422, "invalid_contacts")["message"]
+    refusal(
+        tw.post("/v1/campaigns", content=b"phone\n", headers={"content-type": "text/csv"}),
+        415,
+        "unsupported_media_type",
+    )
+    refusal(tw.get("/v1/campaigns/cmp_missing"), 404, "campaign_not_found")
+    assert len(twilio_rest.created_calls()) == already, "nothing was dialled"
+    schema = tw.get("/openapi.json").json()["paths"]["/v1/campaigns"]["post"]["requestBody"]
+    assert set(schema["content"]) == {"application/json", "multipart/form-data"}
+
+
+async def test_pause_resume_cancel_and_a_deleted_agent_stops_its_campaign(
+    twilio_server, tw, twilio_rest
+):
+    agent = scripted_agent(tw, phone_numbers=["+15550007804"])
+    contacts = [{"phone": n} for n in numbers(8)]
+    async with CallPlayer(twilio_server, twilio_rest, lambda *_: "completed", hold=0.2) as player:
+        already = len(player.dialled())
+        campaign = tw.post(
+            "/v1/campaigns",
+            json=campaign_body(agent, contacts, calls_per_minute=240, max_concurrent=1),
+        ).json()
+        url = f"/v1/campaigns/{campaign['id']}"
+        while len(player.dialled()) - already < 2:
+            await asyncio.sleep(0.05)
+        assert tw.post(f"{url}/pause").json()["status"] == "paused"
+        refusal(tw.post(f"{url}/pause"), 409, "campaign_paused")
+        await asyncio.sleep(0.6)  # an attempt queued before the pause is still placed
+        paused_at = len(player.dialled())
+        await asyncio.sleep(1.5)  # six steps' time
+        assert len(player.dialled()) == paused_at, "no call starts while paused"
+        assert tw.post(f"{url}/resume").json()["status"] == "running"
+        while len(player.dialled()) < paused_at + 2:
+            await asyncio.sleep(0.05)
+        cancelled = tw.post(f"{url}/cancel").json()
+        assert cancelled["status"] == "cancelled" and cancelled["counts"]["cancelled"] >= 1
+        refusal(tw.post(f"{url}/resume"), 409, "campaign_cancelled")
+        await asyncio.sleep(0.6)
+        placed = len(player.dialled()) - already
+        await asyncio.sleep(0.6)
+        assert len(player.dialled()) - already == placed < 8
+
+        second = tw.post("/v1/campaigns", json=campaign_body(agent, contacts)).json()
+        while len(player.dialled()) - already == placed:
+            await asyncio.sleep(0.05)
+        assert tw.delete(f"/v1/agents/{agent['id']}").status_code == 200
+        stopped = await wait_for_campaign(tw, second["id"], "stopped")
+        after_stop = len(player.dialled())
+        await asyncio.sleep(0.6)
+        assert len(player.dialled()) == after_stop, "a stopped campaign dials no more"
+    assert stopped["stop_reason"] == "agent_deleted" and stopped["counts"]["cancelled"] >= 1
+
+
+async def test_nothing_is_dialled_twice_when_a_node_is_killed_mid_campaign(
+    tmp_path, scripted_llm, twilio_rest
+):
+    """Two nodes on one PostgreSQL run one campaign; node B is killed (SIGKILL) mid-way. Node A
+    takes over B's scheduler and dial jobs once their leases run out: every contact gets its
+    one attempt, and no number is dialled twice."""
+    env = {
+        **cluster_storage_env(),
+        **twilio_env(scripted_llm, twilio_rest),
+        "SWITCHBOARD_JOB_LEASE_SECS": "2",
+        "SWITCHBOARD_NODE_HEARTBEAT_SECS": "0.5",
+        "SWITCHBOARD_NODE_LEASE_SECS": "3",
+    }
+    a = start_server(tmp_path / "node_a", preload=["scripted"], env=env)
+    b = start_server(tmp_path / "node_b", preload=["scripted"], env=env)
+    try:
+        api = a.client()
+        agent = scripted_agent(api, phone_numbers=["+15550007809"])
+        contacts = [{"phone": n} for n in numbers(16)]
+        already = len(twilio_rest.created_calls())
+        async with CallPlayer(a, twilio_rest, lambda *_: "completed", hold=0.3) as player:
+            on_b = b.client()  # B's worker hears of the campaign first, so it starts it
+            campaign = on_b.post(
+                "/v1/campaigns", json=campaign_body(agent, contacts, max_concurrent=2)
+            ).json()
+            while len(player.dialled()) - already < 5:
+                await asyncio.sleep(0.05)
+            b.stop(signal.SIGKILL)
+            done = await wait_for_campaign(api, campaign["id"], "completed", timeout=120)
+        dialled = Counter(player.dialled()[already:])
+        assert max(dialled.values()) == 1, f"dialled twice: {dialled}"
+        # Each call's callbacks name the node that placed it: both did, A after B was gone.
+        placers = [r.value("StatusCallback") or "" for r in twilio_rest.created_calls()[already:]]
+        assert any(p.startswith(b.url) for p in placers[:5])
+        assert all(p.startswith(a.url) for p in placers[-8:])
+        items = api.get(f"/v1/campaigns/{campaign['id']}/contacts").json()["items"]
+        # An attempt cut off between its session and Twilio's answer is recorded failed, not redialled.
+        assert {c["phone"] for c in items if c["status"] == "completed"} <= set(dialled)
+        assert all(c["attempts"] == 1 for c in items)
+        assert done["counts"].get("completed", 0) >= 15 and sum(done["counts"].values()) == 16
+    finally:
+        a.stop()
+        b.stop()
