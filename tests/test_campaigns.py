@@ -10,6 +10,7 @@ import json
 import signal
 import time
 from collections import Counter
+from datetime import UTC, datetime, timedelta
 
 from tests.fakes.twilio_client import TwilioMediaStreamsClient
 from tests.helpers.calls import wait_for_status
@@ -306,3 +307,19 @@ async def test_nothing_is_dialled_twice_when_a_node_is_killed_mid_campaign(
     finally:
         a.stop()
         b.stop()
+
+
+async def test_no_contact_is_called_outside_its_window(twilio_server, tw, twilio_rest):
+    agent = scripted_agent(tw, phone_numbers=["+15550007805"])
+    later = datetime.now(UTC) + timedelta(hours=2)
+    window = {"start": f"{later:%H}:00", "end": f"{(later + timedelta(hours=1)):%H}:00"}
+    contacts = [{"phone": n, "timezone": "UTC"} for n in numbers(3)]
+    already = len(twilio_rest.created_calls())
+    campaign = tw.post(
+        "/v1/campaigns", json=campaign_body(agent, contacts, calls_per_minute=240, window=window)
+    ).json()
+    await asyncio.sleep(1.5)  # six scheduling steps
+    assert len(twilio_rest.created_calls()) == already
+    waiting = tw.get(f"/v1/campaigns/{campaign['id']}").json()
+    assert waiting["status"] == "running" and waiting["counts"] == {"pending": 3}
+    assert tw.post(f"/v1/campaigns/{campaign['id']}/cancel").json()["counts"] == {"cancelled": 3}
