@@ -63,7 +63,7 @@ RESERVED_COLUMNS = ("phone", "timezone")
 """Contact fields that are not the call's variables."""
 OUTCOMES = {"completed": "completed", "busy": "busy", "no-answer": "no_answer"}
 """The contact outcome of each final Twilio call status (any other is `failed`)."""
-RETRIED = {"no_answer", "busy", "failed", "voicemail"}
+RETRIED = {"no_answer", "busy", "failed"}
 FINAL_CALL_STATUSES = {"completed", "busy", "no-answer", "failed", "canceled"}
 Day = Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
 DAYS: tuple[Day, ...] = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")

@@ -53,7 +53,7 @@ class CampaignCreate(CamelCaseAccepted):
         default=60,
         ge=0,
         le=7 * 24 * 60,
-        description="Wait before retrying a no-answer, busy, failed or voicemail attempt",
+        description="Wait before retrying a no-answer, busy or failed attempt",
     )
 
 
@@ -87,7 +87,7 @@ class ContactOut(BaseModel):
     variables: dict[str, str]
     status: str = Field(
         description="pending, calling, dialing, or an outcome: completed, no_answer, busy, "
-        "failed, voicemail, cancelled"
+        "failed, cancelled"
     )
     attempts: int
     last_outcome: str | None

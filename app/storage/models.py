@@ -374,7 +374,7 @@ class CampaignContact(Base):
     """The agent instance holding `variables` (made at the first attempt)."""
     status: Mapped[str] = mapped_column(String(16), default="pending")
     """`pending`, `calling` (an attempt queued), `dialing` (placed), or an outcome:
-    `completed`, `no_answer`, `busy`, `failed`, `voicemail`, `cancelled`."""
+    `completed`, `no_answer`, `busy`, `failed`, `cancelled`."""
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     last_outcome: Mapped[str | None] = mapped_column(String(16))
     last_error: Mapped[str | None] = mapped_column(Text)
