@@ -125,7 +125,7 @@ def parse_csv(data: bytes) -> list[dict[str, Any]]:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError:
         raise APIError(422, "invalid_contacts", "contacts: the CSV file must be UTF-8") from None
-    reader = csv.DictReader(io.StringIO(text))
+    reader = csv.DictReader(io.StringIO(text), restval="")
     if "phone" not in (reader.fieldnames or []):
         raise APIError(
             422,
@@ -152,45 +152,28 @@ def check_contacts(
         )
     needed = placeholders(agent.system_prompt, agent.greeting)
     errors: list[dict[str, Any]] = []
-    contacts = []
+    contacts: list[CampaignContact] = []
+    first_row: dict[str, int] = {}
     for index, row in enumerate(rows, start=1):
-        found = len(errors)
-
-        def refuse(field: str, message: str, row_number: int = index) -> None:
-            errors.append({"row": row_number, "field": field, "message": message})
-
         if not isinstance(row, dict):
-            refuse("contact", "must be an object with a phone field")
+            errors.append({"row": index, "field": "contact", "message": "must be an object"})
             continue
-        phone = str(row.get("phone") or "").strip()
-        try:
-            phone = e164(phone)
-            reason = dial_refusal(settings, phone)
-        except PydanticCustomError as exc:
-            reason = exc.message()
-        if reason:
-            refuse("phone", reason)
-        variables = {k: v for k, v in row.items() if k not in RESERVED_COLUMNS}
-        for name, value in variables.items():
-            if not isinstance(value, str | int | float | bool) or len(str(value)) > 2000:
-                refuse(name, "must be a text or a number of at most 2000 characters")
-        for name in sorted(needed - {k for k, v in variables.items() if v not in (None, "")}):
-            refuse(name, f"needed by the agent's {{{{{name}}}}}")
+        phone, problems = _row_problems(settings, row, needed)
+        if phone in first_row:
+            problems.append(("phone", f"{phone} is already row {first_row[phone]}"))
+        first_row.setdefault(phone, index)
+        errors += [{"row": index, "field": f, "message": m} for f, m in problems]
+        if problems:
+            continue
         timezone = str(row.get("timezone") or "").strip()
-        if timezone:
-            try:
-                zone(timezone)
-            except PydanticCustomError as exc:
-                refuse("timezone", exc.message())
-        if len(errors) > found:
-            continue
+        variables = {k: str(v) for k, v in row.items() if k not in RESERVED_COLUMNS}
         contacts.append(
             CampaignContact(
                 id=new_id("cct"),
                 row=index,
                 phone=phone,
                 timezone=timezone or number_timezone(phone) or default_timezone,
-                variables={k: str(v) for k, v in variables.items()},
+                variables=variables,
                 status="pending",
                 attempts=0,
                 next_attempt_at=utcnow(),
@@ -198,14 +181,41 @@ def check_contacts(
             )
         )
     if errors:
-        listed = "; ".join(f"row {e['row']} {e['field']}: {e['message']}" for e in errors)
+        listed = "; ".join(
+            f"row {e['row']} {e['field']}: {e['message']}" for e in errors[:MAX_LISTED_ERRORS]
+        )
         if len(errors) > MAX_LISTED_ERRORS:
-            listed = "; ".join(
-                f"row {e['row']} {e['field']}: {e['message']}" for e in errors[:MAX_LISTED_ERRORS]
-            )
             listed += f"; and {len(errors) - MAX_LISTED_ERRORS} more"
         raise APIError(422, "invalid_contacts", f"contacts: {listed}", errors)
     return contacts
+
+
+def _row_problems(
+    settings, row: dict[str, Any], needed: set[str]
+) -> tuple[str, list[tuple[str, str]]]:
+    """A contact row's number in E.164 (as given if it isn't one), and what is wrong with the
+    row: (field, message) pairs."""
+    problems = []
+    phone = str(row.get("phone") or "").strip()
+    try:
+        phone = e164(phone)
+        reason = dial_refusal(settings, phone)
+    except PydanticCustomError as exc:
+        reason = exc.message()
+    if reason:
+        problems.append(("phone", reason))
+    variables = {k: v for k, v in row.items() if k not in RESERVED_COLUMNS}
+    for name, value in variables.items():
+        if not isinstance(value, str | int | float | bool) or len(str(value)) > 2000:
+            problems.append((name, "must be a text or a number of at most 2000 characters"))
+    for name in sorted(needed - {k for k, v in variables.items() if v not in (None, "")}):
+        problems.append((name, f"needed by the agent's {{{{{name}}}}}"))
+    if timezone := str(row.get("timezone") or "").strip():
+        try:
+            zone(timezone)
+        except PydanticCustomError as exc:
+            problems.append(("timezone", exc.message()))
+    return phone, problems
 
 
 async def account_cap(state: AppState, db: AsyncSession, account_id: str) -> int:

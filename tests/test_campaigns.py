@@ -160,6 +160,7 @@ def test_invalid_campaigns_are_refused_naming_rows_and_fields(tw, twilio_rest):
         {"phone": "+442071838750", "name": "Abroad"},
         {"phone": "+14155550101"},
         {"phone": "+14155550102", "name": "Zone", "timezone": "Mars/Olympus"},
+        {"phone": "+1 415 555 0100", "name": "Again"},
     ]
     body = refusal(
         tw.post("/v1/campaigns", json=campaign_body(agent, bad)), 422, "invalid_contacts"
@@ -169,8 +170,10 @@ def test_invalid_campaigns_are_refused_naming_rows_and_fields(tw, twilio_rest):
         (3, "phone"),
         (4, "name"),
         (5, "timezone"),
+        (6, "phone"),
     ]
     assert "row 3 phone: +442071838750 is in GB" in body["message"]
+    assert "row 6 phone: +14155550100 is already row 1" in body["message"]
 
     ok = [{"phone": "+14155550100", "name": "Ok"}]
     refusal(tw.post("/v1/campaigns", json=campaign_body(agent, [])), 422, "invalid_contacts")
