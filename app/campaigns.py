@@ -45,6 +45,7 @@ from app.storage.models import (
     CampaignContact,
     Job,
     PhoneCall,
+    Session,
     SessionAnalysis,
 )
 from app.telephony import twilio
@@ -63,7 +64,7 @@ RESERVED_COLUMNS = ("phone", "timezone")
 """Contact fields that are not the call's variables."""
 OUTCOMES = {"completed": "completed", "busy": "busy", "no-answer": "no_answer"}
 """The contact outcome of each final Twilio call status (any other is `failed`)."""
-RETRIED = {"no_answer", "busy", "failed"}
+RETRIED = {"no_answer", "busy", "failed", "voicemail"}
 FINAL_CALL_STATUSES = {"completed", "busy", "no-answer", "failed", "canceled"}
 Day = Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
 DAYS: tuple[Day, ...] = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
@@ -99,6 +100,22 @@ class Window(BaseModel):
         if self.start < self.end:
             return self.start <= now < self.end
         return now >= self.start or now < self.end
+
+
+class Voicemail(BaseModel):
+    """What a campaign does when an answering machine picks up (Twilio's asynchronous
+    answering-machine detection): hang up, or leave `message` after the beep. Either way the
+    session ends `voicemail` and the attempt's outcome is `voicemail`."""
+
+    detect: bool = True
+    action: Literal["hang_up", "leave_message"] = "hang_up"
+    message: str | None = Field(default=None, min_length=1, max_length=1000)
+
+    @model_validator(mode="after")
+    def _message_to_leave(self) -> "Voicemail":
+        if self.action == "leave_message" and not self.message:
+            raise PydanticCustomError("missing_message", "leave_message needs a message")
+        return self
 
 
 def zone(name: str) -> str:
@@ -233,6 +250,7 @@ async def create(
     calls_per_minute: float,
     max_concurrent: int,
     window: Window | None,
+    voicemail: Voicemail | None,
     max_attempts: int,
     retry_after_minutes: float,
     contacts: list[CampaignContact],
@@ -257,6 +275,7 @@ async def create(
         calls_per_minute=calls_per_minute,
         max_concurrent=max_concurrent,
         window=window.model_dump(mode="json") if window else None,
+        voicemail=voicemail.model_dump() if voicemail and voicemail.detect else None,
         max_attempts=max_attempts,
         retry_after_minutes=retry_after_minutes,
         tick_seq=0,
@@ -378,6 +397,9 @@ async def dial(state: AppState, contact_id: str, attempt: int) -> None:
                 from_=campaign.from_number,
                 url=f"{base}/v1/sessions/twilio/task/{call.id}/connect",
                 status_callback=f"{base}/v1/sessions/twilio/task/{call.id}/status",
+                amd_callback=f"{base}/v1/sessions/twilio/task/{call.id}/amd"
+                if campaign.voicemail
+                else None,
             )
         except APIError as exc:
             call.status, call.error = "failed", exc.body.message
@@ -397,6 +419,33 @@ async def record_outcome(db: AsyncSession, call: PhoneCall, call_status: str) ->
     if contact is not None:
         error = None if call_status == "completed" else f"the call ended {call_status}"
         await _end_attempt(db, contact, OUTCOMES.get(call_status, "failed"), error)
+
+
+async def machine_answered(
+    state: AppState, db: AsyncSession, call: PhoneCall, answered_by: str
+) -> None:
+    """Follow answering-machine detection's verdict on a campaign's call: for a machine (or a
+    fax), the campaign's `voicemail` action, the session ended `voicemail`, the attempt's outcome
+    `voicemail`. A person (or `unknown`) carries on with the agent."""
+    if not (answered_by.startswith("machine_") or answered_by == "fax"):
+        return
+    contact = await store.contact_dialing(db, call.id)
+    campaign = await db.get(Campaign, contact.campaign_id) if contact else None
+    if contact is None or campaign is None or not campaign.voicemail:
+        return
+    voicemail = Voicemail.model_validate(campaign.voicemail)
+    message = voicemail.message if voicemail.action == "leave_message" else None
+    session = await db.get_one(Session, call.session_id)
+    if session.status == "active":  # the agent is on the line: it says the message, then hangs up
+        await state.control.end_call(session.id, "voicemail", message)
+    else:
+        if call.call_sid:
+            await twilio.end_call(state.settings, call.call_sid, message)
+        if session.status == "created":
+            await session_store.finish(
+                db, session.id, status="completed", end_reason="voicemail", error=None
+            )
+    await _end_attempt(db, contact, "voicemail", f"answered by a machine ({answered_by})")
 
 
 async def _end_attempt(

@@ -11,6 +11,7 @@ import signal
 import time
 from collections import Counter
 from datetime import UTC, datetime, timedelta
+from urllib.parse import urlsplit
 
 from tests.fakes.twilio_client import TwilioMediaStreamsClient
 from tests.helpers.calls import wait_for_status
@@ -326,3 +327,103 @@ async def test_no_contact_is_called_outside_its_window(twilio_server, tw, twilio
     waiting = tw.get(f"/v1/campaigns/{campaign['id']}").json()
     assert waiting["status"] == "running" and waiting["counts"] == {"pending": 3}
     assert tw.post(f"/v1/campaigns/{campaign['id']}/cancel").json()["counts"] == {"cancelled": 3}
+
+
+async def test_a_machine_gets_the_message_after_the_beep_and_a_person_the_agent(
+    twilio_server, tw, twilio_rest
+):
+    agent = scripted_agent(
+        tw, greeting="Hello, this is the clinic.", phone_numbers=["+15550007806"]
+    )
+    person, machine = numbers(2)
+    message = "Please call the clinic back. Goodbye."
+    tasks: dict[str, str] = {}
+    """The call task of each number."""
+
+    async def answer(server, request) -> None:
+        """Join the call's stream; then answering-machine detection's verdict for the number."""
+        connect = request.value("Url").removeprefix(server.url)
+        tasks[request.value("To") or ""] = connect.split("/")[-2]
+        twiml = await asyncio.to_thread(
+            signed_post, server, connect, {"AccountSid": ACCOUNT_SID, "CallStatus": "in-progress"}
+        )
+        assert twiml.status_code == 200, twiml.text
+        with server.client() as api:
+            call_sid = api.get(f"/v1/calls/{tasks[request.value('To') or '']}").json()["call_sid"]
+        async with TwilioMediaStreamsClient.from_twiml(twiml.text, call_sid=call_sid) as client:
+            await client.wait_marks(1, timeout=60)  # the greeting
+            verdict = "machine_end_beep" if request.value("To") == machine else "human"
+            amd = urlsplit(request.value("AsyncAmdStatusCallback") or "").path
+            form = {"AccountSid": ACCOUNT_SID, "AnsweredBy": verdict}
+            assert (await asyncio.to_thread(signed_post, server, amd, form)).status_code == 204
+            if verdict == "human":
+                await client.stop()
+            await client.wait_closed(timeout=60)  # a machine: the server hangs up after the message
+
+    already = len(twilio_rest.created_calls())
+    async with CallPlayer(twilio_server, twilio_rest, lambda *_: "completed", 0.1, answer):
+        voicemail = {"action": "leave_message", "message": message}
+        contacts = [{"phone": person}, {"phone": machine}]
+        created = tw.post(
+            "/v1/campaigns",
+            json=campaign_body(agent, contacts, voicemail=voicemail, max_concurrent=1),
+        )
+        assert created.status_code == 201, created.text
+        done = await wait_for_campaign(tw, created.json()["id"], "completed")
+    placed = twilio_rest.created_calls()[already:]
+    assert sorted(r.value("To") for r in placed) == [person, machine]
+    assert {(r.value("MachineDetection"), r.value("AsyncAmd")) for r in placed} == {
+        ("DetectMessageEnd", "true")
+    }
+    assert done["counts"] == {"completed": 1, "voicemail": 1}
+
+    items = tw.get(f"/v1/campaigns/{created.json()['id']}/contacts").json()["items"]
+    outcome = {c["phone"]: c for c in items}
+    assert outcome[machine]["status"] == "voicemail"
+    left = wait_for_status(tw, outcome[machine]["session_ids"][0], "completed")
+    assert left["end_reason"] == "voicemail"
+    spoken = tw.get(f"/v1/sessions/{left['session_id']}/transcript").json()["items"]
+    assert [t["content"] for t in spoken if t["speaker"] == "AGENT"][-1] == message
+    call = tw.get(f"/v1/calls/{tasks[machine]}").json()
+    await asyncio.to_thread(twilio_rest.wait_for_hang_up, call["call_sid"], 15)
+
+    talked = wait_for_status(tw, outcome[person]["session_ids"][0], "completed")
+    assert outcome[person]["status"] == "completed" and talked["end_reason"] != "voicemail"
+
+
+async def test_a_machine_before_the_stream_is_hung_up_through_the_rest_api(
+    twilio_server, tw, twilio_rest
+):
+    agent = scripted_agent(tw, phone_numbers=["+15550007807"])
+    [machine] = numbers(1)
+    tasks: list[str] = []
+
+    async def verdict_only(server, request) -> None:
+        """Detection decides before the call's stream connects."""
+        tasks.append(request.value("Url").removeprefix(server.url).split("/")[-2])
+        with server.client() as api:
+            while not (call_sid := api.get(f"/v1/calls/{tasks[-1]}").json()["call_sid"]):
+                await asyncio.sleep(0.05)  # Twilio has answered the REST request by now
+        amd = urlsplit(request.value("AsyncAmdStatusCallback") or "").path
+        form = {"AccountSid": ACCOUNT_SID, "CallSid": call_sid, "AnsweredBy": "machine_end_silence"}
+        assert (await asyncio.to_thread(signed_post, server, amd, form)).status_code == 204
+
+    async with CallPlayer(twilio_server, twilio_rest, lambda *_: "completed", 0.1, verdict_only):
+        created = tw.post(
+            "/v1/campaigns",
+            json=campaign_body(
+                agent,
+                [{"phone": machine}],
+                voicemail={"action": "hang_up"},
+                max_attempts=2,
+                retry_after_minutes=0.01,
+            ),
+        ).json()
+        done = await wait_for_campaign(tw, created["id"], "completed")
+    assert done["counts"] == {"voicemail": 1}
+    [contact] = tw.get(f"/v1/campaigns/{created['id']}/contacts").json()["items"]
+    assert contact["attempts"] == 2 and contact["last_outcome"] == "voicemail"  # retried once
+    for task, session_id in zip(tasks, contact["session_ids"], strict=True):
+        assert tw.get(f"/v1/sessions/{session_id}").json()["end_reason"] == "voicemail"
+        call_sid = tw.get(f"/v1/calls/{task}").json()["call_sid"]
+        await asyncio.to_thread(twilio_rest.wait_for_hang_up, call_sid, 15)

@@ -12,7 +12,7 @@ from starlette.datastructures import UploadFile
 
 from app import campaigns
 from app.agents import load_agent
-from app.campaigns import Window
+from app.campaigns import Voicemail, Window
 from app.casing import CamelCaseAccepted
 from app.deps import CallerDep, DbDep, StateDep
 from app.errors import ERROR_RESPONSES, APIError, ErrorBody, not_found
@@ -46,6 +46,10 @@ class CampaignCreate(CamelCaseAccepted):
     window: Window | None = Field(
         default=None, description="When contacts may be called; any time if omitted"
     )
+    voicemail: Voicemail | None = Field(
+        default=None,
+        description="Detect answering machines (Twilio) and hang up or leave a message",
+    )
     max_attempts: int = Field(
         default=1, ge=1, le=10, description="Attempts per contact, retries included"
     )
@@ -53,7 +57,7 @@ class CampaignCreate(CamelCaseAccepted):
         default=60,
         ge=0,
         le=7 * 24 * 60,
-        description="Wait before retrying a no-answer, busy or failed attempt",
+        description="Wait before retrying a no-answer, busy, failed or voicemail attempt",
     )
 
 
@@ -69,6 +73,7 @@ class CampaignOut(BaseModel):
     calls_per_minute: float
     max_concurrent: int
     window: Window | None
+    voicemail: Voicemail | None
     max_attempts: int
     retry_after_minutes: float
     created_at: datetime
@@ -87,7 +92,7 @@ class ContactOut(BaseModel):
     variables: dict[str, str]
     status: str = Field(
         description="pending, calling, dialing, or an outcome: completed, no_answer, busy, "
-        "failed, cancelled"
+        "failed, voicemail, cancelled"
     )
     attempts: int
     last_outcome: str | None
@@ -235,6 +240,7 @@ async def create_campaign(
         calls_per_minute=body.calls_per_minute,
         max_concurrent=body.max_concurrent,
         window=body.window,
+        voicemail=body.voicemail,
         max_attempts=body.max_attempts,
         retry_after_minutes=body.retry_after_minutes,
         contacts=contacts,

@@ -349,6 +349,21 @@ async def task_status(task_id: str, request: Request, state: StateDep, db: DbDep
     return Response(status_code=204)
 
 
+@router.post(
+    "/v1/sessions/twilio/task/{task_id}/amd",
+    status_code=204,
+    summary="Twilio callback: answering-machine detection's verdict on an outbound call",
+    responses=SIGNED_RESPONSES,
+    response_class=Response,
+)
+async def task_amd(task_id: str, request: Request, state: StateDep, db: DbDep) -> Response:
+    form = await signed_form(state, request)
+    call = await _task(db, task_id)
+    call.call_sid = call.call_sid or form.get("CallSid")
+    await campaigns.machine_answered(state, db, call, form.get("AnsweredBy", ""))
+    return Response(status_code=204)
+
+
 @router.websocket(twilio.STREAM_PATH)
 async def twilio_stream(websocket: WebSocket):
     await serve_stream(websocket, CARRIERS["twilio"])

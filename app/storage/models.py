@@ -347,6 +347,8 @@ class Campaign(Base):
     max_concurrent: Mapped[int] = mapped_column(Integer)
     window: Mapped[dict | None] = mapped_column(JSON)
     """`{start, end, days, timezone}`: when contacts may be called, in their local time."""
+    voicemail: Mapped[dict | None] = mapped_column(JSON)
+    """`{detect, action, message}`: what to do when an answering machine picks up."""
     max_attempts: Mapped[int] = mapped_column(Integer)
     retry_after_minutes: Mapped[float] = mapped_column(Float)
     tick_seq: Mapped[int] = mapped_column(Integer, default=0)
@@ -374,7 +376,7 @@ class CampaignContact(Base):
     """The agent instance holding `variables` (made at the first attempt)."""
     status: Mapped[str] = mapped_column(String(16), default="pending")
     """`pending`, `calling` (an attempt queued), `dialing` (placed), or an outcome:
-    `completed`, `no_answer`, `busy`, `failed`, `cancelled`."""
+    `completed`, `no_answer`, `busy`, `failed`, `voicemail`, `cancelled`."""
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     last_outcome: Mapped[str | None] = mapped_column(String(16))
     last_error: Mapped[str | None] = mapped_column(Text)

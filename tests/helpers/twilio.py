@@ -52,7 +52,8 @@ def twilio_session(api, agent_id: str, **fields) -> tuple[str, dict]:
 
 
 class CallPlayer:
-    """Plays the far end of the outbound calls a server places through the fake REST API: each
+    """Plays the far end of the outbound calls a server places through the fake REST API once
+    it is entered: each
     new call ends after `hold` seconds with `outcome(number, attempt)` (a Twilio call status:
     `completed`, `no-answer`, `busy`), its status callback signed and posted to `server` (which
     a test may switch to another node). `answer`, if given, is awaited for a `completed` call
@@ -70,7 +71,8 @@ class CallPlayer:
         self._watcher: asyncio.Task | None = None
 
     async def __aenter__(self) -> "CallPlayer":
-        self._watcher = asyncio.create_task(self._watch())
+        already = len(self.rest.created_calls())  # calls placed before are not this player's
+        self._watcher = asyncio.create_task(self._watch(already))
         return self
 
     async def __aexit__(self, *exc) -> None:
@@ -85,8 +87,7 @@ class CallPlayer:
         """The numbers called so far, in order (one entry per call)."""
         return [r.value("To") or "" for r in self.rest.created_calls()]
 
-    async def _watch(self) -> None:
-        seen = 0
+    async def _watch(self, seen: int) -> None:
         while True:
             created = self.rest.created_calls()
             for index in range(seen, len(created)):

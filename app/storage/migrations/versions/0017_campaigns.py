@@ -27,6 +27,7 @@ def upgrade() -> None:
         sa.Column("calls_per_minute", sa.Float, nullable=False),
         sa.Column("max_concurrent", sa.Integer, nullable=False),
         sa.Column("window", sa.JSON),
+        sa.Column("voicemail", sa.JSON),
         sa.Column("max_attempts", sa.Integer, nullable=False),
         sa.Column("retry_after_minutes", sa.Float, nullable=False),
         sa.Column("tick_seq", sa.Integer, nullable=False),
