@@ -16,6 +16,8 @@ death loses nothing:
   `failed` rather than risk dialling the number twice.
 - Twilio's status callback ends the attempt (:func:`record_outcome`): `completed`, or
   `no_answer` / `busy` / `failed`, retried after `retry_after_minutes` until `max_attempts`.
+  With `voicemail`, Twilio's answering-machine detection may end it first as `voicemail`
+  (:func:`machine_answered`), retried the same way.
 """
 
 import csv
