@@ -49,8 +49,9 @@ class JobQueue:
         self._running: set[asyncio.Task] = set()
         self._closing = False
 
-    def enqueue(self, db: AsyncSession, kind: str, payload: dict) -> None:
-        """Add a job to `db`'s transaction; this node's worker wakes once it commits."""
+    def enqueue(self, db: AsyncSession, kind: str, payload: dict, delay: float = 0) -> None:
+        """Add a job to `db`'s transaction, due in `delay` seconds; this node's worker wakes
+        once it commits (and again when it is due)."""
         db.add(
             Job(
                 id=new_id("job"),
@@ -59,10 +60,18 @@ class JobQueue:
                 status="pending",
                 attempts=0,
                 max_attempts=self._settings.webhook_max_attempts,
-                run_at=utcnow(),
+                run_at=utcnow() + timedelta(seconds=delay),
             )
         )
-        event.listen(db.sync_session, "after_commit", lambda _session: self._wake.set(), once=True)
+        event.listen(
+            db.sync_session, "after_commit", lambda _session: self._wake_in(delay), once=True
+        )
+
+    def _wake_in(self, delay: float) -> None:
+        if delay > 0:
+            asyncio.get_running_loop().call_later(delay, self._wake.set)
+        else:
+            self._wake.set()
 
     def start(self, handlers: dict[str, Handler]) -> None:
         self._handlers = handlers
@@ -168,7 +177,7 @@ class JobQueue:
                         "run_at": utcnow() + timedelta(seconds=delay),
                     },
                 )
-                asyncio.get_running_loop().call_later(delay, self._wake.set)
+                self._wake_in(delay)
         else:
             await self._settle(job)
         finally:

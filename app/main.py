@@ -8,7 +8,7 @@ from fastapi import FastAPI
 from loguru import logger
 from redis.asyncio import Redis
 
-from app import recordings, webhooks
+from app import campaigns, recordings, webhooks
 from app.api import accounts as accounts_api
 from app.api import (
     agents,
@@ -25,6 +25,9 @@ from app.api import (
     webrtc,
 )
 from app.api import analysis as analysis_api
+from app.api import (
+    campaigns as campaigns_api,
+)
 from app.calls import post_call
 from app.calls.control import CallControl
 from app.calls.registry import CallRegistry
@@ -131,6 +134,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 post_call.ANALYSIS_JOB: partial(
                     post_call.run_analysis, settings, db, catalog, jobs
                 ),
+                campaigns.TICK_JOB: partial(campaigns.run_tick, app.state.switchboard),
+                campaigns.DIAL_JOB: partial(campaigns.run_dial, app.state.switchboard),
             }
         )
         install_drain_on_signals(app.state.switchboard)
@@ -167,6 +172,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(analysis_api.router)
     app.include_router(analytics.router)
     app.include_router(calls.router)
+    app.include_router(campaigns_api.router)
     app.include_router(session_ws.router)
     app.include_router(instances.router)
     app.include_router(twilio.router)

@@ -15,3 +15,9 @@ def websocket_base(settings: Settings, request: Request) -> str:
     """`ws(s)://host` of this server as clients reach it."""
     base = public_base_url(settings, request)
     return "ws" + base.removeprefix("http") if base.startswith("http") else base
+
+
+def own_base_url(settings: Settings) -> str:
+    """This server's address for work done outside a request (a campaign placing a call, whose
+    callbacks come back here): `SWITCHBOARD_PUBLIC_BASE_URL`, else the host and port it listens on."""
+    return (settings.public_base_url or f"http://{settings.host}:{settings.port}").rstrip("/")

@@ -71,6 +71,7 @@ KNOWN_END_REASONS = {
     "hung_up",
     "disconnected",
     "transferred",
+    "voicemail",
     "server_shutdown",
     "provider_error",
     "error",

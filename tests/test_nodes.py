@@ -12,26 +12,20 @@ import time
 
 import httpx
 import pytest
-import redis
 
 from app.client import SessionClient
 from tests.fakes.twilio_client import TwilioMediaStreamsClient, parse_twiml
 from tests.fakes.webhook_receiver import WebhookReceiver
 from tests.helpers.calls import agent_ws, refused, wait_for_status
 from tests.helpers.servers import make_agent, start_server
-from tests.helpers.storage import REDIS_URL, production_storage_env
+from tests.helpers.storage import cluster_storage_env
 
 CAP = 2
 SHORT_LEASE = {"SWITCHBOARD_NODE_HEARTBEAT_SECS": "0.5", "SWITCHBOARD_NODE_LEASE_SECS": "3"}
 
 
 def cluster_env(scripted_llm) -> dict[str, str]:
-    try:
-        redis.Redis.from_url(REDIS_URL, socket_connect_timeout=2).ping()
-        env = production_storage_env()
-    except Exception as exc:
-        pytest.skip(f"cluster leg skipped: PostgreSQL or Redis unavailable ({exc})")
-    return {**env, "SCRIPTED_LLM_URL": scripted_llm.url}
+    return {**cluster_storage_env(), "SCRIPTED_LLM_URL": scripted_llm.url}
 
 
 @pytest.fixture(scope="module")

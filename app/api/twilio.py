@@ -14,6 +14,7 @@ from fastapi.responses import JSONResponse, Response
 from loguru import logger
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field
 
+from app import campaigns
 from app.agents import load_agent
 from app.api.sessions import SessionOut, session_out
 from app.calls.admission import busy_refusal
@@ -26,7 +27,7 @@ from app.storage import telephony as store
 from app.storage.models import PhoneCall, Session
 from app.telephony import twilio
 from app.telephony.numbers import DialNumber, E164Number
-from app.telephony.phone_calls import apply_status, start_phone_session
+from app.telephony.phone_calls import apply_status, caller_id, start_phone_session
 from app.telephony.relay import issue_relay_token
 from app.telephony.signatures import SIGNED_RESPONSES, check_twilio
 from app.telephony.stream import CARRIERS, serve_stream
@@ -264,26 +265,7 @@ async def create_outbound_call(
     the task's `connect` callback when the callee answers; the agent speaks first."""
     twilio.require_credentials(state.settings)
     agent = await load_agent(db, caller, body.agent_id)
-    from_number = (
-        body.from_number
-        or next(iter(agent.phone_numbers), None)
-        or state.settings.twilio_from_number
-    )
-    if not from_number:
-        raise APIError(
-            422,
-            "missing_from",
-            "no caller ID: pass `from`, give the agent a phone number, or set TWILIO_FROM_NUMBER",
-        )
-    if from_number != state.settings.twilio_from_number and not await store.account_holds_number(
-        db, caller.account_id, from_number
-    ):
-        raise APIError(
-            403,
-            "from_not_owned",
-            f"from: {from_number} is not a number of this account (an agent's phone_numbers)",
-            {"field": "from", "number": from_number},
-        )
+    from_number = await caller_id(state, db, agent, body.from_number)
     session, call = await start_phone_session(
         state,
         db,
@@ -365,6 +347,22 @@ async def task_status(task_id: str, request: Request, state: StateDep, db: DbDep
     form = await signed_form(state, request)
     call = await _task(db, task_id)
     await apply_status(state, db, call, form.get("CallStatus", ""))
+    await campaigns.record_outcome(db, call, form.get("CallStatus", ""))
+    return Response(status_code=204)
+
+
+@router.post(
+    "/v1/sessions/twilio/task/{task_id}/amd",
+    status_code=204,
+    summary="Twilio callback: answering-machine detection's verdict on an outbound call",
+    responses=SIGNED_RESPONSES,
+    response_class=Response,
+)
+async def task_amd(task_id: str, request: Request, state: StateDep, db: DbDep) -> Response:
+    form = await signed_form(state, request)
+    call = await _task(db, task_id)
+    call.call_sid = call.call_sid or form.get("CallSid")
+    await campaigns.machine_answered(state, db, call, form.get("AnsweredBy", ""))
     return Response(status_code=204)
 
 

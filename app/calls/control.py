@@ -32,14 +32,13 @@ class CallControl:
                 self._channel, json.dumps({"agent_id": agent_id, "reason": reason})
             )
 
-    async def end_call(self, session_id: str, reason: str) -> None:
-        """End one live call, in whichever process runs it."""
+    async def end_call(self, session_id: str, reason: str, goodbye: str | None = None) -> None:
+        """End one live call, in whichever process runs it (after saying `goodbye`, if given)."""
         if self._redis is None:
-            await self._registry.end_call(session_id, reason)
+            await self._registry.end_call(session_id, reason, goodbye)
         else:
-            await self._redis.publish(
-                self._channel, json.dumps({"session_id": session_id, "reason": reason})
-            )
+            order = {"session_id": session_id, "reason": reason, "goodbye": goodbye}
+            await self._redis.publish(self._channel, json.dumps(order))
 
     async def _listen(self, pubsub) -> None:
         try:
@@ -49,7 +48,9 @@ class CallControl:
                 try:
                     order = json.loads(message["data"])
                     if "session_id" in order:
-                        await self._registry.end_call(order["session_id"], order["reason"])
+                        await self._registry.end_call(
+                            order["session_id"], order["reason"], order.get("goodbye")
+                        )
                     else:
                         await self._registry.end_agent_calls(order["agent_id"], order["reason"])
                 except (ValueError, KeyError, TypeError) as exc:

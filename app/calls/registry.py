@@ -19,7 +19,7 @@ class LiveCall(Protocol):
 
     async def end(self, reason: str) -> None: ...
 
-    async def end_with_goodbye(self, reason: str) -> None: ...
+    async def end_with_goodbye(self, reason: str, goodbye: str = ...) -> None: ...
 
 
 class CallRegistry:
@@ -73,10 +73,13 @@ class CallRegistry:
             await call.end(reason)
         return len(calls)
 
-    async def end_call(self, session_id: str, reason: str) -> None:
-        """End the call of `session_id` if it runs here."""
+    async def end_call(self, session_id: str, reason: str, goodbye: str | None = None) -> None:
+        """End the call of `session_id` if it runs here (after saying `goodbye`, if given)."""
         if call := self._calls.get(session_id):
-            await call.end(reason)
+            if goodbye:
+                await call.end_with_goodbye(reason, goodbye)
+            else:
+                await call.end(reason)
 
     async def drain(self, grace_secs: float, goodbye_secs: float = 20) -> None:
         """Let live calls finish for `grace_secs`; then each gets a goodbye and ends

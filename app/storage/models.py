@@ -333,3 +333,60 @@ class Node(Base):
     live_calls: Mapped[int] = mapped_column(Integer, default=0)
     load: Mapped[float] = mapped_column(Float, default=0)
     """CPU use of the process over the last heartbeat, as a share of the machine (0–1)."""
+
+
+class Campaign(Base):
+    """A batch of outbound calls by one agent, paced and retried (`app/campaigns.py`)."""
+
+    __tablename__ = "campaigns"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    account_id: Mapped[str] = mapped_column(ForeignKey("accounts.id"), index=True)
+    agent_id: Mapped[str] = mapped_column(ForeignKey("agents.id"), index=True)
+    name: Mapped[str] = mapped_column(String(200))
+    status: Mapped[str] = mapped_column(String(16), default="running", index=True)
+    """`running`, `paused`, `completed`, `cancelled`, or `stopped` (see `stop_reason`)."""
+    stop_reason: Mapped[str | None] = mapped_column(String(40))
+    from_number: Mapped[str] = mapped_column(String(32))
+    calls_per_minute: Mapped[float] = mapped_column(Float)
+    max_concurrent: Mapped[int] = mapped_column(Integer)
+    window: Mapped[dict | None] = mapped_column(JSON)
+    """`{start, end, days, timezone}`: when contacts may be called, in their local time."""
+    voicemail: Mapped[dict | None] = mapped_column(JSON)
+    """`{detect, action, message}`: what to do when an answering machine picks up."""
+    max_attempts: Mapped[int] = mapped_column(Integer)
+    retry_after_minutes: Mapped[float] = mapped_column(Float)
+    tick_seq: Mapped[int] = mapped_column(Integer, default=0)
+    """The number of the one scheduling job that may run next (a re-run of an older one is a no-op)."""
+    created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+
+class CampaignContact(Base):
+    """One number a campaign calls, its variables and its attempts."""
+
+    __tablename__ = "campaign_contacts"
+    __table_args__ = (
+        Index("ix_campaign_contacts_due", "campaign_id", "status", "next_attempt_at"),
+    )
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    campaign_id: Mapped[str] = mapped_column(ForeignKey("campaigns.id"))
+    row: Mapped[int] = mapped_column(Integer)
+    """Its place in the uploaded list (1 = the first contact)."""
+    phone: Mapped[str] = mapped_column(String(32))
+    timezone: Mapped[str] = mapped_column(String(64))
+    variables: Mapped[dict] = mapped_column(default=dict)
+    instance_id: Mapped[str | None] = mapped_column(String(40))
+    """The agent instance holding `variables` (made at the first attempt)."""
+    status: Mapped[str] = mapped_column(String(16), default="pending")
+    """`pending`, `calling` (an attempt queued), `dialing` (placed), or an outcome:
+    `completed`, `no_answer`, `busy`, `failed`, `voicemail`, `cancelled`."""
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    last_outcome: Mapped[str | None] = mapped_column(String(16))
+    last_error: Mapped[str | None] = mapped_column(Text)
+    next_attempt_at: Mapped[datetime] = mapped_column(default=utcnow)
+    call_id: Mapped[str | None] = mapped_column(String(40), index=True)
+    """The phone call of the attempt in progress (or the last one)."""
+    session_ids: Mapped[list] = mapped_column(default=list)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)

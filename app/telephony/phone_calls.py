@@ -63,6 +63,32 @@ async def start_phone_session(
     return session, call
 
 
+async def caller_id(
+    state: AppState, db: AsyncSession, agent: Agent, from_number: str | None
+) -> str:
+    """The caller ID of an outbound call: `from_number`, else the agent's first phone number,
+    else TWILIO_FROM_NUMBER; 422 if there is none, 403 unless the agent's account holds it (or
+    it is the server's TWILIO_FROM_NUMBER)."""
+    settings = state.settings
+    number = from_number or next(iter(agent.phone_numbers), None) or settings.twilio_from_number
+    if not number:
+        raise APIError(
+            422,
+            "missing_from",
+            "no caller ID: pass `from`, give the agent a phone number, or set TWILIO_FROM_NUMBER",
+        )
+    if number != settings.twilio_from_number and not await store.account_holds_number(
+        db, agent.account_id, number
+    ):
+        raise APIError(
+            403,
+            "from_not_owned",
+            f"from: {number} is not a number of this account (an agent's phone_numbers)",
+            {"field": "from", "number": number},
+        )
+    return number
+
+
 async def apply_status(state: AppState, db: AsyncSession, call: PhoneCall, status: str) -> None:
     """Follow a call-status callback: ringing; in-progress → session active (if the account's
     cap still has room, else failed); completed;

@@ -109,10 +109,28 @@ async def rest_client(settings: Settings, creds: dict[str, str]):
 
 
 async def place_call(
-    settings: Settings, *, to: str, from_: str, url: str, status_callback: str
+    settings: Settings,
+    *,
+    to: str,
+    from_: str,
+    url: str,
+    status_callback: str,
+    amd_callback: str | None = None,
 ) -> str:
-    """Ask Twilio's REST API to place a call; its Call SID. 502 if Twilio refuses."""
+    """Ask Twilio's REST API to place a call; its Call SID. 502 if Twilio refuses. With
+    `amd_callback`, Twilio's asynchronous answering-machine detection posts its verdict there
+    (once a machine's greeting has ended, so a message lands after the beep)."""
     creds = require_credentials(settings)
+    detection = (
+        {
+            "machine_detection": "DetectMessageEnd",
+            "async_amd": "true",
+            "async_amd_status_callback": amd_callback,
+            "async_amd_status_callback_method": "POST",
+        }
+        if amd_callback
+        else {}
+    )
     try:
         async with rest_client(settings, creds) as client:
             call = await client.calls.create_async(
@@ -123,6 +141,7 @@ async def place_call(
                 status_callback=status_callback,
                 status_callback_method="POST",
                 status_callback_event=STATUS_EVENTS,
+                **detection,
             )
     except TwilioRestException as exc:
         logger.warning(f"Twilio refused the outbound call to {to}: {exc.status} {exc.msg}")
@@ -133,6 +152,16 @@ async def place_call(
             {"twilio_status": exc.status},
         ) from None
     return call.sid
+
+
+async def end_call(settings: Settings, call_sid: str, message: str | None = None) -> None:
+    """End a call through the REST API: hang up, or first say `message` (new TwiML for the call)."""
+    creds = require_credentials(settings)
+    async with rest_client(settings, creds) as client:
+        if message:
+            await client.calls(call_sid).update_async(twiml=apology_twiml(message))
+        else:
+            await client.calls(call_sid).update_async(status="completed")
 
 
 def stream_serializer(

@@ -68,6 +68,16 @@ def production_storage_env() -> dict[str, str]:
     return {"DATABASE_URL": fresh_postgres_url(), **redis_env()}
 
 
+def cluster_storage_env() -> dict[str, str]:
+    """Storage for several nodes of one cluster (`production_storage_env`); the test is skipped,
+    with the reason printed, when PostgreSQL or Redis don't answer."""
+    try:
+        redis.Redis.from_url(REDIS_URL, socket_connect_timeout=2).ping()
+        return production_storage_env()
+    except Exception as exc:
+        pytest.skip(f"cluster leg skipped: PostgreSQL or Redis unavailable ({exc})")
+
+
 def drop_created_storage() -> None:
     """Drop the databases and delete the Redis keys this test session created."""
     if _created_databases:

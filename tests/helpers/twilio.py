@@ -3,6 +3,10 @@
 The `twilio_rest`, `twilio_server` and `tw` fixtures (tests/conftest.py) use these.
 """
 
+import asyncio
+import time
+from urllib.parse import urlsplit
+
 import httpx
 
 from tests.fakes.carrier_webhooks import TelnyxSigner, twilio_post
@@ -45,3 +49,72 @@ def twilio_session(api, agent_id: str, **fields) -> tuple[str, dict]:
     session = response.json()["session"]
     assert session["status"] == "created" and session["websocket_url"] is None
     return response.json()["twiml"], session
+
+
+class CallPlayer:
+    """Plays the far end of the outbound calls a server places through the fake REST API once
+    it is entered: each
+    new call ends after `hold` seconds with `outcome(number, attempt)` (a Twilio call status:
+    `completed`, `no-answer`, `busy`), its status callback signed and posted to `server` (which
+    a test may switch to another node). `answer`, if given, is awaited for a `completed` call
+    first, with the server and the call's REST request (to join its media stream)."""
+
+    def __init__(self, server, rest, outcome, hold: float, answer=None):
+        self.server = server
+        self.rest = rest
+        self.outcome = outcome
+        self.hold = hold
+        self.answer = answer
+        self.calls: list[tuple[str, float, float]] = []
+        """(number, placed, ended) of every call played to its end."""
+        self._tasks: set[asyncio.Task] = set()
+        self._watcher: asyncio.Task | None = None
+
+    async def __aenter__(self) -> "CallPlayer":
+        already = len(self.rest.created_calls())  # calls placed before are not this player's
+        self._watcher = asyncio.create_task(self._watch(already))
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        for task in (self._watcher, *self._tasks):
+            if task:
+                task.cancel()
+        await asyncio.gather(
+            *(t for t in (self._watcher, *self._tasks) if t), return_exceptions=True
+        )
+
+    def dialled(self) -> list[str]:
+        """The numbers called so far, in order (one entry per call)."""
+        return [r.value("To") or "" for r in self.rest.created_calls()]
+
+    async def _watch(self, seen: int) -> None:
+        while True:
+            created = self.rest.created_calls()
+            for index in range(seen, len(created)):
+                task = asyncio.create_task(self._play(created[index], created[: index + 1]))
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
+            seen = len(created)
+            await asyncio.sleep(0.02)
+
+    async def _play(self, request, so_far) -> None:
+        number = request.value("To")
+        attempt = sum(1 for r in so_far if r.value("To") == number)
+        status = self.outcome(number, attempt)
+        if status == "completed" and self.answer:
+            await self.answer(self.server, request)
+        await asyncio.sleep(self.hold)
+        path = urlsplit(request.value("StatusCallback")).path
+        form = {"AccountSid": ACCOUNT_SID, "To": number, "CallStatus": status}
+        self.calls.append((number, request.at, time.time()))
+        response = await asyncio.to_thread(signed_post, self.server, path, form)
+        assert response.status_code == 204, response.text
+
+    def most_at_once(self) -> int:
+        """The most calls that were under way at one moment."""
+        edges = sorted([(p, 1) for _, p, _ in self.calls] + [(e, -1) for _, _, e in self.calls])
+        running = most = 0
+        for _, step in edges:
+            running += step
+            most = max(most, running)
+        return most
