@@ -1,7 +1,7 @@
 """campaigns and campaign_contacts: batches of outbound calls
 
 Revision ID: 0017_campaigns
-Revises: 0015_agent_overflow_number
+Revises: 0016_conversation_flows
 Create Date: 2026-12-03
 """
 
@@ -9,7 +9,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0017_campaigns"
-down_revision = "0015_agent_overflow_number"
+down_revision = "0016_conversation_flows"
 branch_labels = None
 depends_on = None
 
