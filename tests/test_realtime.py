@@ -15,10 +15,10 @@ from app.client import SessionClient
 from tests.audio import rms, speech
 from tests.fakes.openai_realtime import FakeOpenAIRealtime
 from tests.fakes.scripted_llm import ToolCall
-from tests.fakes.twilio_client import TwilioMediaStreamsClient, ulaw_decode
 from tests.fakes.webhook_receiver import WebhookReceiver
 from tests.helpers.calls import agent_ws, transcript, wait_for_cost, wait_for_status
 from tests.helpers.servers import make_agent, start_server
+from tests.helpers.twilio import phone_question
 
 LONG_REPLY = (
     "We are open every weekday from nine in the morning until five in the afternoon, "
@@ -276,20 +276,7 @@ async def test_a_phone_call_reaches_the_realtime_model_at_8_khz(realtime_server,
     answer = "We open at nine tomorrow morning."
     realtime_api.script(answer)
     agent = realtime_agent(api)
-    response = api.post(
-        "/v1/sessions/twilio",
-        json={"agentId": agent["id"], "from": "+15550001111", "to": "+15550002222"},
-        headers={"Accept": "application/json"},
-    )
-    assert response.status_code == 200, response.text
-    session_id = response.json()["session"]["session_id"]
-    async with TwilioMediaStreamsClient.from_twiml(response.json()["twiml"]) as client:
-        await client.send_audio(speech("What time do you open tomorrow?", sample_rate=8000))
-        await client.send_silence(1.5)
-        await client.wait_marks(1, timeout=60)  # the answer has played
-        reply = ulaw_decode(bytes(client.agent_audio))
-        await client.stop()
-        await client.wait_closed(timeout=5)
+    session_id, reply = await phone_question(api, agent["id"], "What time do you open tomorrow?")
 
     [played] = realtime_api.responses
     assert len(reply) / 2 / 8000 == pytest.approx(played["audio_ms"] / 1000, abs=0.3)

@@ -118,3 +118,25 @@ class CallPlayer:
             running += step
             most = max(most, running)
         return most
+
+
+async def phone_question(api: httpx.Client, agent_id: str, question: str) -> tuple[str, bytes]:
+    """A Twilio call made through `POST /v1/sessions/twilio` in which the caller asks `question`
+    (8 kHz speech) and hangs up once the answer has played: the session id and the answer's PCM."""
+    from tests.audio import speech
+    from tests.fakes.twilio_client import TwilioMediaStreamsClient, ulaw_decode
+
+    response = api.post(
+        "/v1/sessions/twilio",
+        json={"agentId": agent_id, "from": "+15550001111", "to": "+15550002222"},
+        headers={"Accept": "application/json"},
+    )
+    assert response.status_code == 200, response.text
+    async with TwilioMediaStreamsClient.from_twiml(response.json()["twiml"]) as client:
+        await client.send_audio(speech(question, sample_rate=8000))
+        await client.send_silence(1.5)
+        await client.wait_marks(1, timeout=60)  # the answer has played
+        reply = ulaw_decode(bytes(client.agent_audio))
+        await client.stop()
+        await client.wait_closed(timeout=5)
+    return response.json()["session"]["session_id"], reply
