@@ -145,14 +145,19 @@ def parse_csv(data: bytes) -> list[dict[str, Any]]:
     except UnicodeDecodeError:
         raise APIError(422, "invalid_contacts", "contacts: the CSV file must be UTF-8") from None
     reader = csv.DictReader(io.StringIO(text), restval="")
-    if "phone" not in (reader.fieldnames or []):
+    try:
+        if "phone" not in (reader.fieldnames or []):
+            raise APIError(
+                422,
+                "invalid_contacts",
+                "contacts: the CSV file needs a header row with a `phone` column",
+                [{"row": 0, "field": "phone", "message": "no phone column"}],
+            )
+        return [{name: value for name, value in row.items() if name is not None} for row in reader]
+    except csv.Error as exc:
         raise APIError(
-            422,
-            "invalid_contacts",
-            "contacts: the CSV file needs a header row with a `phone` column",
-            [{"row": 0, "field": "phone", "message": "no phone column"}],
-        )
-    return [{name: value for name, value in row.items() if name is not None} for row in reader]
+            422, "invalid_contacts", f"contacts: line {reader.line_num} of the CSV file: {exc}"
+        ) from None
 
 
 def check_contacts(

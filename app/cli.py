@@ -11,7 +11,6 @@ import socket
 import sys
 import tempfile
 from pathlib import Path
-from typing import NoReturn
 from urllib.parse import urlencode
 
 from app.settings import get_settings
@@ -168,17 +167,6 @@ def pipelines_command(args: argparse.Namespace) -> int:
     return 0
 
 
-def _exit_now(code: str | int | None) -> NoReturn:
-    """End the process once the server has shut down, without waiting for stray threads: a
-    SQLite connection that a task cancelled at shutdown never closed keeps its aiosqlite thread
-    (not a daemon) alive, and with it the process, until it is killed."""
-    if isinstance(code, str):
-        print(code, file=sys.stderr)
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(code if isinstance(code, int) else 0 if code is None else 1)
-
-
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="switchboard", description="Switchboard voice-agent server"
@@ -219,11 +207,9 @@ def main(argv: list[str] | None = None) -> None:
 
     args = parser.parse_args(argv)
     if args.command == "serve":
-        try:
-            serve(args)
-        except SystemExit as exc:  # SIGTERM's handler after the drain, or a refusal to start
-            _exit_now(exc.code)
-        _exit_now(0)
+        from app.shutdown import serve_then_exit
+
+        serve_then_exit(lambda: serve(args))
     elif args.command == "pipelines":
         sys.exit(pipelines_command(args))
     else:

@@ -7,8 +7,12 @@ hands the signal to uvicorn. A second signal shuts down at once.
 """
 
 import asyncio
+import os
 import signal
+import sys
 import threading
+from collections.abc import Callable
+from typing import NoReturn
 
 from loguru import logger
 
@@ -44,3 +48,19 @@ async def _drain_then(state: AppState, server_handler, signum, frame) -> None:
         await state.calls.drain(state.settings.drain_grace_secs)
     finally:
         server_handler(signum, frame)
+
+
+def serve_then_exit(serve: Callable[[], object]) -> NoReturn:
+    """Run the server, then end the process at once, without waiting for stray threads: a
+    SQLite connection that a task cancelled at shutdown never closed keeps its aiosqlite thread
+    (not a daemon) alive, and with it the process, until it is killed."""
+    code: str | int | None = 0
+    try:
+        serve()
+    except SystemExit as exc:  # SIGTERM's handler after the drain, or a refusal to start
+        code = exc.code
+    if isinstance(code, str):
+        print(code, file=sys.stderr)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code if isinstance(code, int) else 0 if code is None else 1)

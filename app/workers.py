@@ -30,10 +30,17 @@ def reuse_port_socket(host: str, port: int) -> socket.socket:
 
 
 class ReusePortWorker(multiprocess.Process):
-    """A uvicorn worker process that binds its own listening socket."""
+    """A uvicorn worker process that binds its own listening socket, and ends once its server
+    has shut down (see `serve_then_exit`)."""
 
     def target(self, sockets=None) -> None:
-        super().target([reuse_port_socket(self.config.host, self.config.port)])
+        from app.shutdown import serve_then_exit
+
+        serve_then_exit(
+            lambda: super(ReusePortWorker, self).target(
+                [reuse_port_socket(self.config.host, self.config.port)]
+            )
+        )
 
 
 def run_workers(config: Config) -> None:

@@ -2,6 +2,7 @@
 cost per bucket, the agent filter, refusals of bad windows, and accounts that never see each
 other's calls."""
 
+import asyncio
 import statistics
 from datetime import UTC, datetime, timedelta
 
@@ -139,6 +140,53 @@ def test_accounts_never_see_each_others_calls(calls):
         alpha.get("/v1/analytics/calls", params={"agent_id": agents["beta"]["id"]}).status_code
         == 404
     )
+
+
+async def test_a_parallel_burst_of_queries_from_two_accounts_stays_apart(calls, priced_server):
+    """Both accounts fire good and bad queries at once: each good one answers what it answers
+    alone, each bad one a 4xx with the error shape, and no answer shows the other account's data."""
+    alpha, beta, agents = calls["alpha"], calls["beta"], calls["agents"]
+    window = {**calls["window"], "to": (datetime.now(UTC) + timedelta(hours=1)).isoformat()}
+    alone = {
+        (who, kind): client.get(f"/v1/analytics/{kind}", params=window).json()
+        for who, client in (("alpha", alpha), ("beta", beta))
+        for kind in ("calls", "latency", "cost")
+    }
+    bad = (
+        ({"bucket": "minute"}, 422),
+        ({"from": "2026-13-45"}, 422),
+        ({"from": "9" * 400}, 422),
+        ({"to": "2000-01-01T00:00:00", "from": "2001-01-01T00:00:00"}, 422),
+        ({"from": "1900-01-01T00:00:00", "bucket": "hour"}, 422),
+        ({"agent_id": "agt_' OR 1=1 --"}, 404),
+    )
+    async with httpx.AsyncClient(base_url=priced_server.url, timeout=60) as client:
+
+        async def ask(who: str, kind: str, params: dict, status: int):
+            key = calls[who].headers["X-API-Key"]
+            response = await client.get(
+                f"/v1/analytics/{kind}", params=params, headers={"X-API-Key": key}
+            )
+            return who, kind, params, status, response
+
+        asks = [
+            (who, kind, {**window, **params}, status)
+            for who in ("alpha", "beta")
+            for kind in ("calls", "latency", "cost")
+            for params, status in (({}, 200), *bad)
+        ]
+        asks += [
+            ("beta", kind, {**window, "agent_id": agents["spoken"]["id"]}, 404)
+            for kind in ("calls", "latency", "cost")
+        ]
+        answers = await asyncio.gather(*(ask(*one) for one in asks * 3))
+    for who, kind, params, status, response in answers:
+        assert response.status_code == status, (who, params, response.text)
+        if status == 200:
+            assert response.json() == alone[(who, kind)]
+        else:
+            assert response.json()["code"] and response.json()["message"]
+            assert "Front desk" not in response.text and "Bookings" not in response.text
 
 
 def test_bad_windows_are_refused(priced_server):

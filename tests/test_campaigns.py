@@ -13,9 +13,11 @@ from collections import Counter
 from datetime import UTC, datetime, timedelta
 from urllib.parse import urlsplit
 
+import httpx
+
 from tests.fakes.twilio_client import TwilioMediaStreamsClient
 from tests.helpers.calls import wait_for_status
-from tests.helpers.servers import scripted_agent, start_server
+from tests.helpers.servers import account_client, scripted_agent, start_server
 from tests.helpers.storage import cluster_storage_env
 from tests.helpers.twilio import ACCOUNT_SID, CallPlayer, signed_post, twilio_env
 
@@ -427,3 +429,64 @@ async def test_a_machine_before_the_stream_is_hung_up_through_the_rest_api(
         assert tw.get(f"/v1/sessions/{session_id}").json()["end_reason"] == "voicemail"
         call_sid = tw.get(f"/v1/calls/{task}").json()["call_sid"]
         await asyncio.to_thread(twilio_rest.wait_for_hang_up, call_sid, 15)
+
+
+async def test_a_parallel_burst_of_hostile_campaigns_is_refused_cleanly(
+    twilio_server, tw, twilio_rest
+):
+    """Two accounts fire 48 campaign requests at once: malformed bodies, oversized CSV fields,
+    another account's agent and number, and a few good ones. Every answer is a 201 or a 4xx with
+    the error shape; only the good ones exist, and neither account sees the other's."""
+    agent = scripted_agent(tw, phone_numbers=["+15550007806"])
+    other = account_client(twilio_server, "burst rival")
+    rival = scripted_agent(other, phone_numbers=["+15550007807"])
+    later = datetime.now(UTC) + timedelta(hours=3)
+    closed = {"start": f"{later:%H}:00", "end": f"{(later + timedelta(hours=1)):%H}:00"}
+    good = campaign_body(agent, [{"phone": numbers(1)[0], "timezone": "UTC"}], window=closed)
+    fields = json.dumps({k: v for k, v in good.items() if k != "contacts"})
+    wide = "phone,note\n+14155550100," + "x" * 200_000 + "\n"
+    cases: list[tuple[int, dict]] = [
+        (201, {"json": good}),
+        (422, {"content": b"{not json", "headers": {"content-type": "application/json"}}),
+        (422, {"json": [1, 2, 3]}),
+        (422, {"json": {**good, "contacts": "everyone"}}),
+        (422, {"json": {**good, "contacts": [{"phone": "+1" + "9" * 40}]}}),
+        (404, {"json": {**good, "agent_id": rival["id"]}}),
+        (403, {"json": {**good, "from": rival["phone_numbers"][0]}}),
+        (422, {"files": {"contacts": ("c.csv", wide, "text/csv")}, "data": {"campaign": fields}}),
+        (
+            422,
+            {
+                "files": {"contacts": ("c.csv", b"\xff\xfe\x00", "text/csv")},
+                "data": {"campaign": fields},
+            },
+        ),
+        (422, {"files": {"other": ("c.csv", "phone\n", "text/csv")}, "data": {"campaign": fields}}),
+        (415, {"content": b"phone\n+14155550100\n", "headers": {"content-type": "text/csv"}}),
+        (413, {"content": b"x" * (2 << 20), "headers": {"content-type": "application/json"}}),
+    ]
+    async with httpx.AsyncClient(base_url=twilio_server.url, timeout=60) as client:
+
+        async def send(status: int, request: dict) -> tuple[int, httpx.Response]:
+            headers = {"X-API-Key": tw.headers["X-API-Key"], **request.pop("headers", {})}
+            return status, await client.post("/v1/campaigns", headers=headers, **request)
+
+        answers = await asyncio.gather(
+            *(send(status, dict(request)) for status, request in cases * 4)
+        )
+    created = []
+    for status, response in answers:
+        assert response.status_code == status, response.text[:300]
+        if status == 201:
+            created.append(response.json()["id"])
+        else:
+            body = response.json()
+            assert body["code"] and body["message"], body
+    mine = {c["id"] for c in tw.get("/v1/campaigns").json()}
+    assert set(created) <= mine and len(created) == 4
+    assert not {c["id"] for c in other.get("/v1/campaigns").json()} & mine
+    for campaign_id in created:
+        assert other.get(f"/v1/campaigns/{campaign_id}").status_code == 404
+        assert other.post(f"/v1/campaigns/{campaign_id}/cancel").status_code == 404
+        assert tw.post(f"/v1/campaigns/{campaign_id}/cancel").status_code == 200
+    other.close()
