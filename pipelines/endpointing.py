@@ -153,10 +153,21 @@ class AdaptiveTurnStopStrategy(TurnAnalyzerUserTurnStopStrategy):
         )
 
     async def _watch_silence(self):
-        """Ask Smart Turn, then again every `recheck_secs`, until the turn is over."""
+        """Ask Smart Turn, then again `recheck_secs` after each answer, until the turn is over.
+        The silence is judged every `recheck_secs` whether or not an answer has come: on a busy
+        server predictions wait on the background pool, and the fallback must not wait with them."""
+        prediction: asyncio.Future | None = None
         try:
             while True:
-                metrics = await self._turn_analyzer.completion()  # type: ignore[attr-defined]  # pipecat_compat.smart_turn_v3's
+                if prediction is None:
+                    prediction = asyncio.ensure_future(self._turn_analyzer.completion())  # type: ignore[attr-defined]  # pipecat_compat.smart_turn_v3's
+                await asyncio.wait({prediction}, timeout=self._policy.recheck_secs)
+                if not prediction.done():
+                    if self._finished():
+                        break
+                    continue
+                metrics = prediction.result()
+                prediction = None
                 if metrics is not None:
                     self._probability = metrics.probability
                     await self.push_frame(MetricsFrame(data=[metrics]))
@@ -165,6 +176,9 @@ class AdaptiveTurnStopStrategy(TurnAnalyzerUserTurnStopStrategy):
                 await asyncio.sleep(self._policy.recheck_secs)
         except asyncio.CancelledError:
             return
+        finally:
+            if prediction is not None:
+                prediction.cancel()  # a prediction still queued on the pool never runs
         self._timeout_task = None
         await self._end_turn()
 

@@ -1,8 +1,24 @@
-"""The end-of-turn bar: how the transcript's wording and the silence move it."""
+"""The end-of-turn bar: how the transcript's wording and the silence move it, and a busy
+prediction pool that must not hold a turn past its fallback."""
 
+import asyncio
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
 import pytest
+from pipecat.clocks.system_clock import SystemClock
+from pipecat.frames.frames import (
+    InputAudioRawFrame,
+    TranscriptionFrame,
+    VADUserStartedSpeakingFrame,
+    VADUserStoppedSpeakingFrame,
+)
+from pipecat.processors.frame_processor import FrameProcessorSetup
+from pipecat.utils.asyncio.task_manager import TaskManager
 
-from pipelines.endpointing import POLICIES, transcript_cue
+from pipelines import models, pipecat_compat
+from pipelines.endpointing import POLICIES, AdaptiveTurnStopStrategy, transcript_cue
 
 pytestmark = pytest.mark.storage_free
 
@@ -41,3 +57,55 @@ def test_the_bar_falls_with_the_silence_and_a_finished_sentence_lowers_it():
     assert policy.bar(0.2, 0.2, True) < at_stop
     fast, patient = POLICIES["fast"], POLICIES["patient"]
     assert fast.bar(0.5, 0.2, False) < policy.bar(0.5, 0.2, False) < patient.bar(0.5, 0.2, False)
+
+
+async def test_a_saturated_prediction_pool_never_holds_the_turn_past_its_fallback():
+    """On a busy server Smart Turn's predictions wait on the background pool; the turn still
+    ends once the caller's silence reaches the fallback, not when a prediction finally runs."""
+    pool, busy = ThreadPoolExecutor(max_workers=1), threading.Event()
+    pool.submit(busy.wait)  # the pool's one thread is taken
+    policy = POLICIES["fast"]
+    strategy = AdaptiveTurnStopStrategy(
+        turn_analyzer=pipecat_compat.smart_turn_v3(models.smart_turn_session(), pool),
+        policy=policy,
+        transcript_confirms=False,
+    )
+    await strategy.setup(
+        FrameProcessorSetup(
+            clock=SystemClock(),
+            task_manager=TaskManager(loop=asyncio.get_running_loop()),
+            pipeline_worker=None,  # type: ignore[arg-type]  # the strategy never reads it
+        )
+    )
+    ended_after: list[float] = []
+    silence = 0.0
+
+    @strategy.event_handler("on_user_turn_stopped")
+    async def on_stopped(_strategy, _params):
+        ended_after.append(silence)
+
+    def frame(level: int) -> InputAudioRawFrame:
+        samples = np.random.default_rng(0).normal(0, level, 320).astype(np.int16)
+        return InputAudioRawFrame(audio=samples.tobytes(), sample_rate=16000, num_channels=1)
+
+    try:
+        await strategy.process_frame(VADUserStartedSpeakingFrame(start_secs=0.2))
+        for _ in range(50):
+            await strategy.process_frame(frame(3000))
+        for _ in range(10):
+            await strategy.process_frame(frame(0))
+        await strategy.process_frame(VADUserStoppedSpeakingFrame(stop_secs=0.2))
+        await strategy.process_frame(
+            TranscriptionFrame("Hello there.", "caller", "", finalized=True)
+        )
+        silence = 0.2
+        while not ended_after and silence < 3:
+            await strategy.process_frame(frame(0))
+            silence += 0.02
+            await asyncio.sleep(0.02)
+        assert ended_after, "the turn waited on a prediction that never came"
+        assert ended_after[0] <= policy.max_silence_secs + 3 * policy.recheck_secs
+    finally:
+        busy.set()
+        await strategy.cleanup()
+        pool.shutdown()
