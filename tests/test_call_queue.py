@@ -9,8 +9,10 @@ when the server moves a call out of the queue through the REST API it requests t
 
 import asyncio
 import io
+import time
 import uuid
 import wave
+from concurrent.futures import ThreadPoolExecutor
 from urllib.parse import urlsplit
 from xml.etree import ElementTree
 
@@ -21,7 +23,7 @@ from tests.helpers.calls import wait_for_status
 from tests.helpers.servers import scripted_agent
 from tests.helpers.twilio import ACCOUNT_SID, CALLER, signed_post
 
-APOLOGY = "all our lines are busy"
+APOLOGY = "please call again"
 
 
 def capped_account(server, name: str) -> httpx.Client:
@@ -55,6 +57,11 @@ class TwilioCall:
             "text/xml"
         ), response.text
         return response
+
+    def completed(self) -> None:
+        """The call-status callback of a call that has ended."""
+        form = {"CallSid": self.call_sid, "AccountSid": ACCOUNT_SID, "CallStatus": "completed"}
+        assert signed_post(self.server, "/v1/twilio/status", form).status_code == 204
 
     def ring(self) -> str:
         """The voice webhook's TwiML; a call told to `<Enqueue>` joins the fake's queue and hears
@@ -94,9 +101,11 @@ async def talk_and_hang_up(call: TwilioCall, twiml: str) -> None:
         await client.wait_closed(timeout=10)
 
 
-def dequeued(rest) -> list[str]:
-    """The CallSids the server asked to move out of a queue, in order."""
-    return [r.path.rsplit("/", 1)[1].removesuffix(".json") for r in rest.dequeues()]
+def dequeued(rest, calls: list[TwilioCall]) -> list[str]:
+    """The CallSids of `calls` the server asked to move out of a queue, in order."""
+    sids = {call.call_sid for call in calls}
+    moved = [r.path.rsplit("/", 1)[1].removesuffix(".json") for r in rest.dequeues()]
+    return [sid for sid in moved if sid in sids]
 
 
 async def test_callers_at_the_cap_wait_and_are_connected_in_arrival_order(
@@ -128,22 +137,108 @@ async def test_callers_at_the_cap_wait_and_are_connected_in_arrival_order(
         refused = api.post(f"/v1/agents/{agent['id']}/sessions")
         assert refused.status_code == 429 and refused.json()["details"]["waiting"] == 2
         await asyncio.sleep(1.5)  # the line's pump has looked: no place is free
-        assert dequeued(twilio_rest) == []
+        assert dequeued(twilio_rest, [a, b]) == []
         await call.stop()
         await call.wait_closed(timeout=10)
     # The place frees: the first caller in line is moved to it, then (once it ends) the next.
     a_twiml = await a.moved()
     assert parse_twiml(a_twiml)[0].endswith("/v1/sessions/twilio/stream")
-    assert dequeued(twilio_rest) == [a.call_sid] and twilio_rest.members(b.queue_sid) == [
+    assert dequeued(twilio_rest, [a, b]) == [a.call_sid] and twilio_rest.members(b.queue_sid) == [
         b.call_sid
     ]
     await talk_and_hang_up(a, a_twiml)
     b_twiml = await b.moved()
     await talk_and_hang_up(b, b_twiml)
-    assert dequeued(twilio_rest) == [a.call_sid, b.call_sid]
+    assert dequeued(twilio_rest, [a, b]) == [a.call_sid, b.call_sid]
     sessions = api.get("/v1/sessions", params={"agent_id": agent["id"]}).json()["items"]
     assert len(sessions) == 3
     for session in sessions:
         wait_for_status(api, session["session_id"], "completed")
     waited = sorted(s["metadata"].get("waited_secs", -1) for s in sessions)
     assert waited[0] == -1 and 0 < waited[1] < waited[2]
+
+
+def ringing_holder(twilio_server, twilio_rest, agent: dict) -> TwilioCall:
+    """A call answered with its stream TwiML but not streaming yet: it holds the one place."""
+    holder = TwilioCall(twilio_server, twilio_rest, agent)
+    assert "<Stream" in holder.ring()
+    return holder
+
+
+def test_a_caller_whose_wait_ends_hears_the_apology(twilio_server, twilio_rest):
+    api = capped_account(twilio_server, "queue timeout")
+    agent = scripted_agent(api, overflow="queue", max_wait_secs=5)
+    ringing_holder(twilio_server, twilio_rest, agent)
+    caller = TwilioCall(twilio_server, twilio_rest, agent)
+    caller.ring()
+    hold = ElementTree.fromstring(caller.wait())
+    assert "stay on the line" in (hold.findtext("Say") or "") and hold.find("Leave") is None
+    time.sleep(5)
+    # The next hold request after the deadline makes the call leave the queue; the action
+    # that follows answers the apology, and the call is never moved to a place.
+    assert ElementTree.fromstring(caller.wait(queue_time=5)).find("Leave") is not None
+    twilio_rest.hang_up_member(caller.call_sid)  # <Leave/> takes it out of Twilio's queue
+    apology = ElementTree.fromstring(caller.left("leave"))
+    assert APOLOGY in (apology.findtext("Say") or "").lower() and apology.find("Hangup") is not None
+    assert dequeued(twilio_rest, [caller]) == []
+    # Its place in line is gone: a late hold request only repeats the <Leave/>.
+    assert ElementTree.fromstring(caller.wait(queue_time=9)).find("Leave") is not None
+
+
+async def test_a_caller_who_hangs_up_while_waiting_leaves_the_line(twilio_server, twilio_rest):
+    api = capped_account(twilio_server, "queue hang-up")
+    agent = scripted_agent(api, overflow="queue", max_wait_secs=60)
+    holder = ringing_holder(twilio_server, twilio_rest, agent)
+    gone, vanished, stays = (TwilioCall(twilio_server, twilio_rest, agent) for _ in range(3))
+    for caller in (gone, vanished, stays):
+        caller.ring()
+        caller.wait()
+    # The first hangs up and Twilio says so; the second's hang-up is never reported.
+    twilio_rest.hang_up_member(gone.call_sid)
+    assert ElementTree.fromstring(gone.left("hangup")).find("Say") is None
+    twilio_rest.hang_up_member(vanished.call_sid)
+    # The place frees (the ringing call ends): the caller who hung up is never offered it; the
+    # one who vanished is found gone when the server tries to move it, and the next one gets it.
+    holder.completed()
+    stays_twiml = await stays.moved()
+    assert "<Stream" in stays_twiml
+    assert dequeued(twilio_rest, [gone, vanished, stays]) == [vanished.call_sid, stays.call_sid]
+    sessions = api.get("/v1/sessions", params={"agent_id": agent["id"]}).json()["items"]
+    assert len(sessions) == 2  # the holder's and the one connected: nobody else took a place
+
+
+def test_a_burst_at_the_cap_gets_clean_twiml_and_never_passes_the_cap(twilio_server, twilio_rest):
+    api = capped_account(twilio_server, "queue burst")
+    agent = scripted_agent(api, overflow="queue", max_wait_secs=60)
+    holder = ringing_holder(twilio_server, twilio_rest, agent)
+    first = TwilioCall(twilio_server, twilio_rest, agent)
+    first.ring()
+    first.wait()
+    burst = [TwilioCall(twilio_server, twilio_rest, agent) for _ in range(12)]
+
+    def ring(call: TwilioCall) -> str:
+        twiml = call.ring()
+        call.wait()
+        return twiml
+
+    # The place frees as the burst arrives: it goes to the caller who came first, and every
+    # caller of the burst gets clean TwiML (no 500s) that queues it behind.
+    with ThreadPoolExecutor(len(burst) + 1) as pool:
+        freed = pool.submit(holder.completed)
+        answers = list(pool.map(ring, burst))
+        freed.result()
+    assert all("<Enqueue" in twiml and "<Stream" not in twiml for twiml in answers)
+    assert "<Stream" in asyncio.run(first.moved())
+    # Forged or early requests of every waiting call's connect URL can't pass the cap: each
+    # is sent back to its place in line.
+
+    def connect(call: TwilioCall) -> str:
+        return call.post(path(call.wait_url).removesuffix("/wait") + "/connect").text
+
+    with ThreadPoolExecutor(len(burst)) as pool:
+        early = list(pool.map(connect, burst))
+    assert all("<Enqueue" in twiml and "<Stream" not in twiml for twiml in early)
+    time.sleep(1.5)  # the pump has looked again: the one place is taken
+    assert dequeued(twilio_rest, [first, *burst]) == [first.call_sid]
+    sessions = api.get("/v1/sessions", params={"agent_id": agent["id"]}).json()["items"]
+    assert len(sessions) == 2

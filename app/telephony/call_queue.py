@@ -255,6 +255,7 @@ async def admit(state: AppState, db: AsyncSession, wait: CallWait) -> Session | 
         await db.commit()
         if final:
             raise
+        await db.refresh(wait)
         logger.info(f"waiting call {wait_id} turned back to its place: {exc.body.message}")
         return None
     logger.info(f"waiting call {wait.call_sid} connected as session {session.id}")
