@@ -242,3 +242,30 @@ def test_a_burst_at_the_cap_gets_clean_twiml_and_never_passes_the_cap(twilio_ser
     assert dequeued(twilio_rest, [first, *burst]) == [first.call_sid]
     sessions = api.get("/v1/sessions", params={"agent_id": agent["id"]}).json()["items"]
     assert len(sessions) == 2
+
+
+def test_overflow_settings_are_checked_together(twilio_server, twilio_rest):
+    api = capped_account(twilio_server, "queue settings")
+    both = {"overflow": "queue", "overflow_number": "+14155550199"}
+    refused = api.post(
+        "/v1/agents", json={"name": "a", "voice_id": "joe", "system_prompt": "x", **both}
+    )
+    assert refused.status_code == 422 and refused.json()["details"]["fields"] == [
+        "overflow",
+        "overflow_number",
+    ]
+    agent = scripted_agent(api, overflow_number="+14155550199")
+    assert (agent["overflow"], agent["max_wait_secs"], agent["wait_message"]) == ("busy", 60, None)
+    assert api.patch(f"/v1/agents/{agent['id']}", json={"overflow": "queue"}).status_code == 422
+    changed = api.patch(
+        f"/v1/agents/{agent['id']}",
+        json={"overflow": "queue", "overflow_number": None, "max_wait_secs": 1800},
+    )
+    assert changed.status_code == 200 and changed.json()["overflow"] == "queue"
+    # A queue callback for a call that is not the line's is refused, not answered.
+    holder = ringing_holder(twilio_server, twilio_rest, agent)
+    caller = TwilioCall(twilio_server, twilio_rest, agent)
+    assert "<Enqueue" in caller.ring()
+    stranger = {"CallSid": "CA" + uuid.uuid4().hex, "QueueSid": caller.queue_sid or ""}
+    assert signed_post(twilio_server, path(caller.wait_url), stranger).status_code == 404
+    holder.completed()
