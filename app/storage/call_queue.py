@@ -78,12 +78,14 @@ async def drop_lapsed_offers(db: AsyncSession, account_id: str) -> None:
     )
 
 
-async def settle(db: AsyncSession, wait_id: str, status: str, *, unless: tuple[str, ...]) -> bool:
-    """Move the caller to `status` unless it already is in one of `unless`; the caller commits.
-    False if it was."""
+async def settle(
+    db: AsyncSession, wait_id: str, status: str, *, unless: tuple[str, ...], **values
+) -> bool:
+    """Move the caller to `status` (and set `values`) unless it already is in one of `unless`;
+    the caller commits. False if it was."""
     result = await db.execute(
         update(CallWait)
         .where(CallWait.id == wait_id, CallWait.status.not_in(unless))
-        .values(status=status, updated_at=utcnow())
+        .values(status=status, updated_at=utcnow(), **values)
     )
     return result.rowcount == 1  # type: ignore[attr-defined]  # an UPDATE's Result is a CursorResult

@@ -249,8 +249,14 @@ async def admit(state: AppState, db: AsyncSession, wait: CallWait) -> Session | 
         )
     except APIError as exc:
         final = exc.status not in (429, 503)
+        # Back in line, it is moved again only once it is back in Twilio's queue (its next
+        # wait request says so).
         await store.settle(
-            db, wait_id, "abandoned" if final else "waiting", unless=("connected", "timed_out")
+            db,
+            wait_id,
+            "abandoned" if final else "waiting",
+            unless=("connected", "timed_out"),
+            queue_sid=None,
         )
         await db.commit()
         if final:
