@@ -262,6 +262,11 @@ def test_overflow_settings_are_checked_together(twilio_server, twilio_rest):
         json={"overflow": "queue", "overflow_number": None, "max_wait_secs": 1800},
     )
     assert changed.status_code == 200 and changed.json()["overflow"] == "queue"
+    spec = httpx.get(f"{twilio_server.url}/openapi.json", timeout=10).json()
+    fields = spec["components"]["schemas"]["AgentCreate"]["properties"]
+    assert fields["overflow"]["enum"] == ["busy", "queue"]
+    assert (fields["max_wait_secs"]["minimum"], fields["max_wait_secs"]["maximum"]) == (5, 1800)
+    assert {"/v1/twilio/queue/{wait_id}/wait", "/v1/twilio/queue/hold.wav"} <= set(spec["paths"])
     # A queue callback for a call that is not the line's is refused, not answered.
     holder = ringing_holder(twilio_server, twilio_rest, agent)
     caller = TwilioCall(twilio_server, twilio_rest, agent)
