@@ -20,8 +20,9 @@ import httpx
 
 from tests.fakes.twilio_client import TwilioMediaStreamsClient, parse_twiml
 from tests.helpers.calls import wait_for_status
-from tests.helpers.servers import scripted_agent
-from tests.helpers.twilio import ACCOUNT_SID, CALLER, signed_post
+from tests.helpers.servers import scripted_agent, start_server
+from tests.helpers.storage import cluster_storage_env
+from tests.helpers.twilio import ACCOUNT_SID, CALLER, signed_post, twilio_env
 
 APOLOGY = "please call again"
 
@@ -274,3 +275,31 @@ def test_overflow_settings_are_checked_together(twilio_server, twilio_rest):
     stranger = {"CallSid": "CA" + uuid.uuid4().hex, "QueueSid": caller.queue_sid or ""}
     assert signed_post(twilio_server, path(caller.wait_url), stranger).status_code == 404
     holder.completed()
+
+
+async def test_the_line_and_the_handoff_hold_across_nodes(tmp_path, scripted_llm, twilio_rest):
+    """Two nodes on one PostgreSQL + Redis: each caller's requests land on either node, and the
+    place freed on one goes to the first caller in line, then the next."""
+    env = {**cluster_storage_env(), **twilio_env(scripted_llm, twilio_rest)}
+    with ThreadPoolExecutor(2) as pool:  # storage is prepared safely by both at once
+        a, b = pool.map(lambda name: start_server(tmp_path / name, preload=[], env=env), "ab")
+    try:
+        api = capped_account(a, "queue nodes")
+        agent = scripted_agent(api, overflow="queue", max_wait_secs=60)
+        holder = ringing_holder(a, twilio_rest, agent)
+        x, y = TwilioCall(b, twilio_rest, agent), TwilioCall(a, twilio_rest, agent)
+        for call, other in ((x, a), (y, b)):
+            assert "<Enqueue" in call.ring()
+            call.server = other  # its hold requests reach the other node
+            call.wait()
+        holder.server = b
+        holder.completed()
+        assert "<Stream" in await x.moved()
+        await asyncio.sleep(1.5)  # both nodes' workers have looked: the one place is taken
+        assert dequeued(twilio_rest, [x, y]) == [x.call_sid]
+        x.completed()  # its call ends (a status callback, on node A)
+        assert "<Stream" in await y.moved()
+        assert dequeued(twilio_rest, [x, y]) == [x.call_sid, y.call_sid]
+    finally:
+        a.stop()
+        b.stop()
