@@ -281,8 +281,8 @@ async def test_the_line_and_the_handoff_hold_across_nodes(tmp_path, scripted_llm
     """Two nodes on one PostgreSQL + Redis: each caller's requests land on either node, and the
     place freed on one goes to the first caller in line, then the next."""
     env = {**cluster_storage_env(), **twilio_env(scripted_llm, twilio_rest)}
-    with ThreadPoolExecutor(2) as pool:  # storage is prepared safely by both at once
-        a, b = pool.map(lambda name: start_server(tmp_path / name, preload=[], env=env), "ab")
+    a = start_server(tmp_path / "node_a", preload=[], env=env)  # migrates the shared storage
+    b = start_server(tmp_path / "node_b", preload=[], env=env)
     try:
         api = capped_account(a, "queue nodes")
         agent = scripted_agent(api, overflow="queue", max_wait_secs=60)
