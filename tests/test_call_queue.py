@@ -65,8 +65,7 @@ class TwilioCall:
         assert signed_post(self.server, "/v1/twilio/status", form).status_code == 204
 
     def ring(self) -> str:
-        """The voice webhook's TwiML; a call told to `<Enqueue>` joins the fake's queue and hears
-        its first hold answer."""
+        """The voice webhook's TwiML; a call told to `<Enqueue>` joins the fake's queue."""
         twiml = self.post(f"/v1/twilio/voice?agentId={self.agent['id']}", CallStatus="ringing").text
         enqueue = ElementTree.fromstring(twiml).find("Enqueue")
         if enqueue is not None:
@@ -98,6 +97,7 @@ async def talk_and_hang_up(call: TwilioCall, twiml: str) -> None:
     """Join the call's Media Stream, hear the agent's greeting, hang up."""
     async with TwilioMediaStreamsClient.from_twiml(twiml, call_sid=call.call_sid) as client:
         await client.wait_marks(1, timeout=60)
+        assert len(client.agent_audio) > 8000  # over a second of greeting
         await client.stop()
         await client.wait_closed(timeout=10)
 
@@ -110,7 +110,7 @@ def dequeued(rest, calls: list[TwilioCall]) -> list[str]:
 
 
 async def test_callers_at_the_cap_wait_and_are_connected_in_arrival_order(
-    twilio_server, twilio_rest, llm
+    twilio_server, twilio_rest
 ):
     api = capped_account(twilio_server, "queue order")
     agent = scripted_agent(
