@@ -190,20 +190,24 @@ async def test_a_caller_who_hangs_up_while_waiting_leaves_the_line(twilio_server
     api = capped_account(twilio_server, "queue hang-up")
     agent = scripted_agent(api, overflow="queue", max_wait_secs=60)
     holder = ringing_holder(twilio_server, twilio_rest, agent)
-    gone, vanished, stays = (TwilioCall(twilio_server, twilio_rest, agent) for _ in range(3))
-    for caller in (gone, vanished, stays):
+    callers = [TwilioCall(twilio_server, twilio_rest, agent) for _ in range(4)]
+    gone, ended, vanished, stays = callers
+    for caller in callers:
         caller.ring()
         caller.wait()
-    # The first hangs up and Twilio says so; the second's hang-up is never reported.
-    twilio_rest.hang_up_member(gone.call_sid)
+    # The first hangs up and the `<Enqueue>`'s action says so, the second's status callback
+    # does; the third's hang-up is never reported.
+    for caller in (gone, ended, vanished):
+        twilio_rest.hang_up_member(caller.call_sid)
     assert ElementTree.fromstring(gone.left("hangup")).find("Say") is None
-    twilio_rest.hang_up_member(vanished.call_sid)
-    # The place frees (the ringing call ends): the caller who hung up is never offered it; the
-    # one who vanished is found gone when the server tries to move it, and the next one gets it.
+    ended.completed()
+    # The place frees (the ringing call ends): the callers whose hang-up was reported are never
+    # offered it; the one who vanished is found gone when the server tries to move it, and the
+    # next one gets it.
     holder.completed()
     stays_twiml = await stays.moved()
     assert "<Stream" in stays_twiml
-    assert dequeued(twilio_rest, [gone, vanished, stays]) == [vanished.call_sid, stays.call_sid]
+    assert dequeued(twilio_rest, callers) == [vanished.call_sid, stays.call_sid]
     sessions = api.get("/v1/sessions", params={"agent_id": agent["id"]}).json()["items"]
     assert len(sessions) == 2  # the holder's and the one connected: nobody else took a place
 

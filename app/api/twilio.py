@@ -327,9 +327,12 @@ async def queue_hold_audio() -> Response:
     response_class=Response,
 )
 async def twilio_status(request: Request, state: StateDep, db: DbDep) -> Response:
+    """A call's status changes (for a call still waiting in line: its end, which takes it out)."""
     form = await signed_form(state, request)
     call = await store.call_by_sid(db, form.get("CallSid", ""))
     if call is None:
+        if await call_queue.call_status(db, form.get("CallSid", ""), form.get("CallStatus", "")):
+            return Response(status_code=204)
         raise APIError(404, "call_not_found", f"no call with CallSid '{form.get('CallSid', '')}'")
     await apply_status(state, db, call, form.get("CallStatus", ""))
     return Response(status_code=204)

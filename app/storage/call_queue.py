@@ -65,6 +65,16 @@ async def front(db: AsyncSession, account_id: str, limit: int) -> list[CallWait]
     return list(rows)
 
 
+async def latest_for_call(db: AsyncSession, call_sid: str) -> str | None:
+    """The id of the call's latest place in a line, if it ever waited."""
+    return await db.scalar(
+        select(CallWait.id)
+        .where(CallWait.call_sid == call_sid)
+        .order_by(CallWait.enqueued_at.desc())
+        .limit(1)
+    )
+
+
 async def drop_lapsed_offers(db: AsyncSession, account_id: str) -> None:
     """Offers the carrier never took up (the caller went): the caller has left the line."""
     await db.execute(

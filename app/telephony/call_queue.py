@@ -13,7 +13,8 @@ a freed place, live in the database, so any node may do any step:
 - **Waiting.** Twilio asks the `waitUrl` (:func:`hold`) again each time its answer has played:
   the wait message first, then hold audio; once the caller's deadline has passed, `<Leave/>`,
   and the `<Enqueue>`'s `action` (:func:`left`, `QueueResult=leave`) answers the apology. A
-  caller who hangs up is reported there too (`QueueResult=hangup`) and leaves the line.
+  caller who hangs up is reported there too (`QueueResult=hangup`), or by the number's status
+  callback (:func:`call_status`), and leaves the line.
 - **Handing over a place.** While anyone is in line, the account's pump (a `call_queue.pump`
   job every `PUMP_SECS`, one chain per account, on the durable job queue) takes the account's
   lock, offers each free place (the cap less live and ringing calls and places already offered)
@@ -224,6 +225,21 @@ async def left(db: AsyncSession, wait: CallWait, queue_result: str) -> bool:
     await db.commit()
     logger.info(f"waiting call {wait.call_sid} left the line: {queue_result}")
     return queue_result != "hangup"
+
+
+ENDED_STATUSES = ("completed", "busy", "no-answer", "failed", "canceled")
+
+
+async def call_status(db: AsyncSession, call_sid: str, status: str) -> bool:
+    """Follow a status callback of a call waiting in line (its hang-up, if it ended: it
+    leaves the line); False if no call with this SID ever waited."""
+    wait_id = await store.latest_for_call(db, call_sid)
+    if wait_id is None:
+        return False
+    if status in ENDED_STATUSES:
+        await store.settle(db, wait_id, "abandoned", unless=("connected", "timed_out", "abandoned"))
+        await db.commit()
+    return True
 
 
 async def admit(state: AppState, db: AsyncSession, wait: CallWait) -> Session | None:
