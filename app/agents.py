@@ -229,6 +229,32 @@ OverflowNumber = Annotated[
         "apology. null: no overflow"
     ),
 ]
+OverflowMode = Annotated[
+    Literal["busy", "queue"],
+    Field(
+        description="What an inbound Twilio call does when the account is at its call cap: busy "
+        "(busy or an apology, or overflow_number if set), or queue: it waits in line up to "
+        "max_wait_secs and is connected when a place frees, in arrival order, or hears an "
+        "apology (not with overflow_number; Telnyx and Plivo calls get busy)"
+    ),
+]
+MaxWait = Annotated[
+    int,
+    Field(
+        json_schema_extra={"minimum": 5, "maximum": 1800},
+        description="overflow queue: the longest a caller waits before the apology",
+    ),
+    _between(5, 1800, " s"),
+]
+WaitMessage = Annotated[
+    str,
+    Field(
+        min_length=1,
+        max_length=500,
+        description="overflow queue: what a waiting caller hears before the hold audio; "
+        "null: the server's default",
+    ),
+]
 PhoneNumbers = Annotated[
     list[E164Number],
     Field(
@@ -325,6 +351,9 @@ class AgentCreate(BaseModel):
     recording_enabled: bool = True
     endpointing: Endpointing | None = None
     overflow_number: OverflowNumber | None = None
+    overflow: OverflowMode = "busy"
+    max_wait_secs: MaxWait = 60
+    wait_message: WaitMessage | None = None
     flow: Flow | None = None
 
 
@@ -388,6 +417,9 @@ class AgentOut(BaseModel):
     recording_enabled: bool
     endpointing: Endpointing | None = None
     overflow_number: OverflowNumber | None = None
+    overflow: OverflowMode
+    max_wait_secs: int
+    wait_message: str | None = None
     flow: dict[str, Any] | None = None
     status: Literal["active", "paused", "deleted"]
     created_at: datetime
@@ -443,6 +475,19 @@ def pipeline_config(catalog: PipelineCatalog, pipeline: str) -> PipelineConfig:
             f"pipeline '{pipeline}' does not load: {'; '.join(exc.problems)}",
             {"problems": exc.problems},
         ) from None
+
+
+def check_overflow(overflow: str, overflow_number: str | None) -> None:
+    """422 when an agent's overflow settings contradict each other: a call at the cap either
+    waits in line or is dialled on to the overflow number."""
+    if overflow == "queue" and overflow_number:
+        raise APIError(
+            422,
+            "validation_error",
+            "overflow: 'queue' makes a call at the cap wait in line, overflow_number dials it on; "
+            "set one of them (overflow_number null, or overflow 'busy')",
+            {"fields": ["overflow", "overflow_number"]},
+        )
 
 
 def check_pipeline_and_voice(catalog: PipelineCatalog, pipeline: str, voice_id: str) -> None:
@@ -504,6 +549,7 @@ async def create_agent(
     pipeline = body.pipeline or default_pipeline
     check_pipeline_and_voice(catalog, pipeline, body.voice_id)
     check_flow(body.flow, [t.model_dump() for t in body.tools])
+    check_overflow(body.overflow, body.overflow_number)
     agent = Agent(
         id=new_id("agt"),
         account_id=account_id,
@@ -535,6 +581,10 @@ async def update_agent(
     check_flow(
         changes.get("flow", agent.flow),
         [t.model_dump() for t in body.tools] if "tools" in changes else agent.tools,
+    )
+    check_overflow(
+        changes.get("overflow", agent.overflow),
+        changes.get("overflow_number", agent.overflow_number),
     )
     shown_before = secrets_of(agent)
     if "tools" in changes:

@@ -67,6 +67,18 @@ class JobQueue:
             db.sync_session, "after_commit", lambda _session: self._wake_in(delay), once=True
         )
 
+    @staticmethod
+    async def is_pending(
+        db: AsyncSession, kind: str, key: str, value: str, besides: str | None = None
+    ) -> bool:
+        """Whether a job of `kind` whose payload's `key` is `value` waits or runs (but `besides`)."""
+        query = select(Job.id).where(
+            Job.kind == kind, Job.status == "pending", Job.payload[key].as_string() == value
+        )
+        if besides:
+            query = query.where(Job.id != besides)
+        return await db.scalar(query.limit(1)) is not None
+
     def _wake_in(self, delay: float) -> None:
         if delay > 0:
             asyncio.get_running_loop().call_later(delay, self._wake.set)

@@ -42,6 +42,7 @@ from app.shutdown import install_drain_on_signals
 from app.state import AppState
 from app.storage import accounts
 from app.storage.db import Database
+from app.telephony import call_queue
 from app.telephony.signatures import warn_if_insecure
 from app.tracing import start_tracing, stop_tracing
 from pipelines import services
@@ -136,6 +137,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 ),
                 campaigns.TICK_JOB: partial(campaigns.run_tick, app.state.switchboard),
                 campaigns.DIAL_JOB: partial(campaigns.run_dial, app.state.switchboard),
+                call_queue.PUMP_JOB: partial(call_queue.run_pump, app.state.switchboard),
             }
         )
         install_drain_on_signals(app.state.switchboard)

@@ -51,6 +51,9 @@ class Settings(BaseSettings):
     """Requests per API key per minute on the REST API (0 turns the limit off)."""
     max_concurrent_calls: int = 20
     """Live calls per account unless the account sets its own cap."""
+    max_waiting_calls: int = Field(default=50, ge=0)
+    """Phone callers one account may have waiting in line for a place (agents with `overflow:
+    queue`); a caller beyond it gets busy, as without a line."""
     max_calls_per_worker: int = Field(default=5, ge=0)
     """Live calls one server process (worker) takes before it refuses new ones (503
     `server_busy`, WebSocket 1013, a Twilio call rejected busy); 0 turns the cap off. The default

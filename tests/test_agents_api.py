@@ -115,6 +115,14 @@ def test_create_alias_and_tools(api):
             },
             "overflow_number",
         ),
+        (
+            {"name": "a", "voice_id": "joe", "system_prompt": "x", "overflow": "hold"},
+            "overflow",
+        ),
+        (
+            {"name": "a", "voice_id": "joe", "system_prompt": "x", "max_wait_secs": 2},
+            "max_wait_secs",
+        ),
     ],
 )
 def test_invalid_bodies_are_422_naming_the_field(api, body, field):

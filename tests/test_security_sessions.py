@@ -222,6 +222,9 @@ WEBHOOKS = [
     "/v1/twilio/status",
     "/v1/sessions/twilio/task/call_x/connect",
     "/v1/sessions/twilio/task/call_x/status",
+    "/v1/twilio/queue/wait_x/wait",
+    "/v1/twilio/queue/wait_x/left",
+    "/v1/twilio/queue/wait_x/connect",
     "/v1/telnyx/voice",
     "/v1/plivo/voice",
 ]

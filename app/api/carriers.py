@@ -157,7 +157,7 @@ async def create_plivo_session(
 async def _answer_inbound(
     carrier: str, request: Request, state, db, agent_id: str | None, form: dict, call_id_field: str
 ) -> Response:
-    session, overflow_number = await start_inbound(
+    session, overflow, _refusal = await start_inbound(
         state,
         db,
         carrier,
@@ -166,9 +166,9 @@ async def _answer_inbound(
         from_number=form.get("From", ""),
         call_id=form.get(call_id_field),
     )
-    if session is None:
-        if overflow_number:
-            return twiml_response(OVERFLOWS[carrier](overflow_number))
+    if session is None:  # no waiting in line on Telnyx or Plivo yet
+        if overflow.number:
+            return twiml_response(OVERFLOWS[carrier](overflow.number))
         return twiml_response(APOLOGIES[carrier](BUSY_APOLOGY))
     return twiml_response(answer_xml(carrier, state, request, session, None))
 

@@ -24,8 +24,9 @@ from app.errors import DRAINING_RESPONSES, ERROR_RESPONSES, APIError, ErrorBody,
 from app.state import AppState
 from app.storage import sessions as session_store
 from app.storage import telephony as store
-from app.storage.models import PhoneCall, Session
-from app.telephony import twilio
+from app.storage.models import CallWait, PhoneCall, Session
+from app.telephony import call_queue, twilio
+from app.telephony.call_queue import Overflow
 from app.telephony.numbers import DialNumber, E164Number
 from app.telephony.phone_calls import apply_status, caller_id, start_phone_session
 from app.telephony.relay import issue_relay_token
@@ -165,10 +166,12 @@ async def twilio_voice(
 ) -> Response:
     """Set this as the number's "A call comes in" webhook. The agent is the one the
     dialled number (`To`) is assigned to, or `?agent_id=`. A call the agent can't take is dialled
-    on to its `overflow_number` if it has one; otherwise a full node (`server_busy`) rejects it
-    busy, and an account at its cap or a draining server apologises and hangs up."""
+    on to its `overflow_number` if it has one; with `overflow: queue`, a call that finds the
+    account at its cap waits in line (`<Enqueue>`, see `app/telephony/call_queue.py`); otherwise
+    a full node (`server_busy`) rejects it busy, and an account at its cap or a draining server
+    apologises and hangs up."""
     form = await signed_form(state, request)
-    session, overflow_number = await start_inbound(
+    session, overflow, refusal = await start_inbound(
         state,
         db,
         "twilio",
@@ -177,13 +180,26 @@ async def twilio_voice(
         from_number=form.get("From", ""),
         call_id=form.get("CallSid"),
     )
-    if session is None:
-        if overflow_number:
-            return twiml_response(twilio.overflow_twiml(overflow_number))
-        if busy_refusal(state) is not None and not state.draining:
-            return twiml_response(twilio.busy_twiml())
-        return twiml_response(twilio.apology_twiml(BUSY_APOLOGY))
-    return twiml_response(stream_twiml(state, request, session, None))
+    if session is not None:
+        return twiml_response(stream_twiml(state, request, session, None))
+    if overflow.number:
+        return twiml_response(twilio.overflow_twiml(overflow.number))
+    if overflow.queue and refusal == "concurrent_call_limit" and form.get("CallSid"):
+        wait = await call_queue.join(
+            state,
+            db,
+            overflow,
+            call_sid=form["CallSid"],
+            from_number=form.get("From", ""),
+            to_number=form.get("To", ""),
+        )
+        if wait is not None:
+            return twiml_response(
+                call_queue.enqueue_twiml(public_base_url(state.settings, request), wait)
+            )
+    if busy_refusal(state) is not None and not state.draining:
+        return twiml_response(twilio.busy_twiml())
+    return twiml_response(twilio.apology_twiml(BUSY_APOLOGY))
 
 
 async def start_inbound(
@@ -195,11 +211,11 @@ async def start_inbound(
     to_number: str,
     from_number: str,
     call_id: str | None,
-) -> tuple[Session | None, str | None]:
-    """The session for a call coming in to `to_number`'s agent (or `agent_id`'s), and the agent's
-    `overflow_number`; no session when the server is busy or draining or the account is at its
-    cap, so the caller is sent to the overflow number or hears busy or an apology, never a dead
-    line."""
+) -> tuple[Session | None, Overflow, str | None]:
+    """The session for a call coming in to `to_number`'s agent (or `agent_id`'s), what the agent
+    does with calls it can't take, and the refusal's code; no session when the server is busy
+    or draining or the account is at its cap, so the caller is sent to the overflow number,
+    waits in line, or hears busy or an apology, never a dead line."""
     agent = await (
         store.agent_by_id(db, agent_id) if agent_id else store.agent_for_number(db, to_number)
     )
@@ -211,7 +227,7 @@ async def start_inbound(
                 404, "number_not_assigned", f"no active agent has the phone number '{to_number}'"
             )
         )
-    overflow_number = agent.overflow_number  # a refused admission expires the agent's row
+    overflow = Overflow.of(agent)
     try:
         session, _call = await start_phone_session(
             state,
@@ -227,8 +243,80 @@ async def start_inbound(
         if exc.status not in (429, 503):
             raise
         logger.info(f"{carrier} call {call_id} turned away: {exc.body.message}")
-        return None, overflow_number
-    return session, overflow_number
+        return None, overflow, exc.body.code
+    return session, overflow, None
+
+
+async def _waiting_call(db, wait_id: str, form: dict[str, str]) -> CallWait:
+    """The waiting call a queue callback names (its `CallSid` must be the call's)."""
+    wait = await db.get(CallWait, wait_id)
+    if wait is None or wait.call_sid != form.get("CallSid"):
+        raise not_found("waiting_call", wait_id)
+    return wait
+
+
+@router.post(
+    "/v1/twilio/queue/{wait_id}/wait",
+    summary="Twilio callback: a waiting call's hold message and audio (`<Enqueue waitUrl>`)",
+    responses={**TWIML_RESPONSES, **SIGNED_RESPONSES},
+    response_class=Response,
+)
+async def queue_wait(wait_id: str, request: Request, state: StateDep, db: DbDep) -> Response:
+    form = await signed_form(state, request)
+    wait = await _waiting_call(db, wait_id, form)
+    base = public_base_url(state.settings, request)
+    return twiml_response(await call_queue.hold(db, wait, form, base))
+
+
+@router.post(
+    "/v1/twilio/queue/{wait_id}/left",
+    summary="Twilio callback: a waiting call left the queue (`<Enqueue action>`, `QueueResult`)",
+    responses={**TWIML_RESPONSES, **SIGNED_RESPONSES},
+    response_class=Response,
+)
+async def queue_left(wait_id: str, request: Request, state: StateDep, db: DbDep) -> Response:
+    form = await signed_form(state, request)
+    wait = await _waiting_call(db, wait_id, form)
+    if await call_queue.left(db, wait, form.get("QueueResult", "")):
+        return twiml_response(twilio.apology_twiml(BUSY_APOLOGY))
+    return twiml_response(twilio.empty_twiml())
+
+
+@router.post(
+    "/v1/twilio/queue/{wait_id}/connect",
+    summary="Twilio callback: a waiting call's turn came (the Queue Member's new URL)",
+    responses={**TWIML_RESPONSES, **SIGNED_RESPONSES},
+    response_class=Response,
+)
+async def queue_connect(wait_id: str, request: Request, state: StateDep, db: DbDep) -> Response:
+    """The Media Stream TwiML of the admitted call; `<Enqueue>` again (its place in line kept)
+    when this node can't take it now; an apology when the agent can no longer take calls."""
+    form = await signed_form(state, request)
+    wait = await _waiting_call(db, wait_id, form)
+    if wait.status not in ("waiting", "offered"):
+        return twiml_response(twilio.apology_twiml(BUSY_APOLOGY))
+    base = public_base_url(state.settings, request)
+    try:
+        session = await call_queue.admit(state, db, wait)
+    except APIError:
+        return twiml_response(twilio.apology_twiml(BUSY_APOLOGY))
+    if session is None:
+        return twiml_response(call_queue.enqueue_twiml(base, wait))
+    return twiml_response(stream_twiml(state, request, session, None))
+
+
+@router.get(
+    f"{call_queue.QUEUE_PATH}/hold.wav",
+    summary="The hold audio waiting callers hear",
+    responses={200: {"content": {"audio/wav": {}}, "description": "8 kHz WAV"}},
+    response_class=Response,
+)
+async def queue_hold_audio() -> Response:
+    return Response(
+        call_queue.hold_audio(),
+        media_type="audio/wav",
+        headers={"Cache-Control": "public, max-age=86400"},
+    )
 
 
 @router.post(
@@ -239,9 +327,12 @@ async def start_inbound(
     response_class=Response,
 )
 async def twilio_status(request: Request, state: StateDep, db: DbDep) -> Response:
+    """A call's status changes (for a call still waiting in line: its end, which takes it out)."""
     form = await signed_form(state, request)
     call = await store.call_by_sid(db, form.get("CallSid", ""))
     if call is None:
+        if await call_queue.call_status(db, form.get("CallSid", ""), form.get("CallStatus", "")):
+            return Response(status_code=204)
         raise APIError(404, "call_not_found", f"no call with CallSid '{form.get('CallSid', '')}'")
     await apply_status(state, db, call, form.get("CallStatus", ""))
     return Response(status_code=204)

@@ -11,7 +11,9 @@ load is above `load_threshold`. A full node refuses a new call before it starts 
 The cap is checked and taken in one transaction that first locks the account's row (on SQLite,
 the database's write lock), so admissions to one account queue up across every worker and
 machine: a burst of joins can never put more calls live than the cap allows. Live calls and
-carrier calls still ringing hold a place.
+carrier calls still ringing hold a place, and so do the phone callers waiting in line for one
+(`app/telephony/call_queue.py`): a new call finds every one of them ahead of it (a waiting
+caller, those who came before it), so a freed place goes to the caller who came first.
 """
 
 from contextlib import asynccontextmanager
@@ -23,9 +25,10 @@ from app.agents import pipeline_config
 from app.errors import APIError
 from app.logs import bind_call
 from app.state import AppState
+from app.storage import call_queue as queue_store
 from app.storage import sessions as session_store
 from app.storage.ids import new_id, utcnow
-from app.storage.models import Agent, Session
+from app.storage.models import Agent, CallWait, Session
 from app.tracing import tracer
 
 
@@ -100,10 +103,12 @@ async def start_session(
     initial_message: str | None = None,
     inline_config: dict | None = None,
     belonging: list | None = None,
+    queued: CallWait | None = None,
 ) -> Session:
     """A new session for `agent`, committed with the rows `belonging` to it (their `session_id`
     is set): `live` (claimed by this node at once, its place held here) or `created`, for a
-    client or carrier to join. 409/422/429/503 refusals."""
+    client or carrier to join; for the `queued` caller (then `connected`), if it is one.
+    409/422/429/503 refusals."""
     check_agent(state, agent)
     refuse_while_draining(state)
     refuse_while_full(state)
@@ -123,12 +128,16 @@ async def start_session(
     bind_call(session.id, agent.id, agent.account_id)
     if live:
         session.status, session.started_at, session.host = "active", now, state.node.id
-    async with _under_cap(state, db, agent.account_id, hold=session.id if live else None):
+    async with _under_cap(
+        state, db, agent.account_id, hold=session.id if live else None, new_call=True, queued=queued
+    ):
         db.add(session)
         await db.flush()  # the session first: the rows belonging to it reference it (foreign keys)
         for row in belonging or ():
             row.session_id = session.id
             db.add(row)
+        if queued is not None:
+            queued.status, queued.session_id = "connected", session.id
     return session
 
 
@@ -167,23 +176,29 @@ async def _under_cap(
     account_id: str,
     besides: str | None = None,
     hold: str | None = None,
+    new_call: bool = False,
+    queued: CallWait | None = None,
 ):
     """One transaction holding the account's lock: 429 if its calls (but `besides`) fill its
-    cap; otherwise what the block adds or claims is committed before the lock is let go. With
-    `hold`, that session's place on this node is checked (503) and held once the account has
-    room (so calls the account cap turns away never crowd this node), given back on failure."""
+    cap, with a `new_call` the callers waiting ahead of it too (of `queued`, if it is a waiting
+    caller: those before it); otherwise what the block adds or claims is committed before the
+    lock is let go. With `hold`, that session's place on this node is checked (503) and held
+    once the account has room (so calls the account cap turns away never crowd this node),
+    given back on failure. (A session joined later already had its turn when it was made.)"""
     await db.commit()  # whatever the request did so far; the lock starts a fresh transaction
     try:
         cap = (
             await session_store.lock_account(db, account_id) or state.settings.max_concurrent_calls
         )
         live = await session_store.count_live(db, account_id, besides=besides)
-        if live >= cap:
+        waiting = await queue_store.count_ahead(db, account_id, queued) if new_call else 0
+        if live + waiting >= cap:
             raise APIError(
                 429,
                 "concurrent_call_limit",
-                f"this account already has {live} live calls, its limit is {cap}; try again when one ends",
-                {"limit": cap, "active": live},
+                f"this account already has {live} live calls and {waiting} callers waiting, its "
+                f"limit is {cap}; try again when one ends",
+                {"limit": cap, "active": live, "waiting": waiting},
                 headers={"Retry-After": "30"},
             )
         if hold:

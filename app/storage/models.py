@@ -119,6 +119,11 @@ class Agent(Base):
     """`fast`, `balanced` or `patient`; None takes the pipeline's `turn.endpointing`."""
     overflow_number: Mapped[str | None] = mapped_column(String(200))
     """Dialled for an inbound call the agent can't take (instead of busy or an apology)."""
+    overflow: Mapped[str] = mapped_column(String(8), default="busy", server_default="busy")
+    """What an inbound call does at the account's call cap: `busy`, or `queue` (it waits)."""
+    max_wait_secs: Mapped[int] = mapped_column(Integer, default=60, server_default="60")
+    wait_message: Mapped[str | None] = mapped_column(Text)
+    """What a waiting caller hears first; None: the server's default."""
     flow: Mapped[dict | None] = mapped_column(JSON)
     """A conversation flow (Pipecat's flow config, `app/flows.py`); None: the system prompt alone."""
     status: Mapped[str] = mapped_column(String(16), default="active", index=True)
@@ -389,4 +394,31 @@ class CampaignContact(Base):
     call_id: Mapped[str | None] = mapped_column(String(40), index=True)
     """The phone call of the attempt in progress (or the last one)."""
     session_ids: Mapped[list] = mapped_column(default=list)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+
+class CallWait(Base):
+    """An inbound call waiting for a place under its account's call cap, in arrival order
+    (`seq`), until `deadline` (`app/telephony/call_queue.py`)."""
+
+    __tablename__ = "call_waits"
+    __table_args__ = (Index("ix_call_waits_line", "account_id", "status", "seq"),)
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    account_id: Mapped[str] = mapped_column(ForeignKey("accounts.id"))
+    agent_id: Mapped[str] = mapped_column(ForeignKey("agents.id"), index=True)
+    seq: Mapped[int] = mapped_column(Integer)
+    """Its place in the account's line: one more than the last caller's, taken under the account's lock."""
+    call_sid: Mapped[str] = mapped_column(String(64), index=True)
+    from_number: Mapped[str] = mapped_column(String(64))
+    to_number: Mapped[str] = mapped_column(String(64))
+    queue_sid: Mapped[str | None] = mapped_column(String(64))
+    """The carrier's queue holding the call (known from its first wait request)."""
+    status: Mapped[str] = mapped_column(String(16), default="waiting")
+    """`waiting`, `offered` (a place is held for it while the carrier moves it), `connected`,
+    `timed_out` or `abandoned` (hung up, or gone)."""
+    deadline: Mapped[datetime]
+    offered_until: Mapped[datetime | None]
+    session_id: Mapped[str | None] = mapped_column(ForeignKey("sessions.id"))
+    enqueued_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)

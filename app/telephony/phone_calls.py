@@ -8,8 +8,8 @@ from app.errors import APIError, not_found
 from app.state import AppState
 from app.storage import sessions as session_store
 from app.storage import telephony as store
-from app.storage.ids import new_id
-from app.storage.models import Agent, PhoneCall, Session
+from app.storage.ids import new_id, utcnow
+from app.storage.models import Agent, CallWait, PhoneCall, Session
 from app.telephony.variables import check_variables
 
 FAILED_STATUSES = {
@@ -32,9 +32,11 @@ async def start_phone_session(
     to_number: str,
     instance_id: str | None = None,
     call_sid: str | None = None,
+    queued: CallWait | None = None,
 ) -> tuple[Session, PhoneCall]:
-    """A `created` session and its phone call row; 404/409/422/429/503 as for any session,
-    and 422 if the agent's placeholders lack a variable."""
+    """A `created` session and its phone call row (for the `queued` caller, if it waited in
+    line: its session's metadata says how long); 404/409/422/429/503 as for any session, and
+    422 if the agent's placeholders lack a variable."""
     variables = {}
     if instance_id:
         instance = await store.get_instance(db, agent.account_id, agent.id, instance_id)
@@ -42,9 +44,16 @@ async def start_phone_session(
             raise not_found("instance", instance_id)
         variables = instance.variables
     check_variables(agent, variables)
-    metadata = {"carrier": carrier, "direction": direction, "from": from_number, "to": to_number}
+    metadata: dict[str, str | float] = {
+        "carrier": carrier,
+        "direction": direction,
+        "from": from_number,
+        "to": to_number,
+    }
     if instance_id:
         metadata["instance_id"] = instance_id
+    if queued is not None:
+        metadata["waited_secs"] = round((utcnow() - queued.enqueued_at).total_seconds(), 1)
     call = PhoneCall(
         id=new_id("call"),
         account_id=agent.account_id,
@@ -58,7 +67,14 @@ async def start_phone_session(
         status="queued",
     )
     session = await admission.start_session(
-        state, db, agent, connection_type=carrier, live=False, metadata=metadata, belonging=[call]
+        state,
+        db,
+        agent,
+        connection_type=carrier,
+        live=False,
+        metadata=metadata,
+        belonging=[call],
+        queued=queued,
     )
     return session, call
 

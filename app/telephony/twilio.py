@@ -1,4 +1,4 @@
-"""Twilio: TwiML answers, the REST API (outbound calls), the stream serializer.
+"""Twilio: TwiML answers, the REST API (outbound calls, moving a waiting call), the stream serializer.
 
 TwiML goes through Twilio's own SDK (webhook signatures: :mod:`app.telephony.signatures`). The REST API root is
 `TWILIO_API_BASE_URL`, so tests (or a Twilio-compatible backend) can stand in.
@@ -58,6 +58,38 @@ def overflow_twiml(target: str) -> str:
         dial.number(target)
     response.append(dial)
     return str(response)
+
+
+def enqueue_twiml(queue_name: str, wait_url: str, action_url: str) -> str:
+    """`<Response><Enqueue waitUrl=... action=...>queue_name</Enqueue></Response>`: the call
+    waits in Twilio's queue, hearing what `wait_url` returns (re-requested whenever it has
+    played); `action_url` hears why it left (`QueueResult`) and, after a `<Leave/>`, answers
+    what comes next."""
+    response = VoiceResponse()
+    response.enqueue(
+        queue_name, action=action_url, method="POST", wait_url=wait_url, wait_url_method="POST"
+    )
+    return str(response)
+
+
+def hold_twiml(message: str | None, hold_audio_url: str) -> str:
+    """A waiting call's `waitUrl` answer: `<Say>message</Say>` (if any), then the hold audio."""
+    response = VoiceResponse()
+    if message:
+        response.say(message)
+    response.play(hold_audio_url)
+    return str(response)
+
+
+def leave_twiml() -> str:
+    """`<Response><Leave/></Response>`: the call leaves the queue (its `action` URL is asked next)."""
+    response = VoiceResponse()
+    response.leave()
+    return str(response)
+
+
+def empty_twiml() -> str:
+    return str(VoiceResponse())
 
 
 def credentials(settings: Settings) -> dict[str, str] | None:
@@ -162,6 +194,20 @@ async def end_call(settings: Settings, call_sid: str, message: str | None = None
             await client.calls(call_sid).update_async(twiml=apology_twiml(message))
         else:
             await client.calls(call_sid).update_async(status="completed")
+
+
+async def dequeue(settings: Settings, queue_sid: str, call_sid: str, url: str) -> bool:
+    """Move a waiting call out of its queue to the TwiML at `url` (Twilio's Queue Member
+    resource, addressed by the call's SID); False if it is no longer in the queue (it hung up)."""
+    creds = require_credentials(settings)
+    async with rest_client(settings, creds) as client:
+        try:
+            await client.queues(queue_sid).members(call_sid).update_async(url=url, method="POST")
+        except TwilioRestException as exc:
+            if exc.status == 404:
+                return False
+            raise
+    return True
 
 
 def stream_serializer(

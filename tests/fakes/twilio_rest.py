@@ -1,7 +1,10 @@
 """A local stand-in for Twilio's REST API: records what the server asks Twilio to do.
 
-Serves the two requests Switchboard makes: creating a call (`POST .../Calls.json`)
-and updating one (`POST .../Calls/{CallSid}.json`, e.g. the hang-up `Status=completed`).
+Serves the requests Switchboard makes: creating a call (`POST .../Calls.json`), updating
+one (`POST .../Calls/{CallSid}.json`, e.g. the hang-up `Status=completed`), and moving a
+waiting call out of its queue (`POST .../Queues/{QueueSid}/Members/{CallSid}.json` with `Url`:
+200 and the member, or 404 when the call is not in the queue). A test playing Twilio's side of
+a call puts it in a queue (`enqueue`) or takes it out when the caller hangs up (`hang_up_member`).
 Point the server at it with `TWILIO_API_BASE_URL`.
 """
 
@@ -35,6 +38,11 @@ class FakeTwilioRest:
         self.auth_token = auth_token
         self.requests: list[RestRequest] = []
         self._server: ThreadingHTTPServer | None = None
+        self._queue_sids: dict[str, str] = {}
+        """Queue name → SID (Twilio makes a queue the first time `<Enqueue>` names it)."""
+        self._members: dict[str, list[tuple[str, float]]] = {}
+        """Queue SID → (CallSid, enqueued at) in arrival order."""
+        self._queue_lock = threading.Lock()
 
     @property
     def url(self) -> str:
@@ -91,6 +99,12 @@ class FakeTwilioRest:
                 "to": request.value("To"),
                 "from": request.value("From"),
             }
+        member = re.fullmatch(
+            rf"/2010-04-01/Accounts/{self.account_sid}/Queues/(QU[0-9a-f]+)/Members/(\w+)\.json",
+            request.path,
+        )
+        if member:
+            return self._dequeue(member.group(1), member.group(2), request)
         match = re.fullmatch(re.escape(prefix) + r"/(CA[0-9a-f]+)\.json", request.path)
         if match:
             return 200, {
@@ -103,6 +117,61 @@ class FakeTwilioRest:
             "message": "The requested resource was not found",
             "status": 404,
         }
+
+    def enqueue(self, name: str, call_sid: str) -> tuple[str, int]:
+        """Put a call in the named queue as `<Enqueue>` does: the queue's SID and the call's position."""
+        with self._queue_lock:
+            sid = self._queue_sids.setdefault(name, "QU" + uuid.uuid4().hex)
+            members = self._members.setdefault(sid, [])
+            members.append((call_sid, time.time()))
+            return sid, len(members)
+
+    def hang_up_member(self, call_sid: str) -> None:
+        """The caller hung up: the call leaves its queue."""
+        with self._queue_lock:
+            for sid, members in self._members.items():
+                self._members[sid] = [m for m in members if m[0] != call_sid]
+
+    def members(self, queue_sid: str) -> list[str]:
+        with self._queue_lock:
+            return [call_sid for call_sid, _ in self._members.get(queue_sid, [])]
+
+    def _dequeue(self, queue_sid: str, call_sid: str, request: RestRequest) -> tuple[int, dict]:
+        if not request.value("Url"):
+            return 400, {"code": 21205, "message": "Url is required", "status": 400}
+        with self._queue_lock:
+            members = self._members.get(queue_sid, [])
+            if call_sid == "Front" and members:
+                call_sid = members[0][0]
+            position = next((i for i, m in enumerate(members) if m[0] == call_sid), None)
+            if position is None:
+                return 404, {
+                    "code": 20404,
+                    "message": "The requested resource was not found",
+                    "status": 404,
+                }
+            _, enqueued = members.pop(position)
+        return 200, {
+            "call_sid": call_sid,
+            "queue_sid": queue_sid,
+            "position": position + 1,
+            "wait_time": int(time.time() - enqueued),
+            "date_enqueued": time.strftime("%a, %d %b %Y %H:%M:%S +0000", time.gmtime(enqueued)),
+            "uri": f"/2010-04-01/Accounts/{self.account_sid}/Queues/{queue_sid}/Members/{call_sid}.json",
+        }
+
+    def dequeues(self) -> list[RestRequest]:
+        """Every request to move a queue member (whether or not the call was still there)."""
+        return [r for r in self.requests if "/Members/" in r.path]
+
+    def wait_for_dequeue(self, call_sid: str, timeout: float = 30) -> RestRequest:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for request in self.dequeues():
+                if request.path.endswith(f"/Members/{call_sid}.json"):
+                    return request
+            time.sleep(0.05)
+        raise TimeoutError(f"{call_sid} was not moved out of its queue within {timeout}s")
 
     def created_calls(self) -> list[RestRequest]:
         return [r for r in self.requests if r.path.endswith("/Calls.json")]
