@@ -21,9 +21,15 @@ from tests.helpers.twilio import ACCOUNT_SID, AUTH_TOKEN, twilio_env
 
 
 def pytest_collection_modifyitems(config, items):
-    """The PostgreSQL + Redis leg runs only what touches storage (not the `storage_free` tests).
-    Without PostgreSQL or Redis it is skipped, with the reason, except in CI, where it fails."""
+    """The PostgreSQL + Redis leg runs only what touches storage (not the `storage_free` tests),
+    the SQLite leg all but the `cluster` tests (their nodes share PostgreSQL + Redis on either leg).
+    Without PostgreSQL or Redis the second leg is skipped, with the reason, except in CI, where it
+    fails."""
     if TEST_BACKEND == "sqlite":
+        cluster = [item for item in items if item.get_closest_marker("cluster")]
+        if cluster:
+            config.hook.pytest_deselected(items=cluster)
+            items[:] = [item for item in items if not item.get_closest_marker("cluster")]
         return
     if TEST_BACKEND != "postgres":
         raise pytest.UsageError(

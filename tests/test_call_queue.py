@@ -17,6 +17,7 @@ from urllib.parse import urlsplit
 from xml.etree import ElementTree
 
 import httpx
+import pytest
 
 from tests.fakes.twilio_client import TwilioMediaStreamsClient, parse_twiml
 from tests.helpers.calls import wait_for_status
@@ -281,6 +282,7 @@ def test_overflow_settings_are_checked_together(twilio_server, twilio_rest):
     holder.completed()
 
 
+@pytest.mark.cluster
 async def test_the_line_and_the_handoff_hold_across_nodes(tmp_path, scripted_llm, twilio_rest):
     """Two nodes on one PostgreSQL + Redis: each caller's requests land on either node, and the
     place freed on one goes to the first caller in line, then the next."""

@@ -14,6 +14,7 @@ from datetime import UTC, datetime, timedelta
 from urllib.parse import urlsplit
 
 import httpx
+import pytest
 
 from tests.fakes.twilio_client import TwilioMediaStreamsClient
 from tests.helpers.calls import wait_for_status
@@ -270,6 +271,7 @@ async def test_pause_resume_cancel_and_a_deleted_agent_stops_its_campaign(
     assert stopped["stop_reason"] == "agent_deleted" and stopped["counts"]["cancelled"] >= 1
 
 
+@pytest.mark.cluster
 async def test_nothing_is_dialled_twice_when_a_node_is_killed_mid_campaign(
     tmp_path, scripted_llm, twilio_rest
 ):

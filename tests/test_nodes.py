@@ -108,6 +108,7 @@ def assert_cap_refusals(refused_: list[SessionClient]) -> None:
     assert {c.of_type("session.error")[0]["code"] for c in refused_} == {"concurrent_call_limit"}
 
 
+@pytest.mark.cluster
 async def test_a_session_created_on_a_is_joined_on_b_and_deleting_its_agent_on_a_ends_it(cluster):
     a, b = cluster
     assert node_id(a) != node_id(b)
@@ -124,6 +125,7 @@ async def test_a_session_created_on_a_is_joined_on_b_and_deleting_its_agent_on_a
     assert wait_for_status(api, session["session_id"], "completed")["end_reason"] == "agent_deleted"
 
 
+@pytest.mark.cluster
 async def test_the_call_cap_holds_across_nodes_and_under_a_parallel_burst(cluster):
     a, b = cluster
     api, key = capped_account(a)
@@ -163,6 +165,7 @@ async def test_the_call_cap_holds_across_nodes_and_under_a_parallel_burst(cluste
     assert_cap_refusals(refused_)
 
 
+@pytest.mark.cluster
 async def test_ringing_phone_calls_hold_their_place_under_the_cap(cluster):
     a, b = cluster
     api, key = capped_account(a)
@@ -193,6 +196,7 @@ async def test_ringing_phone_calls_hold_their_place_under_the_cap(cluster):
         await answered.wait_closed(timeout=10)
 
 
+@pytest.mark.cluster
 async def test_a_relay_token_used_on_a_is_refused_on_b(cluster):
     a, b = cluster
     api = a.client()
@@ -242,6 +246,7 @@ async def test_the_call_cap_holds_under_a_parallel_burst_on_one_node_with_two_wo
         server.stop()
 
 
+@pytest.mark.cluster
 async def test_a_killed_node_s_calls_end_node_lost_while_the_other_node_s_call_goes_on(
     tmp_path, scripted_llm
 ):
