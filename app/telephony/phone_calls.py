@@ -32,9 +32,11 @@ async def start_phone_session(
     to_number: str,
     instance_id: str | None = None,
     call_sid: str | None = None,
+    voicemail: dict | None = None,
 ) -> tuple[Session, PhoneCall]:
     """A `created` session and its phone call row; 404/409/422/429/503 as for any session,
-    and 422 if the agent's placeholders lack a variable."""
+    and 422 if the agent's placeholders lack a variable. `voicemail`: an outbound call's
+    answering-machine setting (`app.voicemail.call_setting`)."""
     variables = {}
     if instance_id:
         instance = await store.get_instance(db, agent.account_id, agent.id, instance_id)
@@ -58,7 +60,14 @@ async def start_phone_session(
         status="queued",
     )
     session = await admission.start_session(
-        state, db, agent, connection_type=carrier, live=False, metadata=metadata, belonging=[call]
+        state,
+        db,
+        agent,
+        connection_type=carrier,
+        live=False,
+        metadata=metadata,
+        belonging=[call],
+        voicemail=voicemail,
     )
     return session, call
 
