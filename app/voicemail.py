@@ -10,7 +10,7 @@ call hung up) by the detector in the pipeline, and a later verdict changes nothi
 
 from typing import Literal
 
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic_core import PydanticCustomError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -24,6 +24,8 @@ class Voicemail(BaseModel):
     """What an outbound call does when an answering machine picks up: hang up, or leave
     `message` after the beep. Either way the session ends `voicemail`. The agent's greeting
     waits until a person is heard."""
+
+    model_config = ConfigDict(extra="forbid")
 
     detect: bool = Field(default=True, description="false turns detection off")
     action: Literal["hang_up", "leave_message"] = "hang_up"

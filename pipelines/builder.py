@@ -28,7 +28,7 @@ from pipelines import realtime, services
 from pipelines.config import PipelineConfig
 from pipelines.endpointing import POLICIES, AdaptiveTurnStopStrategy
 from pipelines.registry import CallProcessors, build_processors
-from pipelines.voicemail import VoicemailAction, build_detector
+from pipelines.voicemail import MutedAfterVoicemail, VoicemailAction, build_detector
 from processors.call_limits import InactivityMonitor, MaxDurationLimiter
 from processors.client_events import ClientEventReceiver
 from processors.heard_text import LateWordFilter
@@ -164,7 +164,10 @@ def build_pipeline(
             detector.gate() if detector else None,
         ]
         user_params = _local_turns(config, agent, ctx)
-    user_params.user_mute_strategies = added.user_mute_strategies
+    user_params.user_mute_strategies = [
+        *added.user_mute_strategies,
+        *([MutedAfterVoicemail(detector)] if detector else []),
+    ]
     aggregators = LLMContextAggregatorPair(context, user_params=user_params)
 
     @llm.event_handler("on_completion_timeout")

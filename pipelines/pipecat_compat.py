@@ -188,6 +188,13 @@ def flow_placeholders(text: str) -> list[tuple[str, str]]:
 # --- Voicemail detection ---
 
 
+def voicemail_verdict(detector: VoicemailDetector) -> str | None:
+    """The detector's verdict so far: `conversation`, `voicemail`, or None (still listening)."""
+    # VoicemailDetector keeps it in `_decision` with no accessor; the verdict-time event it
+    # fires is for a person only (`on_voicemail_detected` waits for the greeting to end).
+    return detector._decision
+
+
 async def machine_heard_elsewhere(detector: VoicemailDetector) -> bool:
     """Give the detector a machine verdict reached outside it (Twilio's answering-machine
     detection) unless it has one of its own: the held speech is dropped and the detector leaves
