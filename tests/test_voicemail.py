@@ -28,18 +28,11 @@ ASKED = "Decide whether a person answered"
 """Words of the classifier's question (Pipecat's VOICEMAIL_QUESTION), which no other request has."""
 
 
-@pytest.fixture(scope="module")
-def twilio_server(tmp_path_factory, scripted_llm, twilio_rest):
-    from tests.helpers.servers import start_server
-    from tests.helpers.twilio import twilio_env
-
-    server = start_server(
-        tmp_path_factory.mktemp("twilio"),
-        preload=["scripted"],
-        env={**twilio_env(scripted_llm, twilio_rest), "SWITCHBOARD_LOG_LEVEL": "DEBUG"},
-    )
-    yield server
-    server.stop()
+@pytest.fixture(autouse=True)
+def _no_verdicts_left_over(scripted_llm):
+    """The scripted verdicts a call did not ask for are not left to another module's calls."""
+    yield
+    scripted_llm.reset()
 
 
 def verdict(choice: str) -> str:
