@@ -15,6 +15,7 @@ import pytest
 from tests.audio import rms, speech
 from tests.fakes.twilio_client import SAMPLE_RATE, TwilioMediaStreamsClient, ulaw_decode
 from tests.helpers.calls import transcript, wait_for_status
+from tests.helpers.dashboard import logged_in
 from tests.helpers.servers import scripted_agent
 from tests.helpers.twilio import ACCOUNT_SID, signed_post
 
@@ -217,3 +218,23 @@ def test_the_setting_is_stored_changed_and_refused_in_a_burst(tw):
     with ThreadPoolExecutor(8) as pool:
         assert set(pool.map(refused, range(16))) == {422}
     assert tw.get(f"/v1/agents/{agent['id']}").json()["voicemail"] is None
+
+
+def test_the_dashboard_agent_form_sets_the_voicemail_setting(twilio_server, tw):
+    form = {"name": "Reminders", "pipeline": "scripted", "voice_id": "joe", "language": "en"}
+    form |= {"max_turns": "10", "system_prompt": "You call about appointments."}
+    with logged_in(twilio_server) as client:
+        bad = client.post("/agents/new", data={**form, "voicemail_action": "leave_message"})
+        assert bad.status_code == 422 and "leave_message needs a message" in bad.text
+        created = client.post(
+            "/agents/new",
+            data={**form, "voicemail_action": "leave_message", "voicemail_message": MESSAGE},
+        )
+        assert created.status_code == 303, created.text
+        agent_id = created.headers["location"].rsplit("/", 1)[1]
+        agent = tw.get(f"/v1/agents/{agent_id}").json()
+        assert agent["voicemail"] == {"detect": True, "action": "leave_message", "message": MESSAGE}
+        page = client.get(f"/agents/{agent_id}").text
+        assert 'value="leave_message" selected' in page and f'value="{MESSAGE}"' in page
+        assert client.post(f"/agents/{agent_id}", data=form).status_code == 303
+        assert tw.get(f"/v1/agents/{agent_id}").json()["voicemail"] is None
