@@ -4,6 +4,8 @@ Over the Twilio Media Streams client with Piper-synthesized callee audio, the sc
 the classifier, and the fake Twilio REST API taking the hang-up."""
 
 import asyncio
+import base64
+import contextlib
 import json
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -11,9 +13,16 @@ from urllib.parse import urlsplit
 
 import numpy as np
 import pytest
+from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed
 
 from tests.audio import rms, speech
-from tests.fakes.twilio_client import SAMPLE_RATE, TwilioMediaStreamsClient, ulaw_decode
+from tests.fakes.twilio_client import (
+    SAMPLE_RATE,
+    TwilioMediaStreamsClient,
+    ulaw_decode,
+    ulaw_encode,
+)
 from tests.helpers.calls import transcript, wait_for_status
 from tests.helpers.dashboard import logged_in
 from tests.helpers.servers import scripted_agent
@@ -178,6 +187,60 @@ async def test_twilio_amd_and_the_detector_leave_the_message_once(
     ]
     assert not [r for r in updates if r.value("Twiml")]
     await asyncio.to_thread(twilio_rest.wait_for_hang_up, task["call_sid"], 15)
+
+
+async def test_a_telnyx_call_detects_the_machine_in_its_pipeline(tw, llm):
+    """Telnyx has no answering-machine detection here: the pipeline's detector alone hangs up."""
+    agent = voicemail_agent(tw, action="hang_up")
+    llm.script_oneshot(*[verdict("voicemail")] * 6, when=ASKED)
+    response = tw.post("/v1/calls", json={"agentId": agent["id"], "connectionType": "telnyx"})
+    assert response.status_code == 201, response.text
+    call = response.json()
+    heard = bytearray()
+    callee = ulaw_encode(
+        speech(MACHINE_GREETING, sample_rate=SAMPLE_RATE) + beep() + b"\0\0" * SAMPLE_RATE * 30
+    )
+    async with connect(call["url"]) as ws:
+        await ws.send(json.dumps({"event": "connected", "version": "1.0.0"}))
+        await ws.send(json.dumps(TELNYX_START))
+
+        async def receive():
+            async for raw in ws:
+                message = json.loads(raw)
+                if message.get("event") == "media":
+                    heard.extend(base64.b64decode(message["media"]["payload"]))
+
+        receiver = asyncio.create_task(receive())
+        started = time.monotonic()
+        with contextlib.suppress(ConnectionClosed):
+            for index, i in enumerate(range(0, len(callee), 160)):
+                payload = base64.b64encode(callee[i : i + 160]).decode()
+                await ws.send(json.dumps(telnyx_media(payload)))
+                await asyncio.sleep(max(started + (index + 1) * 0.02 - time.monotonic(), 0))
+        await asyncio.wait_for(receiver, 10)
+    ended = wait_for_status(tw, call["session_id"], "completed")
+    assert (ended["end_reason"], ended["connection_type"]) == ("voicemail", "telnyx")
+    assert rms(ulaw_decode(bytes(heard))) == 0  # the greeting was held, then dropped
+
+
+TELNYX_START = {
+    "event": "start",
+    "sequence_number": "1",
+    "stream_id": "telnyx-stream-vm",
+    "start": {
+        "call_control_id": "v3:telnyx-call-vm",
+        "client_state": "",
+        "media_format": {"encoding": "PCMU", "sample_rate": 8000, "channels": 1},
+    },
+}
+
+
+def telnyx_media(payload: str) -> dict:
+    return {
+        "event": "media",
+        "stream_id": "telnyx-stream-vm",
+        "media": {"track": "inbound", "chunk": "1", "timestamp": "0", "payload": payload},
+    }
 
 
 @pytest.mark.parametrize(
