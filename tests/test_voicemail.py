@@ -16,6 +16,7 @@ import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
+from app.voicemail import call_setting
 from tests.audio import rms, speech
 from tests.fakes.twilio_client import (
     SAMPLE_RATE,
@@ -301,3 +302,28 @@ def test_the_dashboard_agent_form_sets_the_voicemail_setting(twilio_server, tw):
         assert 'value="leave_message" selected' in page and f'value="{MESSAGE}"' in page
         assert client.post(f"/agents/{agent_id}", data=form).status_code == 303
         assert tw.get(f"/v1/agents/{agent_id}").json()["voicemail"] is None
+
+
+@pytest.mark.storage_free
+def test_a_campaigns_setting_overrides_its_agents():
+    agents = {"detect": True, "action": "hang_up", "message": None}
+    assert call_setting(None, agents) == agents
+    assert call_setting({"detect": False}, agents) is None  # a campaign turns it off
+    leave = {"action": "leave_message", "message": MESSAGE}
+    assert call_setting(leave, agents) == {"detect": True, **leave}
+    assert call_setting(None, None) is None and call_setting({"detect": False}) is None
+
+
+def test_inline_calls_take_the_setting(tw):
+    body = {
+        "systemPrompt": "You call about appointments.",
+        "voice": "joe",
+        "language": "en",
+        "greeting": GREETING,
+        "pipeline": "scripted",
+        "connectionType": "twilio",
+    }
+    bad = tw.post("/v1/calls/inline", json={**body, "voicemail": {"action": "leave_message"}})
+    assert bad.status_code == 422 and "leave_message needs a message" in bad.json()["message"]
+    setting = {"action": "leave_message", "message": MESSAGE}
+    assert tw.post("/v1/calls/inline", json={**body, "voicemail": setting}).status_code == 201
