@@ -32,6 +32,7 @@ from app.storage import telephony as telephony_store
 from app.storage.ids import new_id, utcnow
 from app.storage.models import Agent
 from app.telephony.numbers import E164Number, TransferTarget
+from app.voicemail import Voicemail
 from pipelines.config import (
     PipelineCatalog,
     PipelineConfig,
@@ -355,6 +356,11 @@ class AgentCreate(BaseModel):
     max_wait_secs: MaxWait = 60
     wait_message: WaitMessage | None = None
     flow: Flow | None = None
+    voicemail: Voicemail | None = Field(
+        default=None,
+        description="Answering-machine detection on this agent's outbound calls: hang up, or "
+        "leave `message` after the beep (a campaign's own `voicemail` overrides it)",
+    )
 
 
 def _all_optional(model: type[BaseModel], name: str, **more: Any) -> type[BaseModel]:
@@ -421,6 +427,7 @@ class AgentOut(BaseModel):
     max_wait_secs: int
     wait_message: str | None = None
     flow: dict[str, Any] | None = None
+    voicemail: Voicemail | None = None
     status: Literal["active", "paused", "deleted"]
     created_at: datetime
     updated_at: datetime

@@ -16,8 +16,8 @@ death loses nothing:
   `failed` rather than risk dialling the number twice.
 - Twilio's status callback ends the attempt (:func:`record_outcome`): `completed`, or
   `no_answer` / `busy` / `failed`, retried after `retry_after_minutes` until `max_attempts`.
-  With `voicemail`, Twilio's answering-machine detection may end it first as `voicemail`
-  (:func:`machine_answered`), retried the same way.
+  With answering-machine detection on (the campaign's `voicemail`, else its agent's), a
+  machine ends it `voicemail` (:mod:`app.voicemail`), retried the same way.
 """
 
 import csv
@@ -55,6 +55,7 @@ from app.telephony.numbers import dial_refusal, e164
 from app.telephony.phone_calls import start_phone_session
 from app.telephony.variables import placeholders
 from app.urls import own_base_url
+from app.voicemail import Voicemail, call_setting, end_for_machine
 
 TICK_JOB = "campaign.tick"
 DIAL_JOB = "campaign.dial"
@@ -102,22 +103,6 @@ class Window(BaseModel):
         if self.start < self.end:
             return self.start <= now < self.end
         return now >= self.start or now < self.end
-
-
-class Voicemail(BaseModel):
-    """What a campaign does when an answering machine picks up (Twilio's asynchronous
-    answering-machine detection): hang up, or leave `message` after the beep. Either way the
-    session ends `voicemail` and the attempt's outcome is `voicemail`."""
-
-    detect: bool = True
-    action: Literal["hang_up", "leave_message"] = "hang_up"
-    message: str | None = Field(default=None, min_length=1, max_length=1000)
-
-    @model_validator(mode="after")
-    def _message_to_leave(self) -> "Voicemail":
-        if self.action == "leave_message" and not self.message:
-            raise PydanticCustomError("missing_message", "leave_message needs a message")
-        return self
 
 
 def zone(name: str) -> str:
@@ -282,7 +267,7 @@ async def create(
         calls_per_minute=calls_per_minute,
         max_concurrent=max_concurrent,
         window=window.model_dump(mode="json") if window else None,
-        voicemail=voicemail.model_dump() if voicemail and voicemail.detect else None,
+        voicemail=voicemail.model_dump() if voicemail else None,
         max_attempts=max_attempts,
         retry_after_minutes=retry_after_minutes,
         tick_seq=0,
@@ -389,6 +374,7 @@ async def dial(state: AppState, contact_id: str, attempt: int) -> None:
                 from_number=campaign.from_number,
                 to_number=contact.phone,
                 instance_id=contact.instance_id,
+                voicemail=call_setting(campaign.voicemail, agent.voicemail),
             )
         except APIError as exc:
             await _end_attempt(db, contact, "failed", exc.body.message)
@@ -405,7 +391,7 @@ async def dial(state: AppState, contact_id: str, attempt: int) -> None:
                 url=f"{base}/v1/sessions/twilio/task/{call.id}/connect",
                 status_callback=f"{base}/v1/sessions/twilio/task/{call.id}/status",
                 amd_callback=f"{base}/v1/sessions/twilio/task/{call.id}/amd"
-                if campaign.voicemail
+                if session.voicemail
                 else None,
             )
         except APIError as exc:
@@ -423,36 +409,26 @@ async def record_outcome(db: AsyncSession, call: PhoneCall, call_status: str) ->
     if call_status not in FINAL_CALL_STATUSES:
         return
     contact = await store.contact_dialing(db, call.id)
-    if contact is not None:
-        error = None if call_status == "completed" else f"the call ended {call_status}"
-        await _end_attempt(db, contact, OUTCOMES.get(call_status, "failed"), error)
+    if contact is None:
+        return
+    session = await db.get_one(Session, call.session_id)
+    if session.end_reason == "voicemail":  # the detector in the call's pipeline heard a machine
+        await _end_attempt(db, contact, "voicemail", "answered by a machine")
+        return
+    error = None if call_status == "completed" else f"the call ended {call_status}"
+    await _end_attempt(db, contact, OUTCOMES.get(call_status, "failed"), error)
 
 
 async def machine_answered(
     state: AppState, db: AsyncSession, call: PhoneCall, answered_by: str
 ) -> None:
-    """Follow answering-machine detection's verdict on a campaign's call: for a machine (or a
-    fax), the campaign's `voicemail` action, the session ended `voicemail`, the attempt's outcome
-    `voicemail`. A person (or `unknown`) carries on with the agent."""
-    if not (answered_by.startswith("machine_") or answered_by == "fax"):
+    """Follow Twilio's answering-machine verdict on an outbound call (:func:`end_for_machine`);
+    with a machine, a campaign's attempt ends `voicemail`."""
+    if not await end_for_machine(state, db, call, answered_by):
         return
     contact = await store.contact_dialing(db, call.id)
-    campaign = await db.get(Campaign, contact.campaign_id) if contact else None
-    if contact is None or campaign is None or not campaign.voicemail:
-        return
-    voicemail = Voicemail.model_validate(campaign.voicemail)
-    message = voicemail.message if voicemail.action == "leave_message" else None
-    session = await db.get_one(Session, call.session_id)
-    if session.status == "active":  # the agent is on the line: it says the message, then hangs up
-        await state.control.end_call(session.id, "voicemail", message)
-    else:
-        if call.call_sid:
-            await twilio.end_call(state.settings, call.call_sid, message)
-        if session.status == "created":
-            await session_store.finish(
-                db, session.id, status="completed", end_reason="voicemail", error=None
-            )
-    await _end_attempt(db, contact, "voicemail", f"answered by a machine ({answered_by})")
+    if contact is not None:
+        await _end_attempt(db, contact, "voicemail", f"answered by a machine ({answered_by})")
 
 
 async def _end_attempt(

@@ -7,6 +7,7 @@ from typing import Any
 
 from pipecat.adapters.llm.schemas.function_schema import FunctionSchema
 from pipecat.adapters.llm.schemas.tools_schema import ToolsSchema
+from pipecat.extensions.voicemail.voicemail_detector import VoicemailDetector
 from pipecat.pipeline.pipeline import Pipeline
 from pipecat.processors.aggregators.llm_context import LLMContext
 from pipecat.processors.aggregators.llm_response_universal import (
@@ -27,6 +28,7 @@ from pipelines import realtime, services
 from pipelines.config import PipelineConfig
 from pipelines.endpointing import POLICIES, AdaptiveTurnStopStrategy
 from pipelines.registry import CallProcessors, build_processors
+from pipelines.voicemail import MutedAfterVoicemail, VoicemailAction, build_detector
 from processors.call_limits import InactivityMonitor, MaxDurationLimiter
 from processors.client_events import ClientEventReceiver
 from processors.heard_text import LateWordFilter
@@ -74,6 +76,8 @@ class AgentSpec:
     """Overrides of the LLM stage's options for this call (e.g. `model`, `temperature`)."""
     endpointing: str | None = None
     """`fast`, `balanced` or `patient`; None takes the pipeline's `turn.endpointing`."""
+    voicemail: VoicemailAction | None = None
+    """An outbound call's answering-machine detection (cascade pipelines); None: none."""
 
 
 @dataclass
@@ -90,6 +94,7 @@ class CallPipeline:
     provider_errors: ProviderErrorMonitor | None = None
     processors: CallProcessors = field(default_factory=CallProcessors)
     """The config's processors (`redact` rewrites what the call stores)."""
+    voicemail: VoicemailDetector | None = None
 
 
 def build_pipeline(
@@ -113,7 +118,9 @@ def build_pipeline(
     protocol; telephony transports leave it off. ``extra_input`` processors run right
     after the input transport, ``extra_output`` ones right before the output transport.
     ``processors``: the config's, already built when the transport took their audio filter
-    and mixer (`CallProcessors.transport_params`); built here otherwise.
+    and mixer (`CallProcessors.transport_params`); built here otherwise. With the agent's
+    ``voicemail``, a cascade's STT is followed by the voicemail detector and its TTS by the
+    detector's gate (`pipelines/voicemail.py`).
     """
     added = processors or build_processors(config)
     tools = _tools_schema(agent.tools, tool_handler)
@@ -130,6 +137,7 @@ def build_pipeline(
     provider_errors = ProviderErrorMonitor()
     events = SessionEventEmitter(interruptible=agent.interruptible) if session_protocol else None
     client_events = ClientEventReceiver() if session_protocol else None
+    detector: VoicemailDetector | None = None
     if config.realtime:
         llm = services.create(config.realtime, ctx)
         # Typed turns go round the user aggregator, which would keep them from the service.
@@ -137,17 +145,29 @@ def build_pipeline(
         typing: list[FrameProcessor | None] = [client_events]
         # The server VAD finds the caller's turns: the service proposes them to the aggregator.
         user_params = LLMUserAggregatorParams()
-        speaking: list[FrameProcessor] = [
+        speaking: list[FrameProcessor | None] = [
             realtime.SpokenPrompt(),
             llm,
             realtime.ServerVADFrames(realtime.silence_secs(config.realtime)),
         ]
     else:
         stt, llm, tts = _cascade_services(config, agent, ctx, provider_errors)
-        hearing, typing = [client_events, *added.at("before_stt"), stt, *added.at("after_stt")], []
-        speaking = [llm, *added.at("after_llm"), *added.at("before_tts"), tts]
+        if agent.voicemail:
+            detector = _voicemail_detector(config, agent, ctx)
+        hearing = [client_events, *added.at("before_stt"), stt, *added.at("after_stt"), detector]
+        typing = []
+        speaking = [
+            llm,
+            *added.at("after_llm"),
+            *added.at("before_tts"),
+            tts,
+            detector.gate() if detector else None,
+        ]
         user_params = _local_turns(config, agent, ctx)
-    user_params.user_mute_strategies = added.user_mute_strategies
+    user_params.user_mute_strategies = [
+        *added.user_mute_strategies,
+        *([MutedAfterVoicemail(detector)] if detector else []),
+    ]
     aggregators = LLMContextAggregatorPair(context, user_params=user_params)
 
     @llm.event_handler("on_completion_timeout")
@@ -197,6 +217,7 @@ def build_pipeline(
         client_events=client_events,
         provider_errors=provider_errors,
         processors=added,
+        voicemail=detector,
     )
 
 
@@ -222,6 +243,16 @@ def _cascade_services(
                 await provider_errors.service_unusable(service.name)
 
     return stt, llm, tts
+
+
+def _voicemail_detector(
+    config: PipelineConfig, agent: AgentSpec, ctx: services.ServiceContext
+) -> VoicemailDetector:
+    """The detector, its classifier a second instance of the cascade's LLM stage (no tools)."""
+    assert config.llm and agent.voicemail
+    classifier_ctx = services.ServiceContext(system_prompt="", voice_id=ctx.voice_id)
+    classifier_llm = services.create(config.llm, classifier_ctx)
+    return build_detector(classifier_llm, agent.voicemail)
 
 
 def _local_turns(

@@ -21,6 +21,7 @@ from pipecat.audio.turn.smart_turn.base_smart_turn import BaseSmartTurn
 from pipecat.audio.turn.smart_turn.local_smart_turn_v3 import LocalSmartTurnAnalyzerV3
 from pipecat.audio.vad.silero import SileroOnnxModel, SileroVADAnalyzer
 from pipecat.audio.vad.vad_analyzer import VADAnalyzer, VADParams
+from pipecat.extensions.voicemail.voicemail_detector import VoicemailDetector
 from pipecat.flows import manager as flow_manager
 from pipecat.frames.frames import Frame
 from pipecat.metrics.metrics import TurnMetricsData
@@ -182,3 +183,25 @@ def flow_placeholders(text: str) -> list[tuple[str, str]]:
     # FlowManager fills node messages with its private `_PLACEHOLDER` pattern; checking a flow
     # before it runs must find exactly the placeholders it will fill.
     return flow_manager._PLACEHOLDER.findall(text)
+
+
+# --- Voicemail detection ---
+
+
+def voicemail_verdict(detector: VoicemailDetector) -> str | None:
+    """The detector's verdict so far: `conversation`, `voicemail`, or None (still listening)."""
+    # VoicemailDetector keeps it in `_decision` with no accessor; the verdict-time event it
+    # fires is for a person only (`on_voicemail_detected` waits for the greeting to end).
+    return detector._decision
+
+
+async def machine_heard_elsewhere(detector: VoicemailDetector) -> bool:
+    """Give the detector a machine verdict reached outside it (Twilio's answering-machine
+    detection) unless it has one of its own: the held speech is dropped and the detector leaves
+    its message after the quiet. True unless the detector had already heard a person."""
+    # VoicemailDetector takes verdicts only from its classifier: it keeps the verdict in
+    # `_decision` and acts on one in `_decide`, and has no public way to be told one. Checked
+    # and set with no await between, so the first verdict is the only one.
+    if detector._decision is None:
+        await detector._decide("voicemail")
+    return detector._decision == "voicemail"

@@ -16,6 +16,7 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 
+from tests.audio import speech
 from tests.fakes.twilio_client import TwilioMediaStreamsClient
 from tests.helpers.calls import wait_for_status
 from tests.helpers.servers import account_client, scripted_agent, start_server
@@ -334,13 +335,15 @@ async def test_no_contact_is_called_outside_its_window(twilio_server, tw, twilio
 
 
 async def test_a_machine_gets_the_message_after_the_beep_and_a_person_the_agent(
-    twilio_server, tw, twilio_rest
+    twilio_server, tw, twilio_rest, llm
 ):
     agent = scripted_agent(
         tw, greeting="Hello, this is the clinic.", phone_numbers=["+15550007806"]
     )
     person, machine = numbers(2)
     message = "Please call the clinic back. Goodbye."
+    person_heard = {"voicemail": {"choice": "conversation", "probabilities": {"conversation": 1}}}
+    llm.script_oneshot(json.dumps(person_heard), when="Decide whether a person answered")
     tasks: dict[str, str] = {}
     """The call task of each number."""
 
@@ -353,10 +356,18 @@ async def test_a_machine_gets_the_message_after_the_beep_and_a_person_the_agent(
         )
         assert twiml.status_code == 200, twiml.text
         with server.client() as api:
-            call_sid = api.get(f"/v1/calls/{tasks[request.value('To') or '']}").json()["call_sid"]
-        async with TwilioMediaStreamsClient.from_twiml(twiml.text, call_sid=call_sid) as client:
-            await client.wait_marks(1, timeout=60)  # the greeting
+            task = api.get(f"/v1/calls/{tasks[request.value('To') or '']}").json()
+        async with TwilioMediaStreamsClient.from_twiml(
+            twiml.text, call_sid=task["call_sid"]
+        ) as client:
             verdict = "machine_end_beep" if request.value("To") == machine else "human"
+            if verdict == "human":  # the greeting waits for a person to be heard
+                await client.send_audio(speech("Hello? This is Sam.", sample_rate=8000))
+                await client.send_silence(1.5)
+                await client.wait_marks(1, timeout=60)
+            else:  # the machine's greeting plays on the connected stream
+                with server.client() as api:
+                    await asyncio.to_thread(wait_for_status, api, task["session_id"], "active")
             amd = urlsplit(request.value("AsyncAmdStatusCallback") or "").path
             form = {"AccountSid": ACCOUNT_SID, "AnsweredBy": verdict}
             assert (await asyncio.to_thread(signed_post, server, amd, form)).status_code == 204
@@ -374,6 +385,10 @@ async def test_a_machine_gets_the_message_after_the_beep_and_a_person_the_agent(
         )
         assert created.status_code == 201, created.text
         done = await wait_for_campaign(tw, created.json()["id"], "completed")
+        # The machine's call goes on past its attempt's end: the message is left after the quiet.
+        items = tw.get(f"/v1/campaigns/{created.json()['id']}/contacts").json()["items"]
+        for contact in items:
+            await asyncio.to_thread(wait_for_status, tw, contact["session_ids"][0], "completed", 60)
     placed = twilio_rest.created_calls()[already:]
     assert sorted(r.value("To") for r in placed) == [person, machine]
     assert {(r.value("MachineDetection"), r.value("AsyncAmd")) for r in placed} == {

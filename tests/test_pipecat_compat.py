@@ -306,3 +306,26 @@ def test_flow_placeholders_are_the_ones_flow_manager_fills():
     text = "Book for {{ name }} on {{date}}, not {{{ literal }}}."
     keys = [key for _, key in pipecat_compat.flow_placeholders(text)]
     assert {"name", "date"} <= set(keys)
+
+
+async def test_a_machine_verdict_from_elsewhere_is_the_detectors_first_and_only():
+    from pipecat.classifiers.llm.classifier import LLMClassifier
+    from pipecat.extensions.voicemail.voicemail_detector import VoicemailDetector
+
+    classifier = LLMClassifier(llm=None)  # type: ignore[arg-type]  # never asked here
+    detector = VoicemailDetector(classifier=classifier)
+    heard: list[str] = []
+
+    async def decide(label):  # the detector's own act on a verdict, minus the pipeline
+        detector._decision = label
+        heard.append(label)
+
+    detector._decide = decide  # type: ignore[method-assign]
+    assert pipecat_compat.voicemail_verdict(detector) is None
+    assert await pipecat_compat.machine_heard_elsewhere(detector)
+    assert await pipecat_compat.machine_heard_elsewhere(detector)  # once: no second act
+    assert heard == ["voicemail"] and pipecat_compat.voicemail_verdict(detector) == "voicemail"
+    person = VoicemailDetector(classifier=classifier)
+    person._decision = "conversation"
+    assert not await pipecat_compat.machine_heard_elsewhere(person)
+    assert "_decide" in inspect.getsource(VoicemailDetector)

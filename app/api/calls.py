@@ -42,11 +42,15 @@ from app.storage.models import Agent, Session
 from app.telephony import twilio
 from app.telephony.relay import issue_relay_token
 from app.urls import public_base_url, websocket_base
+from app.voicemail import Voicemail, call_setting
 
 router = APIRouter(tags=["calls"], responses=ERROR_RESPONSES)
 
 INLINE_MAX_TURNS = 50
 ConnectionType = Literal["twilio", "telnyx", "plivo", "websocket", "webrtc"]
+CARRIERS = ("twilio", "telnyx", "plivo")
+"""Connection types whose calls are phone calls the tenant places (the agent's `voicemail`
+detection applies)."""
 
 
 class CallCreate(CamelCaseAccepted):
@@ -83,6 +87,7 @@ class InlineCallCreate(CamelCaseAccepted):
     tools: Tools = Field(default_factory=list)
     flow: Flow | None = None
     pipeline: PipelineName | None = None
+    voicemail: Voicemail | None = None
 
 
 class CallOut(BaseModel):
@@ -113,7 +118,13 @@ async def _start(
     config: dict | None = None,
 ) -> CallOut:
     session = await admission.start_session(
-        state, db, agent, connection_type=connection_type, live=False, inline_config=config
+        state,
+        db,
+        agent,
+        connection_type=connection_type,
+        live=False,
+        inline_config=config,
+        voicemail=call_setting(agent.voicemail) if connection_type in CARRIERS else None,
     )
     url, markup = _connection(state, request, session)
     return CallOut(

@@ -12,7 +12,7 @@ from starlette.datastructures import UploadFile
 
 from app import campaigns
 from app.agents import load_agent
-from app.campaigns import Voicemail, Window
+from app.campaigns import Window
 from app.casing import CamelCaseAccepted
 from app.deps import CallerDep, DbDep, StateDep
 from app.errors import ERROR_RESPONSES, APIError, ErrorBody, not_found
@@ -21,6 +21,7 @@ from app.storage.models import Campaign
 from app.telephony import twilio
 from app.telephony.numbers import E164Number
 from app.telephony.phone_calls import caller_id
+from app.voicemail import Voicemail
 
 router = APIRouter(tags=["campaigns"], responses=ERROR_RESPONSES)
 
@@ -48,7 +49,8 @@ class CampaignCreate(CamelCaseAccepted):
     )
     voicemail: Voicemail | None = Field(
         default=None,
-        description="Detect answering machines (Twilio) and hang up or leave a message",
+        description="Detect answering machines and hang up or leave a message; overrides the "
+        "agent's `voicemail` (`{detect: false}` turns it off); the agent's if omitted",
     )
     max_attempts: int = Field(
         default=1, ge=1, le=10, description="Attempts per contact, retries included"

@@ -243,6 +243,9 @@ def _agent_fields(form: dict[str, str]) -> dict:
     fields["first_speaker"] = form.get("first_speaker") or "agent"
     fields["interruptible"] = "interruptible" in form  # an unticked checkbox is not sent
     fields["recording_enabled"] = "recording_enabled" in form
+    action = form.get("voicemail_action", "")
+    message = form.get("voicemail_message", "").strip() or None
+    fields["voicemail"] = {"action": action, "message": message} if action else None
     tools = form.get("tools", "").strip()
     try:
         fields["tools"] = json.loads(tools) if tools else []
@@ -292,6 +295,8 @@ def _form_values(agent=None, form: dict[str, str] | None = None) -> dict:
             "recording_enabled": "on",
             "tools": "",
             "flow": "",
+            "voicemail_action": "",
+            "voicemail_message": "",
         }
     values = {
         "name": agent.name,
@@ -305,6 +310,10 @@ def _form_values(agent=None, form: dict[str, str] | None = None) -> dict:
         "first_speaker": agent.first_speaker,
         "tools": json.dumps(_tools_without_secrets(agent.tools), indent=2) if agent.tools else "",
         "flow": json.dumps(agent.flow, indent=2) if agent.flow else "",
+        "voicemail_action": agent.voicemail["action"]
+        if agent.voicemail and agent.voicemail["detect"]
+        else "",
+        "voicemail_message": (agent.voicemail or {}).get("message") or "",
     }
     return values | {
         name: "on" for name in ("interruptible", "recording_enabled") if getattr(agent, name)

@@ -33,6 +33,7 @@ from app.telephony.relay import issue_relay_token
 from app.telephony.signatures import SIGNED_RESPONSES, check_twilio
 from app.telephony.stream import CARRIERS, serve_stream
 from app.urls import public_base_url, websocket_base
+from app.voicemail import call_setting
 
 router = APIRouter(tags=["telephony"], responses=ERROR_RESPONSES)
 
@@ -353,7 +354,8 @@ async def create_outbound_call(
     body: OutboundCallCreate, request: Request, state: StateDep, db: DbDep, caller: CallerDep
 ) -> PhoneCall:
     """Creates a call task and its session, then asks Twilio to call `to`. Twilio fetches
-    the task's `connect` callback when the callee answers; the agent speaks first."""
+    the task's `connect` callback when the callee answers; the agent speaks first (once a
+    person is heard, with the agent's `voicemail` detection on)."""
     twilio.require_credentials(state.settings)
     agent = await load_agent(db, caller, body.agent_id)
     from_number = await caller_id(state, db, agent, body.from_number)
@@ -366,6 +368,7 @@ async def create_outbound_call(
         from_number=from_number,
         to_number=body.to_number,
         instance_id=body.instance_id,
+        voicemail=call_setting(agent.voicemail),
     )
     base = public_base_url(state.settings, request)
     try:
@@ -375,6 +378,9 @@ async def create_outbound_call(
             from_=from_number,
             url=f"{base}/v1/sessions/twilio/task/{call.id}/connect",
             status_callback=f"{base}/v1/sessions/twilio/task/{call.id}/status",
+            amd_callback=f"{base}/v1/sessions/twilio/task/{call.id}/amd"
+            if session.voicemail
+            else None,
         )
     except APIError as exc:
         call.status, call.error = "failed", exc.body.message

@@ -104,11 +104,13 @@ async def start_session(
     inline_config: dict | None = None,
     belonging: list | None = None,
     queued: CallWait | None = None,
+    voicemail: dict | None = None,
 ) -> Session:
     """A new session for `agent`, committed with the rows `belonging` to it (their `session_id`
     is set): `live` (claimed by this node at once, its place held here) or `created`, for a
-    client or carrier to join; for the `queued` caller (then `connected`), if it is one.
-    409/422/429/503 refusals."""
+    client or carrier to join; for the `queued` caller (then `connected`), if it is one;
+    `voicemail`: the answering-machine setting an outbound call follows. 409/422/429/503
+    refusals."""
     check_agent(state, agent)
     refuse_while_draining(state)
     refuse_while_full(state)
@@ -122,6 +124,7 @@ async def start_session(
         session_metadata=metadata or {},
         initial_message=initial_message,
         inline_config=inline_config,
+        voicemail=voicemail,
         created_at=now,
         expires_at=now + timedelta(seconds=state.settings.session_connect_ttl_secs),
     )

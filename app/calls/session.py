@@ -27,6 +27,7 @@ from pipelines import pipecat_compat
 from pipelines.builder import AgentSpec, ToolDefinition, build_pipeline
 from pipelines.config import PipelineConfig
 from pipelines.registry import CallProcessors
+from pipelines.voicemail import VoicemailAction
 from processors.session_events import end_reason
 
 SHUTDOWN_GOODBYE = "I'm sorry, I have to end the call now. Please call back in a moment. Goodbye."
@@ -112,6 +113,16 @@ class CallSession:
         )
         """The agent's conversation flow (a resumed call's: the one it began with); it offers
         the LLM each node's functions."""
+        self._voicemail = (
+            VoicemailAction(
+                message=session.voicemail["message"]
+                if session.voicemail["action"] == "leave_message"
+                else None
+            )
+            if session.voicemail
+            else None
+        )
+        """An outbound call's answering-machine detection: the message to leave, if any."""
         self._transferred = False
         """Set once the call lives on elsewhere (a transfer): its end is `transferred`."""
         inline = session.inline_config or {}
@@ -169,6 +180,7 @@ class CallSession:
         if self._flow:
             spec.tools = []  # the flow sets each node's own
         spec.llm_options = self._llm_options
+        spec.voicemail = self._voicemail
         if self._started_at and spec.max_duration_secs:
             # A resumed call keeps the time it had left.
             elapsed = (utcnow() - self._started_at).total_seconds()
@@ -320,7 +332,12 @@ class CallSession:
             self._end_requested = self._end_requested or reason
 
     async def end_with_goodbye(self, reason: str, goodbye: str = SHUTDOWN_GOODBYE) -> None:
-        """End the call once a short goodbye has played."""
+        """End the call once a short goodbye has played. A machine heard by Twilio's detection
+        (`voicemail`) goes to the call's voicemail detector, which leaves its message once;
+        only if the detector had heard a person does the call say `goodbye` here."""
+        if reason == "voicemail" and self._worker and self._call.voicemail:
+            if await pipecat_compat.machine_heard_elsewhere(self._call.voicemail):
+                return
         if self._worker:
             await self._worker.queue_frames([TTSSpeakFrame(goodbye), EndFrame(reason=reason)])
 

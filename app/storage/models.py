@@ -136,6 +136,8 @@ class Agent(Base):
     """Custom post-call analysis fields: `{name, type, description, options}`."""
     webhook_events: Mapped[list | None] = mapped_column(JSON)
     """Which events the webhook gets; None: all but `transcript.updated`."""
+    voicemail: Mapped[dict | None] = mapped_column(JSON)
+    """`{detect, action, message}`: answering-machine detection on its outbound calls (`app/voicemail.py`)."""
 
 
 class Session(Base):
@@ -177,6 +179,9 @@ class Session(Base):
     flow_state: Mapped[dict | None] = mapped_column(JSON)
     """A flow call's `{"path": [node, ...], "values": {...}, "flow": the flow it runs}`; None
     without a flow."""
+    voicemail: Mapped[dict | None] = mapped_column(JSON)
+    """The answering-machine setting an outbound call follows (its campaign's or its agent's);
+    None: no detection (inbound calls, or detection off)."""
 
 
 class TranscriptEntry(Base):

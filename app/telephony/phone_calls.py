@@ -33,10 +33,12 @@ async def start_phone_session(
     instance_id: str | None = None,
     call_sid: str | None = None,
     queued: CallWait | None = None,
+    voicemail: dict | None = None,
 ) -> tuple[Session, PhoneCall]:
     """A `created` session and its phone call row (for the `queued` caller, if it waited in
     line: its session's metadata says how long); 404/409/422/429/503 as for any session, and
-    422 if the agent's placeholders lack a variable."""
+    422 if the agent's placeholders lack a variable. `voicemail`: an outbound call's
+    answering-machine setting (`app.voicemail.call_setting`)."""
     variables = {}
     if instance_id:
         instance = await store.get_instance(db, agent.account_id, agent.id, instance_id)
@@ -75,6 +77,7 @@ async def start_phone_session(
         metadata=metadata,
         belonging=[call],
         queued=queued,
+        voicemail=voicemail,
     )
     return session, call
 
