@@ -454,9 +454,9 @@ async def test_a_parallel_burst_of_hostile_campaigns_is_refused_cleanly(
     """Two accounts fire 48 campaign requests at once: malformed bodies, oversized CSV fields,
     another account's agent and number, and a few good ones. Every answer is a 201 or a 4xx with
     the error shape; only the good ones exist, and neither account sees the other's."""
-    agent = scripted_agent(tw, phone_numbers=["+15550007806"])
+    agent = scripted_agent(tw, phone_numbers=["+15550007810"])
     other = account_client(twilio_server, "burst rival")
-    rival = scripted_agent(other, phone_numbers=["+15550007807"])
+    rival = scripted_agent(other, phone_numbers=["+15550007811"])
     later = datetime.now(UTC) + timedelta(hours=3)
     closed = {"start": f"{later:%H}:00", "end": f"{(later + timedelta(hours=1)):%H}:00"}
     good = campaign_body(agent, [{"phone": numbers(1)[0], "timezone": "UTC"}], window=closed)
