@@ -390,3 +390,24 @@ class CampaignContact(Base):
     """The phone call of the attempt in progress (or the last one)."""
     session_ids: Mapped[list] = mapped_column(default=list)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+
+class CallTransfer(Base):
+    """A warm transfer: the human's leg dialled for a live call, and what the human hears first.
+
+    Twilio's callbacks for the human's leg may reach any node; the node running the call
+    watches `status` (`dialing` → `answered` or `failed`; `cancelled` when the call ended first)."""
+
+    __tablename__ = "call_transfers"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    account_id: Mapped[str] = mapped_column(ForeignKey("accounts.id"), index=True)
+    session_id: Mapped[str] = mapped_column(ForeignKey("sessions.id"), index=True)
+    to_number: Mapped[str] = mapped_column(String(200))
+    call_sid: Mapped[str | None] = mapped_column(String(64))
+    """The human's leg."""
+    summary: Mapped[str] = mapped_column(Text)
+    status: Mapped[str] = mapped_column(String(16), default="dialing")
+    error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)

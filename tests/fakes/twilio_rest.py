@@ -1,7 +1,8 @@
 """A local stand-in for Twilio's REST API: records what the server asks Twilio to do.
 
 Serves the two requests Switchboard makes: creating a call (`POST .../Calls.json`)
-and updating one (`POST .../Calls/{CallSid}.json`, e.g. the hang-up `Status=completed`).
+and updating one (`POST .../Calls/{CallSid}.json`, e.g. the hang-up `Status=completed`, or new
+`Twiml` such as a `<Dial><Conference>`).
 Point the server at it with `TWILIO_API_BASE_URL`.
 """
 
@@ -106,6 +107,14 @@ class FakeTwilioRest:
 
     def created_calls(self) -> list[RestRequest]:
         return [r for r in self.requests if r.path.endswith("/Calls.json")]
+
+    def twiml_updates(self, call_sid: str) -> list[str]:
+        """The TwiML the server gave the call `call_sid` (REST updates), in order."""
+        return [
+            r.value("Twiml") or ""
+            for r in self.requests
+            if r.path.endswith(f"/Calls/{call_sid}.json") and r.value("Twiml")
+        ]
 
     def hang_ups(self, call_sid: str) -> list[RestRequest]:
         return [

@@ -1,0 +1,241 @@
+"""Transfers of live Twilio calls to a person: cold (the call is redirected with `<Dial>`) and warm.
+
+A warm transfer, run by the node that holds the call while the caller stays with the agent:
+
+1. The agent's LLM summarises the transcript so far, and a `call_transfers` row keeps the summary.
+2. Twilio's REST API dials the human (`Timeout`: the tool's `answer_timeout_secs`) with
+   signed callbacks to `/v1/twilio/transfers/{id}/answer` and `/status`, which any node may serve.
+3. When the human answers, the `answer` callback moves the row `dialing → answered` and
+   answers TwiML: `<Say>` the summary, then join the conference. No answer, busy or failed
+   (the `status` callback), or nothing by the deadline, moves it to `failed` instead.
+4. The node holding the call watches the row: answered, it moves the caller into the same
+   conference (REST update), where the caller hears hold music until the human joins; failed,
+   the tool's result says so and the agent carries on with the caller.
+
+The summary is read with Twilio's `<Say>`, in the answer's own TwiML: Twilio plays it and only
+then joins the human to the conference, whichever node answered the callback, with no second
+media stream or pipeline per transfer (the cost: Twilio's voice, not the agent's).
+"""
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+
+from loguru import logger
+from pipecat.processors.aggregators.llm_context import LLMContext
+from twilio.base.exceptions import TwilioRestException
+from twilio.twiml.voice_response import Dial, VoiceResponse
+
+from app import analysis
+from app.errors import APIError
+from app.settings import Settings
+from app.storage import sessions as session_store
+from app.storage import transfers as store
+from app.storage.db import Database
+from app.storage.models import CallTransfer
+from app.telephony import twilio
+from app.telephony.numbers import SIP_URI, dial_refusal
+from app.urls import own_base_url
+from pipelines import services
+from pipelines.config import PipelineConfig
+
+CALLBACK_GRACE_SECS = 10.0
+"""How long past the ring timeout the node waits for Twilio's callback before giving up itself."""
+POLL_SECS = 0.25
+SUMMARY_MAX_CHARS = 1000
+HOLD_MESSAGE = "Please hold while I connect you."
+SUMMARY_INSTRUCTION = (
+    "You are handing a phone call over to a human colleague. From the transcript, tell them in two "
+    "or three short spoken sentences who is calling and what they need, with the facts they gave "
+    "(names, numbers, dates). Plain sentences only, no lists or markup."
+)
+SUMMARY_FALLBACK = "You have a call transferred from the assistant."
+CALLER_GONE = "Sorry, the caller is no longer on the line. Goodbye."
+FAILED_STATUSES = {
+    "no-answer": "did not answer",
+    "busy": "was busy",
+    "failed": "could not be called",
+    "canceled": "could not be called",
+}
+"""The human leg's call statuses that fail a transfer, and what they mean."""
+
+
+def dial_twiml(target: str) -> str:
+    """`<Dial>` to a phone number, or to a SIP URI."""
+    response = VoiceResponse()
+    if SIP_URI.match(target):
+        response.dial().sip(target)
+    else:
+        response.dial(target)
+    return str(response)
+
+
+async def transfer_twilio_call(settings: Settings, call_sid: str, number: str) -> str | None:
+    """Move a live Twilio call to `number` (REST call update with `<Dial>` TwiML); an error or None.
+    A number the server may not dial (now) is refused without dialing."""
+    if reason := dial_refusal(settings, number, sip=True):
+        logger.warning(f"refused to transfer call {call_sid}: {reason}")
+        return f"the transfer was refused: {reason}"
+    return await _update(settings, call_sid, dial_twiml(number), "transfer")
+
+
+def conference_twiml(name: str, *, starts: bool, say: str | None = None) -> str:
+    """`<Say>` (if any), then `<Dial><Conference>`: whoever `starts` it ends the hold music;
+    the conference ends when either party leaves."""
+    response = VoiceResponse()
+    if say:
+        response.say(say)
+    dial = Dial()
+    dial.conference(name, start_conference_on_enter=starts, end_conference_on_exit=True)
+    response.append(dial)
+    return str(response)
+
+
+def conference_name(transfer_id: str) -> str:
+    return f"switchboard-{transfer_id}"
+
+
+async def summarise(config: PipelineConfig, db: Database, session_id: str, language: str) -> str:
+    """The agent's LLM's short spoken summary of the call so far (a fixed line if it fails)."""
+    async with db.sessions() as session:
+        text = analysis.transcript_text(await session_store.transcript(session, session_id))
+    stage = config.llm or config.analysis
+    if stage is None or not text.strip():
+        return SUMMARY_FALLBACK
+    llm = services.create(
+        stage, services.ServiceContext(system_prompt="", voice_id="", language=language)
+    )
+    try:
+        answer = await llm.run_inference(
+            LLMContext(messages=[{"role": "user", "content": f"Transcript:\n{text}"}]),
+            system_instruction=SUMMARY_INSTRUCTION,
+        )
+    except Exception as exc:
+        logger.warning(f"session {session_id}: no transfer summary: {type(exc).__name__}: {exc}")
+        return SUMMARY_FALLBACK
+    return (answer or "").strip()[:SUMMARY_MAX_CHARS] or SUMMARY_FALLBACK
+
+
+async def warm_transfer(
+    settings: Settings,
+    db: Database,
+    *,
+    account_id: str,
+    session_id: str,
+    call_sid: str,
+    caller_id: str,
+    number: str,
+    answer_timeout_secs: int,
+    config: PipelineConfig,
+    language: str,
+    hold: Callable[[str], Awaitable[None]],
+    moving: Callable[[], None],
+) -> str | None:
+    """Tell the caller to hold (`hold` speaks), dial `number` with a summary of the call, wait for
+    the person, and move the caller (`call_sid`) into a conference with them (calling `moving`
+    first); an error for the LLM, or None once the caller is on their way. Cancelled (the call
+    ended), the person's leg is hung up."""
+    if reason := dial_refusal(settings, number, sip=True):
+        logger.warning(f"session {session_id}: refused a warm transfer: {reason}")
+        return f"the transfer was refused: {reason}"
+    await hold(HOLD_MESSAGE)
+    summary = await summarise(config, db, session_id, language)
+    async with db.sessions() as session:
+        transfer = await store.create(
+            session, account_id=account_id, session_id=session_id, to_number=number, summary=summary
+        )
+    base = f"{own_base_url(settings)}/v1/twilio/transfers/{transfer.id}"
+    try:
+        leg_sid = await twilio.place_call(
+            settings,
+            to=number,
+            from_=caller_id,
+            url=f"{base}/answer",
+            status_callback=f"{base}/status",
+            timeout=answer_timeout_secs,
+        )
+    except APIError as exc:
+        await _fail(db, transfer.id, exc.body.message)
+        return f"the transfer failed: {exc.body.message}"
+    async with db.sessions() as session:
+        await store.set_call_sid(session, transfer.id, leg_sid)
+    logger.info(f"session {session_id}: warm transfer {transfer.id} is ringing {number}")
+    try:
+        outcome = await _outcome(db, transfer.id, answer_timeout_secs + CALLBACK_GRACE_SECS)
+    except asyncio.CancelledError:
+        if await _fail(db, transfer.id, "the call ended", status="cancelled"):
+            await _update(settings, leg_sid, None, "hang-up")
+        raise
+    if outcome.status == "dialing":
+        if await _fail(db, transfer.id, "no answer in time"):
+            await _update(settings, leg_sid, None, "hang-up")
+            return f"the transfer failed: {number} did not answer within {answer_timeout_secs} s"
+        outcome = await _outcome(db, transfer.id, 0)  # answered or failed just now
+    if outcome.status != "answered":
+        return f"the transfer failed: {outcome.error or 'no answer'}"
+    moving()
+    error = await _update(
+        settings, call_sid, conference_twiml(conference_name(transfer.id), starts=False), "bridge"
+    )
+    if error:
+        await _update(settings, leg_sid, None, "hang-up")
+        return error
+    logger.info(f"session {session_id}: warm transfer {transfer.id} bridged to {number}")
+    return None
+
+
+async def _outcome(db: Database, transfer_id: str, within: float) -> CallTransfer:
+    """The transfer once it has left `dialing`, or still dialing after `within` seconds."""
+    deadline = time.monotonic() + within
+    while True:
+        async with db.sessions() as session:
+            transfer = await store.get(session, transfer_id)
+        assert transfer is not None  # created by the caller
+        if transfer.status != "dialing" or time.monotonic() >= deadline:
+            return transfer
+        await asyncio.sleep(POLL_SECS)
+
+
+async def _fail(db: Database, transfer_id: str, error: str, status: str = "failed") -> bool:
+    async with db.sessions() as session:
+        return await store.leave_dialing(session, transfer_id, status, error)
+
+
+async def _update(settings: Settings, call_sid: str, twiml: str | None, what: str) -> str | None:
+    """New TwiML for a call, or (no TwiML) end it; an error for the LLM, or None."""
+    credentials = twilio.credentials(settings)
+    if credentials is None:
+        return "the server has no Twilio credentials"
+    try:
+        async with twilio.rest_client(settings, credentials) as client:
+            if twiml is None:
+                await client.calls(call_sid).update_async(status="completed")
+            else:
+                await client.calls(call_sid).update_async(twiml=twiml)
+    except TwilioRestException as exc:
+        logger.warning(f"Twilio refused the {what} of call {call_sid}: {exc.status} {exc.msg}")
+        return f"Twilio refused the transfer: {exc.msg}"
+    return None
+
+
+async def answered(db: Database, transfer_id: str) -> str | None:
+    """The human picked up (the `answer` callback): TwiML that speaks the summary and joins them
+    to the caller's conference, or an apology if the caller is gone; None for an unknown transfer."""
+    async with db.sessions() as session:
+        transfer = await store.get(session, transfer_id)
+        if transfer is None:
+            return None
+        if not await store.leave_dialing(session, transfer_id, "answered"):
+            return twilio.apology_twiml(CALLER_GONE)
+    return conference_twiml(conference_name(transfer_id), starts=True, say=transfer.summary)
+
+
+async def leg_status(db: Database, transfer_id: str, call_status: str) -> bool:
+    """A status callback for the human's leg: no answer, busy or failed fail a dialing transfer.
+    False for an unknown transfer."""
+    async with db.sessions() as session:
+        if await store.get(session, transfer_id) is None:
+            return False
+        if reason := FAILED_STATUSES.get(call_status):
+            await store.leave_dialing(session, transfer_id, "failed", f"the person {reason}")
+    return True
