@@ -24,6 +24,8 @@ class RestRequest:
     username: str | None
     password: str | None
     at: float
+    sid: str | None = None
+    """The Call SID the fake gave a call it created."""
 
     def value(self, name: str) -> str | None:
         values = self.form.get(name)
@@ -84,7 +86,7 @@ class FakeTwilioRest:
             return 401, {"code": 20003, "message": "Authenticate", "status": 401}
         prefix = f"/2010-04-01/Accounts/{self.account_sid}/Calls"
         if request.path == f"{prefix}.json":
-            sid = "CA" + uuid.uuid4().hex
+            sid = request.sid = "CA" + uuid.uuid4().hex
             return 201, {
                 "sid": sid,
                 "account_sid": self.account_sid,
