@@ -240,6 +240,24 @@ async def ring_the_person(client, twilio_rest, llm, our_number: str) -> tuple[ob
     return leg, base
 
 
+async def forged_callbacks_are_refused(server, base: str) -> None:
+    """A burst of callbacks for the person's leg that Twilio didn't sign (403), or for transfers
+    that don't exist (404), all at once: none of them moves the transfer."""
+    form = {"AccountSid": ACCOUNT_SID, "CallStatus": "no-answer"}
+
+    def forged(index: int) -> httpx.Response:
+        path = f"{base}/{'status' if index % 2 else 'answer'}"
+        if index % 3 == 0:
+            return signed_post(server, f"/v1/twilio/transfers/xfr_{index}/status", form)
+        if index % 3 == 1:
+            return httpx.post(server.url + path, data=form, timeout=30)
+        return signed_post(server, path, form, token="not-the-auth-token")
+
+    responses = await asyncio.gather(*(asyncio.to_thread(forged, i) for i in range(24)))
+    assert [r.status_code for r in responses] == [404 if i % 3 == 0 else 403 for i in range(24)]
+    assert all(r.json()["code"] for r in responses)  # the error shape
+
+
 async def test_warm_transfer_reads_the_person_a_summary_then_bridges_the_caller(
     twilio_server, tw, twilio_rest, llm
 ):
@@ -276,6 +294,11 @@ async def test_warm_transfer_reads_the_person_a_summary_then_bridges_the_caller(
     assert any(t["speaker"] == "AGENT" and t["content"] == HOLD_MESSAGE for t in items)
     tool_entry = json.loads(next(t["content"] for t in items if t["speaker"] == "TOOL"))
     assert tool_entry["result"] == {"ok": True, "status": f"transferred to {TRANSFER_TO}"}
+    spec = tw.get("/openapi.json").json()
+    assert "/v1/twilio/transfers/{transfer_id}/answer" in spec["paths"]
+    assert {"mode", "answer_timeout_secs"} <= set(
+        spec["components"]["schemas"]["ToolOut"]["properties"]
+    )
     # A second answer (Twilio retrying, or anyone replaying it) gets no conference.
     again = signed_post(twilio_server, f"{base}/answer", {"CallStatus": "in-progress"})
     assert again.status_code == 200 and "<Conference" not in again.text
@@ -290,6 +313,10 @@ async def test_warm_transfer_nobody_answers_and_the_agent_carries_on(
     async with TwilioMediaStreamsClient.from_twiml(twiml) as client:
         leg, base = await ring_the_person(client, twilio_rest, llm, "+15550003332")
         assert leg.value("Timeout") == "30"  # the default
+        await forged_callbacks_are_refused(twilio_server, base)
+        assert not [
+            t for t in transcript(tw, session_id) if t["speaker"] == "TOOL"
+        ]  # still ringing
         status = signed_post(
             twilio_server, f"{base}/status", {"AccountSid": ACCOUNT_SID, "CallStatus": "no-answer"}
         )
