@@ -19,6 +19,7 @@ from app.telephony.transfer import HOLD_MESSAGE
 from pipelines.builder import INACTIVITY_GOODBYE, STILL_THERE, TIME_UP_GOODBYE
 from tests.audio import channel_energy, rms, speech
 from tests.fakes.scripted_llm import ToolCall
+from tests.fakes.speech import Transcriber
 from tests.fakes.twilio_client import TwilioMediaStreamsClient, parse_twiml, ulaw_decode
 from tests.helpers.calls import LONG_GREETING, transcript, wait_for_status
 from tests.helpers.servers import scripted_agent
@@ -274,9 +275,20 @@ async def test_warm_transfer_reads_the_person_a_summary_then_bridges_the_caller(
         )
         assert answer.status_code == 200 and answer.headers["content-type"].startswith("text/xml")
         person = ElementTree.fromstring(answer.text)
-        assert person[0].tag == "Say" and person[0].text == SUMMARY  # first the summary
+        assert [verb.tag for verb in person] == ["Connect", "Dial"]  # first the summary
         room = person.find("./Dial/Conference")
         assert room is not None and room.get("startConferenceOnEnter") == "true"
+        # The person's leg: our media stream speaks the summary, then closes (Twilio dials on).
+        async with TwilioMediaStreamsClient.from_twiml(answer.text) as person_leg:
+            await person_leg.wait_closed(timeout=60)
+        assert person_leg.close_code == 1000
+        heard = " ".join(
+            w.text for w in Transcriber().words(ulaw_decode(bytes(person_leg.agent_audio)), 8000)
+        ).lower()
+        assert "refund" in heard and "broken" in heard, heard  # in the agent's voice
+        async with TwilioMediaStreamsClient.from_twiml(answer.text) as replay:
+            await replay.wait_closed(timeout=10)
+        assert replay.close_code == 4409 and not replay.agent_audio  # its token was used
         await client.wait_until(
             lambda: twilio_rest.twiml_updates(client.call_sid), 30, "the caller moved"
         )

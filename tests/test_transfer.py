@@ -7,6 +7,7 @@ from types import SimpleNamespace
 
 import pytest
 
+from app.calls.tokens import TokenSigner
 from app.settings import Settings
 from app.storage import transfers
 from app.storage.ids import new_id, utcnow
@@ -15,8 +16,9 @@ from app.telephony import transfer
 from tests.helpers.twilio import ACCOUNT_SID, AUTH_TOKEN
 
 PERSON, OURS, CALLER_SID = "+14155550142", "+15550003333", "CA" + "3" * 32
-NO_LLM: object = SimpleNamespace(llm=None, analysis=None)
-"""A pipeline config with no LLM: the summary is the fixed line."""
+NO_LLM: object = SimpleNamespace(name="none", llm=None, analysis=None, tts=None)
+"""A pipeline config with no LLM or TTS: the summary is the fixed line, for `<Say>`."""
+TOKENS = TokenSigner("transfer-test-secret")
 
 
 @pytest.fixture
@@ -59,6 +61,7 @@ def ring(settings, db, session_id: str, heard: list, moved: list, timeout: int =
         number=PERSON,
         answer_timeout_secs=timeout,
         config=NO_LLM,  # type: ignore[arg-type]
+        voice="joe",
         language="en",
         hold=lambda text: asyncio.sleep(0, heard.append(text)),
         moving=lambda: moved.append(True),
@@ -99,7 +102,7 @@ async def test_nobody_answers_in_time_the_leg_is_hung_up_and_a_late_answer_apolo
     async with db.sessions() as s:
         row = await transfers.get(s, transfer_id)
     assert (row.status, row.call_sid, row.summary) == ("failed", leg.sid, transfer.SUMMARY_FALLBACK)
-    late = await transfer.answered(db, transfer_id)
+    late = await transfer.answered(db, TOKENS, transfer_id, "wss://x")
     assert late is not None and "<Hangup" in late and "<Conference" not in late
 
 
@@ -121,7 +124,7 @@ async def test_the_call_ending_while_the_phone_rings_hangs_up_the_leg(
     assert twilio_rest.hang_ups(leg.sid)
     async with db.sessions() as s:
         assert (await transfers.get(s, transfer_id)).status == "cancelled"
-    assert "<Conference" not in (await transfer.answered(db, transfer_id) or "")
+    assert "<Conference" not in (await transfer.answered(db, TOKENS, transfer_id, "wss://x") or "")
     # Callbacks for unknown transfers are told so.
-    assert await transfer.answered(db, "xfr_unknown") is None
+    assert await transfer.answered(db, TOKENS, "xfr_unknown", "wss://x") is None
     assert not await transfer.leg_status(db, "xfr_unknown", "no-answer")

@@ -396,7 +396,8 @@ class CallTransfer(Base):
     """A warm transfer: the human's leg dialled for a live call, and what the human hears first.
 
     Twilio's callbacks for the human's leg may reach any node; the node running the call
-    watches `status` (`dialing` → `answered` or `failed`; `cancelled` when the call ended first)."""
+    watches `status` (`dialing` → `answered` (→ `announced` once the summary's stream opened) or
+    `failed`; `cancelled` when the call ended first)."""
 
     __tablename__ = "call_transfers"
 
@@ -407,6 +408,10 @@ class CallTransfer(Base):
     call_sid: Mapped[str | None] = mapped_column(String(64))
     """The human's leg."""
     summary: Mapped[str] = mapped_column(Text)
+    pipeline: Mapped[str | None] = mapped_column(String(200))
+    """The config whose TTS speaks the summary in the agent's `voice`; None: Twilio's `<Say>`."""
+    voice: Mapped[str] = mapped_column(String(200))
+    language: Mapped[str] = mapped_column(String(16))
     status: Mapped[str] = mapped_column(String(16), default="dialing")
     error: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)

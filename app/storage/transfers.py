@@ -1,6 +1,6 @@
 """Warm transfers' rows: the human's leg of a live call, which any node's Twilio callback may update.
 
-Moves out of `dialing` are compare-and-set, so an answer racing a timeout (or a hang-up)
+Moves between statuses are compare-and-set, so an answer racing a timeout (or a hang-up)
 has exactly one winner.
 """
 
@@ -11,17 +11,9 @@ from app.storage.ids import new_id, utcnow
 from app.storage.models import CallTransfer
 
 
-async def create(
-    db: AsyncSession, *, account_id: str, session_id: str, to_number: str, summary: str
-) -> CallTransfer:
-    transfer = CallTransfer(
-        id=new_id("xfr"),
-        account_id=account_id,
-        session_id=session_id,
-        to_number=to_number,
-        summary=summary,
-        status="dialing",
-    )
+async def create(db: AsyncSession, **fields) -> CallTransfer:
+    """A new transfer, `dialing`, with `fields` (see :class:`CallTransfer`)."""
+    transfer = CallTransfer(id=new_id("xfr"), status="dialing", **fields)
     db.add(transfer)
     await db.commit()
     return transfer
@@ -40,14 +32,18 @@ async def set_call_sid(db: AsyncSession, transfer_id: str, call_sid: str) -> Non
     await db.commit()
 
 
-async def leave_dialing(
-    db: AsyncSession, transfer_id: str, status: str, error: str | None = None
+async def move(
+    db: AsyncSession,
+    transfer_id: str,
+    status: str,
+    error: str | None = None,
+    *,
+    from_status: str = "dialing",
 ) -> bool:
-    """Move a dialing transfer to `status` (`answered`, `failed`, `cancelled`); False if it
-    had already left `dialing`."""
+    """Move a transfer from `from_status` to `status`; False if it wasn't (any more) in `from_status`."""
     result = await db.execute(
         update(CallTransfer)
-        .where(CallTransfer.id == transfer_id, CallTransfer.status == "dialing")
+        .where(CallTransfer.id == transfer_id, CallTransfer.status == from_status)
         .values(status=status, error=error, updated_at=utcnow())
     )
     await db.commit()

@@ -114,6 +114,7 @@ class PhoneCallSession(CallSession):
             number=number,
             answer_timeout_secs=answer_timeout_secs,
             config=self._config,
+            voice=self._agent.voice_id,
             language=self._agent.language,
             hold=self._say,
             moving=self._moving,

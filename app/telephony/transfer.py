@@ -2,33 +2,40 @@
 
 A warm transfer, run by the node that holds the call while the caller stays with the agent:
 
-1. The agent's LLM summarises the transcript so far, and a `call_transfers` row keeps the summary.
-2. Twilio's REST API dials the human (`Timeout`: the tool's `answer_timeout_secs`) with
-   signed callbacks to `/v1/twilio/transfers/{id}/answer` and `/status`, which any node may serve.
-3. When the human answers, the `answer` callback moves the row `dialing → answered` and
-   answers TwiML: `<Say>` the summary, then join the conference. No answer, busy or failed
-   (the `status` callback), or nothing by the deadline, moves it to `failed` instead.
+1. The agent says "please hold", its LLM summarises the transcript so far, and a `call_transfers`
+   row keeps the summary and how to speak it.
+2. Twilio's REST API dials the person (`Timeout`: the tool's `answer_timeout_secs`) with signed
+   callbacks to `/v1/twilio/transfers/{id}/answer` and `/status`, which any node may serve.
+3. When the person answers, the `answer` callback moves the row `dialing → answered` and answers
+   TwiML: `<Connect><Stream>` to our `/v1/twilio/transfers/stream` (a single-use token), where
+   the agent's TTS speaks the summary in the agent's voice and then closes the stream, so Twilio
+   goes on to `<Dial><Conference>`. (A speech-to-speech config has no TTS: `<Say>` reads it.)
+   No answer, busy or failed (the `status` callback), or nothing by the deadline, moves the row
+   to `failed` instead.
 4. The node holding the call watches the row: answered, it moves the caller into the same
-   conference (REST update), where the caller hears hold music until the human joins; failed,
+   conference (REST update), where the caller hears hold music until the person joins; failed,
    the tool's result says so and the agent carries on with the caller.
-
-The summary is read with Twilio's `<Say>`, in the answer's own TwiML: Twilio plays it and only
-then joins the human to the conference, whichever node answered the callback, with no second
-media stream or pipeline per transfer (the cost: Twilio's voice, not the agent's).
 """
 
 import asyncio
 import time
 from collections.abc import Awaitable, Callable
 
+from fastapi import WebSocket
 from loguru import logger
+from pipecat.frames.frames import EndFrame, TTSSpeakFrame
+from pipecat.pipeline.worker import PipelineParams, PipelineWorker
 from pipecat.processors.aggregators.llm_context import LLMContext
+from pipecat.transports.websocket.fastapi import FastAPIWebsocketParams, FastAPIWebsocketTransport
+from pipecat.workers.runner import WorkerRunner
 from twilio.base.exceptions import TwilioRestException
-from twilio.twiml.voice_response import Dial, VoiceResponse
+from twilio.twiml.voice_response import Connect, Dial, VoiceResponse
 
 from app import analysis
-from app.errors import APIError
+from app.calls.tokens import TokenError, TokenSigner
+from app.errors import APIError, Refusal
 from app.settings import Settings
+from app.state import AppState
 from app.storage import sessions as session_store
 from app.storage import transfers as store
 from app.storage.db import Database
@@ -37,11 +44,17 @@ from app.telephony import twilio
 from app.telephony.numbers import SIP_URI, dial_refusal
 from app.urls import own_base_url
 from pipelines import services
+from pipelines.builder import build_announcement
 from pipelines.config import PipelineConfig
+from processors.twilio_marks import TwilioStreamSerializer
 
 CALLBACK_GRACE_SECS = 10.0
 """How long past the ring timeout the node waits for Twilio's callback before giving up itself."""
 POLL_SECS = 0.25
+STREAM_PATH = "/v1/twilio/transfers/stream"
+TOKEN_KIND = "transfer"
+TOKEN_TTL_SECS = 60
+SAMPLE_RATE = 8000
 SUMMARY_MAX_CHARS = 1000
 HOLD_MESSAGE = "Please hold while I connect you."
 SUMMARY_INSTRUCTION = (
@@ -79,10 +92,12 @@ async def transfer_twilio_call(settings: Settings, call_sid: str, number: str) -
     return await _update(settings, call_sid, dial_twiml(number), "transfer")
 
 
-def conference_twiml(name: str, *, starts: bool, say: str | None = None) -> str:
-    """`<Say>` (if any), then `<Dial><Conference>`: whoever `starts` it ends the hold music;
-    the conference ends when either party leaves."""
-    response = VoiceResponse()
+def conference_twiml(
+    name: str, *, starts: bool, say: str | None = None, before: VoiceResponse | None = None
+) -> str:
+    """`before`'s verbs or `<Say>` (if any), then `<Dial><Conference>`: whoever `starts` it ends
+    the hold music; the conference ends when either party leaves."""
+    response = before or VoiceResponse()
     if say:
         response.say(say)
     dial = Dial()
@@ -127,6 +142,7 @@ async def warm_transfer(
     number: str,
     answer_timeout_secs: int,
     config: PipelineConfig,
+    voice: str,
     language: str,
     hold: Callable[[str], Awaitable[None]],
     moving: Callable[[], None],
@@ -142,9 +158,17 @@ async def warm_transfer(
     summary = await summarise(config, db, session_id, language)
     async with db.sessions() as session:
         transfer = await store.create(
-            session, account_id=account_id, session_id=session_id, to_number=number, summary=summary
+            session,
+            account_id=account_id,
+            session_id=session_id,
+            to_number=number,
+            summary=summary,
+            pipeline=config.name if config.tts else None,
+            voice=voice,
+            language=language,
         )
     base = f"{own_base_url(settings)}/v1/twilio/transfers/{transfer.id}"
+    leg_sid = None
     try:
         leg_sid = await twilio.place_call(
             settings,
@@ -154,16 +178,16 @@ async def warm_transfer(
             status_callback=f"{base}/status",
             timeout=answer_timeout_secs,
         )
+        async with db.sessions() as session:
+            await store.set_call_sid(session, transfer.id, leg_sid)
+        logger.info(f"session {session_id}: warm transfer {transfer.id} is ringing {number}")
+        outcome = await _outcome(db, transfer.id, answer_timeout_secs + CALLBACK_GRACE_SECS)
     except APIError as exc:
         await _fail(db, transfer.id, exc.body.message)
         return f"the transfer failed: {exc.body.message}"
-    async with db.sessions() as session:
-        await store.set_call_sid(session, transfer.id, leg_sid)
-    logger.info(f"session {session_id}: warm transfer {transfer.id} is ringing {number}")
-    try:
-        outcome = await _outcome(db, transfer.id, answer_timeout_secs + CALLBACK_GRACE_SECS)
     except asyncio.CancelledError:
-        if await _fail(db, transfer.id, "the call ended", status="cancelled"):
+        # The call ended: a later answer gets an apology, and a known leg stops ringing.
+        if await _fail(db, transfer.id, "the call ended", status="cancelled") and leg_sid:
             await _update(settings, leg_sid, None, "hang-up")
         raise
     if outcome.status == "dialing":
@@ -171,7 +195,7 @@ async def warm_transfer(
             await _update(settings, leg_sid, None, "hang-up")
             return f"the transfer failed: {number} did not answer within {answer_timeout_secs} s"
         outcome = await _outcome(db, transfer.id, 0)  # answered or failed just now
-    if outcome.status != "answered":
+    if outcome.status not in ("answered", "announced"):
         return f"the transfer failed: {outcome.error or 'no answer'}"
     moving()
     error = await _update(
@@ -198,7 +222,7 @@ async def _outcome(db: Database, transfer_id: str, within: float) -> CallTransfe
 
 async def _fail(db: Database, transfer_id: str, error: str, status: str = "failed") -> bool:
     async with db.sessions() as session:
-        return await store.leave_dialing(session, transfer_id, status, error)
+        return await store.move(session, transfer_id, status, error)
 
 
 async def _update(settings: Settings, call_sid: str, twiml: str | None, what: str) -> str | None:
@@ -218,16 +242,76 @@ async def _update(settings: Settings, call_sid: str, twiml: str | None, what: st
     return None
 
 
-async def answered(db: Database, transfer_id: str) -> str | None:
-    """The human picked up (the `answer` callback): TwiML that speaks the summary and joins them
-    to the caller's conference, or an apology if the caller is gone; None for an unknown transfer."""
+async def answered(
+    db: Database, tokens: TokenSigner, transfer_id: str, stream_url: str
+) -> str | None:
+    """The person picked up (the `answer` callback): TwiML that has them hear the summary (our
+    media stream at `stream_url`, in the agent's voice; or `<Say>`) and then joins them to the
+    caller's conference, or an apology if the caller is gone; None for an unknown transfer."""
     async with db.sessions() as session:
         transfer = await store.get(session, transfer_id)
         if transfer is None:
             return None
-        if not await store.leave_dialing(session, transfer_id, "answered"):
+        if not await store.move(session, transfer_id, "answered"):
             return twilio.apology_twiml(CALLER_GONE)
-    return conference_twiml(conference_name(transfer_id), starts=True, say=transfer.summary)
+    room = conference_name(transfer_id)
+    if transfer.pipeline is None:
+        return conference_twiml(room, starts=True, say=transfer.summary)
+    token = tokens.issue(TOKEN_KIND, {"xfr": transfer_id}, time.time() + TOKEN_TTL_SECS)
+    response = VoiceResponse()
+    connect = Connect()
+    connect.stream(url=stream_url).parameter(name=twilio.TOKEN_PARAMETER, value=token)
+    response.append(connect)  # Twilio goes on to the next verb once we close the stream
+    return conference_twiml(room, starts=True, before=response)
+
+
+async def open_summary(state: AppState, token: str | None) -> CallTransfer:
+    """The answered transfer a summary stream's token opens (once), or a `Refusal`."""
+    try:
+        claims = state.tokens.verify(token or "", TOKEN_KIND)
+    except TokenError as exc:
+        raise Refusal(4401, "invalid_token", f"transfer token refused: {exc}") from None
+    async with state.db.sessions() as session:
+        transfer = await store.get(session, str(claims.get("xfr")))
+        if transfer is None or not await store.move(
+            session, transfer.id, "announced", from_status="answered"
+        ):
+            raise Refusal(4409, "token_used", "transfer token refused: it was already used")
+    return transfer
+
+
+async def speak_summary(
+    state: AppState, websocket: WebSocket, stream_id: str, transfer: CallTransfer
+) -> None:
+    """Say the transfer's summary to the person over their media stream, in the agent's voice,
+    then close it (Twilio then joins them to the conference)."""
+    assert transfer.pipeline is not None  # answered() sends a stream only then
+    serializer = TwilioStreamSerializer(
+        stream_id, params=TwilioStreamSerializer.InputParams(auto_hang_up=False)
+    )
+    transport = FastAPIWebsocketTransport(
+        websocket,
+        FastAPIWebsocketParams(
+            audio_in_enabled=False,  # the person listens
+            audio_out_enabled=True,
+            add_wav_header=False,
+            audio_out_10ms_chunks=2,
+            serializer=serializer,
+        ),
+    )
+    config = state.catalog.get(transfer.pipeline)
+    pipeline = build_announcement(config, transfer.voice, transfer.language, transport)
+    assert pipeline is not None  # the config has a TTS stage (checked when the transfer began)
+    worker = PipelineWorker(
+        pipeline,
+        params=PipelineParams(audio_in_sample_rate=SAMPLE_RATE, audio_out_sample_rate=SAMPLE_RATE),
+        enable_rtvi=False,
+        idle_timeout_secs=None,
+    )
+    await worker.queue_frames([TTSSpeakFrame(transfer.summary), EndFrame(reason="announced")])
+    runner = WorkerRunner(handle_sigint=False)
+    await runner.add_workers(worker)
+    await runner.run()
 
 
 async def leg_status(db: Database, transfer_id: str, call_status: str) -> bool:
@@ -237,5 +321,5 @@ async def leg_status(db: Database, transfer_id: str, call_status: str) -> bool:
         if await store.get(session, transfer_id) is None:
             return False
         if reason := FAILED_STATUSES.get(call_status):
-            await store.leave_dialing(session, transfer_id, "failed", f"the person {reason}")
+            await store.move(session, transfer_id, "failed", f"the person {reason}")
     return True
