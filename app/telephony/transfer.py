@@ -60,8 +60,9 @@ HOLD_MESSAGE = "Please hold while I connect you."
 SUMMARY_INSTRUCTION = (
     "You are handing a phone call over to a human colleague. From the transcript, tell them in two "
     "or three short spoken sentences who is calling and what they need, with the facts they gave "
-    "(names, numbers, dates). Plain sentences only, no lists or markup."
+    "(names, numbers, dates). Plain sentences only, no lists or markup, in the language whose code is {language}."
 )
+SUMMARY_TIMEOUT_SECS = 20.0
 SUMMARY_FALLBACK = "You have a call transferred from the assistant."
 CALLER_GONE = "Sorry, the caller is no longer on the line. Goodbye."
 FAILED_STATUSES = {
@@ -111,7 +112,8 @@ def conference_name(transfer_id: str) -> str:
 
 
 async def summarise(config: PipelineConfig, db: Database, session_id: str, language: str) -> str:
-    """The agent's LLM's short spoken summary of the call so far (a fixed line if it fails)."""
+    """The agent's LLM's short spoken summary of the call so far (a fixed line if it fails or
+    takes over `SUMMARY_TIMEOUT_SECS`)."""
     async with db.sessions() as session:
         text = analysis.transcript_text(await session_store.transcript(session, session_id))
     stage = config.llm or config.analysis
@@ -121,9 +123,12 @@ async def summarise(config: PipelineConfig, db: Database, session_id: str, langu
         stage, services.ServiceContext(system_prompt="", voice_id="", language=language)
     )
     try:
-        answer = await llm.run_inference(
-            LLMContext(messages=[{"role": "user", "content": f"Transcript:\n{text}"}]),
-            system_instruction=SUMMARY_INSTRUCTION,
+        answer = await asyncio.wait_for(
+            llm.run_inference(
+                LLMContext(messages=[{"role": "user", "content": f"Transcript:\n{text}"}]),
+                system_instruction=SUMMARY_INSTRUCTION.format(language=language),
+            ),
+            SUMMARY_TIMEOUT_SECS,
         )
     except Exception as exc:
         logger.warning(f"session {session_id}: no transfer summary: {type(exc).__name__}: {exc}")
