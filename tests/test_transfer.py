@@ -61,6 +61,7 @@ def ring(settings, db, session_id: str, heard: list, moved: list, timeout: int =
         number=PERSON,
         answer_timeout_secs=timeout,
         config=NO_LLM,  # type: ignore[arg-type]
+        conversation="Caller: Put me through to billing, please.",
         voice="joe",
         language="en",
         hold=lambda text: asyncio.sleep(0, heard.append(text)),

@@ -114,6 +114,7 @@ class PhoneCallSession(CallSession):
             number=number,
             answer_timeout_secs=answer_timeout_secs,
             config=self._config,
+            conversation=self._conversation(),
             voice=self._agent.voice_id,
             language=self._agent.language,
             hold=self._say,
@@ -141,6 +142,20 @@ class PhoneCallSession(CallSession):
                 ):
                     return own
         return next(iter(self._agent.phone_numbers), None) or settings.twilio_from_number
+
+    def _conversation(self) -> str:
+        """The call so far as its LLM has it (the caller's latest turn may not be stored yet),
+        through the config's redactors like the stored transcript: "Caller: …" / "Agent: …" lines."""
+        lines = []
+        for message in self._call.user_aggregator.context.get_messages():
+            role = message.get("role") if isinstance(message, dict) else None
+            content = message.get("content") if isinstance(message, dict) else None
+            if isinstance(content, list):  # content parts
+                content = " ".join(p.get("text", "") for p in content if isinstance(p, dict))
+            if role in ("user", "assistant") and isinstance(content, str) and content.strip():
+                speaker = "Caller" if role == "user" else "Agent"
+                lines.append(f"{speaker}: {self._processors.redact(content)}")
+        return "\n".join(lines)
 
     async def _say(self, text: str) -> None:
         if self._worker:

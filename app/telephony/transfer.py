@@ -31,12 +31,10 @@ from pipecat.workers.runner import WorkerRunner
 from twilio.base.exceptions import TwilioRestException
 from twilio.twiml.voice_response import Connect, Dial, VoiceResponse
 
-from app import analysis
 from app.calls.tokens import TokenError, TokenSigner
 from app.errors import APIError, Refusal
 from app.settings import Settings
 from app.state import AppState
-from app.storage import sessions as session_store
 from app.storage import transfers as store
 from app.storage.db import Database
 from app.storage.models import CallTransfer
@@ -111,13 +109,11 @@ def conference_name(transfer_id: str) -> str:
     return f"switchboard-{transfer_id}"
 
 
-async def summarise(config: PipelineConfig, db: Database, session_id: str, language: str) -> str:
-    """The agent's LLM's short spoken summary of the call so far (a fixed line if it fails or
-    takes over `SUMMARY_TIMEOUT_SECS`)."""
-    async with db.sessions() as session:
-        text = analysis.transcript_text(await session_store.transcript(session, session_id))
+async def summarise(config: PipelineConfig, conversation: str, language: str) -> str:
+    """The agent's LLM's short spoken summary of `conversation` ("Caller: …" / "Agent: …" lines);
+    a fixed line if it fails or takes over `SUMMARY_TIMEOUT_SECS`."""
     stage = config.llm or config.analysis
-    if stage is None or not text.strip():
+    if stage is None or not conversation.strip():
         return SUMMARY_FALLBACK
     llm = services.create(
         stage, services.ServiceContext(system_prompt="", voice_id="", language=language)
@@ -125,13 +121,13 @@ async def summarise(config: PipelineConfig, db: Database, session_id: str, langu
     try:
         answer = await asyncio.wait_for(
             llm.run_inference(
-                LLMContext(messages=[{"role": "user", "content": f"Transcript:\n{text}"}]),
+                LLMContext(messages=[{"role": "user", "content": f"Transcript:\n{conversation}"}]),
                 system_instruction=SUMMARY_INSTRUCTION.format(language=language),
             ),
             SUMMARY_TIMEOUT_SECS,
         )
     except Exception as exc:
-        logger.warning(f"session {session_id}: no transfer summary: {type(exc).__name__}: {exc}")
+        logger.warning(f"no transfer summary: {type(exc).__name__}: {exc}")
         return SUMMARY_FALLBACK
     return (answer or "").strip()[:SUMMARY_MAX_CHARS] or SUMMARY_FALLBACK
 
@@ -147,12 +143,13 @@ async def warm_transfer(
     number: str,
     answer_timeout_secs: int,
     config: PipelineConfig,
+    conversation: str,
     voice: str,
     language: str,
     hold: Callable[[str], Awaitable[None]],
     moving: Callable[[], None],
 ) -> str | None:
-    """Tell the caller to hold (`hold` speaks), dial `number` with a summary of the call, wait for
+    """Tell the caller to hold (`hold` speaks), dial `number` with a summary of `conversation`, wait for
     the person, and move the caller (`call_sid`) into a conference with them (calling `moving`
     first); an error for the LLM, or None once the caller is on their way. Cancelled (the call
     ended), the person's leg is hung up."""
@@ -160,7 +157,7 @@ async def warm_transfer(
         logger.warning(f"session {session_id}: refused a warm transfer: {reason}")
         return f"the transfer was refused: {reason}"
     await hold(HOLD_MESSAGE)
-    summary = await summarise(config, db, session_id, language)
+    summary = await summarise(config, conversation, language)
     async with db.sessions() as session:
         transfer = await store.create(
             session,
