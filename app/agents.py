@@ -22,7 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.analysis import AnalysisField
 from app.calls.control import CallControl
-from app.calls.tools import DEFAULT_TIMEOUT_SECS
+from app.calls.tools import DEFAULT_ANSWER_TIMEOUT_SECS, DEFAULT_TIMEOUT_SECS
 from app.errors import APIError, not_found
 from app.flows import check_flow
 from app.outbound import OutboundUrl
@@ -119,6 +119,19 @@ class ToolFields(BaseModel):
     phone_number: str | None = Field(
         default=None, exclude_if=_is_none, description="transfer_call: where the call is moved"
     )
+    mode: Literal["cold", "warm"] = Field(
+        default="cold",
+        exclude_if=lambda v: v == "cold",
+        description="transfer_call: cold moves the call at once; warm (Twilio) rings the person, "
+        "reads them a summary of the call, then joins the caller to them, and if nobody answers "
+        "the agent carries on",
+    )
+    answer_timeout_secs: Annotated[int, _between(5, 120, " s")] = Field(
+        default=DEFAULT_ANSWER_TIMEOUT_SECS,
+        exclude_if=lambda v: v == DEFAULT_ANSWER_TIMEOUT_SECS,
+        json_schema_extra={"minimum": 5, "maximum": 120},
+        description="transfer_call, warm: how long the person's phone rings",
+    )
 
 
 class ToolIn(ToolFields):
@@ -151,6 +164,10 @@ class ToolIn(ToolFields):
             raise ValueError("a webhook tool needs a url")
         if self.type == "transfer_call" and self.phone_number is None:
             raise ValueError("a transfer_call tool needs a phone_number")
+        if self.type != "transfer_call" and self.model_fields_set & {"mode", "answer_timeout_secs"}:
+            raise ValueError("mode and answer_timeout_secs are for transfer_call tools only")
+        if self.mode == "cold" and "answer_timeout_secs" in self.model_fields_set:
+            raise ValueError("answer_timeout_secs is for mode 'warm' only")
         return self
 
 

@@ -21,6 +21,7 @@ from app.api import (
     metrics,
     session_ws,
     sessions,
+    transfers,
     twilio,
     webrtc,
 )
@@ -178,6 +179,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(session_ws.router)
     app.include_router(instances.router)
     app.include_router(twilio.router)
+    app.include_router(transfers.router)
     app.include_router(carriers.router)
     app.include_router(webrtc.router)
     app.include_router(dashboard.router)

@@ -221,6 +221,19 @@ def build_pipeline(
     )
 
 
+def build_announcement(
+    config: PipelineConfig, voice: str, language: str, transport: BaseTransport
+) -> Pipeline | None:
+    """A pipeline that only speaks, in the agent's voice: what it is given as `TTSSpeakFrame`s
+    (a warm transfer's summary to the person). None for a config without a TTS stage (realtime)."""
+    if config.tts is None:
+        return None
+    ctx = services.ServiceContext(
+        system_prompt="", voice_id=config.voices[voice], language=language
+    )
+    return Pipeline([transport.input(), services.create(config.tts, ctx), transport.output()])
+
+
 def _cascade_services(
     config: PipelineConfig,
     agent: AgentSpec,

@@ -232,6 +232,14 @@ async def test_end_call_tool_says_goodbye_and_hangs_up(server, api, llm):
     assert len(conversation(llm)) == 1  # the LLM was not asked again after hanging up
 
 
+TRANSFER = {
+    "name": "x",
+    "description": "d",
+    "type": "transfer_call",
+    "phone_number": "+14155550142",
+}
+
+
 def test_tool_definitions_are_checked(api):
     bad = [
         ({"name": "x", "description": "d", "type": "webhook"}, "needs a url"),
@@ -245,6 +253,11 @@ def test_tool_definitions_are_checked(api):
             "not a valid JSON Schema",
         ),
         ({"name": "x", "description": "d", "type": "webhook", "url": "ftp://example.com"}, "url"),
+        ({**TRANSFER, "mode": "lukewarm"}, "mode"),
+        ({**TRANSFER, "mode": "warm", "answer_timeout_secs": 2}, "answer_timeout_secs"),
+        ({**TRANSFER, "mode": "warm", "answer_timeout_secs": 121}, "answer_timeout_secs"),
+        ({**TRANSFER, "answer_timeout_secs": 20}, "answer_timeout_secs"),  # cold: no timeout
+        ({"name": "x", "description": "d", "mode": "warm"}, "mode"),  # not a transfer
     ]
     for tool, words in bad:
         response = api.post(
@@ -253,14 +266,20 @@ def test_tool_definitions_are_checked(api):
         )
         assert response.status_code == 422, response.text
         assert words in response.json()["message"], response.json()
+    warm = {**TRANSFER, "mode": "warm", "answer_timeout_secs": 45}
+    agent = make_agent(api, tools=[warm, {**TRANSFER, "name": "y"}])
+    assert agent["tools"][0] == {**warm, "parameters": {"type": "object", "properties": {}}}
+    assert "mode" not in agent["tools"][1] and "answer_timeout_secs" not in agent["tools"][1]
 
 
-async def test_transfer_call_off_twilio_is_a_tool_error(server, api, llm):
+@pytest.mark.parametrize("mode", ["cold", "warm"])
+async def test_transfer_call_off_twilio_is_a_tool_error(server, api, llm, mode):
     tool = {
         "name": "transfer",
         "description": "Transfer the caller",
         "type": "transfer_call",
         "phone_number": "+14155550142",
+        "mode": mode,
     }
     agent = make_agent(api, pipeline="scripted", tools=[tool])
     llm.script(ToolCall("transfer", {}), "Sorry, I can't transfer this call.")

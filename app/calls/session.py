@@ -318,6 +318,10 @@ class CallSession:
         """Move the call to `number` (the transfer_call tool); an error for the LLM, or None."""
         return "transfer_call only works on Twilio calls"
 
+    async def warm_transfer(self, number: str, answer_timeout_secs: int) -> str | None:
+        """Connect the caller to `number` after a summary (transfer_call, warm); an error or None."""
+        return "transfer_call only works on Twilio calls"
+
     def _serializer(self):
         """The transport's frame serializer, for WebSocket transports; else None."""
         return pipecat_compat.transport_serializer(self._transport)

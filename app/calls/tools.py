@@ -1,11 +1,12 @@
 """What the agent's tools do: running a call's tool calls (:class:`ToolRunner`), argument
-checks, webhook calls, the Twilio transfer.
+checks, webhook calls.
 
 A tool definition (stored on the agent, or in an inline call's body) has ``name``,
 ``description``, ``parameters`` (JSON Schema) and ``type``: ``client`` (the WebSocket
 client runs it), ``webhook`` (the server POSTs the arguments to ``url``), or a
 built-in: ``collect`` (the arguments are the answer: a conversation flow keeps them),
-``end_call`` or ``transfer_call`` (to ``phone_number``). A failure never
+``end_call`` or ``transfer_call`` (to ``phone_number``; ``mode`` cold or warm, see
+:mod:`app.telephony.transfer`). A failure never
 raises: it becomes ``{"error": ...}`` for the LLM, so the agent can say so.
 """
 
@@ -19,20 +20,17 @@ import httpx
 from jsonschema import Draft202012Validator
 from loguru import logger
 from pipecat.services.llm_service import FunctionCallParams, FunctionCallResultProperties
-from twilio.base.exceptions import TwilioRestException
-from twilio.twiml.voice_response import VoiceResponse
 
 from app import outbound
 from app.settings import Settings
 from app.storage.ids import utcnow
-from app.telephony.numbers import SIP_URI, dial_refusal
-from app.telephony.twilio import credentials as twilio_credentials
-from app.telephony.twilio import rest_client
 from app.tracing import tracer
 from app.webhooks import SIGNATURE_HEADER, TIMESTAMP_HEADER, signature
 from pipelines.builder import GOODBYE
 
 DEFAULT_TIMEOUT_SECS = 10.0
+DEFAULT_ANSWER_TIMEOUT_SECS = 30
+"""How long a warm transfer rings the person before the agent carries on."""
 
 
 def argument_errors(schema: dict[str, Any], arguments: Any) -> str | None:
@@ -89,34 +87,6 @@ async def call_webhook(
         return {"result": response.text[:4000]}
 
 
-def dial_twiml(target: str) -> str:
-    """`<Dial>` to a phone number, or to a SIP URI."""
-    response = VoiceResponse()
-    if SIP_URI.match(target):
-        response.dial().sip(target)
-    else:
-        response.dial(target)
-    return str(response)
-
-
-async def transfer_twilio_call(settings: Settings, call_sid: str, number: str) -> str | None:
-    """Move a live Twilio call to `number` (REST call update with `<Dial>` TwiML); an error or None.
-    A number the server may not dial (now) is refused without dialing."""
-    if reason := dial_refusal(settings, number, sip=True):
-        logger.warning(f"refused to transfer call {call_sid}: {reason}")
-        return f"the transfer was refused: {reason}"
-    credentials = twilio_credentials(settings)
-    if credentials is None:
-        return "the server has no Twilio credentials"
-    try:
-        async with rest_client(settings, credentials) as client:
-            await client.calls(call_sid).update_async(twiml=dial_twiml(number))
-    except TwilioRestException as exc:
-        logger.warning(f"Twilio refused to transfer call {call_sid}: {exc.status} {exc.msg}")
-        return f"Twilio refused the transfer: {exc.msg}"
-    return None
-
-
 class CallActions(Protocol):
     """What the built-in tools do to the call they run in."""
 
@@ -128,6 +98,10 @@ class CallActions(Protocol):
 
     async def transfer(self, number: str) -> str | None:
         """Move the call to `number`; an error for the LLM, or None."""
+
+    async def warm_transfer(self, number: str, answer_timeout_secs: int) -> str | None:
+        """Connect the caller to `number` once someone there answers and has heard a summary;
+        an error for the LLM (no answer: the call carries on), or None."""
 
 
 Record = Callable[[str, str, str], Awaitable[None]]
@@ -191,7 +165,8 @@ class ToolRunner:
             with tracer.start_as_current_span("tool.call", attributes=attributes):
                 result, then = await self._dispatch(tool, arguments, call_id)
         entry = {"call_id": call_id, "name": name, "arguments": arguments, "result": result}
-        await self._record("TOOL", json.dumps(entry), utcnow().isoformat())
+        # Kept even if the call ends meanwhile (a transferred caller's stream stops at once).
+        await asyncio.shield(self._record("TOOL", json.dumps(entry), utcnow().isoformat()))
         return result, then
 
     async def _dispatch(self, tool: dict, arguments: dict, call_id: str):
@@ -209,12 +184,17 @@ class ToolRunner:
                 "agent_ended", GOODBYE
             )
         if kind == "transfer_call":
-            error = await call.transfer(tool["phone_number"])
+            number = tool["phone_number"]
+            if tool.get("mode") == "warm":
+                timeout = tool.get("answer_timeout_secs") or DEFAULT_ANSWER_TIMEOUT_SECS
+                error = await call.warm_transfer(number, timeout)
+            else:
+                error = await call.transfer(number)
             if error:
                 return {"error": error}, None
             return {
                 "ok": True,
-                "status": f"transferred to {tool['phone_number']}",
+                "status": f"transferred to {number}",
             }, lambda: call.end("transferred")
         if self._send_event is None:
             return {

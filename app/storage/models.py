@@ -426,4 +426,29 @@ class CallWait(Base):
     offered_until: Mapped[datetime | None]
     session_id: Mapped[str | None] = mapped_column(ForeignKey("sessions.id"))
     enqueued_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class CallTransfer(Base):
+    """A warm transfer: the human's leg dialled for a live call, and what the human hears first.
+
+    Twilio's callbacks for the human's leg may reach any node; the node running the call
+    watches `status` (`dialing` → `answered` (→ `announced` once the summary's stream opened) or
+    `failed`; `cancelled` when the call ended first)."""
+
+    __tablename__ = "call_transfers"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    account_id: Mapped[str] = mapped_column(ForeignKey("accounts.id"), index=True)
+    session_id: Mapped[str] = mapped_column(ForeignKey("sessions.id"), index=True)
+    to_number: Mapped[str] = mapped_column(String(200))
+    call_sid: Mapped[str | None] = mapped_column(String(64))
+    """The human's leg."""
+    summary: Mapped[str] = mapped_column(Text)
+    pipeline: Mapped[str | None] = mapped_column(String(200))
+    """The config whose TTS speaks the summary in the agent's `voice`; None: Twilio's `<Say>`."""
+    voice: Mapped[str] = mapped_column(String(200))
+    language: Mapped[str] = mapped_column(String(16))
+    status: Mapped[str] = mapped_column(String(16), default="dialing")
+    error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)

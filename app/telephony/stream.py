@@ -147,7 +147,7 @@ CARRIERS = {
 }
 
 
-async def _read_start(websocket: WebSocket, carrier: Carrier) -> StreamStart | None:
+async def read_start(websocket: WebSocket, carrier: Carrier) -> StreamStart | None:
     """The start message's data; None if the carrier hung up first."""
     for _ in range(MAX_MESSAGES_BEFORE_START):
         try:
@@ -181,7 +181,7 @@ async def serve_stream(websocket: WebSocket, carrier: Carrier) -> None:
     state: AppState = websocket.app.state.switchboard
     await websocket.accept()
     try:
-        start = await _read_start(websocket, carrier)
+        start = await read_start(websocket, carrier)
         if start is None:
             logger.info(f"{carrier.name} stream closed before its start message")
             return

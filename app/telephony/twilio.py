@@ -148,10 +148,12 @@ async def place_call(
     url: str,
     status_callback: str,
     amd_callback: str | None = None,
+    timeout: int | None = None,
 ) -> str:
     """Ask Twilio's REST API to place a call; its Call SID. 502 if Twilio refuses. With
     `amd_callback`, Twilio's asynchronous answering-machine detection posts its verdict there
-    (once a machine's greeting has ended, so a message lands after the beep)."""
+    (once a machine's greeting has ended, so a message lands after the beep). `timeout`: how
+    many seconds it rings (Twilio's default otherwise, 60)."""
     creds = require_credentials(settings)
     detection = (
         {
@@ -174,6 +176,7 @@ async def place_call(
                 status_callback_method="POST",
                 status_callback_event=STATUS_EVENTS,
                 **detection,
+                **({"timeout": timeout} if timeout else {}),
             )
     except TwilioRestException as exc:
         logger.warning(f"Twilio refused the outbound call to {to}: {exc.status} {exc.msg}")

@@ -1,10 +1,11 @@
 """A local stand-in for Twilio's REST API: records what the server asks Twilio to do.
 
 Serves the requests Switchboard makes: creating a call (`POST .../Calls.json`), updating
-one (`POST .../Calls/{CallSid}.json`, e.g. the hang-up `Status=completed`), and moving a
-waiting call out of its queue (`POST .../Queues/{QueueSid}/Members/{CallSid}.json` with `Url`:
-200 and the member, or 404 when the call is not in the queue). A test playing Twilio's side of
-a call puts it in a queue (`enqueue`) or takes it out when the caller hangs up (`hang_up_member`).
+one (`POST .../Calls/{CallSid}.json`, e.g. the hang-up `Status=completed`, or new `Twiml` such
+as a `<Dial><Conference>`), and moving a waiting call out of its queue
+(`POST .../Queues/{QueueSid}/Members/{CallSid}.json` with `Url`: 200 and the member, or 404 when
+the call is not in the queue). A test playing Twilio's side of a call puts it in a queue
+(`enqueue`) or takes it out when the caller hangs up (`hang_up_member`).
 Point the server at it with `TWILIO_API_BASE_URL`.
 """
 
@@ -26,6 +27,8 @@ class RestRequest:
     username: str | None
     password: str | None
     at: float
+    sid: str | None = None
+    """The Call SID the fake gave a call it created."""
 
     def value(self, name: str) -> str | None:
         values = self.form.get(name)
@@ -91,7 +94,7 @@ class FakeTwilioRest:
             return 401, {"code": 20003, "message": "Authenticate", "status": 401}
         prefix = f"/2010-04-01/Accounts/{self.account_sid}/Calls"
         if request.path == f"{prefix}.json":
-            sid = "CA" + uuid.uuid4().hex
+            sid = request.sid = "CA" + uuid.uuid4().hex
             return 201, {
                 "sid": sid,
                 "account_sid": self.account_sid,
@@ -175,6 +178,14 @@ class FakeTwilioRest:
 
     def created_calls(self) -> list[RestRequest]:
         return [r for r in self.requests if r.path.endswith("/Calls.json")]
+
+    def twiml_updates(self, call_sid: str) -> list[str]:
+        """The TwiML the server gave the call `call_sid` (REST updates), in order."""
+        return [
+            r.value("Twiml") or ""
+            for r in self.requests
+            if r.path.endswith(f"/Calls/{call_sid}.json") and r.value("Twiml")
+        ]
 
     def hang_ups(self, call_sid: str) -> list[RestRequest]:
         return [
