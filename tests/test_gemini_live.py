@@ -25,6 +25,7 @@ from tests.helpers.calls import (
     wait_for_status,
     wav_samples,
 )
+from tests.helpers.post_call import ANALYSIS, analysis_requests, wait_for_analysis
 from tests.helpers.servers import ROOT, TEST_PIPELINES, make_agent, start_server
 
 EXAMPLES = ROOT / "examples" / "pipelines"
@@ -49,12 +50,13 @@ def gemini(certificate):
 
 
 @pytest.fixture(scope="module")
-def gemini_server(tmp_path_factory, gemini, certificate):
+def gemini_server(tmp_path_factory, gemini, certificate, scripted_llm):
     env = {
         "SWITCHBOARD_PIPELINES_PATH": json.dumps([str(TEST_PIPELINES), str(EXAMPLES)]),
         "GOOGLE_API_KEY": gemini.api_key,
         "GEMINI_BASE_URL": gemini.base_url,
         "SSL_CERT_FILE": str(certificate.cert_path),
+        "GEMINI_OPENAI_BASE_URL": scripted_llm.url,  # the analysis LLM
     }
     server = start_server(tmp_path_factory.mktemp("gemini"), preload=["gemini_live"], env=env)
     yield server
@@ -76,7 +78,7 @@ def receiver():
 
 
 async def test_a_tool_is_called_and_the_answer_spoken_with_both_sides_stored(
-    gemini_server, gemini, api, receiver
+    gemini_server, gemini, api, receiver, llm
 ):
     tool = {
         "name": "get_hours",
@@ -91,6 +93,8 @@ async def test_a_tool_is_called_and_the_answer_spoken_with_both_sides_stored(
     }
     answer = "On Tuesday we open at ten."
     gemini.script(ToolCall("get_hours", {"day": "tuesday"}), answer)
+    analysis = {**ANALYSIS, "custom": {}}
+    llm.script_oneshot(json.dumps(analysis), when=answer)
     receiver.received.clear()
     agent = make_agent(
         api,
@@ -174,6 +178,10 @@ async def test_a_tool_is_called_and_the_answer_spoken_with_both_sides_stored(
     # Voice-to-voice, from the local VAD's end of the caller's speech to the agent's audio.
     [turn] = session["latency"]["turns"]
     assert 0 < turn["voice_to_voice_secs"] < 5, session["latency"]
+    # Analysed by the config's text model, from the stored transcript.
+    assert wait_for_analysis(api, ready["session_id"])["result"] == analysis
+    [request] = analysis_requests(llm, answer)
+    assert heard in json.dumps(request["messages"])
     # Recorded as any call: the caller on the left channel, the agent on the right.
     wait_for_recording(api, ready["session_id"], "available")
     recording = api.get(f"/v1/sessions/{ready['session_id']}/recording")

@@ -11,8 +11,9 @@ both spellings are read.
 `realtime_input.audio` (base64 PCM16 at the rate its mime type names) goes to a server VAD,
 an energy detector (`tests/fakes/speech.py`) that ends a turn after the setup's
 `silenceDurationMs` (500 by default): the turn is transcribed by the local Whisper model
-(`serverContent.inputTranscription`) and answered. Caller speech during an answer stops it:
-`serverContent.interrupted`, then the turn's `turnComplete`. `client_content` with
+(`serverContent.inputTranscription`) and answered. Caller speech during an answer, once it has
+lasted the setup's `prefixPaddingMs` (300 by default), stops it: `serverContent.interrupted`,
+then the turn's `turnComplete`. `client_content` with
 `turnComplete` and `realtime_input.text` (not blank: Pipecat nudges Gemini 3 models with " ")
 are answered too.
 
@@ -78,6 +79,7 @@ class FakeGeminiLive(WebSocketFake):
         super().__init__(certificate.server_context())
         self.api_key = api_key
         self.transcriber = Transcriber()
+        speech("Ready.", OUT_RATE, 0.0)  # loads the voice now, not in a call's first answer
         self.replies: deque[str | ToolCall] = deque()
         self.connections: list[str] = []
         """The API version in each accepted connection's path."""
@@ -146,6 +148,8 @@ class _Session(UtteranceStream):
         self.history: list[dict] = []
         """The conversation as `Content`s (role, parts), for the usage's text input."""
         self.user_audio_secs = 0.0
+        self.prefix_padding_ms = 300
+        """Speech it takes to be sure the caller has started (to interrupt an answer)."""
         self.answer: asyncio.Task | None = None
         self.interrupted = False
         self.tool_response: asyncio.Queue[list[dict]] = asyncio.Queue()
@@ -182,6 +186,7 @@ class _Session(UtteranceStream):
         self.server.setups.append(camel_keys(setup))
         detection = _get(_get(setup, "realtimeInputConfig") or {}, "automaticActivityDetection")
         self.endpointing_ms = _get(detection or {}, "silenceDurationMs") or 500
+        self.prefix_padding_ms = _get(detection or {}, "prefixPaddingMs") or 300
         await self._send({"setupComplete": {}})
 
     # -- server VAD ----------------------------------------------------------
@@ -189,10 +194,10 @@ class _Session(UtteranceStream):
     async def _audio(self, blob: dict) -> None:
         rate = re.search(r"rate=(\d+)", _get(blob, "mimeType") or "")
         self.rate = int(rate.group(1)) if rate else 16000
-        had_speech = bool(self.utterance)
         data = blob["data"]  # the client's base64 is URL-safe, unpadded
         await self.feed(base64.urlsafe_b64decode(data + "=" * (-len(data) % 4)))
-        if not had_speech and self.utterance and self._answering():
+        speech_secs = len(self.utterance) / 2 / self.rate
+        if speech_secs * 1000 >= self.prefix_padding_ms and self._answering():
             self.interrupted = True
 
     async def interim(self, pcm: bytes) -> None:
