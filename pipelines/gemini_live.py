@@ -7,7 +7,7 @@ marks the caller's speech for the latency measurements and interrupts nothing
 (`realtime.user_params`). Imported only by a call that uses it (google-genai is slow to import).
 """
 
-from google.genai.types import HttpOptions, LiveServerMessage
+from google.genai.types import Content, ContentDict, HttpOptions, LiveServerMessage
 from pipecat.adapters.llm.schemas.tools_schema import ToolsSchema
 from pipecat.frames.frames import LLMMessagesAppendFrame
 from pipecat.processors.aggregators.llm_context import LLMContext
@@ -65,8 +65,9 @@ class CallerFirstGeminiLiveService(GeminiLiveLLMService):
             return
         earlier = LLMContext(messages=context.get_messages()[:-1])
         params = await self.get_llm_adapter().get_llm_invocation_params(earlier)
-        if params["messages"] and self._session:
-            await self._session.send_client_content(turns=params["messages"], turn_complete=False)
+        turns: list[Content | ContentDict] = list(params["messages"])
+        if turns and self._session:
+            await self._session.send_client_content(turns=turns, turn_complete=False)
 
 
 def gemini_live(
