@@ -7,9 +7,16 @@ marks the caller's speech for the latency measurements and interrupts nothing
 (`realtime.user_params`). Imported only by a call that uses it (google-genai is slow to import).
 """
 
-from google.genai.types import Content, ContentDict, HttpOptions, LiveServerMessage
+from google.genai.types import (
+    Content,
+    ContentDict,
+    HttpOptions,
+    LiveConnectConfig,
+    LiveServerMessage,
+)
+from loguru import logger
 from pipecat.adapters.llm.schemas.tools_schema import ToolsSchema
-from pipecat.frames.frames import LLMMessagesAppendFrame
+from pipecat.frames.frames import CancelWorkerFrame, LLMMessagesAppendFrame
 from pipecat.processors.aggregators.llm_context import LLMContext
 from pipecat.processors.frame_processor import FrameDirection
 from pipecat.services.google.gemini_live.llm import GeminiLiveLLMService, GeminiVADParams
@@ -34,6 +41,17 @@ class CallerFirstGeminiLiveService(GeminiLiveLLMService):
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
         self._call_context_seen = False
+
+    async def _connection_task_handler(self, config: LiveConnectConfig):
+        try:
+            await super()._connection_task_handler(config)
+        except Exception as exc:
+            # Pipecat's task would stop here (a refused key, an unreachable endpoint), leaving
+            # the caller in silence: the call ends at once instead (nothing can be said on it).
+            logger.error(f"{self}: Gemini Live connection failed: {exc}")
+            await self.push_frame(
+                CancelWorkerFrame(reason="provider_error"), FrameDirection.UPSTREAM
+            )
 
     async def _handle_session_ready(self, session):
         await super()._handle_session_ready(session)

@@ -235,3 +235,19 @@ async def test_the_greeting_is_said_and_caller_speech_cuts_the_agent_off(
     assert 0 < session["latency"]["greeting_secs"] < 5, session["latency"]
     [barge_in] = session["latency"]["interruptions"]
     assert barge_in["stop_secs"] < 1.5, barge_in
+
+
+async def test_a_refused_key_ends_the_call_with_provider_error(gemini_server, gemini, api):
+    agent = make_agent(api, pipeline="gemini_live", voice_id="puck", greeting="Hello.")
+    key, gemini.api_key = gemini.api_key, "a-key-the-server-does-not-have"
+    rejected = gemini.rejected
+    try:
+        async with SessionClient(agent_ws(gemini_server, agent["id"])) as client:
+            ready = await client.wait_for("session.ready", timeout=30)
+            ended = await client.wait_for("session.ended", timeout=30)
+    finally:
+        gemini.api_key = key
+    assert ended["reason"] == "provider_error" and gemini.rejected == rejected + 1
+    assert ended["_at"] - ready["_at"] < 5  # at once, not after the greeting's wait
+    session = wait_for_status(api, ready["session_id"], "completed")
+    assert session["end_reason"] == "provider_error"
