@@ -237,6 +237,41 @@ async def test_the_greeting_is_said_and_caller_speech_cuts_the_agent_off(
     assert barge_in["stop_secs"] < 1.5, barge_in
 
 
+async def test_typed_turns_reach_the_model(gemini_server, gemini, api):
+    gemini.script("No, we are closed on Sundays.", "At nine.", "Yes, at the front desk.")
+    agent = make_agent(
+        api, pipeline="gemini_live", voice_id="puck", greeting="", first_speaker="user"
+    )
+    async with SessionClient(agent_ws(gemini_server, agent["id"])) as client:
+        ready = await client.wait_for("session.ready", timeout=30)
+        await client.send_event({"type": "input.text", "text": "Are you open on Sunday?"})
+        await client.wait_for("agent.speech.stopped", timeout=30)
+        await ask(client, "When do you open on Monday?", replies=2)
+        await client.send_event({"type": "input.text", "text": "Can I pay by card?"})
+        await client.wait_for("transcript.agent", timeout=30, count=3)
+        await client.wait_for("agent.speech.stopped", timeout=30, count=3)
+        await end(client)
+
+    typed = [
+        part["text"]
+        for content in gemini.of_kind("client_content")
+        for turn in content.get("turns", [])
+        for part in turn["parts"]
+    ]
+    assert typed == ["Are you open on Sunday?", "Can I pay by card?"], typed
+    assert [a["status"] for a in gemini.answers] == ["completed"] * 3
+    wait_for_status(api, ready["session_id"], "completed")
+    items = transcript(api, ready["session_id"])
+    assert [i["content"] for i in items if i["speaker"] == "AGENT"] == [
+        "No, we are closed on Sundays.",
+        "At nine.",
+        "Yes, at the front desk.",
+    ]
+    users = [i["content"] for i in items if i["speaker"] == "USER"]
+    assert users[0] == "Are you open on Sunday?" and users[2] == "Can I pay by card?", users
+    assert "monday" in users[1].lower(), users
+
+
 async def test_a_refused_key_ends_the_call_with_provider_error(gemini_server, gemini, api):
     agent = make_agent(api, pipeline="gemini_live", voice_id="puck", greeting="Hello.")
     key, gemini.api_key = gemini.api_key, "a-key-the-server-does-not-have"

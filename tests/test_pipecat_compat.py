@@ -287,6 +287,7 @@ OUR_SUBCLASSES = {
     CannedSTTService: set(),
     CannedTTSService: {"_stream_audio_frames_from_iterator"},
     CallerFirstGeminiLiveService: {
+        "_connection_task_handler",
         "_handle_session_ready",
         "_ready_for_realtime_input",
         "_handle_messages_append",
