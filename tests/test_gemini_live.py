@@ -27,6 +27,7 @@ from tests.helpers.calls import (
 )
 from tests.helpers.post_call import ANALYSIS, analysis_requests, wait_for_analysis
 from tests.helpers.servers import ROOT, TEST_PIPELINES, make_agent, start_server
+from tests.helpers.twilio import phone_question
 
 EXAMPLES = ROOT / "examples" / "pipelines"
 LONG_REPLY = (
@@ -270,6 +271,24 @@ async def test_typed_turns_reach_the_model(gemini_server, gemini, api):
     users = [i["content"] for i in items if i["speaker"] == "USER"]
     assert users[0] == "Are you open on Sunday?" and users[2] == "Can I pay by card?", users
     assert "monday" in users[1].lower(), users
+
+
+async def test_a_phone_call_reaches_gemini_at_8_khz(gemini_server, gemini, api):
+    answer = "We open at nine tomorrow morning."
+    gemini.script(answer)
+    agent = make_agent(
+        api, pipeline="gemini_live", voice_id="puck", greeting="", first_speaker="user"
+    )
+    session_id, reply = await phone_question(api, agent["id"], "What time do you open tomorrow?")
+
+    assert gemini.audio_rates == {8000}  # the carrier's audio as it came, never resampled
+    [played] = gemini.answers
+    assert len(reply) / 2 / 8000 == pytest.approx(played["audio_ms"] / 1000, abs=0.3)
+    assert rms(reply) > 300
+    wait_for_status(api, session_id, "completed")
+    items = transcript(api, session_id)
+    assert [i["speaker"] for i in items] == ["USER", "AGENT"], items
+    assert "tomorrow" in items[0]["content"].lower() and items[1]["content"] == answer
 
 
 async def test_a_refused_key_ends_the_call_with_provider_error(gemini_server, gemini, api):

@@ -91,6 +91,8 @@ class FakeGeminiLive(WebSocketFake):
         self.answers: list[dict] = []
         """Each finished answer: status (`completed`, `interrupted`), transcript, audio_ms, usage."""
         self.function_responses: list[dict] = []
+        self.audio_rates: set[int] = set()
+        """The sample rates of the caller's audio, as its mime types named them."""
 
     @property
     def base_url(self) -> str:
@@ -109,6 +111,7 @@ class FakeGeminiLive(WebSocketFake):
             self.received,
             self.answers,
             self.function_responses,
+            self.audio_rates,
         ):
             recorded.clear()
 
@@ -194,6 +197,7 @@ class _Session(UtteranceStream):
     async def _audio(self, blob: dict) -> None:
         rate = re.search(r"rate=(\d+)", _get(blob, "mimeType") or "")
         self.rate = int(rate.group(1)) if rate else 16000
+        self.server.audio_rates.add(self.rate)
         data = blob["data"]  # the client's base64 is URL-safe, unpadded
         await self.feed(base64.urlsafe_b64decode(data + "=" * (-len(data) % 4)))
         speech_secs = len(self.utterance) / 2 / self.rate
