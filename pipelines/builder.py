@@ -143,8 +143,7 @@ def build_pipeline(
         # Typed turns go round the user aggregator, which would keep them from the service.
         hearing: list[FrameProcessor | None] = []
         typing: list[FrameProcessor | None] = [client_events]
-        # The server VAD finds the caller's turns: the service proposes them to the aggregator.
-        user_params = LLMUserAggregatorParams()
+        user_params = realtime.user_params(services.create(config.vad, ctx) if config.vad else None)
         speaking: list[FrameProcessor | None] = [
             realtime.SpokenPrompt(),
             llm,

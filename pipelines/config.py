@@ -84,8 +84,9 @@ class ProcessorConfig(ConfigModel):
 
 
 class RealtimeStageConfig(StageConfig):
-    """A speech-to-speech service that hears the caller, thinks and speaks in one stage
-    (see `pipelines/realtime.py`); it takes the place of `stt`, `llm` and `tts`."""
+    """A speech-to-speech service (`openai_realtime`, `gemini_live`) that hears the caller,
+    thinks and speaks in one stage (see `pipelines/realtime.py`); it takes the place of `stt`,
+    `llm` and `tts`."""
 
     voices: dict[str, str]
     """Voice name (what an agent's `voice_id` says) → the provider's voice."""
@@ -95,7 +96,9 @@ class PipelineConfig(ConfigModel):
     name: str
     description: str = ""
     vad: StageConfig | None = None
-    """Required with `stt`/`llm`/`tts`; a `realtime` stage detects speech itself."""
+    """Required with `stt`/`llm`/`tts`. Optional with a `realtime` stage, whose provider finds
+    the caller's turns itself: there it only marks the caller's speech (latency, barge-in
+    timing) for a service that reports none (`gemini_live`)."""
     turn: TurnStageConfig | None = None
     stt: StageConfig | None = None
     llm: LLMStageConfig | None = None
@@ -116,7 +119,7 @@ class PipelineConfig(ConfigModel):
         """Either the cascade (`vad`, `stt`, `llm`, `tts`) or one `realtime` stage."""
         cascade = {"vad": self.vad, "stt": self.stt, "llm": self.llm, "tts": self.tts}
         if self.realtime:
-            clashing = [k for k, v in {**cascade, "turn": self.turn}.items() if v]
+            clashing = [k for k, v in {**cascade, "vad": None, "turn": self.turn}.items() if v]
             if clashing:
                 raise ValueError(f"a realtime pipeline has no {', '.join(clashing)} stage")
             if misplaced := sorted(set(self.processors) & CASCADE_ONLY_POINTS):

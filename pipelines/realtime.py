@@ -1,8 +1,9 @@
 """The speech-to-speech path: one realtime service in place of STT, LLM and TTS.
 
-Pipecat's `OpenAIRealtimeLLMService` streams the caller's audio to the provider, whose
-server VAD finds the caller's turns (it proposes them to the user aggregator, which
-interrupts the agent on speech), and plays the provider's audio and transcripts. Two small
+Pipecat's `OpenAIRealtimeLLMService` (or `GeminiLiveLLMService`, `pipelines/gemini_live.py`)
+streams the caller's audio to the provider, whose server VAD finds the caller's turns (OpenAI
+proposes them to the user aggregator, which interrupts the agent on speech; Gemini interrupts
+the agent itself), and plays the provider's audio and transcripts. Two small
 processors let the rest of the call work unchanged around it: `SpokenPrompt` turns the
 fixed lines the call speaks (greeting, goodbyes) into instructions for the model, and
 `ServerVADFrames` reports the server VAD's speech boundaries as VAD frames, which the
@@ -13,6 +14,7 @@ import asyncio
 import contextlib
 
 from pipecat.adapters.llm.schemas.tools_schema import ToolsSchema
+from pipecat.audio.vad.vad_analyzer import VADAnalyzer
 from pipecat.frames.frames import (
     BotStoppedSpeakingFrame,
     EndFrame,
@@ -25,9 +27,13 @@ from pipecat.frames.frames import (
     VADUserStoppedSpeakingFrame,
 )
 from pipecat.processors.aggregators.llm_context import LLMContext
+from pipecat.processors.aggregators.llm_response_universal import LLMUserAggregatorParams
 from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
 from pipecat.services.openai.realtime import events
 from pipecat.services.openai.realtime.llm import OpenAIRealtimeLLMService
+from pipecat.turns.user_start import VADUserTurnStartStrategy
+from pipecat.turns.user_stop import SpeechTimeoutUserTurnStopStrategy
+from pipecat.turns.user_turn_strategies import UserTurnStrategies
 from pipecat.utils.types import NotGiven
 
 from pipelines.config import RealtimeStageConfig
@@ -106,6 +112,22 @@ def silence_secs(stage: RealtimeStageConfig) -> float:
     """How long the server VAD waits in silence before it ends the caller's turn."""
     turn_detection = stage.options.get("turn_detection") or {}
     return turn_detection.get("silence_duration_ms", DEFAULT_SILENCE_MS) / 1000
+
+
+def user_params(vad_analyzer: VADAnalyzer | None) -> LLMUserAggregatorParams:
+    """The user aggregator of a realtime call. The provider's VAD finds the caller's turns
+    (OpenAI's service proposes them to the aggregator; Gemini's interrupts the agent itself).
+    A local VAD (a `vad` stage), for a service that reports no speech boundaries, only marks
+    the caller's speech: its turns interrupt nothing and end at its silence."""
+    if vad_analyzer is None:
+        return LLMUserAggregatorParams()
+    return LLMUserAggregatorParams(
+        vad_analyzer=vad_analyzer,
+        user_turn_strategies=UserTurnStrategies(
+            start=[VADUserTurnStartStrategy(enable_interruptions=False)],
+            stop=[SpeechTimeoutUserTurnStopStrategy(wait_for_transcript=False)],
+        ),
+    )
 
 
 class SpokenPrompt(FrameProcessor):

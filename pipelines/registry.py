@@ -235,11 +235,12 @@ class ProcessorConfigError(ValueError):
 
 
 def check(config: PipelineConfig) -> list[str]:
-    """What in `config` names no registered service or processor, puts a processor at a point
-    it can't run at, or gives it options it refuses (one trial build per processor)."""
+    """What in `config` names no registered service or processor, gives a service an option
+    it doesn't take, puts a processor at a point it can't run at, or gives it options it
+    refuses (one trial build per processor)."""
     problems = []
     factories = service_factories()
-    for key in ("vad", "turn", "stt", "llm", "tts", "analysis"):
+    for key in ("vad", "turn", "stt", "llm", "tts", "realtime", "analysis"):
         stage = getattr(config, key)
         if not stage:
             continue
@@ -250,6 +251,8 @@ def check(config: PipelineConfig) -> list[str]:
             )
         elif isinstance(factory, PluginLoadError):
             problems.append(f"{key}.service: '{stage.service}': {factory}")
+        else:
+            problems.extend(services.option_problems(key, stage, factory))
     try:
         build_processors(config)
     except ProcessorConfigError as exc:

@@ -4,6 +4,9 @@ Local services reuse the process-wide models from `pipelines/models.py`, handed 
 Pipecat's services by `pipelines/pipecat_compat.py` instead of letting each call load its own.
 """
 
+import dataclasses
+import difflib
+import importlib
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -36,14 +39,92 @@ class ServiceContext:
     """The agent's tools, for a service that takes them itself (a realtime one)."""
 
 
+FROM_AGENT = {
+    "system_instruction": "the agent's system_prompt",
+    "voice": "the agent's voice_id (mapped by the stage's voices)",
+    "language": "the agent's language",
+}
+"""Service settings each call takes from its agent, never from a config's options."""
+
+
+@dataclass(frozen=True)
+class Takes:
+    """The `options:` a service factory takes: its own (`own`, read by the factory) and the
+    fields of the Pipecat settings the rest are passed to (`settings`, as `module:Class.Attr`,
+    imported when a config is checked), less those the factory sets itself (`set_here`) and
+    those from the agent (`FROM_AGENT`)."""
+
+    own: tuple[str, ...] = ()
+    settings: str | None = None
+    set_here: tuple[str, ...] = ()
+
+    def names(self) -> set[str]:
+        names = set(self.own)
+        if self.settings:
+            module, _, path = self.settings.partition(":")
+            target: Any = importlib.import_module(module)
+            for part in path.split("."):
+                target = getattr(target, part)
+            if dataclasses.is_dataclass(target):
+                fields = {f.name for f in dataclasses.fields(target)}
+            else:
+                fields = set(target.model_fields)
+            names |= fields - set(self.set_here) - set(FROM_AGENT)
+        return names
+
+
+def takes(*own: str, settings: str | None = None, set_here: tuple[str, ...] = ()):
+    """Declare the options a factory takes (see `Takes`), so a config naming one it doesn't
+    is refused when it loads; an installed package's factory may declare its own too."""
+
+    def declare(factory: Callable) -> Callable:
+        setattr(factory, "takes", Takes(own, settings, set_here))  # noqa: B010
+        return factory
+
+    return declare
+
+
+def option_problems(key: str, stage: StageConfig, factory: Callable) -> list[str]:
+    """The stage's options its factory doesn't take, each naming the stage and the option
+    (a factory that doesn't declare what it takes is not checked)."""
+    declared: Takes | None = getattr(factory, "takes", None)
+    if declared is None:
+        return []
+    try:
+        known = declared.names()
+    except (ImportError, AttributeError) as exc:
+        return [f"{key}.service: '{stage.service}' can't be loaded: {exc}"]
+    problems = []
+    for name in stage.options:
+        where = f"{key}.options.{name}"
+        if name in known:
+            continue
+        if name in FROM_AGENT:
+            problems.append(f"{where}: set from {FROM_AGENT[name]}, not from the config")
+            continue
+        close = difflib.get_close_matches(name, sorted(known), n=1)
+        hint = f" (did you mean '{close[0]}'?)" if close else ""
+        problems.append(f"{where}: unknown option of service '{stage.service}'{hint}")
+    return problems
+
+
+@takes(settings="pipecat.audio.vad.vad_analyzer:VADParams")
 def _silero(stage: StageConfig, ctx: ServiceContext) -> VADAnalyzer:
     return pipecat_compat.silero_vad_analyzer(models.silero_session(), VADParams(**stage.options))
 
 
+@takes()
 def _smart_turn_v3(stage: StageConfig, ctx: ServiceContext) -> BaseSmartTurn:
     return pipecat_compat.smart_turn_v3(models.smart_turn_session(), models.background_executor())
 
 
+@takes(
+    "device",
+    "compute_type",
+    "ttfs_p99_latency",
+    "beam_size",
+    settings="pipecat.services.whisper.stt:WhisperSTTService.Settings",
+)
 def _whisper(stage: StageConfig, ctx: ServiceContext):
     options = dict(stage.options)
     device = options.pop("device", "cpu")
@@ -64,6 +145,7 @@ class AudioTimedPiperTTSService(AudioTimedWords, PiperTTSService):
     keeps the words the caller heard."""
 
 
+@takes("model_dir")
 def _piper(stage: StageConfig, ctx: ServiceContext):
     model_dir = resolve_path(stage.options["model_dir"])
     tts = pipecat_compat.piper_tts_service(
@@ -83,6 +165,7 @@ def _piper(stage: StageConfig, ctx: ServiceContext):
     return tts
 
 
+@takes("base_url", "api_key", settings="pipecat.services.openai.llm:OpenAILLMService.Settings")
 def _openai(stage: StageConfig, ctx: ServiceContext):
     from pipecat.services.openai.llm import OpenAILLMService
 
@@ -94,6 +177,7 @@ def _openai(stage: StageConfig, ctx: ServiceContext):
     )
 
 
+@takes("base_url", "api_key", settings="pipecat.services.openai.stt:OpenAISTTService.Settings")
 def _openai_stt(stage: StageConfig, ctx: ServiceContext):
     """OpenAI's transcription API (`gpt-4o-transcribe`, `whisper-1`, ...), one request per
     utterance; `base_url` may name any server speaking it."""
@@ -107,6 +191,7 @@ def _openai_stt(stage: StageConfig, ctx: ServiceContext):
     )
 
 
+@takes("base_url", "api_key", settings="pipecat.services.openai.tts:OpenAITTSService.Settings")
 def _openai_tts(stage: StageConfig, ctx: ServiceContext):
     """OpenAI's speech API (`gpt-4o-mini-tts`, `tts-1`, ...), one request per sentence."""
     from pipecat.services.openai._constants import OPENAI_SAMPLE_RATE
@@ -122,6 +207,12 @@ def _openai_tts(stage: StageConfig, ctx: ServiceContext):
     )
 
 
+@takes(
+    "base_url",
+    "timeout_secs",
+    "max_retries",
+    settings="pipecat.services.anthropic.llm:AnthropicLLMService.Settings",
+)
 def _anthropic(stage: StageConfig, ctx: ServiceContext):
     from anthropic import AsyncAnthropic
     from pipecat.services.anthropic.llm import AnthropicLLMService
@@ -141,6 +232,7 @@ def _anthropic(stage: StageConfig, ctx: ServiceContext):
     )
 
 
+@takes("base_url", settings="pipecat.services.deepgram.stt:DeepgramSTTService.Settings")
 def _deepgram(stage: StageConfig, ctx: ServiceContext):
     from pipecat.services.deepgram.stt import DeepgramSTTService
 
@@ -153,6 +245,7 @@ def _deepgram(stage: StageConfig, ctx: ServiceContext):
     )
 
 
+@takes("url", settings="pipecat.services.cartesia.tts:CartesiaTTSService.Settings")
 def _cartesia(stage: StageConfig, ctx: ServiceContext):
     from pipecat.services.cartesia.tts import CartesiaTTSService
 
@@ -166,6 +259,7 @@ def _cartesia(stage: StageConfig, ctx: ServiceContext):
     )
 
 
+@takes("url", settings="pipecat.services.assemblyai.stt:AssemblyAISTTService.Settings")
 def _assemblyai(stage: StageConfig, ctx: ServiceContext):
     """AssemblyAI Universal-Streaming over its v3 WebSocket (`url`, default AssemblyAI's)."""
     from pipecat.services.assemblyai.stt import AssemblyAISTTService
@@ -179,6 +273,7 @@ def _assemblyai(stage: StageConfig, ctx: ServiceContext):
     )
 
 
+@takes("url", settings="pipecat.services.elevenlabs.tts:ElevenLabsTTSService.Settings")
 def _elevenlabs(stage: StageConfig, ctx: ServiceContext):
     """ElevenLabs over its multi-context WebSocket (`url`, default `wss://api.elevenlabs.io`)."""
     from pipecat.services.elevenlabs.tts import ElevenLabsTTSService
@@ -194,9 +289,35 @@ def _elevenlabs(stage: StageConfig, ctx: ServiceContext):
     )
 
 
+@takes(
+    "url",
+    "transcription_model",
+    "turn_detection",
+    settings="pipecat.services.openai.realtime.llm:OpenAIRealtimeLLMService.Settings",
+    set_here=("session_properties",),
+)
 def _openai_realtime(stage: StageConfig, ctx: ServiceContext):
     assert isinstance(stage, RealtimeStageConfig)
     return realtime.openai_realtime(
+        stage,
+        api_key=_env_key(stage),
+        system_prompt=ctx.system_prompt,
+        voice=ctx.voice_id,
+        language=ctx.language,
+        tools=ctx.tools,
+    )
+
+
+@takes(
+    "base_url",
+    settings="pipecat.services.google.gemini_live.llm:GeminiLiveLLMService.Settings",
+    set_here=("modalities",),
+)
+def _gemini_live(stage: StageConfig, ctx: ServiceContext):
+    from pipelines.gemini_live import gemini_live
+
+    assert isinstance(stage, RealtimeStageConfig)
+    return gemini_live(
         stage,
         api_key=_env_key(stage),
         system_prompt=ctx.system_prompt,
@@ -210,12 +331,14 @@ def _env_key(stage: StageConfig) -> str | None:
     return os.environ.get(stage.api_key_env) if stage.api_key_env else None
 
 
+@takes("text")
 def _canned_stt(stage: StageConfig, ctx: ServiceContext):
     from pipelines.canned import CannedSTTService
 
     return CannedSTTService(text=stage.options.get("text", "Hello."), ttfs_p99_latency=0.01)
 
 
+@takes()
 def _canned_tts(stage: StageConfig, ctx: ServiceContext):
     from pipelines.canned import CannedTTSService
 
@@ -236,6 +359,7 @@ FACTORIES: dict[str, Callable[[StageConfig, ServiceContext], Any]] = {
     "assemblyai": _assemblyai,
     "elevenlabs": _elevenlabs,
     "openai_realtime": _openai_realtime,
+    "gemini_live": _gemini_live,
     "canned_stt": _canned_stt,
     "canned_tts": _canned_tts,
 }
@@ -251,10 +375,12 @@ NARROWBAND_SERVICES = frozenset(
         "openai_stt",
         "canned_stt",
         "openai_realtime",
+        "gemini_live",
     }
 )
 """Services that take a phone caller's 8 kHz audio as it is (Smart Turn brings a turn's audio to
-its model's 16 kHz itself, OpenAI Realtime to its 24 kHz); Whisper needs 16 kHz."""
+its model's 16 kHz itself, OpenAI Realtime to its 24 kHz, Gemini Live resamples what it is sent);
+Whisper needs 16 kHz."""
 
 
 def phone_input_rate(config: PipelineConfig) -> int:

@@ -40,6 +40,7 @@ from pipelines import models, pipecat_compat
 from pipelines.canned import CannedSTTService, CannedTTSService
 from pipelines.config import resolve_path
 from pipelines.first_clause import FirstClauseTextAggregator
+from pipelines.gemini_live import CallerFirstGeminiLiveService
 from pipelines.whisper import SharedWhisperSTTService
 from processors.twilio_marks import TwilioStreamSerializer
 
@@ -285,6 +286,18 @@ OUR_SUBCLASSES = {
     TwilioStreamSerializer: set(),
     CannedSTTService: set(),
     CannedTTSService: {"_stream_audio_frames_from_iterator"},
+    CallerFirstGeminiLiveService: {
+        "_connection_task_handler",
+        "_handle_session_ready",
+        "_ready_for_realtime_input",
+        "_handle_messages_append",
+        "_handle_msg_tool_call",
+        "_handle_context",
+        "_context",
+        "_process_completed_function_calls",
+        "_create_initial_response",
+        "_session",
+    },
 }
 """Each subclass, and the Pipecat names it may touch (the reach-ins the compat module names)."""
 

@@ -95,6 +95,44 @@ def test_unknown_keys_services_and_processors_are_errors_naming_key_and_file(tmp
 
 
 @pytest.mark.storage_free
+def test_a_stage_option_its_service_does_not_take_is_an_error_naming_stage_and_option(tmp_path):
+    llm_options = {**SCRIPTED["llm"]["options"], "temprature": 0.2, "system_instruction": "Hi."}
+    typos = {
+        **SCRIPTED,
+        "vad": {"service": "silero", "options": {"confidence": 0.7, "stop_sec": 0.2}},
+        "llm": {**SCRIPTED["llm"], "options": llm_options},
+    }
+    path = write(tmp_path / "typos.yaml", typos)  # keys sorted
+    with pytest.raises(PipelineConfigError) as raised:
+        load_config(path)
+    assert raised.value.problems == [
+        "vad.options.stop_sec: unknown option of service 'silero' (did you mean 'stop_secs'?)",
+        "llm.options.system_instruction: set from the agent's system_prompt, not from the config",
+        "llm.options.temprature: unknown option of service 'openai' (did you mean 'temperature'?)",
+    ]
+    checked = switchboard("pipelines", "check", str(path))
+    assert checked.returncode == 1 and checked.stdout == ""
+    assert "  - llm.options.temprature: unknown option of service 'openai'" in checked.stderr
+
+    # A realtime stage's service and options are checked as well.
+    realtime = {
+        "service": "gemini_live",
+        "options": {"model": "gemini-3.8-live", "voice": "Puck", "vad": {}, "base_ur": "x"},
+        "voices": {"puck": "Puck"},
+    }
+    with pytest.raises(PipelineConfigError) as raised:
+        load_config(write(tmp_path / "s2s.yaml", {"realtime": realtime}))
+    assert raised.value.problems == [
+        "realtime.options.base_ur: unknown option of service 'gemini_live' (did you mean 'base_url'?)",
+        "realtime.options.voice: set from the agent's voice_id (mapped by the stage's voices), "
+        "not from the config",
+    ]
+    with pytest.raises(PipelineConfigError) as raised:
+        load_config(write(tmp_path / "s2s.yaml", {"realtime": {**realtime, "service": "gemini"}}))
+    assert raised.value.problems[0].startswith("realtime.service: unknown service 'gemini' (known:")
+
+
+@pytest.mark.storage_free
 def test_pipelines_check_prints_what_a_config_builds_or_why_it_does_not_load(tmp_path):
     good = switchboard("pipelines", "check", str(write(tmp_path / "good.yaml", WITH_PROCESSORS)))
     assert good.returncode == 0, good.stderr

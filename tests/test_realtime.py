@@ -16,7 +16,14 @@ from tests.audio import rms, speech
 from tests.fakes.openai_realtime import FakeOpenAIRealtime
 from tests.fakes.scripted_llm import ToolCall
 from tests.fakes.webhook_receiver import WebhookReceiver
-from tests.helpers.calls import agent_ws, transcript, wait_for_cost, wait_for_status
+from tests.helpers.calls import (
+    agent_ws,
+    ask,
+    end,
+    transcript,
+    wait_for_cost,
+    wait_for_status,
+)
 from tests.helpers.servers import make_agent, start_server
 from tests.helpers.twilio import phone_question
 
@@ -80,18 +87,6 @@ def recording_channels(api, session_id: str) -> tuple[np.ndarray, np.ndarray]:
         assert wav.getnchannels() == 2
         samples = np.frombuffer(wav.readframes(wav.getnframes()), dtype=np.int16).reshape(-1, 2)
     return samples[:, 0], samples[:, 1]
-
-
-async def ask(client: SessionClient, question: str, replies: int = 1) -> None:
-    """Say `question` and wait until the agent's answer has played."""
-    await client.stream(speech(question, tail_secs=1.0))
-    await client.wait_for("transcript.agent", timeout=60, count=replies)
-    await client.wait_for("agent.speech.stopped", timeout=30, count=replies)
-
-
-async def end(client: SessionClient) -> None:
-    await client.send_event({"type": "session.end"})
-    await client.wait_for("session.ended", timeout=10)
 
 
 async def test_a_question_is_answered_in_speech_and_both_sides_are_stored(

@@ -81,6 +81,7 @@ class CallLatencyTracker(BaseObserver):
         self._on_change = on_change
         self._bot_speaking = False
         self._barge_in_at: float | None = None
+        self._bot_stopped_at: float | None = None
         self.turn_observer = UserBotLatencyObserver()
         self.turn_observer.add_event_handler("on_latency_breakdown", self._on_breakdown)
         self.turn_observer.add_event_handler("on_first_bot_speech_latency", self._on_greeting)
@@ -114,20 +115,26 @@ class CallLatencyTracker(BaseObserver):
         frame = data.frame
         if isinstance(frame, BotStartedSpeakingFrame):
             self._bot_speaking = True
-        elif (
-            isinstance(frame, VADUserStartedSpeakingFrame)
-            and self._bot_speaking
-            and self._barge_in_at is None
-        ):
+            self._bot_stopped_at = None
+        elif isinstance(frame, VADUserStartedSpeakingFrame) and self._barge_in_at is None:
             # The caller began speaking `start_secs` before the VAD was sure of it.
-            self._barge_in_at = frame.timestamp - frame.start_secs
+            started = frame.timestamp - frame.start_secs
+            if self._bot_speaking:
+                self._barge_in_at = started
+            elif self._bot_stopped_at is not None and started < self._bot_stopped_at:
+                # A realtime provider's own VAD stopped the agent before this one was sure.
+                stopped, self._bot_stopped_at = self._bot_stopped_at, None
+                await self._barge_in(started, stopped)
         elif isinstance(frame, BotStoppedSpeakingFrame):
             self._bot_speaking = False
             if self._barge_in_at is not None:
                 barged_in, self._barge_in_at = self._barge_in_at, None
-                stop = time.time() - barged_in
-                BARGE_IN.observe(stop)
-                self.record["interruptions"].append(
-                    {"at": _round(barged_in), "stop_secs": _round(stop)}
-                )
-                await self._on_change(self.record)
+                await self._barge_in(barged_in, time.time())
+            else:
+                self._bot_stopped_at = time.time()
+
+    async def _barge_in(self, barged_in: float, stopped: float) -> None:
+        stop = stopped - barged_in
+        BARGE_IN.observe(stop)
+        self.record["interruptions"].append({"at": _round(barged_in), "stop_secs": _round(stop)})
+        await self._on_change(self.record)

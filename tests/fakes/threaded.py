@@ -1,6 +1,7 @@
 """An aiohttp server on its own event loop in a thread, so synchronous tests can drive it."""
 
 import asyncio
+import ssl
 import threading
 
 from aiohttp import web
@@ -9,8 +10,10 @@ from aiohttp import web
 class ThreadedServer:
     """Subclasses add their routes in `routes()`; `port` is known once `start()` returns."""
 
-    def __init__(self):
+    def __init__(self, ssl_context: ssl.SSLContext | None = None):
         self.port = 0
+        self.ssl_context = ssl_context
+        """Serve TLS with it (for a client that speaks only `https`/`wss`)."""
         self.loop: asyncio.AbstractEventLoop | None = None
         self._runner: web.AppRunner | None = None
         self._ready = threading.Event()
@@ -39,7 +42,7 @@ class ThreadedServer:
         self.routes(app)
         self._runner = web.AppRunner(app, shutdown_timeout=1.0)
         self.loop.run_until_complete(self._runner.setup())
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        site = web.TCPSite(self._runner, "127.0.0.1", 0, ssl_context=self.ssl_context)
         self.loop.run_until_complete(site.start())
         self.port = site._server.sockets[0].getsockname()[1]
         self._ready.set()
@@ -49,8 +52,8 @@ class ThreadedServer:
 class WebSocketFake(ThreadedServer):
     """A provider fake whose clients hold WebSockets open, which a test can cut."""
 
-    def __init__(self):
-        super().__init__()
+    def __init__(self, ssl_context: ssl.SSLContext | None = None):
+        super().__init__(ssl_context)
         self._sockets: set[web.WebSocketResponse] = set()
 
     def drop_connections(self) -> int:

@@ -48,6 +48,19 @@ async def spoken_call(server, agent: dict, *questions: str, key: str | None = No
     return ready["session_id"]
 
 
+async def ask(client: SessionClient, question: str, replies: int = 1) -> None:
+    """Say `question` and wait until the agent's answer (the `replies`th) has played."""
+    await client.stream(speech(question, tail_secs=1.0))
+    await client.wait_for("transcript.agent", timeout=60, count=replies)
+    await client.wait_for("agent.speech.stopped", timeout=30, count=replies)
+
+
+async def end(client: SessionClient) -> None:
+    """End the call from the client and wait until the server says it has ended."""
+    await client.send_event({"type": "session.end"})
+    await client.wait_for("session.ended", timeout=10)
+
+
 def inline_call(api, **fields) -> dict:
     """An inline call over the direct WebSocket, as POST /v1/calls/inline returns it."""
     body = {

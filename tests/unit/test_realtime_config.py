@@ -1,7 +1,9 @@
 """A pipeline config is either the cascade (vad, stt, llm, tts) or one `realtime` stage; the
-shipped `realtime` config, its cost line (text and audio tokens) and its analysis LLM."""
+shipped `realtime` config, its cost line (text and audio tokens) and its analysis LLM; the
+`gemini_live` example."""
 
 import re
+from pathlib import Path
 
 import pytest
 from pipecat.frames.frames import MetricsFrame
@@ -16,6 +18,7 @@ from pipelines import services
 from pipelines.config import PipelineCatalog, PipelineConfig
 
 pytestmark = pytest.mark.storage_free
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "pipelines"
 
 REALTIME = {
     "service": "openai_realtime",
@@ -34,12 +37,15 @@ def test_a_realtime_stage_takes_the_place_of_stt_llm_and_tts():
     config = PipelineConfig(name="s2s", realtime=REALTIME)
     assert config.voices == {"marin": "marin"}
     assert [s.service for s in config.stages()] == ["openai_realtime"]
+    # A local VAD may mark the caller's speech beside it (for a service that reports none).
+    marked = PipelineConfig(name="s2s", realtime=REALTIME, vad=CASCADE["vad"])
+    assert [s.service for s in marked.stages()] == ["silero", "openai_realtime"]
 
 
 @pytest.mark.parametrize(
     "fields, error",
     [
-        ({**CASCADE, "realtime": REALTIME}, "a realtime pipeline has no vad, stt, llm, tts stage"),
+        ({**CASCADE, "realtime": REALTIME}, "a realtime pipeline has no stt, llm, tts stage"),
         ({"realtime": REALTIME, "turn": {"service": "smart_turn_v3"}}, "has no turn stage"),
         ({k: v for k, v in CASCADE.items() if k != "tts"}, "missing stages: tts"),
         ({}, "missing stages: vad, stt, llm, tts (or one realtime stage)"),
@@ -100,3 +106,21 @@ def test_the_realtime_config_needs_only_its_key(monkeypatch):
     assert services.phone_input_rate(config) == 8000
     monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
     assert PipelineCatalog().get("realtime").missing_env() == []
+
+
+def test_the_gemini_live_example_builds_pipecats_gemini_live_service(monkeypatch):
+    from pipelines.gemini_live import CallerFirstGeminiLiveService
+
+    monkeypatch.delenv("GOOGLE_API_KEY", raising=False)
+    monkeypatch.delenv("GEMINI_BASE_URL", raising=False)
+    config = PipelineCatalog([EXAMPLES]).get("gemini_live")
+    assert config.missing_env() == ["GOOGLE_API_KEY"]
+    assert services.phone_input_rate(config) == 8000
+    assert config.realtime and config.vad and config.vad.service == "silero"
+    monkeypatch.setenv("GOOGLE_API_KEY", "test-key")
+    ctx = services.ServiceContext(system_prompt="Be brief.", voice_id="Kore", language="fr")
+    gemini = services.create(config.realtime, ctx)
+    assert isinstance(gemini, CallerFirstGeminiLiveService)
+    assert gemini._settings.voice == "Kore" and gemini._settings.language == "fr-FR"
+    assert gemini._settings.vad and gemini._settings.vad.silence_duration_ms == 500
+    assert gemini._http_options.base_url == "https://generativelanguage.googleapis.com/"

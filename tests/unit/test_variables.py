@@ -14,7 +14,7 @@ CONFIG = """description: ${SB_TEST_DESCRIPTION:-a test pipeline}
 vad: {service: silero}
 stt: {service: whisper, options: {model: "${SB_TEST_STT_MODEL}"}}
 llm:
-  service: openai
+  service: anthropic  # takes `timeout_secs`
   api_key_env: SB_TEST_LLM_KEY
   options: {base_url: "${SB_TEST_LLM_URL:-http://127.0.0.1:9/v1}", timeout_secs: ${SB_TEST_TIMEOUT:-20}}
 tts: {service: piper, voices: {joe: en_US-joe-medium}}
