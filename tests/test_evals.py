@@ -1,0 +1,217 @@
+"""Evals (`switchboard eval`, app/evals/): Pipecat scenario files played against a real agent
+through its front door — the session WebSocket (Piper speech or `input.text`) and a Twilio
+Media Streams call — with the agent's words and tool calls from the scripted LLM, and the
+judge and simulated caller on the scripted LLM too."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+from xml.etree import ElementTree
+
+import pytest
+
+from app.evals.judges import EvalLLM
+from app.evals.runner import Target, run_scenario
+from app.evals.scenarios import load
+from tests.fakes.scripted_llm import ToolCall
+from tests.helpers.servers import ROOT, scripted_agent
+
+GREETING = "Thanks for calling Luigi's, how can I help?"
+BOOK_TABLE = {
+    "name": "book_table",
+    "type": "collect",
+    "description": "Book a table",
+    "parameters": {
+        "type": "object",
+        "properties": {"party_size": {"type": "integer"}, "time": {"type": "string"}},
+        "required": ["party_size", "time"],
+    },
+}
+BOOKING = """
+name: booking
+scenarios:
+  - name: books_a_table
+    turns:
+      - expect:
+          - event: response
+            text_contains: "Luigi's"
+      - user: "I would like a table for two at seven tonight."
+        expect:
+          - event: user_transcription
+            text_contains: "a table for"
+          - event: function_call
+            calls:
+              - name: book_table
+                args: {party_size: 2}
+          - event: response
+            text_contains: booked
+    switchboard:
+      tools: [{name: book_table, args: {time: "7pm"}}]
+      must_say: [booked]
+      must_not_say: [sorry]
+      end_reason: caller_hangup
+      voice_to_voice_ms: 30000
+"""
+SIMULATED = """
+name: simulated
+scenarios:
+  - name: caller_books
+    persona: A busy parent who wants dinner out tonight.
+    goal: Book a table for two at seven.
+    success: The agent books a table for two at seven.
+    max_turns: 3
+"""
+
+
+def booking_agent(api) -> dict:
+    return scripted_agent(api, greeting=GREETING, tools=[BOOK_TABLE])
+
+
+def suite(tmp_path: Path, text: str = BOOKING) -> Path:
+    directory = tmp_path / "evals"
+    directory.mkdir()
+    (directory / "booking.yaml").write_text(text)
+    return directory
+
+
+def eval_cli(server, agent_id: str, path: Path, *extra: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "app.cli", "eval", agent_id, str(path), "--server", server.url]
+        + ["--api-key", server.api_key, *extra],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+
+
+def load_text(tmp_path: Path, text: str):
+    path = tmp_path / "scenario.yaml"
+    path.write_text(text)
+    return load(path)
+
+
+def check_junit(xml: str, tests: int, failures: int) -> list[ElementTree.Element]:
+    """A structural check against the JUnit XML schema (testsuites > testsuite > testcase, the
+    attributes it requires, counts that add up); returns the test cases."""
+    root = ElementTree.fromstring(xml)
+    assert root.tag == "testsuites"
+    (testsuite,) = root
+    assert testsuite.tag == "testsuite"
+    for attribute in ("name", "tests", "failures", "errors", "time"):
+        assert attribute in testsuite.attrib, attribute
+    cases = list(testsuite)
+    assert all(case.tag == "testcase" for case in cases)
+    assert int(testsuite.get("tests")) == len(cases) == tests
+    failed = [case for case in cases if case.find("failure") is not None]
+    assert int(testsuite.get("failures")) == len(failed) == failures
+    for case in cases:
+        assert case.get("name") and case.get("classname")
+        float(case.get("time"))
+        for child in case:
+            assert child.tag in ("failure", "system-out")
+            if child.tag == "failure":
+                assert child.get("message")
+    return cases
+
+
+def test_a_scripted_scenario_passes_over_the_websocket_with_speech(server, api, llm, tmp_path):
+    """The CLI plays the scenario as Piper speech; Whisper on the server hears it, the agent
+    books through its tool; exit 0, the table, JUnit XML and JSON."""
+    agent = booking_agent(api)
+    llm.script(ToolCall("book_table", {"party_size": 2, "time": "7pm"}), "Your table is booked.")
+    junit, report = tmp_path / "junit.xml", tmp_path / "results.json"
+    result = eval_cli(
+        server, agent["id"], suite(tmp_path), "--junit", str(junit), "--json", str(report)
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "[1/1] booking/books_a_table  PASS" in result.stdout
+    assert "1 passed, 0 failed" in result.stdout
+    (case,) = check_junit(junit.read_text(), tests=1, failures=0)
+    assert "AGENT: Your table is booked." in case.find("system-out").text
+    (scenario,) = json.loads(report.read_text())["scenarios"]
+    (run,) = scenario["runs"]
+    assert scenario["passed"] and run["end_reason"] == "caller_hangup"
+    greeting, booking = run["turns"]
+    assert booking["user"] and "booked" in booking["heard"].lower()
+    assert 0 < booking["latency_ms"] < 30000 and run["p50_voice_to_voice_ms"]
+    assert any(e["speaker"] == "TOOL" and "book_table" in e["content"] for e in run["transcript"])
+
+
+def test_skipping_the_required_tool_fails_naming_the_tool(server, api, llm, tmp_path):
+    """`--text`: the agent says it booked without calling the tool; exit 1, the reason names
+    book_table, in the table and the JUnit failure."""
+    agent = booking_agent(api)
+    llm.script("Your table is booked.")
+    junit = tmp_path / "junit.xml"
+    result = eval_cli(server, agent["id"], suite(tmp_path), "--text", "--junit", str(junit))
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "FAIL" in result.stdout and "book_table" in result.stdout
+    (case,) = check_junit(junit.read_text(), tests=1, failures=1)
+    failure = case.find("failure")
+    assert "expected a call to book_table" in failure.get("message")
+    assert "no tool call" in failure.get("message")
+
+
+@pytest.mark.storage_free
+def test_bad_scenarios_and_arguments_exit_2(tmp_path):
+    server = SimpleNamespace(url="http://127.0.0.1:9", api_key="sk_unused")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(
+        "name: bad\nscenarios:\n  - name: x\n    turns: []\n    switchboard: {tools: 3}\n"
+    )
+    result = eval_cli(server, "agt_x", bad)
+    assert result.returncode == 2 and "switchboard" in result.stderr
+    result = eval_cli(server, "agt_x", bad, "--text", "--transport", "twilio")
+    assert result.returncode == 2 and "--text" in result.stderr
+
+
+async def test_scripted_scenario_over_twilio_passes_and_fails_without_the_tool(
+    twilio_server, tw, llm, tmp_path
+):
+    """The same scenario over a Twilio Media Streams call (8 kHz μ-law speech, marks echoed)."""
+    agent = booking_agent(tw)
+    (scenario,) = load_text(tmp_path, BOOKING)
+    target = Target(twilio_server.url, twilio_server.api_key, agent["id"], transport="twilio")
+    llm.script(ToolCall("book_table", {"party_size": 2, "time": "7pm"}), "Your table is booked.")
+    passed = await run_scenario(scenario, target)
+    assert passed.passed, passed.failures
+    assert passed.turns[1].latency_ms and "booked" in passed.turns[1].heard.lower()
+
+    llm.script("Your table is booked.")
+    failed = await run_scenario(scenario, target)
+    assert not failed.passed
+    assert "expected a call to book_table" in failed.reason
+
+
+async def test_a_simulated_scenario_with_a_scripted_caller_and_judge(server, api, llm, tmp_path):
+    """The simulated caller (Pipecat's persona on the scripted LLM) asks, the agent books, the
+    caller hangs up through `end_call`; the judge reads the whole call and decides the goal."""
+    agent = booking_agent(api)
+    llm.script(ToolCall("book_table", {"party_size": 2, "time": "7pm"}), "Your table is booked.")
+    llm.script_oneshot(
+        "A table for two at seven tonight, please.",
+        ToolCall("end_call", {"success": True, "reason": "booked"}),
+        when="playing a person",
+    )
+    llm.script_oneshot('{"answer": {"probability": 0.95}}', when="Goal")
+    (scenario,) = load_text(tmp_path, SIMULATED)
+    scripted = EvalLLM(llm.url, "scripted")
+    target = Target(server.url, server.api_key, agent["id"], text=True, llm=scripted)
+    result = await run_scenario(scenario, target)
+    assert result.passed, result.failures
+    assert [t.user for t in result.turns] == [None, "A table for two at seven tonight, please."]
+    judged = [r for r in llm.oneshot_requests if "Goal" in json.dumps(r["messages"])]
+    assert len(judged) == 1 and "Your table is booked." in json.dumps(judged[0]["messages"])
+
+    llm.script("We are fully booked tonight, sorry.")
+    llm.script_oneshot(
+        "A table for two at seven tonight, please.",
+        ToolCall("end_call", {"success": False, "reason": "full"}),
+        when="playing a person",
+    )
+    llm.script_oneshot('{"answer": {"probability": 0.05}}', when="Goal")
+    failed = await run_scenario(scenario, target)
+    assert not failed.passed and failed.reason.startswith("goal not met")
