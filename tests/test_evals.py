@@ -6,6 +6,8 @@ judge and simulated caller on the scripted LLM too."""
 import json
 import subprocess
 import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from types import SimpleNamespace
 from xml.etree import ElementTree
@@ -16,7 +18,7 @@ from app.evals.judges import EvalLLM
 from app.evals.runner import Target, run_scenario
 from app.evals.scenarios import load
 from tests.fakes.scripted_llm import ToolCall
-from tests.helpers.servers import ROOT, scripted_agent
+from tests.helpers.servers import ROOT, account_client, scripted_agent
 
 GREETING = "Thanks for calling Luigi's, how can I help?"
 BOOK_TABLE = {
@@ -215,3 +217,65 @@ async def test_a_simulated_scenario_with_a_scripted_caller_and_judge(server, api
     llm.script_oneshot('{"answer": {"probability": 0.05}}', when="Goal")
     failed = await run_scenario(scenario, target)
     assert not failed.passed and failed.reason.startswith("goal not met")
+
+
+def wait_for_run(api, run_id: str, timeout: float = 120) -> dict:
+    deadline = time.monotonic() + timeout
+    while True:
+        run = api.get(f"/v1/evals/{run_id}").json()
+        if run["status"] in ("completed", "failed") or time.monotonic() > deadline:
+            return run
+        time.sleep(0.3)
+
+
+def test_the_api_runs_a_suite_in_the_background_for_its_account_only(server, api, llm):
+    """POST /v1/agents/{id}/evals runs on the job queue; GET /v1/evals/{id} has the results, the
+    transcript and the eval call's session and recording; another account sees none of it."""
+    agent = booking_agent(api)
+    llm.script(ToolCall("book_table", {"party_size": 2, "time": "7pm"}), "Your table is booked.")
+    response = api.post(
+        f"/v1/agents/{agent['id']}/evals", json={"scenarios": [BOOKING], "text": True}
+    )
+    assert response.status_code == 202, response.text
+    assert response.json()["status"] == "pending" and response.json()["total"] == 1
+    run = wait_for_run(api, response.json()["id"])
+    assert run["status"] == "completed" and run["passed"] is True, run
+    (result,) = run["results"]
+    assert result["name"] == "booking/books_a_table" and result["passed"]
+    assert result["recording_url"] == f"/v1/sessions/{result['session_id']}/recording"
+    assert api.get(f"/v1/sessions/{result['session_id']}").json()["agent_id"] == agent["id"]
+    assert any(e["speaker"] == "TOOL" for e in result["transcript"])
+    listed = api.get(f"/v1/agents/{agent['id']}/evals").json()["items"]
+    assert [r["id"] for r in listed][:1] == [run["id"]]
+
+    with account_client(server, "Other tenant") as other:
+        assert other.get(f"/v1/evals/{run['id']}").status_code == 404
+        refused = other.post(f"/v1/agents/{agent['id']}/evals", json={"scenarios": [BOOKING]})
+        assert refused.status_code == 404 and refused.json()["code"] == "agent_not_found"
+        assert other.get(f"/v1/agents/{agent['id']}/evals").status_code == 404
+
+
+def test_the_api_refuses_bad_scenarios_with_4xx(server, api):
+    agent = booking_agent(api)
+    url = f"/v1/agents/{agent['id']}/evals"
+    include = "name: x\nscenarios: !include /etc/passwd\n"
+    bodies = [
+        {"scenarios": [include]},
+        {"scenarios": ["name: [unclosed"]},
+        {"scenarios": ["name: x\nscenarios:\n  - name: y\n"]},
+        {"scenarios": []},
+        {"scenarios": [BOOKING], "repeat": 0},
+        {"scenarios": [BOOKING], "transport": "twilio", "text": True},
+        {"scenarios": [SIMULATED]},  # needs the eval LLM, which this server has not
+        {"scenarios": ["x" * 70_000]},
+        {"scenarios": [BOOKING], "extra": 1},
+    ]
+    with ThreadPoolExecutor(max_workers=len(bodies)) as pool:
+        responses = list(pool.map(lambda body: api.post(url, json=body), bodies))
+    for body, response in zip(bodies, responses, strict=True):
+        assert response.status_code == 422, (body, response.text)
+        assert response.json()["code"] and response.json()["message"]
+    assert responses[6].json()["code"] == "eval_llm_not_configured"
+    assert responses[0].json()["code"] == "invalid_scenarios"
+    assert "not plain YAML" in responses[0].json()["message"]
+    assert api.get("/v1/evals/evl_missing").status_code == 404

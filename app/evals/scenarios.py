@@ -71,6 +71,13 @@ class Scenario:
     def simulated(self) -> bool:
         return isinstance(self.pipecat, EvalSimulationScenario)
 
+    @property
+    def needs_llm(self) -> bool:
+        """It plays a simulated caller or asks the judge."""
+        if isinstance(self.pipecat, EvalSimulationScenario):
+            return True
+        return any(e.eval for turn in self.pipecat.turns for e in turn.expect)
+
 
 class ScenarioError(ValueError):
     """A scenario file that does not load; the message names the file and the problem."""

@@ -41,7 +41,11 @@ class Caller:
 
     sample_rate: int
     session_id: str
-    ended: bool
+
+    @property
+    def ended(self) -> bool:
+        """The call is over."""
+        raise NotImplementedError
 
     async def open(self) -> None:
         raise NotImplementedError
@@ -181,7 +185,11 @@ class TwilioCaller(Caller):
         self._stream_sid = ""
         self._sequence = 0
         self.session_id = ""
-        self.ended = False
+        self._ended = False
+
+    @property
+    def ended(self) -> bool:
+        return self._ended
 
     async def open(self) -> None:
         async with httpx.AsyncClient(timeout=30) as http:
@@ -246,7 +254,7 @@ class TwilioCaller(Caller):
         except websockets.ConnectionClosed:
             pass
         finally:
-            self.ended = True
+            self._ended = True
 
     async def _echo(self, name: str, delay: float) -> None:
         await asyncio.sleep(max(0.0, delay))

@@ -1,0 +1,172 @@
+"""The Evals API: run scenario files against an agent in the background and read the results
+(see :mod:`app.evals.background`)."""
+
+from datetime import datetime
+from typing import Any, Literal
+
+from fastapi import APIRouter, Query
+from pydantic import BaseModel, ConfigDict, Field
+
+from app.agents import load_agent
+from app.deps import CallerDep, DbDep, StateDep
+from app.errors import ERROR_RESPONSES, APIError, not_found
+from app.evals import background
+from app.evals.scenarios import ScenarioError
+from app.storage import evals as store
+from app.storage.ids import new_id, utcnow
+from app.storage.models import EvalRun
+
+router = APIRouter(tags=["evals"], responses=ERROR_RESPONSES)
+
+
+class EvalRunCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    scenarios: list[str] = Field(
+        min_length=1,
+        max_length=background.MAX_DOCUMENTS,
+        description="Scenario files (Pipecat's evals format with a `switchboard:` block), as YAML text",
+    )
+    transport: Literal["ws", "twilio"] = Field(
+        default="ws", description="ws: the session WebSocket; twilio: a Twilio Media Streams call"
+    )
+    text: bool = Field(default=False, description="Send the caller's turns as text (ws only)")
+    repeat: int = Field(default=1, ge=1, le=10, description="Runs of every scenario")
+
+
+class EvalTurnOut(BaseModel):
+    user: str | None = Field(description="What the caller said (null: the agent spoke first)")
+    heard: str = Field(description="The agent's reply as the caller heard it (Whisper)")
+    latency_ms: int | None = Field(description="Voice-to-voice: caller end of speech → agent audio")
+
+
+class EvalScenarioOut(BaseModel):
+    name: str
+    kind: Literal["script", "simulation"]
+    passed: bool
+    reason: str = Field(description="The first failure, empty if it passed")
+    failures: list[str]
+    turns: list[EvalTurnOut]
+    session_id: str | None
+    recording_url: str | None = Field(description="The eval call's recording (stereo WAV)")
+    end_reason: str | None
+    cost_usd: float | None
+    p50_voice_to_voice_ms: int | None
+    transcript: list[dict[str, Any]] = Field(description="The server's transcript of the call")
+    duration_s: float
+
+
+class EvalRunOut(BaseModel):
+    id: str
+    agent_id: str
+    status: Literal["pending", "running", "completed", "failed"]
+    transport: str
+    text: bool
+    repeat: int
+    total: int = Field(description="Calls the run makes")
+    done: int = Field(description="Calls finished")
+    passed: bool | None = Field(description="Every call passed (null until completed)")
+    error: str | None
+    created_at: datetime
+    finished_at: datetime | None
+    results: list[EvalScenarioOut]
+
+
+class EvalRunList(BaseModel):
+    items: list[EvalRunOut]
+
+
+def run_out(run: EvalRun) -> EvalRunOut:
+    results = [
+        EvalScenarioOut(
+            **{k: v for k, v in result.items() if k in EvalScenarioOut.model_fields},
+            recording_url=f"/v1/sessions/{result['session_id']}/recording"
+            if result.get("session_id")
+            else None,
+        )
+        for result in run.results
+    ]
+    return EvalRunOut(
+        id=run.id,
+        agent_id=run.agent_id,
+        status=run.status,
+        transport=run.transport,
+        text=run.text,
+        repeat=run.repeat,
+        total=run.total,
+        done=len(results),
+        passed=all(r.passed for r in results) if run.status == "completed" else None,
+        error=run.error,
+        created_at=run.created_at,
+        finished_at=run.finished_at,
+        results=results,
+    )
+
+
+@router.post("/v1/agents/{agent_id}/evals", status_code=202, response_model=EvalRunOut)
+async def start_eval(
+    agent_id: str, body: EvalRunCreate, caller: CallerDep, db: DbDep, state: StateDep
+) -> EvalRunOut:
+    """Run scenario files against the agent in the background; poll `GET /v1/evals/{id}`."""
+    agent = await load_agent(db, caller, agent_id)
+    if any(len(text) > background.MAX_DOCUMENT_CHARS for text in body.scenarios):
+        raise APIError(
+            422,
+            "invalid_scenarios",
+            f"a scenario file is limited to {background.MAX_DOCUMENT_CHARS} characters",
+        )
+    if body.text and body.transport == "twilio":
+        raise APIError(422, "validation_error", "text: works over the ws transport only")
+    try:
+        scenarios = background.parse_documents(body.scenarios)
+    except ScenarioError as exc:
+        raise APIError(422, "invalid_scenarios", str(exc)) from None
+    if len(scenarios) * body.repeat > background.MAX_CALLS:
+        raise APIError(
+            422,
+            "invalid_scenarios",
+            f"a run makes at most {background.MAX_CALLS} calls (scenarios × repeat)",
+        )
+    needing = [s.name for s in scenarios if s.needs_llm]
+    if needing and background.eval_llm(state) is None:
+        raise APIError(
+            422,
+            "eval_llm_not_configured",
+            f"{', '.join(needing)}: a judge or simulated caller needs the server's eval LLM "
+            "(SWITCHBOARD_EVAL_LLM_URL)",
+        )
+    run = EvalRun(
+        id=new_id("evl"),
+        account_id=caller.account_id,
+        agent_id=agent.id,
+        status="pending",
+        transport=body.transport,
+        text=body.text,
+        repeat=body.repeat,
+        documents=body.scenarios,
+        total=len(scenarios) * body.repeat,
+        results=[],
+        created_at=utcnow(),
+    )
+    db.add(run)
+    state.jobs.enqueue(db, background.RUN_JOB, {"eval_id": run.id, "agent_id": agent.id})
+    await db.commit()
+    return run_out(run)
+
+
+@router.get("/v1/evals/{eval_id}", response_model=EvalRunOut)
+async def get_eval(eval_id: str, caller: CallerDep, db: DbDep) -> EvalRunOut:
+    run = await store.get_run(db, caller.account_id, eval_id)
+    if run is None:
+        raise not_found("eval", eval_id)
+    return run_out(run)
+
+
+@router.get("/v1/agents/{agent_id}/evals", response_model=EvalRunList)
+async def list_evals(
+    agent_id: str, caller: CallerDep, db: DbDep, limit: int = Query(default=20, ge=1, le=100)
+) -> EvalRunList:
+    """The agent's eval runs, newest first."""
+    agent = await load_agent(db, caller, agent_id)
+    runs = await store.list_runs(db, caller.account_id, agent.id, limit)
+    return EvalRunList(items=[run_out(run) for run in runs])

@@ -1,0 +1,103 @@
+"""Eval runs started through the API (`POST /v1/agents/{id}/evals`): the scenario files come in
+the request as YAML text and run on the job queue (`eval.run`), on whichever node claims the
+job, through this server's own front door with a key of the run's account made for the run
+(and revoked after it). Each finished call's result is stored as it comes, so a run can be
+watched; a run taken over after its node died starts again from the first scenario."""
+
+import tempfile
+from pathlib import Path
+
+import yaml
+from loguru import logger
+
+from app.evals.judges import EvalLLM
+from app.evals.runner import Target, run_scenario
+from app.evals.scenarios import Scenario, ScenarioError, load_file
+from app.state import AppState
+from app.storage import accounts
+from app.storage.ids import utcnow
+from app.storage.models import ApiKey, EvalRun, Job
+from app.urls import own_base_url
+
+RUN_JOB = "eval.run"
+MAX_DOCUMENTS = 20
+MAX_DOCUMENT_CHARS = 64 * 1024
+MAX_CALLS = 50
+"""Calls one run makes at most (scenarios × repeat)."""
+
+
+def parse_documents(documents: list[str]) -> list[Scenario]:
+    """The scenarios of YAML scenario files sent to the API. Plain YAML only: tags (`!include`
+    would read the server's files) are refused, like any file that does not load."""
+    scenarios: list[Scenario] = []
+    with tempfile.TemporaryDirectory(prefix="switchboard-eval-") as directory:
+        for index, text in enumerate(documents):
+            try:
+                yaml.safe_load(text)
+            except yaml.YAMLError as exc:
+                raise ScenarioError(f"scenarios[{index}]: not plain YAML: {exc}") from None
+            path = Path(directory) / f"scenarios[{index}]"
+            path.write_text(text)
+            scenarios.extend(load_file(path))
+    return scenarios
+
+
+def eval_llm(state: AppState) -> EvalLLM | None:
+    settings = state.settings
+    if not settings.eval_llm_url:
+        return None
+    return EvalLLM(settings.eval_llm_url, settings.eval_llm_model, settings.eval_llm_api_key)
+
+
+async def run(state: AppState, job: Job) -> None:
+    """The `eval.run` job: every scenario, `repeat` times, one call at a time."""
+    run_id = job.payload["eval_id"]
+    async with state.db.sessions() as db:
+        record = await db.get(EvalRun, run_id)
+        if record is None or record.status in ("completed", "failed"):
+            return
+        record.status, record.results, record.error = "running", [], None
+        await db.commit()
+        account_id, agent_id = record.account_id, record.agent_id
+        documents, repeat = list(record.documents), record.repeat
+        target_options = (record.transport, record.text)
+        secret = accounts.generate_key()
+        key = await accounts.add_key(db, account_id, f"eval run {run_id}", secret)
+    try:
+        scenarios = parse_documents(documents)
+        transport, text = target_options
+        target = Target(
+            own_base_url(state.settings),
+            secret,
+            agent_id,
+            transport="twilio" if transport == "twilio" else "ws",
+            text=text,
+            llm=eval_llm(state),
+        )
+        results: list[dict] = []
+        for _ in range(repeat):
+            for scenario in scenarios:
+                result = await run_scenario(scenario, target)
+                results.append(result.to_json())
+                async with state.db.sessions() as db:
+                    record = await db.get(EvalRun, run_id)
+                    if record is not None:
+                        record.results = list(results)
+                        await db.commit()
+        await _finish(state, run_id, "completed", None)
+    except Exception as exc:
+        logger.exception(f"eval run {run_id} failed")
+        await _finish(state, run_id, "failed", f"{type(exc).__name__}: {exc}")
+    finally:
+        async with state.db.sessions() as db:
+            stored = await db.get(ApiKey, key.id)
+            if stored is not None:
+                await accounts.revoke_key(db, stored)
+
+
+async def _finish(state: AppState, run_id: str, status: str, error: str | None) -> None:
+    async with state.db.sessions() as db:
+        record = await db.get(EvalRun, run_id)
+        if record is not None:
+            record.status, record.error, record.finished_at = status, error, utcnow()
+            await db.commit()

@@ -1,0 +1,40 @@
+"""eval_runs: an agent's eval suite run in the background
+
+Revision ID: 0018_evals
+Revises: 0017_campaigns
+Create Date: 2026-12-03
+"""
+
+import sqlalchemy as sa
+from alembic import op
+
+revision = "0018_evals"
+down_revision = "0017_campaigns"
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    op.create_table(
+        "eval_runs",
+        sa.Column("id", sa.String(40), primary_key=True),
+        sa.Column("account_id", sa.String(40), sa.ForeignKey("accounts.id"), nullable=False),
+        sa.Column("agent_id", sa.String(40), sa.ForeignKey("agents.id"), nullable=False),
+        sa.Column("status", sa.String(16), nullable=False),
+        sa.Column("transport", sa.String(16), nullable=False),
+        sa.Column("text", sa.Boolean, nullable=False),
+        sa.Column("repeat", sa.Integer, nullable=False),
+        sa.Column("documents", sa.JSON, nullable=False),
+        sa.Column("total", sa.Integer, nullable=False),
+        sa.Column("results", sa.JSON, nullable=False),
+        sa.Column("error", sa.Text),
+        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("finished_at", sa.DateTime(timezone=True)),
+    )
+    op.create_index("ix_eval_runs_account_id", "eval_runs", ["account_id"])
+    op.create_index("ix_eval_runs_agent_id", "eval_runs", ["agent_id"])
+    op.create_index("ix_eval_runs_created_at", "eval_runs", ["created_at"])
+
+
+def downgrade() -> None:
+    op.drop_table("eval_runs")
