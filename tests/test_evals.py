@@ -4,6 +4,7 @@ Media Streams call — with the agent's words and tool calls from the scripted L
 judge and simulated caller on the scripted LLM too."""
 
 import json
+import re
 import subprocess
 import sys
 import time
@@ -13,11 +14,13 @@ from types import SimpleNamespace
 from xml.etree import ElementTree
 
 import pytest
+from playwright.sync_api import expect, sync_playwright
 
 from app.evals.judges import EvalLLM
 from app.evals.runner import Target, run_scenario
 from app.evals.scenarios import load
 from tests.fakes.scripted_llm import ToolCall
+from tests.helpers.dashboard import CHROMIUM, CHROMIUM_FLAGS, need_chromium
 from tests.helpers.servers import ROOT, account_client, scripted_agent
 
 GREETING = "Thanks for calling Luigi's, how can I help?"
@@ -279,3 +282,44 @@ def test_the_api_refuses_bad_scenarios_with_4xx(server, api):
     assert responses[0].json()["code"] == "invalid_scenarios"
     assert "not plain YAML" in responses[0].json()["message"]
     assert api.get("/v1/evals/evl_missing").status_code == 404
+
+
+def test_the_dashboard_runs_a_suite_and_shows_a_failure_beside_the_run_before(server, api, llm):
+    """The agent's Evals tab: a run started there is watched until it ends; its failure shows
+    the reason, the previous run's result, the transcript and the call's recording."""
+    need_chromium()
+    agent = booking_agent(api)
+    llm.script(ToolCall("book_table", {"party_size": 2, "time": "7pm"}), "Your table is booked.")
+    body = {"scenarios": [BOOKING], "text": True}
+    first = api.post(f"/v1/agents/{agent['id']}/evals", json=body).json()
+    assert wait_for_run(api, first["id"])["passed"] is True
+    llm.script("Your table is booked.")  # the tool call skipped this time
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_FLAGS)
+        try:
+            page = browser.new_context(base_url=server.url).new_page()
+            page.set_default_timeout(30_000)
+            page.goto("/login")
+            page.fill("#api_key", server.api_key)
+            page.click("button[type=submit]")
+            page.goto(f"/agents/{agent['id']}")
+            page.click("text=Evals")
+            expect(page.locator("#scenarios")).to_have_value(BOOKING.lstrip())  # the last run's file
+            page.check("input[name=text]")
+            page.click("#run-evals button[type=submit]")
+            run = page.locator("#eval-run")
+            expect(run).to_have_attribute("data-status", "completed", timeout=90_000)
+            row = page.locator("#eval-results tbody tr")
+            expect(row).to_contain_text("booking/books_a_table")
+            expect(row.locator("td").nth(1)).to_have_text("FAIL")
+            expect(row.locator("td").nth(2)).to_have_text("PASS")  # the run before
+            expect(row.locator("td").nth(3)).to_contain_text("expected a call to book_table")
+            failure = page.locator("section.failure")
+            expect(failure.locator("li.turn.agent").last).to_contain_text("Your table is booked.")
+            expect(failure.locator("audio")).to_have_attribute(
+                "src", re.compile(r"^/calls/ses_\w+/recording$")
+            )
+            expect(page.locator("#eval-runs tbody tr")).to_have_count(2)
+        finally:
+            browser.close()

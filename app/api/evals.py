@@ -9,11 +9,9 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from app.agents import load_agent
 from app.deps import CallerDep, DbDep, StateDep
-from app.errors import ERROR_RESPONSES, APIError, not_found
+from app.errors import ERROR_RESPONSES, not_found
 from app.evals import background
-from app.evals.scenarios import ScenarioError
 from app.storage import evals as store
-from app.storage.ids import new_id, utcnow
 from app.storage.models import EvalRun
 
 router = APIRouter(tags=["evals"], responses=ERROR_RESPONSES)
@@ -109,48 +107,9 @@ async def start_eval(
 ) -> EvalRunOut:
     """Run scenario files against the agent in the background; poll `GET /v1/evals/{id}`."""
     agent = await load_agent(db, caller, agent_id)
-    if any(len(text) > background.MAX_DOCUMENT_CHARS for text in body.scenarios):
-        raise APIError(
-            422,
-            "invalid_scenarios",
-            f"a scenario file is limited to {background.MAX_DOCUMENT_CHARS} characters",
-        )
-    if body.text and body.transport == "twilio":
-        raise APIError(422, "validation_error", "text: works over the ws transport only")
-    try:
-        scenarios = background.parse_documents(body.scenarios)
-    except ScenarioError as exc:
-        raise APIError(422, "invalid_scenarios", str(exc)) from None
-    if len(scenarios) * body.repeat > background.MAX_CALLS:
-        raise APIError(
-            422,
-            "invalid_scenarios",
-            f"a run makes at most {background.MAX_CALLS} calls (scenarios × repeat)",
-        )
-    needing = [s.name for s in scenarios if s.needs_llm]
-    if needing and background.eval_llm(state) is None:
-        raise APIError(
-            422,
-            "eval_llm_not_configured",
-            f"{', '.join(needing)}: a judge or simulated caller needs the server's eval LLM "
-            "(SWITCHBOARD_EVAL_LLM_URL)",
-        )
-    run = EvalRun(
-        id=new_id("evl"),
-        account_id=caller.account_id,
-        agent_id=agent.id,
-        status="pending",
-        transport=body.transport,
-        text=body.text,
-        repeat=body.repeat,
-        documents=body.scenarios,
-        total=len(scenarios) * body.repeat,
-        results=[],
-        created_at=utcnow(),
+    run = await background.start(
+        state, db, agent, body.scenarios, body.transport, body.text, body.repeat
     )
-    db.add(run)
-    state.jobs.enqueue(db, background.RUN_JOB, {"eval_id": run.id, "agent_id": agent.id})
-    await db.commit()
     return run_out(run)
 
 

@@ -9,14 +9,16 @@ from pathlib import Path
 
 import yaml
 from loguru import logger
+from sqlalchemy.ext.asyncio import AsyncSession
 
+from app.errors import APIError
 from app.evals.judges import EvalLLM
 from app.evals.runner import Target, run_scenario
 from app.evals.scenarios import Scenario, ScenarioError, load_file
 from app.state import AppState
 from app.storage import accounts
-from app.storage.ids import utcnow
-from app.storage.models import ApiKey, EvalRun, Job
+from app.storage.ids import new_id, utcnow
+from app.storage.models import Agent, ApiKey, EvalRun, Job
 from app.urls import own_base_url
 
 RUN_JOB = "eval.run"
@@ -40,6 +42,59 @@ def parse_documents(documents: list[str]) -> list[Scenario]:
             path.write_text(text)
             scenarios.extend(load_file(path))
     return scenarios
+
+
+async def start(
+    state: AppState,
+    db: AsyncSession,
+    agent: Agent,
+    documents: list[str],
+    transport: str,
+    text: bool,
+    repeat: int,
+) -> EvalRun:
+    """Check a run's scenario files and options (a 422 naming the problem) and enqueue it."""
+    if any(len(document) > MAX_DOCUMENT_CHARS for document in documents):
+        raise APIError(
+            422,
+            "invalid_scenarios",
+            f"a scenario file is limited to {MAX_DOCUMENT_CHARS} characters",
+        )
+    if text and transport == "twilio":
+        raise APIError(422, "validation_error", "text: works over the ws transport only")
+    try:
+        scenarios = parse_documents(documents)
+    except ScenarioError as exc:
+        raise APIError(422, "invalid_scenarios", str(exc)) from None
+    if len(scenarios) * repeat > MAX_CALLS:
+        raise APIError(
+            422, "invalid_scenarios", f"a run makes at most {MAX_CALLS} calls (scenarios × repeat)"
+        )
+    needing = [s.name for s in scenarios if s.needs_llm]
+    if needing and eval_llm(state) is None:
+        raise APIError(
+            422,
+            "eval_llm_not_configured",
+            f"{', '.join(needing)}: a judge or simulated caller needs the server's eval LLM "
+            "(SWITCHBOARD_EVAL_LLM_URL)",
+        )
+    run = EvalRun(
+        id=new_id("evl"),
+        account_id=agent.account_id,
+        agent_id=agent.id,
+        status="pending",
+        transport=transport,
+        text=text,
+        repeat=repeat,
+        documents=documents,
+        total=len(scenarios) * repeat,
+        results=[],
+        created_at=utcnow(),
+    )
+    db.add(run)
+    state.jobs.enqueue(db, RUN_JOB, {"eval_id": run.id, "agent_id": agent.id})
+    await db.commit()
+    return run
 
 
 def eval_llm(state: AppState) -> EvalLLM | None:
