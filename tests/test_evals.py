@@ -305,7 +305,9 @@ def test_the_dashboard_runs_a_suite_and_shows_a_failure_beside_the_run_before(se
             page.click("button[type=submit]")
             page.goto(f"/agents/{agent['id']}")
             page.click("text=Evals")
-            expect(page.locator("#scenarios")).to_have_value(BOOKING.lstrip())  # the last run's file
+            expect(page.locator("#scenarios")).to_have_value(
+                BOOKING.lstrip()
+            )  # the last run's file
             page.check("input[name=text]")
             page.click("#run-evals button[type=submit]")
             run = page.locator("#eval-run")
@@ -323,3 +325,12 @@ def test_the_dashboard_runs_a_suite_and_shows_a_failure_beside_the_run_before(se
             expect(page.locator("#eval-runs tbody tr")).to_have_count(2)
         finally:
             browser.close()
+
+
+@pytest.mark.storage_free
+def test_the_examples_suite_loads():
+    scenarios = load(ROOT / "examples" / "evals")
+    names = {s.name: s for s in scenarios}
+    assert names["restaurant/books_a_table"].expect.flow_path == ["greeting", "reserve", "booked"]
+    assert names["restaurant/caller_books_by_themselves"].simulated
+    assert names["clinic/books_an_appointment"].needs_llm

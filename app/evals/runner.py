@@ -27,6 +27,8 @@ from app.evals.scenarios import Scenario
 from app.evals.transports import Caller, Reply, SessionCaller, TwilioCaller
 
 ENDED_STATUSES = {"completed", "failed", "expired"}
+OPENER_WAIT_SECS = 8.0
+"""How long an agent-first agent without a greeting gets to start speaking."""
 
 
 @dataclass
@@ -114,15 +116,15 @@ async def run_scenario(scenario: Scenario, target: Target) -> ScenarioResult:
         if agent.status_code != 200:
             result.failures.append(f"agent {target.agent_id}: {agent.status_code} {agent.text}")
             return result
-        greets = bool(agent.json().get("greeting")) and agent.json().get("first_speaker") != "user"
+        opening = _opening_wait(agent.json(), target)
         caller = _make_caller(target, scenario)
         try:
             await caller.open()
             result.session_id = caller.session_id
             if scenario.simulated:
-                await _simulate(scenario, target, caller, greets, result)
+                await _simulate(scenario, target, caller, opening, result)
             else:
-                await _play_script(scenario, target, caller, greets, result)
+                await _play_script(scenario, target, caller, opening, result)
         except (ConnectionError, OSError, TimeoutError) as exc:
             result.failures.append(f"the call failed: {exc}")
         finally:
@@ -146,6 +148,26 @@ async def run_scenario(scenario: Scenario, target: Target) -> ScenarioResult:
     return result
 
 
+def _opening_wait(agent: dict, target: Target) -> float:
+    """How long to wait for the agent to speak first: its greeting, or a flow's first node or
+    opener without one (it may say nothing: a short wait); 0 for a user-first agent."""
+    if agent.get("first_speaker") == "user":
+        return 0
+    return target.reply_timeout if agent.get("greeting") else OPENER_WAIT_SECS
+
+
+async def _open(caller: Caller, target: Target, wait: float, result: ScenarioResult) -> str:
+    """The agent's unprompted opening, recorded as a turn without caller words if it spoke."""
+    if not wait:
+        return ""
+    reply = await caller.reply(wait)
+    if not reply.audio and not reply.text:
+        return ""
+    heard = await _heard(reply, caller, target)
+    result.turns.append(_turn(None, reply, heard))
+    return heard
+
+
 async def _heard(reply: Reply, caller: Caller, target: Target) -> str:
     if target.text:
         return reply.text
@@ -158,16 +180,13 @@ def _turn(user: str | None, reply: Reply, heard: str) -> Turn:
 
 
 async def _play_script(
-    scenario: Scenario, target: Target, caller: Caller, greets: bool, result: ScenarioResult
+    scenario: Scenario, target: Target, caller: Caller, opening: float, result: ScenarioResult
 ) -> None:
     assert isinstance(scenario.pipecat, EvalScriptScenario)
     turns = list(scenario.pipecat.turns)
-    if greets:
-        reply = await caller.reply(target.reply_timeout)
-        heard = await _heard(reply, caller, target)
-        result.turns.append(_turn(None, reply, heard))
-        if turns and turns[0].user is None:
-            turns.pop(0)  # the scenario's first turn observes the greeting
+    await _open(caller, target, opening, result)
+    if result.turns and turns and turns[0].user is None:
+        turns.pop(0)  # the scenario's first turn observes the opening
     for turn in turns:
         if caller.ended:
             result.failures.append(f"the call ended before the caller's turn {turn.user!r}")
@@ -180,16 +199,12 @@ async def _play_script(
 
 
 async def _simulate(
-    scenario: Scenario, target: Target, caller: Caller, greets: bool, result: ScenarioResult
+    scenario: Scenario, target: Target, caller: Caller, opening: float, result: ScenarioResult
 ) -> None:
     simulation = scenario.pipecat
     assert not isinstance(simulation, EvalScriptScenario)
     persona = SimulatedCaller(simulation, target.llm)
-    heard = ""
-    if greets:
-        reply = await caller.reply(target.reply_timeout)
-        heard = await _heard(reply, caller, target)
-        result.turns.append(_turn(None, reply, heard))
+    heard = await _open(caller, target, opening, result)
     deadline = time.monotonic() + simulation.max_duration_s
     for _ in range(simulation.max_turns):
         if caller.ended or time.monotonic() > deadline:
