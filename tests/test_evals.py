@@ -334,3 +334,39 @@ def test_the_examples_suite_loads():
     assert names["restaurant/books_a_table"].expect.flow_path == ["greeting", "reserve", "booked"]
     assert names["restaurant/caller_books_by_themselves"].simulated
     assert names["clinic/books_an_appointment"].needs_llm
+
+
+GREETS = """
+name: greeting
+scenarios:
+  - name: says_the_name
+    turns:
+      - expect:
+          - event: response
+            text_contains: "Luigi's"
+"""
+
+
+def test_a_stored_suite_runs_by_name(server, api, llm):
+    """PUT /v1/agents/{id}/eval-suite stores scenario files; a run names scenarios from it."""
+    agent = booking_agent(api)
+    suite_url, runs_url = f"/v1/agents/{agent['id']}/eval-suite", f"/v1/agents/{agent['id']}/evals"
+    assert api.get(suite_url).json()["code"] == "eval_suite_not_found"
+    assert api.post(runs_url, json={"text": True}).json()["code"] == "eval_suite_not_found"
+    stored = api.put(suite_url, json={"scenarios": [BOOKING, GREETS]})
+    assert stored.status_code == 200, stored.text
+    assert stored.json()["names"] == ["booking/books_a_table", "greeting/says_the_name"]
+    assert api.get(suite_url).json()["scenarios"] == [BOOKING, GREETS]
+
+    unknown = api.post(runs_url, json={"names": ["greeting/nope"]})
+    assert unknown.status_code == 422 and "greeting/nope" in unknown.json()["message"]
+    started = api.post(runs_url, json={"names": ["greeting/says_the_name"], "text": True})
+    assert started.status_code == 202 and started.json()["total"] == 1
+    run = wait_for_run(api, started.json()["id"])
+    assert run["passed"] is True and [r["name"] for r in run["results"]] == [
+        "greeting/says_the_name"
+    ]
+    with account_client(server, "Suite thief") as other:
+        assert other.get(suite_url).status_code == 404
+        assert other.put(suite_url, json={"scenarios": [GREETS]}).status_code == 404
+    assert api.put(suite_url, json={"scenarios": ["name: x\n"]}).status_code == 422

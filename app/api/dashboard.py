@@ -490,7 +490,7 @@ async def start_eval_run(
     transport = "twilio" if form.get("transport") == "twilio" else "ws"
     try:
         run = await eval_background.start(
-            state, db, agent, [form.get("scenarios", "")], transport, "text" in form, repeat
+            state, db, agent, [form.get("scenarios", "")], None, transport, "text" in form, repeat
         )
     except APIError as exc:
         return await _evals_page(

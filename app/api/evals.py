@@ -2,7 +2,7 @@
 (see :mod:`app.evals.background`)."""
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query
 from pydantic import BaseModel, ConfigDict, Field
@@ -12,18 +12,46 @@ from app.deps import CallerDep, DbDep, StateDep
 from app.errors import ERROR_RESPONSES, not_found
 from app.evals import background
 from app.storage import evals as store
-from app.storage.models import EvalRun
+from app.storage.ids import utcnow
+from app.storage.models import EvalRun, EvalSuite
 
 router = APIRouter(tags=["evals"], responses=ERROR_RESPONSES)
+
+
+ScenarioFiles = Annotated[
+    list[str],
+    Field(
+        min_length=1,
+        max_length=background.MAX_DOCUMENTS,
+        description="Scenario files (Pipecat's evals format with a `switchboard:` block), as YAML text",
+    ),
+]
+ScenarioName = Annotated[str, Field(min_length=1, max_length=200)]
+
+
+class EvalSuiteIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    scenarios: ScenarioFiles
+
+
+class EvalSuiteOut(BaseModel):
+    agent_id: str
+    names: list[str] = Field(description="The scenarios the files hold (`file name/scenario name`)")
+    scenarios: list[str]
+    updated_at: datetime
 
 
 class EvalRunCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    scenarios: list[str] = Field(
-        min_length=1,
-        max_length=background.MAX_DOCUMENTS,
-        description="Scenario files (Pipecat's evals format with a `switchboard:` block), as YAML text",
+    scenarios: ScenarioFiles | None = Field(
+        default=None, description="Scenario files to run; the agent's stored suite if left out"
+    )
+    names: list[ScenarioName] | None = Field(
+        default=None,
+        max_length=background.MAX_CALLS,
+        description="Run only these scenarios of the files, by name (`file name/scenario name`)",
     )
     transport: Literal["ws", "twilio"] = Field(
         default="ws", description="ws: the session WebSocket; twilio: a Twilio Media Streams call"
@@ -107,10 +135,48 @@ async def start_eval(
 ) -> EvalRunOut:
     """Run scenario files against the agent in the background; poll `GET /v1/evals/{id}`."""
     agent = await load_agent(db, caller, agent_id)
+    documents = body.scenarios
+    if documents is None:
+        suite = await store.get_suite(db, caller.account_id, agent.id)
+        if suite is None:
+            raise not_found("eval_suite", agent.id)
+        documents = suite.documents
     run = await background.start(
-        state, db, agent, body.scenarios, body.transport, body.text, body.repeat
+        state, db, agent, documents, body.names, body.transport, body.text, body.repeat
     )
     return run_out(run)
+
+
+def suite_out(suite: EvalSuite) -> EvalSuiteOut:
+    return EvalSuiteOut(
+        agent_id=suite.agent_id,
+        names=[s.name for s in background.parse_documents(suite.documents)],
+        scenarios=suite.documents,
+        updated_at=suite.updated_at,
+    )
+
+
+@router.put("/v1/agents/{agent_id}/eval-suite", response_model=EvalSuiteOut)
+async def put_suite(agent_id: str, body: EvalSuiteIn, caller: CallerDep, db: DbDep) -> EvalSuiteOut:
+    """Store the agent's scenario files (replacing any), for runs that name them."""
+    agent = await load_agent(db, caller, agent_id)
+    background.check(body.scenarios)
+    suite = await store.get_suite(db, caller.account_id, agent.id)
+    if suite is None:
+        suite = EvalSuite(agent_id=agent.id, account_id=caller.account_id, documents=[])
+        db.add(suite)
+    suite.documents, suite.updated_at = body.scenarios, utcnow()
+    await db.commit()
+    return suite_out(suite)
+
+
+@router.get("/v1/agents/{agent_id}/eval-suite", response_model=EvalSuiteOut)
+async def get_suite(agent_id: str, caller: CallerDep, db: DbDep) -> EvalSuiteOut:
+    agent = await load_agent(db, caller, agent_id)
+    suite = await store.get_suite(db, caller.account_id, agent.id)
+    if suite is None:
+        raise not_found("eval_suite", agent.id)
+    return suite_out(suite)
 
 
 @router.get("/v1/evals/{eval_id}", response_model=EvalRunOut)

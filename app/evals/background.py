@@ -44,28 +44,47 @@ def parse_documents(documents: list[str]) -> list[Scenario]:
     return scenarios
 
 
-async def start(
-    state: AppState,
-    db: AsyncSession,
-    agent: Agent,
-    documents: list[str],
-    transport: str,
-    text: bool,
-    repeat: int,
-) -> EvalRun:
-    """Check a run's scenario files and options (a 422 naming the problem) and enqueue it."""
+def check(documents: list[str], names: list[str] | None = None) -> list[Scenario]:
+    """The scenarios of files sent to the API (those `names`, if given), or a 422 naming the
+    problem."""
     if any(len(document) > MAX_DOCUMENT_CHARS for document in documents):
         raise APIError(
             422,
             "invalid_scenarios",
             f"a scenario file is limited to {MAX_DOCUMENT_CHARS} characters",
         )
-    if text and transport == "twilio":
-        raise APIError(422, "validation_error", "text: works over the ws transport only")
     try:
-        scenarios = parse_documents(documents)
+        return select(parse_documents(documents), names)
     except ScenarioError as exc:
         raise APIError(422, "invalid_scenarios", str(exc)) from None
+
+
+def select(scenarios: list[Scenario], names: list[str] | None) -> list[Scenario]:
+    """The scenarios called `names`, in that order (all of them for None)."""
+    if names is None:
+        return scenarios
+    known = {scenario.name: scenario for scenario in scenarios}
+    if unknown := [name for name in names if name not in known]:
+        raise ScenarioError(
+            f"no scenario called {', '.join(unknown)} (there are: {', '.join(known)})"
+        )
+    return [known[name] for name in dict.fromkeys(names)]
+
+
+async def start(
+    state: AppState,
+    db: AsyncSession,
+    agent: Agent,
+    documents: list[str],
+    names: list[str] | None,
+    transport: str,
+    text: bool,
+    repeat: int,
+) -> EvalRun:
+    """Check a run's scenario files and options (a 422 naming the problem) and enqueue it."""
+    if text and transport == "twilio":
+        raise APIError(422, "validation_error", "text: works over the ws transport only")
+    scenarios = check(documents, names)
     if len(scenarios) * repeat > MAX_CALLS:
         raise APIError(
             422, "invalid_scenarios", f"a run makes at most {MAX_CALLS} calls (scenarios × repeat)"
@@ -87,6 +106,7 @@ async def start(
         text=text,
         repeat=repeat,
         documents=documents,
+        names=names,
         total=len(scenarios) * repeat,
         results=[],
         created_at=utcnow(),
@@ -114,12 +134,12 @@ async def run(state: AppState, job: Job) -> None:
         record.status, record.results, record.error = "running", [], None
         await db.commit()
         account_id, agent_id = record.account_id, record.agent_id
-        documents, repeat = list(record.documents), record.repeat
+        documents, names, repeat = list(record.documents), record.names, record.repeat
         target_options = (record.transport, record.text)
         secret = accounts.generate_key()
         key = await accounts.add_key(db, account_id, f"eval run {run_id}", secret)
     try:
-        scenarios = parse_documents(documents)
+        scenarios = select(parse_documents(documents), names)
         transport, text = target_options
         target = Target(
             own_base_url(state.settings),

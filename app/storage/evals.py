@@ -1,9 +1,9 @@
-"""Eval runs, always read within their account."""
+"""Eval runs and suites, always read within their account."""
 
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.storage.models import EvalRun
+from app.storage.models import EvalRun, EvalSuite
 
 
 async def get_run(db: AsyncSession, account_id: str, run_id: str) -> EvalRun | None:
@@ -21,4 +21,10 @@ async def list_runs(db: AsyncSession, account_id: str, agent_id: str, limit: int
             .order_by(EvalRun.created_at.desc(), EvalRun.id.desc())
             .limit(limit)
         )
+    )
+
+
+async def get_suite(db: AsyncSession, account_id: str, agent_id: str) -> EvalSuite | None:
+    return await db.scalar(
+        select(EvalSuite).where(EvalSuite.agent_id == agent_id, EvalSuite.account_id == account_id)
     )

@@ -407,6 +407,8 @@ class EvalRun(Base):
     repeat: Mapped[int] = mapped_column(Integer)
     documents: Mapped[list] = mapped_column(JSON)
     """The scenario files, as YAML text."""
+    names: Mapped[list | None] = mapped_column(JSON)
+    """The scenarios of the files to run, by name (None: all)."""
     total: Mapped[int] = mapped_column(Integer)
     """Calls the run makes: scenarios × repeat."""
     results: Mapped[list] = mapped_column(JSON, default=list)
@@ -414,3 +416,15 @@ class EvalRun(Base):
     error: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
     finished_at: Mapped[datetime | None]
+
+
+class EvalSuite(Base):
+    """An agent's stored scenario files, which eval runs may name instead of sending files."""
+
+    __tablename__ = "eval_suites"
+
+    agent_id: Mapped[str] = mapped_column(ForeignKey("agents.id"), primary_key=True)
+    account_id: Mapped[str] = mapped_column(ForeignKey("accounts.id"), index=True)
+    documents: Mapped[list] = mapped_column(JSON)
+    """The scenario files, as YAML text."""
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
