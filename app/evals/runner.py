@@ -17,9 +17,11 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
 import httpx
+import openai
 from pipecat.evals.judge import EvalJudge
 from pipecat.evals.script import EvalExpectation, EvalScriptScenario
 from pipecat.evals.simulation_judge import EvalSimulationJudge
+from websockets.exceptions import WebSocketException
 
 from app.evals import speech
 from app.evals.judges import EvalLLM, SimulatedCaller, make_judge
@@ -27,6 +29,16 @@ from app.evals.scenarios import Scenario
 from app.evals.transports import Caller, Reply, SessionCaller, TwilioCaller
 
 ENDED_STATUSES = {"completed", "failed", "expired"}
+CALL_ERRORS = (
+    ConnectionError,
+    OSError,
+    TimeoutError,
+    WebSocketException,
+    httpx.HTTPError,
+    openai.OpenAIError,
+)
+"""What ends an eval call early (a refused or dropped connection, an unreachable caller LLM):
+the scenario fails with it."""
 OPENER_WAIT_SECS = 8.0
 """How long an agent-first agent without a greeting gets to start speaking."""
 
@@ -112,7 +124,11 @@ async def run_scenario(scenario: Scenario, target: Target) -> ScenarioResult:
     async with httpx.AsyncClient(
         base_url=target.server.rstrip("/"), headers={"X-API-Key": target.api_key}, timeout=30
     ) as api:
-        agent = await api.get(f"/v1/agents/{target.agent_id}")
+        try:
+            agent = await api.get(f"/v1/agents/{target.agent_id}")
+        except httpx.HTTPError as exc:
+            result.failures.append(f"the server did not answer: {type(exc).__name__}: {exc}")
+            return result
         if agent.status_code != 200:
             result.failures.append(f"agent {target.agent_id}: {agent.status_code} {agent.text}")
             return result
@@ -125,8 +141,8 @@ async def run_scenario(scenario: Scenario, target: Target) -> ScenarioResult:
                 await _simulate(scenario, target, caller, opening, result)
             else:
                 await _play_script(scenario, target, caller, opening, result)
-        except (ConnectionError, OSError, TimeoutError) as exc:
-            result.failures.append(f"the call failed: {exc}")
+        except CALL_ERRORS as exc:
+            result.failures.append(f"the call failed: {type(exc).__name__}: {exc}")
         finally:
             await caller.close()
         if result.session_id:

@@ -135,7 +135,6 @@ class SessionCaller(Caller):
             self._log.start_turn(time.monotonic())
             return
         pcm = await speech.speak(text, self.sample_rate)
-        self._log.start_turn()
         await self._client.stream(pcm)
         self._log.start_turn(time.monotonic())
         await self._client.stream_silence(0.5)
@@ -158,7 +157,7 @@ class SessionCaller(Caller):
         return reply
 
     async def close(self) -> None:
-        if not self.ended:
+        if self.session_id and not self.ended:
             await self._client.send_event({"type": "session.end"})
             try:
                 await self._client.wait_for("session.ended", timeout=10)
@@ -280,7 +279,6 @@ class TwilioCaller(Caller):
 
     async def say(self, text: str) -> None:
         pcm = await speech.speak(text, TWILIO_RATE)
-        self._log.start_turn()
         self._turn_marks = self._marks
         await self._media(pcm)
         self._log.start_turn(time.monotonic())
