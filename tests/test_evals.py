@@ -145,19 +145,34 @@ def test_a_scripted_scenario_passes_over_the_websocket_with_speech(server, api, 
     assert any(e["speaker"] == "TOOL" and "book_table" in e["content"] for e in run["transcript"])
 
 
-def test_skipping_the_required_tool_fails_naming_the_tool(server, api, llm, tmp_path):
-    """`--text`: the agent says it booked without calling the tool; exit 1, the reason names
-    book_table, in the table and the JUnit failure."""
+def test_skipping_the_required_tool_fails_naming_the_tool_and_repeats_flag_flaky(
+    server, api, llm, tmp_path
+):
+    """`--text --repeat 2`: the first time the agent says it booked without calling the tool
+    (the reason names book_table), the second time it calls it; exit 1, the scenario flagged
+    flaky at 1/2, a JUnit test case per run."""
     agent = booking_agent(api)
     llm.script("Your table is booked.")
-    junit = tmp_path / "junit.xml"
-    result = eval_cli(server, agent["id"], suite(tmp_path), "--text", "--junit", str(junit))
+    llm.script(ToolCall("book_table", {"party_size": 2, "time": "7pm"}), "Your table is booked.")
+    junit, report = tmp_path / "junit.xml", tmp_path / "results.json"
+    result = eval_cli(
+        server,
+        agent["id"],
+        suite(tmp_path),
+        *("--text", "--repeat", "2", "--junit", str(junit), "--json", str(report)),
+    )
     assert result.returncode == 1, result.stdout + result.stderr
-    assert "FAIL" in result.stdout and "book_table" in result.stdout
-    (case,) = check_junit(junit.read_text(), tests=1, failures=1)
-    failure = case.find("failure")
-    assert "expected a call to book_table" in failure.get("message")
-    assert "no tool call" in failure.get("message")
+    assert (
+        "[1/2] booking/books_a_table  FAIL  turn 2: expected a call to book_table" in result.stdout
+    )
+    assert "[2/2] booking/books_a_table  PASS" in result.stdout
+    assert "1/2 FLAKY" in result.stdout and "0 passed, 1 failed (1 flaky)" in result.stdout
+    failed, passed = check_junit(junit.read_text(), tests=2, failures=1)
+    message = failed.find("failure").get("message")
+    assert "expected a call to book_table" in message and "no tool call" in message
+    assert passed.get("name") == "booking/books_a_table (run 2)"
+    (scenario,) = json.loads(report.read_text())["scenarios"]
+    assert scenario["pass_rate"] == 0.5 and scenario["flaky"] and not scenario["passed"]
 
 
 @pytest.mark.storage_free

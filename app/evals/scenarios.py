@@ -103,9 +103,10 @@ def load_file(path: Path) -> list[Scenario]:
             raise ScenarioError(f"{path}: {parsed.name}: switchboard: {problems}") from exc
         if isinstance(parsed, EvalScriptScenario):
             for index, turn in enumerate(parsed.turns):
-                if turn.dtmf or turn.audio or turn.image:
+                if turn.dtmf or turn.audio or turn.image or turn.parts or turn.send_after:
                     raise ScenarioError(
-                        f"{path}: {parsed.name}: turn #{index}: only 'user:' turns are supported"
+                        f"{path}: {parsed.name}: turn #{index}: only 'user:' text turns are "
+                        "supported (no dtmf, audio, image, pauses or send_after yet)"
                     )
                 for expectation in turn.expect:
                     if expectation.event not in SUPPORTED_EVENTS:
