@@ -385,3 +385,37 @@ def test_a_stored_suite_runs_by_name(server, api, llm):
         assert other.get(suite_url).status_code == 404
         assert other.put(suite_url, json={"scenarios": [GREETS]}).status_code == 404
     assert api.put(suite_url, json={"scenarios": ["name: x\n"]}).status_code == 422
+
+
+LONG_REPLY = (
+    "We are open every weekday. On Monday we open at eight in the morning and close at six in "
+    "the evening. On Tuesday we open at nine and close at seven. On Wednesday we open at eight "
+    "and close at five. On Thursday we open at nine and close at nine."
+)
+BARGE_IN = """
+name: barge_in
+scenarios:
+  - name: caller_cuts_in
+    turns:
+      - user: "What are your opening hours?"
+      - user: "Sorry, are you open on Sunday?"
+        send_after: {event: bot_started_speaking, delay_ms: 1500}
+        expect:
+          - event: response
+            text_contains: closed on Sunday
+    switchboard:
+      must_not_say: [open at nine and close at nine]
+"""
+
+
+async def test_a_caller_barges_in_with_send_after(server, api, llm, tmp_path):
+    """`send_after: {event: bot_started_speaking}`: the caller speaks over the agent's long
+    reply; the agent stops (its reply stored as interrupted) and answers the new question."""
+    agent = booking_agent(api)
+    llm.script(LONG_REPLY, "No, we are closed on Sunday.")
+    (scenario,) = load_text(tmp_path, BARGE_IN)
+    result = await run_scenario(scenario, Target(server.url, server.api_key, agent["id"]))
+    assert result.passed, (result.failures, result.transcript)
+    cut = [e for e in result.transcript if e["speaker"] == "AGENT" and e["interrupted"]]
+    assert len(cut) == 1 and LONG_REPLY.startswith(cut[0]["content"].rstrip(".… "))
+    assert "closed on sunday" in result.turns[-1].heard.lower()

@@ -203,13 +203,18 @@ async def _play_script(
     await _open(caller, target, opening, result)
     if result.turns and turns and turns[0].user is None:
         turns.pop(0)  # the scenario's first turn observes the opening
-    for turn in turns:
+    for index, turn in enumerate(turns):
         if caller.ended:
             result.failures.append(f"the call ended before the caller's turn {turn.user!r}")
             return
         if turn.user is not None:
             await caller.say(turn.user)
-        reply = await caller.reply(target.reply_timeout)
+        following = turns[index + 1] if index + 1 < len(turns) else None
+        if following is not None and following.send_after is not None:  # barge in on this reply
+            await caller.agent_started(target.reply_timeout)
+            reply = await caller.reply(following.send_after.delay_ms / 1000)
+        else:
+            reply = await caller.reply(target.reply_timeout)
         heard = await _heard(reply, caller, target)
         result.turns.append(_turn(turn.user, reply, heard))
 
@@ -245,7 +250,10 @@ async def _record(api: httpx.AsyncClient, session_id: str, scenario: Scenario):
             break
         await asyncio.sleep(0.2)
     items = (await api.get(f"/v1/sessions/{session_id}/transcript")).json().get("items", [])
-    transcript = [{"speaker": i["speaker"], "content": i["content"]} for i in items]
+    transcript = [
+        {"speaker": i["speaker"], "content": i["content"], "interrupted": i["interrupted"]}
+        for i in items
+    ]
     return session, transcript
 
 

@@ -33,6 +33,9 @@ SUPPORTED_EVENTS = {
     "function_call_stopped",
 }
 """The turn expectations Switchboard checks (Pipecat's names); others are refused at load."""
+BARGE_IN_EVENT = "bot_started_speaking"
+"""The one `send_after:` event: the caller speaks `delay_ms` after the agent's reply to the
+turn before starts reaching them, over it."""
 
 
 class ToolCallExpectation(BaseModel):
@@ -103,10 +106,15 @@ def load_file(path: Path) -> list[Scenario]:
             raise ScenarioError(f"{path}: {parsed.name}: switchboard: {problems}") from exc
         if isinstance(parsed, EvalScriptScenario):
             for index, turn in enumerate(parsed.turns):
-                if turn.dtmf or turn.audio or turn.image or turn.parts or turn.send_after:
+                if turn.dtmf or turn.audio or turn.image or turn.parts:
                     raise ScenarioError(
                         f"{path}: {parsed.name}: turn #{index}: only 'user:' text turns are "
-                        "supported (no dtmf, audio, image, pauses or send_after yet)"
+                        "supported (no dtmf, audio, image or pauses yet)"
+                    )
+                if turn.send_after and (turn.send_after.event != BARGE_IN_EVENT or index == 0):
+                    raise ScenarioError(
+                        f"{path}: {parsed.name}: turn #{index}: send_after: only "
+                        f"{{event: {BARGE_IN_EVENT}, delay_ms: N}} after an earlier turn (barge-in)"
                     )
                 for expectation in turn.expect:
                     if expectation.event not in SUPPORTED_EVENTS:

@@ -41,6 +41,7 @@ class Caller:
 
     sample_rate: int
     session_id: str
+    _log: "_AudioLog"
 
     @property
     def ended(self) -> bool:
@@ -54,7 +55,16 @@ class Caller:
         raise NotImplementedError
 
     async def reply(self, timeout: float) -> Reply:
+        """The agent's reply once it has finished (or what came of it within `timeout`)."""
         raise NotImplementedError
+
+    async def agent_started(self, timeout: float) -> None:
+        """Wait until the agent's reply to this turn starts reaching the caller."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and not self.ended:
+            if self._log.turn_started:
+                return
+            await asyncio.sleep(0.02)
 
     async def close(self) -> None:
         raise NotImplementedError
@@ -140,18 +150,21 @@ class SessionCaller(Caller):
         await self._client.stream_silence(0.5)
 
     async def reply(self, timeout: float) -> Reply:
+        """Finished: a whole (not interrupted) `transcript.agent` since the turn began, the
+        agent's speech stopped and its audio quiet for a moment."""
         deadline = time.monotonic() + timeout
         client = self._client
         while time.monotonic() < deadline and not self.ended:
-            spoken = len(client.of_type("transcript.agent")) > self._agent_turns
+            said = client.of_type("transcript.agent")[self._agent_turns :]
+            whole = any(not event.get("interrupted") for event in said)
             started = len(client.of_type("agent.speech.started"))
-            if spoken and len(client.of_type("agent.speech.stopped")) >= started:
+            if whole and len(client.of_type("agent.speech.stopped")) >= started:
                 if self._log.quiet_for(SETTLE_SECS):
                     break
             await asyncio.sleep(0.05)
         reply = self._log.reply(self.ended)
         said = client.of_type("transcript.agent")[self._agent_turns :]
-        reply.text = " ".join(event.get("text", "") for event in said).strip()
+        reply.text = " ".join(e.get("text", "") for e in said if not e.get("interrupted")).strip()
         self._agent_turns += len(said)
         self._log.start_turn()
         return reply
