@@ -176,8 +176,10 @@ def test_skipping_the_required_tool_fails_naming_the_tool_and_repeats_flag_flaky
 
 
 @pytest.mark.storage_free
-def test_bad_scenarios_and_arguments_exit_2(tmp_path):
+def test_bad_scenarios_and_arguments_exit_2_and_no_server_fails(tmp_path):
     server = SimpleNamespace(url="http://127.0.0.1:9", api_key="sk_unused")
+    result = eval_cli(server, "agt_x", suite(tmp_path), "--text")
+    assert result.returncode == 1 and "the server did not answer" in result.stdout
     bad = tmp_path / "bad.yaml"
     bad.write_text(
         "name: bad\nscenarios:\n  - name: x\n    turns: []\n    switchboard: {tools: 3}\n"

@@ -146,22 +146,32 @@ async def run_scenario(scenario: Scenario, target: Target) -> ScenarioResult:
         finally:
             await caller.close()
         if result.session_id:
-            session, transcript = await _record(api, result.session_id, scenario)
-            result.end_reason = session.get("end_reason")
-            result.cost_usd = (session.get("cost") or {}).get("total")
-            result.transcript = transcript
-            if not result.failures:
-                judge: EvalJudge | None = None
-                try:
-                    checks = _Checks(scenario, target, result, session, transcript)
-                    await checks.run()
-                    judge = checks.judge
-                finally:
-                    if judge is not None:
-                        await judge.close()
+            try:
+                await _check_call(api, scenario, target, result)
+            except CALL_ERRORS as exc:
+                result.failures.append(f"the call's record: {type(exc).__name__}: {exc}")
     result.passed = not result.failures
     result.duration_s = round(time.monotonic() - started, 2)
     return result
+
+
+async def _check_call(
+    api: httpx.AsyncClient, scenario: Scenario, target: Target, result: ScenarioResult
+) -> None:
+    """Fetch the server's record of the ended call and check it (unless the call failed)."""
+    assert result.session_id
+    session, transcript = await _record(api, result.session_id, scenario)
+    result.end_reason = session.get("end_reason")
+    result.cost_usd = (session.get("cost") or {}).get("total")
+    result.transcript = transcript
+    if result.failures:
+        return
+    checks = _Checks(scenario, target, result, session, transcript)
+    try:
+        await checks.run()
+    finally:
+        if checks.judge is not None:
+            await checks.judge.close()
 
 
 def _opening_wait(agent: dict, target: Target) -> float:
@@ -279,11 +289,18 @@ def _matches(call: dict, name: str | None, args: dict | None) -> bool:
 class _Checks:
     """The checks of one finished call; failures go to `result.failures`."""
 
-    def __init__(self, scenario, target, result, session, transcript):
-        self.scenario: Scenario = scenario
-        self.target: Target = target
-        self.result: ScenarioResult = result
-        self.session: dict = session
+    def __init__(
+        self,
+        scenario: Scenario,
+        target: Target,
+        result: ScenarioResult,
+        session: dict,
+        transcript: list[dict],
+    ):
+        self.scenario = scenario
+        self.target = target
+        self.result = result
+        self.session = session
         self.segments = _segments(transcript)
         self.judge: EvalJudge | None = None
         self.fail: Callable[[str], None] = result.failures.append
