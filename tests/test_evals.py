@@ -23,7 +23,7 @@ from tests.fakes.scripted_llm import ToolCall
 from tests.helpers.dashboard import CHROMIUM, CHROMIUM_FLAGS, need_chromium
 from tests.helpers.servers import ROOT, account_client, scripted_agent
 
-GREETING = "Thanks for calling Luigi's, how can I help?"
+GREETING = "Luigi's, hello."
 BOOK_TABLE = {
     "name": "book_table",
     "type": "collect",
