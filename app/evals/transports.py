@@ -7,6 +7,7 @@ import audioop
 import base64
 import json
 import time
+import uuid
 from dataclasses import dataclass
 from urllib.parse import urlencode
 from xml.etree import ElementTree
@@ -222,8 +223,7 @@ class TwilioCaller(Caller):
         parameters = {p.get("name"): p.get("value") for p in stream.findall("Parameter")}
         self._ws = await websockets.connect(str(stream.get("url")), max_size=None)
         self._tasks = [asyncio.create_task(self._receive())]
-        self._stream_sid = f"MZ{self.session_id[-30:]:0>32}"
-        call_sid = f"CA{self.session_id[-30:]:0>32}"
+        self._stream_sid, call_sid = "MZ" + uuid.uuid4().hex, "CA" + uuid.uuid4().hex
         await self._send({"event": "connected", "protocol": "Call", "version": "1.0.0"})
         await self._send(
             {
