@@ -1,5 +1,6 @@
 """`switchboard serve` runs the server; `switchboard talk` is the reference session client;
-`switchboard pipelines` checks config files."""
+`switchboard eval` runs a suite of scenarios against an agent; `switchboard pipelines` checks
+config files."""
 
 import argparse
 import asyncio
@@ -140,6 +141,52 @@ async def converse(client, caller: bytes, args: argparse.Namespace) -> None:
                 pass
 
 
+def eval_command(args: argparse.Namespace) -> int:
+    """Run the scenarios under `path` against an agent: a line per call, the summary table,
+    JUnit XML / JSON if asked; exit status 1 if any scenario failed, 2 on bad input."""
+    from app.evals import report
+    from app.evals.judges import EvalLLM
+    from app.evals.runner import ScenarioResult, Target, run_suite
+    from app.evals.scenarios import ScenarioError, load
+
+    api_key = args.api_key or os.environ.get("SWITCHBOARD_API_KEY")
+    if not api_key:
+        print("eval needs an API key: --api-key or SWITCHBOARD_API_KEY", file=sys.stderr)
+        return 2
+    if args.text and args.transport == "twilio":
+        print("--text works over the session WebSocket only", file=sys.stderr)
+        return 2
+    try:
+        scenarios = load(Path(args.path))
+    except ScenarioError as exc:
+        print(f"scenarios do not load: {exc}", file=sys.stderr)
+        return 2
+    llm = None
+    if args.llm_url:
+        llm_key = os.environ.get("SWITCHBOARD_EVAL_LLM_API_KEY", "none")
+        llm = EvalLLM(args.llm_url, args.llm_model, llm_key)
+    target = Target(
+        args.server, api_key, args.agent_id, args.transport, args.text, llm, args.reply_timeout
+    )
+    total = len(scenarios) * args.repeat
+    done = 0
+
+    def progress(result: ScenarioResult) -> None:
+        nonlocal done
+        done += 1
+        verdict = "PASS" if result.passed else f"FAIL  {result.reason}"
+        print(f"[{done}/{total}] {result.name}  {verdict}", flush=True)
+
+    results = asyncio.run(run_suite(scenarios, target, args.repeat, progress))
+    print()
+    print(report.table(results))
+    if args.junit:
+        Path(args.junit).write_text(report.junit(results))
+    if args.json:
+        Path(args.json).write_text(report.to_json(results))
+    return 0 if all(r.passed for r in results) else 1
+
+
 def pipelines_command(args: argparse.Namespace) -> int:
     """`pipelines check FILE`: validate a config and say what it builds; `pipelines schema`:
     print the config files' JSON Schema (`pipelines/pipeline-config.schema.json`)."""
@@ -190,6 +237,26 @@ def main(argv: list[str] | None = None) -> None:
     talk_cmd.add_argument("--reply-timeout", type=float, default=30)
     talk_cmd.add_argument("--wait-greeting", action=argparse.BooleanOptionalAction, default=True)
 
+    eval_cmd = commands.add_parser("eval", help="run scenario files against an agent")
+    eval_cmd.add_argument("agent_id")
+    eval_cmd.add_argument("path", help="a scenario file or a directory of them")
+    eval_cmd.add_argument("--server", default="http://127.0.0.1:8000")
+    eval_cmd.add_argument("--api-key")
+    eval_cmd.add_argument("--transport", choices=["ws", "twilio"], default="ws")
+    eval_cmd.add_argument(
+        "--text", action="store_true", help="send the caller's turns as input.text, not speech"
+    )
+    eval_cmd.add_argument("--repeat", type=int, default=1, help="run every scenario N times")
+    eval_cmd.add_argument("--junit", help="write JUnit XML here")
+    eval_cmd.add_argument("--json", help="write the results as JSON here")
+    eval_cmd.add_argument(
+        "--llm-url",
+        help="an OpenAI-compatible server (…/v1) that judges and plays simulated callers, in "
+        "place of the scenarios' judge/simulator blocks (key: SWITCHBOARD_EVAL_LLM_API_KEY)",
+    )
+    eval_cmd.add_argument("--llm-model", default="local")
+    eval_cmd.add_argument("--reply-timeout", type=float, default=60)
+
     pipelines_cmd = commands.add_parser("pipelines", help="pipeline config files")
     pipelines_sub = pipelines_cmd.add_subparsers(dest="pipelines_command", required=True)
     check_cmd = pipelines_sub.add_parser(
@@ -212,6 +279,10 @@ def main(argv: list[str] | None = None) -> None:
         serve_then_exit(lambda: serve(args))
     elif args.command == "pipelines":
         sys.exit(pipelines_command(args))
+    elif args.command == "eval":
+        if args.repeat < 1:
+            parser.error("--repeat must be at least 1")
+        sys.exit(eval_command(args))
     else:
         sys.exit(asyncio.run(talk(args)))
 

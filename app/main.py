@@ -29,11 +29,13 @@ from app.api import analysis as analysis_api
 from app.api import (
     campaigns as campaigns_api,
 )
+from app.api import evals as evals_api
 from app.calls import post_call
 from app.calls.control import CallControl
 from app.calls.registry import CallRegistry
 from app.calls.tokens import TokenSigner
 from app.errors import install_error_handlers
+from app.evals import background as evals_background
 from app.jobs import JobQueue
 from app.limits import BodySizeLimitMiddleware, RateLimiter
 from app.logs import configure_logging
@@ -139,6 +141,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 campaigns.TICK_JOB: partial(campaigns.run_tick, app.state.switchboard),
                 campaigns.DIAL_JOB: partial(campaigns.run_dial, app.state.switchboard),
                 call_queue.PUMP_JOB: partial(call_queue.run_pump, app.state.switchboard),
+                evals_background.RUN_JOB: partial(evals_background.run, app.state.switchboard),
             }
         )
         install_drain_on_signals(app.state.switchboard)
@@ -176,6 +179,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(analytics.router)
     app.include_router(calls.router)
     app.include_router(campaigns_api.router)
+    app.include_router(evals_api.router)
     app.include_router(session_ws.router)
     app.include_router(instances.router)
     app.include_router(twilio.router)

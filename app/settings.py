@@ -119,6 +119,12 @@ class Settings(BaseSettings):
     taken over by another node (or the restarted one) once its lease has run out."""
     job_poll_secs: float = 1
     """How often a node's job worker looks for due jobs (it also wakes when it enqueues one)."""
+    eval_llm_url: str | None = None
+    """The OpenAI-compatible server (`…/v1`) that judges and plays simulated callers in eval runs
+    started through the API (a local llama.cpp server, or a hosted model); without it, API runs
+    take only scenarios that need no LLM."""
+    eval_llm_model: str = "local"
+    eval_llm_api_key: str = "none"
     outbound_allow: list[str] = Field(default_factory=list)
     """Host names, addresses and CIDR networks that webhook tools and agent webhooks may reach
     although they are private or local (JSON, e.g. `["10.20.0.0/16", "crm.internal"]`); none by default."""

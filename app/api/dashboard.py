@@ -23,14 +23,17 @@ from pydantic import BaseModel, ValidationError
 
 from app import agents, flows
 from app.analytics import Bucket, Window
+from app.api import evals as evals_api
 from app.api.sessions import SessionStatus
 from app.deps import LOGIN_COOKIE, Caller, DbDep, StateDep, authenticate, login_caller, same_origin
 from app.errors import APIError, not_found
+from app.evals import background as eval_background
 from app.recordings import recording_response
 from app.storage import agents as agent_store
 from app.storage import analysis as analysis_store
 from app.storage import analytics as analytics_store
 from app.storage import dashboard as dashboard_store
+from app.storage import evals as eval_store
 from app.storage import sessions as session_store
 from app.storage.ids import utcnow
 from app.urls import public_base_url
@@ -427,6 +430,82 @@ async def preview_page(
     agent = await agents.load_agent(db, caller, agent_id)
     ice_servers = [s.model_dump(exclude_none=True) for s in state.settings.webrtc_ice_servers]
     return _render(request, "call.html", agent=agent, ice_servers=ice_servers)
+
+
+# --- evals ------------------------------------------------------------------------------
+
+EVAL_RUNS_SHOWN = 10
+
+
+async def _evals_page(
+    request: Request,
+    db,
+    caller: Caller,
+    agent,
+    run_id: str | None,
+    status_code: int = 200,
+    errors: list[str] | None = None,
+    form: dict[str, str] | None = None,
+) -> Response:
+    """An agent's eval runs: the chosen one (the newest by default) with each scenario's result
+    next to the run before it, failures with their transcript and recording."""
+    runs = await eval_store.list_runs(db, caller.account_id, agent.id, EVAL_RUNS_SHOWN)
+    chosen = runs[0] if runs else None
+    if run_id:
+        chosen = await eval_store.get_run(db, caller.account_id, run_id)
+        if chosen is None or chosen.agent_id != agent.id:
+            raise not_found("eval", run_id)
+    earlier = [r for r in runs if chosen and r.created_at < chosen.created_at]
+    previous = {r["name"]: r for r in (earlier[0].results if earlier else [])}
+    return _render(
+        request,
+        "evals.html",
+        status_code,
+        agent=agent,
+        runs=[evals_api.run_out(r) for r in runs],
+        run=evals_api.run_out(chosen) if chosen else None,
+        previous=previous,
+        errors=errors or [],
+        form=form or {"scenarios": chosen.documents[0] if chosen else "", "transport": "ws"},
+    )
+
+
+@router.get("/agents/{agent_id}/evals")
+async def evals_page(
+    agent_id: str,
+    request: Request,
+    db: DbDep,
+    caller: PageCallerDep,
+    run: Annotated[str | None, Query(max_length=40)] = None,
+) -> Response:
+    agent = await agents.load_agent(db, caller, agent_id)
+    return await _evals_page(request, db, caller, agent, run)
+
+
+@router.post("/agents/{agent_id}/evals")
+async def start_eval_run(
+    agent_id: str, request: Request, state: StateDep, db: DbDep, caller: PageCallerDep
+) -> Response:
+    agent = await agents.load_agent(db, caller, agent_id)
+    form = await _form(request)
+    try:
+        repeat = int(form.get("repeat") or 1)
+        if not 1 <= repeat <= 10:
+            raise ValueError
+    except ValueError:
+        return await _evals_page(
+            request, db, caller, agent, None, 422, ["repeat: a whole number from 1 to 10"], form
+        )
+    transport = "twilio" if form.get("transport") == "twilio" else "ws"
+    try:
+        run = await eval_background.start(
+            state, db, agent, [form.get("scenarios", "")], None, transport, "text" in form, repeat
+        )
+    except APIError as exc:
+        return await _evals_page(
+            request, db, caller, agent, None, exc.status, [exc.body.message], form
+        )
+    return _redirect(f"/agents/{agent_id}/evals?run={run.id}")
 
 
 # --- overview and live calls ------------------------------------------------------------

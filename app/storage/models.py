@@ -451,4 +451,41 @@ class CallTransfer(Base):
     status: Mapped[str] = mapped_column(String(16), default="dialing")
     error: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class EvalRun(Base):
+    """An eval suite run against an agent on the job queue (`app/evals/background.py`)."""
+
+    __tablename__ = "eval_runs"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    account_id: Mapped[str] = mapped_column(ForeignKey("accounts.id"), index=True)
+    agent_id: Mapped[str] = mapped_column(ForeignKey("agents.id"), index=True)
+    status: Mapped[str] = mapped_column(String(16), default="pending")
+    """`pending`, `running`, `completed` (every scenario ran; see the results) or `failed`."""
+    transport: Mapped[str] = mapped_column(String(16))
+    text: Mapped[bool] = mapped_column(Boolean)
+    repeat: Mapped[int] = mapped_column(Integer)
+    documents: Mapped[list] = mapped_column(JSON)
+    """The scenario files, as YAML text."""
+    names: Mapped[list | None] = mapped_column(JSON)
+    """The scenarios of the files to run, by name (None: all)."""
+    total: Mapped[int] = mapped_column(Integer)
+    """Calls the run makes: scenarios × repeat."""
+    results: Mapped[list] = mapped_column(JSON, default=list)
+    """A result per finished call, in order (`ScenarioResult.to_json()`)."""
+    error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+    finished_at: Mapped[datetime | None]
+
+
+class EvalSuite(Base):
+    """An agent's stored scenario files, which eval runs may name instead of sending files."""
+
+    __tablename__ = "eval_suites"
+
+    agent_id: Mapped[str] = mapped_column(ForeignKey("agents.id"), primary_key=True)
+    account_id: Mapped[str] = mapped_column(ForeignKey("accounts.id"), index=True)
+    documents: Mapped[list] = mapped_column(JSON)
+    """The scenario files, as YAML text."""
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
