@@ -17,6 +17,7 @@ unfinished fragments complete), until a longer fallback.
 
 import asyncio
 import re
+import time
 from dataclasses import dataclass
 from typing import Literal
 
@@ -93,6 +94,8 @@ class AdaptiveTurnStopStrategy(TurnAnalyzerUserTurnStopStrategy):
     ONSET_GUARD_MAX_SECS = 0.4
     """How long past `max_silence_secs` sound (steady line noise, say) may hold the turn open."""
     SOUND_RATIO = 0.1
+    STALL_GRACE_SECS = 0.5
+    """A client that sends no audio for longer than this is silent by the wall clock."""
     """A frame within 20 dB of the turn's loudest is the caller making sound."""
 
     def __init__(self, *, turn_analyzer, policy: EndpointingPolicy, transcript_confirms: bool):
@@ -104,8 +107,10 @@ class AdaptiveTurnStopStrategy(TurnAnalyzerUserTurnStopStrategy):
         self._loudest = 0.0
         self._heard_secs = 0.0
         """Seconds of caller audio seen: silence is counted in audio, not wall-clock, time, so a
-        pipeline running behind never decides on audio it hasn't looked at yet."""
+        pipeline running behind never decides on audio it hasn't looked at yet (unless the
+        audio stops coming: `_stalled_secs`)."""
         self._last_sound_at = 0.0
+        self._last_frame_at = time.monotonic()
 
     async def handle_user_turn_started(self):
         await super().handle_user_turn_started()
@@ -116,6 +121,7 @@ class AdaptiveTurnStopStrategy(TurnAnalyzerUserTurnStopStrategy):
         samples = np.frombuffer(frame.audio, dtype=np.int16).astype(np.float32)
         level = float(np.sqrt(np.mean(samples**2))) if len(samples) else 0.0
         self._heard_secs += len(samples) / frame.sample_rate
+        self._last_frame_at = time.monotonic()
         self._loudest = max(self._loudest, level)
         if level >= self._loudest * self.SOUND_RATIO:
             self._last_sound_at = self._heard_secs
@@ -128,7 +134,7 @@ class AdaptiveTurnStopStrategy(TurnAnalyzerUserTurnStopStrategy):
         """Whether the silence so far, Smart Turn's last verdict and the transcript say the
         turn is over; never while the caller is making sound the VAD hasn't yet called speech
         (the first `start_secs` of a continuation)."""
-        now = self._heard_secs
+        now = self._heard_secs + self._stalled_secs()
         silence = now - self._speech_ended_at
         heard_lately = now - self._last_sound_at < self.ONSET_GUARD_SECS
         if heard_lately and silence < self._policy.max_silence_secs + self.ONSET_GUARD_MAX_SECS:
@@ -142,6 +148,11 @@ class AdaptiveTurnStopStrategy(TurnAnalyzerUserTurnStopStrategy):
         if self._transcript_confirms and not self._text:
             return False  # the transcript is on its way (Whisper runs during the VAD wait)
         return self._probability >= self._policy.bar(silence, self._stop_secs, cue > 0)
+
+    def _stalled_secs(self) -> float:
+        """Wall-clock time since the client's audio stopped coming (a WebSocket client may stop
+        streaming after speaking): silence too, or such a turn would never end."""
+        return max(time.monotonic() - self._last_frame_at - self.STALL_GRACE_SECS, 0.0)
 
     async def _handle_vad_user_stopped_speaking(self, frame: VADUserStoppedSpeakingFrame):
         self._vad_user_speaking = False

@@ -3,6 +3,7 @@ prediction pool that must not hold a turn past its fallback."""
 
 import asyncio
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -59,16 +60,19 @@ def test_the_bar_falls_with_the_silence_and_a_finished_sentence_lowers_it():
     assert fast.bar(0.5, 0.2, False) < policy.bar(0.5, 0.2, False) < patient.bar(0.5, 0.2, False)
 
 
-async def test_a_saturated_prediction_pool_never_holds_the_turn_past_its_fallback():
-    """On a busy server Smart Turn's predictions wait on the background pool; the turn still
-    ends once the caller's silence reaches the fallback, not when a prediction finally runs."""
-    pool, busy = ThreadPoolExecutor(max_workers=1), threading.Event()
-    pool.submit(busy.wait)  # the pool's one thread is taken
-    policy = POLICIES["fast"]
+def noise(level: int) -> InputAudioRawFrame:
+    """20 ms of caller audio at `level` (0: silence)."""
+    samples = np.random.default_rng(0).normal(0, level, 320).astype(np.int16)
+    return InputAudioRawFrame(audio=samples.tobytes(), sample_rate=16000, num_channels=1)
+
+
+async def spoken_turn(pool: ThreadPoolExecutor, words: str) -> tuple:
+    """A strategy (the `fast` policy, Smart Turn on `pool`) that has heard a second of speech,
+    the VAD's stop and the transcript `words`; and the list its turn ends are noted in."""
     strategy = AdaptiveTurnStopStrategy(
         turn_analyzer=pipecat_compat.smart_turn_v3(models.smart_turn_session(), pool),
-        policy=policy,
-        transcript_confirms=False,
+        policy=POLICIES["fast"],
+        transcript_confirms=True,
     )
     await strategy.setup(
         FrameProcessorSetup(
@@ -77,35 +81,56 @@ async def test_a_saturated_prediction_pool_never_holds_the_turn_past_its_fallbac
             pipeline_worker=None,  # type: ignore[arg-type]  # the strategy never reads it
         )
     )
-    ended_after: list[float] = []
-    silence = 0.0
+    ended: list[float] = []
 
     @strategy.event_handler("on_user_turn_stopped")
     async def on_stopped(_strategy, _params):
-        ended_after.append(silence)
+        ended.append(time.monotonic())
 
-    def frame(level: int) -> InputAudioRawFrame:
-        samples = np.random.default_rng(0).normal(0, level, 320).astype(np.int16)
-        return InputAudioRawFrame(audio=samples.tobytes(), sample_rate=16000, num_channels=1)
+    await strategy.process_frame(VADUserStartedSpeakingFrame(start_secs=0.2))
+    for level in [3000] * 50 + [0] * 10:
+        await strategy.process_frame(noise(level))
+    await strategy.process_frame(VADUserStoppedSpeakingFrame(stop_secs=0.2))
+    await strategy.process_frame(TranscriptionFrame(words, "caller", "", finalized=True))
+    return strategy, ended
 
+
+async def test_a_saturated_prediction_pool_never_holds_the_turn_past_its_fallback():
+    """On a busy server Smart Turn's predictions wait on the background pool; the turn still
+    ends once the caller's silence reaches the fallback, not when a prediction finally runs."""
+    pool, busy = ThreadPoolExecutor(max_workers=1), threading.Event()
+    pool.submit(busy.wait)  # the pool's one thread is taken
+    strategy, ended = await spoken_turn(pool, "Hello there.")
+    silence = 0.2
     try:
-        await strategy.process_frame(VADUserStartedSpeakingFrame(start_secs=0.2))
-        for _ in range(50):
-            await strategy.process_frame(frame(3000))
-        for _ in range(10):
-            await strategy.process_frame(frame(0))
-        await strategy.process_frame(VADUserStoppedSpeakingFrame(stop_secs=0.2))
-        await strategy.process_frame(
-            TranscriptionFrame("Hello there.", "caller", "", finalized=True)
-        )
-        silence = 0.2
-        while not ended_after and silence < 3:
-            await strategy.process_frame(frame(0))
+        while not ended and silence < 3:
+            await strategy.process_frame(noise(0))
             silence += 0.02
             await asyncio.sleep(0.02)
-        assert ended_after, "the turn waited on a prediction that never came"
-        assert ended_after[0] <= policy.max_silence_secs + 3 * policy.recheck_secs
+        assert ended, "the turn waited on a prediction that never came"
+        policy = POLICIES["fast"]
+        assert silence <= policy.max_silence_secs + 3 * policy.recheck_secs
     finally:
         busy.set()
+        await strategy.cleanup()
+        pool.shutdown()
+
+
+async def test_a_client_that_stops_sending_audio_still_gets_its_turn_ended():
+    """A WebSocket client may stop streaming once it has spoken: the silence then counts by the
+    wall clock, so even a turn the transcript holds open ends at its (longer) fallback."""
+    pool = ThreadPoolExecutor(max_workers=1)
+    strategy, ended = await spoken_turn(pool, "I'd like to book a table for")
+    stopped = time.monotonic()
+    try:
+        await asyncio.sleep(3)
+        assert ended, "the turn never ended once the audio stopped"
+        policy = POLICIES["fast"]
+        fallback = policy.max_silence_secs * policy.trailing_factor
+        waited = ended[0] - stopped
+        assert (
+            fallback - 0.2 <= waited <= fallback + AdaptiveTurnStopStrategy.STALL_GRACE_SECS + 0.5
+        )
+    finally:
         await strategy.cleanup()
         pool.shutdown()
