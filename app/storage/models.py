@@ -426,6 +426,7 @@ class CallWait(Base):
     offered_until: Mapped[datetime | None]
     session_id: Mapped[str | None] = mapped_column(ForeignKey("sessions.id"))
     enqueued_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 
 
 class CallTransfer(Base):
@@ -451,6 +452,7 @@ class CallTransfer(Base):
     status: Mapped[str] = mapped_column(String(16), default="dialing")
     error: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 
 
 class EvalRun(Base):
