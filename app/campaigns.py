@@ -14,8 +14,9 @@ death loses nothing:
   run wins), then the session, the phone call and Twilio's REST request. A run that finds its
   attempt already taken is a re-run after a node died mid-dial: the attempt is recorded
   `failed` rather than risk dialling the number twice.
-- Twilio's status callback ends the attempt (:func:`record_outcome`): `completed`, or
-  `no_answer` / `busy` / `failed`, retried after `retry_after_minutes` until `max_attempts`.
+- Twilio's status callback ends the attempt (:func:`record_outcome`; an answered call's once
+  its session has ended): `completed`, or `no_answer` / `busy` / `failed`, retried after
+  `retry_after_minutes` until `max_attempts`.
   With answering-machine detection on (the campaign's `voicemail`, else its agent's), a
   machine ends it `voicemail` (:mod:`app.voicemail`), retried the same way.
 """
@@ -59,6 +60,10 @@ from app.voicemail import Voicemail, call_setting, end_for_machine
 
 TICK_JOB = "campaign.tick"
 DIAL_JOB = "campaign.dial"
+OUTCOME_JOB = "campaign.outcome"
+OUTCOME_WAIT_SECS = 60
+"""How long a completed call's attempt waits for its session's end before it is settled."""
+OUTCOME_RECHECK_SECS = 1.0
 MAX_CONTACTS = 10_000
 """The most contacts one campaign takes."""
 MAX_LISTED_ERRORS = 20
@@ -404,14 +409,45 @@ async def dial(state: AppState, contact_id: str, attempt: int) -> None:
         await db.commit()
 
 
-async def record_outcome(db: AsyncSession, call: PhoneCall, call_status: str) -> None:
-    """End the campaign attempt this call is (if any) on its final status."""
+async def record_outcome(
+    state: AppState, db: AsyncSession, call: PhoneCall, call_status: str
+) -> None:
+    """End the campaign attempt this call is (if any) on its final status. An answered call
+    still running ends on its node when the stream stops, maybe after this callback, and that
+    end may be `voicemail` (the pipeline's detector heard a machine): the outcome waits for it
+    (:func:`run_outcome`), up to `OUTCOME_WAIT_SECS`."""
     if call_status not in FINAL_CALL_STATUSES:
         return
     contact = await store.contact_dialing(db, call.id)
     if contact is None:
         return
     session = await db.get_one(Session, call.session_id)
+    if call_status == "completed" and session.ended_at is None:
+        until = utcnow() + timedelta(seconds=OUTCOME_WAIT_SECS)
+        state.jobs.enqueue(db, OUTCOME_JOB, {"call_id": call.id, "until": until.isoformat()})
+        await db.commit()
+        return
+    await _settle_attempt(db, contact, session, call_status)
+
+
+async def run_outcome(state: AppState, job: Job) -> None:
+    """Record a completed call's attempt once its session has ended (or the wait is over)."""
+    async with state.db.sessions() as db:
+        call = await db.get_one(PhoneCall, job.payload["call_id"])
+        contact = await store.contact_dialing(db, call.id)
+        if contact is None:
+            return
+        session = await db.get_one(Session, call.session_id)
+        if session.ended_at is None and utcnow() < datetime.fromisoformat(job.payload["until"]):
+            state.jobs.enqueue(db, OUTCOME_JOB, job.payload, delay=OUTCOME_RECHECK_SECS)
+            await db.commit()
+            return
+        await _settle_attempt(db, contact, session, call.status)
+
+
+async def _settle_attempt(
+    db: AsyncSession, contact: CampaignContact, session: Session, call_status: str
+) -> None:
     if session.end_reason == "voicemail":  # the detector in the call's pipeline heard a machine
         await _end_attempt(db, contact, "voicemail", "answered by a machine")
         return

@@ -140,6 +140,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 ),
                 campaigns.TICK_JOB: partial(campaigns.run_tick, app.state.switchboard),
                 campaigns.DIAL_JOB: partial(campaigns.run_dial, app.state.switchboard),
+                campaigns.OUTCOME_JOB: partial(campaigns.run_outcome, app.state.switchboard),
                 call_queue.PUMP_JOB: partial(call_queue.run_pump, app.state.switchboard),
                 evals_background.RUN_JOB: partial(evals_background.run, app.state.switchboard),
             }

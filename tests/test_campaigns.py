@@ -14,6 +14,7 @@ from datetime import UTC, datetime, timedelta
 from urllib.parse import urlsplit
 
 import httpx
+import numpy as np
 import pytest
 
 from tests.audio import speech
@@ -507,3 +508,52 @@ async def test_a_parallel_burst_of_hostile_campaigns_is_refused_cleanly(
         assert other.post(f"/v1/campaigns/{campaign_id}/cancel").status_code == 404
         assert tw.post(f"/v1/campaigns/{campaign_id}/cancel").status_code == 200
     other.close()
+
+
+async def test_a_machine_only_the_pipeline_heard_ends_its_attempt_voicemail(
+    twilio_server, tw, twilio_rest, llm
+):
+    """Twilio's final `completed` may come before the node running the call has written its
+    end: the attempt waits for the session's end, here `voicemail` from the pipeline's detector
+    (Twilio's own detection gave no verdict)."""
+    agent = scripted_agent(
+        tw, greeting="Hello, this is the clinic.", phone_numbers=["+15550007812"]
+    )
+    machine_heard = {"voicemail": {"choice": "voicemail", "probabilities": {"voicemail": 1}}}
+    llm.script_oneshot(*[json.dumps(machine_heard)] * 6, when="Decide whether a person answered")
+    tone = np.sin(2 * np.pi * 1000 * np.arange(8000) / 8000) * 8000
+    streams: list[asyncio.Task] = []
+
+    async def machine(twiml: str, call_sid: str) -> None:
+        async with TwilioMediaStreamsClient.from_twiml(twiml, call_sid=call_sid) as client:
+            greeting = "Hi, you've reached Dana. Please leave a message after the tone."
+            await client.send_audio(speech(greeting, sample_rate=8000))
+            await client.send_audio(tone.astype(np.int16).tobytes())
+            silence = asyncio.create_task(client.send_silence(30))
+            await client.wait_closed(timeout=60)  # the server hangs up on the machine
+            silence.cancel()
+
+    async def answer(server, request) -> None:
+        """The machine picks up; Twilio's `completed` follows while the call still runs."""
+        connect = request.value("Url").removeprefix(server.url)
+        form = {"AccountSid": ACCOUNT_SID, "CallStatus": "in-progress"}
+        twiml = await asyncio.to_thread(signed_post, server, connect, form)
+        assert twiml.status_code == 200, twiml.text
+        with server.client() as api:
+            task = api.get(f"/v1/calls/{connect.split('/')[-2]}").json()
+            streams.append(asyncio.create_task(machine(twiml.text, task["call_sid"])))
+            await asyncio.to_thread(wait_for_status, api, task["session_id"], "active")
+
+    async with CallPlayer(twilio_server, twilio_rest, lambda *_: "completed", 0.1, answer):
+        body = campaign_body(
+            agent, [{"phone": numbers(1)[0]}], voicemail={"action": "hang_up"}, max_concurrent=1
+        )
+        created = tw.post("/v1/campaigns", json=body)
+        assert created.status_code == 201, created.text
+        done = await wait_for_campaign(tw, created.json()["id"], "completed")
+        await asyncio.gather(*streams)
+    assert done["counts"] == {"voicemail": 1}
+    contact = tw.get(f"/v1/campaigns/{created.json()['id']}/contacts").json()["items"][0]
+    assert contact["last_outcome"] == "voicemail"
+    session = tw.get(f"/v1/sessions/{contact['session_ids'][0]}").json()
+    assert session["end_reason"] == "voicemail"

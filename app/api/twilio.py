@@ -444,7 +444,7 @@ async def task_status(task_id: str, request: Request, state: StateDep, db: DbDep
     form = await signed_form(state, request)
     call = await _task(db, task_id)
     await apply_status(state, db, call, form.get("CallStatus", ""))
-    await campaigns.record_outcome(db, call, form.get("CallStatus", ""))
+    await campaigns.record_outcome(state, db, call, form.get("CallStatus", ""))
     return Response(status_code=204)
 
 
