@@ -292,6 +292,19 @@ async def run_tick(state: AppState, job: Job) -> None:
     await tick(state, job.payload["campaign_id"], job.payload["seq"])
 
 
+async def tick_gave_up(state: AppState, job: Job, error: str) -> None:
+    """A scheduling step that failed every attempt ends its chain: the campaign stops
+    (`scheduling_failed`) instead of staying `running` with nothing to run it."""
+    async with state.db.sessions() as db:
+        campaign = await db.get_one(Campaign, job.payload["campaign_id"])
+        if campaign.status not in ("running", "paused"):
+            return
+        campaign.status, campaign.stop_reason = "stopped", "scheduling_failed"
+        await store.cancel_waiting(db, campaign.id)
+        await db.commit()
+    logger.error(f"campaign {campaign.id} stopped: its scheduling failed ({error})")
+
+
 async def run_dial(state: AppState, job: Job) -> None:
     await dial(state, job.payload["contact_id"], job.payload["attempt"])
 

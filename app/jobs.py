@@ -31,6 +31,9 @@ from app.storage.models import Job
 from app.tracing import tracer
 
 Handler = Callable[[Job], Awaitable[None]]
+GaveUp = Callable[[Job, str], Awaitable[None]]
+"""What a job's kind does once it is given up (with its last error), so what it was keeping
+going (a campaign's scheduling chain, say) doesn't wait on it forever."""
 CONCURRENCY = 16
 """Jobs one node runs at once."""
 
@@ -43,6 +46,7 @@ class JobQueue:
         self._settings = settings
         self.node_id = new_id("node")
         self._handlers: dict[str, Handler] = {}
+        self._gave_up: dict[str, GaveUp] = {}
         self._wake = asyncio.Event()
         self._slots = asyncio.Semaphore(CONCURRENCY)
         self._loop_task: asyncio.Task | None = None
@@ -85,8 +89,9 @@ class JobQueue:
         else:
             self._wake.set()
 
-    def start(self, handlers: dict[str, Handler]) -> None:
+    def start(self, handlers: dict[str, Handler], gave_up: dict[str, GaveUp] | None = None) -> None:
         self._handlers = handlers
+        self._gave_up = gave_up or {}
         self._loop_task = asyncio.create_task(self._work(), name="jobs")
 
     async def close(self) -> None:
@@ -176,6 +181,11 @@ class JobQueue:
                 await self._settle(
                     job, values={"status": "failed", "locked_until": None, "last_error": error}
                 )
+                if gave_up := self._gave_up.get(job.kind):
+                    try:
+                        await gave_up(job, error)
+                    except Exception:
+                        logger.exception(f"job {job.id} ({job.kind}): its give-up failed too")
             else:
                 delay = self._settings.webhook_backoff_secs * 2 ** (job.attempts - 1)
                 logger.info(

@@ -143,7 +143,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 campaigns.OUTCOME_JOB: partial(campaigns.run_outcome, app.state.switchboard),
                 call_queue.PUMP_JOB: partial(call_queue.run_pump, app.state.switchboard),
                 evals_background.RUN_JOB: partial(evals_background.run, app.state.switchboard),
-            }
+            },
+            gave_up={campaigns.TICK_JOB: partial(campaigns.tick_gave_up, app.state.switchboard)},
         )
         install_drain_on_signals(app.state.switchboard)
         sweeper = asyncio.create_task(

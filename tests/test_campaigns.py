@@ -11,12 +11,20 @@ import signal
 import time
 from collections import Counter
 from datetime import UTC, datetime, timedelta
+from types import SimpleNamespace
 from urllib.parse import urlsplit
 
 import httpx
 import numpy as np
 import pytest
+from sqlalchemy import select
 
+from app import campaigns
+from app.jobs import JobQueue
+from app.settings import Settings
+from app.storage import accounts
+from app.storage.ids import new_id
+from app.storage.models import DEFAULT_ACCOUNT_ID, Agent, Campaign, CampaignContact
 from tests.audio import speech
 from tests.fakes.twilio_client import TwilioMediaStreamsClient
 from tests.helpers.calls import wait_for_status
@@ -557,3 +565,70 @@ async def test_a_machine_only_the_pipeline_heard_ends_its_attempt_voicemail(
     assert contact["last_outcome"] == "voicemail"
     session = tw.get(f"/v1/sessions/{contact['session_ids'][0]}").json()
     assert session["end_reason"] == "voicemail"
+
+
+async def test_a_scheduling_step_that_fails_every_attempt_stops_its_campaign(db):
+    """The job queue gives a job up after its last attempt and tells its kind; a campaign whose
+    scheduling step was given up stops (`scheduling_failed`), its waiting contacts cancelled."""
+    async with db.sessions() as s:
+        await accounts.ensure_default_account(s)
+        agent = Agent(
+            id=new_id("agt"),
+            account_id=DEFAULT_ACCOUNT_ID,
+            name="A",
+            voice_id="joe",
+            system_prompt="p",
+            pipeline="scripted",
+        )
+        campaign = Campaign(
+            id=new_id("cmp"),
+            account_id=DEFAULT_ACCOUNT_ID,
+            agent_id=agent.id,
+            name="c",
+            from_number="+15550007813",
+            calls_per_minute=60,
+            max_concurrent=1,
+            max_attempts=1,
+            retry_after_minutes=1,
+        )
+        s.add_all([agent, campaign])
+        await s.flush()
+        s.add(
+            CampaignContact(
+                id=new_id("cct"),
+                campaign_id=campaign.id,
+                row=1,
+                phone="+14155550100",
+                timezone="UTC",
+            )
+        )
+        await s.commit()
+    state = SimpleNamespace(db=db)
+    settings = Settings(webhook_max_attempts=2, webhook_backoff_secs=0.05)
+    jobs = JobQueue(db, settings)
+    tried: list[int] = []
+
+    async def failing_tick(job) -> None:
+        tried.append(job.attempts)
+        raise RuntimeError("the database went away")
+
+    given_up = asyncio.Event()
+
+    async def stop(job, error: str) -> None:
+        await campaigns.tick_gave_up(state, job, error)  # type: ignore[arg-type]  # needs only .db
+        given_up.set()
+
+    jobs.start({campaigns.TICK_JOB: failing_tick}, gave_up={campaigns.TICK_JOB: stop})
+    try:
+        async with db.sessions() as s:
+            jobs.enqueue(s, campaigns.TICK_JOB, {"campaign_id": campaign.id, "seq": 0})
+            await s.commit()
+        await asyncio.wait_for(given_up.wait(), timeout=20)
+    finally:
+        await jobs.close()
+    assert tried == [1, 2]
+    async with db.sessions() as s:
+        stopped = await s.get_one(Campaign, campaign.id)
+        assert (stopped.status, stopped.stop_reason) == ("stopped", "scheduling_failed")
+        contact = (await s.scalars(select(CampaignContact))).one()
+        assert contact.status == "cancelled"

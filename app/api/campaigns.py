@@ -70,7 +70,9 @@ class CampaignOut(BaseModel):
     agent_id: str
     name: str
     status: str = Field(description="running, paused, completed, cancelled or stopped")
-    stop_reason: str | None = Field(description="Why it stopped: `agent_deleted`")
+    stop_reason: str | None = Field(
+        description="Why it stopped: `agent_deleted`, or `scheduling_failed` (its scheduling step failed every attempt)"
+    )
     from_number: str
     calls_per_minute: float
     max_concurrent: int
