@@ -14,7 +14,6 @@ from tests.audio import rms, speech
 from tests.fakes.gemini_live import FakeGeminiLive
 from tests.fakes.scripted_llm import ToolCall
 from tests.fakes.tls import LoopbackCertificate
-from tests.fakes.webhook_receiver import WebhookReceiver
 from tests.helpers.calls import (
     agent_ws,
     ask,
@@ -71,15 +70,8 @@ def api(gemini_server, gemini):
         yield client
 
 
-@pytest.fixture(scope="module")
-def receiver():
-    server = WebhookReceiver().start()
-    yield server
-    server.stop()
-
-
 async def test_a_tool_is_called_and_the_answer_spoken_with_both_sides_stored(
-    gemini_server, gemini, api, receiver, llm
+    gemini_server, gemini, api, webhook_receiver, llm
 ):
     tool = {
         "name": "get_hours",
@@ -90,13 +82,13 @@ async def test_a_tool_is_called_and_the_answer_spoken_with_both_sides_stored(
             "required": ["day"],
         },
         "type": "webhook",
-        "url": receiver.url("/hours"),
+        "url": webhook_receiver.url("/hours"),
     }
     answer = "On Tuesday we open at ten."
     gemini.script(ToolCall("get_hours", {"day": "tuesday"}), answer)
     analysis = {**ANALYSIS, "custom": {}}
     llm.script_oneshot(json.dumps(analysis), when=answer)
-    receiver.received.clear()
+    webhook_receiver.received.clear()
     agent = make_agent(
         api,
         pipeline="gemini_live",
@@ -126,7 +118,7 @@ async def test_a_tool_is_called_and_the_answer_spoken_with_both_sides_stored(
     assert declared["name"] == "get_hours"
 
     # The tool ran against the webhook, and its result went back with the call's id.
-    [hook] = receiver.received
+    [hook] = webhook_receiver.received
     assert hook["path"] == "/hours" and json.loads(hook["body"]) == {"day": "tuesday"}
     [response] = gemini.function_responses
     assert response["name"] == "get_hours" and response["response"] == {"ok": True}

@@ -15,7 +15,6 @@ from app.client import SessionClient
 from tests.audio import rms, speech
 from tests.fakes.openai_realtime import FakeOpenAIRealtime
 from tests.fakes.scripted_llm import ToolCall
-from tests.fakes.webhook_receiver import WebhookReceiver
 from tests.helpers.calls import (
     agent_ws,
     ask,
@@ -61,13 +60,6 @@ def api(realtime_server, realtime_api):
     realtime_api.reset()
     with realtime_server.client() as client:
         yield client
-
-
-@pytest.fixture(scope="module")
-def receiver():
-    server = WebhookReceiver().start()
-    yield server
-    server.stop()
 
 
 def realtime_agent(api, **fields) -> dict:
@@ -179,7 +171,7 @@ async def test_the_greeting_cost_and_latency_are_recorded(realtime_server, realt
 
 
 async def test_a_webhook_tool_runs_and_its_result_reaches_the_model(
-    realtime_server, realtime_api, api, receiver
+    realtime_server, realtime_api, api, webhook_receiver
 ):
     tool = {
         "name": "get_hours",
@@ -190,11 +182,11 @@ async def test_a_webhook_tool_runs_and_its_result_reaches_the_model(
             "required": ["day"],
         },
         "type": "webhook",
-        "url": receiver.url("/hours"),
+        "url": webhook_receiver.url("/hours"),
     }
     agent = realtime_agent(api, tools=[tool])
     realtime_api.script(ToolCall("get_hours", {"day": "tuesday"}), "On Tuesday we open at ten.")
-    receiver.received.clear()
+    webhook_receiver.received.clear()
     async with SessionClient(agent_ws(realtime_server, agent["id"])) as client:
         ready = await client.wait_for("session.ready", timeout=30)
         await ask(client, "When do you open on Tuesday?")
@@ -204,7 +196,7 @@ async def test_a_webhook_tool_runs_and_its_result_reaches_the_model(
     [offered] = realtime_api.sessions[-1]["tools"]
     assert (offered["type"], offered["name"]) == ("function", "get_hours")
     assert offered["parameters"]["properties"] == tool["parameters"]["properties"]
-    [hook] = receiver.received
+    [hook] = webhook_receiver.received
     assert hook["path"] == "/hours" and json.loads(hook["body"]) == {"day": "tuesday"}
     assert hook["headers"]["X-Switchboard-Session"] == ready["session_id"]
     # The result went back as the call's output, and the model was asked to go on.
