@@ -220,7 +220,7 @@ async def ring_the_person(
     await client.wait_marks(1, timeout=30)
     placed = len(twilio_rest.created_calls())  # the module's earlier calls are not this one's
     await client.send_audio(
-        speech("This is Dana, order 4711 arrived broken. Put me through to billing.", 8000)
+        speech("This is Dana and order 4711 arrived broken so put me through to billing", 8000)
     )
     silence = asyncio.create_task(client.send_silence(30))
     try:
