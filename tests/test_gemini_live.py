@@ -19,6 +19,7 @@ from tests.helpers.calls import (
     ask,
     end,
     transcript,
+    typed_spoken_typed,
     wait_for_cost,
     wait_for_recording,
     wait_for_status,
@@ -237,13 +238,7 @@ async def test_typed_turns_reach_the_model(gemini_server, gemini, api):
     )
     async with SessionClient(agent_ws(gemini_server, agent["id"])) as client:
         ready = await client.wait_for("session.ready", timeout=30)
-        await client.send_event({"type": "input.text", "text": "Are you open on Sunday?"})
-        await client.wait_for("agent.speech.stopped", timeout=30)
-        await ask(client, "When do you open on Monday?", replies=2)
-        await client.send_event({"type": "input.text", "text": "Can I pay by card?"})
-        await client.wait_for("transcript.agent", timeout=30, count=3)
-        await client.wait_for("agent.speech.stopped", timeout=30, count=3)
-        await end(client)
+        await typed_spoken_typed(client)
 
     typed = [
         part["text"]

@@ -20,6 +20,7 @@ from tests.helpers.calls import (
     ask,
     end,
     transcript,
+    typed_spoken_typed,
     wait_for_cost,
     wait_for_status,
 )
@@ -279,13 +280,7 @@ async def test_typed_turns_reach_the_model(realtime_server, realtime_api, api):
     agent = realtime_agent(api)
     async with SessionClient(agent_ws(realtime_server, agent["id"])) as client:
         ready = await client.wait_for("session.ready", timeout=30)
-        await client.send_event({"type": "input.text", "text": "Are you open on Sunday?"})
-        await client.wait_for("agent.speech.stopped", timeout=30)
-        await ask(client, "When do you open on Monday?", replies=2)
-        await client.send_event({"type": "input.text", "text": "Can I pay by card?"})
-        await client.wait_for("transcript.agent", timeout=30, count=3)
-        await client.wait_for("agent.speech.stopped", timeout=30, count=3)
-        await end(client)
+        await typed_spoken_typed(client)
 
     sent = [
         c["text"]

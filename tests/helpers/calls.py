@@ -61,6 +61,18 @@ async def end(client: SessionClient) -> None:
     await client.wait_for("session.ended", timeout=10)
 
 
+async def typed_spoken_typed(client: SessionClient) -> None:
+    """A caller-first call of three turns: typed, spoken, typed (each answered in turn), then
+    ended. The speech-to-speech tests check what their provider was sent."""
+    await client.send_event({"type": "input.text", "text": "Are you open on Sunday?"})
+    await client.wait_for("agent.speech.stopped", timeout=30)
+    await ask(client, "When do you open on Monday?", replies=2)
+    await client.send_event({"type": "input.text", "text": "Can I pay by card?"})
+    await client.wait_for("transcript.agent", timeout=30, count=3)
+    await client.wait_for("agent.speech.stopped", timeout=30, count=3)
+    await end(client)
+
+
 def inline_call(api, **fields) -> dict:
     """An inline call over the direct WebSocket, as POST /v1/calls/inline returns it."""
     body = {
