@@ -22,14 +22,13 @@ from sqlalchemy import select
 from app import campaigns
 from app.jobs import JobQueue
 from app.settings import Settings
-from app.storage import accounts
 from app.storage.ids import new_id
-from app.storage.models import DEFAULT_ACCOUNT_ID, Agent, Campaign, CampaignContact
+from app.storage.models import DEFAULT_ACCOUNT_ID, Campaign, CampaignContact
 from tests.audio import speech
 from tests.fakes.twilio_client import TwilioMediaStreamsClient
 from tests.helpers.calls import wait_for_status
 from tests.helpers.servers import account_client, scripted_agent, start_server
-from tests.helpers.storage import cluster_storage_env
+from tests.helpers.storage import add_agent, cluster_storage_env
 from tests.helpers.twilio import ACCOUNT_SID, CallPlayer, signed_post, twilio_env
 
 ALWAYS_OPEN = {"start": "00:00", "end": "23:59"}
@@ -571,15 +570,7 @@ async def test_a_scheduling_step_that_fails_every_attempt_stops_its_campaign(db)
     """The job queue gives a job up after its last attempt and tells its kind; a campaign whose
     scheduling step was given up stops (`scheduling_failed`), its waiting contacts cancelled."""
     async with db.sessions() as s:
-        await accounts.ensure_default_account(s)
-        agent = Agent(
-            id=new_id("agt"),
-            account_id=DEFAULT_ACCOUNT_ID,
-            name="A",
-            voice_id="joe",
-            system_prompt="p",
-            pipeline="scripted",
-        )
+        agent = await add_agent(s, [])
         campaign = Campaign(
             id=new_id("cmp"),
             account_id=DEFAULT_ACCOUNT_ID,
@@ -591,7 +582,7 @@ async def test_a_scheduling_step_that_fails_every_attempt_stops_its_campaign(db)
             max_attempts=1,
             retry_after_minutes=1,
         )
-        s.add_all([agent, campaign])
+        s.add(campaign)
         await s.flush()
         s.add(
             CampaignContact(

@@ -12,24 +12,7 @@ from app.storage import telephony
 from app.storage.db import Database, alembic_config, upgrade_to_head
 from app.storage.ids import new_id, utcnow
 from app.storage.models import DEFAULT_ACCOUNT_ID, Account, Agent, PhoneCall, PhoneNumber, Session
-
-
-async def add_agent(s, numbers: list[str], status: str = "active") -> Agent:
-    if await s.get(Account, DEFAULT_ACCOUNT_ID) is None:
-        s.add(Account(id=DEFAULT_ACCOUNT_ID, name="default"))
-    agent = Agent(
-        id=new_id("agt"),
-        account_id=DEFAULT_ACCOUNT_ID,
-        name="a",
-        voice_id="joe",
-        system_prompt="p",
-        phone_numbers=[],
-        status=status,
-    )
-    s.add(agent)
-    await telephony.assign_numbers(s, agent, numbers)
-    await s.commit()
-    return agent
+from tests.helpers.storage import add_agent
 
 
 async def test_migration_adds_the_telephony_tables(db):

@@ -11,8 +11,9 @@ from app.calls.tokens import TokenSigner
 from app.settings import Settings
 from app.storage import transfers
 from app.storage.ids import new_id, utcnow
-from app.storage.models import DEFAULT_ACCOUNT_ID, Account, Agent, Session
+from app.storage.models import DEFAULT_ACCOUNT_ID, Session
 from app.telephony import transfer
+from tests.helpers.storage import add_agent
 from tests.helpers.twilio import ACCOUNT_SID, AUTH_TOKEN
 
 PERSON, OURS, CALLER_SID = "+14155550142", "+15550003333", "CA" + "3" * 32
@@ -25,17 +26,7 @@ TOKENS = TokenSigner("transfer-test-secret")
 async def call(db):
     """A session row the transfer belongs to."""
     async with db.sessions() as s:
-        s.add(Account(id=DEFAULT_ACCOUNT_ID, name="default"))
-        agent = Agent(
-            id=new_id("agt"),
-            account_id=DEFAULT_ACCOUNT_ID,
-            name="a",
-            voice_id="joe",
-            system_prompt="p",
-            phone_numbers=[],
-        )
-        s.add(agent)
-        await s.flush()
+        agent = await add_agent(s, [])
         now = utcnow()
         session = Session(
             id=new_id("ses"),

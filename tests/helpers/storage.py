@@ -12,6 +12,10 @@ import pytest
 import redis
 from sqlalchemy.ext.asyncio import create_async_engine
 
+from app.storage import telephony
+from app.storage.ids import new_id
+from app.storage.models import DEFAULT_ACCOUNT_ID, Account, Agent
+
 if TYPE_CHECKING:
     from tests.helpers.servers import ServerProcess
 
@@ -141,3 +145,22 @@ def skip_unless_available(why_not: str | None) -> None:
     if IN_CI:
         pytest.fail(f"{why_not}: CI must provide it")
     pytest.skip(why_not)
+
+
+async def add_agent(s, numbers: list[str], status: str = "active") -> Agent:
+    """An agent row of the default account (made if missing) answering `numbers`, committed."""
+    if await s.get(Account, DEFAULT_ACCOUNT_ID) is None:
+        s.add(Account(id=DEFAULT_ACCOUNT_ID, name="default"))
+    agent = Agent(
+        id=new_id("agt"),
+        account_id=DEFAULT_ACCOUNT_ID,
+        name="a",
+        voice_id="joe",
+        system_prompt="p",
+        phone_numbers=[],
+        status=status,
+    )
+    s.add(agent)
+    await telephony.assign_numbers(s, agent, numbers)
+    await s.commit()
+    return agent
