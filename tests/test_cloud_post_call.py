@@ -158,22 +158,22 @@ async def test_webhooks_are_signed_and_retried(server, api, llm, webhook_receive
     )
     session_id = await talk(server, agent, "When do you open on Wednesdays?")
 
+    # Each delivery is marked delivered only after its receiver answered: wait for both sides.
+    kinds = {"session.started", "transcript.updated", "session.ended", "analysis.completed"}
     deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        events = {json.loads(r["body"])["event"] for r in webhook_receiver.events("/events")}
-        if {
-            "session.started",
-            "transcript.updated",
-            "session.ended",
-            "analysis.completed",
-        } <= events:
+    while True:
+        delivered = [
+            r
+            for r in webhook_receiver.events("/events")
+            if json.loads(r["body"])["session_id"] == session_id
+        ]
+        deliveries = api.get(f"/v1/agents/{agent['id']}/webhook-deliveries").json()
+        settled = {d["status"] for d in deliveries["items"]} == {"delivered"}
+        events = {json.loads(r["body"])["event"] for r in delivered}
+        if events == kinds and settled and deliveries["total"] == len(delivered):
             break
+        assert time.monotonic() < deadline, (events, deliveries)
         await asyncio.sleep(0.2)
-    delivered = [
-        r
-        for r in webhook_receiver.events("/events")
-        if json.loads(r["body"])["session_id"] == session_id
-    ]
     by_event = {}
     for request in delivered:
         assert verify(secret, request)
@@ -181,12 +181,6 @@ async def test_webhooks_are_signed_and_retried(server, api, llm, webhook_receive
         body = json.loads(request["body"])
         assert request["headers"]["X-Switchboard-Event"] == body["event"]
         by_event.setdefault(body["event"], []).append(body)
-    assert set(by_event) == {
-        "session.started",
-        "transcript.updated",
-        "session.ended",
-        "analysis.completed",
-    }
     ended = by_event["session.ended"][0]["data"]
     assert (
         ended["end_reason"] == "caller_hangup"
@@ -200,10 +194,6 @@ async def test_webhooks_are_signed_and_retried(server, api, llm, webhook_receive
     ) in turns
     assert by_event["analysis.completed"][0]["data"]["analysis"]["sentiment"] == "positive"
 
-    deliveries = api.get(f"/v1/agents/{agent['id']}/webhook-deliveries").json()
-    assert deliveries["total"] == len(delivered) and {d["status"] for d in deliveries["items"]} == {
-        "delivered"
-    }
     retried = [d for d in deliveries["items"] if d["attempts"] > 1]
     assert len(retried) >= 1 and sum(d["attempts"] - 1 for d in retried) == 2  # the two 500s
     assert all(d["last_status_code"] == 200 for d in deliveries["items"])

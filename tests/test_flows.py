@@ -15,7 +15,14 @@ from app.client import SessionClient
 from tests.audio import speech
 from tests.fakes.scripted_llm import ToolCall
 from tests.fakes.twilio_client import TwilioMediaStreamsClient
-from tests.helpers.calls import agent_ws, inline_call, transcript, wait_for_status, wait_resumable
+from tests.helpers.calls import (
+    agent_finished,
+    agent_ws,
+    inline_call,
+    transcript,
+    wait_for_status,
+    wait_resumable,
+)
 from tests.helpers.dashboard import logged_in
 from tests.helpers.servers import make_agent
 from tests.helpers.twilio import twilio_session
@@ -65,8 +72,8 @@ CALLER = [
 
 
 async def say(client: SessionClient, text: str, spoken: int) -> None:
-    """The caller speaks once the agent has stopped for the `spoken`-th time."""
-    await client.wait_for("agent.speech.stopped", timeout=60, count=spoken)
+    """The caller speaks once the agent's `spoken`-th reply has played."""
+    await agent_finished(client, spoken)
     await client.stream(speech(text))
     await client.stream_silence(1.0)
 

@@ -48,11 +48,25 @@ async def spoken_call(server, agent: dict, *questions: str, key: str | None = No
     return ready["session_id"]
 
 
+async def agent_finished(client: SessionClient, replies: int, timeout: float = 60) -> None:
+    """Wait until the agent has given its `replies`th reply and its speech has stopped for good:
+    on a busy machine a reply's clauses can reach the caller with a pause between them, each
+    pause its own `agent.speech.stopped`."""
+    await client.wait_for("transcript.agent", timeout=timeout, count=replies)
+    deadline = time.monotonic() + timeout
+    quiet_since = None
+    while quiet_since is None or time.monotonic() - quiet_since < 0.5:
+        started = len(client.of_type("agent.speech.started"))
+        quiet = started > 0 and len(client.of_type("agent.speech.stopped")) >= started
+        quiet_since = (quiet_since or time.monotonic()) if quiet else None
+        assert time.monotonic() < deadline, f"the agent still speaking after {timeout}s"
+        await asyncio.sleep(0.05)
+
+
 async def ask(client: SessionClient, question: str, replies: int = 1) -> None:
     """Say `question` and wait until the agent's answer (the `replies`th) has played."""
     await client.stream(speech(question, tail_secs=1.0))
-    await client.wait_for("transcript.agent", timeout=60, count=replies)
-    await client.wait_for("agent.speech.stopped", timeout=30, count=replies)
+    await agent_finished(client, replies)
 
 
 async def end(client: SessionClient) -> None:
