@@ -111,6 +111,7 @@ class AdaptiveTurnStopStrategy(TurnAnalyzerUserTurnStopStrategy):
         audio stops coming: `_stalled_secs`)."""
         self._last_sound_at = 0.0
         self._last_frame_at = time.monotonic()
+        self._predictions = 0
 
     async def handle_user_turn_started(self):
         await super().handle_user_turn_started()
@@ -158,6 +159,7 @@ class AdaptiveTurnStopStrategy(TurnAnalyzerUserTurnStopStrategy):
         self._vad_user_speaking = False
         self._vad_stopped = True
         self._stop_secs = frame.stop_secs
+        self._predictions = 0
         self._speech_ended_at = self._heard_secs - frame.stop_secs
         self._timeout_task = self.task_manager.create_task(
             self._watch_silence(), f"{self}::_watch_silence"
@@ -171,6 +173,7 @@ class AdaptiveTurnStopStrategy(TurnAnalyzerUserTurnStopStrategy):
         try:
             while True:
                 if prediction is None:
+                    self._predictions += 1
                     prediction = asyncio.ensure_future(self._turn_analyzer.completion())  # type: ignore[attr-defined]  # pipecat_compat.smart_turn_v3's
                 await asyncio.wait({prediction}, timeout=self._policy.recheck_secs)
                 if not prediction.done():
@@ -204,7 +207,8 @@ class AdaptiveTurnStopStrategy(TurnAnalyzerUserTurnStopStrategy):
     async def _end_turn(self):
         logger.debug(
             f"{self}: turn over after {self._heard_secs - self._speech_ended_at:.2f} s of silence "
-            f"(Smart Turn {self._probability}, transcript {self._text!r})"
+            f"({self._predictions} Smart Turn predictions, the last {self._probability}, "
+            f"transcript {self._text!r})"
         )
         self._turn_complete = True
         self._timeout_expired = True

@@ -20,7 +20,7 @@ from pipecat.audio.resamplers.base_audio_resampler import BaseAudioResampler
 from pipecat.audio.turn.smart_turn.base_smart_turn import BaseSmartTurn
 from pipecat.audio.turn.smart_turn.local_smart_turn_v3 import LocalSmartTurnAnalyzerV3
 from pipecat.audio.vad.silero import SileroOnnxModel, SileroVADAnalyzer
-from pipecat.audio.vad.vad_analyzer import VADAnalyzer, VADParams
+from pipecat.audio.vad.vad_analyzer import VADAnalyzer, VADParams, VADState
 from pipecat.extensions.voicemail.voicemail_detector import VoicemailDetector
 from pipecat.flows import manager as flow_manager
 from pipecat.frames.frames import Frame
@@ -73,8 +73,18 @@ def filter_deserialized(
 # --- Local models shared by every call in the process ---
 
 
+class _InlineSileroVADAnalyzer(SileroVADAnalyzer):
+    """Silero run on the event loop. Pipecat hands each 20 ms frame to a thread of the
+    analyzer's own and waits for it: 0.57 ms of CPU per frame, against 0.24 ms for the same
+    window run in place (measured with 10 streams), a thread per call, and a GIL handoff
+    each way."""
+
+    async def analyze_audio(self, buffer: bytes) -> VADState:
+        return self._run_analyzer(buffer)
+
+
 def silero_vad_analyzer(session, params: VADParams | None = None) -> SileroVADAnalyzer:
-    """A `SileroVADAnalyzer` running on an already loaded ONNX session."""
+    """A `SileroVADAnalyzer` running on an already loaded ONNX session, on the event loop."""
     # SileroVADAnalyzer.__init__ (and SileroOnnxModel.__init__) load a new ONNX session from
     # the bundled file, and take no session: skip both, set what they set. The model's
     # recurrent state stays per analyzer.
@@ -82,7 +92,7 @@ def silero_vad_analyzer(session, params: VADParams | None = None) -> SileroVADAn
     model.session = session
     model.reset_states()
     model.sample_rates = [8000, 16000]
-    analyzer = SileroVADAnalyzer.__new__(SileroVADAnalyzer)
+    analyzer = _InlineSileroVADAnalyzer.__new__(_InlineSileroVADAnalyzer)
     VADAnalyzer.__init__(analyzer, params=params)
     analyzer._model = model
     analyzer._windows_since_reset = 0

@@ -169,8 +169,10 @@ def _piper(stage: StageConfig, ctx: ServiceContext):
 def _openai(stage: StageConfig, ctx: ServiceContext):
     from pipecat.services.openai.llm import OpenAILLMService
 
+    from pipelines.api_clients import SharedClientOpenAILLMService
+
     options = dict(stage.options)
-    return OpenAILLMService(
+    return SharedClientOpenAILLMService(
         base_url=options.pop("base_url"),
         api_key=options.pop("api_key", None) or _env_key(stage),
         settings=OpenAILLMService.Settings(system_instruction=ctx.system_prompt, **options),
@@ -217,13 +219,18 @@ def _anthropic(stage: StageConfig, ctx: ServiceContext):
     from anthropic import AsyncAnthropic
     from pipecat.services.anthropic.llm import AnthropicLLMService
 
+    from pipelines.api_clients import shared_client
+
     options = dict(stage.options)
     api_key = _env_key(stage)
-    client = AsyncAnthropic(
-        api_key=api_key,
-        base_url=options.pop("base_url", None) or None,
-        timeout=float(options.pop("timeout_secs", 20)),
-        max_retries=int(options.pop("max_retries", 1)),
+    base_url = options.pop("base_url", None) or None
+    timeout = float(options.pop("timeout_secs", 20))
+    max_retries = int(options.pop("max_retries", 1))
+    client = shared_client(
+        ("anthropic", api_key, base_url, timeout, max_retries),
+        lambda: AsyncAnthropic(
+            api_key=api_key, base_url=base_url, timeout=timeout, max_retries=max_retries
+        ),
     )
     return AnthropicLLMService(
         api_key=api_key,  # type: ignore[arg-type]  # None when unset: the provider then refuses

@@ -160,6 +160,22 @@ def test_silero_vad_analyzer_has_what_its_constructor_would_have_set():
     assert 0.0 <= np.asarray(shared.voice_confidence(bytes(1024))).item() < 0.5
 
 
+async def test_silero_vad_analyzer_runs_on_the_event_loop_as_pipecats_thread_would():
+    # Pipecat's `analyze_audio` hands the buffer to `_run_analyzer` on a thread of its own;
+    # the shared analyzer calls it in place, with the same outcome.
+    assert "self._run_analyzer" in inspect.getsource(SileroVADAnalyzer.analyze_audio)
+    inline = pipecat_compat.silero_vad_analyzer(models.silero_session(), VADParams())
+    threaded = SileroVADAnalyzer(params=VADParams())
+    speech = (np.sin(np.arange(16000) / 3) * 8000).astype(np.int16).tobytes()
+    for analyzer in (inline, threaded):
+        analyzer.set_sample_rate(16000)
+    for i in range(0, len(speech), 640):
+        chunk = speech[i : i + 640]
+        assert await inline.analyze_audio(chunk) == await threaded.analyze_audio(chunk)
+    assert inline._executor._threads == set()  # no thread was started for it
+    await threaded.cleanup()
+
+
 async def test_smart_turn_v3_predicts_on_the_shared_model_and_threads():
     session = models.smart_turn_session()
     executor = ThreadPoolExecutor(max_workers=1)

@@ -60,6 +60,38 @@ class RealTimeAudioGate:
         return None
 
 
+class AudioGrouper:
+    """Joins each `frames` consecutive caller audio frames into one. Every frame costs each
+    processor of the pipeline a queue hop and a call, whatever its length: a carrier's 20 ms
+    frames passed on in pairs halve that work for ~10 ms more delay on average (the VAD reads
+    32 ms windows anyway)."""
+
+    def __init__(self, frames: int):
+        self._frames = frames
+        self._held: list[InputAudioRawFrame] = []
+
+    def group(self, frame: InputAudioRawFrame) -> InputAudioRawFrame | None:
+        """The joined frame once `frames` have come; None while they are held."""
+        self._held.append(frame)
+        if len(self._held) < self._frames:
+            return None
+        held, self._held = self._held, []
+        return InputAudioRawFrame(
+            audio=b"".join(f.audio for f in held),
+            sample_rate=frame.sample_rate,
+            num_channels=frame.num_channels,
+        )
+
+
+def with_grouped_audio(serializer: FrameSerializer, frames: int = 2) -> FrameSerializer:
+    """The serializer, its caller audio passed on `frames` frames at a time (`AudioGrouper`)."""
+    grouper = AudioGrouper(frames)
+    return pipecat_compat.filter_deserialized(
+        serializer,
+        lambda frame: grouper.group(frame) if isinstance(frame, InputAudioRawFrame) else frame,
+    )
+
+
 def with_real_time_audio(serializer: FrameSerializer) -> FrameSerializer:
     """The serializer, its caller audio passed through a `RealTimeAudioGate`."""
     gate = RealTimeAudioGate()

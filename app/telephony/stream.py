@@ -24,7 +24,7 @@ from pipecat.serializers.telnyx import TelnyxFrameSerializer
 from pipecat.transports.websocket.fastapi import FastAPIWebsocketParams, FastAPIWebsocketTransport
 from starlette.websockets import WebSocketState
 
-from app.calls.audio_pacing import with_real_time_audio
+from app.calls.audio_pacing import with_grouped_audio, with_real_time_audio
 from app.errors import Refusal
 from app.logs import bind_call
 from app.settings import Settings
@@ -208,8 +208,10 @@ async def serve_stream(websocket: WebSocket, carrier: Carrier) -> None:
             add_wav_header=False,
             # 20 ms media frames, as carriers send and expect them.
             audio_out_10ms_chunks=2,
-            serializer=with_real_time_audio(
-                with_prompt_caller_audio(carrier.serializer(state.settings, start))
+            serializer=with_grouped_audio(
+                with_real_time_audio(
+                    with_prompt_caller_audio(carrier.serializer(state.settings, start))
+                )
             ),
             **processors.transport_params(),
         ),
