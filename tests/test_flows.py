@@ -67,7 +67,7 @@ CALLER = [
     "I would like to book an appointment.",
     "My name is Alice Smith.",
     "Next Monday at ten in the morning.",
-    "Yes, that is right.",
+    "That is right.",  # one breath: a pause after "Yes," can split the turn and cancel the booking call
 ]
 
 
