@@ -12,9 +12,9 @@ import pytest
 import redis
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from app.storage import telephony
+from app.storage import accounts, telephony
 from app.storage.ids import new_id
-from app.storage.models import DEFAULT_ACCOUNT_ID, Account, Agent
+from app.storage.models import DEFAULT_ACCOUNT_ID, Agent
 
 if TYPE_CHECKING:
     from tests.helpers.servers import ServerProcess
@@ -149,8 +149,7 @@ def skip_unless_available(why_not: str | None) -> None:
 
 async def add_agent(s, numbers: list[str], status: str = "active") -> Agent:
     """An agent row of the default account (made if missing) answering `numbers`, committed."""
-    if await s.get(Account, DEFAULT_ACCOUNT_ID) is None:
-        s.add(Account(id=DEFAULT_ACCOUNT_ID, name="default"))
+    await accounts.ensure_default_account(s)
     agent = Agent(
         id=new_id("agt"),
         account_id=DEFAULT_ACCOUNT_ID,
