@@ -68,19 +68,53 @@ _TRAILING = set(
 """Last words that leave any sentence open."""
 _TRAILING_STATEMENT = _TRAILING | set("at in on with from by as under into".split())
 """And those that leave a statement open (a question may end on them: "Who am I speaking with?")."""
+_TRAILING_YES_NO_QUESTION = _TRAILING | set("at with from by as under into".split())
+"""A question that asks no wh-word may end on a particle ("Can I come in?") but hardly on these
+("Could I speak with?")."""
+_WH = set("who whom whose what which where when why how".split())
+_SUBORDINATORS = set("if although though unless whether".split())
+"""First words of a clause that needs a main clause after it ("If it's possible, …")."""
+_HOLDING = (
+    "let me see",
+    "let me think",
+    "let me check",
+    "hold on",
+    "hang on",
+    "one moment",
+    "one second",
+    "just a moment",
+    "just a second",
+    "i mean",
+)
+"""Phrases a caller says to keep the turn while finding the next words."""
 _WORD = re.compile(r"[a-z0-9'-]+")
 
 
 def transcript_cue(text: str) -> int:
-    """+1 when `text` reads as a finished sentence, -1 when it trails off, 0 when it can't tell."""
+    """+1 when `text` reads as a finished sentence, -1 when it trails off, 0 when it can't tell.
+
+    Whisper punctuates what it hears as if it were whole ("If it's possible." for "If it's
+    possible, …"; "Let me see." while the caller thinks), so the words count, not only the
+    final mark: a last word that needs more, a statement that is only a dependent clause, a
+    phrase that holds the floor."""
     text = text.strip()
     if not text:
         return 0
     if text.endswith(("...", "…", ",", "-", "—")):
         return -1
     words = _WORD.findall(text.lower())
-    trailing = _TRAILING if text.endswith("?") else _TRAILING_STATEMENT
+    question = text.endswith("?")
+    if not question:
+        trailing = _TRAILING_STATEMENT
+    elif _WH.isdisjoint(words):
+        trailing = _TRAILING_YES_NO_QUESTION
+    else:
+        trailing = _TRAILING
     if words and words[-1] in trailing:
+        return -1
+    if not question and words and words[0] in _SUBORDINATORS and "," not in text:
+        return -1
+    if " ".join(words).endswith(_HOLDING):
         return -1
     return 1 if text[-1] in ".?!" else 0
 
