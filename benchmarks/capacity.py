@@ -2,12 +2,18 @@
 
 The server runs as the README tells users to run it in production (`switchboard serve
 --workers N`, one worker per core) on the `instant` pipeline (canned STT/TTS, scripted
-LLM; real VAD and turn detection). For each step, N callers dial in at once; each
-talks and listens at real time for `--secs`. Reported per step: outbound media pacing
-(p50/p99 gap between consecutive agent media frames within an utterance),
-voice-to-voice p50/p95, server CPU (of the machine, per call, and each worker's share of the
-workers' CPU: how evenly calls spread) and resident memory (all processes, per call), and
-failed calls. A step holds if no call failed, the p99 gap ≤ 60 ms and voice-to-voice
+LLM; real VAD and turn detection). For each step, N callers dial in; each talks and
+listens at real time for `--secs`. With `--arrivals together` (the default) they all dial
+at the same moment and, saying the same question to the same reply, keep speaking and
+falling quiet in step: every call's turn ends within a few ms of the others', the worst
+case for turn detection. With `--arrivals spread` each dials after a random delay within
+one turn's cycle (`SPREAD_SECS`), as independent callers would; its CPU figures are averaged
+over the step, ramp included.
+
+Reported per step: outbound media pacing (p50/p99 gap between consecutive agent media
+frames within an utterance), voice-to-voice p50/p95, server CPU (of the machine, per
+call, and each worker's share of the workers' CPU: how evenly calls spread) and resident
+memory (all processes, per call), and failed calls. A step holds if no call failed, the p99 gap ≤ 60 ms and voice-to-voice
 p95 ≤ 1.5 s; the answer is the largest step that holds. The table is also written as JSON
 to `benchmarks/results/<date>-<machine>.json` (`--json` to choose the path).
 
@@ -28,6 +34,7 @@ import json
 import multiprocessing
 import os
 import platform
+import random
 import resource
 import tempfile
 import time
@@ -55,9 +62,13 @@ GAP_TARGET = 0.060
 V2V_P95_TARGET = 1.5
 RESULTS = Path(__file__).parent / "results"
 UTTERANCE_BREAK = 0.5  # a longer gap between agent frames is a pause between utterances
+SPREAD_SECS = 4.0
+"""About one turn's cycle (the question, the reply, the pauses): `--arrivals spread` starts
+each caller at a random point within it."""
 
 
-async def caller(twiml: str, secs: float, question: bytes) -> dict:
+async def caller(twiml: str, secs: float, question: bytes, delay: float) -> dict:
+    await asyncio.sleep(delay)
     client = TwilioMediaStreamsClient.from_twiml(twiml)
     turns: list[float] = []
     async with client:
@@ -80,13 +91,16 @@ async def caller(twiml: str, secs: float, question: bytes) -> dict:
     return {"turns": turns, "gaps": gaps, "frames": len(arrivals)}
 
 
-def run_callers(twimls: list[str], secs: float, question: bytes) -> tuple[list[dict | str], float]:
-    """One load-generator process: these callers at once on its event loop; their results
-    (or errors) and the CPU seconds the process spent."""
+def run_callers(
+    twimls: list[str], secs: float, question: bytes, delays: list[float]
+) -> tuple[list[dict | str], float]:
+    """One load-generator process: these callers (each after its delay) on its event loop;
+    their results (or errors) and the CPU seconds the process spent."""
 
     async def all_callers():
         return await asyncio.gather(
-            *(caller(twiml, secs, question) for twiml in twimls), return_exceptions=True
+            *(caller(t, secs, question, d) for t, d in zip(twimls, delays, strict=True)),
+            return_exceptions=True,
         )
 
     cpu_before = time.process_time()
@@ -105,8 +119,11 @@ async def step(
     question: bytes,
     pool: ProcessPoolExecutor,
     processes: int,
+    spread: bool,
 ) -> dict:
     twimls = [twilio_session(server, agent_id)[0] for _ in range(calls)]
+    rng = random.Random(calls)
+    delays = [rng.uniform(0, SPREAD_SECS) if spread else 0.0 for _ in range(calls)]
     pids = process_tree(server.process.pid)
     workers = worker_pids(server.process.pid) or [server.process.pid]
     workers_before = [cpu_seconds_and_rss([pid])[0] for pid in workers]
@@ -121,16 +138,18 @@ async def step(
             await asyncio.sleep(1)
 
     sampler = asyncio.create_task(sample_memory())
-    spread = asyncio.create_task(calls_per_worker(server, secs / 2))
+    spread_over_workers = asyncio.create_task(calls_per_worker(server, secs / 2))
     loop = asyncio.get_running_loop()
     shares = await asyncio.gather(
         *(
-            loop.run_in_executor(pool, run_callers, twimls[i::processes], secs, question)
+            loop.run_in_executor(
+                pool, run_callers, twimls[i::processes], secs, question, delays[i::processes]
+            )
             for i in range(processes)
         )
     )
     sampler.cancel()
-    worker_calls = await spread
+    worker_calls = await spread_over_workers
     elapsed = time.monotonic() - started
     cpu_after, _ = cpu_seconds_and_rss(pids)
     worker_cpu = [
@@ -202,6 +221,12 @@ async def main() -> None:
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--client-processes", type=int, default=os.cpu_count() or 1)
     parser.add_argument(
+        "--arrivals",
+        choices=["together", "spread"],
+        default="together",
+        help="callers dial at once and speak in step (worst case), or at random within a turn",
+    )
+    parser.add_argument(
         "--json",
         type=Path,
         help="where to write the results (default benchmarks/results/<date>-<machine>.json)",
@@ -243,7 +268,8 @@ async def main() -> None:
         ).json()
         print(
             f"\nCapacity benchmark — pipeline 'instant', {args.workers} server worker process(es), "
-            f"{args.client_processes} caller process(es), {args.secs:.0f} s per step"
+            f"{args.client_processes} caller process(es), {args.secs:.0f} s per step, "
+            f"arrivals {args.arrivals}"
         )
         print(f"machine: {machine()}")
         print(
@@ -259,7 +285,14 @@ async def main() -> None:
         )
         for calls in args.steps:
             r = await step(
-                server, agent["id"], calls, args.secs, question, pool, args.client_processes
+                server,
+                agent["id"],
+                calls,
+                args.secs,
+                question,
+                pool,
+                args.client_processes,
+                args.arrivals == "spread",
             )
             split = "/".join(f"{c:.0f}" for c in r["worker_cpu_percent"])
             print(
@@ -293,6 +326,7 @@ async def main() -> None:
                     "workers": args.workers,
                     "client_processes": args.client_processes,
                     "secs": args.secs,
+                    "arrivals": args.arrivals,
                     "targets": {"gap_p99": GAP_TARGET, "v2v_p95": V2V_P95_TARGET},
                     "largest_step_that_holds": best,
                     "steps": steps,
