@@ -146,8 +146,12 @@ def piper_tts_service(
     # PiperTTSService.__init__ loads (or downloads) the voice itself and takes no loaded one:
     # skip it, make the TTSService it makes, and give it the voice it reads in `run_tts`.
     tts = service_class.__new__(service_class)
+    # As its __init__ does: every field given (None where Piper has no such setting), or
+    # Pipecat logs an error at every call's start.
+    complete = PiperTTSSettings(model=None, voice=None, language=None)
+    complete.apply_update(settings)
     TTSService.__init__(
-        tts, push_start_frame=True, push_stop_frames=True, settings=settings, **kwargs
+        tts, push_start_frame=True, push_stop_frames=True, settings=complete, **kwargs
     )
     tts._voice = voice
     return tts

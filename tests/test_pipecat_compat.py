@@ -226,6 +226,7 @@ def test_piper_tts_service_has_what_its_constructor_would_have_set():
     shared = pipecat_compat.piper_tts_service(voice=voice, settings=settings)
     loaded = PiperTTSService(download_dir=PIPER_DIR, settings=settings)
     assert set(vars(shared)) == set(vars(loaded))
+    assert shared._settings == loaded._settings  # every field given: no error at each call's start
     assert shared._voice is voice
     assert "self._voice.synthesize(" in inspect.getsource(PiperTTSService.run_tts)
 
