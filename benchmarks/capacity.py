@@ -13,9 +13,10 @@ over the step, ramp included.
 Reported per step: outbound media pacing (p50/p99 gap between consecutive agent media
 frames within an utterance), voice-to-voice p50/p95, server CPU (of the machine, per
 call, and each worker's share of the workers' CPU: how evenly calls spread) and resident
-memory (all processes, per call), and failed calls. A step holds if no call failed, the p99 gap ≤ 60 ms and voice-to-voice
-p95 ≤ 1.5 s; the answer is the largest step that holds. The table is also written as JSON
-to `benchmarks/results/<date>-<machine>.json` (`--json` to choose the path).
+memory (all processes, per call), and failed calls. A step holds if no call failed, the
+p99 gap ≤ 60 ms and voice-to-voice p95 ≤ 1.5 s; the answer is the largest step that holds.
+The table is also written as JSON to `benchmarks/results/<date>-<machine>.json` (`--json`
+to choose the path).
 
 The server's own load shedding is off (`SWITCHBOARD_MAX_CALLS_PER_WORKER=0`,
 `SWITCHBOARD_LOAD_THRESHOLD=1`), so the steps measure what the machine carries.

@@ -66,11 +66,13 @@ _TRAILING = set(
     basically""".split()
 )
 """Last words that leave any sentence open."""
-_TRAILING_STATEMENT = _TRAILING | set("at in on with from by as under into".split())
-"""And those that leave a statement open (a question may end on them: "Who am I speaking with?")."""
-_TRAILING_YES_NO_QUESTION = _TRAILING | set("at with from by as under into".split())
-"""A question that asks no wh-word may end on a particle ("Can I come in?") but hardly on these
-("Could I speak with?")."""
+_PREPOSITIONS = set("at with from by as under into".split())
+"""Prepositions that need an object (unlike "in" and "on", which may end a sentence as particles)."""
+_TRAILING_STATEMENT = _TRAILING | _PREPOSITIONS | {"in", "on"}
+"""Last words that leave a statement open (a question may end on them: "Who am I speaking with?")."""
+_TRAILING_YES_NO_QUESTION = _TRAILING | _PREPOSITIONS
+"""A question that asks no wh-word may end on a particle ("Can I come in?") but hardly on a
+preposition that needs an object ("Could I speak with?")."""
 _WH = set("who whom whose what which where when why how".split())
 _SUBORDINATORS = set("if although though unless whether".split())
 """First words of a clause that needs a main clause after it ("If it's possible, …")."""
