@@ -140,7 +140,7 @@ def test_a_scripted_scenario_passes_over_the_websocket_with_speech(server, api, 
     (run,) = scenario["runs"]
     assert scenario["passed"] and run["end_reason"] == "caller_hangup"
     greeting, booking = run["turns"]
-    assert booking["user"] and "booked" in booking["heard"].lower()
+    assert booking["user"] and "book" in booking["heard"].lower()
     assert 0 < booking["latency_ms"] < 30000 and run["p50_voice_to_voice_ms"]
     assert any(e["speaker"] == "TOOL" and "book_table" in e["content"] for e in run["transcript"])
 
@@ -200,7 +200,8 @@ async def test_scripted_scenario_over_twilio_passes_and_fails_without_the_tool(
     llm.script(ToolCall("book_table", {"party_size": 2, "time": "7pm"}), "Your table is booked.")
     passed = await run_scenario(scenario, target)
     assert passed.passed, passed.failures
-    assert passed.turns[1].latency_ms and "booked" in passed.turns[1].heard.lower()
+    # Whisper tiny hears Piper's "booked" as "booked" or "book."
+    assert passed.turns[1].latency_ms and "book" in passed.turns[1].heard.lower()
 
     llm.script("Your table is booked.")
     failed = await run_scenario(scenario, target)

@@ -40,11 +40,11 @@ def agent_speech(client, since: float) -> list[float]:
 
 
 async def call(server, agent_id: str, pcm: bytes, listen_secs: float):
-    """Dial, wait out the greeting, say `pcm` then keep quiet; returns the caller and when
-    its audio started."""
+    """Dial, wait out the greeting (its audio is all sent once the mark behind it arrives),
+    say `pcm` then keep quiet; returns the caller and when its audio started."""
     client = twilio_caller(server, agent_id)
     await client.open()
-    await client.wait_until(lambda: agent_speech(client, 0), 30, "greeting")
+    await client.wait_until(lambda: "utterance-1" in client.marks_received, 30, "greeting")
     await client.wait_until(
         lambda: time.monotonic() - agent_speech(client, 0)[-1] > 0.8, 30, "greeting over"
     )
@@ -93,7 +93,10 @@ async def test_a_pause_mid_sentence_gets_one_answer_after_the_continuation(
         continued_at = started + len(start) / 2 / 8000
         answer = agent_speech(client, started)
         assert answer, "the finished sentence was not answered"
-        assert answer[0] > continued_at, "the agent answered during the pause"
+        assert answer[0] > continued_at, (
+            f"the agent answered {answer[0] - started:.2f} s into the caller's audio, during the"
+            f" pause ({continued_at - started:.2f} s); LLM requests: {len(llm.requests)}"
+        )
         await asyncio.sleep(1)  # the turn's transcript entries are written as it ends
         async with httpx.AsyncClient(headers=instant_server.headers) as http:
             url = f"{instant_server.url}/v1/sessions/{client.session_id}/transcript"
