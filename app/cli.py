@@ -74,7 +74,7 @@ def serve(args: argparse.Namespace) -> None:
             log_level=settings.log_level.lower(),
             log_config=UVICORN_LOG_CONFIG,
         )
-        if args.workers > 1 and hasattr(socket, "SO_REUSEPORT"):
+        if args.workers > 1 and hasattr(socket, "send_fds"):
             from app.workers import run_workers
 
             run_workers(uvicorn.Config("app.main:create_app", **options))

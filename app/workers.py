@@ -1,48 +1,162 @@
 """`switchboard serve --workers N`: uvicorn's worker supervisor (restarts, health checks,
-signals), each worker listening on its own SO_REUSEPORT socket.
+signals), which accepts every connection itself and hands it to the worker with the fewest open.
 
 On uvicorn's one shared socket, whichever worker wakes first accepts, so a burst of calls lands
-on one worker while the others idle (measured: 102 % vs 24 % CPU). With a socket per worker the
-kernel spreads new connections over them by a hash of the client's address and port.
+on one worker while the others idle (measured: 102 % vs 24 % CPU); a SO_REUSEPORT socket per
+worker spreads them by a hash of the caller's address instead, as unevenly as chance (17 and 8
+of 25 calls). Here the supervisor accepts, counts what each worker holds and passes the socket
+over a Unix socket pair (SCM_RIGHTS); the worker serves it as if it had accepted it.
 """
 
+import asyncio
+import functools
+import multiprocessing
 import socket
-import sys
+import threading
+from typing import cast
 
-from uvicorn import Config
-from uvicorn.config import logger
-from uvicorn.server import STARTUP_FAILURE
+from uvicorn import Config, Server
 from uvicorn.supervisors import multiprocess
 
-
-def reuse_port_socket(host: str, port: int) -> socket.socket:
-    """A socket bound to `host:port` with SO_REUSEPORT (the worker exits as a startup failure,
-    which stops the supervisor, if the port is taken)."""
-    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-    try:
-        sock.bind((host, port))
-    except OSError as exc:
-        logger.error(exc)
-        sys.exit(STARTUP_FAILURE)
-    return sock
+TAKEN, OPEN = 0, 1
+"""A worker's counters, shared with the supervisor: connections it has taken, and open now."""
 
 
-class ReusePortWorker(multiprocess.Process):
-    """A uvicorn worker process that binds its own listening socket, and ends once its server
-    has shut down (see `serve_then_exit`)."""
+class CountedConnections(set):
+    """uvicorn's set of open connections, which writes its size to `counts[OPEN]` as it changes."""
+
+    def __init__(self, counts):
+        super().__init__()
+        self._counts = counts
+
+    def add(self, connection) -> None:
+        super().add(connection)
+        self._counts[OPEN] = len(self)
+
+    def discard(self, connection) -> None:
+        super().discard(connection)
+        self._counts[OPEN] = len(self)
+
+    def remove(self, connection) -> None:
+        super().remove(connection)
+        self._counts[OPEN] = len(self)
+
+
+class HandoffServer(Server):
+    """A uvicorn server with no listening socket: it serves the connections the supervisor
+    passes over `channel`, and counts them in `counts`."""
+
+    def __init__(self, config: Config, channel: socket.socket, counts):
+        super().__init__(config)
+        self._channel = channel
+        self._counts = counts
+        self.server_state.connections = CountedConnections(counts)
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets=[])
+        self._channel.setblocking(False)
+        asyncio.get_running_loop().add_reader(self._channel.fileno(), self._take_connections)
+
+    def _take_connections(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                _, fds, _, _ = socket.recv_fds(self._channel, 1, 1)
+            except BlockingIOError:
+                return
+            if not fds:  # the supervisor has gone
+                loop.remove_reader(self._channel.fileno())
+                return
+            self._counts[TAKEN] += 1
+            loop.create_task(self._serve_connection(socket.socket(fileno=fds[0])))
+
+    async def _serve_connection(self, sock: socket.socket) -> None:
+        protocol = functools.partial(
+            self.config.http_protocol_class,  # as uvicorn's own `startup` builds it
+            config=self.config,  # type: ignore[call-arg]
+            server_state=self.server_state,
+            app_state=self.lifespan.state,
+        )
+        try:
+            await asyncio.get_running_loop().connect_accepted_socket(protocol, sock)
+        except OSError:  # the caller hung up while the socket was on its way
+            sock.close()
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        asyncio.get_running_loop().remove_reader(self._channel.fileno())
+        await super().shutdown(sockets)
+
+
+class HandoffWorker(multiprocess.Process):
+    """A uvicorn worker process fed connections by the supervisor (see `HandoffServer`), which
+    ends once its server has shut down (see `serve_then_exit`)."""
+
+    def __init__(self, config: Config, sockets: list[socket.socket]):
+        super().__init__(config, sockets)
+        self.handoff, self._channel = socket.socketpair()
+        self.handoff.setblocking(False)  # a worker that stops reading is skipped, not waited on
+        self.counts = multiprocessing.get_context("spawn").Array("q", 2, lock=False)
+        self.handed = 0
+
+    def __getstate__(self) -> dict:
+        return {k: v for k, v in self.__dict__.items() if k != "handoff"}  # the supervisor's end
+
+    def start(self) -> None:
+        super().start()
+        self._channel.close()  # the worker has its own copy: if it dies, handing to it fails
+
+    def load(self) -> tuple[int, int]:
+        """Connections open in the worker plus those on their way to it; then, so that ties
+        take turns, how many it has been handed."""
+        return self.counts[OPEN] + self.handed - self.counts[TAKEN], self.handed
+
+    @property
+    def server(self) -> Server:
+        if self._server is None:
+            self._server = HandoffServer(self.config, self._channel, self.counts)
+        return self._server
 
     def target(self, sockets=None) -> None:
         from app.shutdown import serve_then_exit
 
-        serve_then_exit(
-            lambda: super(ReusePortWorker, self).target(
-                [reuse_port_socket(self.config.host, self.config.port)]
-            )
-        )
+        serve_then_exit(lambda: super(HandoffWorker, self).target([]))
+
+
+class HandoffSupervisor(multiprocess.Multiprocess):
+    """uvicorn's supervisor, plus a thread that accepts on the one listening socket and hands
+    each connection to the least-loaded live worker."""
+
+    def __init__(self, config: Config):
+        self.listener = config.bind_socket()
+        self.listener.listen(config.backlog)
+        config.port = self.listener.getsockname()[1]  # port 0: the workers log the real one
+        super().__init__(config, sockets=[])
+
+    def run(self) -> None:
+        threading.Thread(target=self._hand_off, name="handoff", daemon=True).start()
+        try:
+            super().run()
+        finally:
+            self.listener.shutdown(socket.SHUT_RDWR)  # wakes the thread's accept
+            self.listener.close()
+
+    def _hand_off(self) -> None:
+        while True:
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:
+                return  # closed: the server is stopping
+            with conn:
+                workers = cast(list[HandoffWorker], self.processes)
+                for worker in sorted(workers, key=HandoffWorker.load):
+                    try:
+                        socket.send_fds(worker.handoff, [b"c"], [conn.fileno()])
+                    except OSError:
+                        continue  # dead, or not reading: the next
+                    worker.handed += 1
+                    break
 
 
 def run_workers(config: Config) -> None:
-    multiprocess.Process = ReusePortWorker  # type: ignore[misc]  # what the supervisor starts per worker
-    multiprocess.Multiprocess(config, sockets=[]).run()
+    multiprocess.Process = HandoffWorker  # type: ignore[misc]  # what the supervisor starts per worker
+    HandoffSupervisor(config).run()

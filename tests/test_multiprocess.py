@@ -34,7 +34,7 @@ def test_rate_limit_is_shared_by_the_workers(workers_server):
     key = admin.post("/v1/api-keys", json={"account_id": account["id"], "name": "k"}).json()[
         "secret"
     ]
-    # A new connection per request, so the kernel spreads them over both workers.
+    # A new connection per request, so the supervisor spreads them over both workers.
     statuses = [
         httpx.get(workers_server.url + "/v1/agents", headers={"X-API-Key": key}).status_code
         for _ in range(24)

@@ -246,6 +246,35 @@ async def test_the_call_cap_holds_under_a_parallel_burst_on_one_node_with_two_wo
         server.stop()
 
 
+async def test_a_burst_of_calls_is_spread_evenly_over_two_workers(tmp_path, scripted_llm):
+    """The supervisor hands each new connection to the worker holding the fewest: ten calls
+    dialled at once run five on each worker, so all fit under the default cap of five a worker
+    (a hash of the caller's port would split them unevenly three times in four)."""
+    server = start_server(
+        tmp_path / "spread",
+        workers=2,
+        preload=["scripted"],
+        env={"SCRIPTED_LLM_URL": scripted_llm.url},
+    )
+    try:
+        with server.client() as api:  # closed: the workers then hold only the calls
+            agent = make_agent(api, pipeline="scripted")
+        calls = [SessionClient(agent_ws(server, agent["id"])) for _ in range(10)]
+        await asyncio.gather(*(call.__aenter__() for call in calls))
+        try:
+            await asyncio.gather(*(call.wait_for("session.ready", timeout=60) for call in calls))
+            # Two kept-open connections: the first goes to one worker, the second, as that
+            # worker now holds one more, to the other.
+            with httpx.Client(base_url=server.url) as one, httpx.Client(base_url=server.url) as two:
+                healths = [one.get("/health").json(), two.get("/health").json()]
+            assert len({h["node_id"] for h in healths}) == 2, healths
+            assert [h["live_calls"] for h in healths] == [5, 5], healths
+        finally:
+            await asyncio.gather(*(call.__aexit__(None, None, None) for call in calls))
+    finally:
+        server.stop()
+
+
 @pytest.mark.cluster
 async def test_a_killed_node_s_calls_end_node_lost_while_the_other_node_s_call_goes_on(
     tmp_path, scripted_llm
@@ -314,8 +343,8 @@ async def test_health_and_metrics_of_a_node_with_two_workers(tmp_path, scripted_
         env={"SCRIPTED_LLM_URL": scripted_llm.url},
     )
     try:
-        # A new connection per request, so the kernel spreads them over both workers (each
-        # listens on its own SO_REUSEPORT socket once it has started: the second may be later).
+        # A new connection per request: the supervisor hands each to a worker (the second
+        # worker may start serving later than the first).
         seen: list[dict] = []
         deadline = time.monotonic() + 60
         while len({h["node_id"] for h in seen}) < 2 and time.monotonic() < deadline:
