@@ -2,7 +2,8 @@
 
 The server runs as the README tells users to run it in production (`switchboard serve
 --workers N`, one worker per core) on the `instant` pipeline (canned STT/TTS, scripted
-LLM; real VAD and turn detection). For each step, N callers dial in; each talks and
+LLM; real VAD and turn detection), or with `--pipeline local` on the offline models (one
+llama.cpp server for the machine; voice-to-voice target 2 s instead of 1.5). For each step, N callers dial in; each talks and
 listens at real time for `--secs`. With `--arrivals together` (the default) they all dial
 at the same moment and, saying the same question to the same reply, keep speaking and
 falling quiet in step: every call's turn ends within a few ms of the others', the worst
@@ -14,7 +15,7 @@ Reported per step: outbound media pacing (p50/p99 gap between consecutive agent 
 frames within an utterance), voice-to-voice p50/p95, server CPU (of the machine, per
 call, and each worker's share of the workers' CPU: how evenly calls spread) and resident
 memory (all processes, per call), and failed calls. A step holds if no call failed, the
-p99 gap ≤ 60 ms and voice-to-voice p95 ≤ 1.5 s; the answer is the largest step that holds.
+p99 gap ≤ 60 ms and voice-to-voice p95 within target; the answer is the largest step that holds.
 The table is also written as JSON to `benchmarks/results/<date>-<machine>.json` (`--json`
 to choose the path).
 
@@ -30,6 +31,7 @@ machine's cores with the server; their CPU is reported too.
 
 import argparse
 import asyncio
+import contextlib
 import datetime
 import json
 import multiprocessing
@@ -60,7 +62,9 @@ from tests.fakes.twilio_client import TwilioMediaStreamsClient
 from tests.helpers.servers import start_server
 
 GAP_TARGET = 0.060
-V2V_P95_TARGET = 1.5
+V2V_P95_TARGET = {"instant": 1.5, "local": 2.0}
+"""Voice-to-voice p95 a step must keep, per pipeline (the issue's targets)."""
+VOICES = {"instant": "tone", "local": "joe"}
 RESULTS = Path(__file__).parent / "results"
 UTTERANCE_BREAK = 0.5  # a longer gap between agent frames is a pause between utterances
 SPREAD_SECS = 4.0
@@ -178,29 +182,31 @@ async def step(
         "per_call_mib": max(0.0, peak_rss - rss_idle) / calls,
         "client_cpu_percent": 100 * client_cpu / elapsed / (os.cpu_count() or 1),
     }
-    result["holds"] = holds(result)
     return result
 
 
 async def calls_per_worker(server, after: float) -> list[int]:
     """Live calls of each worker `after` seconds into the step, busiest first: /health asked on
-    new connections until every worker has answered (each answers for itself)."""
+    new connections, each held open so the next goes to another worker, until every worker has
+    answered (each answers for itself)."""
     await asyncio.sleep(after)
     seen: dict[str, int] = {}
-    for _ in range(40):
-        health = (await asyncio.to_thread(httpx.get, f"{server.url}/health", timeout=10)).json()
-        seen[health["node_id"]] = health["live_calls"]
+    async with contextlib.AsyncExitStack() as held:
+        for _ in range(40):
+            client = await held.enter_async_context(httpx.AsyncClient(timeout=10))
+            health = (await client.get(f"{server.url}/health")).json()
+            seen[health["node_id"]] = health["live_calls"]
     return sorted(seen.values(), reverse=True)
 
 
-def holds(result: dict) -> bool:
-    """No call failed, p99 gap ≤ 60 ms and voice-to-voice p95 ≤ 1.5 s."""
+def holds(result: dict, v2v_p95_target: float) -> bool:
+    """No call failed, p99 gap ≤ 60 ms and voice-to-voice p95 within the pipeline's target."""
     return (
         result["failures"] == 0
         and result["gap_p99"] is not None
         and result["gap_p99"] <= GAP_TARGET
         and result["v2v_p95"] is not None
-        and result["v2v_p95"] <= V2V_P95_TARGET
+        and result["v2v_p95"] <= v2v_p95_target
     )
 
 
@@ -218,6 +224,12 @@ async def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--steps", type=int, nargs="+", default=[10, 25, 50, 100])
+    parser.add_argument(
+        "--pipeline",
+        choices=sorted(VOICES),
+        default="instant",
+        help="instant: the server's own cost; local: the offline models (llama.cpp shared)",
+    )
     parser.add_argument("--secs", type=float, default=30, help="how long each caller keeps talking")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--client-processes", type=int, default=os.cpu_count() or 1)
@@ -243,7 +255,7 @@ async def main() -> None:
     data = Path(tempfile.mkdtemp(prefix="switchboard-capacity-"))
     server = start_server(
         data,
-        preload=["instant"],
+        preload=[args.pipeline],
         workers=args.workers,
         env={
             "SWITCHBOARD_PIPELINES_PATH": f'["{BENCH_PIPELINES}"]',
@@ -255,20 +267,21 @@ async def main() -> None:
         },
     )
     question = speech("What time do you open tomorrow?", sample_rate=8000, tail_secs=0.1)
+    target = V2V_P95_TARGET[args.pipeline]
     try:
         agent = httpx.post(
             f"{server.url}/v1/agents",
             headers=server.headers,
             json={
                 "name": "Capacity",
-                "voice_id": "tone",
-                "pipeline": "instant",
+                "voice_id": VOICES[args.pipeline],
+                "pipeline": args.pipeline,
                 "greeting": "Hello, thanks for calling.",
                 "system_prompt": "You are a receptionist.",
             },
         ).json()
         print(
-            f"\nCapacity benchmark — pipeline 'instant', {args.workers} server worker process(es), "
+            f"\nCapacity benchmark — pipeline '{args.pipeline}', {args.workers} server worker process(es), "
             f"{args.client_processes} caller process(es), {args.secs:.0f} s per step, "
             f"arrivals {args.arrivals}"
         )
@@ -295,6 +308,7 @@ async def main() -> None:
                 args.client_processes,
                 args.arrivals == "spread",
             )
+            r["holds"] = holds(r, target)
             split = "/".join(f"{c:.0f}" for c in r["worker_cpu_percent"])
             print(
                 f"{r['calls']:>5} {r['failures']:>4} {fmt(r['gap_p50']):>8} {fmt(r['gap_p99']):>8} "
@@ -312,7 +326,7 @@ async def main() -> None:
             await asyncio.sleep(3)
         print(
             f"largest step that holds (no failures, p99 gap ≤ {GAP_TARGET * 1000:.0f} ms, "
-            f"voice-to-voice p95 ≤ {V2V_P95_TARGET} s): {best if best else 'none'}"
+            f"voice-to-voice p95 ≤ {target} s): {best if best else 'none'}"
         )
         pool.shutdown()
         json_path.parent.mkdir(parents=True, exist_ok=True)
@@ -323,12 +337,12 @@ async def main() -> None:
                     "at": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
                     "machine": machine(),
                     "load_average_at_start": load_at_start,
-                    "pipeline": "instant",
+                    "pipeline": args.pipeline,
                     "workers": args.workers,
                     "client_processes": args.client_processes,
                     "secs": args.secs,
                     "arrivals": args.arrivals,
-                    "targets": {"gap_p99": GAP_TARGET, "v2v_p95": V2V_P95_TARGET},
+                    "targets": {"gap_p99": GAP_TARGET, "v2v_p95": target},
                     "largest_step_that_holds": best,
                     "steps": steps,
                 },

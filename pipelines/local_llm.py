@@ -55,6 +55,10 @@ def start(
         str(config.n_ctx),
         "--n_threads",
         str(config.n_threads or os.cpu_count() or 1),
+        # By default the server drops a streaming reply the moment another request arrives: with
+        # two calls at once, one caller's answer stopped mid-sentence. Requests queue instead.
+        "--interrupt_requests",
+        "False",
     ]
     logger.info(f"Starting local LLM server ({model.name}) on port {config.port}")
     process = subprocess.Popen(

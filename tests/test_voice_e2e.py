@@ -1,11 +1,13 @@
 """End to end over a real WebSocket with real audio: speech in, speech out, barge-in, deletion."""
 
 import asyncio
+import json
 import time
 
 import httpx
 
 from app.client import SessionClient
+from pipelines.config import PipelineCatalog
 from tests.audio import rms, speech
 from tests.helpers.calls import agent_ws, wait_for_status
 from tests.helpers.servers import make_agent
@@ -128,3 +130,33 @@ async def test_latency_is_measured_per_call_and_exported(server, api, llm):
     assert "switchboard_voice_to_voice_seconds_count" in metrics
     assert 'switchboard_sessions_ended_total{end_reason="caller_hangup"}' in metrics
     assert "switchboard_active_sessions" in metrics
+
+
+async def test_the_local_llm_streams_simultaneous_calls_replies_whole(server):
+    """Two calls ask the local llama.cpp server at once: each reply streams to its end (by
+    default that server cuts a streaming reply off the moment another request arrives)."""
+    llm = PipelineCatalog().get("local").llm
+    assert llm is not None
+    url, model = f"{llm.options['base_url']}/chat/completions", llm.options["model"]
+
+    async def reply(question: str) -> tuple[str, str | None]:
+        body = {
+            "model": model,
+            "messages": [{"role": "user", "content": question}],
+            "stream": True,
+            "max_tokens": 30,
+        }
+        text, finish = "", None
+        async with httpx.AsyncClient(timeout=120) as http, http.stream("POST", url, json=body) as r:
+            async for line in r.aiter_lines():
+                if line.startswith("data: {"):
+                    choice = json.loads(line[6:])["choices"][0]
+                    text += choice["delta"].get("content") or ""
+                    finish = choice.get("finish_reason") or finish
+        return text, finish
+
+    first = asyncio.create_task(reply("Tell me about the history of tea."))
+    await asyncio.sleep(0.3)  # the first reply is streaming when the second question arrives
+    second = await reply("What time do you open tomorrow?")
+    for text, finish in (await first, second):
+        assert text.strip() and finish in ("stop", "length"), (text, finish)
