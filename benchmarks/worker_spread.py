@@ -2,8 +2,9 @@
 
 Fires `--bursts` bursts of `--connections` simultaneous new connections at `/health` (each worker
 answers with its own node id) and prints how many each worker answered, busiest first. With one
-shared listening socket the worker that wakes first accepts most of a burst; with a
-SO_REUSEPORT socket per worker the kernel spreads them by hash.
+shared listening socket the worker that wakes first accepts most of a burst; with a SO_REUSEPORT
+socket per worker the kernel spreads them by hash; the supervisor now hands each to the worker
+holding the fewest open connections (`app/workers.py`).
 
     .venv/bin/python -m benchmarks.worker_spread --workers 2
 """

@@ -221,16 +221,17 @@ async def test_a_relay_token_used_on_a_is_refused_on_b(cluster):
         await first.wait_closed(timeout=10)
 
 
+def two_worker_server(path, scripted_llm):
+    """`switchboard serve --workers 2` on the default storage leg, the scripted pipeline preloaded."""
+    return start_server(
+        path, workers=2, preload=["scripted"], env={"SCRIPTED_LLM_URL": scripted_llm.url}
+    )
+
+
 async def test_the_call_cap_holds_under_a_parallel_burst_on_one_node_with_two_workers(
     tmp_path, scripted_llm
 ):
-    """The default storage leg (SQLite unless SWITCHBOARD_TEST_BACKEND says otherwise)."""
-    server = start_server(
-        tmp_path / "burst",
-        workers=2,
-        preload=["scripted"],
-        env={"SCRIPTED_LLM_URL": scripted_llm.url},
-    )
+    server = two_worker_server(tmp_path / "burst", scripted_llm)
     try:
         api, key = capped_account(server)
         agent = make_agent(api, pipeline="scripted")
@@ -250,12 +251,7 @@ async def test_a_burst_of_calls_is_spread_evenly_over_two_workers(tmp_path, scri
     """The supervisor hands each new connection to the worker holding the fewest: ten calls
     dialled at once run five on each worker, so all fit under the default cap of five a worker
     (a hash of the caller's port would split them unevenly three times in four)."""
-    server = start_server(
-        tmp_path / "spread",
-        workers=2,
-        preload=["scripted"],
-        env={"SCRIPTED_LLM_URL": scripted_llm.url},
-    )
+    server = two_worker_server(tmp_path / "spread", scripted_llm)
     try:
         with server.client() as api:  # closed: the workers then hold only the calls
             agent = make_agent(api, pipeline="scripted")
@@ -336,12 +332,7 @@ async def test_a_killed_node_s_calls_end_node_lost_while_the_other_node_s_call_g
 
 
 async def test_health_and_metrics_of_a_node_with_two_workers(tmp_path, scripted_llm):
-    server = start_server(
-        tmp_path / "workers",
-        workers=2,
-        preload=["scripted"],
-        env={"SCRIPTED_LLM_URL": scripted_llm.url},
-    )
+    server = two_worker_server(tmp_path / "workers", scripted_llm)
     try:
         # A new connection per request: the supervisor hands each to a worker (the second
         # worker may start serving later than the first).
