@@ -13,9 +13,11 @@ import functools
 import multiprocessing
 import socket
 import threading
+import time
 from typing import cast
 
 from uvicorn import Config, Server
+from uvicorn.config import logger
 from uvicorn.supervisors import multiprocess
 
 TAKEN, OPEN = 0, 1
@@ -64,8 +66,10 @@ class HandoffServer(Server):
                 _, fds, _, _ = socket.recv_fds(self._channel, 1, 1)
             except BlockingIOError:
                 return
-            if not fds:  # the supervisor has gone
+            if not fds:  # the supervisor has gone: nothing will reach this worker again
+                logger.error("the supervisor has gone: shutting down")
                 loop.remove_reader(self._channel.fileno())
+                self.should_exit = True
                 return
             self._counts[TAKEN] += 1
             loop.create_task(self._serve_connection(socket.socket(fileno=fds[0])))
@@ -105,6 +109,10 @@ class HandoffWorker(multiprocess.Process):
         super().start()
         self._channel.close()  # the worker has its own copy: if it dies, handing to it fails
 
+    def join(self) -> None:
+        super().join()
+        self.handoff.close()  # the worker is gone; a draining one still answers (503) until then
+
     def load(self) -> tuple[int, int]:
         """Connections open in the worker plus those on their way to it; then, so that ties
         take turns, how many it has been handed."""
@@ -130,6 +138,7 @@ class HandoffSupervisor(multiprocess.Multiprocess):
         self.listener = config.bind_socket()
         self.listener.listen(config.backlog)
         config.port = self.listener.getsockname()[1]  # port 0: the workers log the real one
+        self.stopping = False
         super().__init__(config, sockets=[])
 
     def run(self) -> None:
@@ -137,6 +146,7 @@ class HandoffSupervisor(multiprocess.Multiprocess):
         try:
             super().run()
         finally:
+            self.stopping = True
             self.listener.shutdown(socket.SHUT_RDWR)  # wakes the thread's accept
             self.listener.close()
 
@@ -144,8 +154,12 @@ class HandoffSupervisor(multiprocess.Multiprocess):
         while True:
             try:
                 conn, _ = self.listener.accept()
-            except OSError:
-                return  # closed: the server is stopping
+            except OSError as exc:
+                if self.stopping:
+                    return
+                logger.error(f"accepting a connection failed ({exc}); trying again in 0.1 s")
+                time.sleep(0.1)  # out of descriptors or memory, say: the next accept may work
+                continue
             with conn:
                 workers = cast(list[HandoffWorker], self.processes)
                 for worker in sorted(workers, key=HandoffWorker.load):
@@ -155,6 +169,8 @@ class HandoffSupervisor(multiprocess.Multiprocess):
                         continue  # dead, or not reading: the next
                     worker.handed += 1
                     break
+                else:
+                    logger.warning("no worker could take a connection: closed unanswered")
 
 
 def run_workers(config: Config) -> None:
