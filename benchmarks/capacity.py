@@ -54,6 +54,7 @@ from benchmarks.common import (
     percentile,
     process_tree,
     twilio_session,
+    worker_pids,
 )
 from benchmarks.latency import agent_quiet, first_agent_speech_after, speech_frames
 from tests.audio import speech
@@ -208,15 +209,6 @@ def holds(result: dict, v2v_p95_target: float) -> bool:
         and result["v2v_p95"] is not None
         and result["v2v_p95"] <= v2v_p95_target
     )
-
-
-def worker_pids(pid: int) -> list[int]:
-    """The server's uvicorn worker processes (children started by multiprocessing's spawn)."""
-    return [
-        child
-        for child in process_tree(pid)[1:]
-        if "spawn_main" in Path(f"/proc/{child}/cmdline").read_bytes().decode(errors="replace")
-    ]
 
 
 async def main() -> None:

@@ -114,6 +114,15 @@ def process_tree(pid: int) -> list[int]:
     return [pid] + [d for c in children for d in process_tree(c)]
 
 
+def worker_pids(pid: int) -> list[int]:
+    """The server's uvicorn worker processes (children started by multiprocessing's spawn)."""
+    return [
+        child
+        for child in process_tree(pid)[1:]
+        if "spawn_main" in Path(f"/proc/{child}/cmdline").read_bytes().decode(errors="replace")
+    ]
+
+
 def cpu_seconds_and_rss(pids: list[int]) -> tuple[float, float]:
     """Total CPU seconds used and resident memory (MiB) of these processes."""
     tick = os.sysconf("SC_CLK_TCK")

@@ -6,6 +6,7 @@ The cluster legs are skipped, with the reason printed, only when PostgreSQL or R
 
 import asyncio
 import json
+import os
 import re
 import signal
 import time
@@ -14,6 +15,7 @@ import httpx
 import pytest
 
 from app.client import SessionClient
+from benchmarks.common import worker_pids
 from tests.fakes.twilio_client import TwilioMediaStreamsClient, parse_twiml
 from tests.fakes.webhook_receiver import WebhookReceiver
 from tests.helpers.calls import agent_ws, refused, wait_for_status
@@ -267,6 +269,27 @@ async def test_a_burst_of_calls_is_spread_evenly_over_two_workers(tmp_path, scri
             assert [h["live_calls"] for h in healths] == [5, 5], healths
         finally:
             await asyncio.gather(*(call.__aexit__(None, None, None) for call in calls))
+    finally:
+        server.stop()
+
+
+def test_a_killed_worker_s_connections_go_to_the_other_until_it_is_back(tmp_path, scripted_llm):
+    """The supervisor stops handing connections to a worker that died (its end of the pair is
+    closed), restarts it, and hands them out to both again once it serves."""
+    server = two_worker_server(tmp_path / "killed", scripted_llm)
+    try:
+        ids: set[str] = set()
+        while len(ids) < 2:  # each answers for itself once it serves
+            ids.add(httpx.get(f"{server.url}/health", timeout=10).json()["node_id"])
+        os.kill(worker_pids(server.process.pid)[0], signal.SIGKILL)
+        answers = [httpx.get(f"{server.url}/health", timeout=10) for _ in range(10)]
+        assert [a.status_code for a in answers] == [200] * 10
+        deadline = time.monotonic() + 60
+        new_ids: set[str] = set()
+        while len(new_ids - ids) < 1:
+            assert time.monotonic() < deadline, "the killed worker was not replaced"
+            new_ids.add(httpx.get(f"{server.url}/health", timeout=10).json()["node_id"])
+        assert len(worker_pids(server.process.pid)) == 2
     finally:
         server.stop()
 
