@@ -130,9 +130,9 @@ class AdaptiveTurnStopStrategy(TurnAnalyzerUserTurnStopStrategy):
     ONSET_GUARD_MAX_SECS = 0.4
     """How long past `max_silence_secs` sound (steady line noise, say) may hold the turn open."""
     SOUND_RATIO = 0.1
+    """A frame within 20 dB of the turn's loudest is the caller making sound."""
     STALL_GRACE_SECS = 0.5
     """A client that sends no audio for longer than this is silent by the wall clock."""
-    """A frame within 20 dB of the turn's loudest is the caller making sound."""
 
     def __init__(self, *, turn_analyzer, policy: EndpointingPolicy, transcript_confirms: bool):
         super().__init__(turn_analyzer=turn_analyzer)
@@ -170,10 +170,11 @@ class AdaptiveTurnStopStrategy(TurnAnalyzerUserTurnStopStrategy):
     def _finished(self) -> bool:
         """Whether the silence so far, Smart Turn's last verdict and the transcript say the
         turn is over; never while the caller is making sound the VAD hasn't yet called speech
-        (the first `start_secs` of a continuation)."""
-        now = self._heard_secs + self._stalled_secs()
-        silence = now - self._speech_ended_at
-        heard_lately = now - self._last_sound_at < self.ONSET_GUARD_SECS
+        (the first `start_secs` of a continuation). Audio that stops coming counts as silence
+        only towards the fallback: a network stall mid-pause must not lower Smart Turn's bar."""
+        heard = self._heard_secs - self._speech_ended_at
+        silence = heard + self._stalled_secs()
+        heard_lately = self._heard_secs - self._last_sound_at < self.ONSET_GUARD_SECS
         if heard_lately and silence < self._policy.max_silence_secs + self.ONSET_GUARD_MAX_SECS:
             return False
         cue = transcript_cue(self._text) if self._transcript_confirms else 0
@@ -184,7 +185,7 @@ class AdaptiveTurnStopStrategy(TurnAnalyzerUserTurnStopStrategy):
             return False
         if self._transcript_confirms and not self._text:
             return False  # the transcript is on its way (Whisper runs during the VAD wait)
-        return self._probability >= self._policy.bar(silence, self._stop_secs, cue > 0)
+        return self._probability >= self._policy.bar(heard, self._stop_secs, cue > 0)
 
     def _stalled_secs(self) -> float:
         """Wall-clock time since the client's audio stopped coming (a WebSocket client may stop
@@ -216,7 +217,11 @@ class AdaptiveTurnStopStrategy(TurnAnalyzerUserTurnStopStrategy):
                     if self._finished():
                         break
                     continue
-                metrics = prediction.result()
+                try:
+                    metrics = prediction.result()
+                except Exception:  # the silence still ends the turn, at the fallback
+                    logger.exception(f"{self}: Smart Turn prediction failed")
+                    metrics = None
                 prediction = None
                 if metrics is not None:
                     self._probability = metrics.probability

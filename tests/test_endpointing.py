@@ -15,6 +15,7 @@ from pipecat.frames.frames import (
     VADUserStartedSpeakingFrame,
     VADUserStoppedSpeakingFrame,
 )
+from pipecat.metrics.metrics import TurnMetricsData
 from pipecat.processors.frame_processor import FrameProcessorSetup
 from pipecat.utils.asyncio.task_manager import TaskManager
 
@@ -76,13 +77,25 @@ def noise(level: int) -> InputAudioRawFrame:
     return InputAudioRawFrame(audio=samples.tobytes(), sample_rate=16000, num_channels=1)
 
 
-async def spoken_turn(pool: ThreadPoolExecutor, words: str) -> tuple:
-    """A strategy (the `fast` policy, Smart Turn on `pool`) that has heard a second of speech,
-    the VAD's stop and the transcript `words`; and the list its turn ends are noted in."""
+async def spoken_turn(
+    pool: ThreadPoolExecutor, words: str, answer: float | Exception | None = None
+):
+    """A strategy (the `fast` policy, Smart Turn on `pool`, or always answering `answer`: a
+    probability, or an error to raise) that has heard a second of speech, the VAD's stop and
+    the transcript `words`; and the list its turn ends are noted in."""
+    analyzer = pipecat_compat.smart_turn_v3(models.smart_turn_session(), pool)
+    if answer is not None:
+
+        async def completion():
+            if isinstance(answer, Exception):
+                raise answer
+            return TurnMetricsData(
+                processor="test", is_complete=False, probability=answer, e2e_processing_time_ms=0
+            )
+
+        analyzer.completion = completion  # type: ignore[attr-defined]  # the strategy asks this
     strategy = AdaptiveTurnStopStrategy(
-        turn_analyzer=pipecat_compat.smart_turn_v3(models.smart_turn_session(), pool),
-        policy=POLICIES["fast"],
-        transcript_confirms=True,
+        turn_analyzer=analyzer, policy=POLICIES["fast"], transcript_confirms=True
     )
     await strategy.setup(
         FrameProcessorSetup(
@@ -122,6 +135,30 @@ async def test_a_saturated_prediction_pool_never_holds_the_turn_past_its_fallbac
         assert silence <= policy.max_silence_secs + 3 * policy.recheck_secs
     finally:
         busy.set()
+        await strategy.cleanup()
+        pool.shutdown()
+
+
+@pytest.mark.parametrize("answer", [0.3, RuntimeError("the model failed")])
+async def test_a_stall_or_a_failed_prediction_leaves_the_turn_to_its_fallback(answer):
+    """Audio that stops coming mid-pause (a network stall) counts towards the fallback only:
+    Smart Turn's 0.3 on "Hello there" never clears the `fast` bar on 0.2 s of heard silence
+    (0.4), so the turn ends at the fallback (0.9 s), not when the wall clock has lowered the bar
+    (~0.7 s after the audio stopped). A prediction that fails ends the same way."""
+    pool = ThreadPoolExecutor(max_workers=1)
+    strategy, ended = await spoken_turn(pool, "Hello there", answer)
+    stopped = time.monotonic()
+    try:
+        await asyncio.sleep(2)
+        assert ended, "the turn never ended once the audio stopped"
+        heard_silence = 0.2
+        fallback_at = (
+            AdaptiveTurnStopStrategy.STALL_GRACE_SECS
+            + POLICIES["fast"].max_silence_secs
+            - heard_silence
+        )
+        assert ended[0] - stopped >= fallback_at - 0.1, ended[0] - stopped
+    finally:
         await strategy.cleanup()
         pool.shutdown()
 
