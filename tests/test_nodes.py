@@ -255,8 +255,9 @@ async def test_a_burst_of_calls_is_spread_evenly_over_two_workers(tmp_path, scri
     (a hash of the caller's port would split them unevenly three times in four)."""
     server = two_worker_server(tmp_path / "spread", scripted_llm)
     try:
-        with server.client() as api:  # closed: the workers then hold only the calls
+        with server.client() as api:
             agent = make_agent(api, pipeline="scripted")
+        await asyncio.sleep(1)  # the worker has seen that connection close: it holds nothing
         calls = [SessionClient(agent_ws(server, agent["id"])) for _ in range(10)]
         await asyncio.gather(*(call.__aenter__() for call in calls))
         try:
