@@ -25,23 +25,28 @@ TAKEN, OPEN = 0, 1
 
 
 class CountedConnections(set):
-    """uvicorn's set of open connections, which writes its size to `counts[OPEN]` as it changes."""
+    """uvicorn's set of open connections, which writes to `counts[OPEN]`, as it changes, its
+    size plus the connections taken but not yet made (`pending`)."""
 
     def __init__(self, counts):
         super().__init__()
         self._counts = counts
+        self.pending = 0
+
+    def publish(self) -> None:
+        self._counts[OPEN] = len(self) + self.pending
 
     def add(self, connection) -> None:
         super().add(connection)
-        self._counts[OPEN] = len(self)
+        self.publish()
 
     def discard(self, connection) -> None:
         super().discard(connection)
-        self._counts[OPEN] = len(self)
+        self.publish()
 
     def remove(self, connection) -> None:
         super().remove(connection)
-        self._counts[OPEN] = len(self)
+        self.publish()
 
 
 class HandoffServer(Server):
@@ -52,7 +57,8 @@ class HandoffServer(Server):
         super().__init__(config)
         self._channel = channel
         self._counts = counts
-        self.server_state.connections = CountedConnections(counts)
+        self._connections = CountedConnections(counts)
+        self.server_state.connections = self._connections
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         await super().startup(sockets=[])
@@ -71,6 +77,8 @@ class HandoffServer(Server):
                 loop.remove_reader(self._channel.fileno())
                 self.should_exit = True
                 return
+            self._connections.pending += 1
+            self._connections.publish()
             self._counts[TAKEN] += 1
             loop.create_task(self._serve_connection(socket.socket(fileno=fds[0])))
 
@@ -85,6 +93,9 @@ class HandoffServer(Server):
             await asyncio.get_running_loop().connect_accepted_socket(protocol, sock)
         except OSError:  # the caller hung up while the socket was on its way
             sock.close()
+        finally:  # made (counted in the set) or gone
+            self._connections.pending -= 1
+            self._connections.publish()
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
         asyncio.get_running_loop().remove_reader(self._channel.fileno())

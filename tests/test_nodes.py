@@ -10,6 +10,7 @@ import os
 import re
 import signal
 import time
+from pathlib import Path
 
 import httpx
 import pytest
@@ -274,15 +275,28 @@ async def test_a_burst_of_calls_is_spread_evenly_over_two_workers(tmp_path, scri
         server.stop()
 
 
+def dead(pid: int) -> bool:
+    """Gone, or a zombie (its descriptors closed) its parent has yet to reap."""
+    try:
+        return "\nState:\tZ" in Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
+        return True
+
+
 def test_a_killed_worker_s_connections_go_to_the_other_until_it_is_back(tmp_path, scripted_llm):
     """The supervisor stops handing connections to a worker that died (its end of the pair is
     closed), restarts it, and hands them out to both again once it serves."""
     server = two_worker_server(tmp_path / "killed", scripted_llm)
     try:
         ids: set[str] = set()
+        deadline = time.monotonic() + 60
         while len(ids) < 2:  # each answers for itself once it serves
+            assert time.monotonic() < deadline, f"only {ids} answered"
             ids.add(httpx.get(f"{server.url}/health", timeout=10).json()["node_id"])
-        os.kill(worker_pids(server.process.pid)[0], signal.SIGKILL)
+        killed = worker_pids(server.process.pid)[0]
+        os.kill(killed, signal.SIGKILL)
+        while not dead(killed):  # a connection handed over as it died is lost with it
+            time.sleep(0.05)
         answers = [httpx.get(f"{server.url}/health", timeout=10) for _ in range(10)]
         assert [a.status_code for a in answers] == [200] * 10
         deadline = time.monotonic() + 60
