@@ -3,11 +3,11 @@
 The server runs as the README tells users to run it in production (`switchboard serve
 --workers N`, one worker per core) on the `instant` pipeline (canned STT/TTS, scripted
 LLM; real VAD and turn detection), or with `--pipeline local` on the offline models (one
-llama.cpp server for the machine; voice-to-voice target 2 s instead of 1.5). For each step, N callers dial in; each talks and
-listens at real time for `--secs`. With `--arrivals together` (the default) they all dial
-at the same moment and, saying the same question to the same reply, keep speaking and
-falling quiet in step: every call's turn ends within a few ms of the others', the worst
-case for turn detection. With `--arrivals spread` each dials after a random delay within
+llama.cpp server for the machine; voice-to-voice target 2 s instead of 1.5). For each step, N
+callers dial in; each talks and listens at real time for `--secs`. With `--arrivals together`
+(the default) they all dial at the same moment and, saying the same question to the same reply,
+keep speaking and falling quiet in step: every call's turn ends within a few ms of the others',
+the worst case for turn detection. With `--arrivals spread` each dials after a random delay within
 one turn's cycle (`SPREAD_SECS`), as independent callers would; its CPU figures are averaged
 over the step, ramp included.
 
