@@ -7,14 +7,14 @@ RUN apt-get update \
  && rm -rf /var/lib/apt/lists/*
 
 WORKDIR /srv/switchboard
+COPY deploy/build-llama-server ./deploy/
+# llama.cpp's server compiles here (several minutes), for AVX2 rather than the build host's CPU.
+RUN deploy/build-llama-server /usr/local/bin
+
 COPY pyproject.toml constraints.txt requirements-nodeps.txt README.md ./
 COPY app ./app
 COPY pipelines ./pipelines
 COPY processors ./processors
-
-# llama-cpp-python compiles here (several minutes), for AVX2 rather than the build host's CPU
-# (see `run`: a native build crashed on another CPU).
-ARG CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON"
 RUN pip install --no-cache-dir -c constraints.txt . \
  && pip install --no-cache-dir --no-deps -r requirements-nodeps.txt \
  && apt-get purge -y build-essential cmake && apt-get autoremove -y

@@ -61,7 +61,7 @@ def serve(args: argparse.Namespace) -> None:
         for config in preloaded:
             if config.llm and config.llm.local_server:
                 alias = config.llm.options.get("model", "local")
-                llm_servers.append(local_llm.start(config.llm.local_server, alias))
+                llm_servers.append(local_llm.KeptServer(config.llm.local_server, alias))
         options = dict(
             factory=True,
             host=args.host or settings.host,
@@ -81,8 +81,8 @@ def serve(args: argparse.Namespace) -> None:
         else:
             uvicorn.run("app.main:create_app", **options)
     finally:
-        for process in llm_servers:
-            local_llm.stop(process)
+        for server in llm_servers:
+            server.stop()
         if metrics_dir:
             shutil.rmtree(metrics_dir, ignore_errors=True)
 

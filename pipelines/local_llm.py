@@ -2,16 +2,22 @@
 
 `switchboard serve` starts one per machine before the web workers, so every worker
 shares the one loaded model and the `local` config's `OpenAILLMService` reaches it by
-`base_url` — the same code path that serves Ollama or vLLM.
+`base_url` — the same code path that serves Ollama or vLLM. It is llama.cpp's own
+`llama-server` (`deploy/build-llama-server`): its parallel slots generate the replies of
+several calls at once, each slot keeping its call's conversation in its KV cache.
 """
 
 import ctypes
 import os
+import shutil
 import signal
+import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
+from pathlib import Path
 
 from loguru import logger
 
@@ -40,25 +46,23 @@ def start(
     if not model.exists():
         raise FileNotFoundError(f"local LLM model not found: {model}")
     command = [
-        sys.executable,
-        "-m",
-        "llama_cpp.server",
+        llama_server(),
         "--model",
         str(model),
-        "--model_alias",
+        "--alias",
         alias,
         "--host",
         "127.0.0.1",
         "--port",
         str(config.port),
-        "--n_ctx",
-        str(config.n_ctx),
-        "--n_threads",
+        "--parallel",
+        str(config.parallel),
+        "--ctx-size",
+        str(config.n_ctx * config.parallel),  # shared out among the slots
+        "--threads",
         str(config.n_threads or os.cpu_count() or 1),
-        # By default the server drops a streaming reply the moment another request arrives: with
-        # two calls at once, one caller's answer stopped mid-sentence. Requests queue instead.
-        "--interrupt_requests",
-        "False",
+        "--no-webui",
+        "--no-slots",  # /slots would show any local process the calls' prompts
     ]
     logger.info(f"Starting local LLM server ({model.name}) on port {config.port}")
     process = subprocess.Popen(
@@ -66,13 +70,60 @@ def start(
     )
     deadline = time.monotonic() + timeout_secs
     while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"local LLM server exited with code {process.returncode}")
         if is_serving(config.port):
-            return process
+            return process if process.poll() is None else None
+        if process.poll() is not None and not _listening(config.port):
+            raise RuntimeError(f"local LLM server exited with code {process.returncode}")
+        # Exited with the port taken: another `switchboard serve` on this machine started its
+        # server first (both found none); that one is still loading its model.
         time.sleep(0.2)
-    process.terminate()
+    stop(process)
     raise TimeoutError(f"local LLM server did not answer within {timeout_secs:.0f}s")
+
+
+class KeptServer:
+    """The machine's local LLM server, kept answering while a `serve` runs: started unless one
+    already answers on its port, and started again once that port closes (the server crashed,
+    or the other `serve` on this machine, whose server this one shared, has exited)."""
+
+    def __init__(self, config: LocalLLMServerConfig, alias: str, check_secs: float = 2.0):
+        self._config = config
+        self._alias = alias
+        self._check_secs = check_secs
+        self._process = start(config, alias)
+        self._stopping = threading.Event()
+        self._watcher = threading.Thread(target=self._watch, name="local-llm-watch", daemon=True)
+        self._watcher.start()
+
+    def _watch(self) -> None:
+        while not self._stopping.wait(self._check_secs):
+            if _listening(self._config.port):
+                continue
+            logger.warning(f"Local LLM server on port {self._config.port} is gone; starting it")
+            stop(self._process)
+            try:
+                self._process = start(self._config, self._alias)
+            except Exception:
+                logger.exception("Local LLM server could not be started again")
+
+    def stop(self) -> None:
+        self._stopping.set()
+        self._watcher.join(timeout=5)
+        stop(self._process)
+
+
+def _listening(port: int) -> bool:
+    with socket.socket() as probe:
+        return probe.connect_ex(("127.0.0.1", port)) == 0
+
+
+def llama_server() -> str:
+    """The `llama-server` binary: beside this Python, where `./run` installs it, or on PATH."""
+    beside = Path(sys.executable).parent / "llama-server"
+    found = str(beside) if beside.exists() else shutil.which("llama-server")
+    if not found:
+        raise FileNotFoundError("llama-server not found: deploy/build-llama-server builds it")
+    return found
 
 
 def _prepare_child() -> None:

@@ -2,6 +2,7 @@
 HTTP clients, the storage leg. Helper functions live in `tests/helpers/`."""
 
 import json
+import os
 
 import pytest
 
@@ -18,6 +19,12 @@ from tests.helpers.storage import (
     production_storage_unavailable,
 )
 from tests.helpers.twilio import ACCOUNT_SID, AUTH_TOKEN, twilio_env
+
+# Each leg's servers start their own local LLM server: the legs run side by side, and a server
+# shared between them would stop with the leg that started it, under the other leg's calls.
+os.environ.setdefault(
+    "SWITCHBOARD_LOCAL_LLM_PORT", {"sqlite": "8765", "postgres": "8766"}.get(TEST_BACKEND, "8765")
+)
 
 
 def pytest_collection_modifyitems(config, items):
