@@ -20,8 +20,9 @@ from uvicorn import Config, Server
 from uvicorn.config import logger
 from uvicorn.supervisors import multiprocess
 
-TAKEN, OPEN = 0, 1
-"""A worker's counters, shared with the supervisor: connections it has taken, and open now."""
+TAKEN, OPEN, SERVING = 0, 1, 2
+"""A worker's counters, shared with the supervisor: connections it has taken, open now, and
+whether it serves yet (1 once its app has started)."""
 
 
 class CountedConnections(set):
@@ -64,6 +65,8 @@ class HandoffServer(Server):
         await super().startup(sockets=[])
         self._channel.setblocking(False)
         asyncio.get_running_loop().add_reader(self._channel.fileno(), self._take_connections)
+        if not self.should_exit:
+            self._counts[SERVING] = 1
 
     def _take_connections(self) -> None:
         loop = asyncio.get_running_loop()
@@ -110,7 +113,7 @@ class HandoffWorker(multiprocess.Process):
         super().__init__(config, sockets)
         self.handoff, self._channel = socket.socketpair()
         self.handoff.setblocking(False)  # a worker that stops reading is skipped, not waited on
-        self.counts = multiprocessing.get_context("spawn").Array("q", 2, lock=False)
+        self.counts = multiprocessing.get_context("spawn").Array("q", 3, lock=False)
         self.handed = 0
 
     def __getstate__(self) -> dict:
@@ -124,10 +127,15 @@ class HandoffWorker(multiprocess.Process):
         super().join()
         self.handoff.close()  # the worker is gone; a draining one still answers (503) until then
 
-    def load(self) -> tuple[int, int]:
-        """Connections open in the worker plus those on their way to it; then, so that ties
-        take turns, how many it has been handed."""
-        return self.counts[OPEN] + self.handed - self.counts[TAKEN], self.handed
+    def load(self) -> tuple[bool, int, int]:
+        """A worker still starting (a restarted one loads its models for seconds) comes after
+        every serving one; then connections open in the worker plus those on their way to it;
+        then, so that ties take turns, how many it has been handed."""
+        return (
+            not self.counts[SERVING],
+            self.counts[OPEN] + self.handed - self.counts[TAKEN],
+            self.handed,
+        )
 
     @property
     def server(self) -> Server:

@@ -276,16 +276,18 @@ async def test_a_burst_of_calls_is_spread_evenly_over_two_workers(tmp_path, scri
 
 
 def dead(pid: int) -> bool:
-    """Gone, or a zombie (its descriptors closed) its parent has yet to reap."""
+    """Gone, or a zombie its parent has yet to reap whose every thread has exited (the main
+    thread turns zombie while the others may still be exiting, holding its descriptors)."""
     try:
-        return "\nState:\tZ" in Path(f"/proc/{pid}/status").read_text()
+        status = Path(f"/proc/{pid}/status").read_text()
     except FileNotFoundError:
         return True
+    return "\nState:\tZ" in status and "\nThreads:\t1\n" in status
 
 
 def test_a_killed_worker_s_connections_go_to_the_other_until_it_is_back(tmp_path, scripted_llm):
     """The supervisor stops handing connections to a worker that died (its end of the pair is
-    closed), restarts it, and hands them out to both again once it serves."""
+    closed), restarts it, and hands them out to both again once it serves (not while it starts)."""
     server = two_worker_server(tmp_path / "killed", scripted_llm)
     try:
         ids: set[str] = set()
@@ -299,6 +301,9 @@ def test_a_killed_worker_s_connections_go_to_the_other_until_it_is_back(tmp_path
             time.sleep(0.05)
         answers = [httpx.get(f"{server.url}/health", timeout=10) for _ in range(10)]
         assert [a.status_code for a in answers] == [200] * 10
+        # all from the live worker: none waits in a restarted one that is still starting
+        survivors = {a.json()["node_id"] for a in answers}
+        assert len(survivors) == 1 and survivors <= ids, (survivors, ids)
         deadline = time.monotonic() + 60
         new_ids: set[str] = set()
         while len(new_ids - ids) < 1:
