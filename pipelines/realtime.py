@@ -16,6 +16,7 @@ import contextlib
 from pipecat.adapters.llm.schemas.tools_schema import ToolsSchema
 from pipecat.audio.vad.vad_analyzer import VADAnalyzer
 from pipecat.frames.frames import (
+    BotStartedSpeakingFrame,
     BotStoppedSpeakingFrame,
     EndFrame,
     Frame,
@@ -133,11 +134,16 @@ def user_params(vad_analyzer: VADAnalyzer | None) -> LLMUserAggregatorParams:
 class SpokenPrompt(FrameProcessor):
     """Has the model say a fixed line: a `TTSSpeakFrame` (there is no TTS to speak it)
     becomes an instruction appended to the conversation, answered at once. An `EndFrame`
-    right behind it (a goodbye) waits until the agent has said the line, or `hold_secs`."""
+    right behind it (a goodbye) waits until the agent has said the line, or `hold_secs`.
+
+    The line is said when the agent stops speaking after it started speaking again: an
+    answer still playing when the line is asked for (each response is spoken whole, from
+    its own start to its own stop) ends before the line begins."""
 
     def __init__(self, hold_secs: float = 15.0, **kwargs):
         super().__init__(**kwargs)
         self._hold_secs = hold_secs
+        self._line_started = False
         self._line_said = asyncio.Event()
         self._line_said.set()
 
@@ -146,10 +152,13 @@ class SpokenPrompt(FrameProcessor):
         if isinstance(frame, EndFrame) and not self._line_said.is_set():
             self.create_task(self._release(frame))
             return
-        if isinstance(frame, BotStoppedSpeakingFrame):
+        if isinstance(frame, BotStartedSpeakingFrame):
+            self._line_started = True
+        if isinstance(frame, BotStoppedSpeakingFrame) and self._line_started:
             self._line_said.set()
         if isinstance(frame, TTSSpeakFrame):
             self._line_said.clear()
+            self._line_started = False
             instruction = f'Say exactly this to the caller, and nothing else: "{frame.text}"'
             # Not `system`: a context's leading system message would become the session's
             # instructions (which the agent's prompt overrides) instead of an item to act on.
