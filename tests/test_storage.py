@@ -2,6 +2,7 @@
 PostgreSQL + Redis leg (`SWITCHBOARD_TEST_BACKEND=postgres`, see tests/conftest.py)."""
 
 import asyncio
+import sys
 from datetime import timedelta
 
 import pytest
@@ -11,6 +12,7 @@ from sqlalchemy import inspect, select, update
 from sqlalchemy.exc import IntegrityError
 
 from app.storage import accounts, agents, nodes, sessions
+from app.storage.db import Database
 from app.storage.ids import new_id, utcnow
 from app.storage.models import DEFAULT_ACCOUNT_ID, Agent, Base, Node, Session, TranscriptEntry
 from tests.helpers.servers import make_agent, start_server
@@ -30,6 +32,34 @@ async def test_migrations_create_every_table(db):
         "alembic_version",
     } <= tables
     await db.migrate()  # idempotent
+
+
+async def test_nodes_starting_together_on_an_empty_database_all_migrate(empty_database_url):
+    """Several machines deployed at once each migrate at start: one builds the schema, the
+    others wait for it and find nothing left to do, and none of them fails to start."""
+    migrate = "import sys; from app.storage.db import upgrade_to_head; upgrade_to_head(sys.argv[1])"
+    nodes_starting = [
+        await asyncio.create_subprocess_exec(
+            sys.executable, "-c", migrate, empty_database_url, stderr=asyncio.subprocess.PIPE
+        )
+        for _ in range(6)
+    ]
+    outcomes = [await asyncio.wait_for(node.communicate(), 120) for node in nodes_starting]
+    failures = [
+        errors.decode()[-2000:]
+        for node, (_, errors) in zip(nodes_starting, outcomes, strict=True)
+        if node.returncode != 0
+    ]
+    assert failures == [], failures[0]
+    database = Database(empty_database_url)
+    try:
+        async with database.engine.connect() as conn:
+            differences = await conn.run_sync(
+                lambda c: compare_metadata(MigrationContext.configure(c), Base.metadata)
+            )
+    finally:
+        await database.dispose()
+    assert differences == []
 
 
 async def test_migrations_match_the_models(db):
