@@ -31,6 +31,7 @@ from pipelines.registry import CallProcessors, build_processors
 from pipelines.voicemail import MutedAfterVoicemail, VoicemailAction, build_detector
 from processors.call_limits import InactivityMonitor, MaxDurationLimiter
 from processors.client_events import ClientEventReceiver
+from processors.context_summarizer import ContextSummarizer
 from processors.heard_text import LateWordFilter
 from processors.provider_errors import ProviderErrorMonitor
 from processors.recording import CallRecorder
@@ -109,10 +110,10 @@ def build_pipeline(
     processors: CallProcessors | None = None,
 ) -> CallPipeline:
     """Build: transport in → STT → user aggregator (VAD + turn detection) → turn limit →
-    LLM (with the agent's tools) → TTS → [session events] → transport out → assistant aggregator,
-    with the config's processors at their points. A `realtime` config hears, answers and speaks
-    in one service in the LLM's place, its provider finding the caller's turns
-    (`pipelines/realtime.py`).
+    [context summarizer] → LLM (with the agent's tools) → TTS → [session events] →
+    transport out → assistant aggregator, with the config's processors at their points.
+    A `realtime` config hears, answers and speaks in one service in the LLM's place, its
+    provider finding the caller's turns (`pipelines/realtime.py`).
 
     ``session_protocol`` adds the processors that speak the direct WebSocket event
     protocol; telephony transports leave it off. ``extra_input`` processors run right
@@ -155,7 +156,11 @@ def build_pipeline(
             detector = _voicemail_detector(config, agent, ctx)
         hearing = [client_events, *added.at("before_stt"), stt, *added.at("after_stt"), detector]
         typing = []
+        llm_stage = config.llm
         speaking = [
+            ContextSummarizer(llm, llm_stage.summarize_after_tokens, llm_stage.max_request_tokens)
+            if llm_stage and llm_stage.summarize_after_tokens
+            else None,
             llm,
             *added.at("after_llm"),
             *added.at("before_tts"),

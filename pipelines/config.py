@@ -53,13 +53,36 @@ class LocalLLMServerConfig(ConfigModel):
     model: str
     port: int = 8765
     n_ctx: int = 2048
+    """Context of one conversation (one slot)."""
+    parallel: int = 4
+    """Slots: calls whose replies are generated at once; a further call's request waits."""
     n_threads: int | None = None
-    """Threads generating tokens; default one per core (llama-cpp-python's default, half the cores,
-    makes SmolLM2 ~1.7x slower per token on 2 cores)."""
+    """Threads generating tokens; default one per core (half the cores makes SmolLM2 ~1.7x
+    slower per token on 2 cores)."""
 
 
 class LLMStageConfig(StageConfig):
     local_server: LocalLLMServerConfig | None = None
+    summarize_after_tokens: int | None = Field(default=None, gt=0)
+    """Once the conversation passes this many tokens (estimated at 4 characters each, without
+    the system prompt), its older turns are folded into a summary written by the same LLM
+    (`processors/context_summarizer.py`), so a long call stays inside a small model's context.
+    Unset: the whole conversation is always sent."""
+    max_request_tokens: int | None = Field(default=None, gt=0)
+    """The most a request to the LLM may carry (estimated as above), for a model whose context
+    window is small: a longer conversation is sent without its oldest turns. With a summary
+    replacing them from `summarize_after_tokens` on, that happens while a summary is still
+    being written (turns faster than the model writes it). Leave room in the window for the
+    agent's prompt and the reply."""
+
+    @model_validator(mode="after")
+    def _request_room_for_the_summary(self) -> "LLMStageConfig":
+        if self.max_request_tokens is not None and (
+            self.summarize_after_tokens is None
+            or self.max_request_tokens <= self.summarize_after_tokens
+        ):
+            raise ValueError("max_request_tokens needs a smaller summarize_after_tokens beside it")
+        return self
 
 
 class TTSStageConfig(StageConfig):

@@ -16,7 +16,7 @@ import yaml
 
 from app.client import SessionClient
 from pipelines import registry
-from pipelines.config import BUILTIN_DIR, PipelineConfigError, load_config
+from pipelines.config import BUILTIN_DIR, PipelineConfigError, expand_env, load_config
 from tests.helpers.calls import agent_ws
 from tests.helpers.servers import ROOT, TEST_PIPELINES, make_agent, start_server
 
@@ -92,6 +92,20 @@ def test_unknown_keys_services_and_processors_are_errors_naming_key_and_file(tmp
 
     config = load_config(write(tmp_path / "fine.yaml", WITH_PROCESSORS))
     assert [p.name for p in config.processors["after_stt"]] == ["stt_mute", "pii_redactor"]
+
+
+@pytest.mark.storage_free
+def test_a_request_limit_needs_a_smaller_summary_threshold_beside_it(tmp_path):
+    unsummarized = {k: v for k, v in SCRIPTED["llm"].items() if k != "summarize_after_tokens"}
+    for llm in (
+        {**unsummarized, "max_request_tokens": 1600},
+        {**SCRIPTED["llm"], "summarize_after_tokens": 1600, "max_request_tokens": 1600},
+    ):
+        with pytest.raises(PipelineConfigError) as raised:
+            load_config(write(tmp_path / "limit.yaml", {**SCRIPTED, "llm": llm}))
+        assert "max_request_tokens needs a smaller summarize_after_tokens" in str(raised.value)
+    fine = {**SCRIPTED["llm"], "summarize_after_tokens": 1000, "max_request_tokens": 1600}
+    assert load_config(write(tmp_path / "fine.yaml", {**SCRIPTED, "llm": fine})).llm
 
 
 @pytest.mark.storage_free
@@ -178,7 +192,8 @@ def test_the_committed_json_schema_is_current_and_checks_config_files():
     assert json.loads(printed.stdout) == committed
     validator = jsonschema.Draft202012Validator(committed)
     for path in [*BUILTIN_DIR.glob("*.yaml"), *TEST_PIPELINES.glob("*.yaml")]:
-        assert not list(validator.iter_errors(yaml.safe_load(path.read_text()))), path
+        # as the server reads them: `${VAR}` expanded (local.yaml's LLM port is one)
+        assert not list(validator.iter_errors(yaml.safe_load(expand_env(path.read_text())))), path
     assert not list(validator.iter_errors(WITH_PROCESSORS))
     errors = {".".join(map(str, e.absolute_path)) for e in validator.iter_errors(BROKEN)}
     assert {

@@ -11,7 +11,7 @@ import httpx
 
 from app.client import SessionClient
 from tests.audio import rms
-from tests.fakes.scripted_llm import ToolCall
+from tests.fakes.scripted_llm import HOLD, ToolCall
 from tests.helpers.calls import agent_ws, refused, wait_for_status
 from tests.helpers.servers import make_agent, start_server
 
@@ -144,6 +144,67 @@ async def test_typed_turn_is_answered_with_audio_and_stored(server, api, llm):
         ("USER", "When do you open?"),
         ("AGENT", "We open at nine tomorrow morning."),
     ]
+
+
+async def typed_call(server, agent: dict, turns: list[str], reply: str) -> None:
+    """A call that types `turns`, each answered with `reply`, then ends."""
+    async with SessionClient(agent_ws(server, agent["id"])) as client:
+        await client.wait_for("session.ready", timeout=30)
+        for count, turn in enumerate(turns, start=1):
+            await client.send_event({"type": "input.text", "text": turn})
+            answer = await client.wait_for("transcript.agent", timeout=30, count=count)
+            assert answer["text"] == reply
+        await client.send_event({"type": "session.end"})
+        await client.wait_for("session.ended", timeout=10)
+
+
+async def test_a_long_conversation_is_summarized_and_goes_on(server, api, llm):
+    """Past the config's `summarize_after_tokens` (1000 for `scripted`), the LLM is asked for a
+    summary of the turns before the last two, and later turns send it in their place."""
+    llm.script_oneshot("The caller asked about parking and the lift.", when="Conversation history")
+    topics = ["parking", "the lift", "opening hours", "prices"]
+    turns = [
+        f"About {topic}: " + "please tell me everything, " * 48 for topic in topics
+    ]  # ~330 tokens each
+    await typed_call(server, make_agent(api, pipeline="scripted"), turns, llm.default_reply)
+    [summarizing] = [r for r in llm.oneshot_requests if "Conversation history" in json.dumps(r)]
+    assert summarizing["messages"][0]["content"].startswith("You are summarizing a conversation")
+    asked = summarizing["messages"][-1]["content"]
+    assert "About parking" in asked and "About the lift" in asked and "opening hours" not in asked
+    # the third turn's reply started the summary; the fourth turn is sent with it
+    last = [r for r in llm.requests if r.get("stream")][-1]["messages"]
+    assert [m["role"] for m in last] == ["system", "user", "assistant", "user", "assistant", "user"]
+    assert (
+        last[1]["content"] == "Conversation summary: The caller asked about parking and the lift."
+    )
+    assert [m["content"][:20] for m in last[3::2]] == [turns[2][:20], turns[3][:20]]
+
+
+async def test_turns_faster_than_the_summary_leave_out_the_oldest(server, api, llm):
+    """While the summary is still being written, a request past the config's
+    `max_request_tokens` (1600 for `scripted`) goes without its oldest turns, cut where a
+    caller's turn begins; the conversation itself keeps them for the summary."""
+    llm.script_oneshot(HOLD, when="Conversation history")
+    topics = ["parking", "the lift", "opening hours", "prices", "the menu", "deliveries"]
+    turns = [
+        f"About {topic}: " + "please tell me everything, " * 48 for topic in topics
+    ]  # ~330 tokens each
+    try:
+        await typed_call(server, make_agent(api, pipeline="scripted"), turns, llm.default_reply)
+    finally:
+        llm.release()
+    [summarizing] = [r for r in llm.oneshot_requests if "Conversation history" in json.dumps(r)]
+    assert "About parking" in summarizing["messages"][-1]["content"]
+    sent = [
+        [m["content"][:20] for m in r["messages"] if m["role"] == "user"]
+        for r in llm.requests
+        if r.get("stream")
+    ]
+    firsts = [turn[:20] for turn in turns]
+    # four turns fit; the fifth leaves out the first, the sixth the first two
+    assert sent == [firsts[:1], firsts[:2], firsts[:3], firsts[:4], firsts[1:5], firsts[2:6]]
+    last = [r for r in llm.requests if r.get("stream")][-1]["messages"]
+    assert [m["role"] for m in last] == ["system", *["user", "assistant"] * 3, "user"]
 
 
 async def test_client_tool_round_trip(server, api, llm):
