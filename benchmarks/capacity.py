@@ -53,6 +53,7 @@ from benchmarks.common import (
     machine,
     percentile,
     process_tree,
+    server_turns,
     twilio_session,
     worker_pids,
 )
@@ -127,7 +128,8 @@ async def step(
     processes: int,
     spread: bool,
 ) -> dict:
-    twimls = [twilio_session(server, agent_id)[0] for _ in range(calls)]
+    sessions = [twilio_session(server, agent_id) for _ in range(calls)]
+    twimls = [twiml for twiml, _ in sessions]
     rng = random.Random(calls)
     delays = [rng.uniform(0, SPREAD_SECS) if spread else 0.0 for _ in range(calls)]
     pids = process_tree(server.process.pid)
@@ -182,8 +184,25 @@ async def step(
         "rss_mib": peak_rss,
         "per_call_mib": max(0.0, peak_rss - rss_idle) / calls,
         "client_cpu_percent": 100 * client_cpu / elapsed / (os.cpu_count() or 1),
+        "turn_parts": await turn_parts(server, [sid for _, sid in sessions]),
     }
     return result
+
+
+async def turn_parts(server, session_ids: list[str]) -> dict[str, dict[str, float | None]]:
+    """Where a turn's time went, by the server's own breakdown of each turn's voice-to-voice
+    (VAD wait, turn decision, transcription, LLM, first clause, speech synthesis): p50 and p95
+    of each part over every turn of the step's calls."""
+    await asyncio.sleep(0.5)  # the server stores a turn's latency after its first audio
+    parts: dict[str, list[float]] = {}
+    for session_id in session_ids:
+        for turn in await server_turns(server, session_id):
+            for key, secs in turn["parts"].items():
+                parts.setdefault(key, []).append(secs)
+    return {
+        f"p{pct}": {key: percentile(values, pct) for key, values in sorted(parts.items())}
+        for pct in (50, 95)
+    }
 
 
 async def calls_per_worker(server, after: float) -> list[int]:
@@ -310,6 +329,9 @@ async def main() -> None:
                 f"{r['per_call_mib']:>5.1f} MiB {r['client_cpu_percent']:>10.0f}% "
                 f"{'yes' if r['holds'] else 'no'}"
             )
+            for pct, parts in r["turn_parts"].items():
+                listed = ", ".join(f"{key} {fmt(secs)}" for key, secs in parts.items())
+                print(f"      {pct} of turn parts: {listed}")
             for error in r["errors"]:
                 print(f"      {error}")
             steps.append(r)

@@ -85,6 +85,14 @@ def fmt(value: float | None, unit: str = "ms") -> str:
     return f"{value * 1000:.0f} ms" if unit == "ms" else f"{value:.2f}"
 
 
+async def server_turns(server, session_id: str) -> list[dict]:
+    """The session's turns as the server measured them (`latency.turns`: voice-to-voice and
+    its parts)."""
+    async with httpx.AsyncClient(headers=server.headers) as http:
+        session = (await http.get(f"{server.url}/v1/sessions/{session_id}")).json()
+    return (session.get("latency") or {}).get("turns", [])
+
+
 def twilio_session(server, agent_id: str) -> tuple[str, str]:
     """A fresh Twilio session of the agent: the TwiML the server answers, and the session's id."""
     response = httpx.post(

@@ -36,6 +36,7 @@ from benchmarks.common import (
     is_speech,
     machine,
     percentile,
+    server_turns,
     twilio_caller,
 )
 from tests.fakes.scripted_llm import ScriptedLLM
@@ -162,12 +163,6 @@ class SessionCaller(Caller):
 
 
 TRANSPORTS = {"twilio": TwilioCaller, "websocket": SessionCaller}
-
-
-async def server_turns(server, session_id: str) -> list[dict]:
-    async with httpx.AsyncClient(headers=server.headers) as http:
-        session = (await http.get(f"{server.url}/v1/sessions/{session_id}")).json()
-    return (session.get("latency") or {}).get("turns", [])
 
 
 def decision_secs(turn: dict) -> float:
