@@ -22,6 +22,7 @@ from tests.fakes.webhook_receiver import WebhookReceiver
 from tests.helpers.calls import agent_ws, refused, wait_for_status
 from tests.helpers.servers import make_agent, start_server
 from tests.helpers.storage import cluster_storage_env
+from tests.helpers.twilio import ACCOUNT_SID, CALLER, signed_post, twilio_env
 
 CAP = 2
 SHORT_LEASE = {"SWITCHBOARD_NODE_HEARTBEAT_SECS": "0.5", "SWITCHBOARD_NODE_LEASE_SECS": "3"}
@@ -32,9 +33,9 @@ def cluster_env(scripted_llm) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def cluster(tmp_path_factory, scripted_llm):
-    """Nodes A and B of one cluster."""
-    env = cluster_env(scripted_llm)
+def cluster(tmp_path_factory, scripted_llm, twilio_rest):
+    """Nodes A and B of one cluster, Twilio's signing key and REST API (a fake) set on both."""
+    env = {**cluster_env(scripted_llm), **twilio_env(scripted_llm, twilio_rest)}
     a = start_server(tmp_path_factory.mktemp("node_a"), preload=["scripted"], env=env)
     b = start_server(tmp_path_factory.mktemp("node_b"), preload=["scripted"], env=env)
     yield a, b
@@ -222,6 +223,37 @@ async def test_a_relay_token_used_on_a_is_refused_on_b(cluster):
         assert replay.media_messages == 0
         await first.stop()
         await first.wait_closed(timeout=10)
+
+
+@pytest.mark.cluster
+async def test_twilio_s_end_of_call_on_another_node_leaves_the_call_to_the_node_running_it(
+    cluster,
+):
+    """Twilio's status callbacks may reach any node. The call was admitted on B (its
+    `in-progress` callback) and its stream runs on A: a `completed` reaching B while A's stream
+    still runs leaves the session to A, which ends it when the stream stops."""
+    a, b = cluster
+    api = a.client()
+    number = "+15550007812"
+    agent = make_agent(api, pipeline="scripted", greeting="Hello.", phone_numbers=[number])
+    form = {"CallSid": "CA" + "8" * 32, "AccountSid": ACCOUNT_SID, "From": CALLER, "To": number}
+    answer = signed_post(a, "/v1/twilio/voice", {**form, "CallStatus": "ringing"})
+    assert answer.status_code == 200, answer.text
+    [session] = api.get("/v1/sessions", params={"agent_id": agent["id"]}).json()["items"]
+
+    def status(server, value: str) -> None:
+        response = signed_post(server, "/v1/twilio/status", {**form, "CallStatus": value})
+        assert response.status_code == 204, response.text
+
+    status(b, "in-progress")
+    async with TwilioMediaStreamsClient.from_twiml(answer.text, call_sid=form["CallSid"]) as call:
+        await call.wait_marks(1, timeout=30)  # the greeting played: the call runs on A
+        assert live_calls(a) == 1
+        status(b, "completed")
+        assert api.get(f"/v1/sessions/{session['session_id']}").json()["status"] == "active"
+        await call.stop()
+        await call.wait_closed(timeout=15)
+    assert wait_for_status(api, session["session_id"], "completed")["end_reason"] == "caller_hangup"
 
 
 def two_worker_server(path, scripted_llm):

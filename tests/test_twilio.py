@@ -477,6 +477,21 @@ def test_outbound_call_refused_by_twilio_fails_cleanly(twilio_server, tw, twilio
 # --- Agent instances fill {{placeholders}} ---
 
 
+async def test_a_stream_refused_once_its_token_is_used_ends_the_session(twilio_server, tw):
+    """A stream that reaches a paused agent is refused, and its session ends there: nothing is
+    left waiting for the carrier's callbacks (a node would leave a call whose stream opened)."""
+    agent = scripted_agent(tw, greeting="Hi.")
+    twiml, session = twilio_session(tw, agent["id"])
+    assert tw.patch(f"/v1/agents/{agent['id']}", json={"status": "paused"}).status_code == 200
+    client = TwilioMediaStreamsClient.from_twiml(twiml)
+    async with client:
+        await client.wait_closed(timeout=15)
+    assert (client.close_code, client.close_reason) == (4409, f"agent '{agent['id']}' is paused")
+    assert client.media_messages == 0
+    ended = tw.get(f"/v1/sessions/{session['session_id']}").json()
+    assert (ended["status"], ended["end_reason"]) == ("failed", "agent_paused")
+
+
 async def test_instance_variables_fill_the_greeting(twilio_server, tw, llm):
     agent = scripted_agent(
         tw,

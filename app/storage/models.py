@@ -249,7 +249,7 @@ class UsedRelayToken(Base):
     __tablename__ = "used_relay_tokens"
 
     jti: Mapped[str] = mapped_column(String(64), primary_key=True)
-    session_id: Mapped[str] = mapped_column(String(40))
+    session_id: Mapped[str] = mapped_column(String(40), index=True)
     used_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 

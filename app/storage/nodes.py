@@ -34,6 +34,13 @@ async def renew(
     await db.commit()
 
 
+async def is_live(db: AsyncSession, node_id: str, lease_secs: float) -> bool:
+    """Whether the node holds a current lease."""
+    since = utcnow() - timedelta(seconds=lease_secs)
+    node = await db.get(Node, node_id)
+    return node is not None and node.heartbeat_at >= since
+
+
 async def remove(db: AsyncSession, node_id: str) -> None:
     """A node shutting down cleanly gives up its lease."""
     await db.execute(delete(Node).where(Node.id == node_id))

@@ -136,6 +136,14 @@ async def use_relay_token(db: AsyncSession, jti: str, session_id: str) -> bool:
     return True
 
 
+async def stream_opened(db: AsyncSession, session_id: str) -> bool:
+    """Whether a media stream has opened for the session (one of its relay tokens was used)."""
+    used = await db.execute(
+        select(UsedRelayToken.jti).where(UsedRelayToken.session_id == session_id).limit(1)
+    )
+    return used.first() is not None
+
+
 async def stream_started(
     db: AsyncSession, session_id: str, carrier: str, call_sid: str | None
 ) -> None:

@@ -6,6 +6,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.calls import admission
 from app.errors import APIError, not_found
 from app.state import AppState
+from app.storage import nodes as node_store
 from app.storage import sessions as session_store
 from app.storage import telephony as store
 from app.storage.ids import new_id, utcnow
@@ -113,12 +114,13 @@ async def apply_status(state: AppState, db: AsyncSession, call: PhoneCall, statu
     cap still has room, else failed); completed;
     busy / no-answer / failed / canceled → session failed with that reason.
 
-    A call running in this process records its own end, so it is left alone here.
+    A call whose stream runs, here or on another live node, records its own end (the carrier
+    stops the stream as the call ends), so it is left alone here.
     """
     call.status = status[:16]
     await db.commit()
     session = await db.get_one(Session, call.session_id)
-    running = state.calls.get(session.id) is not None
+    running = await _running(state, db, session)
     if status == "in-progress" and session.status == "created":
         try:
             await admission.claim_under_cap(state, db, session)
@@ -141,4 +143,17 @@ async def apply_status(state: AppState, db: AsyncSession, call: PhoneCall, statu
             )
     logger.info(
         f"call {call.id} ({call.call_sid}): {status}; session {session.id} is {session.status}"
+    )
+
+
+async def _running(state: AppState, db: AsyncSession, session: Session) -> bool:
+    """Whether the session's call runs: in this process, or on the live node it moved to when
+    its stream opened (before that, its host is only the node that admitted it)."""
+    if state.calls.get(session.id) is not None:
+        return True
+    host = session.host
+    if host is None or host == state.node.id:
+        return False
+    return await store.stream_opened(db, session.id) and await node_store.is_live(
+        db, host, state.settings.node_lease_secs
     )

@@ -8,6 +8,8 @@ after a restart.
 
 import secrets
 
+from sqlalchemy.ext.asyncio import AsyncSession
+
 from app.calls import admission
 from app.calls.tokens import TokenError, TokenSigner
 from app.errors import APIError, Refusal
@@ -53,29 +55,36 @@ async def open_relay(state: AppState, token: str | None) -> tuple[Session, Agent
                 f"session_{session.status}",
                 f"session '{session.id}' is {session.status} and cannot be joined",
             )
-        agent = await call_store.call_agent(db, session)  # stored, or an inline call's own
-        if agent is None or agent.status != "active":
-            status = agent.status if agent else "deleted"
-            raise Refusal(4409, f"agent_{status}", f"agent '{session.agent_id}' is {status}")
-        variables = {}
-        if claims.get("inst"):
-            instance = await store.get_instance(db, session.account_id, agent.id, claims["inst"])
-            if instance is None:
-                raise Refusal(
-                    4404, "instance_not_found", f"agent instance '{claims['inst']}' not found"
-                )
-            variables = instance.variables
         try:
-            agent = personalized(agent, variables)
+            agent = await _joinable_agent(db, session, claims.get("inst"))
             if session.status == "created":
                 joined = await admission.join_session(state, db, session, agent)
             else:  # answered on some node before its stream started here
                 joined = await session_store.move_to(db, session, state.node.id)
-        except APIError as exc:
+        except (APIError, Refusal) as exc:
+            # The stream that used the token is refused: the call can't go on, so it ends here
+            # (a status callback leaves a call whose stream opened to the node running it).
+            refusal = Refusal.from_api_error(exc) if isinstance(exc, APIError) else exc
             await session_store.finish(
-                db, session.id, status="failed", end_reason=exc.body.code, error=exc.body.message
+                db, session.id, status="failed", end_reason=refusal.code, error=refusal.message
             )
-            raise Refusal.from_api_error(exc) from None
+            raise refusal from None
         if not joined:
             raise Refusal(4409, "session_active", f"session '{session.id}' already has a stream")
         return session, agent
+
+
+async def _joinable_agent(db: AsyncSession, session: Session, instance_id: str | None) -> Agent:
+    """The session's active agent, personalized with its instance's variables; else a Refusal
+    (or the APIError of a variable the call lacks)."""
+    agent = await call_store.call_agent(db, session)  # stored, or an inline call's own
+    if agent is None or agent.status != "active":
+        status = agent.status if agent else "deleted"
+        raise Refusal(4409, f"agent_{status}", f"agent '{session.agent_id}' is {status}")
+    variables = {}
+    if instance_id:
+        instance = await store.get_instance(db, session.account_id, agent.id, instance_id)
+        if instance is None:
+            raise Refusal(4404, "instance_not_found", f"agent instance '{instance_id}' not found")
+        variables = instance.variables
+    return personalized(agent, variables)  # an APIError if a variable is missing
