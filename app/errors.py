@@ -9,6 +9,7 @@ from fastapi.responses import JSONResponse
 from loguru import logger
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from app.logs import current_call
 
@@ -92,6 +93,8 @@ DRAINING_RESPONSES: dict[int | str, dict[str, Any]] = {
         },
     }
 }
+
+HTTP_METHODS = ("DELETE", "GET", "PATCH", "POST", "PUT")
 
 _STATUS_CODES = {
     400: "bad_request",
@@ -192,8 +195,24 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException):
         code = _STATUS_CODES.get(exc.status_code, "error")
+        headers = getattr(exc, "headers", None)
+        if exc.status_code == 405:
+            headers = {**(headers or {}), "Allow": _allowed_methods(request)}
         return JSONResponse(
             ErrorBody(code=code, message=str(exc.detail)).model_dump(),
             status_code=exc.status_code,
-            headers=getattr(exc, "headers", None),
+            headers=headers,
         )
+
+
+def _allowed_methods(request: Request) -> str:
+    """Every method some route of the path takes: Starlette's 405 names only the first matching
+    route's, and a resource's GET and PATCH are separate routes."""
+    routes = request.app.router.routes
+    return ", ".join(
+        method
+        for method in HTTP_METHODS
+        if any(
+            route.matches({**request.scope, "method": method})[0] == Match.FULL for route in routes
+        )
+    )

@@ -161,6 +161,22 @@ def test_malformed_json_is_a_clear_422(api):
     assert response.json()["code"] == "validation_error"
 
 
+def test_a_method_a_resource_does_not_take_is_405_naming_every_method_it_does(api):
+    """`Allow` lists the methods of every route on the path, as the OpenAPI document does (a
+    resource's GET and PATCH are separate routes; Starlette named only the first's)."""
+    agent = make_agent(api)
+    documented = api.get("/openapi.json").json()["paths"]
+    for path, url in [
+        ("/v1/agents/{agent_id}", f"/v1/agents/{agent['id']}"),
+        ("/v1/accounts/{account_id}", "/v1/accounts/acc_default"),
+        ("/v1/agents", "/v1/agents"),
+    ]:
+        response = api.request("PUT", url)
+        assert response.status_code == 405 and response.json()["code"] == "method_not_allowed"
+        allowed = set(response.headers["allow"].split(", "))
+        assert allowed == {m.upper() for m in documented[path]}, (path, allowed)
+
+
 def test_list_paginates_and_counts(api):
     ids = [make_agent(api, name=f"Paged {i}")["id"] for i in range(3)]
     page = api.get("/v1/agents", params={"limit": 2, "offset": 0}).json()
