@@ -9,7 +9,7 @@ from fastapi.responses import JSONResponse
 from loguru import logger
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.routing import Match
+from starlette.routing import compile_path
 
 from app.logs import current_call
 
@@ -93,8 +93,6 @@ DRAINING_RESPONSES: dict[int | str, dict[str, Any]] = {
         },
     }
 }
-
-HTTP_METHODS = ("DELETE", "GET", "PATCH", "POST", "PUT")
 
 _STATUS_CODES = {
     400: "bad_request",
@@ -196,8 +194,8 @@ def install_error_handlers(app: FastAPI) -> None:
     async def http_error(request: Request, exc: StarletteHTTPException):
         code = _STATUS_CODES.get(exc.status_code, "error")
         headers = getattr(exc, "headers", None)
-        if exc.status_code == 405:
-            headers = {**(headers or {}), "Allow": _allowed_methods(request)}
+        if exc.status_code == 405 and (allowed := _documented_methods(request)):
+            headers = {**(headers or {}), "Allow": allowed}
         return JSONResponse(
             ErrorBody(code=code, message=str(exc.detail)).model_dump(),
             status_code=exc.status_code,
@@ -205,14 +203,13 @@ def install_error_handlers(app: FastAPI) -> None:
         )
 
 
-def _allowed_methods(request: Request) -> str:
-    """Every method some route of the path takes: Starlette's 405 names only the first matching
-    route's, and a resource's GET and PATCH are separate routes."""
-    routes = request.app.router.routes
-    return ", ".join(
-        method
-        for method in HTTP_METHODS
-        if any(
-            route.matches({**request.scope, "method": method})[0] == Match.FULL for route in routes
-        )
-    )
+def _documented_methods(request: Request) -> str | None:
+    """The methods /openapi.json gives the request's path (a literal path before a template
+    that also matches it), or None if it documents no such path. Starlette's 405 names only the
+    first matching route's, and a resource's GET and PATCH are separate routes."""
+    paths = request.app.openapi()["paths"]
+    matching = [p for p in paths if compile_path(p)[0].match(request.url.path)]
+    if not matching:
+        return None
+    path = min(matching, key=lambda p: p.count("{"))
+    return ", ".join(sorted(method.upper() for method in paths[path]))

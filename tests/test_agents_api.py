@@ -162,14 +162,15 @@ def test_malformed_json_is_a_clear_422(api):
 
 
 def test_a_method_a_resource_does_not_take_is_405_naming_every_method_it_does(api):
-    """`Allow` lists the methods of every route on the path, as the OpenAPI document does (a
-    resource's GET and PATCH are separate routes; Starlette named only the first's)."""
+    """`Allow` lists the methods the OpenAPI document gives the path (a resource's GET and PATCH
+    are separate routes; Starlette named only the first's)."""
     agent = make_agent(api)
     documented = api.get("/openapi.json").json()["paths"]
     for path, url in [
         ("/v1/agents/{agent_id}", f"/v1/agents/{agent['id']}"),
         ("/v1/accounts/{account_id}", "/v1/accounts/acc_default"),
         ("/v1/agents", "/v1/agents"),
+        ("/v1/agents/create", "/v1/agents/create"),  # a literal path before {agent_id}
     ]:
         response = api.request("PUT", url)
         assert response.status_code == 405 and response.json()["code"] == "method_not_allowed"
