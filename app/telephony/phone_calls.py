@@ -120,7 +120,6 @@ async def apply_status(state: AppState, db: AsyncSession, call: PhoneCall, statu
     call.status = status[:16]
     await db.commit()
     session = await db.get_one(Session, call.session_id)
-    running = await _running(state, db, session)
     if status == "in-progress" and session.status == "created":
         try:
             await admission.claim_under_cap(state, db, session)
@@ -128,12 +127,16 @@ async def apply_status(state: AppState, db: AsyncSession, call: PhoneCall, statu
             await session_store.finish(
                 db, session.id, status="failed", end_reason=exc.body.code, error=exc.body.message
             )
-    elif session.status in session_store.ACTIVE_STATUSES and not running:
+    elif (
+        status in ("completed", *FAILED_STATUSES)
+        and session.status in session_store.ACTIVE_STATUSES
+        and not await _running(state, db, session)
+    ):
         if status == "completed":
             await session_store.finish(
                 db, session.id, status="completed", end_reason="completed", error=None
             )
-        elif status in FAILED_STATUSES:
+        else:
             await session_store.finish(
                 db,
                 session.id,
