@@ -3,6 +3,7 @@
 import asyncio
 import json
 import math
+import secrets
 import time
 from collections import defaultdict, deque
 
@@ -72,6 +73,22 @@ class BodySizeLimitMiddleware:
         await send({"type": "http.response.body", "body": body})
 
 
+SLIDING_LOG = """
+local now = redis.call('TIME')
+local at = tonumber(now[1]) + tonumber(now[2]) / 1e6
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', at - 60)
+if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[1]) then
+  local oldest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+  return math.max(1, math.ceil(tonumber(oldest[2]) + 60 - at))
+end
+redis.call('ZADD', KEYS[1], at, ARGV[2])
+redis.call('EXPIRE', KEYS[1], 61)
+return 0
+"""
+"""One request against a key's sliding log in Redis, atomically and on Redis's clock (the
+machines' clocks may differ): 0 if allowed (and recorded), else the seconds to wait."""
+
+
 class RateLimiter:
     """At most `per_minute` requests per API key in any 60 s window (sliding log).
 
@@ -91,7 +108,10 @@ class RateLimiter:
         if self.per_minute <= 0:
             return None
         if self._redis is not None:
-            return await self._redis_retry_after(key)
+            wait = await self._redis.eval(
+                SLIDING_LOG, 1, self._redis_name(key), self.per_minute, secrets.token_hex(8)
+            )
+            return int(wait) or None
         now = time.monotonic()
         async with self._lock:
             hits = self._hits[key]
@@ -107,20 +127,11 @@ class RateLimiter:
         if self.per_minute <= 0:
             return
         if self._redis is not None:
-            await self._redis.decr(self._redis_name(key))
+            await self._redis.zpopmax(self._redis_name(key))
             return
         async with self._lock:
             if self._hits[key]:
                 self._hits[key].pop()
 
     def _redis_name(self, key: str) -> str:
-        return f"{self._redis_prefix}:rate:{key}:{int(time.time() // 60)}"
-
-    async def _redis_retry_after(self, key: str) -> int | None:
-        name = self._redis_name(key)
-        count = await self._redis.incr(name)
-        if count == 1:
-            await self._redis.expire(name, 120)
-        if count > self.per_minute:
-            return max(1, 60 - int(time.time()) % 60)
-        return None
+        return f"{self._redis_prefix}:rate:{key}"

@@ -28,8 +28,9 @@ os.environ.setdefault(
 
 
 def pytest_collection_modifyitems(config, items):
-    """The PostgreSQL + Redis leg runs only what touches storage (not the `storage_free` tests),
-    the SQLite leg all but the `cluster` tests (their nodes share PostgreSQL + Redis on either leg).
+    """The PostgreSQL + Redis leg runs only what touches storage (not the `storage_free` tests,
+    unless they are `cluster` tests of a shared piece on its own), the SQLite leg all but the
+    `cluster` tests (their nodes share PostgreSQL + Redis on either leg).
     Without PostgreSQL or Redis the second leg is skipped, with the reason, except in CI, where it
     fails."""
     if TEST_BACKEND == "sqlite":
@@ -42,10 +43,14 @@ def pytest_collection_modifyitems(config, items):
         raise pytest.UsageError(
             f"SWITCHBOARD_TEST_BACKEND must be sqlite or postgres, not {TEST_BACKEND!r}"
         )
-    storage_free = [item for item in items if item.get_closest_marker("storage_free")]
+    storage_free = [
+        item
+        for item in items
+        if item.get_closest_marker("storage_free") and not item.get_closest_marker("cluster")
+    ]
     if storage_free:
         config.hook.pytest_deselected(items=storage_free)
-        items[:] = [item for item in items if not item.get_closest_marker("storage_free")]
+        items[:] = [item for item in items if item not in storage_free]
     why_not = production_storage_unavailable()
     if why_not is None:
         return

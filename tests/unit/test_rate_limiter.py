@@ -1,9 +1,12 @@
-"""Per-key request rate (app/limits.py RateLimiter), on a clock the test moves."""
+"""Per-key request rate (app/limits.py RateLimiter), on a clock the test moves (and, shared
+between workers, on Redis's own clock)."""
 
 import pytest
+from redis.asyncio import Redis
 
 from app import limits
 from app.limits import RateLimiter
+from tests.helpers.storage import REDIS_URL, fresh_redis_prefix
 
 pytestmark = pytest.mark.storage_free
 
@@ -19,26 +22,6 @@ class Clock:
 
     def time(self) -> float:
         return self.now
-
-
-class CountingRedis:
-    """The three Redis commands the limiter uses, on a dict (no server: the real one is
-    exercised by the PostgreSQL + Redis leg's server tests)."""
-
-    def __init__(self):
-        self.counts: dict[str, int] = {}
-        self.expiries: dict[str, int] = {}
-
-    async def incr(self, name: str) -> int:
-        self.counts[name] = self.counts.get(name, 0) + 1
-        return self.counts[name]
-
-    async def decr(self, name: str) -> int:
-        self.counts[name] = self.counts.get(name, 0) - 1
-        return self.counts[name]
-
-    async def expire(self, name: str, seconds: int) -> None:
-        self.expiries[name] = seconds
 
 
 @pytest.fixture
@@ -97,17 +80,25 @@ async def test_zero_or_less_means_unlimited(clock, per_minute):
     await limiter.refund("key")
 
 
-async def test_with_redis_the_count_is_per_clock_minute_under_the_prefix(clock):
-    redis = CountingRedis()
-    limiter = RateLimiter(per_minute=2, redis=redis, redis_prefix="tenant-a")
-    clock.now = 1_200.0 + 15  # minute 20, 15 s in
-    assert await limiter.retry_after("key") is None
-    assert await limiter.retry_after("key") is None
-    assert await limiter.retry_after("key") == 45  # until the next clock minute
-    assert redis.counts == {"tenant-a:rate:key:20": 3}
-    assert redis.expiries == {"tenant-a:rate:key:20": 120}  # set once, when the count starts
-    await limiter.refund("key")
-    assert redis.counts["tenant-a:rate:key:20"] == 2
-    clock.now = 1_260.0  # the next minute starts a new count
-    assert await limiter.retry_after("key") is None
-    assert redis.counts["tenant-a:rate:key:21"] == 1
+@pytest.mark.cluster
+async def test_with_redis_workers_share_one_window_that_slides_on_redis_s_clock(clock):
+    """Two workers' limiters on one Redis: one window between them, and a minute turning on a
+    server's clock does not start a new count (a fixed per-minute count let 2x the limit through
+    across the turn, and failed the shared-window test whenever its requests straddled one)."""
+    redis = Redis.from_url(REDIS_URL)
+    prefix = fresh_redis_prefix()
+    a, b = RateLimiter(3, redis, prefix), RateLimiter(3, redis, prefix)
+    try:
+        clock.now = 1_259.9  # the servers' clocks about to turn a minute
+        assert [await a.retry_after("key"), await b.retry_after("key")] == [None, None]
+        assert await a.retry_after("key") is None
+        clock.now = 1_260.1
+        assert await b.retry_after("key") in (59, 60)  # until the first leaves the window
+        assert await a.retry_after("key") in (59, 60)  # a refusal is not counted
+        assert await b.retry_after("other") is None  # keys are limited separately
+        await a.refund("key")
+        assert await b.retry_after("key") is None
+        assert await redis.zcard(f"{prefix}:rate:key") == 3
+        assert 0 < await redis.ttl(f"{prefix}:rate:key") <= 61
+    finally:
+        await redis.aclose()
