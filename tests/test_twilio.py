@@ -482,6 +482,7 @@ async def test_a_stream_refused_once_its_token_is_used_ends_the_session(twilio_s
     left waiting for the carrier's callbacks (a node would leave a call whose stream opened)."""
     agent = scripted_agent(tw, greeting="Hi.")
     twiml, session = twilio_session(tw, agent["id"])
+    burst_twiml, burst_session = twilio_session(tw, agent["id"])
     assert tw.patch(f"/v1/agents/{agent['id']}", json={"status": "paused"}).status_code == 200
     client = TwilioMediaStreamsClient.from_twiml(twiml)
     async with client:
@@ -489,6 +490,19 @@ async def test_a_stream_refused_once_its_token_is_used_ends_the_session(twilio_s
     assert (client.close_code, client.close_reason) == (4409, f"agent '{agent['id']}' is paused")
     assert client.media_messages == 0
     ended = tw.get(f"/v1/sessions/{session['session_id']}").json()
+    assert (ended["status"], ended["end_reason"]) == ("failed", "agent_paused")
+
+    # A burst of streams on one token: one uses it (and is refused for the paused agent), the
+    # others are refused as replays; the session ends once.
+    burst = [TwilioMediaStreamsClient.from_twiml(burst_twiml) for _ in range(8)]
+    await asyncio.gather(*(c.__aenter__() for c in burst))
+    try:
+        await asyncio.gather(*(c.wait_closed(timeout=15) for c in burst))
+    finally:
+        await asyncio.gather(*(c.__aexit__(None, None, None) for c in burst))
+    codes = sorted(c.close_code for c in burst)
+    assert codes == [4401] * 7 + [4409], [(c.close_code, c.close_reason) for c in burst]
+    ended = tw.get(f"/v1/sessions/{burst_session['session_id']}").json()
     assert (ended["status"], ended["end_reason"]) == ("failed", "agent_paused")
 
 
