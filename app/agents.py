@@ -26,6 +26,7 @@ from app.calls.tools import DEFAULT_ANSWER_TIMEOUT_SECS, DEFAULT_TIMEOUT_SECS
 from app.errors import APIError, not_found
 from app.flows import check_flow
 from app.outbound import OutboundUrl
+from app.request_body import REQUEST_BODY
 from app.storage import agents as agent_store
 from app.storage import sessions as session_store
 from app.storage import telephony as telephony_store
@@ -137,7 +138,7 @@ class ToolFields(BaseModel):
 class ToolIn(ToolFields):
     """A function the agent's LLM may call."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = REQUEST_BODY
 
     url: OutboundUrl | None = Field(
         default=None,
@@ -346,7 +347,7 @@ def _webhook_secret(agent: Agent) -> None:
 # The one definition of an agent's fields, rules and defaults: `AgentUpdate` is derived
 # from it, inline calls (`app/api/calls.py`) reuse its field types.
 class AgentCreate(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = REQUEST_BODY
 
     name: Name
     voice_id: VoiceId

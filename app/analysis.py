@@ -15,6 +15,7 @@ from loguru import logger
 from pipecat.processors.aggregators.llm_context import LLMContext
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, model_validator
 
+from app.request_body import REQUEST_BODY
 from pipelines import services
 from pipelines.config import PipelineConfig
 
@@ -29,7 +30,7 @@ _FIELD_TYPES: dict[str, Any] = {"text": str, "boolean": bool, "number": float}
 class AnalysisField(BaseModel):
     """A custom value an agent wants from each of its calls."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = REQUEST_BODY
 
     name: str = Field(pattern=r"^[a-z][a-z0-9_]{0,63}$")
     type: Literal["text", "boolean", "number", "enum"]

@@ -36,6 +36,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.errors import APIError
+from app.request_body import REQUEST_BODY
 from app.state import AppState
 from app.storage import campaigns as store
 from app.storage import sessions as session_store
@@ -82,8 +83,11 @@ class Window(BaseModel):
     """When contacts may be called: from `start` to `end` (local time; `end` before `start`
     runs past midnight) on `days`, in each contact's own timezone."""
 
-    start: time = Field(description="Local time, like 09:00")
-    end: time = Field(description="Local time, like 17:30")
+    model_config = REQUEST_BODY
+
+    # JSON carries a time as a string, which strict validation of a Python value refuses
+    start: time = Field(description="Local time, like 09:00", strict=False)
+    end: time = Field(description="Local time, like 17:30", strict=False)
     days: list[Day] = Field(default=list(DAYS), min_length=1, max_length=7)
     timezone: str = Field(
         default="UTC",

@@ -17,6 +17,8 @@ from pydantic import (
 from pydantic.alias_generators import to_camel
 from pydantic_core import PydanticCustomError
 
+from app.request_body import REQUEST_BODY
+
 
 def _snake_or_camel(name: str) -> AliasChoices:
     return AliasChoices(name, to_camel(name))
@@ -26,8 +28,8 @@ class CamelCaseAccepted(BaseModel):
     """A request body that also takes each field's camelCase name (or the alias the field
     names itself, e.g. ``validation_alias=AliasChoices("to_number", "to")``)."""
 
-    model_config = ConfigDict(
-        extra="forbid", alias_generator=AliasGenerator(validation_alias=_snake_or_camel)
+    model_config = REQUEST_BODY | ConfigDict(
+        alias_generator=AliasGenerator(validation_alias=_snake_or_camel)
     )
 
     @model_validator(mode="wrap")

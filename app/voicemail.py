@@ -10,10 +10,11 @@ call hung up) by the detector in the pipeline, and a later verdict changes nothi
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, Field, model_validator
 from pydantic_core import PydanticCustomError
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app.request_body import REQUEST_BODY
 from app.state import AppState
 from app.storage import sessions as session_store
 from app.storage.models import PhoneCall, Session
@@ -25,7 +26,7 @@ class Voicemail(BaseModel):
     `message` after the beep. Either way the session ends `voicemail`. The agent's greeting
     waits until a person is heard."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = REQUEST_BODY
 
     detect: bool = Field(default=True, description="false turns detection off")
     action: Literal["hang_up", "leave_message"] = "hang_up"

@@ -1,5 +1,7 @@
 """The agents API over real HTTP, including every validation error."""
 
+import re
+
 import httpx
 import pytest
 
@@ -159,6 +161,63 @@ def test_malformed_json_is_a_clear_422(api):
     )
     assert response.status_code == 422
     assert response.json()["code"] == "validation_error"
+
+
+# A value of another JSON type that pydantic's lax mode would have taken for each type
+_WRONG_TYPE = {"integer": [True, "5"], "number": [True, "1.5"], "boolean": [1, "true"]}
+
+
+def _typed_leaves(schema: dict, defs: dict, path: tuple = ()):
+    """(path, JSON type) of each integer, number and boolean a body schema holds, nested objects
+    and arrays' items included (an array's item at index 0)."""
+    if "$ref" in schema:
+        schema = defs[schema["$ref"].rsplit("/", 1)[1]]
+    for option in schema.get("anyOf", []):
+        yield from _typed_leaves(option, defs, path)
+    if schema.get("type") in _WRONG_TYPE:
+        yield path, schema["type"]
+    for name, sub in schema.get("properties", {}).items():
+        yield from _typed_leaves(sub, defs, (*path, name))
+    if isinstance(schema.get("items"), dict) and path:
+        yield from _typed_leaves(schema["items"], defs, (*path, 0))
+
+
+def _nest(path: tuple, value):
+    for key in reversed(path):
+        value = [value] if key == 0 else {key: value}
+    return value
+
+
+def test_every_json_body_takes_each_value_only_as_its_documented_type(api):
+    """Each integer, number and boolean of every JSON request body in /openapi.json refuses a
+    value of another type with a 422 naming it: `true` is not 1, `"5"` is not 5, 1 is not true."""
+    spec = api.get("/openapi.json").json()
+    defs = spec["components"]["schemas"]
+    checked = set()
+    for template, operations in spec["paths"].items():
+        url = re.sub(r"\{[^}]+\}", "x_1", template)
+        for method, operation in operations.items():
+            schema = operation.get("requestBody", {}).get("content", {}).get("application/json")
+            for path, kind in _typed_leaves(schema["schema"], defs) if schema else ():
+                for wrong in _WRONG_TYPE[kind]:
+                    where = (method, template, path, wrong)
+                    response = api.request(method, url, json=_nest(path, wrong))
+                    assert response.status_code == 422, where
+                    body = response.json()
+                    assert body["code"] == "validation_error", where
+                    named = [tuple(e["loc"][-len(path) :]) for e in body["details"]]
+                    assert path in named, (where, body["details"])
+                checked.add((template, path[-1]))
+    for field in [  # a sample, so the test cannot pass by finding no fields
+        ("/v1/accounts", "recording_quota_bytes"),
+        ("/v1/agents", "interruptible"),
+        ("/v1/agents", "timeout_secs"),  # a tool's, in a list
+        ("/v1/agents", "detect"),  # voicemail's, in an object
+        ("/v1/calls/inline", "temperature"),
+        ("/v1/campaigns", "calls_per_minute"),
+        ("/v1/agents/{agent_id}/webrtc/offer", "sdp_mline_index"),
+    ]:
+        assert field in checked, field
 
 
 def test_a_method_a_resource_does_not_take_is_405_naming_every_method_it_does(api):

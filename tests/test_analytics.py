@@ -195,6 +195,8 @@ def test_bad_windows_are_refused(priced_server):
         for params, code in (
             ({"bucket": "week"}, "validation_error"),
             ({"from": "yesterday"}, "validation_error"),
+            ({"from": "1700000000"}, "validation_error"),  # a number is not read as Unix time
+            ({"to": "0.5"}, "validation_error"),
             (
                 {"from": now.isoformat(), "to": (now - timedelta(hours=1)).isoformat()},
                 "invalid_window",
@@ -209,6 +211,8 @@ def test_bad_windows_are_refused(priced_server):
                 response = api.get(f"/v1/analytics/{kind}", params=params)
                 assert response.status_code == 422, (params, response.text)
                 assert response.json()["code"] == code and response.json()["message"]
+        number = api.get("/v1/analytics/calls", params={"to": "1e9"}).json()["message"]
+        assert "ISO 8601" in number, number
         day = api.get("/v1/analytics/calls", params={"from": "2026-01-01", "to": "2026-01-03"})
         assert day.status_code == 200 and len(day.json()["buckets"]) == 2
     assert httpx.get(f"{priced_server.url}/v1/analytics/calls").status_code == 401

@@ -8,6 +8,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from app.deps import AdminDep, DbDep
 from app.errors import ADMIN_RESPONSES, ERROR_RESPONSES, APIError, not_found
+from app.request_body import REQUEST_BODY
 from app.storage import accounts as account_store
 from app.storage.models import Account, ApiKey
 
@@ -31,7 +32,7 @@ Offset = Annotated[int, Query(ge=0, le=1_000_000)]
 
 
 class AccountCreate(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = REQUEST_BODY
 
     name: str = Field(min_length=1, max_length=200)
     max_concurrent_calls: CallCap = None
@@ -39,7 +40,7 @@ class AccountCreate(BaseModel):
 
 
 class AccountUpdate(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = REQUEST_BODY
 
     name: str | None = Field(default=None, min_length=1, max_length=200)
     max_concurrent_calls: CallCap = None
@@ -64,7 +65,7 @@ class AccountList(BaseModel):
 
 
 class ApiKeyCreate(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = REQUEST_BODY
 
     account_id: str = Field(min_length=1, max_length=40)
     name: str = Field(min_length=1, max_length=200)

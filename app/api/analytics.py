@@ -1,9 +1,11 @@
 """Analytics: the caller's account over a time window, as the dashboard's overview charts it."""
 
+import re
 from datetime import datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query
+from pydantic import BeforeValidator
 
 from app import analytics
 from app.analytics import Bucket, CallsAnalytics, CostAnalytics, LatencyAnalytics, Window
@@ -15,18 +17,28 @@ from app.storage.ids import utcnow
 router = APIRouter(prefix="/v1/analytics", tags=["analytics"], responses=ERROR_RESPONSES)
 
 
+def _not_a_number(value: object) -> object:
+    """An ISO 8601 time only: pydantic would also read a number as Unix time."""
+    if isinstance(value, str) and re.fullmatch(r"\s*[-+]?[\d.]+(e[-+]?\d+)?\s*", value, re.I):
+        raise ValueError("an ISO 8601 date-time is needed, like 2026-12-01T00:00:00Z")
+    return value
+
+
+IsoDateTime = Annotated[datetime, BeforeValidator(_not_a_number)]
+
+
 async def analytics_window(
     db: DbDep,
     caller: KeyOrLoginCallerDep,
     start: Annotated[
-        datetime | None,
+        IsoDateTime | None,
         Query(
             alias="from",
             description="Window start, ISO 8601 (UTC if no offset); default: 7 days before `to`",
         ),
     ] = None,
     end: Annotated[
-        datetime | None,
+        IsoDateTime | None,
         Query(alias="to", description="Window end, excluded; default: now"),
     ] = None,
     agent_id: Annotated[

@@ -272,8 +272,9 @@ Model = TypeVar("Model", bound=BaseModel)
 
 
 def _validate(model: type[Model], fields: dict) -> Model:
+    """The API's model of the form's fields; a form's values are strings, so "50" is 50."""
     try:
-        return model.model_validate(fields)
+        return model.model_validate(fields, strict=False)
     except ValidationError as exc:
         raise _FormError(
             [f"{'.'.join(str(p) for p in e['loc']) or 'form'}: {e['msg']}" for e in exc.errors()]

@@ -5,12 +5,13 @@ from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field
 
 from app.agents import load_agent
 from app.deps import CallerDep, DbDep, StateDep
 from app.errors import ERROR_RESPONSES, not_found
 from app.evals import background
+from app.request_body import REQUEST_BODY
 from app.storage import evals as store
 from app.storage.ids import utcnow
 from app.storage.models import EvalRun, EvalSuite
@@ -30,7 +31,7 @@ ScenarioName = Annotated[str, Field(min_length=1, max_length=200)]
 
 
 class EvalSuiteIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = REQUEST_BODY
 
     scenarios: ScenarioFiles
 
@@ -43,7 +44,7 @@ class EvalSuiteOut(BaseModel):
 
 
 class EvalRunCreate(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = REQUEST_BODY
 
     scenarios: ScenarioFiles | None = Field(
         default=None, description="Scenario files to run; the agent's stored suite if left out"

@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from app.agents import load_agent
 from app.deps import CallerDep, DbDep
 from app.errors import ERROR_RESPONSES, APIError, not_found
+from app.request_body import REQUEST_BODY
 from app.storage import telephony as store
 from app.storage.ids import new_id
 from app.storage.models import AgentInstance
@@ -23,7 +24,7 @@ router = APIRouter(
 
 
 class InstanceCreate(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = REQUEST_BODY
 
     variables: dict[str, Any] = Field(
         default_factory=dict, max_length=100, description="Values for `{{name}}` placeholders"

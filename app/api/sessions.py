@@ -13,6 +13,7 @@ from app.calls.tokens import TokenSigner
 from app.cost import SessionCostOut
 from app.deps import CallerDep, DbDep, KeyOrLoginCallerDep, StateDep
 from app.errors import DRAINING_RESPONSES, ERROR_RESPONSES, not_found
+from app.request_body import REQUEST_BODY
 from app.state import AppState
 from app.storage import analysis as analysis_store
 from app.storage import latency as latency_store
@@ -26,7 +27,7 @@ SessionStatus = Literal["created", "active", "completed", "failed", "expired"]
 
 
 class SessionCreate(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = REQUEST_BODY
 
     metadata: dict[str, Any] = Field(default_factory=dict)
     initial_message: str | None = Field(

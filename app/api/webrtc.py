@@ -32,6 +32,7 @@ from app.calls.protocol import check_client_event
 from app.calls.session import CallSession
 from app.deps import DbDep, KeyOrLoginCallerDep, StateDep
 from app.errors import DRAINING_RESPONSES, ERROR_RESPONSES, APIError
+from app.request_body import REQUEST_BODY
 from app.state import AppState
 from app.storage import sessions as session_store
 from app.storage.models import Agent, Session
@@ -44,7 +45,7 @@ MAX_SDP_CHARS = 100_000
 
 
 class WebRTCOffer(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = REQUEST_BODY
 
     sdp: str = Field(min_length=1, max_length=MAX_SDP_CHARS, description="The browser's SDP offer")
     type: Literal["offer"]
@@ -59,6 +60,8 @@ class WebRTCAnswer(BaseModel):
 
 class IceCandidateIn(BaseModel):
     """One candidate as the browser's `RTCIceCandidate.toJSON()` gives it (snake_case also accepted)."""
+
+    model_config = REQUEST_BODY | ConfigDict(extra="ignore")  # toJSON() adds usernameFragment
 
     candidate: str = Field(
         max_length=2000, description="An empty string marks the end of candidates"
@@ -78,7 +81,7 @@ class IceCandidateIn(BaseModel):
 
 
 class IceCandidates(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = REQUEST_BODY
 
     pc_id: str = Field(max_length=200)
     candidates: list[IceCandidateIn] = Field(min_length=1, max_length=100)
