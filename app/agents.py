@@ -26,7 +26,7 @@ from app.calls.tools import DEFAULT_ANSWER_TIMEOUT_SECS, DEFAULT_TIMEOUT_SECS
 from app.errors import APIError, not_found
 from app.flows import check_flow
 from app.outbound import OutboundUrl
-from app.request_body import REQUEST_BODY
+from app.request_body import REQUEST_BODY, Integer, left_out_unchanged
 from app.storage import agents as agent_store
 from app.storage import sessions as session_store
 from app.storage import telephony as telephony_store
@@ -62,7 +62,7 @@ Language = Annotated[str, Field(pattern=r"^[a-z]{2}(-[A-Z]{2})?$")]
 Greeting = Annotated[
     str, Field(max_length=2000, description="What the agent says first (when it speaks first)")
 ]
-MaxTurns = Annotated[int, Field(ge=1, le=500)]
+MaxTurns = Annotated[Integer, Field(ge=1, le=500)]
 PipelineName = Annotated[
     str, Field(description="Pipeline config name; the server default if omitted")
 ]
@@ -127,7 +127,7 @@ class ToolFields(BaseModel):
         "reads them a summary of the call, then joins the caller to them, and if nobody answers "
         "the agent carries on",
     )
-    answer_timeout_secs: Annotated[int, _between(5, 120, " s")] = Field(
+    answer_timeout_secs: Annotated[Integer, _between(5, 120, " s")] = Field(
         default=DEFAULT_ANSWER_TIMEOUT_SECS,
         exclude_if=lambda v: v == DEFAULT_ANSWER_TIMEOUT_SECS,
         json_schema_extra={"minimum": 5, "maximum": 120},
@@ -211,7 +211,7 @@ FirstSpeaker = Annotated[
     Literal["agent", "user"], Field(description="agent: it greets first; user: it waits")
 ]
 MaxDuration = Annotated[
-    int,
+    Integer,
     Field(
         json_schema_extra={"minimum": 60, "maximum": 7200},
         description="Seconds before the call says goodbye and ends",
@@ -219,7 +219,7 @@ MaxDuration = Annotated[
     _between(60, 7200, " s"),
 ]
 InactivityTimeout = Annotated[
-    int,
+    Integer,
     Field(
         json_schema_extra={"minimum": 10, "maximum": 300},
         description="Seconds of silence before inactivity_action",
@@ -258,7 +258,7 @@ OverflowMode = Annotated[
     ),
 ]
 MaxWait = Annotated[
-    int,
+    Integer,
     Field(
         json_schema_extra={"minimum": 5, "maximum": 1800},
         description="overflow queue: the longest a caller waits before the apology",
@@ -381,30 +381,33 @@ class AgentCreate(BaseModel):
     )
 
 
-def _all_optional(model: type[BaseModel], name: str, **more: Any) -> type[BaseModel]:
-    """`model` for a PATCH: the same fields and rules, each optional (left out: unchanged)."""
+def _all_optional(
+    model: type[BaseModel], name: str, not_null: set[str], **more: Any
+) -> type[BaseModel]:
+    """`model` for a PATCH: the same fields and rules, each optional (left out: unchanged), and
+    null (as the schema says) only where `not_null` does not name the field."""
     fields: dict[str, Any] = {}
     for field, info in model.model_fields.items():
         annotation: Any = (
             Annotated[info.annotation, *info.metadata] if info.metadata else info.annotation
         )
-        fields[field] = (
-            annotation | None,
-            Field(
-                default=None, description=info.description, json_schema_extra=info.json_schema_extra
-            ),
-        )
+        if field in not_null:
+            fields[field] = (
+                annotation,
+                left_out_unchanged(
+                    description=info.description, json_schema_extra=info.json_schema_extra
+                ),
+            )
+        else:
+            fields[field] = (
+                annotation | None,
+                Field(
+                    default=None,
+                    description=info.description,
+                    json_schema_extra=info.json_schema_extra,
+                ),
+            )
     return create_model(name, __config__=model.model_config, **fields, **more)
-
-
-if TYPE_CHECKING:  # a type checker sees AgentCreate's fields; at run time each is optional
-
-    class AgentUpdate(AgentCreate):
-        status: Literal["active", "paused"] | None = None
-else:
-    AgentUpdate = _all_optional(
-        AgentCreate, "AgentUpdate", status=(Literal["active", "paused"] | None, None)
-    )
 
 
 class AgentOut(BaseModel):
@@ -562,6 +565,18 @@ _NOT_NULL = {
 }
 """What an agent always has: an update may not set it to null."""
 
+if TYPE_CHECKING:  # a type checker sees AgentCreate's fields; at run time each is optional
+
+    class AgentUpdate(AgentCreate):
+        status: Literal["active", "paused"] | None = None
+else:
+    AgentUpdate = _all_optional(
+        AgentCreate,
+        "AgentUpdate",
+        _NOT_NULL,
+        status=(Literal["active", "paused"], left_out_unchanged()),
+    )
+
 
 async def create_agent(
     db: AsyncSession,
@@ -597,9 +612,6 @@ async def update_agent(
     if agent.status == "deleted":
         raise APIError(409, "agent_deleted", f"agent '{agent.id}' is deleted and cannot be changed")
     changes = body.model_dump(exclude_unset=True)
-    for field, value in changes.items():
-        if value is None and field in _NOT_NULL:
-            raise APIError(422, "validation_error", f"{field}: may not be null")
     check_pipeline_and_voice(
         catalog, changes.get("pipeline", agent.pipeline), changes.get("voice_id", agent.voice_id)
     )

@@ -163,19 +163,31 @@ def test_malformed_json_is_a_clear_422(api):
     assert response.json()["code"] == "validation_error"
 
 
+def _json_bodies(spec: dict, ids: dict[str, str] | None = None):
+    """(method, template, URL, body schema) of each JSON request body; the URL's ids are those
+    `ids` gives, else a placeholder."""
+    for template, operations in spec["paths"].items():
+        url = re.sub(r"\{([^}]+)\}", lambda m: (ids or {}).get(m[1], "x_1"), template)
+        for method, operation in operations.items():
+            body = operation.get("requestBody", {}).get("content", {}).get("application/json")
+            if body:
+                yield method, template, url, body["schema"]
+
+
 # A value of another JSON type that pydantic's lax mode would have taken for each type
 _WRONG_TYPE = {"integer": [True, "5"], "number": [True, "1.5"], "boolean": [1, "true"]}
 
 
 def _typed_leaves(schema: dict, defs: dict, path: tuple = ()):
-    """(path, JSON type) of each integer, number and boolean a body schema holds, nested objects
-    and arrays' items included (an array's item at index 0)."""
+    """(path, schema) of each integer, number and boolean a body schema holds, nested objects and
+    arrays' items included (an array's item at index 0)."""
     if "$ref" in schema:
         schema = defs[schema["$ref"].rsplit("/", 1)[1]]
-    for option in schema.get("anyOf", []):
-        yield from _typed_leaves(option, defs, path)
+    for option in schema.get("anyOf", []):  # a range may sit beside the anyOf (PATCH bodies)
+        bounds = {k: v for k, v in schema.items() if k in ("minimum", "maximum")}
+        yield from _typed_leaves({**option, **bounds}, defs, path)
     if schema.get("type") in _WRONG_TYPE:
-        yield path, schema["type"]
+        yield path, schema
     for name, sub in schema.get("properties", {}).items():
         yield from _typed_leaves(sub, defs, (*path, name))
     if isinstance(schema.get("items"), dict) and path:
@@ -190,24 +202,27 @@ def _nest(path: tuple, value):
 
 def test_every_json_body_takes_each_value_only_as_its_documented_type(api):
     """Each integer, number and boolean of every JSON request body in /openapi.json refuses a
-    value of another type with a 422 naming it: `true` is not 1, `"5"` is not 5, 1 is not true."""
+    value of another type with a 422 naming it: `true` is not 1, `"5"` is not 5, 1 is not true.
+    An integer takes a whole number written with a fraction (5.0), as JSON Schema does."""
     spec = api.get("/openapi.json").json()
     defs = spec["components"]["schemas"]
     checked = set()
-    for template, operations in spec["paths"].items():
-        url = re.sub(r"\{[^}]+\}", "x_1", template)
-        for method, operation in operations.items():
-            schema = operation.get("requestBody", {}).get("content", {}).get("application/json")
-            for path, kind in _typed_leaves(schema["schema"], defs) if schema else ():
-                for wrong in _WRONG_TYPE[kind]:
-                    where = (method, template, path, wrong)
-                    response = api.request(method, url, json=_nest(path, wrong))
-                    assert response.status_code == 422, where
-                    body = response.json()
-                    assert body["code"] == "validation_error", where
-                    named = [tuple(e["loc"][-len(path) :]) for e in body["details"]]
-                    assert path in named, (where, body["details"])
-                checked.add((template, path[-1]))
+    for method, template, url, schema in _json_bodies(spec):
+        for path, leaf in _typed_leaves(schema, defs):
+            for wrong in _WRONG_TYPE[leaf["type"]]:
+                where = (method, template, path, wrong)
+                response = api.request(method, url, json=_nest(path, wrong))
+                assert response.status_code == 422, where
+                body = response.json()
+                assert body["code"] == "validation_error", where
+                named = [tuple(e["loc"][-len(path) :]) for e in body["details"]]
+                assert path in named, (where, body["details"])
+            if leaf["type"] == "integer":
+                whole = float(leaf.get("minimum", 1))
+                body = api.request(method, url, json=_nest(path, whole)).json()
+                named = [tuple(e["loc"][-len(path) :]) for e in body.get("details") or []]
+                assert path not in named, (method, template, path, whole, body)
+            checked.add((template, path[-1]))
     for field in [  # a sample, so the test cannot pass by finding no fields
         ("/v1/accounts", "recording_quota_bytes"),
         ("/v1/agents", "interruptible"),
@@ -218,6 +233,32 @@ def test_every_json_body_takes_each_value_only_as_its_documented_type(api):
         ("/v1/agents/{agent_id}/webrtc/offer", "sdp_mline_index"),
     ]:
         assert field in checked, field
+
+
+def test_every_json_body_takes_null_exactly_where_its_schema_does(api):
+    """A top-level field whose schema allows null is not refused for being null (PATCH /v1/accounts
+    refused `name: null`, which its schema allowed); one whose schema does not is a 422 naming it."""
+    spec = api.get("/openapi.json").json()
+    defs = spec["components"]["schemas"]
+    ids = {  # real ones, so a refusal is not a 404 before the body is looked at
+        "agent_id": make_agent(api)["id"],
+        "account_id": api.post("/v1/accounts", json={"name": "Nulls"}).json()["id"],
+    }
+    nullable = set()
+    for method, template, url, schema in _json_bodies(spec, ids):
+        if "$ref" in schema:
+            schema = defs[schema["$ref"].rsplit("/", 1)[1]]
+        for name, field in schema.get("properties", {}).items():
+            takes_null = any(o.get("type") == "null" for o in [field, *field.get("anyOf", [])])
+            body = api.request(method, url, json={name: None}).json()
+            details = body.get("details")
+            named = [e["loc"][-1] for e in details if e.get("loc")] if type(details) is list else []
+            refused = name in named or f"{name}: " in body.get("message", "")
+            assert refused != takes_null, (method, template, name, takes_null, body)
+            if takes_null:
+                nullable.add((template, name))
+    assert ("/v1/agents/{agent_id}", "greeting") in nullable  # so the test cannot pass vacuously
+    assert ("/v1/agents/{agent_id}", "name") not in nullable
 
 
 def test_a_method_a_resource_does_not_take_is_405_naming_every_method_it_does(api):

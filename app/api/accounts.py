@@ -7,19 +7,19 @@ from fastapi import APIRouter, Query
 from pydantic import BaseModel, ConfigDict, Field
 
 from app.deps import AdminDep, DbDep
-from app.errors import ADMIN_RESPONSES, ERROR_RESPONSES, APIError, not_found
-from app.request_body import REQUEST_BODY
+from app.errors import ADMIN_RESPONSES, ERROR_RESPONSES, not_found
+from app.request_body import REQUEST_BODY, Integer, left_out_unchanged
 from app.storage import accounts as account_store
 from app.storage.models import Account, ApiKey
 
 router = APIRouter(tags=["accounts"], responses={**ERROR_RESPONSES, **ADMIN_RESPONSES})
 
 CallCap = Annotated[
-    int | None,
+    Integer | None,
     Field(default=None, ge=1, le=10_000, description="Live-call cap; the server default if null"),
 ]
 RecordingQuota = Annotated[
-    int | None,
+    Integer | None,
     Field(
         default=None,
         ge=0,
@@ -42,7 +42,7 @@ class AccountCreate(BaseModel):
 class AccountUpdate(BaseModel):
     model_config = REQUEST_BODY
 
-    name: str | None = Field(default=None, min_length=1, max_length=200)
+    name: str = left_out_unchanged(min_length=1, max_length=200)
     max_concurrent_calls: CallCap = None
     recording_quota_bytes: RecordingQuota = None
 
@@ -127,8 +127,6 @@ async def update_account(
 ) -> Account:
     account = await load_account(db, account_id)
     changes = body.model_dump(exclude_unset=True)
-    if "name" in changes and changes["name"] is None:
-        raise APIError(422, "validation_error", "name: may not be null")
     for field, value in changes.items():
         setattr(account, field, value)
     await db.commit()

@@ -16,6 +16,7 @@ from app.campaigns import Window
 from app.casing import CamelCaseAccepted
 from app.deps import CallerDep, DbDep, StateDep
 from app.errors import ERROR_RESPONSES, APIError, ErrorBody, not_found
+from app.request_body import Integer
 from app.storage import campaigns as store
 from app.storage.models import Campaign
 from app.telephony import twilio
@@ -41,7 +42,7 @@ class CampaignCreate(CamelCaseAccepted):
         "TWILIO_FROM_NUMBER; defaults to the agent's first phone number, then TWILIO_FROM_NUMBER",
     )
     calls_per_minute: float = Field(gt=0, le=600, description="Calls started per minute at most")
-    max_concurrent: int = Field(
+    max_concurrent: Integer = Field(
         ge=1, description="Calls under way at once, at most the account's call cap"
     )
     window: Window | None = Field(
@@ -52,7 +53,7 @@ class CampaignCreate(CamelCaseAccepted):
         description="Detect answering machines and hang up or leave a message; overrides the "
         "agent's `voicemail` (`{detect: false}` turns it off); the agent's if omitted",
     )
-    max_attempts: int = Field(
+    max_attempts: Integer = Field(
         default=1, ge=1, le=10, description="Attempts per contact, retries included"
     )
     retry_after_minutes: float = Field(

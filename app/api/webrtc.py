@@ -32,7 +32,7 @@ from app.calls.protocol import check_client_event
 from app.calls.session import CallSession
 from app.deps import DbDep, KeyOrLoginCallerDep, StateDep
 from app.errors import DRAINING_RESPONSES, ERROR_RESPONSES, APIError
-from app.request_body import REQUEST_BODY
+from app.request_body import REQUEST_BODY, Integer
 from app.state import AppState
 from app.storage import sessions as session_store
 from app.storage.models import Agent, Session
@@ -69,7 +69,7 @@ class IceCandidateIn(BaseModel):
     sdp_mid: str | None = Field(
         default=None, max_length=64, validation_alias=AliasChoices("sdp_mid", "sdpMid")
     )
-    sdp_mline_index: int | None = Field(
+    sdp_mline_index: Integer | None = Field(
         default=None, ge=0, le=64, validation_alias=AliasChoices("sdp_mline_index", "sdpMLineIndex")
     )
 
