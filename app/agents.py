@@ -26,7 +26,7 @@ from app.calls.tools import DEFAULT_ANSWER_TIMEOUT_SECS, DEFAULT_TIMEOUT_SECS
 from app.errors import APIError, not_found
 from app.flows import check_flow
 from app.outbound import OutboundUrl
-from app.request_body import REQUEST_BODY, Integer, left_out_unchanged
+from app.request_body import REQUEST_BODY, WHOLE_NUMBER, left_out_unchanged
 from app.storage import agents as agent_store
 from app.storage import sessions as session_store
 from app.storage import telephony as telephony_store
@@ -62,7 +62,7 @@ Language = Annotated[str, Field(pattern=r"^[a-z]{2}(-[A-Z]{2})?$")]
 Greeting = Annotated[
     str, Field(max_length=2000, description="What the agent says first (when it speaks first)")
 ]
-MaxTurns = Annotated[Integer, Field(ge=1, le=500)]
+MaxTurns = Annotated[int, Field(ge=1, le=500), WHOLE_NUMBER]
 PipelineName = Annotated[
     str, Field(description="Pipeline config name; the server default if omitted")
 ]
@@ -127,7 +127,7 @@ class ToolFields(BaseModel):
         "reads them a summary of the call, then joins the caller to them, and if nobody answers "
         "the agent carries on",
     )
-    answer_timeout_secs: Annotated[Integer, _between(5, 120, " s")] = Field(
+    answer_timeout_secs: Annotated[int, _between(5, 120, " s"), WHOLE_NUMBER] = Field(
         default=DEFAULT_ANSWER_TIMEOUT_SECS,
         exclude_if=lambda v: v == DEFAULT_ANSWER_TIMEOUT_SECS,
         json_schema_extra={"minimum": 5, "maximum": 120},
@@ -211,20 +211,22 @@ FirstSpeaker = Annotated[
     Literal["agent", "user"], Field(description="agent: it greets first; user: it waits")
 ]
 MaxDuration = Annotated[
-    Integer,
+    int,
     Field(
         json_schema_extra={"minimum": 60, "maximum": 7200},
         description="Seconds before the call says goodbye and ends",
     ),
     _between(60, 7200, " s"),
+    WHOLE_NUMBER,
 ]
 InactivityTimeout = Annotated[
-    Integer,
+    int,
     Field(
         json_schema_extra={"minimum": 10, "maximum": 300},
         description="Seconds of silence before inactivity_action",
     ),
     _between(10, 300, " s"),
+    WHOLE_NUMBER,
 ]
 Temperature = Annotated[
     float, Field(json_schema_extra={"minimum": 0, "maximum": 1}), _between(0, 1)
@@ -258,12 +260,13 @@ OverflowMode = Annotated[
     ),
 ]
 MaxWait = Annotated[
-    Integer,
+    int,
     Field(
         json_schema_extra={"minimum": 5, "maximum": 1800},
         description="overflow queue: the longest a caller waits before the apology",
     ),
     _between(5, 1800, " s"),
+    WHOLE_NUMBER,
 ]
 WaitMessage = Annotated[
     str,

@@ -1,10 +1,10 @@
 """The one rule for request bodies' values: each must be of the JSON type `/openapi.json`
 gives it. Pydantic's default (lax) mode would take `false` for 0, `"5"` for 5 and `"no"` for
 false; a body model takes ``model_config = REQUEST_BODY`` instead, which also refuses fields
-the model does not have, and declares its integers `Integer`."""
+the model does not have, and ends each integer's annotations with `WHOLE_NUMBER`."""
 
 from collections.abc import Callable
-from typing import Annotated, Any
+from typing import Any
 
 from pydantic import BeforeValidator, ConfigDict, Field
 from pydantic.json_schema import JsonDict
@@ -16,8 +16,9 @@ def _whole_number(value: Any) -> Any:
     return int(value) if isinstance(value, float) and value.is_integer() else value
 
 
-Integer = Annotated[int, BeforeValidator(_whole_number)]
-"""JSON Schema's integer: 5.0 is 5, as in the schema; 5.5, "5" and true are refused."""
+WHOLE_NUMBER = BeforeValidator(_whole_number)
+"""An integer's last annotation, after its range (before it, pydantic leaves the range out of
+the schema): as in JSON Schema, 5.0 is the integer 5; 5.5, "5" and true are still refused."""
 
 
 def left_out_unchanged(

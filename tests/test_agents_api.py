@@ -194,6 +194,18 @@ def _typed_leaves(schema: dict, defs: dict, path: tuple = ()):
         yield from _typed_leaves(schema["items"], defs, (*path, 0))
 
 
+def _keywords(node):
+    """Every key of every schema object in `node` (property names aside)."""
+    if isinstance(node, list):
+        for item in node:
+            yield from _keywords(item)
+    elif isinstance(node, dict):
+        for key, value in node.items():
+            if key != "properties":
+                yield key
+            yield from _keywords(list(value.values()) if key == "properties" else value)
+
+
 def _nest(path: tuple, value):
     for key in reversed(path):
         value = [value] if key == 0 else {key: value}
@@ -223,6 +235,7 @@ def test_every_json_body_takes_each_value_only_as_its_documented_type(api):
                 named = [tuple(e["loc"][-len(path) :]) for e in body.get("details") or []]
                 assert path not in named, (method, template, path, whole, body)
             checked.add((template, path[-1]))
+    assert not set(_keywords(spec)) & {"ge", "gt", "le", "lt"}, "a range the schema lost"
     for field in [  # a sample, so the test cannot pass by finding no fields
         ("/v1/accounts", "recording_quota_bytes"),
         ("/v1/agents", "interruptible"),

@@ -8,24 +8,26 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from app.deps import AdminDep, DbDep
 from app.errors import ADMIN_RESPONSES, ERROR_RESPONSES, not_found
-from app.request_body import REQUEST_BODY, Integer, left_out_unchanged
+from app.request_body import REQUEST_BODY, WHOLE_NUMBER, left_out_unchanged
 from app.storage import accounts as account_store
 from app.storage.models import Account, ApiKey
 
 router = APIRouter(tags=["accounts"], responses={**ERROR_RESPONSES, **ADMIN_RESPONSES})
 
 CallCap = Annotated[
-    Integer | None,
+    int | None,
     Field(default=None, ge=1, le=10_000, description="Live-call cap; the server default if null"),
+    WHOLE_NUMBER,
 ]
 RecordingQuota = Annotated[
-    Integer | None,
+    int | None,
     Field(
         default=None,
         ge=0,
         le=1 << 50,
         description="Recording storage cap in bytes; the server default if null",
     ),
+    WHOLE_NUMBER,
 ]
 Limit = Annotated[int, Query(ge=1, le=100)]
 Offset = Annotated[int, Query(ge=0, le=1_000_000)]

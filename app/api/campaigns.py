@@ -16,7 +16,7 @@ from app.campaigns import Window
 from app.casing import CamelCaseAccepted
 from app.deps import CallerDep, DbDep, StateDep
 from app.errors import ERROR_RESPONSES, APIError, ErrorBody, not_found
-from app.request_body import Integer
+from app.request_body import WHOLE_NUMBER
 from app.storage import campaigns as store
 from app.storage.models import Campaign
 from app.telephony import twilio
@@ -42,8 +42,8 @@ class CampaignCreate(CamelCaseAccepted):
         "TWILIO_FROM_NUMBER; defaults to the agent's first phone number, then TWILIO_FROM_NUMBER",
     )
     calls_per_minute: float = Field(gt=0, le=600, description="Calls started per minute at most")
-    max_concurrent: Integer = Field(
-        ge=1, description="Calls under way at once, at most the account's call cap"
+    max_concurrent: Annotated[int, Field(ge=1), WHOLE_NUMBER] = Field(
+        description="Calls under way at once, at most the account's call cap"
     )
     window: Window | None = Field(
         default=None, description="When contacts may be called; any time if omitted"
@@ -53,8 +53,8 @@ class CampaignCreate(CamelCaseAccepted):
         description="Detect answering machines and hang up or leave a message; overrides the "
         "agent's `voicemail` (`{detect: false}` turns it off); the agent's if omitted",
     )
-    max_attempts: Integer = Field(
-        default=1, ge=1, le=10, description="Attempts per contact, retries included"
+    max_attempts: Annotated[int, Field(ge=1, le=10), WHOLE_NUMBER] = Field(
+        default=1, description="Attempts per contact, retries included"
     )
     retry_after_minutes: float = Field(
         default=60,

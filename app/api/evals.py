@@ -11,7 +11,7 @@ from app.agents import load_agent
 from app.deps import CallerDep, DbDep, StateDep
 from app.errors import ERROR_RESPONSES, not_found
 from app.evals import background
-from app.request_body import REQUEST_BODY, Integer
+from app.request_body import REQUEST_BODY, WHOLE_NUMBER
 from app.storage import evals as store
 from app.storage.ids import utcnow
 from app.storage.models import EvalRun, EvalSuite
@@ -58,7 +58,9 @@ class EvalRunCreate(BaseModel):
         default="ws", description="ws: the session WebSocket; twilio: a Twilio Media Streams call"
     )
     text: bool = Field(default=False, description="Send the caller's turns as text (ws only)")
-    repeat: Integer = Field(default=1, ge=1, le=10, description="Runs of every scenario")
+    repeat: Annotated[int, Field(ge=1, le=10), WHOLE_NUMBER] = Field(
+        default=1, description="Runs of every scenario"
+    )
 
 
 class EvalTurnOut(BaseModel):

@@ -32,7 +32,7 @@ from app.calls.protocol import check_client_event
 from app.calls.session import CallSession
 from app.deps import DbDep, KeyOrLoginCallerDep, StateDep
 from app.errors import DRAINING_RESPONSES, ERROR_RESPONSES, APIError
-from app.request_body import REQUEST_BODY, Integer
+from app.request_body import REQUEST_BODY, WHOLE_NUMBER
 from app.state import AppState
 from app.storage import sessions as session_store
 from app.storage.models import Agent, Session
@@ -69,8 +69,8 @@ class IceCandidateIn(BaseModel):
     sdp_mid: str | None = Field(
         default=None, max_length=64, validation_alias=AliasChoices("sdp_mid", "sdpMid")
     )
-    sdp_mline_index: Integer | None = Field(
-        default=None, ge=0, le=64, validation_alias=AliasChoices("sdp_mline_index", "sdpMLineIndex")
+    sdp_mline_index: Annotated[int | None, Field(ge=0, le=64), WHOLE_NUMBER] = Field(
+        default=None, validation_alias=AliasChoices("sdp_mline_index", "sdpMLineIndex")
     )
 
     @model_validator(mode="after")
