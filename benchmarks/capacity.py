@@ -177,6 +177,7 @@ async def step(
         "gap_p99": percentile(gaps, 99),
         "v2v_p50": percentile(turns, 50),
         "v2v_p95": percentile(turns, 95),
+        "v2v_ms": sorted(round(1000 * t) for t in turns),  # every turn, to pool runs
         "cpu_percent": cpu_percent,
         "cpu_percent_per_call": cpu_percent / calls,
         "worker_cpu_percent": [100 * cpu / elapsed for cpu in worker_cpu],

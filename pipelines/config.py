@@ -57,8 +57,8 @@ class LocalLLMServerConfig(ConfigModel):
     parallel: int = 4
     """Slots: calls whose replies are generated at once; a further call's request waits."""
     n_threads: int | None = None
-    """Threads generating tokens; default one per core (half the cores makes SmolLM2 ~1.7x
-    slower per token on 2 cores)."""
+    """Threads generating tokens; default one per core, which is fastest on an idle machine but,
+    with the cores busy with calls' audio, slower than one thread (`benchmarks.llm_threads`)."""
 
 
 class LLMStageConfig(StageConfig):
