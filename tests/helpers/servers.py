@@ -1,6 +1,7 @@
 """`switchboard serve` processes started by tests, and the agents they make on them."""
 
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -24,10 +25,25 @@ NO_LOAD_SHEDDING_ENV = {"SWITCHBOARD_LOAD_THRESHOLD": "1"}
 test would refuse calls at random. `tests/test_load_shedding.py` sets its own threshold."""
 
 
+LEG_PORTS = range(20000, 25000) if TEST_BACKEND == "sqlite" else range(25000, 30000)
+"""The ports this test leg hands out, below the kernel's ephemeral ones (32768 on). A server
+binds only once it has loaded; meanwhile the other leg, running side by side, could be given
+the same free port, and its server's /health would answer for this one (seen in CI: a test
+talked to the other leg's server)."""
+_handed_out: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    """A port of this leg's that nothing listens on and that no test of this run was given."""
+    while True:
+        port = random.choice([p for p in LEG_PORTS if p not in _handed_out])
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _handed_out.add(port)
+        return port
 
 
 @dataclass
